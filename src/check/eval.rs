@@ -1,0 +1,409 @@
+//! Expression evaluation against a config, with the config keys behind every value.
+//!
+//! Names resolve, innermost first: index variables of the enclosing repeats and stacks;
+//! `config` items of the enclosing declarations (a declaration sees the items of every
+//! declaration that instantiates it, nearer ones shadowing outer ones); top-level
+//! `config` items; finally the raw `config.json` key. Inside its own alternatives a
+//! `config` item's name means the next definition outward (usually the raw key), so
+//! `config head_dim = head_dim | hidden_size / num_attention_heads` reads naturally.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::value::{Origin, Val, Value};
+use crate::config::Config;
+use crate::diag::{Code, Diagnostic};
+use crate::resolve::Program;
+use crate::source::Span;
+use crate::syntax::ast::{self, BinOp, ExprKind, UnOp};
+
+/// How an index variable is bound.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Binding {
+    /// A repeat variable, bound to the current index.
+    Index(i64),
+    /// A stack variable: it names tensors and offload groups but has no single value.
+    Stack,
+}
+
+/// One level of instantiation: the `config` items its declaration holds and the
+/// index variable it binds.
+#[derive(Clone, Debug)]
+pub struct Frame<'p> {
+    /// The declaration's name: scoped `config` items are recorded as `Decl.item`.
+    pub owner: &'p str,
+    pub configs: Vec<&'p ast::ConfigItem>,
+    pub vars: Vec<(String, Binding)>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Scope<'p> {
+    pub frames: Vec<Frame<'p>>,
+}
+
+impl<'p> Scope<'p> {
+    pub fn var(&self, name: &str) -> Option<Binding> {
+        self.frames
+            .iter()
+            .rev()
+            .flat_map(|f| f.vars.iter().rev())
+            .find(|(n, _)| n == name)
+            .map(|(_, b)| *b)
+    }
+
+    pub fn var_names(&self) -> Vec<&str> {
+        self.frames
+            .iter()
+            .flat_map(|f| f.vars.iter().map(|(n, _)| n.as_str()))
+            .collect()
+    }
+
+    /// The repeat variables in scope with their current values, outermost first.
+    pub fn indices(&self) -> Vec<(String, i64)> {
+        self.frames
+            .iter()
+            .flat_map(|f| f.vars.iter())
+            .filter_map(|(n, b)| match b {
+                Binding::Index(i) => Some((n.clone(), *i)),
+                Binding::Stack => None,
+            })
+            .collect()
+    }
+
+    pub fn with_var(&self, name: &str, b: Binding) -> Scope<'p> {
+        let mut s = self.clone();
+        if let Some(f) = s.frames.last_mut() {
+            f.vars.push((name.to_string(), b));
+        }
+        s
+    }
+}
+
+/// Why an evaluation stopped.
+#[derive(Debug)]
+pub enum Stop {
+    /// A name has no definition and no config key; config alternatives skip past this.
+    Missing { name: String, span: Span },
+    Diag(Box<Diagnostic>),
+}
+
+impl From<Diagnostic> for Stop {
+    fn from(d: Diagnostic) -> Stop {
+        Stop::Diag(Box::new(d))
+    }
+}
+
+pub type EvalResult = Result<Val, Stop>;
+
+pub struct Evaluator<'a> {
+    pub program: &'a Program,
+    pub config: &'a Config,
+    /// Every config symbol and key an evaluation read, with its value: the IR's `config`.
+    pub used: BTreeMap<String, Value>,
+    /// `config` items that fell through to a non-key default (reported once each).
+    pub defaults: Vec<Diagnostic>,
+    defaults_seen: BTreeSet<Span>,
+    /// `config` items being evaluated: they do not see themselves.
+    active: Vec<Span>,
+}
+
+impl<'a> Evaluator<'a> {
+    pub fn new(program: &'a Program, config: &'a Config) -> Evaluator<'a> {
+        Evaluator {
+            program,
+            config,
+            used: BTreeMap::new(),
+            defaults: Vec::new(),
+            defaults_seen: BTreeSet::new(),
+            active: Vec::new(),
+        }
+    }
+
+    /// Turns a missing name into E0301 with a suggestion.
+    pub fn finish<T>(&self, r: Result<T, Stop>, scope: &Scope) -> Result<T, Diagnostic> {
+        r.map_err(|stop| match stop {
+            Stop::Diag(d) => *d,
+            Stop::Missing { name, span } => {
+                let mut candidates: Vec<&str> = self.config.keys();
+                candidates.extend(scope.var_names());
+                for f in &scope.frames {
+                    candidates.extend(f.configs.iter().map(|c| c.name.node.as_str()));
+                }
+                candidates.extend(self.program.globals.iter().map(|c| c.name.node.as_str()));
+                Diagnostic::new(Code::E0301, format!("unknown config symbol `{name}`"))
+                    .at(span, "not a config key, `config` item or index variable")
+                    .with_note("config.json has no such key, and no `config` item defines it")
+                    .suggest(&name, candidates)
+            }
+        })
+    }
+
+    pub fn eval(&mut self, e: &ast::Expr, scope: &Scope<'a>) -> EvalResult {
+        match &e.node {
+            ExprKind::Int(i) => Ok(Val::plain(Value::Int(*i))),
+            ExprKind::Float(f) => Ok(Val::plain(Value::Float(*f))),
+            ExprKind::Str(s) => Ok(Val::plain(Value::Str(s.clone()))),
+            ExprKind::Bool(b) => Ok(Val::plain(Value::Bool(*b))),
+            ExprKind::Null => Ok(Val::plain(Value::Null)),
+            ExprKind::List(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                let mut origins = Vec::new();
+                for i in items {
+                    let v = self.eval(i, scope)?;
+                    origins.extend(v.origins);
+                    out.push(v.value);
+                }
+                Ok(Val::plain(Value::List(out)).with_origins(&origins))
+            }
+            ExprKind::Name(path) => self.name(path, e.span, scope),
+            ExprKind::Unary(op, inner) => {
+                let v = self.eval(inner, scope)?;
+                let value = match (op, &v.value) {
+                    (UnOp::Neg, Value::Int(i)) => Value::Int(i.checked_neg().ok_or_else(|| {
+                        overflow(e.span, &v)
+                    })?),
+                    (UnOp::Neg, Value::Float(f)) => Value::Float(-f),
+                    (UnOp::Not, Value::Bool(b)) => Value::Bool(!b),
+                    _ => {
+                        let want = if *op == UnOp::Not { "a boolean" } else { "a number" };
+                        return Err(type_error(inner.span, want, &v).into());
+                    }
+                };
+                Ok(Val {
+                    value,
+                    origins: v.origins,
+                })
+            }
+            ExprKind::Binary(op, a, b) => self.binary(*op, a, b, e.span, scope),
+            ExprKind::Call(func, args) => self.call(func, args, e.span, scope),
+            ExprKind::Index(base, index) => {
+                let b = self.eval(base, scope)?;
+                let i = self.eval(index, scope)?;
+                let Value::Int(ix) = i.value else {
+                    return Err(type_error(index.span, "an integer index", &i).into());
+                };
+                let origins: Vec<Origin> = b.origins.iter().chain(&i.origins).cloned().collect();
+                let (len, item) = match &b.value {
+                    Value::Str(s) => {
+                        let c = usize::try_from(ix).ok().and_then(|k| s.chars().nth(k));
+                        (s.chars().count(), c.map(|c| Value::Str(c.to_string())))
+                    }
+                    Value::List(l) => {
+                        let v = usize::try_from(ix).ok().and_then(|k| l.get(k)).cloned();
+                        (l.len(), v)
+                    }
+                    _ => return Err(type_error(base.span, "a string or list", &b).into()),
+                };
+                match item {
+                    Some(v) => Ok(Val::plain(v).with_origins(&origins)),
+                    None => Err(Diagnostic::new(
+                        Code::E0406,
+                        format!("index {ix} is out of range for a {} of length {len}", b.value.type_name()),
+                    )
+                    .at(e.span, format!("valid indices are 0..{len}"))
+                    .with_labels(Val::plain(Value::Null).with_origins(&origins).labels())
+                    .into()),
+                }
+            }
+        }
+    }
+
+    fn name(&mut self, path: &[String], span: Span, scope: &Scope<'a>) -> EvalResult {
+        if let [name] = path {
+            match scope.var(name) {
+                Some(Binding::Index(i)) => return Ok(Val::plain(Value::Int(i))),
+                Some(Binding::Stack) => {
+                    return Err(Diagnostic::new(
+                        Code::E0204,
+                        format!("stack variable `{name}` has no single value here"),
+                    )
+                    .at(span, "only tensor names and `offload_group` may use it")
+                    .into())
+                }
+                None => {}
+            }
+            if let Some((depth, item)) = self.find_item(name, scope) {
+                let inner = Scope {
+                    frames: scope.frames[..depth].to_vec(),
+                };
+                let v = self.item(item, span, &inner)?;
+                let key = match depth {
+                    0 => name.clone(),
+                    d => format!("{}.{name}", scope.frames[d - 1].owner),
+                };
+                self.used.insert(key, v.value.clone());
+                return Ok(v);
+            }
+        }
+        match self.config.lookup(path) {
+            Some(found) => {
+                let value = Value::from_json(found.value);
+                self.used.insert(found.key.clone(), value.clone());
+                let shown = value.to_string();
+                Ok(Val::plain(value).with_origins(&[Origin {
+                    key: found.key,
+                    span: found.key_span,
+                    shown,
+                }]))
+            }
+            None => Err(Stop::Missing {
+                name: path.join("."),
+                span,
+            }),
+        }
+    }
+
+    /// The innermost visible, not-currently-evaluating `config` item called `name`, and
+    /// how many frames its evaluation may see.
+    fn find_item(&self, name: &str, scope: &Scope<'a>) -> Option<(usize, &'a ast::ConfigItem)> {
+        for (depth, frame) in scope.frames.iter().enumerate().rev() {
+            if let Some(item) = frame
+                .configs
+                .iter()
+                .find(|c| c.name.node == name && !self.active.contains(&c.span))
+            {
+                return Some((depth + 1, item));
+            }
+        }
+        self.program
+            .globals
+            .iter()
+            .find(|c| c.name.node == name && !self.active.contains(&c.span))
+            .map(|c| (0, c))
+    }
+
+    fn item(&mut self, item: &'a ast::ConfigItem, use_span: Span, scope: &Scope<'a>) -> EvalResult {
+        self.active.push(item.span);
+        let result = self.alternatives(item, use_span, scope);
+        self.active.pop();
+        result
+    }
+
+    fn alternatives(&mut self, item: &'a ast::ConfigItem, use_span: Span, scope: &Scope<'a>) -> EvalResult {
+        for (i, alt) in item.alternatives.iter().enumerate() {
+            match self.eval(alt, scope) {
+                Ok(v) if v.value == Value::Null => continue,
+                Ok(v) => {
+                    let first_is_key = matches!(item.alternatives[0].node, ExprKind::Name(_));
+                    let is_key = matches!(alt.node, ExprKind::Name(_));
+                    // The stdlib's defaults are the schema's (Mistral has no `attention_bias`
+                    // key because it has no biases); only a user's defaults are news.
+                    let user_item = !self.program.stdlib_files.contains(&item.span.file);
+                    if i > 0 && first_is_key && !is_key && user_item && self.defaults_seen.insert(item.span) {
+                        let shown = if v.origins.is_empty() {
+                            format!("`{}`", alt.node)
+                        } else {
+                            format!("`{}` = {}", alt.node, v.value)
+                        };
+                        self.defaults.push(
+                            Diagnostic::new(
+                                Code::W0301,
+                                format!("config.json has no `{}`; using the default {shown}", item.alternatives[0].node),
+                            )
+                            .at(alt.span, "default used")
+                            .with_labels(v.labels()),
+                        );
+                    }
+                    return Ok(v);
+                }
+                Err(Stop::Missing { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Stop::Missing {
+            name: item.name.node.clone(),
+            span: use_span,
+        })
+    }
+
+    fn call(&mut self, func: &ast::Ident, args: &[ast::Expr], span: Span, scope: &Scope<'a>) -> EvalResult {
+        let mut vals = Vec::with_capacity(args.len());
+        for a in args {
+            vals.push(self.eval(a, scope)?);
+        }
+        let origins: Vec<Origin> = vals.iter().flat_map(|v| v.origins.clone()).collect();
+        let arity = |n: usize| -> Result<(), Stop> {
+            if vals.len() == n {
+                Ok(())
+            } else {
+                Err(Diagnostic::new(Code::E0405, format!("`{}` takes {n} argument(s), got {}", func.node, vals.len()))
+                    .at(span, "wrong number of arguments")
+                    .into())
+            }
+        };
+        let value = match func.node.as_str() {
+            "len" => {
+                arity(1)?;
+                match &vals[0].value {
+                    Value::Str(s) => Value::Int(s.chars().count() as i64),
+                    Value::List(l) => Value::Int(l.len() as i64),
+                    _ => return Err(type_error(args[0].span, "a string or list", &vals[0]).into()),
+                }
+            }
+            "min" | "max" => {
+                arity(2)?;
+                match (&vals[0].value, &vals[1].value) {
+                    (Value::Int(a), Value::Int(b)) => {
+                        Value::Int(if func.node == "min" { *a.min(b) } else { *a.max(b) })
+                    }
+                    (Value::Int(_), _) => return Err(type_error(args[1].span, "an integer", &vals[1]).into()),
+                    _ => return Err(type_error(args[0].span, "an integer", &vals[0]).into()),
+                }
+            }
+            other => {
+                return Err(Diagnostic::new(Code::E0405, format!("unknown function `{other}`"))
+                    .at(func.span, "built-in functions are `len`, `min` and `max`")
+                    .suggest(other, ["len", "min", "max"])
+                    .into())
+            }
+        };
+        Ok(Val::plain(value).with_origins(&origins))
+    }
+
+    fn binary(
+        &mut self,
+        op: BinOp,
+        a: &ast::Expr,
+        b: &ast::Expr,
+        span: Span,
+        scope: &Scope<'a>,
+    ) -> EvalResult {
+        let x = self.eval(a, scope)?;
+        // `and` / `or` short-circuit, so a guard can protect a lookup: `n > 0 and xs[n - 1] == 1`.
+        if matches!(op, BinOp::And | BinOp::Or) {
+            let Value::Bool(l) = x.value else {
+                return Err(type_error(a.span, "a boolean", &x).into());
+            };
+            if (op == BinOp::And && !l) || (op == BinOp::Or && l) {
+                return Ok(x);
+            }
+            let y = self.eval(b, scope)?;
+            return match y.value {
+                Value::Bool(_) => Ok(y.with_origins(&x.origins)),
+                _ => Err(type_error(b.span, "a boolean", &y).into()),
+            };
+        }
+        let y = self.eval(b, scope)?;
+        let origins: Vec<Origin> = x.origins.iter().chain(&y.origins).cloned().collect();
+        let value = super::ops::apply(op, &x, &y, a.span, b.span, span)?;
+        Ok(Val::plain(value).with_origins(&origins))
+    }
+}
+
+pub fn overflow(span: Span, v: &Val) -> Diagnostic {
+    Diagnostic::new(Code::E0411, "integer overflow")
+        .at(span, "this overflows 64-bit integers")
+        .with_labels(v.labels())
+}
+
+/// A value of the wrong type: E0303 when it came straight from the config, else E0405.
+pub fn type_error(span: Span, want: &str, got: &Val) -> Diagnostic {
+    // A raw config value passing through unchanged: the config, not the .wmap, is at odds.
+    let from_config = matches!(got.origins.as_slice(), [o] if o.shown == got.value.to_string());
+    let code = if from_config { Code::E0303 } else { Code::E0405 };
+    Diagnostic::new(
+        code,
+        format!("expected {want}, found {} `{}`", got.value.type_name(), got.value),
+    )
+    .at(span, format!("this is a {}", got.value.type_name()))
+    .with_labels(got.labels())
+}

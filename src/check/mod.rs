@@ -1,0 +1,468 @@
+//! Check: a resolved program + a config → a config-bound model.
+//!
+//! Input: a [`Program`], the model to check and a [`Config`]. Output: the model's body
+//! with every shape evaluated to positive integers, every `when` decided, every source
+//! tree shape-checked (fuse parts add up, stack counts match, slices fit), plus the
+//! config values read. Repeated instances are evaluated once per index here; [`crate::lower`]
+//! merges identical bodies. Errors are collected: one bad param does not hide the next.
+//! Never reads tensor bytes or checkpoint headers.
+
+mod eval;
+mod ops;
+mod source;
+mod value;
+
+use std::collections::BTreeMap;
+
+pub use eval::{Binding, Frame, Scope};
+pub use value::Value;
+
+use crate::config::Config;
+use crate::diag::{Code, Diagnostic, Diagnostics};
+use crate::ir;
+use crate::resolve::{DeclId, Program};
+use crate::source::Span;
+use crate::syntax::ast;
+
+/// The result of checking: a bound, not yet compacted, model.
+#[derive(Debug)]
+pub struct Checked {
+    pub model: DeclId,
+    /// Repeated instances carry one variant per index, in order.
+    pub root: ir::Body,
+    pub config: BTreeMap<String, Value>,
+    pub spans: ir::Spans,
+}
+
+/// Checks `model` against `config`. `Checked` is `Some` exactly when there is no error.
+pub fn check(program: &Program, model: DeclId, config: &Config) -> (Option<Checked>, Diagnostics) {
+    let mut w = Walker {
+        ev: eval::Evaluator::new(program, config),
+        diags: Diagnostics::default(),
+        spans: BTreeMap::new(),
+        shape_labels: Vec::new(),
+    };
+    let scope = Scope {
+        frames: vec![frame(program.decl(model), Vec::new())],
+    };
+    let root = w.body(model, &scope, "", "");
+    let mut diags = w.diags;
+    for d in w.ev.defaults {
+        diags.push(d);
+    }
+    let checked = (!diags.has_errors()).then(|| Checked {
+        model,
+        root,
+        config: w.ev.used,
+        spans: w.spans,
+    });
+    (checked, diags)
+}
+
+fn frame(decl: &ast::Decl, vars: Vec<(String, Binding)>) -> Frame<'_> {
+    Frame {
+        owner: &decl.name.node,
+        configs: decl
+            .members
+            .iter()
+            .filter_map(|m| match m {
+                ast::Member::Config(c) => Some(c),
+                _ => None,
+            })
+            .collect(),
+        vars,
+    }
+}
+
+/// Joins checkpoint-name pieces with `.`; a piece starting with `/` is absolute.
+pub fn join_name(prefix: &str, name: &str) -> String {
+    if let Some(abs) = name.strip_prefix('/') {
+        abs.to_string()
+    } else if prefix.is_empty() {
+        name.to_string()
+    } else if name.is_empty() {
+        prefix.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+struct Walker<'a> {
+    ev: eval::Evaluator<'a>,
+    diags: Diagnostics,
+    spans: ir::Spans,
+    /// Config keys behind the shapes of the param being checked: attached to shape errors.
+    shape_labels: Vec<crate::diag::Label>,
+}
+
+/// Where the walk is: the declaration, the scope, the checkpoint prefix and the IR path.
+#[derive(Clone)]
+struct Ctx<'a, 's> {
+    decl: DeclId,
+    scope: &'s Scope<'a>,
+    prefix: &'s str,
+    path: &'s str,
+}
+
+impl<'a> Walker<'a> {
+    fn program(&self) -> &'a Program {
+        self.ev.program
+    }
+
+    /// Reports a shape disagreement with the config keys behind the shapes involved.
+    fn shape_error(&mut self, d: Diagnostic) {
+        let labels = self.shape_labels.clone();
+        self.diags.push(d.with_labels(labels));
+    }
+
+    fn report<T>(&mut self, r: Result<T, eval::Stop>, scope: &Scope<'a>) -> Option<T> {
+        match self.ev.finish(r, scope) {
+            Ok(v) => Some(v),
+            Err(d) => {
+                self.diags.push(d);
+                None
+            }
+        }
+    }
+
+    fn int(&mut self, e: &ast::Expr, scope: &Scope<'a>) -> Option<(i64, value::Val)> {
+        let v = self.ev.eval(e, scope);
+        let v = self.report(v, scope)?;
+        match v.value {
+            Value::Int(i) => Some((i, v)),
+            _ => {
+                self.diags.push(eval::type_error(e.span, "an integer", &v));
+                None
+            }
+        }
+    }
+
+    /// A `when` condition: `None` after reporting a problem.
+    fn condition(&mut self, e: &ast::Expr, scope: &Scope<'a>) -> Option<bool> {
+        let v = self.ev.eval(e, scope);
+        let v = self.report(v, scope)?;
+        match v.value {
+            Value::Bool(b) => Some(b),
+            _ => {
+                self.diags.push(
+                    eval::type_error(e.span, "a boolean condition", &v)
+                        .with_help("compare explicitly, e.g. `x > 0` or `x != null`"),
+                );
+                None
+            }
+        }
+    }
+
+    fn body(&mut self, decl: DeclId, scope: &Scope<'a>, prefix: &str, path: &str) -> ir::Body {
+        let program = self.program();
+        let d = program.decl(decl);
+        let ctx = Ctx {
+            decl,
+            scope,
+            prefix,
+            path,
+        };
+        let mut body = ir::Body::default();
+        for m in &d.members {
+            match m {
+                ast::Member::Param(p) => {
+                    let on = match &p.when {
+                        Some(w) => self.condition(w, scope).unwrap_or(false),
+                        None => true,
+                    };
+                    if on {
+                        if let Some(param) = self.param(p, &ctx) {
+                            body.params.push(param);
+                        }
+                    }
+                }
+                ast::Member::Instance(i) => {
+                    if let Some(inst) = self.instance(i, &ctx) {
+                        body.instances.push(inst);
+                    }
+                }
+                ast::Member::Ignore(patterns) => {
+                    for pat in patterns {
+                        if self.template(pat, scope) {
+                            body.ignore.push(join_name(prefix, &pat.node));
+                        }
+                    }
+                }
+                ast::Member::Config(_) => {}
+            }
+        }
+        body
+    }
+
+    /// The names of `decl`'s `when`-guarded members present in `body`.
+    fn kind(&self, decl: DeclId, body: &ir::Body) -> String {
+        let present = |name: &str| {
+            body.params.iter().any(|p| p.name == name) || body.instances.iter().any(|i| i.name == name)
+        };
+        self.program()
+            .decl(decl)
+            .members
+            .iter()
+            .filter_map(|m| match m {
+                ast::Member::Param(p) if p.when.is_some() => Some(p.name.node.as_str()),
+                ast::Member::Instance(i) if i.when.is_some() => Some(i.name.node.as_str()),
+                _ => None,
+            })
+            .filter(|n| present(n))
+            .collect::<Vec<_>>()
+            .join("+")
+    }
+
+    fn instance(&mut self, i: &'a ast::Instance, ctx: &Ctx<'a, '_>) -> Option<ir::Instance> {
+        let program = self.program();
+        let child = program.lookup(&i.decl.node)?;
+        let child_decl = program.decl(child);
+        let mut inst = ir::Instance {
+            name: i.name.node.clone(),
+            module: child_decl.name.node.clone(),
+            prefix: String::new(),
+            repeat: None,
+            variants: Vec::new(),
+            kinds: Vec::new(),
+        };
+        let at = i.at.as_ref().map_or("", |a| a.node.as_str());
+        inst.prefix = join_name(ctx.prefix, at);
+        let Some(rep) = &i.repeat else {
+            let scope = Scope {
+                frames: [ctx.scope.frames.clone(), vec![frame(child_decl, Vec::new())]].concat(),
+            };
+            if let Some(at) = &i.at {
+                self.template(at, &scope);
+            }
+            let on = match &i.when {
+                Some(w) => self.condition(w, &scope)?,
+                None => true,
+            };
+            if !on {
+                return None;
+            }
+            let path = join_name(ctx.path, &i.name.node);
+            let body = self.body(child, &scope, &inst.prefix, &path);
+            inst.variants.push(ir::Variant {
+                indices: Vec::new(),
+                kind: self.kind(child, &body),
+                body,
+            });
+            return Some(inst);
+        };
+        let (start, _) = self.int(&rep.range.start, ctx.scope)?;
+        let (end, end_val) = self.int(&rep.range.end, ctx.scope)?;
+        if end < start {
+            self.diags.push(
+                Diagnostic::new(Code::E0401, format!("repeat range {start}..{end} runs backwards"))
+                    .at(rep.range.end.span, format!("this is {end}"))
+                    .with_labels(end_val.labels()),
+            );
+            return None;
+        }
+        let var = rep.var.node.clone();
+        inst.repeat = Some(ir::Repeat {
+            var: var.clone(),
+            start,
+            count: end - start,
+        });
+        let path = format!("{}.{{{var}}}", join_name(ctx.path, &i.name.node));
+        for idx in start..end {
+            let scope = Scope {
+                frames: [
+                    ctx.scope.frames.clone(),
+                    vec![frame(child_decl, vec![(var.clone(), Binding::Index(idx))])],
+                ]
+                .concat(),
+            };
+            if idx == start {
+                if let Some(at) = &i.at {
+                    self.template(at, &scope);
+                }
+            }
+            let on = match &i.when {
+                Some(w) => self.condition(w, &scope),
+                None => Some(true),
+            };
+            if on != Some(true) {
+                continue;
+            }
+            let errors_before = self.diags.count(crate::diag::Severity::Error);
+            let body = self.body(child, &scope, &inst.prefix, &path);
+            inst.variants.push(ir::Variant {
+                indices: vec![[idx, idx + 1]],
+                kind: self.kind(child, &body),
+                body,
+            });
+            // One broken layer is usually every layer broken the same way: stop early
+            // rather than repeat the same diagnostic for all of them.
+            if self.diags.count(crate::diag::Severity::Error) > errors_before {
+                break;
+            }
+        }
+        Some(inst)
+    }
+
+    /// Checks the `{var}` holes of a name template against the scope.
+    fn template(&mut self, t: &crate::source::Spanned<String>, scope: &Scope<'a>) -> bool {
+        let mut ok = true;
+        let mut rest = t.node.as_str();
+        let mut offset = 0;
+        while let Some(open) = rest.find('{') {
+            let Some(close) = rest[open..].find('}') else {
+                self.diags.push(
+                    Diagnostic::new(Code::E0204, "unclosed `{` in a name template")
+                        .at(t.span, "add the closing `}`"),
+                );
+                return false;
+            };
+            let name = &rest[open + 1..open + close];
+            if scope.var(name).is_none() {
+                // +1 skips the opening quote of the string literal.
+                let start = t.span.start + 1 + offset + open;
+                let span = Span::new(t.span.file, start..start + close + 1);
+                let span = if span.end <= t.span.end { span } else { t.span };
+                self.diags.push(
+                    Diagnostic::new(Code::E0204, format!("no index variable `{name}` is in scope"))
+                        .at(span, "unknown index variable")
+                        .with_note(format!(
+                            "index variables here: {}",
+                            none_if_empty(&scope.var_names())
+                        ))
+                        .suggest(name, scope.var_names()),
+                );
+                ok = false;
+            }
+            offset += open + close + 1;
+            rest = &rest[open + close + 1..];
+        }
+        ok
+    }
+
+    fn param(&mut self, p: &'a ast::Param, ctx: &Ctx<'a, '_>) -> Option<ir::Param> {
+        self.shape_labels.clear();
+        let shape = self.shape(&p.shape, ctx.scope)?;
+        let path = join_name(ctx.path, &p.name.node);
+        self.spans.insert(path.clone(), p.name.span);
+        let offload_group = match &p.offload_group {
+            Some(e) => self.offload(e, ctx.scope, p.source.as_ref())?,
+            None => None,
+        };
+        let src = p.source.as_ref()?;
+        let source = self.source(src, Some(&shape), ctx)?;
+        Some(ir::Param {
+            name: p.name.node.clone(),
+            shape,
+            dtype: p.dtype.as_ref().map_or("bf16", |d| d.node.as_str()).to_string(),
+            quantizable: p.quantizable.is_some(),
+            optional: p.optional.is_some(),
+            offload_group,
+            source,
+        })
+    }
+
+    /// Evaluates a shape; every dimension must be a positive integer.
+    fn shape(&mut self, shape: &ast::Shape, scope: &Scope<'a>) -> Option<Vec<u64>> {
+        let mut out = Vec::with_capacity(shape.node.len());
+        let mut ok = true;
+        for dim in &shape.node {
+            match self.int(dim, scope) {
+                Some((v, val)) if v > 0 => {
+                    for l in val.labels() {
+                        if !self.shape_labels.iter().any(|x| x.span == l.span) {
+                            self.shape_labels.push(l);
+                        }
+                    }
+                    out.push(v as u64);
+                }
+                Some((v, val)) => {
+                    self.diags.push(
+                        Diagnostic::new(Code::E0401, format!("shape dimension `{}` is {v}", dim.node))
+                            .at(dim.span, format!("evaluates to {v}"))
+                            .with_labels(val.labels())
+                            .with_help("every dimension must be a positive integer for this config"),
+                    );
+                    ok = false;
+                }
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn offload(
+        &mut self,
+        e: &ast::Expr,
+        scope: &Scope<'a>,
+        src: Option<&ast::Source>,
+    ) -> Option<Option<ir::OffloadGroup>> {
+        // Stack variables of the source: the group may vary along them.
+        let mut stack_vars = Vec::new();
+        if let Some(s) = src {
+            source::stack_vars(s, &mut stack_vars);
+        }
+        let mut per = Vec::new();
+        collect_names(e, &mut |n| {
+            if stack_vars.iter().any(|v| v == n) && !per.iter().any(|p: &String| p == n) {
+                per.push(n.to_string());
+            }
+        });
+        // Probe with every stack variable at 0: the expression must give an integer.
+        let mut probe = scope.clone();
+        for v in &per {
+            probe = probe.with_var(v, Binding::Index(0));
+        }
+        let r = self.ev.eval(e, &probe);
+        let v = self.report(r, &probe)?;
+        let Value::Int(value) = v.value else {
+            self.diags.push(
+                Diagnostic::new(
+                    Code::E0410,
+                    format!("offload group must be an integer, found {} `{}`", v.value.type_name(), v.value),
+                )
+                .at(e.span, "not an integer")
+                .with_help("use an index variable such as `layer` or `expert`, or -1 for resident"),
+            );
+            return None;
+        };
+        if per.is_empty() && value == -1 {
+            return Some(None);
+        }
+        if value < -1 {
+            self.diags.push(
+                Diagnostic::new(Code::E0410, format!("offload group {value} is negative"))
+                    .at(e.span, "groups are numbered from 0; -1 means resident"),
+            );
+            return None;
+        }
+        Some(Some(ir::OffloadGroup {
+            expr: e.node.to_string(),
+            value: per.is_empty().then_some(value),
+            per,
+        }))
+    }
+}
+
+fn none_if_empty(names: &[&str]) -> String {
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// Calls `f` with every single-segment name an expression reads.
+fn collect_names(e: &ast::Expr, f: &mut dyn FnMut(&str)) {
+    use ast::ExprKind as K;
+    match &e.node {
+        K::Name(path) if path.len() == 1 => f(&path[0]),
+        K::List(items) => items.iter().for_each(|i| collect_names(i, f)),
+        K::Unary(_, a) => collect_names(a, f),
+        K::Call(_, args) => args.iter().for_each(|a| collect_names(a, f)),
+        K::Binary(_, a, b) | K::Index(a, b) => {
+            collect_names(a, f);
+            collect_names(b, f);
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,129 @@
+//! The front-end subcommands: `check`, `lower`, `explain`, `stdlib`.
+
+use std::process::ExitCode;
+
+use super::{ColorArg, Format, ModelArgs};
+use crate::diag::{self, Code, Color, Diagnostics};
+use crate::driver::{self, Compilation, ModelSource};
+
+fn source_of(args: &ModelArgs) -> ModelSource {
+    match (&args.file, &args.model) {
+        (Some(f), _) => ModelSource::File(f.clone()),
+        (None, Some(m)) => ModelSource::StdlibName(m.clone()),
+        (None, None) => ModelSource::Detect,
+    }
+}
+
+fn color(args: &ModelArgs) -> Color {
+    match args.color {
+        ColorArg::Auto => Color::Auto,
+        ColorArg::Never => Color::Never,
+    }
+}
+
+/// Prints diagnostics in the chosen format; JSON goes to stdout, text to stderr.
+fn emit(c: &Compilation, diags: &Diagnostics, args: &ModelArgs) {
+    match args.format {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&diag::render_json(&c.sources, diags)).unwrap_or_default()
+        ),
+        Format::Human => eprint!("{}", diag::render_human(&c.sources, diags, color(args))),
+    }
+}
+
+fn status(c: &Compilation) -> ExitCode {
+    if c.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+pub fn check(args: &ModelArgs) -> miette::Result<ExitCode> {
+    let c = driver::compile(&source_of(args), args.config.as_deref())?;
+    emit(&c, &c.diags, args);
+    if args.format == Format::Human && c.ok() {
+        match (&c.lowered, &c.program) {
+            (Some((ir, _)), _) => {
+                let n = count_params(&ir.root);
+                println!("ok: model `{}` checks against the config ({n} param declarations bound)", ir.model);
+            }
+            (None, Some(_)) => println!("ok: names resolve (pass --config to check shapes)"),
+            _ => {}
+        }
+    }
+    Ok(status(&c))
+}
+
+fn count_params(b: &crate::ir::Body) -> usize {
+    b.params.len()
+        + b.instances
+            .iter()
+            .flat_map(|i| &i.variants)
+            .map(|v| count_params(&v.body))
+            .sum::<usize>()
+}
+
+pub fn lower(args: &ModelArgs, spans: bool) -> miette::Result<ExitCode> {
+    if args.config.is_none() {
+        return Err(miette::miette!(help = "wmapc lower FILE --config config.json", "lower needs --config"));
+    }
+    let c = driver::compile(&source_of(args), args.config.as_deref())?;
+    let Some((ir, span_table)) = &c.lowered else {
+        // Diagnostics explain why there is no IR; JSON mode prints them on stdout.
+        emit(&c, &c.diags, args);
+        return Ok(status(&c));
+    };
+    if !c.diags.is_empty() {
+        // Warnings only: keep stdout for the IR.
+        eprint!("{}", diag::render_human(&c.sources, &c.diags, color(args)));
+    }
+    let mut value = serde_json::to_value(ir).map_err(|e| miette::miette!("cannot serialize the IR: {e}; this is a bug in wmapc"))?;
+    if spans {
+        let table: serde_json::Map<String, serde_json::Value> = span_table
+            .iter()
+            .map(|(path, span)| {
+                let (line, col) = c.sources.line_col(span.file, span.start);
+                let file = &c.sources.get(span.file).name;
+                (path.clone(), format!("{file}:{line}:{col}").into())
+            })
+            .collect();
+        value["spans"] = table.into();
+    }
+    println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn explain(code: Option<&str>) -> miette::Result<ExitCode> {
+    let Some(code) = code else {
+        for c in Code::ALL {
+            println!("{}  {:<28} {}", c.as_str(), c.name(), c.summary());
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let wanted = code.trim().to_ascii_uppercase();
+    match Code::ALL.iter().find(|c| c.as_str() == wanted || c.name() == code) {
+        Some(c) => {
+            print!("{}", c.explain());
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            let all: Vec<&str> = Code::ALL.iter().map(|c| c.as_str()).collect();
+            let hint = diag::nearest(&wanted, all.iter().copied())
+                .map(|n| format!("did you mean {n}? "))
+                .unwrap_or_default();
+            Err(miette::miette!(
+                help = format!("{hint}`wmapc explain` lists every code"),
+                "unknown diagnostic code `{code}`"
+            ))
+        }
+    }
+}
+
+pub fn stdlib() -> miette::Result<ExitCode> {
+    for m in driver::stdlib_models() {
+        println!("{:<12} {:<26} {}", m.name, m.file, m.architectures.join(", "));
+    }
+    Ok(ExitCode::SUCCESS)
+}

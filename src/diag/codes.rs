@@ -1,0 +1,70 @@
+//! The registry of diagnostic codes: the one list that `explain`, the renderers
+//! and the drift test read. The first two digits of a code name its phase:
+//! 01 syntax, 02 resolve, 03 config, 04 check, 05 checkpoint binding, 09 internal.
+
+macro_rules! codes {
+    ($($id:ident $name:literal $summary:literal;)*) => {
+        /// A stable diagnostic code. `E` codes are errors, `W` codes warnings.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Code { $($id),* }
+
+        impl Code {
+            /// Every code, in order.
+            pub const ALL: &'static [Code] = &[$(Code::$id),*];
+
+            /// `E0301`.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Code::$id => stringify!($id)),* }
+            }
+
+            /// `unknown-config-symbol`.
+            pub fn name(self) -> &'static str {
+                match self { $(Code::$id => $name),* }
+            }
+
+            /// One line saying what the code means.
+            pub fn summary(self) -> &'static str {
+                match self { $(Code::$id => $summary),* }
+            }
+
+            /// The code's page: what it means, why, an example and the fix.
+            pub fn explain(self) -> &'static str {
+                match self { $(Code::$id => include_str!(concat!("explain/", stringify!($id), ".md"))),* }
+            }
+        }
+    };
+}
+
+codes! {
+    E0101 "syntax-error" "the .wmap text does not follow the grammar";
+    E0102 "invalid-literal" "a number or string literal cannot be represented";
+    E0103 "duplicate-attribute" "a param or instance states the same attribute twice";
+    E0201 "unknown-declaration" "an instance names a module, block or model that does not exist";
+    E0202 "duplicate-declaration" "two declarations or two members share one name";
+    E0203 "use-not-found" "a `use` names a file that is neither beside the source nor in the stdlib";
+    E0204 "unknown-index-variable" "a name template or offload group uses an index variable not in scope";
+    E0205 "recursive-instantiation" "a declaration instantiates itself, directly or through others";
+    E0206 "missing-source" "a param has no `from` clause";
+    E0207 "unknown-tied-param" "`tied(...)` names a param that does not exist";
+    E0208 "unknown-dtype" "a `dtype =` names a type the runtime does not have";
+    E0209 "no-model" "the file declares no model, or several where one was needed";
+    E0210 "misplaced-member" "a declaration holds a member its kind does not allow";
+    W0201 "unused-declaration" "a module or block is declared but never instantiated";
+    E0301 "unknown-config-symbol" "an expression names a config key that config.json does not have";
+    E0302 "invalid-config" "config.json is not valid JSON or not an object";
+    E0303 "config-type-mismatch" "a config value has the wrong type for its use";
+    E0304 "no-model-for-architecture" "no stdlib model serves the config's `architectures`";
+    W0301 "config-default-used" "a config key is absent and a declared default was used";
+    E0401 "non-positive-dimension" "a shape dimension evaluates to zero or less";
+    E0402 "inexact-division" "an integer division in a shape leaves a remainder";
+    E0403 "fuse-shape-mismatch" "the parts of a `fuse` do not add up to the param's shape";
+    E0404 "stack-count-mismatch" "a `stack` count differs from the param's leading dimension";
+    E0405 "type-error" "an operator or condition is applied to values of the wrong type";
+    E0406 "index-out-of-range" "indexing a config string or list past its end";
+    E0407 "source-shape-mismatch" "a source's declared shape does not fit the param";
+    E0408 "dim-out-of-range" "a `dim` argument names a dimension the tensor does not have";
+    E0409 "division-by-zero" "an expression divides by zero";
+    E0410 "invalid-offload-group" "an offload group is not an integer over index variables";
+    E0411 "integer-overflow" "an expression overflows 64-bit integers";
+    E0901 "internal-error" "wmapc reached a state it should not; this is a bug in wmapc";
+}

@@ -1,0 +1,210 @@
+//! Driver: strings the phases together — the library's front door.
+//!
+//! Input: where the model comes from (a `.wmap` file, a stdlib model name, or the
+//! config's `architectures`) and a `config.json`. Output: a [`Compilation`] holding the
+//! source map, all diagnostics, and the IR when there were no errors.
+//! I/O failures (a file that cannot be read) are application errors ([`miette::Report`]);
+//! everything wrong *in* the inputs is a coded diagnostic.
+
+use std::path::{Path, PathBuf};
+
+use miette::{Context, IntoDiagnostic};
+
+use crate::config::Config;
+use crate::diag::{Code, Diagnostic, Diagnostics};
+use crate::resolve::{self, DeclId, Origin, Program};
+use crate::source::SourceMap;
+use crate::syntax::ast::DeclKind;
+use crate::{check, ir, lower, stdlib, syntax};
+
+/// Where the `.wmap` model comes from.
+#[derive(Clone, Debug)]
+pub enum ModelSource {
+    /// A user file; its `use`s resolve beside it, then in the stdlib.
+    File(PathBuf),
+    /// A `.wmap` text held in memory (tests, tools); `use`s resolve in the stdlib.
+    Text { name: String, text: String },
+    /// A stdlib model by declaration name (`Llama`) or file stem (`llama`).
+    StdlibName(String),
+    /// Pick the stdlib model serving the config's `architectures`.
+    Detect,
+}
+
+/// Everything a run produced.
+#[derive(Debug, Default)]
+pub struct Compilation {
+    pub sources: SourceMap,
+    pub diags: Diagnostics,
+    pub program: Option<Program>,
+    pub model: Option<DeclId>,
+    pub config: Option<Config>,
+    /// The IR and its span table, when checking found no error.
+    pub lowered: Option<(ir::Ir, ir::Spans)>,
+}
+
+impl Compilation {
+    pub fn ok(&self) -> bool {
+        !self.diags.has_errors()
+    }
+}
+
+/// Reads a file for the source map; failure is an application error.
+fn read(path: &Path, what: &str) -> miette::Result<String> {
+    let bytes = std::fs::read(path)
+        .into_diagnostic()
+        .wrap_err_with(|| format!("cannot read {what} `{}`", path.display()))?;
+    String::from_utf8(bytes)
+        .into_diagnostic()
+        .wrap_err_with(|| format!("{what} `{}` is not UTF-8 text", path.display()))
+}
+
+/// Parses, resolves, checks against `config` (when given) and lowers.
+pub fn compile(model: &ModelSource, config: Option<&Path>) -> miette::Result<Compilation> {
+    let mut c = Compilation::default();
+    if let Some(path) = config {
+        let text = read(path, "config")?;
+        let id = c.sources.add(path.display().to_string(), text);
+        match Config::parse(&c.sources, id) {
+            Ok(cfg) => c.config = Some(cfg),
+            Err(d) => {
+                c.diags.push(d);
+                return Ok(c);
+            }
+        }
+    }
+    let (name, text, origin) = match model {
+        ModelSource::File(p) => (p.display().to_string(), read(p, "model file")?, Origin::Disk(p.clone())),
+        ModelSource::Text { name, text } => (name.clone(), text.clone(), Origin::Stdlib(String::new())),
+        ModelSource::StdlibName(n) => match stdlib_by_name(n) {
+            Some(path) => stdlib_entry(path),
+            None => {
+                let known: Vec<String> = stdlib_models().into_iter().map(|m| m.name).collect();
+                return Err(miette::miette!(
+                    help = format!("stdlib models: {}", known.join(", ")),
+                    "no stdlib model is called `{n}`"
+                ));
+            }
+        },
+        ModelSource::Detect => {
+            let Some(cfg) = &c.config else {
+                return Err(miette::miette!("pass a .wmap file or --config so the model can be detected"));
+            };
+            match detect(cfg) {
+                Ok(path) => stdlib_entry(path),
+                Err(d) => {
+                    c.diags.push(d);
+                    return Ok(c);
+                }
+            }
+        }
+    };
+    let (program, diags) = resolve::resolve(&mut c.sources, &name, &text, origin);
+    c.diags.extend(diags);
+    let Some(program) = program else {
+        return Ok(c);
+    };
+    if let Some(cfg) = &c.config {
+        match pick_model(&program, cfg) {
+            Ok(model) => {
+                c.model = Some(model);
+                let (checked, diags) = check::check(&program, model, cfg);
+                c.diags.extend(diags);
+                if let Some(checked) = checked {
+                    c.lowered = Some(lower::lower(&program, checked));
+                }
+            }
+            Err(d) => c.diags.push(d),
+        }
+    }
+    c.program = Some(program);
+    Ok(c)
+}
+
+fn stdlib_entry(path: &str) -> (String, String, Origin) {
+    (
+        format!("<stdlib>/{path}"),
+        stdlib::get(path).unwrap_or_default().to_string(),
+        Origin::Stdlib(path.to_string()),
+    )
+}
+
+/// A stdlib model: its declaration name, file and the architectures it serves.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StdlibModel {
+    pub name: String,
+    pub file: &'static str,
+    pub architectures: Vec<String>,
+}
+
+/// Every model the stdlib declares, in file order.
+pub fn stdlib_models() -> Vec<StdlibModel> {
+    let mut out = Vec::new();
+    let mut sources = SourceMap::new();
+    for path in stdlib::model_files() {
+        let id = sources.add(path, stdlib::get(path).unwrap_or_default());
+        // The stdlib is tested to parse; a file that does not is skipped, not fatal.
+        if let Ok(file) = syntax::parse(id, &sources.get(id).text) {
+            for d in file.decls.iter().filter(|d| d.kind == DeclKind::Model) {
+                out.push(StdlibModel {
+                    name: d.name.node.clone(),
+                    file: path,
+                    architectures: d.serves.iter().map(|s| s.node.clone()).collect(),
+                });
+            }
+        }
+    }
+    out
+}
+
+fn stdlib_by_name(name: &str) -> Option<&'static str> {
+    stdlib_models().into_iter().find_map(|m| {
+        let stem = m.file.trim_start_matches("models/").trim_end_matches(".wmap");
+        (m.name.eq_ignore_ascii_case(name) || stem == name).then_some(m.file)
+    })
+}
+
+/// The stdlib file whose model serves one of the config's architectures.
+fn detect(cfg: &Config) -> Result<&'static str, Diagnostic> {
+    let archs = cfg.architectures();
+    let models = stdlib_models();
+    for (arch, _) in &archs {
+        if let Some(m) = models.iter().find(|m| m.architectures.contains(arch)) {
+            return Ok(m.file);
+        }
+    }
+    let all: Vec<&str> = models.iter().flat_map(|m| m.architectures.iter().map(String::as_str)).collect();
+    let mut d = Diagnostic::new(Code::E0304, "no stdlib model serves this config's architectures");
+    d = match archs.first() {
+        Some((a, span)) => d.at(*span, format!("`{a}` is not served by the stdlib")).suggest(a, all.iter().copied()),
+        None => d.at(cfg.root.span, "config has no `architectures` list"),
+    };
+    Err(d.with_note(format!("stdlib architectures: {}", all.join(", "))))
+}
+
+/// The model to check: the root file's only model, or the one serving the config.
+fn pick_model(program: &Program, cfg: &Config) -> Result<DeclId, Diagnostic> {
+    let models = program.root_models();
+    let archs: Vec<String> = cfg.architectures().into_iter().map(|(a, _)| a).collect();
+    match models.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(Diagnostic::new(Code::E0209, "this file declares no model")
+            .at(
+                crate::source::Span::new(program.root, 0..0),
+                "expected a `model Name for \"Architecture\" { … }`",
+            )
+            .with_help("add a model that instantiates the modules, or `use` a stdlib model")),
+        many => many
+            .iter()
+            .copied()
+            .find(|&m| program.decl(m).serves.iter().any(|s| archs.contains(&s.node)))
+            .ok_or_else(|| {
+                let first = program.decl(many[0]);
+                Diagnostic::new(
+                    Code::E0209,
+                    format!("several models here, none serving {}", archs.join(", ")),
+                )
+                .at(first.name.span, "one of the candidates")
+                .with_help("add the config's architecture to a model's `for` list")
+            }),
+    }
+}

@@ -1,0 +1,157 @@
+//! The IR: a model bound to one config, hierarchical and compact.
+//!
+//! Model → instances (repeated ones keep a count and their distinct bodies, not one copy
+//! per index) → params with concrete shapes and a source tree. Stacks stay symbolic.
+//! Serialization is deterministic (ordered fields, ordered maps) and versioned by
+//! [`IR_VERSION`]; spans live in a side table ([`Spans`]), not in the JSON, so
+//! reformatting a `.wmap` file does not change the IR.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped on every change to the JSON shape of the IR.
+pub const IR_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Ir {
+    pub ir_version: u32,
+    pub model: String,
+    pub architectures: Vec<String>,
+    /// Every config key and `config` item the model read, with its value. Items declared
+    /// inside a declaration are keyed `Decl.item`; top-level items and raw keys by name.
+    pub config: BTreeMap<String, serde_json::Value>,
+    pub root: Body,
+}
+
+/// What one instance (or the model) holds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Body {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub params: Vec<Param>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<Instance>,
+    /// Checkpoint-name patterns deliberately not loaded (`*` matches anything).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignore: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Instance {
+    pub name: String,
+    pub module: String,
+    /// Checkpoint-name prefix (a template: `model.layers.{layer}`).
+    pub prefix: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat: Option<Repeat>,
+    /// One variant for a plain instance; for a repeat, one per distinct body with the
+    /// indices that have it. Indices whose `when` is false appear in none.
+    pub variants: Vec<Variant>,
+    /// For repeats with several variants: each index's kind (see [`Variant::kind`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kinds: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Repeat {
+    pub var: String,
+    pub start: i64,
+    pub count: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Variant {
+    /// Half-open index ranges `[start, end)` that have this body; empty for a plain instance.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub indices: Vec<[i64; 2]>,
+    /// The names of the `when`-guarded members present, joined by `+` (`mamba`, `moe`);
+    /// empty when the body has no guarded members.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    pub body: Body,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Param {
+    pub name: String,
+    pub shape: Vec<u64>,
+    pub dtype: String,
+    pub quantizable: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offload_group: Option<OffloadGroup>,
+    pub source: Source,
+}
+
+/// Which offload group a param (or each slice of a stacked param) belongs to.
+/// Groups are keyed by the repeat indices in scope plus the expression's value, so
+/// `offload_group = expert` gives one group per (layer, expert).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OffloadGroup {
+    /// The expression, in canonical form.
+    pub expr: String,
+    /// Stack variables the expression reads: the group varies along those stack dims.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub per: Vec<String>,
+    /// The value, when it does not depend on a stack variable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<i64>,
+}
+
+/// Where a param's data comes from. `shape` is the expected shape where the checker
+/// could derive it; binding to a checkpoint checks it against the real tensor.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Tensor {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        shape: Option<Vec<u64>>,
+    },
+    Try {
+        options: Vec<Source>,
+    },
+    Fuse {
+        dim: usize,
+        parts: Vec<Source>,
+    },
+    Stack {
+        var: String,
+        start: i64,
+        count: u64,
+        part: Box<Source>,
+    },
+    Slice {
+        dim: usize,
+        start: u64,
+        end: u64,
+        step: u64,
+        source: Box<Source>,
+    },
+    Split {
+        dim: usize,
+        part: u64,
+        of: u64,
+        source: Box<Source>,
+    },
+    Reshape {
+        shape: Vec<u64>,
+        source: Box<Source>,
+    },
+    Squeeze {
+        dim: usize,
+        source: Box<Source>,
+    },
+    Transpose {
+        dims: [usize; 2],
+        source: Box<Source>,
+    },
+    Tied {
+        param: String,
+    },
+}
+
+/// The side table: where each param was declared, keyed by its IR path
+/// (`layers.{layer}.attention.qkv`).
+pub type Spans = BTreeMap<String, crate::source::Span>;

@@ -1,0 +1,28 @@
+//! wmap: a declarative language for mapping HuggingFace checkpoints onto a training
+//! runtime's parameters, and its compiler.
+//!
+//! The pipeline, in the order the phases run:
+//!
+//! 1. [`source`]: files and spans.
+//! 2. [`syntax`]: `.wmap` text → AST (pest).
+//! 3. [`resolve`]: AST files + `use` imports + the embedded [`stdlib`] → a program with
+//!    every declaration, instance and tied reference resolved.
+//! 4. [`config`]: `config.json` → a spanned value tree with key lookup.
+//! 5. [`check`]: program + config → a config-bound model: every shape evaluated,
+//!    every `when` decided, every source type-checked.
+//! 6. [`lower`]: bound model → the compact, versioned [`ir`].
+//!
+//! [`diag`] holds the diagnostic codes all phases report with; [`driver`] strings the
+//! phases together for the CLI and for library users.
+
+pub mod check;
+pub mod cli;
+pub mod config;
+pub mod diag;
+pub mod driver;
+pub mod ir;
+pub mod lower;
+pub mod resolve;
+pub mod source;
+pub mod stdlib;
+pub mod syntax;

@@ -1,0 +1,41 @@
+//! The standard library: `.wmap` files embedded in the binary.
+//!
+//! Input: nothing (the files are compiled in). Output: their texts by stdlib path
+//! (`models/llama.wmap`). Architecture knowledge lives only in these files.
+
+macro_rules! stdlib_files {
+    ($($path:literal),* $(,)?) => {
+        /// Every stdlib file as (path relative to `stdlib/`, text).
+        pub const FILES: &[(&str, &str)] = &[
+            $(($path, include_str!(concat!("../stdlib/", $path)))),*
+        ];
+    };
+}
+
+stdlib_files![
+    "modules/norm.wmap",
+    "modules/attention.wmap",
+    "modules/mlp.wmap",
+    "modules/moe.wmap",
+    "modules/mamba2.wmap",
+    "modules/decoder.wmap",
+    "models/llama.wmap",
+    "models/qwen3.wmap",
+    "models/qwen3_moe.wmap",
+    "models/phi3.wmap",
+    "models/mamba2.wmap",
+    "models/nemotron_h.wmap",
+];
+
+/// The text of a stdlib file.
+pub fn get(path: &str) -> Option<&'static str> {
+    FILES.iter().find(|(p, _)| *p == path).map(|(_, t)| *t)
+}
+
+/// The stdlib files that declare models.
+pub fn model_files() -> impl Iterator<Item = &'static str> {
+    FILES
+        .iter()
+        .map(|(p, _)| *p)
+        .filter(|p| p.starts_with("models/"))
+}

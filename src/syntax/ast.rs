@@ -1,0 +1,276 @@
+//! The abstract syntax tree. Every node carries the span of its text.
+
+use std::fmt;
+
+use crate::source::{FileId, Span, Spanned};
+
+pub type Ident = Spanned<String>;
+pub type Expr = Spanned<ExprKind>;
+pub type Source = Spanned<SourceKind>;
+pub type Shape = Spanned<Vec<Expr>>;
+
+/// One parsed `.wmap` file.
+#[derive(Clone, Debug)]
+pub struct File {
+    pub id: FileId,
+    pub uses: Vec<Spanned<String>>,
+    /// `config` items at the top level: visible to every declaration.
+    pub configs: Vec<ConfigItem>,
+    pub decls: Vec<Decl>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeclKind {
+    Module,
+    Block,
+    Model,
+}
+
+impl DeclKind {
+    pub fn word(self) -> &'static str {
+        match self {
+            DeclKind::Module => "module",
+            DeclKind::Block => "block",
+            DeclKind::Model => "model",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Decl {
+    pub kind: DeclKind,
+    pub name: Ident,
+    /// The HF `architectures` a model serves (`model Llama for "LlamaForCausalLM"`).
+    pub serves: Vec<Spanned<String>>,
+    pub members: Vec<Member>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug)]
+pub enum Member {
+    Config(ConfigItem),
+    Param(Param),
+    Instance(Instance),
+    Ignore(Vec<Spanned<String>>),
+}
+
+/// `config name = alt | alt | …`: the first alternative whose config keys are all present wins.
+#[derive(Clone, Debug)]
+pub struct ConfigItem {
+    pub name: Ident,
+    pub alternatives: Vec<Expr>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug)]
+pub struct Param {
+    pub name: Ident,
+    pub shape: Shape,
+    pub quantizable: Option<Span>,
+    pub optional: Option<Span>,
+    pub dtype: Option<Ident>,
+    pub offload_group: Option<Expr>,
+    pub when: Option<Expr>,
+    pub source: Option<Source>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug)]
+pub struct Instance {
+    pub name: Ident,
+    pub decl: Ident,
+    pub repeat: Option<Repeat>,
+    pub at: Option<Spanned<String>>,
+    pub when: Option<Expr>,
+    pub span: Span,
+}
+
+/// `[layer in 0..num_hidden_layers]`
+#[derive(Clone, Debug)]
+pub struct Repeat {
+    pub var: Ident,
+    pub range: Range,
+}
+
+#[derive(Clone, Debug)]
+pub struct Range {
+    pub start: Expr,
+    pub end: Expr,
+}
+
+#[derive(Clone, Debug)]
+pub enum SourceKind {
+    /// A checkpoint tensor name (a template with `{var}` holes), with an optional expected shape.
+    Name {
+        template: Spanned<String>,
+        shape: Option<Shape>,
+    },
+    /// Fallbacks: the first alternative whose tensors all exist wins.
+    Try(Vec<Source>),
+    Fuse {
+        dim: Expr,
+        parts: Vec<Source>,
+    },
+    Stack {
+        var: Ident,
+        range: Range,
+        part: Box<Source>,
+    },
+    Slice {
+        source: Box<Source>,
+        dim: Expr,
+        range: Range,
+        step: Option<Expr>,
+    },
+    Split {
+        source: Box<Source>,
+        dim: Expr,
+        part: Expr,
+        of: Expr,
+    },
+    Reshape {
+        source: Box<Source>,
+        shape: Shape,
+    },
+    Squeeze {
+        source: Box<Source>,
+        dim: Expr,
+    },
+    Transpose {
+        source: Box<Source>,
+        a: Expr,
+        b: Expr,
+    },
+    Tied(Spanned<Vec<String>>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ExprKind {
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Bool(bool),
+    Null,
+    List(Vec<Expr>),
+    /// A config symbol, an index variable, or a dotted config key path.
+    Name(Vec<String>),
+    Unary(UnOp, Box<Expr>),
+    Binary(BinOp, Box<Expr>, Box<Expr>),
+    Index(Box<Expr>, Box<Expr>),
+    /// A built-in function: `len`, `min`, `max`.
+    Call(Ident, Vec<Expr>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnOp {
+    Neg,
+    Not,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinOp {
+    Or,
+    And,
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    In,
+    NotIn,
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Mod,
+}
+
+impl BinOp {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            BinOp::Or => "or",
+            BinOp::And => "and",
+            BinOp::Eq => "==",
+            BinOp::Ne => "!=",
+            BinOp::Lt => "<",
+            BinOp::Le => "<=",
+            BinOp::Gt => ">",
+            BinOp::Ge => ">=",
+            BinOp::In => "in",
+            BinOp::NotIn => "not in",
+            BinOp::Add => "+",
+            BinOp::Sub => "-",
+            BinOp::Mul => "*",
+            BinOp::Div => "/",
+            BinOp::Mod => "%",
+        }
+    }
+
+    /// Binding strength; higher binds tighter.
+    pub fn precedence(self) -> u8 {
+        match self {
+            BinOp::Or => 1,
+            BinOp::And => 2,
+            BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => 4,
+            BinOp::In | BinOp::NotIn => 4,
+            BinOp::Add | BinOp::Sub => 5,
+            BinOp::Mul | BinOp::Div | BinOp::Mod => 6,
+        }
+    }
+}
+
+/// Canonical text of an expression: fully parenthesised only where needed.
+impl fmt::Display for ExprKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fn operand(f: &mut fmt::Formatter<'_>, e: &ExprKind, outer: u8, right: bool) -> fmt::Result {
+            match e {
+                ExprKind::Binary(op, ..)
+                    if op.precedence() < outer || (right && op.precedence() == outer) =>
+                {
+                    write!(f, "({e})")
+                }
+                _ => write!(f, "{e}"),
+            }
+        }
+        match self {
+            ExprKind::Int(v) => write!(f, "{v}"),
+            ExprKind::Float(v) => write!(f, "{v:?}"),
+            ExprKind::Str(s) => write!(f, "{s:?}"),
+            ExprKind::Bool(b) => write!(f, "{b}"),
+            ExprKind::Null => write!(f, "null"),
+            ExprKind::List(items) => {
+                write!(f, "[")?;
+                for (i, e) in items.iter().enumerate() {
+                    if i > 0 {
+                        write!(f, ", ")?;
+                    }
+                    write!(f, "{}", e.node)?;
+                }
+                write!(f, "]")
+            }
+            ExprKind::Name(path) => write!(f, "{}", path.join(".")),
+            ExprKind::Unary(UnOp::Neg, e) => {
+                write!(f, "-")?;
+                operand(f, &e.node, 7, false)
+            }
+            ExprKind::Unary(UnOp::Not, e) => {
+                write!(f, "not ")?;
+                operand(f, &e.node, 3, false)
+            }
+            ExprKind::Binary(op, a, b) => {
+                operand(f, &a.node, op.precedence(), false)?;
+                write!(f, " {} ", op.symbol())?;
+                operand(f, &b.node, op.precedence(), true)
+            }
+            ExprKind::Call(func, args) => {
+                let args: Vec<String> = args.iter().map(|a| a.node.to_string()).collect();
+                write!(f, "{}({})", func.node, args.join(", "))
+            }
+            ExprKind::Index(a, i) => {
+                operand(f, &a.node, 8, false)?;
+                write!(f, "[{}]", i.node)
+            }
+        }
+    }
+}
