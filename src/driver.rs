@@ -74,7 +74,7 @@ pub fn compile(model: &ModelSource, config: Option<&Path>) -> miette::Result<Com
     }
     let (name, text, origin) = match model {
         ModelSource::File(p) => (p.display().to_string(), read(p, "model file")?, Origin::Disk(p.clone())),
-        ModelSource::Text { name, text } => (name.clone(), text.clone(), Origin::Stdlib(String::new())),
+        ModelSource::Text { name, text } => (name.clone(), text.clone(), Origin::Memory),
         ModelSource::StdlibName(n) => match stdlib_by_name(n) {
             Some(path) => stdlib_entry(path),
             None => {

@@ -21,6 +21,8 @@ use crate::syntax::{self, ast};
 pub enum Origin {
     Disk(PathBuf),
     Stdlib(String),
+    /// A user's text held in memory: its `use`s resolve in the stdlib.
+    Memory,
 }
 
 /// Index into [`Program::decls`].

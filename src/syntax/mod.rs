@@ -24,6 +24,13 @@ struct WmapParser;
 /// cannot be trusted); attribute errors are collected.
 pub fn parse(file: FileId, text: &str) -> Result<ast::File, Diagnostics> {
     let mut diags = Diagnostics::default();
+    if let Some(at) = too_deep(text) {
+        diags.push(
+            Diagnostic::new(Code::E0101, format!("brackets nested more than {MAX_NESTING} deep"))
+                .at(Span::new(file, at..at + 1), "nesting limit reached here"),
+        );
+        return Err(diags);
+    }
     let pairs = match WmapParser::parse(Rule::file, text) {
         Ok(p) => p,
         Err(e) => {
@@ -61,6 +68,43 @@ pub fn parse(file: FileId, text: &str) -> Result<ast::File, Diagnostics> {
     } else {
         Ok(out)
     }
+}
+
+/// The parser recurses once per bracket level; cap it so hostile input cannot
+/// exhaust the stack.
+const MAX_NESTING: usize = 64;
+
+/// The offset where bracket nesting first exceeds [`MAX_NESTING`], skipping strings
+/// and comments.
+fn too_deep(text: &str) -> Option<usize> {
+    let (mut depth, mut in_str, mut in_comment, mut escaped) = (0usize, false, false, false);
+    for (i, b) in text.bytes().enumerate() {
+        if in_comment {
+            in_comment = b != b'\n';
+        } else if in_str {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_str = false;
+            }
+        } else {
+            match b {
+                b'#' => in_comment = true,
+                b'"' => in_str = true,
+                b'(' | b'[' | b'{' => {
+                    depth += 1;
+                    if depth > MAX_NESTING {
+                        return Some(i);
+                    }
+                }
+                b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+    None
 }
 
 fn syntax_error(file: FileId, text: &str, e: pest::error::Error<Rule>) -> Diagnostic {

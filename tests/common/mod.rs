@@ -1,0 +1,32 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+/// The repository root (tests run with it as the working directory).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A path relative to the repository root, as diagnostics show it.
+pub fn rel(path: &Path) -> PathBuf {
+    path.strip_prefix(root()).unwrap_or(path).to_path_buf()
+}
+
+/// The `hf/` fixtures: (name, config file) for every config variant.
+pub fn hf_configs() -> Vec<(String, PathBuf)> {
+    let dir = root().join("tests/fixtures/hf");
+    let mut out = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.path()).collect();
+    entries.sort();
+    for d in entries {
+        let name = d.file_name().unwrap().to_string_lossy().into_owned();
+        for (variant, file) in [("", "config.json"), (".hub", "config.hub.json")] {
+            let p = d.join(file);
+            if p.exists() {
+                out.push((format!("{name}{variant}"), rel(&p)));
+            }
+        }
+    }
+    out
+}

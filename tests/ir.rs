@@ -1,0 +1,143 @@
+//! The IR of every stdlib model × every fixture config is snapshotted: the main
+//! regression net for the language, the checker and the stdlib.
+
+mod common;
+
+use wmap::driver::{self, ModelSource};
+
+fn lower(source: &ModelSource, config: &std::path::Path) -> (wmap::ir::Ir, driver::Compilation) {
+    let mut c = driver::compile(source, Some(config)).expect("no I/O error");
+    let rendered = wmap::diag::render_human(&c.sources, &c.diags, wmap::diag::Color::Never);
+    let (ir, _) = c.lowered.take().unwrap_or_else(|| panic!("{}: {rendered}", config.display()));
+    (ir, c)
+}
+
+#[test]
+fn fixture_configs_check_clean_and_lower_to_snapshots() {
+    let configs = common::hf_configs();
+    assert_eq!(configs.len(), 15, "fixture configs: {configs:?}");
+    for (name, config) in configs {
+        let (ir, c) = lower(&ModelSource::Detect, &config);
+        let rendered = wmap::diag::render_human(&c.sources, &c.diags, wmap::diag::Color::Never);
+        assert!(c.diags.is_empty(), "{name} must check clean:\n{rendered}");
+        insta::with_settings!({ snapshot_path => "snapshots/ir", prepend_module_to_snapshot => false }, {
+            insta::assert_json_snapshot!(name, ir);
+        });
+    }
+}
+
+#[test]
+fn detection_picks_the_model_serving_the_architecture() {
+    let expect = [
+        ("llama", "Llama"),
+        ("mistral", "Llama"),
+        ("phi3", "Phi3"),
+        ("qwen3", "Qwen3"),
+        ("qwen3_moe", "Qwen3Moe"),
+        ("mamba2", "Mamba2"),
+        ("nemotron_h", "NemotronH"),
+    ];
+    for (dir, model) in expect {
+        let config = common::root().join(format!("tests/fixtures/hf/{dir}/config.json"));
+        let (ir, _) = lower(&ModelSource::Detect, &config);
+        assert_eq!(ir.model, model, "{dir}");
+    }
+}
+
+#[test]
+fn lowering_is_deterministic() {
+    let config = common::root().join("tests/fixtures/hf/nemotron_h_moe/config.json");
+    let a = serde_json::to_string(&lower(&ModelSource::Detect, &config).0).unwrap();
+    let b = serde_json::to_string(&lower(&ModelSource::Detect, &config).0).unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn both_nemotron_config_forms_give_the_same_layers() {
+    for dir in ["nemotron_h", "nemotron_h_moe"] {
+        let base = common::root().join(format!("tests/fixtures/hf/{dir}"));
+        let (a, _) = lower(&ModelSource::Detect, &base.join("config.json"));
+        let (b, _) = lower(&ModelSource::Detect, &base.join("config.hub.json"));
+        assert_eq!(a.root, b.root, "{dir}: layer_kind from either key must bind the same model");
+    }
+}
+
+#[test]
+fn hybrid_layers_record_their_kind() {
+    let config = common::root().join("tests/fixtures/hf/nemotron_h_moe/config.hub.json");
+    let (ir, _) = lower(&ModelSource::Detect, &config);
+    let layers = &ir.root.instances[0];
+    assert_eq!(layers.kinds, ["mamba", "moe", "mamba", "attention", "moe"]);
+}
+
+/// A Qwen3-MoE config at full size (48 layers × 128 experts) lowers to a few kilobytes:
+/// repeats and stacks are not unrolled.
+#[test]
+fn large_moe_config_lowers_compactly() {
+    let dir = tempdir("qwen3_moe_large");
+    let text = std::fs::read_to_string(common::root().join("tests/fixtures/hf/qwen3_moe/config.json")).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&text).unwrap();
+    cfg["num_hidden_layers"] = 48.into();
+    cfg["num_local_experts"] = 128.into();
+    cfg["hidden_size"] = 2048.into();
+    cfg["moe_intermediate_size"] = 768.into();
+    cfg["num_attention_heads"] = 32.into();
+    cfg["num_key_value_heads"] = 4.into();
+    cfg["head_dim"] = 128.into();
+    cfg["vocab_size"] = 151936.into();
+    let path = dir.join("config.json");
+    std::fs::write(&path, serde_json::to_string(&cfg).unwrap()).unwrap();
+    let (ir, _) = lower(&ModelSource::Detect, &path);
+    let json = serde_json::to_string(&ir).unwrap();
+    assert!(json.len() < 8 * 1024, "IR is {} bytes", json.len());
+    let layers = &ir.root.instances[0];
+    assert_eq!(layers.repeat.as_ref().unwrap().count, 48);
+    assert_eq!(layers.variants.len(), 1);
+    assert!(json.contains("\"count\":128"), "experts stack over 128");
+}
+
+/// Every language feature the stdlib does not use, on one model: slices (contiguous and
+/// interleaved), split, reshape, transpose, squeeze, tied through an instance, optional,
+/// `when` with membership, `%` and indexing, stacks of already-fused tensors.
+#[test]
+fn language_features_lower_as_declared() {
+    let file = common::root().join("tests/fixtures/lang/features.wmap");
+    let config = common::root().join("tests/fixtures/hf/phi3/config.json");
+    let (ir, c) = lower(&ModelSource::File(common::rel(&file)), &config);
+    assert!(c.diags.is_empty());
+    insta::with_settings!({ snapshot_path => "snapshots/ir", prepend_module_to_snapshot => false }, {
+        insta::assert_json_snapshot!("lang_features", ir);
+    });
+}
+
+/// A user file can override a stdlib declaration by name.
+#[test]
+fn user_declaration_overrides_stdlib() {
+    let text = r#"
+use "models/llama.wmap"
+module GatedMlp {
+    param gate: [intermediate_size, hidden_size] quantizable from "gate_proj.weight"
+    param up: [intermediate_size, hidden_size] quantizable from "up_proj.weight"
+    param down: [hidden_size, intermediate_size] quantizable from "down_proj.weight"
+}
+model MyLlama for "LlamaForCausalLM" {
+    param embed: [vocab_size, hidden_size] from "model.embed_tokens.weight"
+    layers: DecoderBlock[layer in 0..num_hidden_layers] at "model.layers.{layer}"
+}
+"#;
+    let source = ModelSource::Text {
+        name: "my.wmap".into(),
+        text: text.into(),
+    };
+    let config = common::root().join("tests/fixtures/hf/llama/config.json");
+    let (ir, _) = lower(&source, &config);
+    let json = serde_json::to_string(&ir).unwrap();
+    assert!(json.contains("\"name\":\"gate\""), "the user's GatedMlp is used");
+    assert!(!json.contains("gate_up"));
+}
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("wmap-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
