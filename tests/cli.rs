@@ -1,0 +1,144 @@
+//! `wmapc` as a user runs it: exit codes, stdout/stderr, `--format json`, `explain`.
+
+mod common;
+
+use std::process::Command;
+
+/// Runs `wmapc` from the repository root; returns (exit code, stdout, stderr).
+fn wmapc(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_wmapc"))
+        .args(args)
+        .current_dir(common::root())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("wmapc runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn snapshot(name: &str, run: (i32, String, String)) {
+    let (code, stdout, stderr) = run;
+    let text = format!("exit: {code}\n----- stdout -----\n{stdout}----- stderr -----\n{stderr}");
+    insta::with_settings!({ snapshot_path => "snapshots/cli", prepend_module_to_snapshot => false }, {
+        insta::assert_snapshot!(name, text);
+    });
+}
+
+#[test]
+fn check_detects_the_model_and_exits_0() {
+    let run = wmapc(&["check", "--config", "tests/fixtures/hf/qwen3_moe/config.json"]);
+    assert_eq!(run.0, 0);
+    snapshot("check_ok", run);
+}
+
+#[test]
+fn check_a_file_with_errors_exits_1() {
+    let run = wmapc(&[
+        "check",
+        "tests/fixtures/errors/E0301-unknown-config-symbol.wmap",
+        "--config",
+        "tests/fixtures/hf/llama/config.json",
+        "--color",
+        "never",
+    ]);
+    assert_eq!(run.0, 1);
+    snapshot("check_error", run);
+}
+
+#[test]
+fn check_json_format_is_machine_readable() {
+    let run = wmapc(&[
+        "check",
+        "tests/fixtures/errors/E0301-unknown-config-symbol.wmap",
+        "--config",
+        "tests/fixtures/hf/llama/config.json",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(run.0, 1);
+    let v: serde_json::Value = serde_json::from_str(&run.1).expect("stdout is JSON");
+    assert_eq!(v["errors"], 1);
+    assert_eq!(v["diagnostics"][0]["code"], "E0301");
+    assert_eq!(v["diagnostics"][0]["labels"][0]["line"], 5);
+    snapshot("check_json", run);
+}
+
+#[test]
+fn check_without_config_resolves_names_only() {
+    let run = wmapc(&["check", "tests/fixtures/lang/features.wmap"]);
+    assert_eq!(run.0, 0);
+    snapshot("check_no_config", run);
+}
+
+#[test]
+fn lower_prints_the_ir_with_an_optional_span_table() {
+    let run = wmapc(&["lower", "--model", "llama", "--config", "tests/fixtures/hf/llama_tied/config.json", "--spans"]);
+    assert_eq!(run.0, 0);
+    let v: serde_json::Value = serde_json::from_str(&run.1).expect("stdout is JSON");
+    assert_eq!(v["ir_version"], 1);
+    assert_eq!(v["spans"]["lm_head"], "<stdlib>/models/llama.wmap:10:11");
+}
+
+#[test]
+fn lower_needs_a_config() {
+    let (code, _, stderr) = wmapc(&["lower", "--model", "llama"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("lower needs --config"), "{stderr}");
+}
+
+#[test]
+fn missing_files_are_io_errors_exit_2() {
+    let (code, _, stderr) = wmapc(&["check", "nope.wmap", "--config", "tests/fixtures/hf/llama/config.json"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("cannot read model file `nope.wmap`"), "{stderr}");
+    let (code, _, stderr) = wmapc(&["check", "--config", "missing/config.json"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("cannot read config"), "{stderr}");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    assert_eq!(wmapc(&["frobnicate"]).0, 2);
+    assert_eq!(wmapc(&["check", "--format", "yaml"]).0, 2);
+}
+
+#[test]
+fn explain_prints_a_page() {
+    let run = wmapc(&["explain", "E0301"]);
+    assert_eq!(run.0, 0);
+    assert!(run.1.starts_with("# E0301: unknown-config-symbol"));
+    let by_name = wmapc(&["explain", "unknown-config-symbol"]);
+    assert_eq!(by_name.1, run.1);
+}
+
+#[test]
+fn explain_lists_codes_and_rejects_unknown_ones() {
+    let (code, stdout, _) = wmapc(&["explain"]);
+    assert_eq!(code, 0);
+    assert!(stdout.lines().count() >= 30);
+    let run = wmapc(&["explain", "E0302x"]);
+    assert_eq!(run.0, 2);
+    assert!(run.2.contains("unknown diagnostic code"), "{}", run.2);
+}
+
+#[test]
+fn stdlib_lists_models() {
+    let run = wmapc(&["stdlib"]);
+    assert_eq!(run.0, 0);
+    snapshot("stdlib", run);
+}
+
+#[test]
+fn unknown_architecture_is_an_input_error() {
+    let dir = std::env::temp_dir().join(format!("wmap-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("config.json");
+    std::fs::write(&cfg, r#"{"architectures": ["LlamaForCausalLm"], "hidden_size": 8}"#).unwrap();
+    let (code, _, stderr) = wmapc(&["check", "--config", cfg.to_str().unwrap(), "--color", "never"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("E0304"), "{stderr}");
+    assert!(stderr.contains("did you mean `LlamaForCausalLM`?"), "{stderr}");
+}
