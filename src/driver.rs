@@ -73,7 +73,11 @@ pub fn compile(model: &ModelSource, config: Option<&Path>) -> miette::Result<Com
         }
     }
     let (name, text, origin) = match model {
-        ModelSource::File(p) => (p.display().to_string(), read(p, "model file")?, Origin::Disk(p.clone())),
+        ModelSource::File(p) => (
+            p.display().to_string(),
+            read(p, "model file")?,
+            Origin::Disk(p.clone()),
+        ),
         ModelSource::Text { name, text } => (name.clone(), text.clone(), Origin::Memory),
         ModelSource::StdlibName(n) => match stdlib_by_name(n) {
             Some(path) => stdlib_entry(path),
@@ -87,7 +91,9 @@ pub fn compile(model: &ModelSource, config: Option<&Path>) -> miette::Result<Com
         },
         ModelSource::Detect => {
             let Some(cfg) = &c.config else {
-                return Err(miette::miette!("pass a .wmap file or --config so the model can be detected"));
+                return Err(miette::miette!(
+                    "pass a .wmap file or --config so the model can be detected"
+                ));
             };
             match detect(cfg) {
                 Ok(path) => stdlib_entry(path),
@@ -158,7 +164,10 @@ pub fn stdlib_models() -> Vec<StdlibModel> {
 
 fn stdlib_by_name(name: &str) -> Option<&'static str> {
     stdlib_models().into_iter().find_map(|m| {
-        let stem = m.file.trim_start_matches("models/").trim_end_matches(".wmap");
+        let stem = m
+            .file
+            .trim_start_matches("models/")
+            .trim_end_matches(".wmap");
         (m.name.eq_ignore_ascii_case(name) || stem == name).then_some(m.file)
     })
 }
@@ -172,10 +181,18 @@ fn detect(cfg: &Config) -> Result<&'static str, Diagnostic> {
             return Ok(m.file);
         }
     }
-    let all: Vec<&str> = models.iter().flat_map(|m| m.architectures.iter().map(String::as_str)).collect();
-    let mut d = Diagnostic::new(Code::E0304, "no stdlib model serves this config's architectures");
+    let all: Vec<&str> = models
+        .iter()
+        .flat_map(|m| m.architectures.iter().map(String::as_str))
+        .collect();
+    let mut d = Diagnostic::new(
+        Code::E0304,
+        "no stdlib model serves this config's architectures",
+    );
     d = match archs.first() {
-        Some((a, span)) => d.at(*span, format!("`{a}` is not served by the stdlib")).suggest(a, all.iter().copied()),
+        Some((a, span)) => d
+            .at(*span, format!("`{a}` is not served by the stdlib"))
+            .suggest(a, all.iter().copied()),
         None => d.at(cfg.root.span, "config has no `architectures` list"),
     };
     Err(d.with_note(format!("stdlib architectures: {}", all.join(", "))))
@@ -196,7 +213,13 @@ fn pick_model(program: &Program, cfg: &Config) -> Result<DeclId, Diagnostic> {
         many => many
             .iter()
             .copied()
-            .find(|&m| program.decl(m).serves.iter().any(|s| archs.contains(&s.node)))
+            .find(|&m| {
+                program
+                    .decl(m)
+                    .serves
+                    .iter()
+                    .any(|s| archs.contains(&s.node))
+            })
             .ok_or_else(|| {
                 let first = program.decl(many[0]);
                 Diagnostic::new(

@@ -58,7 +58,10 @@ fn compact_instance(mut inst: ir::Instance) -> ir::Instance {
                 kinds[(i - repeat.start) as usize] = v.kind.clone();
             }
         }
-        match merged.iter_mut().find(|m| m.body == body && m.kind == v.kind) {
+        match merged
+            .iter_mut()
+            .find(|m| m.body == body && m.kind == v.kind)
+        {
             Some(m) => m.indices.extend(v.indices),
             None => merged.push(ir::Variant {
                 indices: v.indices,

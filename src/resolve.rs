@@ -69,7 +69,10 @@ impl Program {
 
     /// The member of `decl` called `name`, if any (params and instances share a namespace).
     pub fn member<'p>(&'p self, decl: DeclId, name: &str) -> Option<&'p ast::Member> {
-        self.decl(decl).members.iter().find(|m| member_name(m) == Some(name))
+        self.decl(decl)
+            .members
+            .iter()
+            .find(|m| member_name(m) == Some(name))
     }
 }
 
@@ -139,7 +142,11 @@ fn load_use(from: &Origin, path: &str) -> Option<(String, String, Origin)> {
     if let Origin::Disk(p) = from {
         let candidate = p.parent().unwrap_or(Path::new(".")).join(path);
         if let Ok(text) = std::fs::read_to_string(&candidate) {
-            return Some((candidate.display().to_string(), text, Origin::Disk(candidate)));
+            return Some((
+                candidate.display().to_string(),
+                text,
+                Origin::Disk(candidate),
+            ));
         }
     }
     // In the stdlib, a path is relative to the importing file's folder, then to the root.
@@ -151,7 +158,13 @@ fn load_use(from: &Origin, path: &str) -> Option<(String, String, Origin)> {
     }
     keys.push(path.trim_start_matches("./").to_string());
     keys.into_iter().find_map(|key| {
-        crate::stdlib::get(&key).map(|t| (format!("<stdlib>/{key}"), t.to_string(), Origin::Stdlib(key)))
+        crate::stdlib::get(&key).map(|t| {
+            (
+                format!("<stdlib>/{key}"),
+                t.to_string(),
+                Origin::Stdlib(key),
+            )
+        })
     })
 }
 
@@ -176,7 +189,7 @@ fn collect(root: FileId, files: Vec<(ast::File, bool)>, diags: &mut Diagnostics)
                 if prev_info.from_stdlib && !from_stdlib {
                     // A user declaration overrides the stdlib one.
                     program.by_name.insert(name, id);
-                } else if !(from_stdlib && !prev_info.from_stdlib) {
+                } else if !from_stdlib || prev_info.from_stdlib {
                     diags.push(
                         Diagnostic::new(Code::E0202, format!("`{name}` is declared twice"))
                             .at(decl.name.span, "second declaration")
@@ -200,7 +213,11 @@ fn check_members(program: &Program, diags: &mut Diagnostics) {
             diags.push(
                 Diagnostic::new(
                     Code::E0210,
-                    format!("only a model can serve architectures; `{}` is a {}", decl.name.node, decl.kind.word()),
+                    format!(
+                        "only a model can serve architectures; `{}` is a {}",
+                        decl.name.node,
+                        decl.kind.word()
+                    ),
                 )
                 .at(span, "`for` on a non-model declaration")
                 .with_help("declare it with `model`, or drop the `for` clause"),
@@ -235,9 +252,12 @@ fn check_members(program: &Program, diags: &mut Diagnostics) {
 }
 
 fn duplicate_member(name: &str, span: Span, prev: Span) -> Diagnostic {
-    Diagnostic::new(Code::E0202, format!("`{name}` is declared twice in this declaration"))
-        .at(span, "second declaration")
-        .with_label(prev, "first declared here")
+    Diagnostic::new(
+        Code::E0202,
+        format!("`{name}` is declared twice in this declaration"),
+    )
+    .at(span, "second declaration")
+    .with_label(prev, "first declared here")
 }
 
 fn check_instance(program: &Program, inst: &ast::Instance, diags: &mut Diagnostics) {
@@ -274,9 +294,12 @@ fn check_param(program: &Program, decl: &ast::Decl, p: &ast::Param, diags: &mut 
     }
     match &p.source {
         None => diags.push(
-            Diagnostic::new(Code::E0206, format!("param `{}` has no source", p.name.node))
-                .at(p.name.span, "no `from` clause")
-                .with_help("add `from \"<checkpoint tensor name>\"`"),
+            Diagnostic::new(
+                Code::E0206,
+                format!("param `{}` has no source", p.name.node),
+            )
+            .at(p.name.span, "no `from` clause")
+            .with_help("add `from \"<checkpoint tensor name>\"`"),
         ),
         Some(s) => visit_tied(s, &mut |path| check_tied(program, decl, path, diags)),
     }
@@ -317,13 +340,17 @@ fn check_tied(
                 None => return, // reported as E0201
             },
             _ => {
-                let candidates: Vec<&str> = current.members.iter().filter_map(member_name).collect();
+                let candidates: Vec<&str> =
+                    current.members.iter().filter_map(member_name).collect();
                 diags.push(
                     Diagnostic::new(
                         Code::E0207,
                         format!("`tied({})` names no param", path.node.join(".")),
                     )
-                    .at(path.span, format!("`{seg}` is not a param of `{}`", current.name.node))
+                    .at(
+                        path.span,
+                        format!("`{seg}` is not a param of `{}`", current.name.node),
+                    )
                     .suggest(seg, candidates),
                 );
                 return;
@@ -388,8 +415,11 @@ fn warn_unused(program: &Program, diags: &mut Diagnostics) {
         let d = &info.decl;
         if !info.from_stdlib && d.kind != ast::DeclKind::Model && !used.contains(&DeclId(i)) {
             diags.push(
-                Diagnostic::new(Code::W0201, format!("`{}` is never instantiated", d.name.node))
-                    .at(d.name.span, "unused declaration"),
+                Diagnostic::new(
+                    Code::W0201,
+                    format!("`{}` is never instantiated", d.name.node),
+                )
+                .at(d.name.span, "unused declaration"),
             );
         }
     }

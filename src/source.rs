@@ -121,7 +121,11 @@ impl<'a> codespan_reporting::files::Files<'a> for SourceMap {
             .ok_or(codespan_reporting::files::Error::FileMissing)
     }
 
-    fn line_index(&'a self, id: FileId, byte: usize) -> Result<usize, codespan_reporting::files::Error> {
+    fn line_index(
+        &'a self,
+        id: FileId,
+        byte: usize,
+    ) -> Result<usize, codespan_reporting::files::Error> {
         let f = self
             .files
             .get(id.0)
@@ -141,13 +145,13 @@ impl<'a> codespan_reporting::files::Files<'a> for SourceMap {
             .files
             .get(id.0)
             .ok_or(codespan_reporting::files::Error::FileMissing)?;
-        let start = *f
-            .line_starts
-            .get(line)
-            .ok_or(codespan_reporting::files::Error::LineTooLarge {
-                given: line,
-                max: f.line_starts.len() - 1,
-            })?;
+        let start =
+            *f.line_starts
+                .get(line)
+                .ok_or(codespan_reporting::files::Error::LineTooLarge {
+                    given: line,
+                    max: f.line_starts.len() - 1,
+                })?;
         let end = f.line_starts.get(line + 1).copied().unwrap_or(f.text.len());
         Ok(start..end)
     }

@@ -25,12 +25,63 @@ impl Rng {
 }
 
 const TOKENS: &[&str] = &[
-    "{", "}", "[", "]", "(", ")", ",", ":", "=", "|", "..", "\"", "#", "\n", " ", "0", "-1",
-    "99999999999999999999", "param", "module", "block", "model", "for", "use", "config", "when",
-    "from", "at", "fuse(dim = 0, ", "stack(e in 0..0, ", "tied(", "slice(", "split(", "reshape(",
-    "squeeze(", "transpose(", "quantizable", "optional", "offload_group = ", "dtype = f8", "not",
-    "in", "and", "or", "/", "% 0", "* 9223372036854775807", "{layer}", "{nope}", "len(", "null",
-    "1.5", "\"\\q\"", "ignore", "layer", "hidden_size", "é",
+    "{",
+    "}",
+    "[",
+    "]",
+    "(",
+    ")",
+    ",",
+    ":",
+    "=",
+    "|",
+    "..",
+    "\"",
+    "#",
+    "\n",
+    " ",
+    "0",
+    "-1",
+    "99999999999999999999",
+    "param",
+    "module",
+    "block",
+    "model",
+    "for",
+    "use",
+    "config",
+    "when",
+    "from",
+    "at",
+    "fuse(dim = 0, ",
+    "stack(e in 0..0, ",
+    "tied(",
+    "slice(",
+    "split(",
+    "reshape(",
+    "squeeze(",
+    "transpose(",
+    "quantizable",
+    "optional",
+    "offload_group = ",
+    "dtype = f8",
+    "not",
+    "in",
+    "and",
+    "or",
+    "/",
+    "% 0",
+    "* 9223372036854775807",
+    "{layer}",
+    "{nope}",
+    "len(",
+    "null",
+    "1.5",
+    "\"\\q\"",
+    "ignore",
+    "layer",
+    "hidden_size",
+    "é",
 ];
 
 fn mutate(rng: &mut Rng, text: &str) -> String {
@@ -61,7 +112,10 @@ fn mutate(rng: &mut Rng, text: &str) -> String {
 }
 
 fn corpus() -> Vec<String> {
-    let mut out: Vec<String> = wmap::stdlib::FILES.iter().map(|(_, t)| t.to_string()).collect();
+    let mut out: Vec<String> = wmap::stdlib::FILES
+        .iter()
+        .map(|(_, t)| t.to_string())
+        .collect();
     for dir in ["tests/fixtures/errors", "tests/fixtures/lang"] {
         let mut paths: Vec<_> = std::fs::read_dir(common::root().join(dir))
             .unwrap()
@@ -113,7 +167,11 @@ fn mutated_wmap_files_never_panic() {
 #[test]
 fn pathological_nesting_is_a_diagnostic_not_a_crash() {
     let config = common::root().join("tests/fixtures/hf/llama/config.json");
-    let deep = format!("model M for \"X\" {{ param p: [{}1{}] from \"w\" }}", "(".repeat(5000), ")".repeat(5000));
+    let deep = format!(
+        "model M for \"X\" {{ param p: [{}1{}] from \"w\" }}",
+        "(".repeat(5000),
+        ")".repeat(5000)
+    );
     let c = driver::compile(
         &ModelSource::Text {
             name: "deep.wmap".into(),
@@ -124,8 +182,19 @@ fn pathological_nesting_is_a_diagnostic_not_a_crash() {
     .unwrap();
     assert_eq!(c.diags.items[0].code.as_str(), "E0101");
     // Nesting within the limit still parses.
-    let ok = format!("model M for \"X\" {{ param p: [{}8{}] from \"w\" }}", "(".repeat(40), ")".repeat(40));
-    let c = driver::compile(&ModelSource::Text { name: "ok.wmap".into(), text: ok }, Some(&config)).unwrap();
+    let ok = format!(
+        "model M for \"X\" {{ param p: [{}8{}] from \"w\" }}",
+        "(".repeat(40),
+        ")".repeat(40)
+    );
+    let c = driver::compile(
+        &ModelSource::Text {
+            name: "ok.wmap".into(),
+            text: ok,
+        },
+        Some(&config),
+    )
+    .unwrap();
     assert!(c.ok());
 }
 
@@ -150,7 +219,9 @@ fn mutated_configs_never_panic() {
             }
         };
         std::fs::write(&path, &text).unwrap();
-        let r = catch_unwind(AssertUnwindSafe(|| driver::compile(&ModelSource::Detect, Some(&path))));
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            driver::compile(&ModelSource::Detect, Some(&path))
+        }));
         assert!(r.is_ok(), "config case {case} panicked on:\n{text}");
     }
 }

@@ -82,7 +82,10 @@ impl<'p> Scope<'p> {
 #[derive(Debug)]
 pub enum Stop {
     /// A name has no definition and no config key; config alternatives skip past this.
-    Missing { name: String, span: Span },
+    Missing {
+        name: String,
+        span: Span,
+    },
     Diag(Box<Diagnostic>),
 }
 
@@ -158,13 +161,17 @@ impl<'a> Evaluator<'a> {
             ExprKind::Unary(op, inner) => {
                 let v = self.eval(inner, scope)?;
                 let value = match (op, &v.value) {
-                    (UnOp::Neg, Value::Int(i)) => Value::Int(i.checked_neg().ok_or_else(|| {
-                        overflow(e.span, &v)
-                    })?),
+                    (UnOp::Neg, Value::Int(i)) => {
+                        Value::Int(i.checked_neg().ok_or_else(|| overflow(e.span, &v))?)
+                    }
                     (UnOp::Neg, Value::Float(f)) => Value::Float(-f),
                     (UnOp::Not, Value::Bool(b)) => Value::Bool(!b),
                     _ => {
-                        let want = if *op == UnOp::Not { "a boolean" } else { "a number" };
+                        let want = if *op == UnOp::Not {
+                            "a boolean"
+                        } else {
+                            "a number"
+                        };
                         return Err(type_error(inner.span, want, &v).into());
                     }
                 };
@@ -197,7 +204,10 @@ impl<'a> Evaluator<'a> {
                     Some(v) => Ok(Val::plain(v).with_origins(&origins)),
                     None => Err(Diagnostic::new(
                         Code::E0406,
-                        format!("index {ix} is out of range for a {} of length {len}", b.value.type_name()),
+                        format!(
+                            "index {ix} is out of range for a {} of length {len}",
+                            b.value.type_name()
+                        ),
                     )
                     .at(e.span, format!("valid indices are 0..{len}"))
                     .with_labels(Val::plain(Value::Null).with_origins(&origins).labels())
@@ -278,7 +288,12 @@ impl<'a> Evaluator<'a> {
         result
     }
 
-    fn alternatives(&mut self, item: &'a ast::ConfigItem, use_span: Span, scope: &Scope<'a>) -> EvalResult {
+    fn alternatives(
+        &mut self,
+        item: &'a ast::ConfigItem,
+        use_span: Span,
+        scope: &Scope<'a>,
+    ) -> EvalResult {
         for (i, alt) in item.alternatives.iter().enumerate() {
             match self.eval(alt, scope) {
                 Ok(v) if v.value == Value::Null => continue,
@@ -288,7 +303,12 @@ impl<'a> Evaluator<'a> {
                     // The stdlib's defaults are the schema's (Mistral has no `attention_bias`
                     // key because it has no biases); only a user's defaults are news.
                     let user_item = !self.program.stdlib_files.contains(&item.span.file);
-                    if i > 0 && first_is_key && !is_key && user_item && self.defaults_seen.insert(item.span) {
+                    if i > 0
+                        && first_is_key
+                        && !is_key
+                        && user_item
+                        && self.defaults_seen.insert(item.span)
+                    {
                         let shown = if v.origins.is_empty() {
                             format!("`{}`", alt.node)
                         } else {
@@ -297,7 +317,10 @@ impl<'a> Evaluator<'a> {
                         self.defaults.push(
                             Diagnostic::new(
                                 Code::W0301,
-                                format!("config.json has no `{}`; using the default {shown}", item.alternatives[0].node),
+                                format!(
+                                    "config.json has no `{}`; using the default {shown}",
+                                    item.alternatives[0].node
+                                ),
                             )
                             .at(alt.span, "default used")
                             .with_labels(v.labels()),
@@ -315,7 +338,13 @@ impl<'a> Evaluator<'a> {
         })
     }
 
-    fn call(&mut self, func: &ast::Ident, args: &[ast::Expr], span: Span, scope: &Scope<'a>) -> EvalResult {
+    fn call(
+        &mut self,
+        func: &ast::Ident,
+        args: &[ast::Expr],
+        span: Span,
+        scope: &Scope<'a>,
+    ) -> EvalResult {
         let mut vals = Vec::with_capacity(args.len());
         for a in args {
             vals.push(self.eval(a, scope)?);
@@ -325,9 +354,12 @@ impl<'a> Evaluator<'a> {
             if vals.len() == n {
                 Ok(())
             } else {
-                Err(Diagnostic::new(Code::E0405, format!("`{}` takes {n} argument(s), got {}", func.node, vals.len()))
-                    .at(span, "wrong number of arguments")
-                    .into())
+                Err(Diagnostic::new(
+                    Code::E0405,
+                    format!("`{}` takes {n} argument(s), got {}", func.node, vals.len()),
+                )
+                .at(span, "wrong number of arguments")
+                .into())
             }
         };
         let value = match func.node.as_str() {
@@ -342,18 +374,24 @@ impl<'a> Evaluator<'a> {
             "min" | "max" => {
                 arity(2)?;
                 match (&vals[0].value, &vals[1].value) {
-                    (Value::Int(a), Value::Int(b)) => {
-                        Value::Int(if func.node == "min" { *a.min(b) } else { *a.max(b) })
+                    (Value::Int(a), Value::Int(b)) => Value::Int(if func.node == "min" {
+                        *a.min(b)
+                    } else {
+                        *a.max(b)
+                    }),
+                    (Value::Int(_), _) => {
+                        return Err(type_error(args[1].span, "an integer", &vals[1]).into())
                     }
-                    (Value::Int(_), _) => return Err(type_error(args[1].span, "an integer", &vals[1]).into()),
                     _ => return Err(type_error(args[0].span, "an integer", &vals[0]).into()),
                 }
             }
             other => {
-                return Err(Diagnostic::new(Code::E0405, format!("unknown function `{other}`"))
-                    .at(func.span, "built-in functions are `len`, `min` and `max`")
-                    .suggest(other, ["len", "min", "max"])
-                    .into())
+                return Err(
+                    Diagnostic::new(Code::E0405, format!("unknown function `{other}`"))
+                        .at(func.span, "built-in functions are `len`, `min` and `max`")
+                        .suggest(other, ["len", "min", "max"])
+                        .into(),
+                )
             }
         };
         Ok(Val::plain(value).with_origins(&origins))
@@ -399,10 +437,18 @@ pub fn overflow(span: Span, v: &Val) -> Diagnostic {
 pub fn type_error(span: Span, want: &str, got: &Val) -> Diagnostic {
     // A raw config value passing through unchanged: the config, not the .wmap, is at odds.
     let from_config = matches!(got.origins.as_slice(), [o] if o.shown == got.value.to_string());
-    let code = if from_config { Code::E0303 } else { Code::E0405 };
+    let code = if from_config {
+        Code::E0303
+    } else {
+        Code::E0405
+    };
     Diagnostic::new(
         code,
-        format!("expected {want}, found {} `{}`", got.value.type_name(), got.value),
+        format!(
+            "expected {want}, found {} `{}`",
+            got.value.type_name(),
+            got.value
+        ),
     )
     .at(span, format!("this is a {}", got.value.type_name()))
     .with_labels(got.labels())

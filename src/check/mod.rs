@@ -50,7 +50,7 @@ pub fn check(program: &Program, model: DeclId, config: &Config) -> (Option<Check
     for d in w.ev.defaults {
         diags.push(d);
     }
-    let checked = (!diags.has_errors()).then(|| Checked {
+    let checked = (!diags.has_errors()).then_some(Checked {
         model,
         root,
         config: w.ev.used,
@@ -197,7 +197,8 @@ impl<'a> Walker<'a> {
     /// The names of `decl`'s `when`-guarded members present in `body`.
     fn kind(&self, decl: DeclId, body: &ir::Body) -> String {
         let present = |name: &str| {
-            body.params.iter().any(|p| p.name == name) || body.instances.iter().any(|i| i.name == name)
+            body.params.iter().any(|p| p.name == name)
+                || body.instances.iter().any(|i| i.name == name)
         };
         self.program()
             .decl(decl)
@@ -229,7 +230,11 @@ impl<'a> Walker<'a> {
         inst.prefix = join_name(ctx.prefix, at);
         let Some(rep) = &i.repeat else {
             let scope = Scope {
-                frames: [ctx.scope.frames.clone(), vec![frame(child_decl, Vec::new())]].concat(),
+                frames: [
+                    ctx.scope.frames.clone(),
+                    vec![frame(child_decl, Vec::new())],
+                ]
+                .concat(),
             };
             if let Some(at) = &i.at {
                 self.template(at, &scope);
@@ -254,9 +259,12 @@ impl<'a> Walker<'a> {
         let (end, end_val) = self.int(&rep.range.end, ctx.scope)?;
         if end < start {
             self.diags.push(
-                Diagnostic::new(Code::E0401, format!("repeat range {start}..{end} runs backwards"))
-                    .at(rep.range.end.span, format!("this is {end}"))
-                    .with_labels(end_val.labels()),
+                Diagnostic::new(
+                    Code::E0401,
+                    format!("repeat range {start}..{end} runs backwards"),
+                )
+                .at(rep.range.end.span, format!("this is {end}"))
+                .with_labels(end_val.labels()),
             );
             return None;
         }
@@ -323,13 +331,16 @@ impl<'a> Walker<'a> {
                 let span = Span::new(t.span.file, start..start + close + 1);
                 let span = if span.end <= t.span.end { span } else { t.span };
                 self.diags.push(
-                    Diagnostic::new(Code::E0204, format!("no index variable `{name}` is in scope"))
-                        .at(span, "unknown index variable")
-                        .with_note(format!(
-                            "index variables here: {}",
-                            none_if_empty(&scope.var_names())
-                        ))
-                        .suggest(name, scope.var_names()),
+                    Diagnostic::new(
+                        Code::E0204,
+                        format!("no index variable `{name}` is in scope"),
+                    )
+                    .at(span, "unknown index variable")
+                    .with_note(format!(
+                        "index variables here: {}",
+                        none_if_empty(&scope.var_names())
+                    ))
+                    .suggest(name, scope.var_names()),
                 );
                 ok = false;
             }
@@ -353,7 +364,11 @@ impl<'a> Walker<'a> {
         Some(ir::Param {
             name: p.name.node.clone(),
             shape,
-            dtype: p.dtype.as_ref().map_or("bf16", |d| d.node.as_str()).to_string(),
+            dtype: p
+                .dtype
+                .as_ref()
+                .map_or("bf16", |d| d.node.as_str())
+                .to_string(),
             quantizable: p.quantizable.is_some(),
             optional: p.optional.is_some(),
             offload_group,
@@ -377,10 +392,13 @@ impl<'a> Walker<'a> {
                 }
                 Some((v, val)) => {
                     self.diags.push(
-                        Diagnostic::new(Code::E0401, format!("shape dimension `{}` is {v}", dim.node))
-                            .at(dim.span, format!("evaluates to {v}"))
-                            .with_labels(val.labels())
-                            .with_help("every dimension must be a positive integer for this config"),
+                        Diagnostic::new(
+                            Code::E0401,
+                            format!("shape dimension `{}` is {v}", dim.node),
+                        )
+                        .at(dim.span, format!("evaluates to {v}"))
+                        .with_labels(val.labels())
+                        .with_help("every dimension must be a positive integer for this config"),
                     );
                     ok = false;
                 }
@@ -418,7 +436,11 @@ impl<'a> Walker<'a> {
             self.diags.push(
                 Diagnostic::new(
                     Code::E0410,
-                    format!("offload group must be an integer, found {} `{}`", v.value.type_name(), v.value),
+                    format!(
+                        "offload group must be an integer, found {} `{}`",
+                        v.value.type_name(),
+                        v.value
+                    ),
                 )
                 .at(e.span, "not an integer")
                 .with_help("use an index variable such as `layer` or `expert`, or -1 for resident"),
@@ -447,7 +469,11 @@ fn none_if_empty(names: &[&str]) -> String {
     if names.is_empty() {
         "none".to_string()
     } else {
-        names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+        names
+            .iter()
+            .map(|n| format!("`{n}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 

@@ -23,7 +23,14 @@ fn labels_of(x: &Val, y: &Val) -> Vec<crate::diag::Label> {
 }
 
 /// Applies `op`; `and`/`or` are handled by the caller (they short-circuit).
-pub fn apply(op: BinOp, x: &Val, y: &Val, sa: Span, sb: Span, span: Span) -> Result<Value, Diagnostic> {
+pub fn apply(
+    op: BinOp,
+    x: &Val,
+    y: &Val,
+    sa: Span,
+    sb: Span,
+    span: Span,
+) -> Result<Value, Diagnostic> {
     use BinOp::*;
     match op {
         Add | Sub | Mul | Div | Mod => arith(op, x, y, sa, sb, span),
@@ -57,8 +64,11 @@ pub fn apply(op: BinOp, x: &Val, y: &Val, sa: Span, sb: Span, span: Span) -> Res
             };
             Ok(Value::Bool(found == (op == In)))
         }
-        And | Or => Err(Diagnostic::new(Code::E0901, "`and`/`or` reached apply; this is a bug in wmapc")
-            .at(span, "here")),
+        And | Or => Err(Diagnostic::new(
+            Code::E0901,
+            "`and`/`or` reached apply; this is a bug in wmapc",
+        )
+        .at(span, "here")),
     }
 }
 
@@ -73,7 +83,9 @@ fn arith(op: BinOp, x: &Val, y: &Val, sa: Span, sb: Span, span: Span) -> Result<
     match (&x.value, &y.value) {
         (Value::Int(a), Value::Int(b)) => {
             let (a, b) = (*a, *b);
-            let both = Val::plain(Value::Null).with_origins(&x.origins).with_origins(&y.origins);
+            let both = Val::plain(Value::Null)
+                .with_origins(&x.origins)
+                .with_origins(&y.origins);
             if matches!(op, BinOp::Div | BinOp::Mod) && b == 0 {
                 return Err(Diagnostic::new(Code::E0409, "division by zero")
                     .at(sb, "this is 0")

@@ -17,7 +17,10 @@ use crate::syntax::ast::{self, SourceKind as K};
 type Shape = Vec<u64>;
 
 fn show(s: &[u64]) -> String {
-    format!("[{}]", s.iter().map(u64::to_string).collect::<Vec<_>>().join(", "))
+    format!(
+        "[{}]",
+        s.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+    )
 }
 
 /// Stack variables bound anywhere in a source tree.
@@ -27,7 +30,9 @@ pub(super) fn stack_vars(s: &ast::Source, out: &mut Vec<String>) {
             out.push(var.node.clone());
             stack_vars(part, out);
         }
-        K::Try(items) | K::Fuse { parts: items, .. } => items.iter().for_each(|i| stack_vars(i, out)),
+        K::Try(items) | K::Fuse { parts: items, .. } => {
+            items.iter().for_each(|i| stack_vars(i, out))
+        }
         K::Slice { source, .. }
         | K::Split { source, .. }
         | K::Reshape { source, .. }
@@ -72,7 +77,13 @@ impl<'a> Walker<'a> {
                 }
                 let shape = declared.or_else(|| expected.map(<[u64]>::to_vec));
                 let name = crate::check::join_name(ctx.prefix, &template.node);
-                Some((ir::Source::Tensor { name, shape: shape.clone() }, shape))
+                Some((
+                    ir::Source::Tensor {
+                        name,
+                        shape: shape.clone(),
+                    },
+                    shape,
+                ))
             }
             K::Try(options) => {
                 let mut out = Vec::with_capacity(options.len());
@@ -100,7 +111,9 @@ impl<'a> Walker<'a> {
                 let count = count as u64;
                 if let Some(e) = expected {
                     if e.first() != Some(&count) {
-                        let have = e.first().map_or("no leading dim".to_string(), u64::to_string);
+                        let have = e
+                            .first()
+                            .map_or("no leading dim".to_string(), u64::to_string);
                         self.shape_error(
                             Diagnostic::new(
                                 Code::E0404,
@@ -144,9 +157,12 @@ impl<'a> Walker<'a> {
                 };
                 if a < 0 || b <= a || step < 1 {
                     self.diags.push(
-                        Diagnostic::new(Code::E0406, format!("slice {a}..{b} step {step} is empty or negative"))
-                            .at(s.span, "needs 0 <= start < end and step >= 1")
-                            .with_labels(bval.labels()),
+                        Diagnostic::new(
+                            Code::E0406,
+                            format!("slice {a}..{b} step {step} is empty or negative"),
+                        )
+                        .at(s.span, "needs 0 <= start < end and step >= 1")
+                        .with_labels(bval.labels()),
                     );
                     return None;
                 }
@@ -163,7 +179,10 @@ impl<'a> Walker<'a> {
                             self.diags.push(
                                 Diagnostic::new(
                                     Code::E0406,
-                                    format!("slice end {b} is past the source's dim {d} of size {}", ss[d]),
+                                    format!(
+                                        "slice end {b} is past the source's dim {d} of size {}",
+                                        ss[d]
+                                    ),
                                 )
                                 .at(range.end.span, format!("this is {b}"))
                                 .with_labels(bval.labels()),
@@ -221,7 +240,10 @@ impl<'a> Walker<'a> {
                         self.diags.push(
                             Diagnostic::new(
                                 Code::E0402,
-                                format!("dim {d} of size {} does not split into {n} equal parts", ss[d]),
+                                format!(
+                                    "dim {d} of size {} does not split into {n} equal parts",
+                                    ss[d]
+                                ),
                             )
                             .at(s.span, "uneven split"),
                         );
@@ -257,7 +279,12 @@ impl<'a> Walker<'a> {
                 let (inner, sshape) = self.source_shaped(source, None, ctx)?;
                 if let Some(ss) = &sshape {
                     if ss.iter().product::<u64>() != target.iter().product::<u64>() {
-                        self.shape_error(mismatch(s, ss, &target, "the reshape (element counts differ)"));
+                        self.shape_error(mismatch(
+                            s,
+                            ss,
+                            &target,
+                            "the reshape (element counts differ)",
+                        ));
                         return None;
                     }
                 }
@@ -287,8 +314,11 @@ impl<'a> Walker<'a> {
                 let shape = match sshape {
                     Some(ss) if d >= ss.len() || ss[d] != 1 => {
                         self.diags.push(
-                            Diagnostic::new(Code::E0407, format!("cannot squeeze dim {d} of {}", show(&ss)))
-                                .at(dim.span, "this dim is not of size 1"),
+                            Diagnostic::new(
+                                Code::E0407,
+                                format!("cannot squeeze dim {d} of {}", show(&ss)),
+                            )
+                            .at(dim.span, "this dim is not of size 1"),
                         );
                         return None;
                     }
@@ -420,12 +450,20 @@ impl<'a> Walker<'a> {
             for (p, sh) in parts.iter().zip(&shapes) {
                 let Some(sh) = sh else { continue };
                 let off_dim_ok = sh.len() == r.len()
-                    && sh.iter().zip(r).enumerate().all(|(i, (a, b))| i == d || a == b);
+                    && sh
+                        .iter()
+                        .zip(r)
+                        .enumerate()
+                        .all(|(i, (a, b))| i == d || a == b);
                 if !off_dim_ok {
                     self.shape_error(
                         Diagnostic::new(
                             Code::E0403,
-                            format!("fuse part is {} but the fused tensor is {} off dim {d}", show(sh), show(r)),
+                            format!(
+                                "fuse part is {} but the fused tensor is {} off dim {d}",
+                                show(sh),
+                                show(r)
+                            ),
                         )
                         .at(p.span, format!("{} does not match off dim {d}", show(sh)))
                         .with_label(dim.span, format!("fused along dim {d}")),
@@ -466,11 +504,21 @@ impl<'a> Walker<'a> {
             }
             _ => None,
         };
-        Some((ir::Source::Fuse { dim: d, parts: nodes }, shape))
+        Some((
+            ir::Source::Fuse {
+                dim: d,
+                parts: nodes,
+            },
+            shape,
+        ))
     }
 
     /// Resolves `tied(a.b.c)` from the current declaration: its IR path and shape.
-    fn tied(&mut self, path: &'a Spanned<Vec<String>>, ctx: &Ctx<'a, '_>) -> Option<(String, Shape)> {
+    fn tied(
+        &mut self,
+        path: &'a Spanned<Vec<String>>,
+        ctx: &Ctx<'a, '_>,
+    ) -> Option<(String, Shape)> {
         let program = self.program();
         let mut decl = program.decl(ctx.decl);
         let mut scope = ctx.scope.clone();
@@ -488,9 +536,15 @@ impl<'a> Walker<'a> {
                 }
                 _ => {
                     self.diags.push(
-                        Diagnostic::new(Code::E0207, format!("cannot tie to `{}`", path.node.join(".")))
-                            .at(path.span, format!("`{seg}` is a repeated instance, not one param"))
-                            .with_help("tie to a param reachable through plain instances"),
+                        Diagnostic::new(
+                            Code::E0207,
+                            format!("cannot tie to `{}`", path.node.join(".")),
+                        )
+                        .at(
+                            path.span,
+                            format!("`{seg}` is a repeated instance, not one param"),
+                        )
+                        .with_help("tie to a param reachable through plain instances"),
                     );
                     return None;
                 }
@@ -509,11 +563,21 @@ fn mismatch(s: &ast::Source, got: &[u64], want: &[u64], what: &str) -> Diagnosti
 }
 
 fn dim_error(e: &ast::Expr, d: usize, rank: usize) -> Diagnostic {
-    Diagnostic::new(Code::E0408, format!("dim {d} is out of range for a tensor of rank {rank}"))
-        .at(e.span, format!("valid dims are 0..{rank}"))
+    Diagnostic::new(
+        Code::E0408,
+        format!("dim {d} is out of range for a tensor of rank {rank}"),
+    )
+    .at(e.span, format!("valid dims are 0..{rank}"))
 }
 
-fn fuse_sum(s: &ast::Source, dim: &ast::Expr, d: usize, known: u64, target: u64, shapes: &[Option<Shape>]) -> Diagnostic {
+fn fuse_sum(
+    s: &ast::Source,
+    dim: &ast::Expr,
+    d: usize,
+    known: u64,
+    target: u64,
+    shapes: &[Option<Shape>],
+) -> Diagnostic {
     let parts: Vec<String> = shapes
         .iter()
         .map(|sh| sh.as_ref().map_or("?".to_string(), |x| x[d].to_string()))

@@ -47,7 +47,10 @@ pub fn check(args: &ModelArgs) -> miette::Result<ExitCode> {
         match (&c.lowered, &c.program) {
             (Some((ir, _)), _) => {
                 let n = count_params(&ir.root);
-                println!("ok: model `{}` checks against the config ({n} param declarations bound)", ir.model);
+                println!(
+                    "ok: model `{}` checks against the config ({n} param declarations bound)",
+                    ir.model
+                );
             }
             (None, Some(_)) => println!("ok: names resolve (pass --config to check shapes)"),
             _ => {}
@@ -67,7 +70,10 @@ fn count_params(b: &crate::ir::Body) -> usize {
 
 pub fn lower(args: &ModelArgs, spans: bool) -> miette::Result<ExitCode> {
     if args.config.is_none() {
-        return Err(miette::miette!(help = "wmapc lower FILE --config config.json", "lower needs --config"));
+        return Err(miette::miette!(
+            help = "wmapc lower FILE --config config.json",
+            "lower needs --config"
+        ));
     }
     let c = driver::compile(&source_of(args), args.config.as_deref())?;
     let Some((ir, span_table)) = &c.lowered else {
@@ -79,7 +85,8 @@ pub fn lower(args: &ModelArgs, spans: bool) -> miette::Result<ExitCode> {
         // Warnings only: keep stdout for the IR.
         eprint!("{}", diag::render_human(&c.sources, &c.diags, color(args)));
     }
-    let mut value = serde_json::to_value(ir).map_err(|e| miette::miette!("cannot serialize the IR: {e}; this is a bug in wmapc"))?;
+    let mut value = serde_json::to_value(ir)
+        .map_err(|e| miette::miette!("cannot serialize the IR: {e}; this is a bug in wmapc"))?;
     if spans {
         let table: serde_json::Map<String, serde_json::Value> = span_table
             .iter()
@@ -91,7 +98,10 @@ pub fn lower(args: &ModelArgs, spans: bool) -> miette::Result<ExitCode> {
             .collect();
         value["spans"] = table.into();
     }
-    println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&value).unwrap_or_default()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -103,7 +113,10 @@ pub fn explain(code: Option<&str>) -> miette::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     let wanted = code.trim().to_ascii_uppercase();
-    match Code::ALL.iter().find(|c| c.as_str() == wanted || c.name() == code) {
+    match Code::ALL
+        .iter()
+        .find(|c| c.as_str() == wanted || c.name() == code)
+    {
         Some(c) => {
             print!("{}", c.explain());
             Ok(ExitCode::SUCCESS)
@@ -123,7 +136,12 @@ pub fn explain(code: Option<&str>) -> miette::Result<ExitCode> {
 
 pub fn stdlib() -> miette::Result<ExitCode> {
     for m in driver::stdlib_models() {
-        println!("{:<12} {:<26} {}", m.name, m.file, m.architectures.join(", "));
+        println!(
+            "{:<12} {:<26} {}",
+            m.name,
+            m.file,
+            m.architectures.join(", ")
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

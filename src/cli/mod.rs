@@ -10,7 +10,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "wmapc", version, about = "Compile .wmap checkpoint mappings: check, lower, explain")]
+#[command(
+    name = "wmapc",
+    version,
+    about = "Compile .wmap checkpoint mappings: check, lower, explain"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

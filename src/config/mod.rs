@@ -36,8 +36,11 @@ impl Config {
     pub fn parse(sources: &SourceMap, file: FileId) -> Result<Config, Diagnostic> {
         let text = &sources.get(file).text;
         let root = json::parse(file, text).map_err(|e| {
-            Diagnostic::new(Code::E0302, format!("config is not valid JSON: {}", e.message))
-                .at(e.span, e.message)
+            Diagnostic::new(
+                Code::E0302,
+                format!("config is not valid JSON: {}", e.message),
+            )
+            .at(e.span, e.message)
         })?;
         if !matches!(root.value, Json::Object(_)) {
             return Err(Diagnostic::new(Code::E0302, "config must be a JSON object")
@@ -89,7 +92,13 @@ impl Config {
     /// The HF `architectures` list (empty when absent or malformed).
     pub fn architectures(&self) -> Vec<(String, Span)> {
         match self.root.get("architectures") {
-            Some((_, JsonValue { value: Json::Array(items), .. })) => items
+            Some((
+                _,
+                JsonValue {
+                    value: Json::Array(items),
+                    ..
+                },
+            )) => items
                 .iter()
                 .filter_map(|v| match &v.value {
                     Json::Str(s) => Some((s.clone(), v.span)),
@@ -102,7 +111,13 @@ impl Config {
 
     pub fn model_type(&self) -> Option<String> {
         match self.root.get("model_type") {
-            Some((_, JsonValue { value: Json::Str(s), .. })) => Some(s.clone()),
+            Some((
+                _,
+                JsonValue {
+                    value: Json::Str(s),
+                    ..
+                },
+            )) => Some(s.clone()),
             _ => None,
         }
     }

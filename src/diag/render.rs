@@ -59,14 +59,26 @@ pub fn render_human(sources: &SourceMap, diags: &Diagnostics, color: Color) -> S
     let mut out = String::from_utf8_lossy(buffer.as_slice()).into_owned();
     let (e, w) = (diags.count(Severity::Error), diags.count(Severity::Warning));
     if e + w > 0 {
-        out.push_str(&format!("{} error{}, {} warning{}\n", e, plural(e), w, plural(w)));
+        out.push_str(&format!(
+            "{} error{}, {} warning{}\n",
+            e,
+            plural(e),
+            w,
+            plural(w)
+        ));
     }
     out
 }
 
 fn buffer_line(buffer: &mut Buffer, d: &Diagnostic) {
     use std::io::Write;
-    let _ = writeln!(buffer, "{}[{}]: {}", sev_word(d), d.code.as_str(), d.message);
+    let _ = writeln!(
+        buffer,
+        "{}[{}]: {}",
+        sev_word(d),
+        d.code.as_str(),
+        d.message
+    );
 }
 
 fn sev_word(d: &Diagnostic) -> &'static str {

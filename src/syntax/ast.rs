@@ -49,8 +49,8 @@ pub struct Decl {
 #[derive(Clone, Debug)]
 pub enum Member {
     Config(ConfigItem),
-    Param(Param),
-    Instance(Instance),
+    Param(Box<Param>),
+    Instance(Box<Instance>),
     Ignore(Vec<Spanned<String>>),
 }
 
@@ -223,7 +223,12 @@ impl BinOp {
 /// Canonical text of an expression: fully parenthesised only where needed.
 impl fmt::Display for ExprKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fn operand(f: &mut fmt::Formatter<'_>, e: &ExprKind, outer: u8, right: bool) -> fmt::Result {
+        fn operand(
+            f: &mut fmt::Formatter<'_>,
+            e: &ExprKind,
+            outer: u8,
+            right: bool,
+        ) -> fmt::Result {
             match e {
                 ExprKind::Binary(op, ..)
                     if op.precedence() < outer || (right && op.precedence() == outer) =>

@@ -53,7 +53,10 @@ impl Builder<'_> {
             })
             .map_postfix(|e, op| {
                 let span = e.span.join(span_of(op.as_span()));
-                let inner = op.into_inner().next().expect("grammar: index has an expression");
+                let inner = op
+                    .into_inner()
+                    .next()
+                    .expect("grammar: index has an expression");
                 let i = me.borrow_mut().expr(inner);
                 Spanned::new(ExprKind::Index(Box::new(e), Box::new(i)), span)
             })

@@ -26,8 +26,11 @@ pub fn parse(file: FileId, text: &str) -> Result<ast::File, Diagnostics> {
     let mut diags = Diagnostics::default();
     if let Some(at) = too_deep(text) {
         diags.push(
-            Diagnostic::new(Code::E0101, format!("brackets nested more than {MAX_NESTING} deep"))
-                .at(Span::new(file, at..at + 1), "nesting limit reached here"),
+            Diagnostic::new(
+                Code::E0101,
+                format!("brackets nested more than {MAX_NESTING} deep"),
+            )
+            .at(Span::new(file, at..at + 1), "nesting limit reached here"),
         );
         return Err(diags);
     }
@@ -259,7 +262,11 @@ impl Builder<'_> {
     fn decl(&mut self, pair: Pair<Rule>) -> Decl {
         let span = self.span(&pair);
         let mut inner = pair.into_inner();
-        let kind = match inner.next().and_then(|k| k.into_inner().next()).map(|k| k.as_rule()) {
+        let kind = match inner
+            .next()
+            .and_then(|k| k.into_inner().next())
+            .map(|k| k.as_rule())
+        {
             Some(Rule::kw_model) => DeclKind::Model,
             Some(Rule::kw_block) => DeclKind::Block,
             _ => DeclKind::Module,
@@ -282,8 +289,10 @@ impl Builder<'_> {
                     }
                 }
                 Rule::config_decl => decl.members.push(Member::Config(self.config(p))),
-                Rule::param_decl => decl.members.push(Member::Param(self.param(p))),
-                Rule::instance_decl => decl.members.push(Member::Instance(self.instance(p))),
+                Rule::param_decl => decl.members.push(Member::Param(Box::new(self.param(p)))),
+                Rule::instance_decl => decl
+                    .members
+                    .push(Member::Instance(Box::new(self.instance(p)))),
                 Rule::ignore_decl => {
                     let pats = p.into_inner().filter_map(|s| self.string(s)).collect();
                     decl.members.push(Member::Ignore(pats));
@@ -337,7 +346,9 @@ impl Builder<'_> {
         for attr in inner {
             let aspan = self.span(&attr);
             match attr.as_rule() {
-                Rule::attr_quantizable => self.once(&mut p.quantizable, aspan, aspan, "quantizable"),
+                Rule::attr_quantizable => {
+                    self.once(&mut p.quantizable, aspan, aspan, "quantizable")
+                }
                 Rule::attr_optional => self.once(&mut p.optional, aspan, aspan, "optional"),
                 Rule::attr_dtype => {
                     let d = self.ident(attr.into_inner().next().expect("grammar: dtype"));
@@ -418,7 +429,9 @@ impl Builder<'_> {
         let mut inner = pair.into_inner();
         let kind = match rule {
             Rule::src_name => {
-                let template = self.string(nx(&mut inner)).unwrap_or_else(|| Spanned::new(String::new(), span));
+                let template = self
+                    .string(nx(&mut inner))
+                    .unwrap_or_else(|| Spanned::new(String::new(), span));
                 let shape = inner.next().map(|s| self.shape(s));
                 SourceKind::Name { template, shape }
             }
