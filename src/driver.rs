@@ -198,10 +198,20 @@ fn detect(cfg: &Config) -> Result<&'static str, Diagnostic> {
     Err(d.with_note(format!("stdlib architectures: {}", all.join(", "))))
 }
 
-/// The model to check: the root file's only model, or the one serving the config.
+/// The model to check: the root file's only model, or the one serving the config; a
+/// root file without models (overrides plus `use "models/…"`) takes a used model.
 fn pick_model(program: &Program, cfg: &Config) -> Result<DeclId, Diagnostic> {
-    let models = program.root_models();
     let archs: Vec<String> = cfg.architectures().into_iter().map(|(a, _)| a).collect();
+    let mut models = program.root_models();
+    if models.is_empty() {
+        models = (0..program.decls.len())
+            .map(DeclId)
+            .filter(|&m| {
+                let d = program.decl(m);
+                d.kind == DeclKind::Model && d.serves.iter().any(|s| archs.contains(&s.node))
+            })
+            .collect();
+    }
     match models.as_slice() {
         [one] => Ok(*one),
         [] => Err(Diagnostic::new(Code::E0209, "this file declares no model")

@@ -29,7 +29,11 @@ fn snapshot(name: &str, run: (i32, String, String)) {
 
 #[test]
 fn check_detects_the_model_and_exits_0() {
-    let run = wmapc(&["check", "--config", "tests/fixtures/hf/qwen3_moe/config.json"]);
+    let run = wmapc(&[
+        "check",
+        "--config",
+        "tests/fixtures/hf/qwen3_moe/config.json",
+    ]);
     assert_eq!(run.0, 0);
     snapshot("check_ok", run);
 }
@@ -75,7 +79,14 @@ fn check_without_config_resolves_names_only() {
 
 #[test]
 fn lower_prints_the_ir_with_an_optional_span_table() {
-    let run = wmapc(&["lower", "--model", "llama", "--config", "tests/fixtures/hf/llama_tied/config.json", "--spans"]);
+    let run = wmapc(&[
+        "lower",
+        "--model",
+        "llama",
+        "--config",
+        "tests/fixtures/hf/llama_tied/config.json",
+        "--spans",
+    ]);
     assert_eq!(run.0, 0);
     let v: serde_json::Value = serde_json::from_str(&run.1).expect("stdout is JSON");
     assert_eq!(v["ir_version"], 1);
@@ -91,9 +102,17 @@ fn lower_needs_a_config() {
 
 #[test]
 fn missing_files_are_io_errors_exit_2() {
-    let (code, _, stderr) = wmapc(&["check", "nope.wmap", "--config", "tests/fixtures/hf/llama/config.json"]);
+    let (code, _, stderr) = wmapc(&[
+        "check",
+        "nope.wmap",
+        "--config",
+        "tests/fixtures/hf/llama/config.json",
+    ]);
     assert_eq!(code, 2);
-    assert!(stderr.contains("cannot read model file `nope.wmap`"), "{stderr}");
+    assert!(
+        stderr.contains("cannot read model file `nope.wmap`"),
+        "{stderr}"
+    );
     let (code, _, stderr) = wmapc(&["check", "--config", "missing/config.json"]);
     assert_eq!(code, 2);
     assert!(stderr.contains("cannot read config"), "{stderr}");
@@ -136,9 +155,22 @@ fn unknown_architecture_is_an_input_error() {
     let dir = std::env::temp_dir().join(format!("wmap-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("config.json");
-    std::fs::write(&cfg, r#"{"architectures": ["LlamaForCausalLm"], "hidden_size": 8}"#).unwrap();
-    let (code, _, stderr) = wmapc(&["check", "--config", cfg.to_str().unwrap(), "--color", "never"]);
+    std::fs::write(
+        &cfg,
+        r#"{"architectures": ["LlamaForCausalLm"], "hidden_size": 8}"#,
+    )
+    .unwrap();
+    let (code, _, stderr) = wmapc(&[
+        "check",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--color",
+        "never",
+    ]);
     assert_eq!(code, 1);
     assert!(stderr.contains("E0304"), "{stderr}");
-    assert!(stderr.contains("did you mean `LlamaForCausalLM`?"), "{stderr}");
+    assert!(
+        stderr.contains("did you mean `LlamaForCausalLM`?"),
+        "{stderr}"
+    );
 }

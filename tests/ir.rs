@@ -8,7 +8,10 @@ use wmap::driver::{self, ModelSource};
 fn lower(source: &ModelSource, config: &std::path::Path) -> (wmap::ir::Ir, driver::Compilation) {
     let mut c = driver::compile(source, Some(config)).expect("no I/O error");
     let rendered = wmap::diag::render_human(&c.sources, &c.diags, wmap::diag::Color::Never);
-    let (ir, _) = c.lowered.take().unwrap_or_else(|| panic!("{}: {rendered}", config.display()));
+    let (ir, _) = c
+        .lowered
+        .take()
+        .unwrap_or_else(|| panic!("{}: {rendered}", config.display()));
     (ir, c)
 }
 
@@ -58,7 +61,10 @@ fn both_nemotron_config_forms_give_the_same_layers() {
         let base = common::root().join(format!("tests/fixtures/hf/{dir}"));
         let (a, _) = lower(&ModelSource::Detect, &base.join("config.json"));
         let (b, _) = lower(&ModelSource::Detect, &base.join("config.hub.json"));
-        assert_eq!(a.root, b.root, "{dir}: layer_kind from either key must bind the same model");
+        assert_eq!(
+            a.root, b.root,
+            "{dir}: layer_kind from either key must bind the same model"
+        );
     }
 }
 
@@ -75,7 +81,9 @@ fn hybrid_layers_record_their_kind() {
 #[test]
 fn large_moe_config_lowers_compactly() {
     let dir = tempdir("qwen3_moe_large");
-    let text = std::fs::read_to_string(common::root().join("tests/fixtures/hf/qwen3_moe/config.json")).unwrap();
+    let text =
+        std::fs::read_to_string(common::root().join("tests/fixtures/hf/qwen3_moe/config.json"))
+            .unwrap();
     let mut cfg: serde_json::Value = serde_json::from_str(&text).unwrap();
     cfg["num_hidden_layers"] = 48.into();
     cfg["num_local_experts"] = 128.into();
@@ -132,7 +140,10 @@ model MyLlama for "LlamaForCausalLM" {
     let config = common::root().join("tests/fixtures/hf/llama/config.json");
     let (ir, _) = lower(&source, &config);
     let json = serde_json::to_string(&ir).unwrap();
-    assert!(json.contains("\"name\":\"gate\""), "the user's GatedMlp is used");
+    assert!(
+        json.contains("\"name\":\"gate\""),
+        "the user's GatedMlp is used"
+    );
     assert!(!json.contains("gate_up"));
 }
 

@@ -442,14 +442,17 @@ pub fn type_error(span: Span, want: &str, got: &Val) -> Diagnostic {
     } else {
         Code::E0405
     };
-    Diagnostic::new(
-        code,
-        format!(
-            "expected {want}, found {} `{}`",
-            got.value.type_name(),
-            got.value
-        ),
-    )
-    .at(span, format!("this is a {}", got.value.type_name()))
-    .with_labels(got.labels())
+    let found = match got.value {
+        Value::Null => "`null`".to_string(),
+        _ => format!("{} `{}`", got.value.type_name(), got.value),
+    };
+    let name = got.value.type_name();
+    let article = if name.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
+    Diagnostic::new(code, format!("expected {want}, found {found}"))
+        .at(span, format!("this is {article} {name}"))
+        .with_labels(got.labels())
 }

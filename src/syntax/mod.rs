@@ -131,6 +131,10 @@ fn syntax_error(file: FileId, text: &str, e: pest::error::Error<Rule>) -> Diagno
             let mut names: Vec<&str> = positives.iter().filter_map(|r| rule_name(*r)).collect();
             names.sort_unstable();
             names.dedup();
+            // A string is a source; naming both reads as a stutter.
+            if names.contains(&"a source") {
+                names.retain(|n| *n != "a string");
+            }
             names
         }
         pest::error::ErrorVariant::CustomError { .. } => Vec::new(),
@@ -145,8 +149,18 @@ fn syntax_error(file: FileId, text: &str, e: pest::error::Error<Rule>) -> Diagno
     } else {
         format!("expected {}", join_or(&expected))
     };
-    Diagnostic::new(Code::E0101, format!("syntax error: unexpected {found}"))
-        .at(Span::new(file, start..end), label)
+    // pest reports where the failing rule began; when that rule is one the parser
+    // expected, the problem is inside it, not the token itself.
+    let inside = expected.iter().any(|e| *e == found);
+    let (message, label) = if inside {
+        (
+            format!("syntax error in this {found} declaration"),
+            "does not follow the grammar from here".to_string(),
+        )
+    } else {
+        (format!("syntax error: unexpected {found}"), label)
+    };
+    Diagnostic::new(Code::E0101, message).at(Span::new(file, start..end), label)
 }
 
 fn join_or(items: &[&str]) -> String {

@@ -17,7 +17,11 @@ pub fn rel(path: &Path) -> PathBuf {
 pub fn hf_configs() -> Vec<(String, PathBuf)> {
     let dir = root().join("tests/fixtures/hf");
     let mut out = Vec::new();
-    let mut entries: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.path()).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     entries.sort();
     for d in entries {
         let name = d.file_name().unwrap().to_string_lossy().into_owned();
