@@ -94,7 +94,7 @@ pub struct OffloadGroup {
     /// Stack variables the expression reads: the group varies along those stack dims.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub per: Vec<String>,
-    /// The value, when it does not depend on a stack variable.
+    /// The value, when it depends on no index variable (else the plan evaluates `expr`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<i64>,
 }
@@ -152,6 +152,13 @@ pub enum Source {
     },
 }
 
-/// The side table: where each param was declared, keyed by its IR path
-/// (`layers.{layer}.attention.qkv`).
-pub type Spans = BTreeMap<String, crate::source::Span>;
+/// Where a param was declared, and the config keys behind its shape (secondary labels
+/// in `config.json` for errors found later, when binding to a checkpoint).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamSite {
+    pub span: crate::source::Span,
+    pub shape_labels: Vec<crate::diag::Label>,
+}
+
+/// The side table, keyed by IR path (`layers.{layer}.attention.qkv`).
+pub type Spans = BTreeMap<String, ParamSite>;

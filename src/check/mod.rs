@@ -354,13 +354,19 @@ impl<'a> Walker<'a> {
         self.shape_labels.clear();
         let shape = self.shape(&p.shape, ctx.scope)?;
         let path = join_name(ctx.path, &p.name.node);
-        self.spans.insert(path.clone(), p.name.span);
         let offload_group = match &p.offload_group {
             Some(e) => self.offload(e, ctx.scope, p.source.as_ref())?,
             None => None,
         };
         let src = p.source.as_ref()?;
         let source = self.source(src, Some(&shape), ctx)?;
+        self.spans.insert(
+            path,
+            ir::ParamSite {
+                span: p.name.span,
+                shape_labels: self.shape_labels.clone(),
+            },
+        );
         Some(ir::Param {
             name: p.name.node.clone(),
             shape,
@@ -447,7 +453,9 @@ impl<'a> Walker<'a> {
             );
             return None;
         };
-        if per.is_empty() && value == -1 {
+        let mut reads_index = false;
+        collect_names(e, &mut |n| reads_index |= scope.var(n).is_some() || per.iter().any(|p| p == n));
+        if !reads_index && value == -1 {
             return Some(None);
         }
         if value < -1 {
@@ -459,7 +467,9 @@ impl<'a> Walker<'a> {
         }
         Some(Some(ir::OffloadGroup {
             expr: e.node.to_string(),
-            value: per.is_empty().then_some(value),
+            // A value that depends on the layer would make every layer's body distinct;
+            // the plan evaluates such expressions per index instead.
+            value: (!reads_index).then_some(value),
             per,
         }))
     }

@@ -90,7 +90,8 @@ pub fn lower(args: &ModelArgs, spans: bool) -> miette::Result<ExitCode> {
     if spans {
         let table: serde_json::Map<String, serde_json::Value> = span_table
             .iter()
-            .map(|(path, span)| {
+            .map(|(path, site)| {
+                let span = site.span;
                 let (line, col) = c.sources.line_col(span.file, span.start);
                 let file = &c.sources.get(span.file).name;
                 (path.clone(), format!("{file}:{line}:{col}").into())
