@@ -241,3 +241,36 @@ fn pick_model(program: &Program, cfg: &Config) -> Result<DeclId, Diagnostic> {
             }),
     }
 }
+
+/// A compilation bound to a checkpoint.
+pub struct Bound {
+    pub checkpoint: crate::checkpoint::Checkpoint,
+    pub plan: crate::plan::Plan,
+}
+
+/// Opens `dir` and binds the compiled IR to it, adding findings to `c.diags`.
+/// `None` when the checkpoint is unusable or binding found errors.
+pub fn bind(c: &mut Compilation, dir: &Path, strict: bool) -> Option<Bound> {
+    let (ir, spans) = c.lowered.as_ref()?;
+    let checkpoint = match crate::checkpoint::Checkpoint::open(dir) {
+        Ok(ck) => ck,
+        Err(d) => {
+            c.diags.push(d);
+            return None;
+        }
+    };
+    let (plan, diags) = crate::plan::bind(ir, spans, &checkpoint, strict);
+    c.diags.extend(diags);
+    plan.map(|plan| Bound { checkpoint, plan })
+}
+
+/// `--model` takes a file when it names one (or ends in `.wmap`), else a stdlib model.
+pub fn model_source(model: Option<&str>) -> ModelSource {
+    match model {
+        None => ModelSource::Detect,
+        Some(m) if m.ends_with(".wmap") || Path::new(m).is_file() => {
+            ModelSource::File(PathBuf::from(m))
+        }
+        Some(m) => ModelSource::StdlibName(m.to_string()),
+    }
+}

@@ -20,12 +20,15 @@
 #![allow(clippy::result_large_err)]
 
 pub mod check;
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod diag;
 pub mod driver;
 pub mod ir;
+pub mod load;
 pub mod lower;
+pub mod plan;
 pub mod resolve;
 pub mod source;
 pub mod stdlib;

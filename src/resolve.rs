@@ -85,7 +85,10 @@ pub fn member_name(m: &ast::Member) -> Option<&str> {
     }
 }
 
-pub const DTYPES: &[&str] = &["bf16", "f16", "f32"];
+/// Target dtypes a param may declare (`dtype = f32`); bf16 is the default.
+pub const DTYPES: &[&str] = &[
+    "bf16", "f16", "f32", "f8_e4m3", "f8_e5m2", "u8", "i8", "i32", "i64",
+];
 
 /// Loads `root` and everything it uses, then resolves names. The program is `Some`
 /// exactly when the diagnostics hold no error (warnings may be there).

@@ -5,6 +5,9 @@
 //!   `# config = "hf/llama/config.json"` optional, relative to `tests/fixtures/`
 //!   `# mode = "detect"`              optional: run without the file, detecting the model
 //!                                      from the config (for codes about detection)
+//!   `# checkpoint = "errors/checkpoints/x"` optional, relative to `tests/fixtures/`: also
+//!                                      bind to this checkpoint folder (codes E05xx)
+//!   `# strict = true`                optional: unclaimed tensors are errors
 //! The snapshot holds the source and the rendered diagnostics, so a reviewer sees both.
 
 mod common;
@@ -19,6 +22,8 @@ struct Fixture {
     expect: String,
     config: Option<PathBuf>,
     detect: bool,
+    checkpoint: Option<PathBuf>,
+    strict: bool,
 }
 
 fn header_value(text: &str, key: &str) -> Option<String> {
@@ -50,11 +55,15 @@ fn fixtures() -> Vec<Fixture> {
             let config =
                 header_value(&text, "config").map(|c| PathBuf::from("tests/fixtures").join(c));
             let detect = header_value(&text, "mode").as_deref() == Some("detect");
+            let checkpoint = header_value(&text, "checkpoint").map(|c| PathBuf::from("tests/fixtures").join(c));
+            let strict = header_value(&text, "strict").as_deref() == Some("true");
             Fixture {
                 path: common::rel(&path),
                 expect,
                 config,
                 detect,
+                checkpoint,
+                strict,
             }
         })
         .collect()
@@ -70,8 +79,11 @@ fn every_error_fixture_reports_its_code() {
         } else {
             ModelSource::File(f.path.clone())
         };
-        let c = driver::compile(&source, f.config.as_deref())
+        let mut c = driver::compile(&source, f.config.as_deref())
             .unwrap_or_else(|e| panic!("{}: application error {e:?}", f.path.display()));
+        if let Some(dir) = &f.checkpoint {
+            driver::bind(&mut c, dir, f.strict);
+        }
         let first = c.diags.items.first().map(|d| d.code.as_str());
         assert_eq!(
             first,

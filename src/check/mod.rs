@@ -454,7 +454,9 @@ impl<'a> Walker<'a> {
             return None;
         };
         let mut reads_index = false;
-        collect_names(e, &mut |n| reads_index |= scope.var(n).is_some() || per.iter().any(|p| p == n));
+        collect_names(e, &mut |n| {
+            reads_index |= scope.var(n).is_some() || per.iter().any(|p| p == n)
+        });
         if !reads_index && value == -1 {
             return Some(None);
         }

@@ -6,7 +6,14 @@ use super::{ColorArg, Format, ModelArgs};
 use crate::diag::{self, Code, Color, Diagnostics};
 use crate::driver::{self, Compilation, ModelSource};
 
-fn source_of(args: &ModelArgs) -> ModelSource {
+/// The config to use: `--config`, else the checkpoint's `config.json`.
+pub(super) fn config_of(args: &ModelArgs) -> Option<std::path::PathBuf> {
+    args.config
+        .clone()
+        .or_else(|| args.checkpoint.as_ref().map(|d| d.join("config.json")))
+}
+
+pub(super) fn source_of(args: &ModelArgs) -> ModelSource {
     match (&args.file, &args.model) {
         (Some(f), _) => ModelSource::File(f.clone()),
         (None, Some(m)) => ModelSource::StdlibName(m.clone()),
@@ -14,7 +21,7 @@ fn source_of(args: &ModelArgs) -> ModelSource {
     }
 }
 
-fn color(args: &ModelArgs) -> Color {
+pub(super) fn color(args: &ModelArgs) -> Color {
     match args.color {
         ColorArg::Auto => Color::Auto,
         ColorArg::Never => Color::Never,
@@ -22,7 +29,7 @@ fn color(args: &ModelArgs) -> Color {
 }
 
 /// Prints diagnostics in the chosen format; JSON goes to stdout, text to stderr.
-fn emit(c: &Compilation, diags: &Diagnostics, args: &ModelArgs) {
+pub(super) fn emit(c: &Compilation, diags: &Diagnostics, args: &ModelArgs) {
     match args.format {
         Format::Json => println!(
             "{}",
@@ -32,7 +39,7 @@ fn emit(c: &Compilation, diags: &Diagnostics, args: &ModelArgs) {
     }
 }
 
-fn status(c: &Compilation) -> ExitCode {
+pub(super) fn status(c: &Compilation) -> ExitCode {
     if c.ok() {
         ExitCode::SUCCESS
     } else {
@@ -41,8 +48,23 @@ fn status(c: &Compilation) -> ExitCode {
 }
 
 pub fn check(args: &ModelArgs) -> miette::Result<ExitCode> {
-    let c = driver::compile(&source_of(args), args.config.as_deref())?;
+    let mut c = driver::compile(&source_of(args), config_of(args).as_deref())?;
+    let bound = match &args.checkpoint {
+        Some(dir) => driver::bind(&mut c, dir, args.strict),
+        None => None,
+    };
     emit(&c, &c.diags, args);
+    if let (Some(b), Format::Human) = (&bound, args.format) {
+        println!(
+            "ok: model `{}` binds to `{}`: {} targets from {} tensors in {} file(s), headers only",
+            b.plan.model,
+            b.checkpoint.dir.display(),
+            b.plan.targets.len(),
+            b.checkpoint.tensors.len(),
+            b.checkpoint.shards.len()
+        );
+        return Ok(status(&c));
+    }
     if args.format == Format::Human && c.ok() {
         match (&c.lowered, &c.program) {
             (Some((ir, _)), _) => {
@@ -75,7 +97,7 @@ pub fn lower(args: &ModelArgs, spans: bool) -> miette::Result<ExitCode> {
             "lower needs --config"
         ));
     }
-    let c = driver::compile(&source_of(args), args.config.as_deref())?;
+    let c = driver::compile(&source_of(args), config_of(args).as_deref())?;
     let Some((ir, span_table)) = &c.lowered else {
         // Diagnostics explain why there is no IR; JSON mode prints them on stdout.
         emit(&c, &c.diags, args);

@@ -4,6 +4,7 @@
 //! internal failure.
 
 mod front;
+mod load;
 
 use std::process::ExitCode;
 
@@ -13,7 +14,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[command(
     name = "wmapc",
     version,
-    about = "Compile .wmap checkpoint mappings: check, lower, explain"
+    about = "Compile .wmap checkpoint mappings and load checkpoints with them"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -40,9 +41,15 @@ pub struct ModelArgs {
     /// A stdlib model by name (`Llama`, `qwen3_moe`) instead of a file.
     #[arg(long, conflicts_with = "file")]
     pub model: Option<String>,
-    /// The HF `config.json` to check against.
+    /// The HF `config.json` to check against (default: the checkpoint's, with --checkpoint).
     #[arg(long)]
     pub config: Option<std::path::PathBuf>,
+    /// Also bind to this checkpoint folder: names, shapes and dtypes, headers only.
+    #[arg(long)]
+    pub checkpoint: Option<std::path::PathBuf>,
+    /// Tensors the checkpoint has but nothing loads are errors, not warnings.
+    #[arg(long)]
+    pub strict: bool,
     /// Diagnostics as text (stderr) or JSON (stdout).
     #[arg(long, value_enum, default_value_t = Format::Human)]
     pub format: Format,
@@ -62,6 +69,10 @@ enum Command {
         #[arg(long)]
         spans: bool,
     },
+    /// Bind to a checkpoint's headers and print the load plan.
+    Plan(ModelArgs),
+    /// Load a checkpoint: detect the model, bind, read, assemble; print a summary.
+    Load(load::LoadArgs),
     /// Print the page of a diagnostic code, or list all codes.
     Explain {
         /// A code such as `E0301`; omit to list every code.
@@ -76,6 +87,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check(args) => front::check(&args),
         Command::Lower { model, spans } => front::lower(&model, spans),
+        Command::Plan(args) => load::plan(&args),
+        Command::Load(args) => load::load(&args),
         Command::Explain { code } => front::explain(code.as_deref()),
         Command::Stdlib => front::stdlib(),
     };

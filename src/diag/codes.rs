@@ -66,5 +66,17 @@ codes! {
     E0409 "division-by-zero" "an expression divides by zero";
     E0410 "invalid-offload-group" "an offload group is not an integer over index variables";
     E0411 "integer-overflow" "an expression overflows 64-bit integers";
+    E0501 "checkpoint-not-found" "the folder holds no safetensors checkpoint";
+    E0502 "pickle-checkpoint" "the folder holds only pickle weights, which are never read";
+    E0503 "invalid-header" "a safetensors header is truncated, oversized, not UTF-8 or not valid JSON";
+    E0504 "invalid-tensor-extent" "a tensor's byte range is out of the file, overlaps another, or disagrees with its shape";
+    E0505 "invalid-shard-index" "the shard index is malformed, names a missing shard or a path outside the folder";
+    E0506 "duplicate-tensor" "one tensor name appears in two shards";
+    E0507 "unsupported-dtype" "a tensor a param needs has a dtype the loader does not convert";
+    E0508 "missing-tensor" "a tensor a param needs is not in the checkpoint";
+    E0509 "tensor-shape-mismatch" "a checkpoint tensor's shape differs from what the mapping expects";
+    E0510 "unclaimed-tensor-strict" "with --strict: the checkpoint has tensors nothing loads";
+    E0511 "checkpoint-read-failed" "reading tensor bytes failed after the header was checked";
+    W0501 "unclaimed-tensor" "the checkpoint has tensors nothing loads or ignores";
     E0901 "internal-error" "wmapc reached a state it should not; this is a bug in wmapc";
 }

@@ -1,0 +1,191 @@
+//! `plan` and `load`: bind to a checkpoint, then read it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use super::front::{color, config_of, emit, source_of, status};
+use super::{ColorArg, Format, ModelArgs};
+use crate::diag;
+use crate::driver;
+use crate::load::{self, HostStore, SafetensorsWriter, Sink};
+use crate::plan::{Plan, Recipe};
+
+#[derive(clap::Args, Debug)]
+pub struct LoadArgs {
+    /// The checkpoint folder (config.json + safetensors).
+    pub dir: PathBuf,
+    /// A .wmap file or a stdlib model name; default: detected from config.json.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Write the loaded tensors, in the runtime layout, to OUT/model.safetensors.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Replace an existing --out.
+    #[arg(long)]
+    pub force: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+    #[arg(long)]
+    pub strict: bool,
+    /// Bytes assembled at once (memory bound), in MiB.
+    #[arg(long, default_value_t = 256)]
+    pub window_mib: u64,
+    #[arg(long, value_enum, default_value_t = ColorArg::Auto)]
+    pub color: ColorArg,
+}
+
+pub fn plan(args: &ModelArgs) -> miette::Result<ExitCode> {
+    let Some(dir) = &args.checkpoint else {
+        return Err(miette::miette!(
+            help = "wmapc plan [FILE] --checkpoint DIR",
+            "plan needs --checkpoint"
+        ));
+    };
+    let mut c = driver::compile(&source_of(args), config_of(args).as_deref())?;
+    let bound = driver::bind(&mut c, dir, args.strict);
+    match (&bound, args.format) {
+        (Some(b), Format::Json) => {
+            if !c.diags.is_empty() {
+                eprint!("{}", diag::render_human(&c.sources, &c.diags, color(args)));
+            }
+            let text = serde_json::to_string_pretty(&b.plan).map_err(|e| {
+                miette::miette!("cannot serialize the plan: {e}; this is a bug in wmapc")
+            })?;
+            println!("{text}");
+        }
+        (Some(b), Format::Human) => {
+            emit(&c, &c.diags, args);
+            print!("{}", summary(&b.plan));
+        }
+        (None, _) => emit(&c, &c.diags, args),
+    }
+    Ok(status(&c))
+}
+
+/// The human plan: totals, then the fallbacks taken (aggregated by name pattern).
+fn summary(plan: &Plan) -> String {
+    let mut out = format!(
+        "plan for model `{}`: {} targets, {:.1} MB, {} quantizable, from {} file(s)\n",
+        plan.model,
+        plan.targets.len(),
+        plan.target_bytes() as f64 / 1e6,
+        plan.targets.iter().filter(|t| t.quantizable).count(),
+        plan.files.len()
+    );
+    let mut taken: std::collections::BTreeMap<String, (String, usize)> = Default::default();
+    for t in &plan.targets {
+        for f in t.fallbacks.iter().filter(|f| f.chosen > 0) {
+            let what = match &t.recipe {
+                Recipe::Tied { target } => format!("tied to `{target}`"),
+                _ => format!("fallback {} of {}", f.chosen + 1, f.of),
+            };
+            let (pattern, _) = crate::plan::templatize(&t.name);
+            taken.entry(pattern).or_insert((what, 0)).1 += 1;
+        }
+    }
+    for (pattern, (what, n)) in taken {
+        let times = if n > 1 {
+            format!(" ({n}×)")
+        } else {
+            String::new()
+        };
+        out.push_str(&format!("  {pattern}: {what}{times}\n"));
+    }
+    if !plan.ignored.is_empty() {
+        out.push_str(&format!(
+            "  {} checkpoint tensors ignored by `ignore` patterns\n",
+            plan.ignored.len()
+        ));
+    }
+    out
+}
+
+pub fn load(args: &LoadArgs) -> miette::Result<ExitCode> {
+    let margs = ModelArgs {
+        file: None,
+        model: None,
+        config: Some(args.dir.join("config.json")),
+        checkpoint: Some(args.dir.clone()),
+        strict: args.strict,
+        format: Format::Human,
+        color: args.color,
+    };
+    let mut c = driver::compile(
+        &driver::model_source(args.model.as_deref()),
+        margs.config.as_deref(),
+    )?;
+    let bound = driver::bind(&mut c, &args.dir, args.strict);
+    if !c.diags.is_empty() {
+        emit(&c, &c.diags, &margs);
+    }
+    let Some(b) = bound else {
+        return Ok(ExitCode::from(1));
+    };
+    let total: u64 = b.checkpoint.data_bytes();
+    let bar = progress_bar(total, args.quiet);
+    let tick = |n: u64| bar.inc(n);
+    let options = load::Options {
+        window: args.window_mib.max(1) << 20,
+    };
+    let result = match &args.out {
+        Some(out) => {
+            let writer =
+                SafetensorsWriter::create(out, &b.plan, args.force).map_err(|d| report(&c, d))?;
+            match load::execute(&b.plan, &b.checkpoint, &writer as &dyn Sink, options, &tick) {
+                Ok(stats) => {
+                    writer.commit().map_err(|d| report(&c, d))?;
+                    stats
+                }
+                Err(d) => {
+                    writer.abandon();
+                    return Err(report(&c, d));
+                }
+            }
+        }
+        None => {
+            let store = HostStore::default();
+            load::execute(&b.plan, &b.checkpoint, &store, options, &tick)
+                .map_err(|d| report(&c, d))?
+        }
+    };
+    bar.finish_and_clear();
+    println!(
+        "loaded model `{}`: {} tensors ({} tied), {:.1} MB read, {:.1} MB out, {:.3} s, {:.2} GB/s",
+        b.plan.model,
+        result.tensors,
+        result.tied,
+        result.bytes_read as f64 / 1e6,
+        result.bytes_out as f64 / 1e6,
+        result.elapsed.as_secs_f64(),
+        result.gbps()
+    );
+    if let Some(out) = &args.out {
+        println!("wrote {}", out.join("model.safetensors").display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A coded failure during the load, as an application report.
+fn report(c: &driver::Compilation, d: crate::diag::Diagnostic) -> miette::Report {
+    let mut diags = crate::diag::Diagnostics::default();
+    diags.push(d);
+    miette::miette!(
+        "{}",
+        diag::render_human(&c.sources, &diags, diag::Color::Never).trim_end()
+    )
+}
+
+fn progress_bar(total: u64, quiet: bool) -> indicatif::ProgressBar {
+    if quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}

@@ -1,0 +1,151 @@
+//! Assembling one target from its recipe: reads, conversion, fuse, stack, slice,
+//! transpose — byte moves on elements of the target dtype.
+
+use super::convert::convert;
+use crate::checkpoint::{Checkpoint, Dtype};
+use crate::diag::Diagnostic;
+use crate::plan::Recipe;
+
+fn numel(shape: &[u64]) -> usize {
+    shape.iter().product::<u64>() as usize
+}
+
+/// Fills `out` (exactly the recipe's bytes in `dtype`) from the checkpoint.
+pub fn fill(
+    ckpt: &Checkpoint,
+    recipe: &Recipe,
+    dtype: Dtype,
+    out: &mut [u8],
+) -> Result<(), Diagnostic> {
+    let es = dtype.size();
+    match recipe {
+        Recipe::Read {
+            file,
+            offset,
+            length,
+            dtype: src,
+            shape,
+            ..
+        } => {
+            let entry = crate::checkpoint::TensorEntry {
+                shard: *file,
+                dtype: *src,
+                shape: shape.clone(),
+                offset: *offset,
+                len: *length,
+            };
+            if *src == dtype {
+                ckpt.read_into(&entry, out)
+            } else {
+                let mut raw = vec![0u8; *length as usize];
+                ckpt.read_into(&entry, &mut raw)?;
+                convert(*src, &raw, dtype, out);
+                Ok(())
+            }
+        }
+        Recipe::Reshape { source, .. } => fill(ckpt, source, dtype, out),
+        Recipe::Stack { parts } | Recipe::Fuse { dim: 0, parts } => {
+            let mut at = 0;
+            for p in parts {
+                let n = numel(&p.shape()) * es;
+                fill(ckpt, p, dtype, &mut out[at..at + n])?;
+                at += n;
+            }
+            Ok(())
+        }
+        Recipe::Fuse { dim, parts } => {
+            // Interleave: each of the `outer` rows takes every part's row in turn.
+            let shape = recipe.shape();
+            let outer = numel(&shape[..*dim]);
+            let mut bufs = Vec::with_capacity(parts.len());
+            for p in parts {
+                bufs.push(materialize(ckpt, p, dtype)?);
+            }
+            let rows: Vec<usize> = bufs.iter().map(|b| b.len() / outer.max(1)).collect();
+            let mut at = 0;
+            for o in 0..outer {
+                for (b, r) in bufs.iter().zip(&rows) {
+                    out[at..at + r].copy_from_slice(&b[o * r..(o + 1) * r]);
+                    at += r;
+                }
+            }
+            Ok(())
+        }
+        Recipe::Slice {
+            dim,
+            start,
+            end,
+            step,
+            source,
+        } => {
+            let src_shape = source.shape();
+            let src = materialize(ckpt, source, dtype)?;
+            let outer = numel(&src_shape[..*dim]);
+            let row = numel(&src_shape[dim + 1..]) * es;
+            let len = src_shape[*dim] as usize;
+            let mut at = 0;
+            for o in 0..outer {
+                for k in (*start as usize..*end as usize).step_by(*step as usize) {
+                    let from = (o * len + k) * row;
+                    out[at..at + row].copy_from_slice(&src[from..from + row]);
+                    at += row;
+                }
+            }
+            Ok(())
+        }
+        Recipe::Transpose { dims, source } => {
+            let src_shape: Vec<usize> = source.shape().iter().map(|&d| d as usize).collect();
+            let src = materialize(ckpt, source, dtype)?;
+            transpose(&src, &src_shape, *dims, es, out);
+            Ok(())
+        }
+        // Tied targets are never filled: they share their target's storage.
+        Recipe::Tied { .. } => Ok(()),
+    }
+}
+
+fn materialize(ckpt: &Checkpoint, recipe: &Recipe, dtype: Dtype) -> Result<Vec<u8>, Diagnostic> {
+    let mut buf = vec![0u8; numel(&recipe.shape()) * dtype.size()];
+    fill(ckpt, recipe, dtype, &mut buf)?;
+    Ok(buf)
+}
+
+/// Swaps two axes of a row-major tensor of `es`-byte elements.
+fn transpose(src: &[u8], shape: &[usize], dims: [usize; 2], es: usize, out: &mut [u8]) {
+    let rank = shape.len();
+    let mut strides = vec![1usize; rank];
+    for i in (0..rank.saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * shape[i + 1];
+    }
+    let mut out_shape = shape.to_vec();
+    out_shape.swap(dims[0], dims[1]);
+    let mut src_strides = strides.clone();
+    src_strides.swap(dims[0], dims[1]);
+    let n: usize = shape.iter().product();
+    let mut idx = vec![0usize; rank];
+    for o in 0..n {
+        let s: usize = idx.iter().zip(&src_strides).map(|(i, st)| i * st).sum();
+        out[o * es..(o + 1) * es].copy_from_slice(&src[s * es..(s + 1) * es]);
+        for ax in (0..rank).rev() {
+            idx[ax] += 1;
+            if idx[ax] < out_shape[ax] {
+                break;
+            }
+            idx[ax] = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transpose;
+
+    #[test]
+    fn transpose_swaps_axes() {
+        // [[0, 1, 2], [3, 4, 5]] → [[0, 3], [1, 4], [2, 5]]
+        let src: Vec<u8> = (0..6).collect();
+        let mut out = vec![0u8; 6];
+        transpose(&src, &[2, 3], [0, 1], 1, &mut out);
+        assert_eq!(out, vec![0, 3, 1, 4, 2, 5]);
+    }
+}

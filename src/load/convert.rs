@@ -1,0 +1,134 @@
+//! Element conversion between checkpoint dtypes and target dtypes.
+//!
+//! Floating-point sources (F32, F16, BF16, F8_E4M3, F8_E5M2) convert to floating-point
+//! targets (F32, F16, BF16) through f32, rounding to nearest even (the `half` crate).
+//! Every other pair must be the same dtype, which is a plain copy.
+
+use crate::checkpoint::Dtype;
+
+/// Whether a tensor of `src` can feed a param of `dst`.
+pub fn convertible(src: Dtype, dst: Dtype) -> bool {
+    src == dst && !matches!(src, Dtype::Other(_))
+        || (is_float_source(src) && matches!(dst, Dtype::F32 | Dtype::F16 | Dtype::Bf16))
+}
+
+fn is_float_source(d: Dtype) -> bool {
+    matches!(
+        d,
+        Dtype::F32 | Dtype::F16 | Dtype::Bf16 | Dtype::F8E4M3 | Dtype::F8E5M2
+    )
+}
+
+/// Decodes one FP8 E4M3 (`e4m3fn`) byte: no infinities, `0x7F`/`0xFF` are NaN.
+pub fn e4m3_to_f32(b: u8) -> f32 {
+    let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
+    let exp = (b >> 3) & 0x0F;
+    let man = (b & 0x07) as f32;
+    if exp == 0x0F && b & 0x07 == 0x07 {
+        return f32::NAN;
+    }
+    if exp == 0 {
+        sign * man * (2.0f32).powi(-9)
+    } else {
+        sign * (1.0 + man / 8.0) * (2.0f32).powi(exp as i32 - 7)
+    }
+}
+
+/// FP8 E5M2 is the top byte of an IEEE half.
+pub fn e5m2_to_f32(b: u8) -> f32 {
+    half::f16::from_bits((b as u16) << 8).to_f32()
+}
+
+fn load_f32(src: Dtype, bytes: &[u8], i: usize) -> f32 {
+    match src {
+        Dtype::F32 => f32::from_le_bytes([
+            bytes[4 * i],
+            bytes[4 * i + 1],
+            bytes[4 * i + 2],
+            bytes[4 * i + 3],
+        ]),
+        Dtype::F16 => half::f16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]).to_f32(),
+        Dtype::Bf16 => half::bf16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]).to_f32(),
+        Dtype::F8E4M3 => e4m3_to_f32(bytes[i]),
+        Dtype::F8E5M2 => e5m2_to_f32(bytes[i]),
+        _ => 0.0, // excluded by `convertible`
+    }
+}
+
+/// Converts `n = src.len() / src_dtype.size()` elements into `dst`
+/// (`dst.len() == n * dst_dtype.size()`). The pair must be [`convertible`].
+pub fn convert(src_dtype: Dtype, src: &[u8], dst_dtype: Dtype, dst: &mut [u8]) {
+    if src_dtype == dst_dtype {
+        dst.copy_from_slice(src);
+        return;
+    }
+    let n = dst.len() / dst_dtype.size().max(1);
+    match dst_dtype {
+        Dtype::F32 => {
+            for (i, out) in dst.chunks_exact_mut(4).enumerate() {
+                out.copy_from_slice(&load_f32(src_dtype, src, i).to_le_bytes());
+            }
+        }
+        Dtype::Bf16 => {
+            for (i, out) in dst.chunks_exact_mut(2).enumerate() {
+                out.copy_from_slice(
+                    &half::bf16::from_f32(load_f32(src_dtype, src, i)).to_le_bytes(),
+                );
+            }
+        }
+        Dtype::F16 => {
+            for (i, out) in dst.chunks_exact_mut(2).enumerate() {
+                out.copy_from_slice(
+                    &half::f16::from_f32(load_f32(src_dtype, src, i)).to_le_bytes(),
+                );
+            }
+        }
+        _ => debug_assert!(n == 0, "non-convertible pair reached convert"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_widens_exactly_and_narrows_with_rne() {
+        let src: Vec<u8> = [1.5f32, -2.0, 3.0e-3]
+            .iter()
+            .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+            .collect();
+        let mut wide = vec![0u8; 12];
+        convert(Dtype::Bf16, &src, Dtype::F32, &mut wide);
+        let mut back = vec![0u8; 6];
+        convert(Dtype::F32, &wide, Dtype::Bf16, &mut back);
+        assert_eq!(back, src);
+        // 1 + 2^-8 is halfway between two bf16 values: ties go to even (1.0).
+        let halfway = (1.0f32 + 2f32.powi(-8)).to_le_bytes();
+        let mut out = [0u8; 2];
+        convert(Dtype::F32, &halfway, Dtype::Bf16, &mut out);
+        assert_eq!(u16::from_le_bytes(out), 0x3F80);
+    }
+
+    #[test]
+    fn e4m3_decodes_edges() {
+        assert_eq!(e4m3_to_f32(0x7E), 448.0);
+        assert_eq!(e4m3_to_f32(0x01), 2f32.powi(-9));
+        assert!(e4m3_to_f32(0x7F).is_nan());
+        assert_eq!(e4m3_to_f32(0x80), -0.0);
+        assert_eq!(e4m3_to_f32(0x38), 1.0);
+    }
+
+    #[test]
+    fn e5m2_is_the_top_of_a_half() {
+        assert_eq!(e5m2_to_f32(0x3C), 1.0);
+        assert_eq!(e5m2_to_f32(0x7C), f32::INFINITY);
+    }
+
+    #[test]
+    fn integers_only_load_as_themselves() {
+        assert!(convertible(Dtype::I64, Dtype::I64));
+        assert!(!convertible(Dtype::I32, Dtype::Bf16));
+        assert!(!convertible(Dtype::Bf16, Dtype::I8));
+        assert!(!convertible(Dtype::Other("F64"), Dtype::Other("F64")));
+    }
+}

@@ -1,0 +1,128 @@
+//! Load: execute a plan — read, convert, fuse/stack/slice — and hand each target to a sink.
+//!
+//! Input: a [`Plan`], its [`Checkpoint`] and a [`Sink`]. Output: every target, assembled in
+//! the runtime layout, delivered once; tied targets are delivered as ties (no second read,
+//! no second copy). Streaming: targets are processed in batches of at most `window` bytes
+//! on all cores, so memory in flight is bounded by the window (or by the largest single
+//! tensor), whatever the checkpoint's size. Knows nothing of architectures.
+
+mod assemble;
+mod convert;
+mod sink;
+mod write;
+
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+
+pub use convert::{convert, convertible, e4m3_to_f32, e5m2_to_f32};
+pub use sink::{HostStore, HostTensor, Sink};
+pub use write::SafetensorsWriter;
+
+use crate::checkpoint::Checkpoint;
+use crate::diag::Diagnostic;
+use crate::plan::{Plan, Recipe, Target};
+
+/// How a load runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Bytes of targets assembled at once (default 256 MiB).
+    pub window: u64,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { window: 256 << 20 }
+    }
+}
+
+/// What a load did.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub tensors: usize,
+    pub tied: usize,
+    /// Checkpoint bytes read.
+    pub bytes_read: u64,
+    /// Bytes delivered to the sink (tied targets not counted).
+    pub bytes_out: u64,
+    pub elapsed: Duration,
+}
+
+impl Stats {
+    /// Read throughput in GB/s (10^9 bytes).
+    pub fn gbps(&self) -> f64 {
+        self.bytes_read as f64 / self.elapsed.as_secs_f64().max(1e-9) / 1e9
+    }
+}
+
+fn target_bytes(t: &Target) -> u64 {
+    t.shape.iter().product::<u64>() * t.dtype.size() as u64
+}
+
+fn read_bytes(t: &Target) -> u64 {
+    t.recipe
+        .reads()
+        .iter()
+        .map(|r| match r {
+            Recipe::Read { length, .. } => *length,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Runs the plan. `progress` is called with the bytes read after each target.
+pub fn execute(
+    plan: &Plan,
+    ckpt: &Checkpoint,
+    sink: &dyn Sink,
+    options: Options,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Stats, Diagnostic> {
+    let start = Instant::now();
+    let mut stats = Stats::default();
+    let (ties, owned): (Vec<&Target>, Vec<&Target>) = plan
+        .targets
+        .iter()
+        .partition(|t| matches!(t.recipe, Recipe::Tied { .. }));
+    let mut batch: Vec<&Target> = Vec::new();
+    let mut batch_bytes = 0u64;
+    let flush = |batch: &mut Vec<&Target>, stats: &mut Stats| -> Result<(), Diagnostic> {
+        batch
+            .par_iter()
+            .map(|t| {
+                let mut data = vec![0u8; target_bytes(t) as usize];
+                assemble::fill(ckpt, &t.recipe, t.dtype, &mut data)?;
+                sink.tensor(t, data)?;
+                progress(read_bytes(t));
+                Ok(())
+            })
+            .collect::<Result<Vec<()>, Diagnostic>>()?;
+        for t in batch.iter() {
+            stats.tensors += 1;
+            stats.bytes_read += read_bytes(t);
+            stats.bytes_out += target_bytes(t);
+        }
+        batch.clear();
+        Ok(())
+    };
+    for t in owned {
+        let b = target_bytes(t);
+        if !batch.is_empty() && batch_bytes + b > options.window {
+            flush(&mut batch, &mut stats)?;
+            batch_bytes = 0;
+        }
+        batch.push(t);
+        batch_bytes += b;
+    }
+    flush(&mut batch, &mut stats)?;
+    for t in ties {
+        if let Recipe::Tied { target } = &t.recipe {
+            sink.tied(t, target)?;
+            stats.tensors += 1;
+            stats.tied += 1;
+        }
+    }
+    sink.finish()?;
+    stats.elapsed = start.elapsed();
+    Ok(stats)
+}

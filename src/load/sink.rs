@@ -1,0 +1,71 @@
+//! Sinks: where assembled targets go.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use crate::checkpoint::Dtype;
+use crate::diag::{Code, Diagnostic};
+use crate::plan::Target;
+
+/// Receives assembled targets; called from several threads at once.
+pub trait Sink: Sync {
+    /// One assembled target, in its target dtype, row-major.
+    fn tensor(&self, target: &Target, data: Vec<u8>) -> Result<(), Diagnostic>;
+    /// `target` is the same tensor as the already delivered `to`.
+    fn tied(&self, target: &Target, to: &str) -> Result<(), Diagnostic>;
+    /// Called once after the last target.
+    fn finish(&self) -> Result<(), Diagnostic> {
+        Ok(())
+    }
+}
+
+/// A full-precision tensor in host memory, in the runtime layout.
+#[derive(Clone, Debug)]
+pub struct HostTensor {
+    pub dtype: Dtype,
+    pub shape: Vec<u64>,
+    /// Shared: a tied target points at the same bytes.
+    pub data: Arc<Vec<u8>>,
+}
+
+/// The first sink: every target materialized in host memory, by runtime name.
+#[derive(Default)]
+pub struct HostStore {
+    tensors: Mutex<BTreeMap<String, HostTensor>>,
+}
+
+impl HostStore {
+    pub fn into_tensors(self) -> BTreeMap<String, HostTensor> {
+        self.tensors.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Sink for HostStore {
+    fn tensor(&self, target: &Target, data: Vec<u8>) -> Result<(), Diagnostic> {
+        let t = HostTensor {
+            dtype: target.dtype,
+            shape: target.shape.clone(),
+            data: Arc::new(data),
+        };
+        self.tensors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(target.name.clone(), t);
+        Ok(())
+    }
+
+    fn tied(&self, target: &Target, to: &str) -> Result<(), Diagnostic> {
+        let mut map = self.tensors.lock().unwrap_or_else(|p| p.into_inner());
+        let shared = map.get(to).cloned().ok_or_else(|| {
+            Diagnostic::new(
+                Code::E0901,
+                format!(
+                    "`{}` is tied to `{to}`, which was not delivered; this is a bug in wmapc",
+                    target.name
+                ),
+            )
+        })?;
+        map.insert(target.name.clone(), shared);
+        Ok(())
+    }
+}

@@ -1,0 +1,530 @@
+//! Binding: walk the IR with concrete indices and resolve every source against the
+//! checkpoint's headers.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::report::{Issue, IssueKind};
+use super::{groups, target_dtype, Fallback, Plan, Recipe, Target, PLAN_VERSION};
+use crate::checkpoint::{Checkpoint, Dtype};
+use crate::diag::Diagnostics;
+use crate::ir;
+
+/// Binds `ir` to `ckpt`. The plan is `Some` exactly when there is no error; with
+/// `strict`, unclaimed tensors are errors rather than warnings.
+pub fn bind(
+    ir: &ir::Ir,
+    spans: &ir::Spans,
+    ckpt: &Checkpoint,
+    strict: bool,
+) -> (Option<Plan>, Diagnostics) {
+    let mut b = Binder {
+        ir,
+        ckpt,
+        claimed: BTreeSet::new(),
+        ignore: BTreeSet::new(),
+        targets: Vec::new(),
+        issues: Vec::new(),
+    };
+    let mut env = Vec::new();
+    b.body(&ir.root, &mut env, "");
+    b.check_ties();
+    let ignore: Vec<String> = b.ignore.iter().cloned().collect();
+    let (mut ignored, mut unclaimed) = (Vec::new(), Vec::new());
+    for name in ckpt.tensors.keys() {
+        if b.claimed.contains(name.as_str()) {
+            continue;
+        }
+        if ignore.iter().any(|p| glob(p, name)) {
+            ignored.push(name.clone());
+        } else {
+            unclaimed.push(name.clone());
+        }
+    }
+    let diags = super::report::diagnostics(&b.issues, &unclaimed, spans, ckpt, strict);
+    let plan = (!diags.has_errors()).then(|| Plan {
+        plan_version: PLAN_VERSION,
+        model: ir.model.clone(),
+        files: ckpt.shards.iter().map(|s| s.name.clone()).collect(),
+        targets: b.targets,
+        ignored,
+        unclaimed,
+    });
+    (plan, diags)
+}
+
+/// `*` matches any run of characters (dots included).
+fn glob(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !name.starts_with(first) || !name.ends_with(last) || name.len() < first.len() + last.len() {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Fills `{var}` holes from the environment.
+pub(super) fn expand(template: &str, env: &[(String, i64)]) -> String {
+    if !template.contains('{') {
+        return template.to_string();
+    }
+    let mut out = template.to_string();
+    for (var, value) in env.iter().rev() {
+        out = out.replace(&format!("{{{var}}}"), &value.to_string());
+    }
+    out
+}
+
+fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+struct Binder<'a> {
+    ir: &'a ir::Ir,
+    ckpt: &'a Checkpoint,
+    claimed: BTreeSet<String>,
+    /// Ignore patterns with index holes widened to `*`.
+    ignore: BTreeSet<String>,
+    targets: Vec<Target>,
+    issues: Vec<Issue>,
+}
+
+/// What binding one param collects on the way.
+struct ParamCtx {
+    target_dtype: Dtype,
+    fallbacks: Vec<Fallback>,
+    reads: Vec<String>,
+}
+
+type Bound = Result<Recipe, IssueKind>;
+
+impl Binder<'_> {
+    fn body(&mut self, body: &ir::Body, env: &mut Vec<(String, i64)>, path: &str) {
+        for p in &body.params {
+            self.param(p, env, &join(path, &p.name));
+        }
+        for inst in &body.instances {
+            let ipath = join(path, &inst.name);
+            match &inst.repeat {
+                None => {
+                    if let Some(v) = inst.variants.first() {
+                        self.body(&v.body, env, &ipath);
+                    }
+                }
+                Some(r) => {
+                    let rpath = format!("{ipath}.{{{}}}", r.var);
+                    for idx in r.start..r.start + r.count {
+                        let Some(v) = inst
+                            .variants
+                            .iter()
+                            .find(|v| v.indices.iter().any(|[a, b]| (*a..*b).contains(&idx)))
+                        else {
+                            continue;
+                        };
+                        env.push((r.var.clone(), idx));
+                        self.body(&v.body, env, &rpath);
+                        env.pop();
+                    }
+                }
+            }
+        }
+        for pattern in &body.ignore {
+            self.ignore.insert(widen(pattern));
+        }
+    }
+
+    fn param(&mut self, p: &ir::Param, env: &mut Vec<(String, i64)>, ir_path: &str) {
+        let target = expand(ir_path, env);
+        let Some(target_dtype) = target_dtype(&p.dtype) else {
+            return; // resolve refused unknown dtypes
+        };
+        let mut ctx = ParamCtx {
+            target_dtype,
+            fallbacks: Vec::new(),
+            reads: Vec::new(),
+        };
+        let bound = self.source(&p.source, env, &mut ctx).and_then(|r| {
+            let got = r.shape();
+            if matches!(r, Recipe::Tied { .. }) || got == p.shape {
+                Ok(r)
+            } else {
+                Err(IssueKind::Shape {
+                    tensor: None,
+                    expected: p.shape.clone(),
+                    actual: got,
+                })
+            }
+        });
+        match bound {
+            Ok(recipe) => {
+                self.claimed.extend(ctx.reads);
+                let offload = p
+                    .offload_group
+                    .as_ref()
+                    .and_then(|g| groups::offload(g, &p.source, env, &p.shape, &self.ir.config));
+                self.targets.push(Target {
+                    name: target,
+                    shape: p.shape.clone(),
+                    dtype: target_dtype,
+                    quantizable: p.quantizable,
+                    offload,
+                    fallbacks: ctx.fallbacks,
+                    recipe,
+                });
+            }
+            // An optional param whose tensors are absent is simply not loaded.
+            Err(IssueKind::Missing { .. }) if p.optional => {}
+            Err(kind) => self.issues.push(Issue {
+                ir_path: ir_path.to_string(),
+                target,
+                kind,
+            }),
+        }
+    }
+
+    /// The checkpoint tensors a source reads, expanded; `Tied` reads none.
+    fn needed(&self, s: &ir::Source, env: &mut Vec<(String, i64)>, out: &mut Vec<String>) {
+        use ir::Source as S;
+        match s {
+            S::Tensor { name, .. } => out.push(expand(name, env)),
+            // A fallback list needs only its first viable option; count the first.
+            S::Try { options } => {
+                if let Some(o) = options.first() {
+                    self.needed(o, env, out);
+                }
+            }
+            S::Fuse { parts, .. } => parts.iter().for_each(|p| self.needed(p, env, out)),
+            S::Stack {
+                var,
+                start,
+                count,
+                part,
+            } => {
+                for i in *start..*start + *count as i64 {
+                    env.push((var.clone(), i));
+                    self.needed(part, env, out);
+                    env.pop();
+                }
+            }
+            S::Slice { source, .. }
+            | S::Split { source, .. }
+            | S::Reshape { source, .. }
+            | S::Squeeze { source, .. }
+            | S::Transpose { source, .. } => self.needed(source, env, out),
+            S::Tied { .. } => {}
+        }
+    }
+
+    fn source(
+        &mut self,
+        s: &ir::Source,
+        env: &mut Vec<(String, i64)>,
+        ctx: &mut ParamCtx,
+    ) -> Bound {
+        use ir::Source as S;
+        match s {
+            S::Tensor { name, shape } => self.read(&expand(name, env), shape.as_deref(), ctx),
+            S::Try { options } => {
+                let mut first_missing = None;
+                let mut alternatives = Vec::new();
+                for (i, o) in options.iter().enumerate() {
+                    let mut need = Vec::new();
+                    self.needed(o, env, &mut need);
+                    let missing: Vec<String> = need
+                        .iter()
+                        .filter(|n| !self.ckpt.tensors.contains_key(*n))
+                        .cloned()
+                        .collect();
+                    if missing.is_empty() {
+                        ctx.fallbacks.push(Fallback {
+                            chosen: i,
+                            of: options.len(),
+                        });
+                        return self.source(o, env, ctx);
+                    }
+                    if first_missing.is_none() {
+                        first_missing = Some(missing);
+                    } else {
+                        alternatives.extend(missing.into_iter().take(1));
+                    }
+                }
+                Err(IssueKind::Missing {
+                    tensors: first_missing.unwrap_or_default(),
+                    alternatives,
+                })
+            }
+            S::Fuse { dim, parts } => {
+                let mut bound = Vec::with_capacity(parts.len());
+                for p in parts {
+                    bound.push(self.source(p, env, ctx)?);
+                }
+                let shapes: Vec<Vec<u64>> = bound.iter().map(Recipe::shape).collect();
+                let first = &shapes[0];
+                let agree = shapes.iter().all(|s| {
+                    s.len() == first.len()
+                        && *dim < s.len()
+                        && s.iter()
+                            .zip(first)
+                            .enumerate()
+                            .all(|(i, (a, b))| i == *dim || a == b)
+                });
+                if !agree {
+                    return Err(IssueKind::Parts {
+                        what: format!("fuse parts disagree off dim {dim}"),
+                        shapes,
+                    });
+                }
+                Ok(Recipe::Fuse {
+                    dim: *dim,
+                    parts: bound,
+                })
+            }
+            S::Stack {
+                var,
+                start,
+                count,
+                part,
+            } => {
+                let mut bound = Vec::with_capacity(*count as usize);
+                for i in *start..*start + *count as i64 {
+                    env.push((var.clone(), i));
+                    let r = self.source(part, env, ctx);
+                    env.pop();
+                    bound.push(r?);
+                }
+                let shapes: Vec<Vec<u64>> = bound.iter().map(Recipe::shape).collect();
+                if shapes.iter().any(|s| *s != shapes[0]) {
+                    return Err(IssueKind::Parts {
+                        what: "stacked slices have different shapes".into(),
+                        shapes,
+                    });
+                }
+                Ok(Recipe::Stack { parts: bound })
+            }
+            S::Slice {
+                dim,
+                start,
+                end,
+                step,
+                source,
+            } => {
+                let inner = self.source(source, env, ctx)?;
+                let shape = inner.shape();
+                if *dim >= shape.len() || *end > shape[*dim] {
+                    return Err(IssueKind::Parts {
+                        what: format!("slice {start}..{end} of dim {dim} does not fit"),
+                        shapes: vec![shape],
+                    });
+                }
+                Ok(Recipe::Slice {
+                    dim: *dim,
+                    start: *start,
+                    end: *end,
+                    step: *step,
+                    source: Box::new(inner),
+                })
+            }
+            S::Split {
+                dim,
+                part,
+                of,
+                source,
+            } => {
+                let inner = self.source(source, env, ctx)?;
+                let shape = inner.shape();
+                if *dim >= shape.len() || shape[*dim] % of != 0 {
+                    return Err(IssueKind::Parts {
+                        what: format!("dim {dim} does not split into {of} equal parts"),
+                        shapes: vec![shape],
+                    });
+                }
+                let len = shape[*dim] / of;
+                Ok(Recipe::Slice {
+                    dim: *dim,
+                    start: part * len,
+                    end: (part + 1) * len,
+                    step: 1,
+                    source: Box::new(inner),
+                })
+            }
+            S::Reshape { shape, source } => {
+                let inner = self.source(source, env, ctx)?;
+                let have = inner.shape();
+                if have.iter().product::<u64>() != shape.iter().product::<u64>() {
+                    return Err(IssueKind::Parts {
+                        what: format!("cannot reshape to {shape:?}: element counts differ"),
+                        shapes: vec![have],
+                    });
+                }
+                Ok(Recipe::Reshape {
+                    shape: shape.clone(),
+                    source: Box::new(inner),
+                })
+            }
+            S::Squeeze { dim, source } => {
+                let inner = self.source(source, env, ctx)?;
+                let mut shape = inner.shape();
+                if *dim >= shape.len() || shape[*dim] != 1 {
+                    return Err(IssueKind::Parts {
+                        what: format!("cannot squeeze dim {dim}: it is not of size 1"),
+                        shapes: vec![shape],
+                    });
+                }
+                shape.remove(*dim);
+                Ok(Recipe::Reshape {
+                    shape,
+                    source: Box::new(inner),
+                })
+            }
+            S::Transpose { dims, source } => {
+                let inner = self.source(source, env, ctx)?;
+                let shape = inner.shape();
+                if dims[0].max(dims[1]) >= shape.len() {
+                    return Err(IssueKind::Parts {
+                        what: format!("cannot transpose dims {} and {}", dims[0], dims[1]),
+                        shapes: vec![shape],
+                    });
+                }
+                Ok(Recipe::Transpose {
+                    dims: *dims,
+                    source: Box::new(inner),
+                })
+            }
+            S::Tied { param } => Ok(Recipe::Tied {
+                target: expand(param, env),
+            }),
+        }
+    }
+
+    fn read(&mut self, name: &str, expected: Option<&[u64]>, ctx: &mut ParamCtx) -> Bound {
+        let Some((key, entry)) = self.ckpt.tensors.get_key_value(name) else {
+            return Err(IssueKind::Missing {
+                tensors: vec![name.to_string()],
+                alternatives: Vec::new(),
+            });
+        };
+        if let Some(e) = expected {
+            if e != entry.shape.as_slice() {
+                return Err(IssueKind::Shape {
+                    tensor: Some(name.to_string()),
+                    expected: e.to_vec(),
+                    actual: entry.shape.clone(),
+                });
+            }
+        }
+        if !crate::load::convertible(entry.dtype, ctx.target_dtype) {
+            return Err(IssueKind::Dtype {
+                tensor: name.to_string(),
+                dtype: entry.dtype,
+                target: ctx.target_dtype,
+            });
+        }
+        ctx.reads.push(key.clone());
+        Ok(Recipe::Read {
+            file: entry.shard,
+            tensor: key.clone(),
+            offset: entry.offset,
+            length: entry.len,
+            dtype: entry.dtype,
+            shape: entry.shape.clone(),
+        })
+    }
+
+    /// Every `tied` target must be loaded, with the same shape.
+    fn check_ties(&mut self) {
+        let shapes: BTreeMap<&str, (&Vec<u64>, bool)> = self
+            .targets
+            .iter()
+            .map(|t| {
+                (
+                    t.name.as_str(),
+                    (&t.shape, matches!(t.recipe, Recipe::Tied { .. })),
+                )
+            })
+            .collect();
+        let mut issues = Vec::new();
+        for t in &self.targets {
+            if let Recipe::Tied { target } = &t.recipe {
+                let problem = match shapes.get(target.as_str()) {
+                    None => Some(format!("is tied to `{target}`, which is not loaded")),
+                    Some((_, true)) => Some(format!("is tied to `{target}`, which is itself tied")),
+                    Some((shape, _)) if **shape != t.shape => Some(format!(
+                        "is tied to `{target}` of shape {shape:?}, not {:?}",
+                        t.shape
+                    )),
+                    _ => None,
+                };
+                if let Some(what) = problem {
+                    issues.push(Issue {
+                        ir_path: t.name.clone(),
+                        target: t.name.clone(),
+                        kind: IssueKind::Tie { what },
+                    });
+                }
+            }
+        }
+        self.issues.extend(issues);
+    }
+}
+
+/// `model.layers.{layer}.x` → `model.layers.*.x`.
+fn widen(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len());
+    let mut in_hole = false;
+    for c in pattern.chars() {
+        match c {
+            '{' => {
+                in_hole = true;
+                out.push('*');
+            }
+            '}' => in_hole = false,
+            _ if !in_hole => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_matches_stars_across_dots() {
+        assert!(glob("mtp.*", "mtp.layers.0.weight"));
+        assert!(glob(
+            "model.layers.*.rotary_emb.inv_freq",
+            "model.layers.12.rotary_emb.inv_freq"
+        ));
+        assert!(!glob(
+            "model.layers.*.rotary_emb.inv_freq",
+            "model.layers.12.mlp.weight"
+        ));
+        assert!(glob("exact", "exact"));
+        assert!(!glob("a*b*c", "acb"));
+    }
+
+    #[test]
+    fn widen_turns_holes_into_stars() {
+        assert_eq!(widen("model.layers.{layer}.x.{e}"), "model.layers.*.x.*");
+    }
+
+    #[test]
+    fn expand_fills_holes() {
+        let env = vec![("layer".to_string(), 3), ("expert".to_string(), 7)];
+        assert_eq!(expand("l.{layer}.e.{expert}", &env), "l.3.e.7");
+    }
+}

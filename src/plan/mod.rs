@@ -1,0 +1,192 @@
+//! Plan: IR + checkpoint headers → a flat load plan, before a byte of tensor data is read.
+//!
+//! Input: the [`ir::Ir`] (with its span table) and an opened [`Checkpoint`]. Output: a
+//! [`Plan`] listing every target tensor — runtime name, shape, dtype, quantizable, offload
+//! group — with a [`Recipe`]: the exact reads (shard, byte range, dtype, shape) and the ops
+//! that assemble them. Repeats and stacks are expanded here; fallbacks are decided (the
+//! first option whose tensors all exist) and recorded. Findings are aggregated by name
+//! pattern so a problem in 48 layers is one diagnostic, not 48.
+
+mod bind;
+mod groups;
+mod report;
+
+pub use bind::bind;
+pub use report::templatize;
+
+use serde::Serialize;
+
+use crate::checkpoint::Dtype;
+
+/// Bumped on every change to the plan's JSON shape.
+pub const PLAN_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    pub plan_version: u32,
+    pub model: String,
+    /// Shard file names; [`Recipe::Read::file`] indexes this list.
+    pub files: Vec<String>,
+    pub targets: Vec<Target>,
+    /// Checkpoint tensors matched by an `ignore` pattern.
+    pub ignored: Vec<String>,
+    /// Checkpoint tensors nothing claims or ignores.
+    pub unclaimed: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Target {
+    /// The runtime name: the IR path with indices filled in (`layers.3.attention.qkv`).
+    pub name: String,
+    pub shape: Vec<u64>,
+    pub dtype: Dtype,
+    pub quantizable: bool,
+    /// The offload group of the whole tensor, or of each slice along dim 0 of a stacked one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offload: Option<Offload>,
+    /// For each fallback list met while binding, in order, the option taken.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<Fallback>,
+    pub recipe: Recipe,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Offload {
+    Group(String),
+    PerSlice(Vec<String>),
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Fallback {
+    pub chosen: usize,
+    pub of: usize,
+}
+
+/// How to build a target from checkpoint bytes.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Recipe {
+    Read {
+        file: usize,
+        tensor: String,
+        offset: u64,
+        length: u64,
+        dtype: Dtype,
+        shape: Vec<u64>,
+    },
+    /// Concatenate along `dim`.
+    Fuse { dim: usize, parts: Vec<Recipe> },
+    /// Stack on a new leading dim.
+    Stack { parts: Vec<Recipe> },
+    /// Take `start..end` by `step` along `dim`.
+    Slice {
+        dim: usize,
+        start: u64,
+        end: u64,
+        step: u64,
+        source: Box<Recipe>,
+    },
+    /// Same bytes, new shape (also what `squeeze` becomes).
+    Reshape {
+        shape: Vec<u64>,
+        source: Box<Recipe>,
+    },
+    Transpose {
+        dims: [usize; 2],
+        source: Box<Recipe>,
+    },
+    /// The same tensor as another target: no second read, no second copy.
+    Tied { target: String },
+}
+
+impl Recipe {
+    /// The shape this recipe produces (`Tied` takes the shape of its target).
+    pub fn shape(&self) -> Vec<u64> {
+        match self {
+            Recipe::Read { shape, .. } | Recipe::Reshape { shape, .. } => shape.clone(),
+            Recipe::Fuse { dim, parts } => {
+                let mut s = parts.first().map(Recipe::shape).unwrap_or_default();
+                if let Some(d) = s.get_mut(*dim) {
+                    *d = parts
+                        .iter()
+                        .map(|p| p.shape().get(*dim).copied().unwrap_or(0))
+                        .sum();
+                }
+                s
+            }
+            Recipe::Stack { parts } => {
+                let inner = parts.first().map(Recipe::shape).unwrap_or_default();
+                [vec![parts.len() as u64], inner].concat()
+            }
+            Recipe::Slice {
+                dim,
+                start,
+                end,
+                step,
+                source,
+            } => {
+                let mut s = source.shape();
+                if let Some(d) = s.get_mut(*dim) {
+                    *d = (end - start).div_ceil(*step);
+                }
+                s
+            }
+            Recipe::Transpose { dims, source } => {
+                let mut s = source.shape();
+                if dims[0].max(dims[1]) < s.len() {
+                    s.swap(dims[0], dims[1]);
+                }
+                s
+            }
+            Recipe::Tied { .. } => Vec::new(),
+        }
+    }
+
+    /// Every read, in order.
+    pub fn reads(&self) -> Vec<&Recipe> {
+        let mut out = Vec::new();
+        self.visit_reads(&mut |r| out.push(r));
+        out
+    }
+
+    fn visit_reads<'a>(&'a self, f: &mut dyn FnMut(&'a Recipe)) {
+        match self {
+            Recipe::Read { .. } => f(self),
+            Recipe::Fuse { parts, .. } | Recipe::Stack { parts } => {
+                parts.iter().for_each(|p| p.visit_reads(f))
+            }
+            Recipe::Slice { source, .. }
+            | Recipe::Reshape { source, .. }
+            | Recipe::Transpose { source, .. } => source.visit_reads(f),
+            Recipe::Tied { .. } => {}
+        }
+    }
+}
+
+impl Plan {
+    /// Bytes of all targets in their target dtypes (tied targets count once).
+    pub fn target_bytes(&self) -> u64 {
+        self.targets
+            .iter()
+            .filter(|t| !matches!(t.recipe, Recipe::Tied { .. }))
+            .map(|t| t.shape.iter().product::<u64>() * t.dtype.size() as u64)
+            .sum()
+    }
+}
+
+/// Parses an IR dtype name (`bf16`) into a [`Dtype`].
+pub fn target_dtype(name: &str) -> Option<Dtype> {
+    Some(match name {
+        "bf16" => Dtype::Bf16,
+        "f16" => Dtype::F16,
+        "f32" => Dtype::F32,
+        "f8_e4m3" => Dtype::F8E4M3,
+        "f8_e5m2" => Dtype::F8E5M2,
+        "u8" => Dtype::U8,
+        "i8" => Dtype::I8,
+        "i32" => Dtype::I32,
+        "i64" => Dtype::I64,
+        _ => return None,
+    })
+}

@@ -1,0 +1,220 @@
+//! Plan findings → diagnostics, aggregated by name pattern: the same problem in every
+//! layer is one diagnostic ("for n = 0–47"), not forty-eight.
+
+use std::collections::BTreeMap;
+
+use crate::checkpoint::{Checkpoint, Dtype};
+use crate::diag::{Code, Diagnostic, Diagnostics};
+use crate::ir;
+
+/// One problem binding one param.
+#[derive(Clone, Debug)]
+pub struct Issue {
+    /// The IR path template (`layers.{layer}.attention.qkv`): the key into the span table.
+    pub ir_path: String,
+    /// The concrete target name.
+    pub target: String,
+    pub kind: IssueKind,
+}
+
+#[derive(Clone, Debug)]
+pub enum IssueKind {
+    Missing {
+        tensors: Vec<String>,
+        alternatives: Vec<String>,
+    },
+    Shape {
+        tensor: Option<String>,
+        expected: Vec<u64>,
+        actual: Vec<u64>,
+    },
+    Parts {
+        what: String,
+        shapes: Vec<Vec<u64>>,
+    },
+    Dtype {
+        tensor: String,
+        dtype: Dtype,
+        target: Dtype,
+    },
+    Tie {
+        what: String,
+    },
+}
+
+/// Replaces every all-digit dotted segment with `{n}`; returns the numbers too.
+pub fn templatize(name: &str) -> (String, Vec<u64>) {
+    let mut nums = Vec::new();
+    let parts: Vec<String> = name
+        .split('.')
+        .map(|seg| match seg.parse::<u64>() {
+            Ok(n) if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) => {
+                nums.push(n);
+                "{n}".to_string()
+            }
+            _ => seg.to_string(),
+        })
+        .collect();
+    (parts.join("."), nums)
+}
+
+/// "n = 0–3, 7" for the first number of each name, or a count when names hold several.
+fn spread(members: &[Vec<u64>]) -> String {
+    if members.len() == 1 {
+        return String::new();
+    }
+    if members.iter().all(|m| m.len() == 1) {
+        let mut ns: Vec<u64> = members.iter().map(|m| m[0]).collect();
+        ns.sort_unstable();
+        ns.dedup();
+        let mut ranges: Vec<String> = Vec::new();
+        let mut i = 0;
+        while i < ns.len() {
+            let mut j = i;
+            while j + 1 < ns.len() && ns[j + 1] == ns[j] + 1 {
+                j += 1;
+            }
+            ranges.push(if i == j {
+                ns[i].to_string()
+            } else {
+                format!("{}–{}", ns[i], ns[j])
+            });
+            i = j + 1;
+        }
+        return format!(" for n = {}", ranges.join(", "));
+    }
+    format!(" ({} tensors)", members.len())
+}
+
+fn show(s: &[u64]) -> String {
+    format!(
+        "[{}]",
+        s.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+    )
+}
+
+/// At most this many patterns of unclaimed tensors are listed one by one.
+const MAX_UNCLAIMED_PATTERNS: usize = 20;
+
+pub fn diagnostics(
+    issues: &[Issue],
+    unclaimed: &[String],
+    spans: &ir::Spans,
+    ckpt: &Checkpoint,
+    strict: bool,
+) -> Diagnostics {
+    let mut diags = Diagnostics::default();
+    // Group issues by (param, problem text with indices templated), keeping first order.
+    let mut groups: Vec<(String, String, Vec<Vec<u64>>, &Issue)> = Vec::new();
+    for issue in issues {
+        let (key, nums) = match &issue.kind {
+            IssueKind::Missing { tensors, .. } => {
+                templatize(tensors.first().map_or("", String::as_str))
+            }
+            IssueKind::Shape {
+                tensor: Some(t), ..
+            }
+            | IssueKind::Dtype { tensor: t, .. } => templatize(t),
+            _ => templatize(&issue.target),
+        };
+        match groups
+            .iter_mut()
+            .find(|g| g.0 == issue.ir_path && g.1 == key)
+        {
+            Some(g) => g.2.push(nums),
+            None => groups.push((issue.ir_path.clone(), key, vec![nums], issue)),
+        }
+    }
+    for (ir_path, pattern, members, issue) in groups {
+        let site = spans.get(&ir_path);
+        let where_ = spread(&members);
+        let mut d = match &issue.kind {
+            IssueKind::Missing { tensors, alternatives } => {
+                let mut d = Diagnostic::new(Code::E0508, format!("missing tensor `{pattern}`{where_}"));
+                if tensors.len() > 1 {
+                    d = d.with_note(format!("{} tensors of this param are missing; the first is shown", tensors.len()));
+                }
+                if let Some(alt) = alternatives.first() {
+                    d = d.with_note(format!("the fallback `{}` is missing too", templatize(alt).0));
+                }
+                let first = tensors.first().map_or("", String::as_str);
+                d.suggest(first, ckpt.tensors.keys().map(String::as_str))
+            }
+            IssueKind::Shape { tensor, expected, actual } => {
+                let subject = match tensor {
+                    Some(_) => format!("tensor `{pattern}`"),
+                    None => format!("the source of `{}`", issue.target),
+                };
+                Diagnostic::new(
+                    Code::E0509,
+                    format!("{subject} is {} but the mapping expects {}{where_}", show(actual), show(expected)),
+                )
+                .with_labels(site.map(|s| s.shape_labels.clone()).unwrap_or_default())
+            }
+            IssueKind::Parts { what, shapes } => {
+                let shown: Vec<String> = shapes.iter().take(4).map(|s| show(s)).collect();
+                Diagnostic::new(Code::E0509, format!("`{}`: {what}{where_}", issue.target))
+                    .with_note(format!("shapes in the checkpoint: {}", shown.join(", ")))
+            }
+            IssueKind::Dtype { dtype, target, .. } => Diagnostic::new(
+                Code::E0507,
+                format!("tensor `{pattern}` is {}, which cannot become {}{where_}", dtype.name(), target.name()),
+            )
+            .with_help("floating-point tensors convert among themselves; integer tensors load only as the same dtype"),
+            IssueKind::Tie { what } => Diagnostic::new(Code::E0508, format!("`{}` {what}", issue.target)),
+        };
+        if let Some(site) = site {
+            d = d.at(site.span, "declared here");
+        }
+        diags.push(d);
+    }
+    let mut by_pattern: BTreeMap<String, Vec<Vec<u64>>> = BTreeMap::new();
+    for name in unclaimed {
+        let (p, nums) = templatize(name);
+        by_pattern.entry(p).or_default().push(nums);
+    }
+    let code = if strict { Code::E0510 } else { Code::W0501 };
+    let total = by_pattern.len();
+    for (pattern, members) in by_pattern.into_iter().take(MAX_UNCLAIMED_PATTERNS) {
+        diags.push(
+            Diagnostic::new(
+                code,
+                format!(
+                    "checkpoint tensor `{pattern}`{} is not loaded",
+                    spread(&members)
+                ),
+            )
+            .with_help(
+                "map it to a param, or add `ignore \"<pattern>\"` if leaving it out is deliberate",
+            ),
+        );
+    }
+    if total > MAX_UNCLAIMED_PATTERNS {
+        diags.push(Diagnostic::new(
+            code,
+            format!(
+                "… and {} more patterns of unclaimed tensors",
+                total - MAX_UNCLAIMED_PATTERNS
+            ),
+        ));
+    }
+    diags
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templatize_replaces_index_segments() {
+        let (p, n) = templatize("model.layers.12.mlp.experts.7.up_proj.weight");
+        assert_eq!(p, "model.layers.{n}.mlp.experts.{n}.up_proj.weight");
+        assert_eq!(n, vec![12, 7]);
+    }
+
+    #[test]
+    fn spread_compresses_ranges() {
+        let members = vec![vec![0], vec![1], vec![2], vec![5]];
+        assert_eq!(spread(&members), " for n = 0–2, 5");
+    }
+}
