@@ -97,8 +97,13 @@ impl SafetensorsWriter {
             slot.0 += data_start;
         }
         let path = tmp.join("model.safetensors");
-        let mut file =
-            File::create(&path).map_err(io(format!("cannot create `{}`", path.display())))?;
+        // Read access too: tied targets are copied back out of the file.
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io(format!("cannot create `{}`", path.display())))?;
         file.write_all(&(text.len() as u64).to_le_bytes())
             .and_then(|_| file.write_all(&text))
             .and_then(|_| file.set_len(data_start + cursor))

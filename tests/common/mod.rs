@@ -34,3 +34,13 @@ pub fn hf_configs() -> Vec<(String, PathBuf)> {
     }
     out
 }
+
+pub mod sparse;
+
+/// A fresh, empty temporary folder for one test.
+pub fn tempdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wmap-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

@@ -1,0 +1,387 @@
+//! Loading the transformers-written fixtures: plans are clean, and every loaded tensor is
+//! bit-identical to the source tensors, assembled in the declared layout. The reference
+//! bytes come from the `safetensors` crate reading the files directly, not from wmap.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use wmap::driver::{self, ModelSource};
+use wmap::load::{self, HostStore, HostTensor};
+use wmap::plan::Plan;
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    common::root().join("tests/fixtures/hf").join(name)
+}
+
+/// Compiles, binds and loads `dir` into host memory; panics on any diagnostic.
+fn load_dir(dir: &Path, model: &ModelSource) -> (Plan, BTreeMap<String, HostTensor>) {
+    let mut c = driver::compile(model, Some(&dir.join("config.json"))).unwrap();
+    let bound = driver::bind(&mut c, dir, true);
+    let rendered = wmap::diag::render_human(&c.sources, &c.diags, wmap::diag::Color::Never);
+    assert!(c.diags.is_empty(), "{}: {rendered}", dir.display());
+    let b = bound.unwrap();
+    assert!(b.plan.unclaimed.is_empty());
+    let store = HostStore::default();
+    load::execute(
+        &b.plan,
+        &b.checkpoint,
+        &store,
+        load::Options::default(),
+        &|_| {},
+    )
+    .unwrap();
+    (b.plan, store.into_tensors())
+}
+
+/// The raw bytes and shape of a checkpoint tensor, read with the `safetensors` crate.
+fn raw(dir: &Path, name: &str) -> (Vec<u8>, Vec<u64>) {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    files.sort();
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        if let Ok(t) = st.tensor(name) {
+            return (
+                t.data().to_vec(),
+                t.shape().iter().map(|&d| d as u64).collect(),
+            );
+        }
+    }
+    panic!("{name} not in {}", dir.display());
+}
+
+fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
+    parts.concat()
+}
+
+fn bytes(store: &BTreeMap<String, HostTensor>, name: &str) -> Vec<u8> {
+    store
+        .get(name)
+        .unwrap_or_else(|| panic!("no target {name}"))
+        .data
+        .to_vec()
+}
+
+#[test]
+fn every_fixture_plans_clean_with_nothing_unclaimed() {
+    for name in [
+        "llama",
+        "llama_tied",
+        "llama_sharded",
+        "mistral",
+        "qwen3",
+        "qwen3_moe",
+        "phi3",
+        "mamba2",
+        "nemotron_h",
+        "nemotron_h_moe",
+    ] {
+        let (plan, store) = load_dir(&fixture(name), &ModelSource::Detect);
+        assert_eq!(plan.targets.len(), store.len(), "{name}");
+        for t in &plan.targets {
+            let n: u64 = t.shape.iter().product::<u64>() * t.dtype.size() as u64;
+            assert_eq!(store[&t.name].data.len() as u64, n, "{name}: {}", t.name);
+        }
+    }
+}
+
+#[test]
+fn llama_fuses_qkv_and_gate_up_in_declared_order() {
+    let dir = fixture("llama");
+    let (_, store) = load_dir(&dir, &ModelSource::Detect);
+    for l in 0..2 {
+        let p = format!("model.layers.{l}");
+        let q = raw(&dir, &format!("{p}.self_attn.q_proj.weight")).0;
+        let k = raw(&dir, &format!("{p}.self_attn.k_proj.weight")).0;
+        let v = raw(&dir, &format!("{p}.self_attn.v_proj.weight")).0;
+        assert_eq!(
+            bytes(&store, &format!("layers.{l}.attention.qkv")),
+            cat(&[q, k, v])
+        );
+        let g = raw(&dir, &format!("{p}.mlp.gate_proj.weight")).0;
+        let u = raw(&dir, &format!("{p}.mlp.up_proj.weight")).0;
+        assert_eq!(
+            bytes(&store, &format!("layers.{l}.mlp.gate_up")),
+            cat(&[g, u])
+        );
+        let d = raw(&dir, &format!("{p}.mlp.down_proj.weight")).0;
+        assert_eq!(bytes(&store, &format!("layers.{l}.mlp.down")), d);
+        let n = raw(&dir, &format!("{p}.input_layernorm.weight")).0;
+        assert_eq!(bytes(&store, &format!("layers.{l}.input_norm.weight")), n);
+    }
+    assert_eq!(bytes(&store, "lm_head"), raw(&dir, "lm_head.weight").0);
+    assert_eq!(store["layers.0.attention.qkv"].shape, vec![256, 128]);
+}
+
+#[test]
+fn tied_lm_head_shares_the_embedding() {
+    let dir = fixture("llama_tied");
+    let (plan, store) = load_dir(&dir, &ModelSource::Detect);
+    let lm = &store["lm_head"];
+    let embed = &store["embed"];
+    assert!(
+        std::sync::Arc::ptr_eq(&lm.data, &embed.data),
+        "no second copy"
+    );
+    assert_eq!(lm.data.to_vec(), raw(&dir, "model.embed_tokens.weight").0);
+    let t = plan.targets.iter().find(|t| t.name == "lm_head").unwrap();
+    assert!(t.recipe.reads().is_empty(), "no second read");
+}
+
+#[test]
+fn qwen3_moe_stacks_experts_in_expert_order() {
+    let dir = fixture("qwen3_moe");
+    let (plan, store) = load_dir(&dir, &ModelSource::Detect);
+    for l in 0..2 {
+        let p = format!("model.layers.{l}.mlp");
+        let mut gate_up = Vec::new();
+        let mut down = Vec::new();
+        for e in 0..8 {
+            gate_up.push(raw(&dir, &format!("{p}.experts.{e}.gate_proj.weight")).0);
+            gate_up.push(raw(&dir, &format!("{p}.experts.{e}.up_proj.weight")).0);
+            down.push(raw(&dir, &format!("{p}.experts.{e}.down_proj.weight")).0);
+        }
+        let t = &store[&format!("layers.{l}.moe.experts.gate_up")];
+        assert_eq!(t.shape, vec![8, 128, 128]);
+        assert_eq!(t.data.to_vec(), cat(&gate_up));
+        assert_eq!(
+            bytes(&store, &format!("layers.{l}.moe.experts.down")),
+            cat(&down)
+        );
+        assert_eq!(
+            bytes(&store, &format!("layers.{l}.moe.router")),
+            raw(&dir, &format!("{p}.gate.weight")).0
+        );
+        let q_norm = raw(&dir, &format!("model.layers.{l}.self_attn.q_norm.weight")).0;
+        assert_eq!(bytes(&store, &format!("layers.{l}.qk_norm.q_norm")), q_norm);
+    }
+    // One offload group per (layer, expert); routers and attention stay resident.
+    let experts = plan
+        .targets
+        .iter()
+        .find(|t| t.name == "layers.1.moe.experts.down")
+        .unwrap();
+    let json = serde_json::to_value(&experts.offload).unwrap();
+    assert_eq!(json["per_slice"][3], "layer=1/expert=3");
+    let router = plan
+        .targets
+        .iter()
+        .find(|t| t.name == "layers.1.moe.router")
+        .unwrap();
+    assert!(router.offload.is_none() && !router.quantizable);
+    assert!(experts.quantizable);
+}
+
+#[test]
+fn phi3_passes_fused_tensors_through() {
+    let dir = fixture("phi3");
+    let (_, store) = load_dir(&dir, &ModelSource::Detect);
+    let qkv = raw(&dir, "model.layers.0.self_attn.qkv_proj.weight").0;
+    assert_eq!(bytes(&store, "layers.0.attention.qkv"), qkv);
+    let gu = raw(&dir, "model.layers.1.mlp.gate_up_proj.weight").0;
+    assert_eq!(bytes(&store, "layers.1.mlp.gate_up"), gu);
+}
+
+/// Splitting Phi-3's fused tensors (the features fixture): contiguous slices, equal
+/// splits, interleaved rows, a transpose and a reshape, each checked by hand.
+#[test]
+fn phi3_splits_as_declared() {
+    let dir = fixture("phi3");
+    let file = common::root().join("tests/fixtures/lang/features.wmap");
+    let (_, store) = load_dir(&dir, &ModelSource::File(file));
+    let (qkv, _) = raw(&dir, "model.layers.0.self_attn.qkv_proj.weight");
+    let row = 128 * 2; // bytes per row of [_, 128] bf16
+    assert_eq!(
+        bytes(&store, "layers.0.attention.q"),
+        qkv[..128 * row].to_vec()
+    );
+    assert_eq!(
+        bytes(&store, "layers.0.attention.k"),
+        qkv[128 * row..192 * row].to_vec()
+    );
+    assert_eq!(
+        bytes(&store, "layers.0.attention.v"),
+        qkv[192 * row..256 * row].to_vec()
+    );
+    let (gu, _) = raw(&dir, "model.layers.0.mlp.gate_up_proj.weight");
+    assert_eq!(bytes(&store, "layers.0.mlp.gate"), gu[..256 * row].to_vec());
+    assert_eq!(bytes(&store, "layers.0.mlp.up"), gu[256 * row..].to_vec());
+    let even: Vec<u8> = gu.chunks(row).step_by(2).flatten().copied().collect();
+    assert_eq!(bytes(&store, "layers.0.mlp.even_rows"), even);
+    let (o, _) = raw(&dir, "model.layers.0.self_attn.o_proj.weight");
+    let o_t = bytes(&store, "layers.0.attention.o_t");
+    for i in 0..128 {
+        for j in 0..128 {
+            assert_eq!(
+                o_t[(j * 128 + i) * 2..(j * 128 + i) * 2 + 2],
+                o[(i * 128 + j) * 2..(i * 128 + j) * 2 + 2]
+            );
+        }
+    }
+    let down = raw(&dir, "model.layers.0.mlp.down_proj.weight").0;
+    assert_eq!(bytes(&store, "layers.0.mlp.down_heads"), down);
+    assert_eq!(store["layers.0.mlp.down_heads"].shape, vec![128, 4, 64]);
+    // f32 target from bf16: exact widening.
+    let (embed, _) = raw(&dir, "model.embed_tokens.weight");
+    let wide = bytes(&store, "head.embed_copy");
+    for (i, pair) in embed.chunks(2).enumerate() {
+        let bits = (u16::from_le_bytes([pair[0], pair[1]]) as u32) << 16;
+        assert_eq!(&wide[i * 4..i * 4 + 4], &bits.to_le_bytes());
+    }
+    // Layer 1 stacks both layers' fused gate_up tensors (absolute names).
+    let stacked = bytes(&store, "layers.1.mlp_stack");
+    let l1 = raw(&dir, "model.layers.1.mlp.gate_up_proj.weight").0;
+    assert_eq!(stacked, cat(&[gu, l1]));
+}
+
+#[test]
+fn mamba2_squeezes_conv_and_keeps_f32_params() {
+    let dir = fixture("mamba2");
+    let (_, store) = load_dir(&dir, &ModelSource::Detect);
+    let (conv, shape) = raw(&dir, "backbone.layers.0.mixer.conv1d.weight");
+    assert_eq!(shape, vec![320, 1, 4]);
+    let t = &store["layers.0.mixer.conv_weight"];
+    assert_eq!(t.shape, vec![320, 4]);
+    assert_eq!(t.data.to_vec(), conv);
+    let (a_log, _) = raw(&dir, "backbone.layers.1.mixer.A_log");
+    let t = &store["layers.1.mixer.A_log"];
+    assert_eq!(t.dtype.name(), "F32");
+    let widened: Vec<u8> = a_log
+        .chunks(2)
+        .flat_map(|p| (((u16::from_le_bytes([p[0], p[1]]) as u32) << 16).to_le_bytes()))
+        .collect();
+    assert_eq!(t.data.to_vec(), widened);
+}
+
+#[test]
+fn nemotron_h_moe_binds_each_layer_kind() {
+    let dir = fixture("nemotron_h_moe");
+    let (_, store) = load_dir(&dir, &ModelSource::Detect);
+    // Layers: M E M * E.
+    assert!(store.contains_key("layers.0.mamba.in_proj"));
+    assert!(store.contains_key("layers.3.attention.qkv"));
+    let mut up = Vec::new();
+    for e in 0..8 {
+        up.push(
+            raw(
+                &dir,
+                &format!("backbone.layers.4.mixer.experts.{e}.up_proj.weight"),
+            )
+            .0,
+        );
+    }
+    assert_eq!(bytes(&store, "layers.4.moe.experts.up"), cat(&up));
+    let shared = raw(
+        &dir,
+        "backbone.layers.1.mixer.shared_experts.up_proj.weight",
+    )
+    .0;
+    assert_eq!(bytes(&store, "layers.1.moe.shared.up"), shared);
+    assert_eq!(
+        store["layers.1.moe.e_score_correction_bias"].dtype.name(),
+        "F32"
+    );
+}
+
+/// The sharded fixture, merged into one file by the `safetensors` crate, loads to the
+/// same bytes as the shards.
+#[test]
+fn sharded_and_unsharded_give_the_same_bytes() {
+    let sharded = fixture("llama_sharded");
+    let merged = common::tempdir("merged");
+    std::fs::copy(sharded.join("config.json"), merged.join("config.json")).unwrap();
+    let mut all: Vec<(String, Vec<u8>, Vec<usize>, safetensors::Dtype)> = Vec::new();
+    for e in std::fs::read_dir(&sharded).unwrap().flatten() {
+        if e.path().extension().is_some_and(|x| x == "safetensors") {
+            let b = std::fs::read(e.path()).unwrap();
+            let st = safetensors::SafeTensors::deserialize(&b).unwrap();
+            for (n, t) in st.tensors() {
+                all.push((n, t.data().to_vec(), t.shape().to_vec(), t.dtype()));
+            }
+        }
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = all
+        .iter()
+        .map(|(n, d, s, t)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*t, s.clone(), d).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, &None, &merged.join("model.safetensors")).unwrap();
+    let (_, a) = load_dir(&sharded, &ModelSource::Detect);
+    let (_, b) = load_dir(&merged, &ModelSource::Detect);
+    assert_eq!(a.len(), 4 * 6 + 3);
+    for (name, t) in &a {
+        assert_eq!(t.data, b[name].data, "{name}");
+    }
+}
+
+/// `--out` writes the runtime layout atomically; reading it back gives the loaded bytes.
+#[test]
+fn out_writes_the_runtime_layout_atomically() {
+    let dir = fixture("llama_tied");
+    let out = common::tempdir("out").join("runtime");
+    let mut c = driver::compile(&ModelSource::Detect, Some(&dir.join("config.json"))).unwrap();
+    let b = driver::bind(&mut c, &dir, false).unwrap();
+    let writer = load::SafetensorsWriter::create(&out, &b.plan, false).unwrap();
+    load::execute(
+        &b.plan,
+        &b.checkpoint,
+        &writer,
+        load::Options::default(),
+        &|_| {},
+    )
+    .unwrap();
+    writer.commit().unwrap();
+    let (_, store) = load_dir(&dir, &ModelSource::Detect);
+    let bytes_out = std::fs::read(out.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes_out).unwrap();
+    assert_eq!(st.len(), store.len());
+    for (name, t) in &store {
+        let v = st.tensor(name).unwrap();
+        assert_eq!(v.data(), t.data.as_slice(), "{name}");
+    }
+    // An existing destination is refused without --force, and nothing is left behind.
+    let err = load::SafetensorsWriter::create(&out, &b.plan, false)
+        .err()
+        .unwrap();
+    assert_eq!(err.code.as_str(), "E0511");
+    let leftovers: Vec<_> = std::fs::read_dir(out.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty());
+}
+
+/// A small streaming window still loads everything, one batch at a time.
+#[test]
+fn a_tiny_window_gives_the_same_result() {
+    let dir = fixture("qwen3_moe");
+    let (_, wide) = load_dir(&dir, &ModelSource::Detect);
+    let mut c = driver::compile(&ModelSource::Detect, Some(&dir.join("config.json"))).unwrap();
+    let b = driver::bind(&mut c, &dir, false).unwrap();
+    let store = HostStore::default();
+    let stats = load::execute(
+        &b.plan,
+        &b.checkpoint,
+        &store,
+        load::Options { window: 1 },
+        &|_| {},
+    )
+    .unwrap();
+    assert_eq!(stats.bytes_read, b.checkpoint.data_bytes());
+    let narrow = store.into_tensors();
+    for (name, t) in &wide {
+        assert_eq!(t.data, narrow[name].data);
+    }
+}
