@@ -255,7 +255,7 @@ fn mamba2_squeezes_conv_and_keeps_f32_params() {
     assert_eq!(t.dtype.name(), "F32");
     let widened: Vec<u8> = a_log
         .chunks(2)
-        .flat_map(|p| (((u16::from_le_bytes([p[0], p[1]]) as u32) << 16).to_le_bytes()))
+        .flat_map(|p| ((u16::from_le_bytes([p[0], p[1]]) as u32) << 16).to_le_bytes())
         .collect();
     assert_eq!(t.data.to_vec(), widened);
 }

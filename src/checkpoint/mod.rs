@@ -143,8 +143,13 @@ impl Checkpoint {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
-        let shard_names: Vec<String> = if names.iter().any(|n| n == INDEX) {
-            index::read(&dir.join(INDEX), &format!("{shown}/{INDEX}"))?.shards
+        let index = if names.iter().any(|n| n == INDEX) {
+            Some(index::read(&dir.join(INDEX), &format!("{shown}/{INDEX}"))?)
+        } else {
+            None
+        };
+        let shard_names: Vec<String> = if let Some(index) = &index {
+            index.shards.clone()
         } else if names.iter().any(|n| n == SINGLE) {
             vec![SINGLE.to_string()]
         } else {
@@ -187,11 +192,7 @@ impl Checkpoint {
                 }
             }
         };
-        let index_map = if names.iter().any(|n| n == INDEX) {
-            Some(index::read(&dir.join(INDEX), &format!("{shown}/{INDEX}"))?.weight_map)
-        } else {
-            None
-        };
+        let index_map = index.map(|i| i.weight_map);
         let mut shards = Vec::with_capacity(shard_names.len());
         let mut tensors: BTreeMap<String, TensorEntry> = BTreeMap::new();
         for (i, name) in shard_names.iter().enumerate() {

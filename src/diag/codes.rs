@@ -76,7 +76,7 @@ codes! {
     E0508 "missing-tensor" "a tensor a param needs is not in the checkpoint";
     E0509 "tensor-shape-mismatch" "a checkpoint tensor's shape differs from what the mapping expects";
     E0510 "unclaimed-tensor-strict" "with --strict: the checkpoint has tensors nothing loads";
-    E0511 "checkpoint-read-failed" "reading tensor bytes failed after the header was checked";
+    E0511 "tensor-io-failed" "reading checkpoint bytes or writing output failed";
     W0501 "unclaimed-tensor" "the checkpoint has tensors nothing loads or ignores";
     E0901 "internal-error" "wmapc reached a state it should not; this is a bug in wmapc";
 }

@@ -70,6 +70,37 @@ fn read_bytes(t: &Target) -> u64 {
         .sum()
 }
 
+/// A buffer of exactly `n` bytes: the smallest pooled one that fits, else the largest
+/// pooled one grown to fit, else a new one. So the pool never holds more buffers than
+/// run at once, and its memory is bounded by threads × the largest target. Old contents
+/// are left in place: `fill` writes every byte of a target.
+fn take_buffer(pool: &std::sync::Mutex<Vec<Vec<u8>>>, n: usize) -> Vec<u8> {
+    let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
+    let fits = pool
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.capacity() >= n)
+        .min_by_key(|(_, b)| b.capacity())
+        .map(|(i, _)| i);
+    let pick = fits.or_else(|| {
+        pool.iter()
+            .enumerate()
+            .max_by_key(|(_, b)| b.capacity())
+            .map(|(i, _)| i)
+    });
+    let mut b = match pick {
+        Some(i) => pool.swap_remove(i),
+        None => Vec::new(),
+    };
+    drop(pool);
+    if b.len() > n {
+        b.truncate(n);
+    } else {
+        b.resize(n, 0);
+    }
+    b
+}
+
 /// Runs the plan. `progress` is called with the bytes read after each target.
 pub fn execute(
     plan: &Plan,
@@ -80,6 +111,8 @@ pub fn execute(
 ) -> Result<Stats, Diagnostic> {
     let start = Instant::now();
     let mut stats = Stats::default();
+    // Buffers handed back by the sink, reused for later targets.
+    let pool: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
     let (ties, owned): (Vec<&Target>, Vec<&Target>) = plan
         .targets
         .iter()
@@ -90,9 +123,12 @@ pub fn execute(
         batch
             .par_iter()
             .map(|t| {
-                let mut data = vec![0u8; target_bytes(t) as usize];
+                let n = target_bytes(t) as usize;
+                let mut data = take_buffer(&pool, n);
                 assemble::fill(ckpt, &t.recipe, t.dtype, &mut data)?;
-                sink.tensor(t, data)?;
+                if let Some(back) = sink.tensor(t, data)? {
+                    pool.lock().unwrap_or_else(|p| p.into_inner()).push(back);
+                }
                 progress(read_bytes(t));
                 Ok(())
             })

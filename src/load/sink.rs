@@ -9,8 +9,10 @@ use crate::plan::Target;
 
 /// Receives assembled targets; called from several threads at once.
 pub trait Sink: Sync {
-    /// One assembled target, in its target dtype, row-major.
-    fn tensor(&self, target: &Target, data: Vec<u8>) -> Result<(), Diagnostic>;
+    /// One assembled target, in its target dtype, row-major. A sink that does not keep
+    /// the buffer hands it back, so the loader can reuse it (fresh allocations cost a
+    /// page fault per 4 KiB, which dominates a load from the page cache).
+    fn tensor(&self, target: &Target, data: Vec<u8>) -> Result<Option<Vec<u8>>, Diagnostic>;
     /// `target` is the same tensor as the already delivered `to`.
     fn tied(&self, target: &Target, to: &str) -> Result<(), Diagnostic>;
     /// Called once after the last target.
@@ -41,7 +43,7 @@ impl HostStore {
 }
 
 impl Sink for HostStore {
-    fn tensor(&self, target: &Target, data: Vec<u8>) -> Result<(), Diagnostic> {
+    fn tensor(&self, target: &Target, data: Vec<u8>) -> Result<Option<Vec<u8>>, Diagnostic> {
         let t = HostTensor {
             dtype: target.dtype,
             shape: target.shape.clone(),
@@ -51,7 +53,7 @@ impl Sink for HostStore {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(target.name.clone(), t);
-        Ok(())
+        Ok(None)
     }
 
     fn tied(&self, target: &Target, to: &str) -> Result<(), Diagnostic> {

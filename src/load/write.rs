@@ -149,11 +149,12 @@ impl SafetensorsWriter {
 }
 
 impl Sink for SafetensorsWriter {
-    fn tensor(&self, target: &Target, data: Vec<u8>) -> Result<(), Diagnostic> {
+    fn tensor(&self, target: &Target, data: Vec<u8>) -> Result<Option<Vec<u8>>, Diagnostic> {
         let (at, _) = self.slot(&target.name)?;
         self.file
             .write_all_at(&data, at)
-            .map_err(io(format!("cannot write `{}`", target.name)))
+            .map_err(io(format!("cannot write `{}`", target.name)))?;
+        Ok(Some(data))
     }
 
     /// A tied target is written as a copy of its target's bytes, read back from the

@@ -40,7 +40,7 @@ pub fn bind(
             unclaimed.push(name.clone());
         }
     }
-    let diags = super::report::diagnostics(&b.issues, &unclaimed, spans, ckpt, strict);
+    let diags = super::report::diagnostics(&b.issues, &unclaimed, spans, strict);
     let plan = (!diags.has_errors()).then(|| Plan {
         plan_version: PLAN_VERSION,
         model: ir.model.clone(),
@@ -187,11 +187,30 @@ impl Binder<'_> {
             }
             // An optional param whose tensors are absent is simply not loaded.
             Err(IssueKind::Missing { .. }) if p.optional => {}
-            Err(kind) => self.issues.push(Issue {
-                ir_path: ir_path.to_string(),
-                target,
-                kind,
-            }),
+            Err(kind) => {
+                // The tensors this param names are its, even though binding failed: do
+                // not report them a second time as unclaimed.
+                let mut named = Vec::new();
+                self.all_named(&p.source, env, &mut named);
+                self.claimed.extend(
+                    named
+                        .into_iter()
+                        .filter(|n| self.ckpt.tensors.contains_key(n)),
+                );
+                self.issues.push(Issue {
+                    ir_path: ir_path.to_string(),
+                    target,
+                    kind,
+                })
+            }
+        }
+    }
+
+    /// Every checkpoint tensor a source names, in all fallback options.
+    fn all_named(&self, s: &ir::Source, env: &mut Vec<(String, i64)>, out: &mut Vec<String>) {
+        match s {
+            ir::Source::Try { options } => options.iter().for_each(|o| self.all_named(o, env, out)),
+            _ => self.needed(s, env, out),
         }
     }
 
@@ -459,19 +478,25 @@ impl Binder<'_> {
         for t in &self.targets {
             if let Recipe::Tied { target } = &t.recipe {
                 let problem = match shapes.get(target.as_str()) {
-                    None => Some(format!("is tied to `{target}`, which is not loaded")),
-                    Some((_, true)) => Some(format!("is tied to `{target}`, which is itself tied")),
-                    Some((shape, _)) if **shape != t.shape => Some(format!(
-                        "is tied to `{target}` of shape {shape:?}, not {:?}",
-                        t.shape
+                    None => Some((format!("is tied to `{target}`, which is not loaded"), true)),
+                    Some((_, true)) => Some((
+                        format!("is tied to `{target}`, which is itself tied"),
+                        false,
+                    )),
+                    Some((shape, _)) if **shape != t.shape => Some((
+                        format!(
+                            "is tied to `{target}` of shape {shape:?}, not {:?}",
+                            t.shape
+                        ),
+                        false,
                     )),
                     _ => None,
                 };
-                if let Some(what) = problem {
+                if let Some((what, missing)) = problem {
                     issues.push(Issue {
                         ir_path: t.name.clone(),
                         target: t.name.clone(),
-                        kind: IssueKind::Tie { what },
+                        kind: IssueKind::Tie { what, missing },
                     });
                 }
             }

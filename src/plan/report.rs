@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::checkpoint::{Checkpoint, Dtype};
+use crate::checkpoint::Dtype;
 use crate::diag::{Code, Diagnostic, Diagnostics};
 use crate::ir;
 
@@ -38,6 +38,7 @@ pub enum IssueKind {
         target: Dtype,
     },
     Tie {
+        missing: bool,
         what: String,
     },
 }
@@ -58,10 +59,29 @@ pub fn templatize(name: &str) -> (String, Vec<u64>) {
     (parts.join("."), nums)
 }
 
+/// The tensor (or target) an issue is about.
+fn subject(issue: &Issue) -> &str {
+    match &issue.kind {
+        IssueKind::Missing { tensors, .. } => tensors.first().map_or("", String::as_str),
+        IssueKind::Shape {
+            tensor: Some(t), ..
+        }
+        | IssueKind::Dtype { tensor: t, .. } => t,
+        _ => &issue.target,
+    }
+}
+
 /// "n = 0–3, 7" for the first number of each name, or a count when names hold several.
 fn spread(members: &[Vec<u64>]) -> String {
-    if members.len() == 1 {
-        return String::new();
+    if let [one] = members {
+        return match one.as_slice() {
+            [] => String::new(),
+            [n] => format!(" for n = {n}"),
+            ns => format!(
+                " for n = {}",
+                ns.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+            ),
+        };
     }
     if members.iter().all(|m| m.len() == 1) {
         let mut ns: Vec<u64> = members.iter().map(|m| m[0]).collect();
@@ -100,23 +120,13 @@ pub fn diagnostics(
     issues: &[Issue],
     unclaimed: &[String],
     spans: &ir::Spans,
-    ckpt: &Checkpoint,
     strict: bool,
 ) -> Diagnostics {
     let mut diags = Diagnostics::default();
     // Group issues by (param, problem text with indices templated), keeping first order.
     let mut groups: Vec<(String, String, Vec<Vec<u64>>, &Issue)> = Vec::new();
     for issue in issues {
-        let (key, nums) = match &issue.kind {
-            IssueKind::Missing { tensors, .. } => {
-                templatize(tensors.first().map_or("", String::as_str))
-            }
-            IssueKind::Shape {
-                tensor: Some(t), ..
-            }
-            | IssueKind::Dtype { tensor: t, .. } => templatize(t),
-            _ => templatize(&issue.target),
-        };
+        let (key, nums) = templatize(subject(issue));
         match groups
             .iter_mut()
             .find(|g| g.0 == issue.ir_path && g.1 == key)
@@ -127,7 +137,11 @@ pub fn diagnostics(
     }
     for (ir_path, pattern, members, issue) in groups {
         let site = spans.get(&ir_path);
-        let where_ = spread(&members);
+        // One occurrence reads best as its real name; several as a pattern and indices.
+        let (pattern, where_) = match members.len() {
+            1 => (subject(issue).to_string(), String::new()),
+            _ => (pattern, spread(&members)),
+        };
         let mut d = match &issue.kind {
             IssueKind::Missing { tensors, alternatives } => {
                 let mut d = Diagnostic::new(Code::E0508, format!("missing tensor `{pattern}`{where_}"));
@@ -137,8 +151,10 @@ pub fn diagnostics(
                 if let Some(alt) = alternatives.first() {
                     d = d.with_note(format!("the fallback `{}` is missing too", templatize(alt).0));
                 }
+                // Suggest only tensors nothing else loads: a name another param already
+                // uses cannot be the one this param is missing.
                 let first = tensors.first().map_or("", String::as_str);
-                d.suggest(first, ckpt.tensors.keys().map(String::as_str))
+                d.suggest(first, unclaimed.iter().map(String::as_str))
             }
             IssueKind::Shape { tensor, expected, actual } => {
                 let subject = match tensor {
@@ -160,22 +176,36 @@ pub fn diagnostics(
                 Code::E0507,
                 format!("tensor `{pattern}` is {}, which cannot become {}{where_}", dtype.name(), target.name()),
             )
-            .with_help("floating-point tensors convert among themselves; integer tensors load only as the same dtype"),
-            IssueKind::Tie { what } => Diagnostic::new(Code::E0508, format!("`{}` {what}", issue.target)),
+            .with_help(match dtype {
+                Dtype::Other(_) => "the loader reads F32, F16, BF16, F8_E4M3, F8_E5M2, U8, I8, I32 and I64",
+                _ => "F32, F16, BF16 and FP8 tensors convert to F32, F16 or BF16; integer tensors load only as themselves",
+            }),
+            IssueKind::Tie { what, missing } => {
+                let code = if *missing { Code::E0508 } else { Code::E0509 };
+                Diagnostic::new(code, format!("`{}` {what}", issue.target))
+            }
         };
         if let Some(site) = site {
             d = d.at(site.span, "declared here");
         }
         diags.push(d);
     }
-    let mut by_pattern: BTreeMap<String, Vec<Vec<u64>>> = BTreeMap::new();
+    let mut by_pattern: BTreeMap<String, (Vec<Vec<u64>>, &str)> = BTreeMap::new();
     for name in unclaimed {
         let (p, nums) = templatize(name);
-        by_pattern.entry(p).or_default().push(nums);
+        by_pattern
+            .entry(p)
+            .or_insert((Vec::new(), name))
+            .0
+            .push(nums);
     }
     let code = if strict { Code::E0510 } else { Code::W0501 };
     let total = by_pattern.len();
-    for (pattern, members) in by_pattern.into_iter().take(MAX_UNCLAIMED_PATTERNS) {
+    for (pattern, (members, first)) in by_pattern.into_iter().take(MAX_UNCLAIMED_PATTERNS) {
+        let (pattern, members) = match members.len() {
+            1 => (first.to_string(), Vec::new()),
+            _ => (pattern, members),
+        };
         diags.push(
             Diagnostic::new(
                 code,

@@ -52,16 +52,30 @@ pub fn write_sparse(dir: &Path, specs: &[Spec], shards: usize) {
 }
 
 /// The tensors of a Qwen3-MoE checkpoint with the given sizes.
-pub fn qwen3_moe_specs(
-    layers: u64,
-    experts: u64,
-    hidden: u64,
-    moe_inter: u64,
-    heads: u64,
-    kv: u64,
-    head_dim: u64,
-    vocab: u64,
-) -> Vec<Spec> {
+/// Sizes of a Qwen3-MoE checkpoint.
+#[derive(Clone, Copy)]
+pub struct MoeDims {
+    pub layers: u64,
+    pub experts: u64,
+    pub hidden: u64,
+    pub moe_inter: u64,
+    pub heads: u64,
+    pub kv: u64,
+    pub head_dim: u64,
+    pub vocab: u64,
+}
+
+pub fn qwen3_moe_specs(d: MoeDims) -> Vec<Spec> {
+    let MoeDims {
+        layers,
+        experts,
+        hidden,
+        moe_inter,
+        heads,
+        kv,
+        head_dim,
+        vocab,
+    } = d;
     let mut s: Vec<Spec> = vec![
         (
             "model.embed_tokens.weight".into(),
@@ -136,16 +150,17 @@ pub fn qwen3_moe_specs(
 }
 
 /// A Qwen3-MoE `config.json` with the given sizes (transformers 5 key names).
-pub fn qwen3_moe_config(
-    layers: u64,
-    experts: u64,
-    hidden: u64,
-    moe_inter: u64,
-    heads: u64,
-    kv: u64,
-    head_dim: u64,
-    vocab: u64,
-) -> String {
+pub fn qwen3_moe_config(d: MoeDims) -> String {
+    let MoeDims {
+        layers,
+        experts,
+        hidden,
+        moe_inter,
+        heads,
+        kv,
+        head_dim,
+        vocab,
+    } = d;
     serde_json::json!({
         "architectures": ["Qwen3MoeForCausalLM"],
         "model_type": "qwen3_moe",
