@@ -174,3 +174,109 @@ fn unknown_architecture_is_an_input_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn check_with_a_checkpoint_binds_headers() {
+    let (code, stdout, _) = wmapc(&["check", "--checkpoint", "tests/fixtures/hf/llama_tied"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        stdout,
+        "ok: model `Llama` binds to `tests/fixtures/hf/llama_tied`: 15 targets from 20 tensors in 1 file(s), headers only\n"
+    );
+}
+
+#[test]
+fn plan_reports_fallbacks_and_prints_json() {
+    let run = wmapc(&["plan", "--checkpoint", "tests/fixtures/hf/llama_tied"]);
+    assert_eq!(run.0, 0);
+    snapshot("plan_human", run);
+    let (code, stdout, _) = wmapc(&[
+        "plan",
+        "--checkpoint",
+        "tests/fixtures/hf/qwen3_moe",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0);
+    let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(plan["targets"].as_array().unwrap().len(), 21);
+    let qkv = plan["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "layers.0.attention.qkv")
+        .unwrap();
+    let parts = qkv["recipe"]["fuse"]["parts"].as_array().unwrap();
+    assert_eq!(
+        parts[1]["read"]["tensor"],
+        "model.layers.0.self_attn.k_proj.weight"
+    );
+    assert_eq!(parts[1]["read"]["length"], 64 * 128 * 2);
+}
+
+#[test]
+fn plan_of_a_quantized_checkpoint_fails_with_codes() {
+    let (code, _, stderr) = wmapc(&[
+        "plan",
+        "--checkpoint",
+        "tests/fixtures/hf/llama_bnb_nf4",
+        "--color",
+        "never",
+    ]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("E0509"), "{stderr}");
+}
+
+#[test]
+fn load_prints_a_summary_and_writes_out() {
+    let out = std::env::temp_dir().join(format!("wmap-cli-out-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let o = out.to_str().unwrap();
+    let (code, stdout, stderr) =
+        wmapc(&["load", "tests/fixtures/hf/qwen3_moe", "--quiet", "--out", o]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.starts_with("loaded model `Qwen3Moe`: 21 tensors (0 tied), 1.2 MB read, 1.2 MB out"),
+        "{stdout}"
+    );
+    assert!(out.join("model.safetensors").is_file());
+    // A second run refuses to overwrite, then --force replaces.
+    let (code, _, stderr) = wmapc(&["load", "tests/fixtures/hf/qwen3_moe", "--quiet", "--out", o]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("already exists"), "{stderr}");
+    let (code, _, _) = wmapc(&[
+        "load",
+        "tests/fixtures/hf/qwen3_moe",
+        "--quiet",
+        "--out",
+        o,
+        "--force",
+    ]);
+    assert_eq!(code, 0);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn load_with_an_explicit_model() {
+    let (code, stdout, _) = wmapc(&[
+        "load",
+        "tests/fixtures/hf/phi3",
+        "--quiet",
+        "--model",
+        "tests/fixtures/lang/features.wmap",
+    ]);
+    assert_eq!(code, 0);
+    assert!(stdout.starts_with("loaded model `Features`"), "{stdout}");
+    let (code, _, stderr) = wmapc(&[
+        "load",
+        "tests/fixtures/hf/phi3",
+        "--quiet",
+        "--model",
+        "Nope",
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("no stdlib model is called `Nope`"),
+        "{stderr}"
+    );
+}
