@@ -363,9 +363,9 @@ fn out_writes_the_runtime_layout_atomically() {
     assert!(leftovers.is_empty());
 }
 
-/// A small streaming window still loads everything, one batch at a time.
+/// One thread gives the same bytes as all of them.
 #[test]
-fn a_tiny_window_gives_the_same_result() {
+fn one_thread_gives_the_same_result() {
     let dir = fixture("qwen3_moe");
     let (_, wide) = load_dir(&dir, &ModelSource::Detect);
     let mut c = driver::compile(&ModelSource::Detect, Some(&dir.join("config.json"))).unwrap();
@@ -375,7 +375,7 @@ fn a_tiny_window_gives_the_same_result() {
         &b.plan,
         &b.checkpoint,
         &store,
-        load::Options { window: 1 },
+        load::Options { threads: 1 },
         &|_| {},
     )
     .unwrap();

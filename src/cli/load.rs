@@ -28,9 +28,9 @@ pub struct LoadArgs {
     pub quiet: bool,
     #[arg(long)]
     pub strict: bool,
-    /// Bytes assembled at once (memory bound), in MiB.
-    #[arg(long, default_value_t = 256)]
-    pub window_mib: u64,
+    /// Worker threads (0: every core). Memory in flight is threads × the largest tensor.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
     #[arg(long, value_enum, default_value_t = ColorArg::Auto)]
     pub color: ColorArg,
 }
@@ -126,7 +126,7 @@ pub fn load(args: &LoadArgs) -> miette::Result<ExitCode> {
     let bar = progress_bar(total, args.quiet);
     let tick = |n: u64| bar.inc(n);
     let options = load::Options {
-        window: args.window_mib.max(1) << 20,
+        threads: args.threads,
     };
     let result = match &args.out {
         Some(out) => {

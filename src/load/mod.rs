@@ -2,9 +2,10 @@
 //!
 //! Input: a [`Plan`], its [`Checkpoint`] and a [`Sink`]. Output: every target, assembled in
 //! the runtime layout, delivered once; tied targets are delivered as ties (no second read,
-//! no second copy). Streaming: targets are processed in batches of at most `window` bytes
-//! on all cores, so memory in flight is bounded by the window (or by the largest single
-//! tensor), whatever the checkpoint's size. Knows nothing of architectures.
+//! no second copy). Streaming: targets are assembled on all cores, each into a buffer
+//! taken from a pool that sinks hand buffers back to, so memory in flight is bounded by
+//! threads × the largest target, whatever the checkpoint's size (a sink that keeps the
+//! tensors, like [`HostStore`], holds what it keeps). Knows nothing of architectures.
 
 mod assemble;
 mod convert;
@@ -20,20 +21,14 @@ pub use sink::{HostStore, HostTensor, Sink};
 pub use write::SafetensorsWriter;
 
 use crate::checkpoint::Checkpoint;
-use crate::diag::Diagnostic;
+use crate::diag::{Code, Diagnostic};
 use crate::plan::{Plan, Recipe, Target};
 
 /// How a load runs.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Options {
-    /// Bytes of targets assembled at once (default 256 MiB).
-    pub window: u64,
-}
-
-impl Default for Options {
-    fn default() -> Options {
-        Options { window: 256 << 20 }
-    }
+    /// Worker threads; 0 uses every core.
+    pub threads: usize,
 }
 
 /// What a load did.
@@ -117,11 +112,10 @@ pub fn execute(
         .targets
         .iter()
         .partition(|t| matches!(t.recipe, Recipe::Tied { .. }));
-    let mut batch: Vec<&Target> = Vec::new();
-    let mut batch_bytes = 0u64;
-    let flush = |batch: &mut Vec<&Target>, stats: &mut Stats| -> Result<(), Diagnostic> {
-        batch
+    let run = || {
+        owned
             .par_iter()
+            .with_max_len(1)
             .map(|t| {
                 let n = target_bytes(t) as usize;
                 let mut data = take_buffer(&pool, n);
@@ -132,25 +126,21 @@ pub fn execute(
                 progress(read_bytes(t));
                 Ok(())
             })
-            .collect::<Result<Vec<()>, Diagnostic>>()?;
-        for t in batch.iter() {
-            stats.tensors += 1;
-            stats.bytes_read += read_bytes(t);
-            stats.bytes_out += target_bytes(t);
-        }
-        batch.clear();
-        Ok(())
+            .collect::<Result<Vec<()>, Diagnostic>>()
     };
-    for t in owned {
-        let b = target_bytes(t);
-        if !batch.is_empty() && batch_bytes + b > options.window {
-            flush(&mut batch, &mut stats)?;
-            batch_bytes = 0;
-        }
-        batch.push(t);
-        batch_bytes += b;
+    match options.threads {
+        0 => run()?,
+        n => rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .map_err(|e| Diagnostic::new(Code::E0901, format!("cannot start {n} threads: {e}")))?
+            .install(run)?,
+    };
+    for t in &owned {
+        stats.tensors += 1;
+        stats.bytes_read += read_bytes(t);
+        stats.bytes_out += target_bytes(t);
     }
-    flush(&mut batch, &mut stats)?;
     for t in ties {
         if let Recipe::Tied { target } = &t.recipe {
             sink.tied(t, target)?;
