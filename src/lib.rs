@@ -29,6 +29,7 @@ pub mod ir;
 pub mod load;
 pub mod lower;
 pub mod plan;
+pub mod quant;
 pub mod resolve;
 pub mod source;
 pub mod stdlib;

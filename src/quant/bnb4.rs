@@ -1,0 +1,222 @@
+//! bitsandbytes 4-bit formats: NF4 and bnb FP4, blockwise over the flattened tensor,
+//! with optional double quantization of the block absmax. Matches bitsandbytes' CUDA
+//! kernels bit for bit (see FORMATS.md and the golden tests).
+
+use rayon::prelude::*;
+
+use super::dynamic;
+
+/// The NF4 codebook, code 0..15.
+pub const NF4: [f32; 16] = [
+    -1.0,
+    -0.696_192_800_998_687_7,
+    -0.525_073_051_452_636_7,
+    -0.394_917_488_098_144_53,
+    -0.284_441_381_692_886_35,
+    -0.184_773_430_228_233_34,
+    -0.091_050_036_251_544_95,
+    0.0,
+    0.079_580_299_556_255_34,
+    0.160_930_201_411_247_25,
+    0.246_112_301_945_686_34,
+    0.337_915_241_718_292_24,
+    0.440_709_829_330_444_34,
+    0.562_617_003_917_694_1,
+    0.722_956_836_223_602_3,
+    1.0,
+];
+
+/// bnb FP4 values: magnitude codes 000…111 are 0, 0.0625, 8, 12, 4, 6, 2, 3 over 12;
+/// bit 3 is the sign.
+pub fn fp4_table() -> [f32; 16] {
+    let mags = [0.0f32, 0.0625, 8.0, 12.0, 4.0, 6.0, 2.0, 3.0];
+    let mut t = [0f32; 16];
+    for (i, m) in mags.iter().enumerate() {
+        t[i] = m / 12.0;
+        t[i + 8] = -(m / 12.0);
+    }
+    t
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Nf4,
+    Fp4,
+}
+
+impl Kind {
+    pub fn table(self) -> [f32; 16] {
+        match self {
+            Kind::Nf4 => NF4,
+            Kind::Fp4 => fp4_table(),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Nf4 => "nf4",
+            Kind::Fp4 => "fp4",
+        }
+    }
+
+    /// The 4-bit code of a value already scaled into [-1, 1].
+    pub fn code(self, y: f32) -> u8 {
+        match self {
+            Kind::Nf4 => nf4_code(y),
+            Kind::Fp4 => fp4_code(y),
+        }
+    }
+}
+
+/// NF4: the number of float32 midpoints `y` exceeds; NaN exceeds none (code 0).
+fn nf4_code(y: f32) -> u8 {
+    let mut code = 0u8;
+    for i in 0..15 {
+        let mid = (NF4[i] + NF4[i + 1]) / 2.0;
+        code += (y > mid) as u8;
+    }
+    code
+}
+
+/// bnb FP4: bitsandbytes' decision tree on |y|, sign in bit 3 for y < 0.
+fn fp4_code(y: f32) -> u8 {
+    let sign = if y < 0.0 { 0b1000 } else { 0 };
+    let a = y.abs();
+    let mag = if a > 0.291_666_67 {
+        if a > 0.583_333 {
+            if a > 0.833_333_3 {
+                0b011
+            } else {
+                0b010
+            }
+        } else if a > 0.416_666_7 {
+            0b101
+        } else {
+            0b100
+        }
+    } else if a > 0.085_937_5 {
+        if a > 0.208_333_33 {
+            0b111
+        } else {
+            0b110
+        }
+    } else if a > 0.002_604_17 {
+        0b001
+    } else {
+        0b000
+    };
+    sign | mag
+}
+
+/// Blocks handled per parallel task.
+const BLOCKS_PER_TASK: usize = 256;
+
+/// Quantizes `x` (f32 values) into packed codes (first element in the high nibble) and
+/// per-block absmax. Padding of a partial last block counts as 0.
+pub fn quantize(kind: Kind, x: &[f32], blocksize: usize) -> (Vec<u8>, Vec<f32>) {
+    assert!(blocksize % 2 == 0, "blocksize is even");
+    let nblocks = x.len().div_ceil(blocksize);
+    let mut packed = vec![0u8; x.len().div_ceil(2)];
+    let mut absmax = vec![0f32; nblocks];
+    let chunk_elems = blocksize * BLOCKS_PER_TASK;
+    packed
+        .par_chunks_mut(chunk_elems / 2)
+        .zip(absmax.par_chunks_mut(BLOCKS_PER_TASK))
+        .enumerate()
+        .for_each(|(task, (out, am))| {
+            let base = task * chunk_elems;
+            for (b, m) in am.iter_mut().enumerate() {
+                let start = base + b * blocksize;
+                let end = (start + blocksize).min(x.len());
+                let block = &x[start..end];
+                let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
+                *m = amax;
+                // A multiply by the float32 reciprocal, as the CUDA kernel does; an all-zero
+                // block gives 0 * inf = NaN, code 0. bitsandbytes' kernel takes that
+                // reciprocal with the GPU's approximate `rcp` (within 1 ulp), so a value
+                // sitting exactly on a threshold can land one code apart; this reference
+                // uses the correctly rounded reciprocal (see tests/quant.rs).
+                let inv = 1.0f32 / amax;
+                let code = |v: f32| kind.code(v * inv);
+                let pad = code(0.0);
+                let first = (start - base) / 2;
+                for (j, pair) in block.chunks(2).enumerate() {
+                    let hi = code(pair[0]);
+                    let lo = pair.get(1).map_or(pad, |&v| code(v));
+                    out[first + j] = (hi << 4) | lo;
+                }
+            }
+        });
+    (packed, absmax)
+}
+
+/// Dequantizes into f32: `table[code] * absmax` (one float32 multiply).
+pub fn dequantize(
+    kind: Kind,
+    packed: &[u8],
+    absmax: &[f32],
+    blocksize: usize,
+    n: usize,
+    out: &mut [f32],
+) {
+    let table = kind.table();
+    out[..n]
+        .par_chunks_mut(blocksize)
+        .enumerate()
+        .for_each(|(b, block)| {
+            let m = absmax[b];
+            for (j, o) in block.iter_mut().enumerate() {
+                let i = b * blocksize + j;
+                let byte = packed[i / 2];
+                let code = if i % 2 == 0 { byte >> 4 } else { byte & 0x0F };
+                *o = table[code as usize] * m;
+            }
+        });
+}
+
+/// The second level of double quantization: absmax minus its mean, 8-bit dynamic codes
+/// per 256 values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Nested {
+    pub codes: Vec<u8>,
+    pub absmax: Vec<f32>,
+    pub offset: f32,
+    pub blocksize: usize,
+}
+
+pub const NESTED_BLOCKSIZE: usize = 256;
+
+/// The mean of the absmax, summed in f64 and rounded once. bitsandbytes takes a GPU mean
+/// whose summation order is the GPU's; the two may differ in the last bit, which the
+/// golden tests account for by checking codes against bnb's own offset.
+pub fn mean_offset(absmax: &[f32]) -> f32 {
+    if absmax.is_empty() {
+        return 0.0;
+    }
+    (absmax.iter().map(|&a| a as f64).sum::<f64>() / absmax.len() as f64) as f32
+}
+
+pub fn double_quantize(absmax: &[f32], offset: f32) -> Nested {
+    let map = dynamic::signed_map();
+    let centered: Vec<f32> = absmax.iter().map(|a| a - offset).collect();
+    let (codes, nested) = dynamic::quantize_blockwise(&map, &centered, NESTED_BLOCKSIZE);
+    Nested {
+        codes,
+        absmax: nested,
+        offset,
+        blocksize: NESTED_BLOCKSIZE,
+    }
+}
+
+/// Recovers the first-level absmax: `(map[q] * nested_absmax) + offset`, two roundings.
+pub fn undo_double(n: &Nested) -> Vec<f32> {
+    let map = dynamic::signed_map();
+    n.codes
+        .iter()
+        .enumerate()
+        .map(|(i, &q)| {
+            let scaled = map[q as usize] * n.absmax[i / n.blocksize];
+            scaled + n.offset
+        })
+        .collect()
+}

@@ -1,0 +1,158 @@
+//! FP8 E4M3 (`e4m3fn`): conversion from float32 with round-to-nearest-even and
+//! saturation to ±448 (CUDA's `__NV_SATFINITE`), and the three scaling recipes.
+
+use rayon::prelude::*;
+
+pub const E4M3_MAX: f32 = 448.0;
+
+/// float32 → E4M3, round to nearest even (subnormals too), ±inf and overflow saturate to
+/// ±448, NaN → 0x7F.
+pub fn e4m3(x: f32) -> u8 {
+    if x.is_nan() {
+        return 0x7F;
+    }
+    let sign = if x.is_sign_negative() { 0x80u8 } else { 0 };
+    let a = x.abs();
+    if a >= 2f32.powi(-6) {
+        let bits = a.to_bits();
+        let mut exp = ((bits >> 23) & 0xFF) as i32 - 127;
+        let man = bits & 0x7F_FFFF;
+        let mut m3 = man >> 20;
+        let rem = man & 0xF_FFFF;
+        if rem > 0x8_0000 || (rem == 0x8_0000 && m3 & 1 == 1) {
+            m3 += 1;
+        }
+        if m3 == 8 {
+            m3 = 0;
+            exp += 1;
+        }
+        let e = exp + 7;
+        if e > 15 || (e == 15 && m3 == 7) {
+            return sign | 0x7E; // saturate to 448
+        }
+        sign | ((e as u8) << 3) | m3 as u8
+    } else {
+        // Subnormal: multiples of 2^-9; scaling by 512 is exact.
+        let m = (a * 512.0).round_ties_even() as u8; // 0..=8; 8 is the smallest normal
+        sign | m
+    }
+}
+
+pub use crate::load::e4m3_to_f32;
+
+/// Per-tensor: one scale; `q = sat(x * s)`, `s = 448 / amax` (1 when amax is 0);
+/// the stored scale is the dequant multiplier `1 / s`.
+pub fn quantize_per_tensor(x: &[f32]) -> (Vec<u8>, f32) {
+    let amax = x
+        .par_iter()
+        .fold(|| 0f32, |m, v| m.max(v.abs()))
+        .reduce(|| 0f32, f32::max);
+    let s = scale_for(amax);
+    (x.par_iter().map(|&v| e4m3(v * s)).collect(), 1.0 / s)
+}
+
+fn scale_for(amax: f32) -> f32 {
+    if amax == 0.0 || !amax.is_finite() {
+        1.0
+    } else {
+        E4M3_MAX / amax
+    }
+}
+
+/// Per-channel: one scale per row of a `[rows, cols]` view.
+pub fn quantize_per_channel(x: &[f32], cols: usize) -> (Vec<u8>, Vec<f32>) {
+    let mut q = vec![0u8; x.len()];
+    let scales: Vec<f32> = q
+        .par_chunks_mut(cols)
+        .zip(x.par_chunks(cols))
+        .map(|(out, row)| {
+            let s = scale_for(row.iter().fold(0f32, |m, v| m.max(v.abs())));
+            for (o, &v) in out.iter_mut().zip(row) {
+                *o = e4m3(v * s);
+            }
+            1.0 / s
+        })
+        .collect();
+    (q, scales)
+}
+
+/// 128×128 blocks of a `[rows, cols]` view (DeepSeek-V3 / transformers "fp8"):
+/// `weight_scale_inv` is `[ceil(rows/128), ceil(cols/128)]`.
+pub fn quantize_blocks(x: &[f32], rows: usize, cols: usize, block: usize) -> (Vec<u8>, Vec<f32>) {
+    let (br, bc) = (rows.div_ceil(block), cols.div_ceil(block));
+    let mut q = vec![0u8; x.len()];
+    // One task per band of `block` rows: it owns those output rows.
+    let scales: Vec<Vec<f32>> = q
+        .par_chunks_mut(block * cols)
+        .enumerate()
+        .map(|(r, out)| {
+            let r0 = r * block;
+            let nrows = out.len() / cols.max(1);
+            (0..bc)
+                .map(|c| {
+                    let c0 = c * block;
+                    let c1 = (c0 + block).min(cols);
+                    let mut amax = 0f32;
+                    for i in 0..nrows {
+                        for &v in &x[(r0 + i) * cols + c0..(r0 + i) * cols + c1] {
+                            amax = amax.max(v.abs());
+                        }
+                    }
+                    let s = scale_for(amax);
+                    for i in 0..nrows {
+                        for j in c0..c1 {
+                            out[i * cols + j] = e4m3(x[(r0 + i) * cols + j] * s);
+                        }
+                    }
+                    1.0 / s
+                })
+                .collect()
+        })
+        .collect();
+    debug_assert_eq!(scales.len(), br);
+    (q, scales.concat())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edges() {
+        assert_eq!(e4m3(448.0), 0x7E);
+        assert_eq!(e4m3(464.0), 0x7E, "464 would round to 480: saturates");
+        assert_eq!(e4m3(1e9), 0x7E);
+        assert_eq!(e4m3(f32::INFINITY), 0x7E);
+        assert_eq!(e4m3(f32::NEG_INFINITY), 0xFE);
+        assert_eq!(e4m3(f32::NAN), 0x7F);
+        assert_eq!(e4m3(-0.0), 0x80);
+        assert_eq!(e4m3(0.0), 0x00);
+        assert_eq!(e4m3(1.0), 0x38);
+        assert_eq!(e4m3(2f32.powi(-9)), 0x01, "smallest subnormal");
+        assert_eq!(
+            e4m3(2f32.powi(-10)),
+            0x00,
+            "half the smallest subnormal ties to even 0"
+        );
+        assert_eq!(e4m3(3.0 * 2f32.powi(-10)), 0x02, "1.5 ulps ties to even 2");
+        assert_eq!(
+            e4m3(2f32.powi(-6) - 2f32.powi(-12)),
+            0x08,
+            "rounds up into the normals"
+        );
+        // 1.0625 is halfway between 1.0 (0x38) and 1.125 (0x39): ties to even.
+        assert_eq!(e4m3(1.0625), 0x38);
+        assert_eq!(e4m3(1.1875), 0x3A);
+    }
+
+    #[test]
+    fn round_trips_every_finite_code() {
+        for b in 0u8..=255 {
+            if b & 0x7F == 0x7F {
+                continue;
+            }
+            let v = e4m3_to_f32(b);
+            assert_eq!(e4m3(v), b, "{b:#04x} = {v}");
+        }
+    }
+}
