@@ -25,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod diag;
 pub mod driver;
+pub mod export;
 pub mod ir;
 pub mod load;
 pub mod lower;

@@ -17,7 +17,11 @@ pub struct LoadArgs {
     /// A .wmap file or a stdlib model name; default: detected from config.json.
     #[arg(long)]
     pub model: Option<String>,
-    /// Write the loaded tensors, in the runtime layout, to OUT/model.safetensors.
+    /// Quantize the params marked `quantizable` as they load.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(crate::quant::Format::NAMES))]
+    pub quant: Option<String>,
+    /// Write OUT/model.safetensors: the runtime layout, or with --quant a checkpoint in HF
+    /// naming that transformers (bnb 4-bit, fine-grained FP8) or ModelOpt (NVFP4) reads.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Replace an existing --out.
@@ -128,8 +132,33 @@ pub fn load(args: &LoadArgs) -> miette::Result<ExitCode> {
     let options = load::Options {
         threads: args.threads,
     };
-    let result = match &args.out {
-        Some(out) => {
+    let format = args.quant.as_deref().and_then(crate::quant::Format::parse);
+    let mut quant_report = None;
+    let result = match (&args.out, format) {
+        (Some(out), Some(format)) => {
+            let config_text = std::fs::read_to_string(args.dir.join("config.json"))
+                .map_err(|e| miette::miette!("cannot read config.json: {e}"))?;
+            let exporter = crate::export::Exporter::create(
+                out,
+                &b.plan,
+                &b.checkpoint,
+                format,
+                &config_text,
+                args.force,
+            )
+            .map_err(|e| miette::miette!("{e}"))?;
+            match load::execute(&b.plan, &b.checkpoint, &exporter, options, &tick) {
+                Ok(stats) => {
+                    exporter.commit().map_err(|d| report(&c, d))?;
+                    stats
+                }
+                Err(d) => {
+                    exporter.abandon();
+                    return Err(report(&c, d));
+                }
+            }
+        }
+        (Some(out), None) => {
             let writer =
                 SafetensorsWriter::create(out, &b.plan, args.force).map_err(|d| report(&c, d))?;
             match load::execute(&b.plan, &b.checkpoint, &writer as &dyn Sink, options, &tick) {
@@ -143,7 +172,14 @@ pub fn load(args: &LoadArgs) -> miette::Result<ExitCode> {
                 }
             }
         }
-        None => {
+        (None, Some(format)) => {
+            let store = crate::quant::QuantStore::new(format);
+            let stats = load::execute(&b.plan, &b.checkpoint, &store, options, &tick)
+                .map_err(|d| report(&c, d))?;
+            quant_report = Some((format, store.report()));
+            stats
+        }
+        (None, None) => {
             let store = HostStore::default();
             load::execute(&b.plan, &b.checkpoint, &store, options, &tick)
                 .map_err(|d| report(&c, d))?
@@ -160,10 +196,37 @@ pub fn load(args: &LoadArgs) -> miette::Result<ExitCode> {
         result.elapsed.as_secs_f64(),
         result.gbps()
     );
+    if let Some((format, r)) = quant_report {
+        print!("{}", quant_summary(format, &r));
+    }
     if let Some(out) = &args.out {
         println!("wrote {}", out.join("model.safetensors").display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Bytes before/after and the reconstruction error next to the format's reference figure.
+fn quant_summary(format: crate::quant::Format, r: &crate::quant::QuantReport) -> String {
+    let pct = 100.0 * r.bytes_after as f64 / (r.bytes_before as f64).max(1.0);
+    let rms = (r.error.sum_sq_ref / r.error.count.max(1) as f64).sqrt();
+    let unit = r.error.mean_abs() / rms.max(f64::MIN_POSITIVE);
+    let reference = format
+        .expected_gaussian_error()
+        .map(|e| format!("; {} on unit Gaussian data: {e}", format.name()))
+        .unwrap_or_default();
+    format!(
+        "quantized {} tensors to {}: {:.2} MB → {:.2} MB ({pct:.1} %); {} kept in full precision ({:.2} MB)\n\
+         error: mean |w − ŵ| {:.3e} ({unit:.4} × rms(w){reference}), max {:.3e}, relative {:.4}\n",
+        r.quantized,
+        format.name(),
+        r.bytes_before as f64 / 1e6,
+        r.bytes_after as f64 / 1e6,
+        r.full,
+        r.full_bytes as f64 / 1e6,
+        r.error.mean_abs(),
+        r.error.max_abs,
+        r.error.relative(),
+    )
 }
 
 /// A coded failure during the load, as an application report.

@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 pub use convert::{convert, convertible, e4m3_to_f32, e5m2_to_f32};
 pub use sink::{HostStore, HostTensor, Sink};
-pub use write::SafetensorsWriter;
+pub use write::{Entry, FileLayout, SafetensorsWriter};
 
 use crate::checkpoint::Checkpoint;
 use crate::diag::{Code, Diagnostic};

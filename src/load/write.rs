@@ -1,9 +1,8 @@
-//! A sink that writes the runtime layout to a safetensors file, atomically.
-//!
-//! The header is known from the plan before any data arrives, so the file is laid out
-//! up front and each target is written at its offset as it comes, from any thread.
-//! Everything goes to a temporary folder beside the destination, renamed into place
-//! by [`SafetensorsWriter::commit`]; a failed load leaves no half-written output.
+//! Writing safetensors files atomically: [`FileLayout`] lays out a file whose tensors are
+//! all known up front and takes their bytes as they come, from any thread; everything goes
+//! to a temporary folder beside the destination, renamed into place by
+//! [`FileLayout::commit`], so a failed run leaves no half-written output.
+//! [`SafetensorsWriter`] is the sink that writes a plan's targets in the runtime layout.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -12,25 +11,54 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::Sink;
+use crate::checkpoint::Dtype;
 use crate::diag::{Code, Diagnostic};
 use crate::plan::{Plan, Recipe, Target};
-
-pub struct SafetensorsWriter {
-    out: PathBuf,
-    tmp: PathBuf,
-    file: File,
-    /// Absolute offset and length of each target's bytes.
-    slots: BTreeMap<String, (u64, u64)>,
-}
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> Diagnostic {
     move |e| Diagnostic::new(Code::E0511, format!("{what}: {e}"))
 }
 
-impl SafetensorsWriter {
-    /// Lays out `OUT/model.safetensors` in a temporary folder. An existing `out` is
-    /// refused unless `force`.
-    pub fn create(out: &Path, plan: &Plan, force: bool) -> Result<SafetensorsWriter, Diagnostic> {
+/// One tensor of a file being written.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub name: String,
+    /// The safetensors dtype name (`BF16`, `U8`, `F8_E4M3`).
+    pub dtype: &'static str,
+    pub shape: Vec<u64>,
+    pub bytes: u64,
+}
+
+impl Entry {
+    pub fn new(name: impl Into<String>, dtype: Dtype, shape: Vec<u64>) -> Entry {
+        let bytes = shape.iter().product::<u64>() * dtype.size() as u64;
+        Entry {
+            name: name.into(),
+            dtype: dtype.name(),
+            shape,
+            bytes,
+        }
+    }
+}
+
+/// A safetensors file laid out in a temporary folder, filled tensor by tensor.
+pub struct FileLayout {
+    out: PathBuf,
+    tmp: PathBuf,
+    file: File,
+    /// Absolute offset and length of each tensor's bytes.
+    slots: BTreeMap<String, (u64, u64)>,
+}
+
+impl FileLayout {
+    /// Lays out `OUT/<file_name>`; an existing `out` is refused unless `force`.
+    pub fn create(
+        out: &Path,
+        file_name: &str,
+        entries: &[Entry],
+        metadata: &BTreeMap<String, String>,
+        force: bool,
+    ) -> Result<FileLayout, Diagnostic> {
         if out.exists() && !force {
             return Err(Diagnostic::new(
                 Code::E0511,
@@ -52,38 +80,24 @@ impl SafetensorsWriter {
         let mut header = serde_json::Map::new();
         let mut slots = BTreeMap::new();
         let mut cursor = 0u64;
-        let mut sorted: Vec<&Target> = plan.targets.iter().collect();
+        let mut sorted: Vec<&Entry> = entries.iter().collect();
         sorted.sort_by(|a, b| a.name.cmp(&b.name));
-        for t in &sorted {
-            let len = t.shape.iter().product::<u64>() * t.dtype.size() as u64;
+        for e in sorted {
             header.insert(
-                t.name.clone(),
+                e.name.clone(),
                 serde_json::json!({
-                    "dtype": t.dtype.name(),
-                    "shape": t.shape,
-                    "data_offsets": [cursor, cursor + len],
+                    "dtype": e.dtype,
+                    "shape": e.shape,
+                    "data_offsets": [cursor, cursor + e.bytes],
                 }),
             );
-            slots.insert(t.name.clone(), (cursor, len));
-            cursor += len;
+            slots.insert(e.name.clone(), (cursor, e.bytes));
+            cursor += e.bytes;
         }
-        let ties: BTreeMap<String, String> = plan
-            .targets
+        let meta: serde_json::Map<String, serde_json::Value> = metadata
             .iter()
-            .filter_map(|t| match &t.recipe {
-                Recipe::Tied { target } => Some((t.name.clone(), target.clone())),
-                _ => None,
-            })
+            .map(|(k, v)| (k.clone(), v.clone().into()))
             .collect();
-        let mut meta = serde_json::Map::new();
-        meta.insert("format".into(), "pt".into());
-        meta.insert("wmap_model".into(), plan.model.clone().into());
-        if !ties.is_empty() {
-            meta.insert(
-                "wmap_tied".into(),
-                serde_json::to_string(&ties).unwrap_or_default().into(),
-            );
-        }
         header.insert("__metadata__".into(), meta.into());
         let mut text = serde_json::to_string(&header)
             .unwrap_or_default()
@@ -96,7 +110,7 @@ impl SafetensorsWriter {
         for slot in slots.values_mut() {
             slot.0 += data_start;
         }
-        let path = tmp.join("model.safetensors");
+        let path = tmp.join(file_name);
         // Read access too: tied targets are copied back out of the file.
         let mut file = std::fs::OpenOptions::new()
             .read(true)
@@ -108,7 +122,7 @@ impl SafetensorsWriter {
             .and_then(|_| file.write_all(&text))
             .and_then(|_| file.set_len(data_start + cursor))
             .map_err(io(format!("cannot write `{}`", path.display())))?;
-        Ok(SafetensorsWriter {
+        Ok(FileLayout {
             out: out.to_path_buf(),
             tmp,
             file,
@@ -120,9 +134,41 @@ impl SafetensorsWriter {
         self.slots.get(name).copied().ok_or_else(|| {
             Diagnostic::new(
                 Code::E0901,
-                format!("`{name}` is not in the plan; this is a bug in wmapc"),
+                format!("`{name}` is not in the layout; this is a bug in wmapc"),
             )
         })
+    }
+
+    /// Writes one tensor's bytes (exactly its laid-out length).
+    pub fn write(&self, name: &str, bytes: &[u8]) -> Result<(), Diagnostic> {
+        let (at, len) = self.slot(name)?;
+        if bytes.len() as u64 != len {
+            return Err(Diagnostic::new(
+                Code::E0901,
+                format!(
+                    "`{name}` has {} bytes, {len} were laid out; this is a bug in wmapc",
+                    bytes.len()
+                ),
+            ));
+        }
+        self.file
+            .write_all_at(bytes, at)
+            .map_err(io(format!("cannot write `{name}`")))
+    }
+
+    /// Copies an already written tensor's bytes to another (same length).
+    pub fn copy(&self, from: &str, to: &str) -> Result<(), Diagnostic> {
+        let (src, len) = self.slot(from)?;
+        let mut buf = vec![0u8; len as usize];
+        self.file
+            .read_exact_at(&mut buf, src)
+            .map_err(io(format!("cannot read back `{from}`")))?;
+        self.write(to, &buf)
+    }
+
+    /// A side file (e.g. `config.json`) in the output folder.
+    pub fn side_file(&self, name: &str, bytes: &[u8]) -> Result<(), Diagnostic> {
+        std::fs::write(self.tmp.join(name), bytes).map_err(io(format!("cannot write `{name}`")))
     }
 
     /// Moves the finished folder into place (replacing an old one when forced).
@@ -148,24 +194,60 @@ impl SafetensorsWriter {
     }
 }
 
+/// The runtime layout of a plan, one tensor per target (tied targets as copies, so the
+/// file stands alone; `__metadata__.wmap_tied` records the ties).
+pub struct SafetensorsWriter {
+    layout: FileLayout,
+}
+
+impl SafetensorsWriter {
+    pub fn create(out: &Path, plan: &Plan, force: bool) -> Result<SafetensorsWriter, Diagnostic> {
+        let entries: Vec<Entry> = plan
+            .targets
+            .iter()
+            .map(|t| Entry::new(t.name.clone(), t.dtype, t.shape.clone()))
+            .collect();
+        let ties: BTreeMap<String, String> = plan
+            .targets
+            .iter()
+            .filter_map(|t| match &t.recipe {
+                Recipe::Tied { target } => Some((t.name.clone(), target.clone())),
+                _ => None,
+            })
+            .collect();
+        let mut meta = BTreeMap::from([
+            ("format".to_string(), "pt".to_string()),
+            ("wmap_model".to_string(), plan.model.clone()),
+        ]);
+        if !ties.is_empty() {
+            meta.insert(
+                "wmap_tied".into(),
+                serde_json::to_string(&ties).unwrap_or_default(),
+            );
+        }
+        Ok(SafetensorsWriter {
+            layout: FileLayout::create(out, "model.safetensors", &entries, &meta, force)?,
+        })
+    }
+
+    pub fn commit(self) -> Result<PathBuf, Diagnostic> {
+        self.layout.commit()
+    }
+
+    pub fn abandon(self) {
+        self.layout.abandon()
+    }
+}
+
 impl Sink for SafetensorsWriter {
     fn tensor(&self, target: &Target, data: Vec<u8>) -> Result<Option<Vec<u8>>, Diagnostic> {
-        let (at, _) = self.slot(&target.name)?;
-        self.file
-            .write_all_at(&data, at)
-            .map_err(io(format!("cannot write `{}`", target.name)))?;
+        self.layout.write(&target.name, &data)?;
         Ok(Some(data))
     }
 
-    /// A tied target is written as a copy of its target's bytes, read back from the
-    /// output (the checkpoint is not read twice), so the file stands alone.
+    /// A tied target is a copy of its target's bytes, read back from the output (the
+    /// checkpoint is not read twice).
     fn tied(&self, target: &Target, to: &str) -> Result<(), Diagnostic> {
-        let (from, len) = self.slot(to)?;
-        let (at, _) = self.slot(&target.name)?;
-        let mut buf = vec![0u8; len as usize];
-        self.file
-            .read_exact_at(&mut buf, from)
-            .and_then(|_| self.file.write_all_at(&buf, at))
-            .map_err(io(format!("cannot write tied `{}`", target.name)))
+        self.layout.copy(to, &target.name)
     }
 }

@@ -6,7 +6,9 @@ use rayon::prelude::*;
 
 use super::dynamic;
 
-/// The NF4 codebook, code 0..15.
+/// The NF4 codebook, code 0..15, written as bitsandbytes publishes it (each literal is
+/// the shortest decimal of a float32 widened to f64, so it rounds back to that float32).
+#[allow(clippy::excessive_precision)]
 pub const NF4: [f32; 16] = [
     -1.0,
     -0.696_192_800_998_687_7,

@@ -11,6 +11,9 @@ pub mod bnb4;
 pub mod dynamic;
 pub mod fp4;
 pub mod fp8;
+mod store;
+
+pub use store::{QuantReport, QuantStore, Stored};
 
 use crate::checkpoint::Dtype;
 

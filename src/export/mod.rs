@@ -1,0 +1,234 @@
+//! Export: a loaded checkpoint, quantized, written back in **HF naming** in the layouts
+//! other tools read — bitsandbytes 4-bit (`nf4`, `nf4-dq`, `fp4`), fine-grained FP8
+//! (`fp8-block`), ModelOpt NVFP4 (`nvfp4`).
+//!
+//! Input: a plan, its checkpoint, a format, the original `config.json`. Output: a folder
+//! with `model.safetensors` and a `config.json` carrying `quantization_config`, written
+//! atomically. The mapping is reversed: a fused or stacked target is cut back into the
+//! checkpoint tensors it was assembled from, and each is quantized on its own (as the
+//! tools quantize each linear layer). Params that are not `quantizable` are copied
+//! verbatim. Streaming: targets are quantized and written as the loader delivers them.
+
+mod layouts;
+mod pyrepr;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+pub use layouts::Layout;
+pub use pyrepr::py_repr;
+
+use crate::checkpoint::{Checkpoint, Dtype};
+use crate::diag::{Code, Diagnostic};
+use crate::load::{Entry, FileLayout, Sink};
+use crate::plan::{Plan, Recipe, Target};
+use crate::quant::{self, Format};
+
+/// A checkpoint tensor inside an assembled target: its elements
+/// `offset..offset + numel` (row-major), with its own shape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Part {
+    pub name: String,
+    pub offset: usize,
+    pub numel: usize,
+    pub shape: Vec<u64>,
+}
+
+/// Cuts a recipe back into whole checkpoint tensors, when it is only reads, reshapes,
+/// fuses on dim 0 and stacks (contiguous concatenations); `None` otherwise.
+pub fn parts(recipe: &Recipe) -> Option<Vec<Part>> {
+    fn walk(r: &Recipe, at: &mut usize, out: &mut Vec<Part>) -> bool {
+        match r {
+            Recipe::Read { tensor, shape, .. } => {
+                let numel = shape.iter().product::<u64>() as usize;
+                out.push(Part {
+                    name: tensor.clone(),
+                    offset: *at,
+                    numel,
+                    shape: shape.clone(),
+                });
+                *at += numel;
+                true
+            }
+            Recipe::Reshape { source, .. } => walk(source, at, out),
+            Recipe::Fuse { dim: 0, parts } | Recipe::Stack { parts } => {
+                parts.iter().all(|p| walk(p, at, out))
+            }
+            _ => false,
+        }
+    }
+    let mut out = Vec::new();
+    walk(recipe, &mut 0, &mut out).then_some(out)
+}
+
+/// The formats `--out` can write, and the error for the others.
+pub fn layout_for(format: Format) -> Result<Layout, String> {
+    match format {
+        Format::Nf4 { .. } | Format::Nf4Dq { .. } | Format::Fp4 { .. } => Ok(Layout::Bnb),
+        Format::Fp8Block { .. } => Ok(Layout::Fp8Block),
+        Format::Nvfp4 => Ok(Layout::ModelOptNvfp4),
+        other => Err(format!(
+            "`--out` writes nf4, nf4-dq, fp4, fp8-block and nvfp4; `{}` has no export layout yet",
+            other.name()
+        )),
+    }
+}
+
+/// What an export writes for one target.
+enum Plan1 {
+    /// Quantized, part by part.
+    Quantized(Vec<Part>),
+    /// Copied verbatim from the checkpoint.
+    Raw(Vec<String>),
+    /// Tied: HF checkpoints do not store the tied copy.
+    Skip,
+}
+
+/// The sink that quantizes and writes each target as it arrives.
+pub struct Exporter<'c> {
+    format: Format,
+    layout: Layout,
+    ckpt: &'c Checkpoint,
+    file: FileLayout,
+    what: BTreeMap<String, Plan1>,
+}
+
+impl<'c> Exporter<'c> {
+    /// Lays out the output from the plan. Errors: a quantizable target whose recipe is not
+    /// a concatenation of whole tensors (a slice, a transpose) cannot be written back.
+    pub fn create(
+        out: &Path,
+        plan: &Plan,
+        ckpt: &'c Checkpoint,
+        format: Format,
+        config_json: &str,
+        force: bool,
+    ) -> Result<Exporter<'c>, String> {
+        let layout = layout_for(format)?;
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut what = BTreeMap::new();
+        let mut seen: BTreeSet<String> = BTreeSet::new();
+        let mut quantized_modules = Vec::new();
+        let mut kept_modules = Vec::new();
+        for t in &plan.targets {
+            if matches!(t.recipe, Recipe::Tied { .. }) {
+                what.insert(t.name.clone(), Plan1::Skip);
+                continue;
+            }
+            if t.quantizable {
+                let ps = parts(&t.recipe).ok_or_else(|| {
+                    format!("`{}` slices or transposes its sources, so it cannot be written back in HF naming", t.name)
+                })?;
+                for p in &ps {
+                    if seen.insert(p.name.clone()) {
+                        entries.extend(layouts::entries(layout, format, p, t.dtype));
+                        quantized_modules.push(p.name.trim_end_matches(".weight").to_string());
+                    }
+                }
+                what.insert(t.name.clone(), Plan1::Quantized(ps));
+            } else {
+                let mut names = Vec::new();
+                for r in t.recipe.reads() {
+                    if let Recipe::Read { tensor, .. } = r {
+                        if seen.insert(tensor.clone()) {
+                            let e = &ckpt.tensors[tensor];
+                            entries.push(Entry::new(tensor.clone(), e.dtype, e.shape.clone()));
+                            kept_modules.push(tensor.trim_end_matches(".weight").to_string());
+                            names.push(tensor.clone());
+                        }
+                    }
+                }
+                what.insert(t.name.clone(), Plan1::Raw(names));
+            }
+        }
+        let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+        let file = FileLayout::create(out, "model.safetensors", &entries, &meta, force)
+            .map_err(|d| d.message)?;
+        let config = layouts::config_with_quantization(config_json, layout, format, &kept_modules)?;
+        file.side_file("config.json", config.as_bytes())
+            .map_err(|d| d.message)?;
+        copy_side_files(&ckpt.dir, &file).map_err(|d| d.message)?;
+        Ok(Exporter {
+            format,
+            layout,
+            ckpt,
+            file,
+            what,
+        })
+    }
+
+    pub fn commit(self) -> Result<std::path::PathBuf, Diagnostic> {
+        self.file.commit()
+    }
+
+    pub fn abandon(self) {
+        self.file.abandon()
+    }
+}
+
+/// Tokenizer and generation files travel with the weights; weights and the index do not.
+fn copy_side_files(dir: &Path, file: &FileLayout) -> Result<(), Diagnostic> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for n in names {
+        let skip = n == "config.json"
+            || n.ends_with(".safetensors")
+            || n.ends_with(".index.json")
+            || [".bin", ".pt", ".pth", ".ckpt", ".pkl"]
+                .iter()
+                .any(|e| n.ends_with(e));
+        if !skip {
+            let bytes = std::fs::read(dir.join(&n))
+                .map_err(|e| Diagnostic::new(Code::E0511, format!("cannot read `{n}`: {e}")))?;
+            file.side_file(&n, &bytes)?;
+        }
+    }
+    Ok(())
+}
+
+impl Sink for Exporter<'_> {
+    fn tensor(&self, target: &Target, data: Vec<u8>) -> Result<Option<Vec<u8>>, Diagnostic> {
+        match self.what.get(&target.name) {
+            Some(Plan1::Quantized(ps)) => {
+                let x = quant::to_f32(target.dtype, &data);
+                for p in ps {
+                    let q =
+                        quant::quantize(self.format, &x[p.offset..p.offset + p.numel], &p.shape);
+                    for (name, bytes) in layouts::tensors(self.layout, &q, p, target.dtype) {
+                        self.file.write(&name, &bytes)?;
+                    }
+                }
+            }
+            Some(Plan1::Raw(names)) => {
+                for n in names {
+                    let e = &self.ckpt.tensors[n];
+                    let mut buf = vec![0u8; e.len as usize];
+                    self.ckpt.read_into(e, &mut buf)?;
+                    self.file.write(n, &buf)?;
+                }
+            }
+            Some(Plan1::Skip) | None => {}
+        }
+        Ok(Some(data))
+    }
+
+    fn tied(&self, _: &Target, _: &str) -> Result<(), Diagnostic> {
+        Ok(())
+    }
+}
+
+/// The compute dtype bitsandbytes records in its quant state.
+pub fn torch_dtype(d: Dtype) -> &'static str {
+    match d {
+        Dtype::F16 => "float16",
+        Dtype::F32 => "float32",
+        _ => "bfloat16",
+    }
+}

@@ -1,0 +1,110 @@
+//! The quantizing sink: params marked `quantizable` are quantized as they arrive; every
+//! other target stays in full precision. It also measures the reconstruction error.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use super::{quantize, to_f32, ErrorStats, Format, QuantizedTensor};
+use crate::diag::{Code, Diagnostic};
+use crate::load::{HostTensor, Sink};
+use crate::plan::Target;
+
+/// A loaded tensor: quantized, or full precision.
+#[derive(Clone, Debug)]
+pub enum Stored {
+    Quantized(QuantizedTensor),
+    Full(HostTensor),
+}
+
+/// What quantization did to a load.
+#[derive(Clone, Debug, Default)]
+pub struct QuantReport {
+    pub quantized: usize,
+    pub full: usize,
+    /// Bytes of the quantizable targets before (in their dtype) and after.
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    /// Bytes of the targets left in full precision.
+    pub full_bytes: u64,
+    pub error: ErrorStats,
+}
+
+pub struct QuantStore {
+    pub format: Format,
+    tensors: Mutex<BTreeMap<String, Stored>>,
+    report: Mutex<QuantReport>,
+}
+
+impl QuantStore {
+    pub fn new(format: Format) -> QuantStore {
+        QuantStore {
+            format,
+            tensors: Mutex::default(),
+            report: Mutex::default(),
+        }
+    }
+
+    pub fn report(&self) -> QuantReport {
+        self.report
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn into_tensors(self) -> BTreeMap<String, Stored> {
+        self.tensors.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Sink for QuantStore {
+    fn tensor(&self, target: &Target, data: Vec<u8>) -> Result<Option<Vec<u8>>, Diagnostic> {
+        if !target.quantizable {
+            let bytes = data.len() as u64;
+            let t = HostTensor {
+                dtype: target.dtype,
+                shape: target.shape.clone(),
+                data: std::sync::Arc::new(data),
+            };
+            self.tensors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(target.name.clone(), Stored::Full(t));
+            let mut r = self.report.lock().unwrap_or_else(|p| p.into_inner());
+            r.full += 1;
+            r.full_bytes += bytes;
+            return Ok(None);
+        }
+        let x = to_f32(target.dtype, &data);
+        let q = quantize(self.format, &x, &target.shape);
+        let mut back = vec![0f32; x.len()];
+        q.dequantize_f32(&mut back);
+        let err = ErrorStats::measure(&x, &back);
+        {
+            let mut r = self.report.lock().unwrap_or_else(|p| p.into_inner());
+            r.quantized += 1;
+            r.bytes_before += data.len() as u64;
+            r.bytes_after += q.byte_size();
+            r.error.merge(&err);
+        }
+        self.tensors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(target.name.clone(), Stored::Quantized(q));
+        Ok(Some(data))
+    }
+
+    fn tied(&self, target: &Target, to: &str) -> Result<(), Diagnostic> {
+        let mut map = self.tensors.lock().unwrap_or_else(|p| p.into_inner());
+        let shared = map.get(to).cloned().ok_or_else(|| {
+            Diagnostic::new(
+                Code::E0901,
+                format!(
+                    "`{}` is tied to `{to}`, which was not delivered; this is a bug in wmapc",
+                    target.name
+                ),
+            )
+        })?;
+        map.insert(target.name.clone(), shared);
+        Ok(())
+    }
+}
