@@ -70,14 +70,17 @@ impl Kind {
     }
 }
 
-/// NF4: the number of float32 midpoints `y` exceeds; NaN exceeds none (code 0).
+/// NF4: the number of float32 midpoints `y` exceeds (NaN exceeds none: code 0), found
+/// by a branchless binary search over the 15 sorted midpoints.
+#[inline(always)]
 fn nf4_code(y: f32) -> u8 {
-    let mut code = 0u8;
-    for i in 0..15 {
-        let mid = (NF4[i] + NF4[i + 1]) / 2.0;
-        code += (y > mid) as u8;
+    let mut idx = 0usize;
+    for step in [8usize, 4, 2, 1] {
+        if y > NF4_MIDS[idx + step - 1] {
+            idx += step;
+        }
     }
-    code
+    idx as u8
 }
 
 /// bnb FP4: bitsandbytes' decision tree on |y|, sign in bit 3 for y < 0.
@@ -110,6 +113,71 @@ fn fp4_code(y: f32) -> u8 {
     sign | mag
 }
 
+/// max |x| of a block, ignoring NaN (as CUDA's `fmaxf` does). Positive floats order
+/// like their bit patterns, so an integer max (which vectorizes) finds it; a NaN in the
+/// block shows up as a pattern above infinity and takes the exact path.
+pub fn absmax_of(block: &[f32]) -> f32 {
+    let bits = block.iter().fold(0u32, |m, v| m.max(v.to_bits() & 0x7FFF_FFFF));
+    if bits <= 0x7F80_0000 {
+        f32::from_bits(bits)
+    } else {
+        block.iter().fold(0f32, |a, v| a.max(v.abs()))
+    }
+}
+
+/// NF4 codes of 64 scaled values: count the midpoints each exceeds. Fixed sizes and a
+/// compare-and-add over the whole chunk per midpoint, so it vectorizes.
+#[inline(never)]
+fn nf4_codes(y: &[f32; 64], codes: &mut [u8; 64]) {
+    let mut acc = [0u8; 64];
+    for mid in NF4_MIDS {
+        for j in 0..64 {
+            acc[j] += (y[j] > mid) as u8;
+        }
+    }
+    *codes = acc;
+}
+
+/// NF4 decision thresholds: the float32 midpoints of neighbouring codes.
+const NF4_MIDS: [f32; 15] = {
+    let mut m = [0f32; 15];
+    let mut i = 0;
+    while i < 15 {
+        m[i] = (NF4[i] + NF4[i + 1]) / 2.0;
+        i += 1;
+    }
+    m
+};
+
+/// Codes of one block, packed two per byte (first element high). Works in chunks of 64
+/// so the compare-and-count loop vectorizes; a padding element counts as 0.
+fn encode_block(kind: Kind, block: &[f32], inv: f32, out: &mut [u8]) {
+    const CHUNK: usize = 64;
+    let mut codes = [0u8; CHUNK];
+    for (c, chunk) in block.chunks(CHUNK).enumerate() {
+        let n = chunk.len();
+        let mut y = [0f32; CHUNK];
+        for (dst, &v) in y.iter_mut().zip(chunk) {
+            *dst = v * inv;
+        }
+        match kind {
+            Kind::Nf4 => nf4_codes(&y, &mut codes),
+            Kind::Fp4 => {
+                for (code, &v) in codes.iter_mut().zip(&y) {
+                    *code = fp4_code(v);
+                }
+            }
+        }
+        if n % 2 == 1 {
+            codes[n] = kind.code(0.0);
+        }
+        let dst = &mut out[c * CHUNK / 2..];
+        for j in 0..n.div_ceil(2) {
+            dst[j] = (codes[2 * j] << 4) | codes[2 * j + 1];
+        }
+    }
+}
+
 /// Blocks handled per parallel task.
 const BLOCKS_PER_TASK: usize = 256;
 
@@ -131,7 +199,7 @@ pub fn quantize(kind: Kind, x: &[f32], blocksize: usize) -> (Vec<u8>, Vec<f32>) 
                 let start = base + b * blocksize;
                 let end = (start + blocksize).min(x.len());
                 let block = &x[start..end];
-                let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let amax = absmax_of(block);
                 *m = amax;
                 // A multiply by the float32 reciprocal, as the CUDA kernel does; an all-zero
                 // block gives 0 * inf = NaN, code 0. bitsandbytes' kernel takes that
@@ -139,14 +207,8 @@ pub fn quantize(kind: Kind, x: &[f32], blocksize: usize) -> (Vec<u8>, Vec<f32>) 
                 // sitting exactly on a threshold can land one code apart; this reference
                 // uses the correctly rounded reciprocal (see tests/quant.rs).
                 let inv = 1.0f32 / amax;
-                let code = |v: f32| kind.code(v * inv);
-                let pad = code(0.0);
                 let first = (start - base) / 2;
-                for (j, pair) in block.chunks(2).enumerate() {
-                    let hi = code(pair[0]);
-                    let lo = pair.get(1).map_or(pad, |&v| code(v));
-                    out[first + j] = (hi << 4) | lo;
-                }
+                encode_block(kind, block, inv, &mut out[first..first + block.len().div_ceil(2)]);
             }
         });
     (packed, absmax)
