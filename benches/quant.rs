@@ -12,7 +12,10 @@ fn median(mut xs: Vec<Duration>) -> Duration {
 }
 
 fn main() {
-    let n: usize = std::env::var("WMAP_BENCH_ELEMS").ok().and_then(|v| v.parse().ok()).unwrap_or(256 << 20);
+    let n: usize = std::env::var("WMAP_BENCH_ELEMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256 << 20);
     let cols = 4096usize;
     // Deterministic, never zero: bf16-rounded Gaussian-ish values.
     let mut s = 0x9E37_79B9_7F4A_7C15u64;
@@ -27,12 +30,18 @@ fn main() {
         .collect();
     let shape = [(n / cols) as u64, cols as u64];
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-    println!("{:<12} {:>16} {:>16}   ({} elements, {cores} threads)", "format", "1 thread", "all threads", n);
+    println!(
+        "{:<12} {:>16} {:>16}   ({} elements, {cores} threads)",
+        "format", "1 thread", "all threads", n
+    );
     for name in Format::NAMES {
         let f = Format::parse(name).unwrap();
         let mut row = Vec::new();
         for threads in [1, cores] {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
             let times: Vec<Duration> = (0..3)
                 .map(|_| {
                     let t = Instant::now();

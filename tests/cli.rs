@@ -283,11 +283,21 @@ fn load_with_an_explicit_model() {
 
 #[test]
 fn load_quant_reports_bytes_and_error() {
-    let (code, stdout, stderr) = wmapc(&["load", "tests/fixtures/hf/llama", "--quiet", "--quant", "nf4"]);
+    let (code, stdout, stderr) = wmapc(&[
+        "load",
+        "tests/fixtures/hf/llama",
+        "--quiet",
+        "--quant",
+        "nf4",
+    ]);
     assert_eq!(code, 0, "{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines[1], "quantized 8 tensors to nf4: 0.59 MB → 0.17 MB (28.1 %); 7 kept in full precision (0.17 MB)");
-    assert!(lines[2].contains("(0.0728 × rms(w); nf4 on unit Gaussian data: 0.0728)"), "{}", lines[2]);
+    assert!(
+        lines[2].contains("(0.0728 × rms(w); nf4 on unit Gaussian data: 0.0728)"),
+        "{}",
+        lines[2]
+    );
     let (code, _, stderr) = wmapc(&["load", "tests/fixtures/hf/llama", "--quant", "int3"]);
     assert_eq!(code, 2);
     assert!(stderr.contains("possible values"), "{stderr}");
@@ -298,12 +308,29 @@ fn load_quant_out_writes_a_bnb_checkpoint() {
     let out = std::env::temp_dir().join(format!("wmap-cli-nf4-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let o = out.to_str().unwrap();
-    let (code, stdout, stderr) = wmapc(&["load", "tests/fixtures/hf/llama", "--quiet", "--quant", "nf4", "--out", o]);
+    let (code, stdout, stderr) = wmapc(&[
+        "load",
+        "tests/fixtures/hf/llama",
+        "--quiet",
+        "--quant",
+        "nf4",
+        "--out",
+        o,
+    ]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.ends_with("model.safetensors\n"), "{stdout}");
-    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["quantization_config"]["bnb_4bit_quant_type"], "nf4");
-    let (code, _, stderr) = wmapc(&["load", "tests/fixtures/hf/llama", "--quiet", "--quant", "mxfp4", "--out", &format!("{o}-mx")]);
+    let (code, _, stderr) = wmapc(&[
+        "load",
+        "tests/fixtures/hf/llama",
+        "--quiet",
+        "--quant",
+        "mxfp4",
+        "--out",
+        &format!("{o}-mx"),
+    ]);
     assert_eq!(code, 2);
     assert!(stderr.contains("`mxfp4` has no"), "{stderr}");
     let _ = std::fs::remove_dir_all(&out);

@@ -113,11 +113,51 @@ fn fp4_code(y: f32) -> u8 {
     sign | mag
 }
 
+/// `rcp.approx.ftz.f32` (the GPU's reciprocal instruction, which bitsandbytes' 4-bit
+/// quantizer uses for `1 / absmax`) on `1 + m/128`, m = 0..127: measured on an H200 with
+/// `scripts/probe_rcp.py` (the result scales exactly with the exponent). 20 of the 128
+/// differ from the correctly rounded reciprocal by one ulp, which moves values that sit
+/// exactly on a code threshold — as bf16 ratios often do — to the other code.
+const RCP_APPROX_BF16: [u32; 128] = [
+    0x3F800000, 0x3F7E03F8, 0x3F7C0FC1, 0x3F7A232D, 0x3F783E0F, 0x3F76603E, 0x3F74898E, 0x3F72B9D6,
+    0x3F70F0F1, 0x3F6F2EB7, 0x3F6D7304, 0x3F6BBDB2, 0x3F6A0EA1, 0x3F6865AD, 0x3F66C2B4, 0x3F652598,
+    0x3F638E39, 0x3F61FC78, 0x3F607038, 0x3F5EE95C, 0x3F5D67C8, 0x3F5BEB62, 0x3F5A740D, 0x3F5901B2,
+    0x3F579436, 0x3F562B81, 0x3F54C77B, 0x3F53680D, 0x3F520D21, 0x3F50B6A0, 0x3F4F6475, 0x3F4E168A,
+    0x3F4CCCCD, 0x3F4B8728, 0x3F4A4588, 0x3F4907DA, 0x3F47CE0C, 0x3F46980D, 0x3F4565C9, 0x3F443730,
+    0x3F430C31, 0x3F41E4BC, 0x3F40C0C1, 0x3F3FA030, 0x3F3E82FA, 0x3F3D6910, 0x3F3C5264, 0x3F3B3EE7,
+    0x3F3A2E8C, 0x3F392144, 0x3F381703, 0x3F370FBC, 0x3F360B61, 0x3F3509E7, 0x3F340B41, 0x3F330F63,
+    0x3F321643, 0x3F311FD4, 0x3F302C0B, 0x3F2F3ADE, 0x3F2E4C41, 0x3F2D602C, 0x3F2C7692, 0x3F2B8F6A,
+    0x3F2AAAAB, 0x3F29C84B, 0x3F28E840, 0x3F280A81, 0x3F272F05, 0x3F2655C4, 0x3F257EB5, 0x3F24A9CF,
+    0x3F23D70A, 0x3F23065E, 0x3F2237C3, 0x3F216B31, 0x3F20A0A1, 0x3F1FD80A, 0x3F1F1166, 0x3F1E4CAD,
+    0x3F1D89D9, 0x3F1CC8E2, 0x3F1C09C1, 0x3F1B4C70, 0x3F1A90E8, 0x3F19D723, 0x3F191F1A, 0x3F1868C8,
+    0x3F17B426, 0x3F17012E, 0x3F164FDA, 0x3F15A026, 0x3F14F209, 0x3F144581, 0x3F139A86, 0x3F12F114,
+    0x3F124925, 0x3F11A2B4, 0x3F10FDBC, 0x3F105A38, 0x3F0FB824, 0x3F0F177A, 0x3F0E7835, 0x3F0DDA52,
+    0x3F0D3DCB, 0x3F0CA29C, 0x3F0C08C1, 0x3F0B7034, 0x3F0AD8F3, 0x3F0A42F9, 0x3F09AE41, 0x3F091AC7,
+    0x3F088889, 0x3F07F781, 0x3F0767AB, 0x3F06D906, 0x3F064B8B, 0x3F05BF37, 0x3F053409, 0x3F04A9FA,
+    0x3F042108, 0x3F039931, 0x3F03126F, 0x3F028CC0, 0x3F020821, 0x3F01848E, 0x3F010204, 0x3F008080,
+];
+
+/// The reciprocal bitsandbytes' kernel computes: the GPU's approximate `rcp` for absmax
+/// values that are bf16-representable (every block of a bf16 tensor), the correctly
+/// rounded one otherwise (this reference does not carry the instruction's full table).
+pub fn gpu_reciprocal(a: f32) -> f32 {
+    let bits = a.to_bits();
+    let exp = ((bits >> 23) & 0xFF) as i32;
+    if bits & 0xFFFF == 0 && (1..=252).contains(&exp) {
+        let m = ((bits >> 16) & 0x7F) as usize;
+        let r = RCP_APPROX_BF16[m] as i32 - ((exp - 127) << 23);
+        return f32::from_bits(r as u32 | (bits & 0x8000_0000));
+    }
+    1.0 / a
+}
+
 /// max |x| of a block, ignoring NaN (as CUDA's `fmaxf` does). Positive floats order
 /// like their bit patterns, so an integer max (which vectorizes) finds it; a NaN in the
 /// block shows up as a pattern above infinity and takes the exact path.
 pub fn absmax_of(block: &[f32]) -> f32 {
-    let bits = block.iter().fold(0u32, |m, v| m.max(v.to_bits() & 0x7FFF_FFFF));
+    let bits = block
+        .iter()
+        .fold(0u32, |m, v| m.max(v.to_bits() & 0x7FFF_FFFF));
     if bits <= 0x7F80_0000 {
         f32::from_bits(bits)
     } else {
@@ -201,14 +241,16 @@ pub fn quantize(kind: Kind, x: &[f32], blocksize: usize) -> (Vec<u8>, Vec<f32>) 
                 let block = &x[start..end];
                 let amax = absmax_of(block);
                 *m = amax;
-                // A multiply by the float32 reciprocal, as the CUDA kernel does; an all-zero
-                // block gives 0 * inf = NaN, code 0. bitsandbytes' kernel takes that
-                // reciprocal with the GPU's approximate `rcp` (within 1 ulp), so a value
-                // sitting exactly on a threshold can land one code apart; this reference
-                // uses the correctly rounded reciprocal (see tests/quant.rs).
-                let inv = 1.0f32 / amax;
+                // A multiply by the reciprocal, as the CUDA kernel does, with the GPU's
+                // own reciprocal; an all-zero block gives 0 * inf = NaN, code 0.
+                let inv = gpu_reciprocal(amax);
                 let first = (start - base) / 2;
-                encode_block(kind, block, inv, &mut out[first..first + block.len().div_ceil(2)]);
+                encode_block(
+                    kind,
+                    block,
+                    inv,
+                    &mut out[first..first + block.len().div_ceil(2)],
+                );
             }
         });
     (packed, absmax)
