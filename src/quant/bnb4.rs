@@ -169,13 +169,16 @@ pub fn absmax_of(block: &[f32]) -> f32 {
 /// compare-and-add over the whole chunk per midpoint, so it vectorizes.
 #[inline(never)]
 fn nf4_codes(y: &[f32; 64], codes: &mut [u8; 64]) {
-    let mut acc = [0u8; 64];
+    // 32-bit counters: a float compare yields a 32-bit lane mask, so no narrowing per step.
+    let mut acc = [0i32; 64];
     for mid in NF4_MIDS {
-        for j in 0..64 {
-            acc[j] += (y[j] > mid) as u8;
+        for (a, &v) in acc.iter_mut().zip(y) {
+            *a += (v > mid) as i32;
         }
     }
-    *codes = acc;
+    for (c, a) in codes.iter_mut().zip(acc) {
+        *c = a as u8;
+    }
 }
 
 /// NF4 decision thresholds: the float32 midpoints of neighbouring codes.
@@ -325,4 +328,56 @@ pub fn undo_double(n: &Nested) -> Vec<f32> {
             scaled + n.offset
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn codes(kind: Kind, x: &[f32]) -> Vec<u8> {
+        let (packed, _) = quantize(kind, x, 64);
+        (0..x.len())
+            .map(|i| {
+                if i % 2 == 0 {
+                    packed[i / 2] >> 4
+                } else {
+                    packed[i / 2] & 0xF
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn nan_inf_and_signed_zero() {
+        // NaN scales to NaN: no threshold is exceeded, code 0 (−1.0 for NF4, +0 for FP4).
+        let c = codes(Kind::Nf4, &[f32::NAN, 1.0, -0.0, -1.0]);
+        assert_eq!(c, vec![0, 15, 7, 0]);
+        let c = codes(Kind::Fp4, &[f32::NAN, 1.0, -0.0, -1.0]);
+        assert_eq!(c, vec![0, 3, 0, 0b1011], "-0.0 is not negative: code 0");
+        // An infinite element makes absmax inf and the reciprocal 0: inf·0 is NaN (code 0),
+        // the finite elements scale to 0.
+        let c = codes(Kind::Nf4, &[f32::INFINITY, 0.5, -0.5]);
+        assert_eq!(c, vec![0, 7, 7]);
+    }
+
+    #[test]
+    fn midpoints_go_to_the_lower_code() {
+        for i in 0..15 {
+            assert_eq!(nf4_code(NF4_MIDS[i]), i as u8, "mid {i}");
+            assert_eq!(
+                nf4_code(f32::from_bits(NF4_MIDS[i].to_bits() + 1).max(NF4_MIDS[i].next_up())),
+                i as u8 + 1
+            );
+        }
+    }
+
+    /// A block whose absmax is subnormal has an infinite reciprocal: ±tiny scale to ±inf
+    /// (codes 15 and 0), an exact zero to NaN (code 0). This reference keeps subnormals;
+    /// a flush-to-zero multiply would send ±tiny to NaN as well.
+    #[test]
+    fn subnormal_absmax_has_an_infinite_reciprocal() {
+        let tiny = f32::from_bits(1);
+        let c = codes(Kind::Nf4, &[tiny, -tiny, 0.0]);
+        assert_eq!(c, vec![15, 0, 0]);
+    }
 }
