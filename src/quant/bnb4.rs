@@ -212,7 +212,8 @@ fn encode_block(kind: Kind, block: &[f32], inv: f32, out: &mut [u8]) {
             }
         }
         if n % 2 == 1 {
-            codes[n] = kind.code(0.0);
+            // The padding element is a 0 scaled like the others (NaN in an all-zero block).
+            codes[n] = kind.code(0.0 * inv);
         }
         let dst = &mut out[c * CHUNK / 2..];
         for j in 0..n.div_ceil(2) {
@@ -295,14 +296,23 @@ pub struct Nested {
 
 pub const NESTED_BLOCKSIZE: usize = 256;
 
-/// The mean of the absmax, summed in f64 and rounded once. bitsandbytes takes a GPU mean
-/// whose summation order is the GPU's; the two may differ in the last bit, which the
-/// golden tests account for by checking codes against bnb's own offset.
+/// Values summed per partial in [`mean_offset`].
+pub const MEAN_CHUNK: usize = 1024;
+
+/// The mean of the absmax: f64 partial sums over chunks of [`MEAN_CHUNK`] in index order,
+/// then the partials in order, divided by the count and rounded once to f32. The CUDA
+/// kernel sums in the same order, so both give the same bits. bitsandbytes takes a GPU
+/// mean in its own order; the two may differ in the last bit, which the golden tests
+/// account for by checking codes against bnb's own offset.
 pub fn mean_offset(absmax: &[f32]) -> f32 {
     if absmax.is_empty() {
         return 0.0;
     }
-    (absmax.iter().map(|&a| a as f64).sum::<f64>() / absmax.len() as f64) as f32
+    let total: f64 = absmax
+        .chunks(MEAN_CHUNK)
+        .map(|c| c.iter().fold(0f64, |s, &a| s + a as f64))
+        .fold(0f64, |s, p| s + p);
+    (total / absmax.len() as f64) as f32
 }
 
 pub fn double_quantize(absmax: &[f32], offset: f32) -> Nested {
@@ -366,6 +376,15 @@ mod tests {
             assert_eq!(nf4_code(mid), i as u8, "mid {i}");
             assert_eq!(nf4_code(mid.next_up()), i as u8 + 1, "just above mid {i}");
         }
+    }
+
+    #[test]
+    fn an_all_zero_odd_tail_packs_to_zero() {
+        let mut x = vec![1.0f32; 64];
+        x.extend([0.0f32; 7]);
+        let (packed, absmax) = quantize(Kind::Nf4, &x, 64);
+        assert_eq!(absmax[1], 0.0);
+        assert_eq!(&packed[32..], &[0, 0, 0, 0], "7 zeros and their padding: all NaN, code 0");
     }
 
     /// A block whose absmax is subnormal has an infinite reciprocal: ±tiny scale to ±inf
