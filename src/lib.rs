@@ -23,6 +23,7 @@ pub mod check;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod cuda;
 pub mod diag;
 pub mod driver;
 pub mod export;

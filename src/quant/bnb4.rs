@@ -142,11 +142,19 @@ const RCP_APPROX_BF16: [u32; 128] = [
 /// rounded one otherwise (this reference does not carry the instruction's full table).
 pub fn gpu_reciprocal(a: f32) -> f32 {
     let bits = a.to_bits();
+    let sign = bits & 0x8000_0000;
     let exp = ((bits >> 23) & 0xFF) as i32;
-    if bits & 0xFFFF == 0 && (1..=252).contains(&exp) {
-        let m = ((bits >> 16) & 0x7F) as usize;
-        let r = RCP_APPROX_BF16[m] as i32 - ((exp - 127) << 23);
-        return f32::from_bits(r as u32 | (bits & 0x8000_0000));
+    // The instruction flushes subnormal inputs and results to zero (`.ftz`).
+    if exp == 0 {
+        return f32::from_bits(sign | 0x7F80_0000);
+    }
+    if bits & 0xFFFF == 0 && exp < 255 {
+        let t = RCP_APPROX_BF16[((bits >> 16) & 0x7F) as usize];
+        let e = ((t >> 23) & 0xFF) as i32 - (exp - 127);
+        if e <= 0 {
+            return f32::from_bits(sign);
+        }
+        return f32::from_bits(sign | ((e as u32) << 23) | (t & 0x7F_FFFF));
     }
     1.0 / a
 }
@@ -182,7 +190,7 @@ fn nf4_codes(y: &[f32; 64], codes: &mut [u8; 64]) {
 }
 
 /// NF4 decision thresholds: the float32 midpoints of neighbouring codes.
-const NF4_MIDS: [f32; 15] = {
+pub const NF4_MIDS: [f32; 15] = {
     let mut m = [0f32; 15];
     let mut i = 0;
     while i < 15 {

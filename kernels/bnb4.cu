@@ -1,0 +1,166 @@
+// bitsandbytes 4-bit formats (NF4, FP4) and double quantization.
+// Blocks of `bs` elements run over the flattened tensor; each thread owns 8 consecutive
+// elements (one 16-byte load) and writes 4 packed bytes (first element high nibble).
+
+// kind: 0 = NF4 (code = number of midpoints exceeded), 1 = bnb FP4 (decision tree).
+__device__ __forceinline__ u8 bnb4_code(int kind, float y, const float* mids) {
+    if (kind == 0) {
+        u8 c = 0;
+        #pragma unroll
+        for (int k = 0; k < 15; k++) c += (y > mids[k]) ? 1 : 0;
+        return c;
+    }
+    u8 sign = y < 0.0f ? 8 : 0;
+    float a = fabsf(y);
+    u8 m;
+    if (a > 0.29166667f) {
+        if (a > 0.583333f) m = a > 0.8333333f ? 3 : 2;
+        else m = a > 0.4166667f ? 5 : 4;
+    } else if (a > 0.0859375f) {
+        m = a > 0.20833333f ? 7 : 6;
+    } else {
+        m = a > 0.00260417f ? 1 : 0;
+    }
+    return sign | m;
+}
+
+__device__ __forceinline__ void bnb4_encode(int kind, const float* v, i64 i, i64 n, float inv,
+                                            const float* mids, u8* packed) {
+    u8 c[8];
+    #pragma unroll
+    for (int k = 0; k < 8; k++) c[k] = bnb4_code(kind, __fmul_rn(v[k], inv), mids);
+    i64 byte0 = i / 2, nbytes = (n + 1) / 2;
+    if (byte0 + 4 <= nbytes) {
+        u32 w = 0;
+        #pragma unroll
+        for (int k = 0; k < 4; k++) w |= ((u32)((c[2 * k] << 4) | c[2 * k + 1])) << (8 * k);
+        *reinterpret_cast<u32*>(packed + byte0) = w;
+    } else {
+        for (int k = 0; k < 4 && byte0 + k < nbytes; k++) packed[byte0 + k] = (u8)((c[2 * k] << 4) | c[2 * k + 1]);
+    }
+}
+
+// bs <= 256: groups of bs/8 lanes inside a warp share one block.
+extern "C" __global__ void bnb4_quantize_small(const u16* x, u8* packed, float* absmax, i64 n, int bs,
+                                               int kind, const float* mids) {
+    i64 t = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    i64 i = t * 8;
+    int width = bs / 8;
+    float v[8];
+    load8(x, i, n, v);
+    float m = 0.0f;
+    #pragma unroll
+    for (int k = 0; k < 8; k++) m = fmaxf(m, fabsf(v[k]));
+    m = group_max(m, width);
+    if (i >= n) return;
+    if ((threadIdx.x % width) == 0) absmax[i / bs] = m;
+    bnb4_encode(kind, v, i, n, rcp_approx(m), mids, packed);
+}
+
+// bs > 256: one CUDA block of bs/8 threads per quantization block.
+extern "C" __global__ void bnb4_quantize_large(const u16* x, u8* packed, float* absmax, i64 n, int bs,
+                                               int kind, const float* mids) {
+    __shared__ float warp_max[32];
+    i64 i = (i64)blockIdx.x * bs + (i64)threadIdx.x * 8;
+    float v[8];
+    load8(x, i, n, v);
+    float m = 0.0f;
+    #pragma unroll
+    for (int k = 0; k < 8; k++) m = fmaxf(m, fabsf(v[k]));
+    m = group_max(m, 32);
+    if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5] = m;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        float w = threadIdx.x < (blockDim.x + 31) / 32 ? warp_max[threadIdx.x] : 0.0f;
+        w = group_max(w, 32);
+        if (threadIdx.x == 0) warp_max[0] = w;
+    }
+    __syncthreads();
+    m = warp_max[0];
+    if (i >= n) return;
+    if (threadIdx.x == 0) absmax[blockIdx.x] = m;
+    bnb4_encode(kind, v, i, n, rcp_approx(m), mids, packed);
+}
+
+// out = bf16(table[code] * absmax): 8 elements per thread.
+extern "C" __global__ void bnb4_dequantize(const u8* packed, const float* absmax, u16* out, i64 n, int bs,
+                                           const float* table) {
+    i64 i = ((i64)blockIdx.x * blockDim.x + threadIdx.x) * 8;
+    if (i >= n) return;
+    u16 r[8];
+    #pragma unroll
+    for (int k = 0; k < 8; k++) {
+        i64 e = i + k;
+        if (e < n) {
+            u8 byte = packed[e / 2];
+            u8 c = (e & 1) ? (byte & 0xF) : (byte >> 4);
+            r[k] = f32_to_bf16(__fmul_rn(table[c], absmax[e / bs]));
+        }
+    }
+    if (i + 8 <= n) {
+        uint4 q;
+        q.x = r[0] | ((u32)r[1] << 16); q.y = r[2] | ((u32)r[3] << 16);
+        q.z = r[4] | ((u32)r[5] << 16); q.w = r[6] | ((u32)r[7] << 16);
+        *reinterpret_cast<uint4*>(out + i) = q;
+    } else {
+        for (int k = 0; k < 8 && i + k < n; k++) out[i + k] = r[k];
+    }
+}
+
+// Double quant, step 1: f64 partial sums of 1024 absmax values each, in index order.
+extern "C" __global__ void dq_partial_sums(const float* absmax, double* partials, i64 n) {
+    i64 c = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    i64 start = c * 1024;
+    if (start >= n) return;
+    i64 end = start + 1024 < n ? start + 1024 : n;
+    double s = 0.0;
+    for (i64 k = start; k < end; k++) s = __dadd_rn(s, (double)absmax[k]);
+    partials[c] = s;
+}
+
+// Step 2: the partials in order, divided by n, rounded once.
+extern "C" __global__ void dq_offset(const double* partials, i64 nparts, i64 n, float* offset) {
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    double s = 0.0;
+    for (i64 k = 0; k < nparts; k++) s = __dadd_rn(s, partials[k]);
+    *offset = (float)__ddiv_rn(s, (double)n);
+}
+
+// bitsandbytes' dQuantize over the sorted 256-entry dynamic map (no stochastic rounding).
+__device__ u8 dynamic_code(const float* map, float x) {
+    int pivot = 127, upper_pivot = 255, lower_pivot = 0;
+    float lower = -1.0f, upper = 1.0f, val = map[pivot];
+    for (int i = 64; i > 0; i >>= 1) {
+        if (x > val) { lower_pivot = pivot; lower = val; pivot += i; }
+        else { upper_pivot = pivot; upper = val; pivot -= i; }
+        val = map[pivot];
+    }
+    if (upper_pivot == 255) upper = map[upper_pivot];
+    if (lower_pivot == 0) lower = map[lower_pivot];
+    if (x > val) {
+        float mid = __fmul_rn(__fadd_rn(upper, val), 0.5f);
+        return x > mid ? (u8)upper_pivot : (u8)pivot;
+    }
+    float mid = __fmul_rn(__fadd_rn(lower, val), 0.5f);
+    return x < mid ? (u8)lower_pivot : (u8)pivot;
+}
+
+// Step 3: (absmax - offset) in blocks of 256, one CUDA block of 256 threads each.
+extern "C" __global__ void dq_quantize(const float* absmax, const float* offset, const float* map, u8* codes,
+                                       float* nested, i64 n) {
+    __shared__ float warp_max[8];
+    i64 i = (i64)blockIdx.x * 256 + threadIdx.x;
+    float v = i < n ? __fsub_rn(absmax[i], *offset) : 0.0f;
+    float m = group_max(i < n ? fabsf(v) : 0.0f, 32);
+    if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5] = m;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float w = 0.0f;
+        for (int k = 0; k < 8; k++) w = fmaxf(w, warp_max[k]);
+        warp_max[0] = w;
+        nested[blockIdx.x] = w;
+    }
+    __syncthreads();
+    float inv = __frcp_rn(warp_max[0]);
+    if (i < n) codes[i] = dynamic_code(map, __fmul_rn(v, inv));
+}

@@ -1,0 +1,97 @@
+// Shared device helpers. Every conversion here is written out bit by bit so that it
+// matches the CPU reference in src/quant exactly; kernels are compiled with
+// --fmad=false and without fast-math, and use _rn intrinsics where rounding matters.
+#pragma once
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef long long i64;
+typedef unsigned long long u64;
+
+__device__ __forceinline__ float bf16_to_f32(u16 b) { return __uint_as_float(((u32)b) << 16); }
+
+// Round to nearest even; NaN keeps its top bits with the quiet bit set (the `half` crate).
+__device__ __forceinline__ u16 f32_to_bf16(float f) {
+    u32 u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (u16)((u >> 16) | 0x40u);
+    u32 lsb = (u >> 16) & 1u;
+    return (u16)((u + 0x7fffu + lsb) >> 16);
+}
+
+// The GPU's approximate reciprocal: what bitsandbytes scales its 4-bit blocks by.
+__device__ __forceinline__ float rcp_approx(float a) {
+    float r;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(a));
+    return r;
+}
+
+// float32 -> E4M3 (e4m3fn): round to nearest even, saturate to +-448, NaN -> 0x7F.
+__device__ __forceinline__ u8 e4m3(float x) {
+    u32 bits = __float_as_uint(x);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return 0x7F;
+    u8 sign = (u8)((bits >> 24) & 0x80u);
+    u32 b = bits & 0x7fffffffu;
+    if (b >= 0x3c800000u) {  // |x| >= 2^-6: normal
+        int exp = (int)(b >> 23) - 127;
+        u32 man = b & 0x7fffffu;
+        u32 m3 = man >> 20;
+        u32 rem = man & 0xfffffu;
+        if (rem > 0x80000u || (rem == 0x80000u && (m3 & 1u))) m3++;
+        if (m3 == 8u) { m3 = 0u; exp++; }
+        int e = exp + 7;
+        if (e > 15 || (e == 15 && m3 == 7u)) return sign | 0x7E;
+        return sign | (u8)(e << 3) | (u8)m3;
+    }
+    float m = __fmul_rn(__uint_as_float(b), 512.0f);  // exact: multiples of 2^-9
+    return sign | (u8)rintf(m);
+}
+
+__device__ __forceinline__ float e4m3_to_f32(u8 q) {
+    u32 exp = (q >> 3) & 0xFu, man = q & 7u;
+    if (exp == 15u && man == 7u) return __uint_as_float(0x7fc00000u);
+    float v = exp == 0u ? __fmul_rn((float)man, 0.001953125f)
+                        : __uint_as_float(((exp + 120u) << 23) | (man << 20));
+    return (q & 0x80) ? -v : v;
+}
+
+// float32 -> E2M1 code: round to nearest even, saturate at 6, NaN -> 0, sign in bit 3.
+__device__ __forceinline__ u8 e2m1(float x) {
+    const float t[7] = {0.25f, 0.75f, 1.25f, 1.75f, 2.5f, 3.5f, 5.0f};
+    float a = fabsf(x);
+    u8 code = 0;
+    #pragma unroll
+    for (int k = 0; k < 7; k++) {
+        code += (a > t[k]) ? 1 : 0;
+        if (a == t[k] && (k & 1)) code += 1;
+    }
+    return (x < 0.0f && code != 0) ? (u8)(code | 8) : code;
+}
+
+__device__ __forceinline__ float e2m1_to_f32(u8 c) {
+    const float v[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+    float r = v[c & 7];
+    return (c & 8) ? -r : r;
+}
+
+// max(|x|) over a warp-aligned group of `width` lanes (a power of two <= 32).
+__device__ __forceinline__ float group_max(float v, int width) {
+    for (int o = width / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o, width));
+    return v;
+}
+
+// Eight bf16 values starting at element i (zero past n), as floats.
+__device__ __forceinline__ void load8(const u16* x, i64 i, i64 n, float* v) {
+    if (i + 8 <= n) {
+        uint4 q = *reinterpret_cast<const uint4*>(x + i);
+        u32 w[4] = {q.x, q.y, q.z, q.w};
+        #pragma unroll
+        for (int k = 0; k < 4; k++) {
+            v[2 * k] = bf16_to_f32((u16)(w[k] & 0xffffu));
+            v[2 * k + 1] = bf16_to_f32((u16)(w[k] >> 16));
+        }
+    } else {
+        #pragma unroll
+        for (int k = 0; k < 8; k++) v[k] = (i + k < n) ? bf16_to_f32(x[i + k]) : 0.0f;
+    }
+}

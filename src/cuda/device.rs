@@ -1,0 +1,385 @@
+//! The device: context, streams, compiled kernels, and quantization on the GPU.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, LaunchConfig, PushKernelArg};
+
+use super::sources;
+use crate::quant::{bnb4, dynamic, fp4, Format, QuantizedTensor, Scales};
+
+/// A CUDA failure, as text for a diagnostic.
+pub type GpuResult<T> = Result<T, String>;
+
+fn err<E: std::fmt::Debug>(what: &'static str) -> impl Fn(E) -> String {
+    move |e| format!("{what}: {e:?}")
+}
+
+/// One GPU with the kernels loaded.
+pub struct Gpu {
+    pub ctx: Arc<CudaContext>,
+    /// Where kernels run.
+    pub stream: Arc<CudaStream>,
+    /// Where host-to-device copies run, so they overlap the kernels.
+    pub copy_stream: Arc<CudaStream>,
+    functions: BTreeMap<&'static str, CudaFunction>,
+    /// Tables the kernels read: NF4 midpoints and codebook, FP4 values, the dynamic map.
+    nf4_mids: CudaSlice<f32>,
+    nf4_table: CudaSlice<f32>,
+    fp4_table: CudaSlice<f32>,
+    dynamic_map: CudaSlice<f32>,
+    pub name: String,
+    pub arch: String,
+}
+
+/// Whether a CUDA driver and a GPU are there (never panics).
+pub fn available() -> bool {
+    // SAFETY: probing for a shared library has no preconditions.
+    let present = unsafe { cudarc::driver::sys::is_culib_present() };
+    present && CudaContext::device_count().map(|n| n > 0).unwrap_or(false)
+}
+
+impl Gpu {
+    /// Opens device `ordinal` and compiles the kernels for it.
+    pub fn new(ordinal: usize) -> GpuResult<Gpu> {
+        // SAFETY: probing for a shared library has no preconditions.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err("no CUDA driver (libcuda) on this machine".into());
+        }
+        let count = CudaContext::device_count().map_err(err("cannot count CUDA devices"))?;
+        if ordinal as i32 >= count {
+            return Err(format!("no CUDA device {ordinal} (this machine has {count})"));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(err("cannot open the CUDA device"))?;
+        let (major, minor) = ctx.compute_capability().map_err(err("cannot read the compute capability"))?;
+        let arch = format!("sm_{major}{minor}");
+        let name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
+        let stream = ctx.new_stream().map_err(err("cannot create a stream"))?;
+        let copy_stream = ctx.new_stream().map_err(err("cannot create a stream"))?;
+        let mut functions = BTreeMap::new();
+        for (module, ptx) in sources::compile_all(&arch)? {
+            let m = ctx.load_module(ptx).map_err(err("cannot load a compiled module"))?;
+            for f in kernel_names(module) {
+                functions.insert(*f, m.load_function(f).map_err(|e| format!("kernel {f}: {e:?}"))?);
+            }
+        }
+        let up = |v: &[f32]| stream.clone_htod(v).map_err(err("cannot upload a table"));
+        Ok(Gpu {
+            nf4_mids: up(&bnb4::NF4_MIDS)?,
+            nf4_table: up(&bnb4::NF4)?,
+            fp4_table: up(&bnb4::fp4_table())?,
+            dynamic_map: up(&dynamic::signed_map())?,
+            ctx,
+            stream,
+            copy_stream,
+            functions,
+            name,
+            arch,
+        })
+    }
+
+    fn f(&self, name: &str) -> &CudaFunction {
+        &self.functions[name]
+    }
+
+    pub fn sync(&self) -> GpuResult<()> {
+        self.stream.synchronize().map_err(err("stream synchronize"))
+    }
+}
+
+fn kernel_names(module: &str) -> &'static [&'static str] {
+    match module {
+        "bnb4" => &[
+            "bnb4_quantize_small",
+            "bnb4_quantize_large",
+            "bnb4_dequantize",
+            "dq_partial_sums",
+            "dq_offset",
+            "dq_quantize",
+        ],
+        "fp8" => &["amax_bf16", "fp8_quantize_tensor", "fp8_quantize_rows", "fp8_quantize_blocks", "fp8_dequantize"],
+        "fp4" => &["nvfp4_quantize", "mxfp4_quantize", "fp4_dequantize"],
+        "convert" => &["to_bf16", "fuse_copy"],
+        _ => &[],
+    }
+}
+
+fn grid(threads: u64, block: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (threads.div_ceil(block as u64).max(1) as u32, 1, 1),
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// A quantized tensor in device memory.
+pub struct DeviceQuantized {
+    pub format: Format,
+    pub shape: Vec<u64>,
+    pub data: CudaSlice<u8>,
+    /// f32 scales (NF4/FP4 absmax, FP8) or byte scales (E4M3, E8M0, dynamic codes).
+    pub scales_f32: Option<CudaSlice<f32>>,
+    pub scales_u8: Option<CudaSlice<u8>>,
+    pub scale_shape: Vec<u64>,
+    /// Double quant: the absmax's own scales and offset.
+    pub nested_absmax: Option<CudaSlice<f32>>,
+    pub offset: Option<CudaSlice<f32>>,
+    /// NVFP4's tensor scale.
+    pub tensor_scale: Option<CudaSlice<f32>>,
+}
+
+impl DeviceQuantized {
+    /// Bytes held on the device.
+    pub fn byte_size(&self) -> u64 {
+        let f = |s: &Option<CudaSlice<f32>>| s.as_ref().map_or(0, |s| 4 * s.len() as u64);
+        self.data.len() as u64
+            + f(&self.scales_f32)
+            + self.scales_u8.as_ref().map_or(0, |s| s.len() as u64)
+            + f(&self.nested_absmax)
+            + f(&self.offset)
+            + f(&self.tensor_scale)
+    }
+
+    /// Copies back into the CPU reference's type (for tests and export).
+    pub fn to_host(&self, gpu: &Gpu) -> GpuResult<QuantizedTensor> {
+        let s = &gpu.stream;
+        let data = s.clone_dtoh(&self.data).map_err(err("copy back"))?;
+        let f32s = |x: &Option<CudaSlice<f32>>| -> GpuResult<Option<Vec<f32>>> {
+            x.as_ref().map(|x| s.clone_dtoh(x).map_err(err("copy back"))).transpose()
+        };
+        let scales_u8 = self.scales_u8.as_ref().map(|x| s.clone_dtoh(x).map_err(err("copy back"))).transpose()?;
+        let nested = match (&self.nested_absmax, &self.offset, &scales_u8) {
+            (Some(_), Some(_), Some(codes)) => Some(bnb4::Nested {
+                codes: codes.clone(),
+                absmax: f32s(&self.nested_absmax)?.unwrap_or_default(),
+                offset: f32s(&self.offset)?.unwrap_or_default().first().copied().unwrap_or(0.0),
+                blocksize: bnb4::NESTED_BLOCKSIZE,
+            }),
+            _ => None,
+        };
+        let scales = match (f32s(&self.scales_f32)?, scales_u8) {
+            (Some(v), _) => Scales::F32(v),
+            (None, Some(v)) => Scales::U8(v),
+            (None, None) => Scales::F32(Vec::new()),
+        };
+        Ok(QuantizedTensor {
+            format: self.format,
+            shape: self.shape.clone(),
+            data,
+            scales,
+            scale_shape: self.scale_shape.clone(),
+            nested,
+            tensor_scale: f32s(&self.tensor_scale)?.and_then(|v| v.first().copied()),
+        })
+    }
+}
+
+impl Gpu {
+    /// Quantizes a bf16 tensor already on the device. Kernels are queued on `self.stream`.
+    pub fn quantize(&self, format: Format, x: &CudaView<'_, u16>, shape: &[u64]) -> GpuResult<DeviceQuantized> {
+        let s = &self.stream;
+        let n = x.len() as i64;
+        let cols = shape.last().copied().unwrap_or(1).max(1) as i64;
+        let rows = n / cols;
+        let zeros_u8 = |k: usize| s.alloc_zeros::<u8>(k.max(1)).map_err(err("device allocation"));
+        let zeros_f32 = |k: usize| s.alloc_zeros::<f32>(k.max(1)).map_err(err("device allocation"));
+        let mut q = DeviceQuantized {
+            format,
+            shape: shape.to_vec(),
+            data: zeros_u8(0)?,
+            scales_f32: None,
+            scales_u8: None,
+            scale_shape: Vec::new(),
+            nested_absmax: None,
+            offset: None,
+            tensor_scale: None,
+        };
+        match format {
+            Format::Nf4 { blocksize } | Format::Nf4Dq { blocksize } | Format::Fp4 { blocksize } => {
+                let kind: i32 = if matches!(format, Format::Fp4 { .. }) { 1 } else { 0 };
+                let nblocks = (n as usize).div_ceil(blocksize);
+                let mut packed = zeros_u8((n as usize).div_ceil(2))?;
+                let mut absmax = zeros_f32(nblocks)?;
+                let bs = blocksize as i32;
+                let mids = &self.nf4_mids;
+                if blocksize <= 256 {
+                    let cfg = grid((n as u64).div_ceil(8), 256);
+                    let mut b = s.launch_builder(self.f("bnb4_quantize_small"));
+                    b.arg(x).arg(&mut packed).arg(&mut absmax).arg(&n).arg(&bs).arg(&kind).arg(mids);
+                    // SAFETY: arguments match the kernel's signature; sizes were allocated above.
+                    unsafe { b.launch(cfg) }.map_err(err("bnb4_quantize_small"))?;
+                } else {
+                    let cfg = LaunchConfig {
+                        grid_dim: (nblocks as u32, 1, 1),
+                        block_dim: ((blocksize / 8) as u32, 1, 1),
+                        shared_mem_bytes: 0,
+                    };
+                    let mut b = s.launch_builder(self.f("bnb4_quantize_large"));
+                    b.arg(x).arg(&mut packed).arg(&mut absmax).arg(&n).arg(&bs).arg(&kind).arg(mids);
+                    // SAFETY: as above.
+                    unsafe { b.launch(cfg) }.map_err(err("bnb4_quantize_large"))?;
+                }
+                q.scale_shape = vec![nblocks as u64];
+                q.data = packed;
+                if matches!(format, Format::Nf4Dq { .. }) {
+                    let nb = nblocks as i64;
+                    let nparts = nblocks.div_ceil(bnb4::MEAN_CHUNK);
+                    let mut partials = s.alloc_zeros::<f64>(nparts.max(1)).map_err(err("device allocation"))?;
+                    let mut offset = zeros_f32(1)?;
+                    let mut codes = zeros_u8(nblocks)?;
+                    let mut nested = zeros_f32(nblocks.div_ceil(bnb4::NESTED_BLOCKSIZE))?;
+                    let mut b = s.launch_builder(self.f("dq_partial_sums"));
+                    b.arg(&absmax).arg(&mut partials).arg(&nb);
+                    // SAFETY: as above.
+                    unsafe { b.launch(grid(nparts as u64, 128)) }.map_err(err("dq_partial_sums"))?;
+                    let np = nparts as i64;
+                    let mut b = s.launch_builder(self.f("dq_offset"));
+                    b.arg(&partials).arg(&np).arg(&nb).arg(&mut offset);
+                    // SAFETY: as above.
+                    unsafe { b.launch(grid(1, 32)) }.map_err(err("dq_offset"))?;
+                    let cfg = LaunchConfig {
+                        grid_dim: (nblocks.div_ceil(bnb4::NESTED_BLOCKSIZE) as u32, 1, 1),
+                        block_dim: (256, 1, 1),
+                        shared_mem_bytes: 0,
+                    };
+                    let mut b = s.launch_builder(self.f("dq_quantize"));
+                    b.arg(&absmax).arg(&offset).arg(&self.dynamic_map).arg(&mut codes).arg(&mut nested).arg(&nb);
+                    // SAFETY: as above.
+                    unsafe { b.launch(cfg) }.map_err(err("dq_quantize"))?;
+                    q.scales_u8 = Some(codes);
+                    q.nested_absmax = Some(nested);
+                    q.offset = Some(offset);
+                } else {
+                    q.scales_f32 = Some(absmax);
+                }
+            }
+            Format::Fp8PerTensor => {
+                let amax = self.amax(x)?;
+                let mut data = zeros_u8(n as usize)?;
+                let mut scale = zeros_f32(1)?;
+                let mut b = s.launch_builder(self.f("fp8_quantize_tensor"));
+                b.arg(x).arg(&n).arg(&amax).arg(&mut data).arg(&mut scale);
+                // SAFETY: as above.
+                unsafe { b.launch(grid((n as u64).div_ceil(8), 256)) }.map_err(err("fp8_quantize_tensor"))?;
+                q.data = data;
+                q.scales_f32 = Some(scale);
+            }
+            Format::Fp8PerChannel => {
+                let mut data = zeros_u8(n as usize)?;
+                let mut scales = zeros_f32(rows as usize)?;
+                let cfg = LaunchConfig {
+                    grid_dim: (rows as u32, 1, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                let mut b = s.launch_builder(self.f("fp8_quantize_rows"));
+                b.arg(x).arg(&rows).arg(&cols).arg(&mut data).arg(&mut scales);
+                // SAFETY: as above.
+                unsafe { b.launch(cfg) }.map_err(err("fp8_quantize_rows"))?;
+                q.scale_shape = vec![rows as u64, 1];
+                q.data = data;
+                q.scales_f32 = Some(scales);
+            }
+            Format::Fp8Block { block } => {
+                let (br, bc) = ((rows as usize).div_ceil(block), (cols as usize).div_ceil(block));
+                let mut data = zeros_u8(n as usize)?;
+                let mut scales = zeros_f32(br * bc)?;
+                let cfg = LaunchConfig {
+                    grid_dim: (bc as u32, br as u32, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                let mut b = s.launch_builder(self.f("fp8_quantize_blocks"));
+                b.arg(x).arg(&rows).arg(&cols).arg(&mut data).arg(&mut scales);
+                // SAFETY: as above.
+                unsafe { b.launch(cfg) }.map_err(err("fp8_quantize_blocks"))?;
+                q.scale_shape = vec![br as u64, bc as u64];
+                q.data = data;
+                q.scales_f32 = Some(scales);
+            }
+            Format::Nvfp4 => {
+                let amax = self.amax(x)?;
+                let bpr = (cols as usize).div_ceil(fp4::NVFP4_BLOCK);
+                let mut data = zeros_u8(rows as usize * (cols as usize).div_ceil(2))?;
+                let mut scales = zeros_u8(rows as usize * bpr)?;
+                let mut ts = zeros_f32(1)?;
+                let mut b = s.launch_builder(self.f("nvfp4_quantize"));
+                b.arg(x).arg(&rows).arg(&cols).arg(&amax).arg(&mut data).arg(&mut scales).arg(&mut ts);
+                // SAFETY: as above.
+                unsafe { b.launch(grid((rows as usize * bpr) as u64, 128)) }.map_err(err("nvfp4_quantize"))?;
+                q.scale_shape = vec![rows as u64, bpr as u64];
+                q.data = data;
+                q.scales_u8 = Some(scales);
+                q.tensor_scale = Some(ts);
+            }
+            Format::Mxfp4 => {
+                let bpr = (cols as usize).div_ceil(fp4::MXFP4_BLOCK);
+                let mut data = zeros_u8(rows as usize * (cols as usize).div_ceil(2))?;
+                let mut scales = zeros_u8(rows as usize * bpr)?;
+                let mut b = s.launch_builder(self.f("mxfp4_quantize"));
+                b.arg(x).arg(&rows).arg(&cols).arg(&mut data).arg(&mut scales);
+                // SAFETY: as above.
+                unsafe { b.launch(grid((rows as usize * bpr) as u64, 128)) }.map_err(err("mxfp4_quantize"))?;
+                q.scale_shape = vec![rows as u64, bpr as u64];
+                q.data = data;
+                q.scales_u8 = Some(scales);
+            }
+        }
+        Ok(q)
+    }
+
+    /// max |x| of a bf16 tensor, as float bits on the device.
+    fn amax(&self, x: &CudaView<'_, u16>) -> GpuResult<CudaSlice<u32>> {
+        let s = &self.stream;
+        let n = x.len() as i64;
+        let mut bits = s.alloc_zeros::<u32>(1).map_err(err("device allocation"))?;
+        let mut b = s.launch_builder(self.f("amax_bf16"));
+        b.arg(x).arg(&n).arg(&mut bits);
+        // SAFETY: as above.
+        unsafe { b.launch(grid((n as u64).div_ceil(8), 256)) }.map_err(err("amax_bf16"))?;
+        Ok(bits)
+    }
+
+    /// Dequantizes into a bf16 device buffer of `numel` elements.
+    pub fn dequantize(&self, q: &DeviceQuantized, out: &mut CudaSlice<u16>) -> GpuResult<()> {
+        let s = &self.stream;
+        let n = q.shape.iter().product::<u64>() as i64;
+        let cols = q.shape.last().copied().unwrap_or(1).max(1) as i64;
+        let rows = n / cols;
+        match q.format {
+            Format::Nf4 { blocksize } | Format::Fp4 { blocksize } => {
+                let table = if matches!(q.format, Format::Fp4 { .. }) { &self.fp4_table } else { &self.nf4_table };
+                let bs = blocksize as i32;
+                let absmax = q.scales_f32.as_ref().ok_or("no absmax")?;
+                let mut b = s.launch_builder(self.f("bnb4_dequantize"));
+                b.arg(&q.data).arg(absmax).arg(out).arg(&n).arg(&bs).arg(table);
+                // SAFETY: as above.
+                unsafe { b.launch(grid((n as u64).div_ceil(8), 256)) }.map_err(err("bnb4_dequantize"))?;
+            }
+            Format::Fp8PerTensor | Format::Fp8PerChannel | Format::Fp8Block { .. } => {
+                let mode: i32 = match q.format {
+                    Format::Fp8PerTensor => 0,
+                    Format::Fp8PerChannel => 1,
+                    _ => 2,
+                };
+                let scales = q.scales_f32.as_ref().ok_or("no scales")?;
+                let mut b = s.launch_builder(self.f("fp8_dequantize"));
+                b.arg(&q.data).arg(scales).arg(out).arg(&n).arg(&cols).arg(&mode);
+                // SAFETY: as above.
+                unsafe { b.launch(grid(n as u64, 256)) }.map_err(err("fp8_dequantize"))?;
+            }
+            Format::Nvfp4 | Format::Mxfp4 => {
+                let mode: i32 = if q.format == Format::Nvfp4 { 0 } else { 1 };
+                let scales = q.scales_u8.as_ref().ok_or("no scales")?;
+                let one = s.clone_htod(&[1.0f32]).map_err(err("upload"))?;
+                let ts = q.tensor_scale.as_ref().unwrap_or(&one);
+                let mut b = s.launch_builder(self.f("fp4_dequantize"));
+                b.arg(&q.data).arg(scales).arg(ts).arg(out).arg(&rows).arg(&cols).arg(&mode);
+                // SAFETY: as above.
+                unsafe { b.launch(grid(n as u64, 256)) }.map_err(err("fp4_dequantize"))?;
+            }
+            Format::Nf4Dq { .. } => return Err("dequantize nf4-dq after undoing the nested level on the host".into()),
+        }
+        Ok(())
+    }
+}

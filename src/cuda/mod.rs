@@ -1,0 +1,14 @@
+//! CUDA: NVRTC-compiled kernels, the device quantizers, and the GPU's side of the loader.
+//!
+//! Input: bf16 tensors on the device. Output: quantized tensors on the device, byte-for-
+//! byte what the CPU reference in [`crate::quant`] produces (the tests compare every
+//! kernel with it). Everything here is behind the `cuda` feature; a missing driver or
+//! GPU is a coded error at run time, never a panic. Kernels are compiled once per
+//! process for the device's architecture.
+
+pub mod sources;
+
+#[cfg(feature = "cuda")]
+mod device;
+#[cfg(feature = "cuda")]
+pub use device::*;

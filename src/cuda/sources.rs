@@ -1,0 +1,53 @@
+//! The CUDA sources, embedded; each kernel file is compiled with the shared header
+//! prepended, so NVRTC needs no include path.
+
+const COMMON: &str = include_str!("../../kernels/common.cuh");
+
+/// (module name, source) of every kernel file.
+pub const FILES: &[(&str, &str)] = &[
+    ("bnb4", include_str!("../../kernels/bnb4.cu")),
+    ("fp8", include_str!("../../kernels/fp8.cu")),
+    ("fp4", include_str!("../../kernels/fp4.cu")),
+    ("convert", include_str!("../../kernels/convert.cu")),
+];
+
+/// A kernel file with the shared header in front.
+pub fn full_source(body: &str) -> String {
+    format!("{}\n{}", COMMON.replace("#pragma once", ""), body)
+}
+
+/// NVRTC options for bit-exactness: no multiply-add contraction, IEEE division and square
+/// root, no flush-to-zero (kernels ask for `.ftz` explicitly where bitsandbytes does).
+pub fn options(arch: &str) -> Vec<String> {
+    vec![
+        format!("--gpu-architecture={arch}"),
+        "--fmad=false".into(),
+        "--prec-div=true".into(),
+        "--prec-sqrt=true".into(),
+        "--ftz=false".into(),
+        "--std=c++17".into(),
+    ]
+}
+
+#[cfg(feature = "cuda")]
+/// Compiles every kernel file for `arch` (e.g. `sm_90`) with NVRTC; needs only libnvrtc.
+pub fn compile_all(arch: &str) -> Result<Vec<(&'static str, cudarc::nvrtc::Ptx)>, String> {
+    // cudarc panics when the library is missing; ask first.
+    // SAFETY: probing for a shared library has no preconditions.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err("libnvrtc could not be loaded (install the CUDA toolkit or the nvidia-cuda-nvrtc wheel and put it on LD_LIBRARY_PATH)".into());
+    }
+    FILES
+        .iter()
+        .map(|(name, body)| {
+            let opts = cudarc::nvrtc::CompileOptions {
+                options: options(arch),
+                name: Some(format!("{name}.cu")),
+                ..Default::default()
+            };
+            cudarc::nvrtc::compile_ptx_with_opts(full_source(body), opts)
+                .map(|ptx| (*name, ptx))
+                .map_err(|e| format!("kernels/{name}.cu does not compile for {arch}: {e}"))
+        })
+        .collect()
+}
