@@ -264,6 +264,18 @@ impl Checkpoint {
         })
     }
 
+    /// Reads `buf.len()` bytes at absolute `offset` of shard `shard`.
+    pub fn read_at(&self, shard: usize, offset: u64, buf: &mut [u8]) -> Result<(), Diagnostic> {
+        let s = &self.shards[shard];
+        s.file.read_exact_at(buf, offset).map_err(|e| {
+            Diagnostic::new(
+                Code::E0511,
+                format!("reading {} bytes at offset {offset} of `{}` failed: {e}", buf.len(), s.path.display()),
+            )
+            .with_note("the file changed or became unreadable after its header was checked")
+        })
+    }
+
     /// The total bytes of tensor data.
     pub fn data_bytes(&self) -> u64 {
         self.tensors.values().map(|t| t.len).sum()

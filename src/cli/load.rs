@@ -37,6 +37,31 @@ pub struct LoadArgs {
     pub threads: usize,
     #[arg(long, value_enum, default_value_t = ColorArg::Auto)]
     pub color: ColorArg,
+    /// Where tensors land: `cpu`, `cuda`, `cuda:N`, or `auto` (CUDA when present).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// With a GPU: load this many times and report the median (kernels and staging are
+    /// prepared once, as a training run would).
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+}
+
+/// `cpu`, or `cuda` with an ordinal.
+pub(super) enum Device {
+    Cpu,
+    Cuda(usize),
+}
+
+pub(super) fn parse_device(s: &str) -> miette::Result<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(if cfg!(feature = "cuda") && super::gpu::available() { Device::Cuda(0) } else { Device::Cpu }),
+        "cuda" => Ok(Device::Cuda(0)),
+        other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+            Some(n) => Ok(Device::Cuda(n)),
+            None => Err(miette::miette!(help = "cpu, cuda, cuda:N or auto", "unknown device `{other}`")),
+        },
+    }
 }
 
 pub fn plan(args: &ModelArgs) -> miette::Result<ExitCode> {
@@ -126,6 +151,13 @@ pub fn load(args: &LoadArgs) -> miette::Result<ExitCode> {
     let Some(b) = bound else {
         return Ok(ExitCode::from(1));
     };
+    if let Device::Cuda(ordinal) = parse_device(&args.device)? {
+        if args.out.is_some() {
+            return Err(miette::miette!("--out writes from the CPU path; drop --device cuda"));
+        }
+        let format = args.quant.as_deref().and_then(crate::quant::Format::parse);
+        return super::gpu::load(ordinal, &b.plan, &b.checkpoint, format, args.repeat.max(1));
+    }
     let total: u64 = b.checkpoint.data_bytes();
     let bar = progress_bar(total, args.quiet);
     let tick = |n: u64| bar.inc(n);

@@ -4,6 +4,7 @@
 //! internal failure.
 
 mod front;
+mod gpu;
 mod load;
 
 use std::process::ExitCode;

@@ -11,4 +11,6 @@ pub mod sources;
 #[cfg(feature = "cuda")]
 mod device;
 #[cfg(feature = "cuda")]
+pub mod loader;
+#[cfg(feature = "cuda")]
 pub use device::*;

@@ -65,6 +65,11 @@ fn read_bytes(t: &Target) -> u64 {
         .sum()
 }
 
+/// Assembles one target into `out` (its exact bytes in its dtype) on the CPU.
+pub fn fill_target(ckpt: &Checkpoint, target: &Target, out: &mut [u8]) -> Result<(), Diagnostic> {
+    assemble::fill(ckpt, &target.recipe, target.dtype, out)
+}
+
 /// A buffer of exactly `n` bytes: the smallest pooled one that fits, else the largest
 /// pooled one grown to fit, else a new one. So the pool never holds more buffers than
 /// run at once, and its memory is bounded by threads × the largest target. Old contents

@@ -3,9 +3,15 @@
 
 use std::path::{Path, PathBuf};
 
-/// The repository root (tests run with it as the working directory).
+/// The repository root: where the crate was built, or the working directory when the
+/// test binary runs on another machine (the GPU box runs binaries built here).
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if built.join("Cargo.toml").is_file() {
+        built
+    } else {
+        std::env::current_dir().unwrap()
+    }
 }
 
 /// A path relative to the repository root, as diagnostics show it.

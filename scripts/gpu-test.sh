@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# On the GPU machine, from the repository root, with .gpu/ made by scripts/build-gpu.sh:
+# all GPU tests, the kernel and loader benchmarks with the peers on the same card, and
+# the export check. Builds nothing. Writes logs under $OUT (or /tmp/wmap-gpu); prints a
+# short table last.
+set -uo pipefail
+OUT=${OUT:-/tmp/wmap-gpu}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD/.gpu/bnb HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+CKPT=${CKPT:-/tmp/llama8b}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
+
+echo "== tests"
+.gpu/bin/test-kernels --nocapture 2>&1 | tee "$OUT/test-kernels.log" | grep -E "compiled|test result"
+.gpu/bin/test-gpu --nocapture --test-threads 1 2>&1 | tee "$OUT/test-gpu.log" | grep -E "device|checks|bytes|panicked|test result"
+
+echo "== kernels"
+.gpu/bin/bench-gpu 2>&1 | tee "$OUT/bench-gpu.log"
+python3 scripts/bench_peers.py kernels 2>&1 | grep -v -i warn | tee "$OUT/peer-kernels.log"
+
+echo "== P1: Llama-3.1-8B-shaped load + NF4"
+[ -f "$CKPT/config.json" ] || python3 scripts/bench_peers.py make "$CKPT" 2>&1 | grep -v -i warn | tee "$OUT/make.log"
+cat "$CKPT"/*.safetensors > /dev/null  # warm page cache
+.gpu/bin/wmapc load "$CKPT" --device cuda --quant nf4 --repeat 5 --quiet 2>&1 | tee "$OUT/wmap-load.log"
+.gpu/bin/wmapc load "$CKPT" --device cuda --repeat 3 --quiet 2>&1 | tee "$OUT/wmap-load-bf16.log"
+python3 scripts/bench_peers.py load "$CKPT" 2>&1 | grep -E "^peer" | tee "$OUT/peer-load.log"
+
+echo "== export check"
+python3 scripts/verify_export.py tests/fixtures/hf/llama .gpu/exports/nf4:nf4 .gpu/exports/nf4-dq:nf4:dq \
+  .gpu/exports/fp4:fp4 2>&1 | grep -v -i -E "warn|Loading weights" | tee "$OUT/verify.log"
+
+echo "== summary ($(head -1 "$OUT/device.txt"))"
+grep -h -E "test result" "$OUT"/test-*.log
+grep -h -E "nf4 quantize|nf4 dequantize|fp8 128|copy" "$OUT/bench-gpu.log"
+grep -h -E "peer|pinned" "$OUT/peer-kernels.log"
+grep -h -E "^load|loaded" "$OUT/wmap-load.log"
+cat "$OUT/peer-load.log"
+tail -4 "$OUT/verify.log"
