@@ -3,7 +3,7 @@
 // elements (one 16-byte load) and writes 4 packed bytes (first element high nibble).
 
 // kind: 0 = NF4 (code = number of midpoints exceeded), 1 = bnb FP4 (decision tree).
-__device__ __forceinline__ u8 bnb4_code(int kind, float y, const float* mids) {
+__device__ __forceinline__ u8 bnb4_code(int kind, float y, const float (&mids)[15]) {
     if (kind == 0) {
         u8 c = 0;
         #pragma unroll
@@ -25,7 +25,7 @@ __device__ __forceinline__ u8 bnb4_code(int kind, float y, const float* mids) {
 }
 
 __device__ __forceinline__ void bnb4_encode(int kind, const float* v, i64 i, i64 n, float inv,
-                                            const float* mids, u8* packed) {
+                                            const float (&mids)[15], u8* packed) {
     u8 c[8];
     #pragma unroll
     for (int k = 0; k < 8; k++) c[k] = bnb4_code(kind, __fmul_rn(v[k], inv), mids);
@@ -42,7 +42,10 @@ __device__ __forceinline__ void bnb4_encode(int kind, const float* v, i64 i, i64
 
 // bs <= 256: groups of bs/8 lanes inside a warp share one block.
 extern "C" __global__ void bnb4_quantize_small(const u16* x, u8* packed, float* absmax, i64 n, int bs,
-                                               int kind, const float* mids) {
+                                               int kind, const float* mids_in) {
+    float mids[15];
+    #pragma unroll
+    for (int k = 0; k < 15; k++) mids[k] = __ldg(mids_in + k);
     i64 t = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     i64 i = t * 8;
     int width = bs / 8;
@@ -59,8 +62,11 @@ extern "C" __global__ void bnb4_quantize_small(const u16* x, u8* packed, float* 
 
 // bs > 256: one CUDA block of bs/8 threads per quantization block.
 extern "C" __global__ void bnb4_quantize_large(const u16* x, u8* packed, float* absmax, i64 n, int bs,
-                                               int kind, const float* mids) {
+                                               int kind, const float* mids_in) {
     __shared__ float warp_max[32];
+    float mids[15];
+    #pragma unroll
+    for (int k = 0; k < 15; k++) mids[k] = __ldg(mids_in + k);
     i64 i = (i64)blockIdx.x * bs + (i64)threadIdx.x * 8;
     float v[8];
     load8(x, i, n, v);
@@ -82,28 +88,35 @@ extern "C" __global__ void bnb4_quantize_large(const u16* x, u8* packed, float* 
     bnb4_encode(kind, v, i, n, rcp_approx(m), mids, packed);
 }
 
-// out = bf16(table[code] * absmax): 8 elements per thread.
+// out = bf16(table[code] * absmax): 8 elements per thread (one 4-byte load of codes, one
+// absmax: 8-aligned elements never straddle a block of >= 32).
 extern "C" __global__ void bnb4_dequantize(const u8* packed, const float* absmax, u16* out, i64 n, int bs,
-                                           const float* table) {
+                                           const float* table_in) {
+    float table[16];
+    #pragma unroll
+    for (int k = 0; k < 16; k++) table[k] = __ldg(table_in + k);
     i64 i = ((i64)blockIdx.x * blockDim.x + threadIdx.x) * 8;
     if (i >= n) return;
-    u16 r[8];
-    #pragma unroll
-    for (int k = 0; k < 8; k++) {
-        i64 e = i + k;
-        if (e < n) {
-            u8 byte = packed[e / 2];
-            u8 c = (e & 1) ? (byte & 0xF) : (byte >> 4);
-            r[k] = f32_to_bf16(__fmul_rn(table[c], absmax[e / bs]));
-        }
-    }
     if (i + 8 <= n) {
+        u32 w = *reinterpret_cast<const u32*>(packed + i / 2);
+        float m = absmax[i / bs];
+        u16 r[8];
+        #pragma unroll
+        for (int k = 0; k < 4; k++) {
+            u8 byte = (u8)(w >> (8 * k));
+            r[2 * k] = f32_to_bf16(__fmul_rn(table[byte >> 4], m));
+            r[2 * k + 1] = f32_to_bf16(__fmul_rn(table[byte & 0xF], m));
+        }
         uint4 q;
         q.x = r[0] | ((u32)r[1] << 16); q.y = r[2] | ((u32)r[3] << 16);
         q.z = r[4] | ((u32)r[5] << 16); q.w = r[6] | ((u32)r[7] << 16);
         *reinterpret_cast<uint4*>(out + i) = q;
     } else {
-        for (int k = 0; k < 8 && i + k < n; k++) out[i + k] = r[k];
+        for (i64 e = i; e < n; e++) {
+            u8 byte = packed[e / 2];
+            u8 c = (e & 1) ? (byte & 0xF) : (byte >> 4);
+            out[e] = f32_to_bf16(__fmul_rn(table[c], absmax[e / bs]));
+        }
     }
 }
 

@@ -26,7 +26,14 @@ extern "C" __global__ void fp8_quantize_tensor(const u16* x, i64 n, const u32* a
     if (i >= n) return;
     float v[8];
     load8(x, i, n, v);
-    for (int k = 0; k < 8 && i + k < n; k++) q[i + k] = e4m3(__fmul_rn(v[k], s));
+    if (i + 8 <= n) {
+        u64 packed = 0;
+        #pragma unroll
+        for (int k = 0; k < 8; k++) packed |= ((u64)e4m3(__fmul_rn(v[k], s))) << (8 * k);
+        *reinterpret_cast<u64*>(q + i) = packed;
+    } else {
+        for (int k = 0; k < 8 && i + k < n; k++) q[i + k] = e4m3(__fmul_rn(v[k], s));
+    }
 }
 
 // One CUDA block (256 threads) per row.
@@ -51,13 +58,28 @@ extern "C" __global__ void fp8_quantize_rows(const u16* x, i64 rows, i64 cols, u
 }
 
 // One CUDA block (256 threads) per 128x128 tile; grid (ceil(cols/128), ceil(rows/128)).
+// A full tile with cols % 8 == 0 is held in registers: each thread loads 8 rows' worth
+// of one 16-byte column group, so the tensor is read once; edge tiles take a plain loop.
 extern "C" __global__ void fp8_quantize_blocks(const u16* x, i64 rows, i64 cols, u8* q, float* scales) {
     __shared__ float warp_max[8];
     i64 r0 = (i64)blockIdx.y * 128, c0 = (i64)blockIdx.x * 128;
     i64 r1 = r0 + 128 < rows ? r0 + 128 : rows, c1 = c0 + 128 < cols ? c0 + 128 : cols;
-    i64 w = c1 - c0, cells = (r1 - r0) * w;
+    bool full = (r1 - r0 == 128) && (c1 - c0 == 128) && (cols % 8 == 0);
+    int g = threadIdx.x & 15, rb = threadIdx.x >> 4;  // column group (8 cols), first row
+    float v[8][8];
     float m = 0.0f;
-    for (i64 k = threadIdx.x; k < cells; k += blockDim.x) m = fmaxf(m, fabsf(bf16_to_f32(x[(r0 + k / w) * cols + c0 + k % w])));
+    if (full) {
+        #pragma unroll
+        for (int j = 0; j < 8; j++) {
+            i64 idx = (r0 + rb + 16 * j) * cols + c0 + 8 * g;
+            load8(x, idx, idx + 8, v[j]);
+            #pragma unroll
+            for (int k = 0; k < 8; k++) m = fmaxf(m, fabsf(v[j][k]));
+        }
+    } else {
+        i64 w = c1 - c0, cells = (r1 - r0) * w;
+        for (i64 k = threadIdx.x; k < cells; k += blockDim.x) m = fmaxf(m, fabsf(bf16_to_f32(x[(r0 + k / w) * cols + c0 + k % w])));
+    }
     m = group_max(m, 32);
     if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5] = m;
     __syncthreads();
@@ -69,9 +91,20 @@ extern "C" __global__ void fp8_quantize_blocks(const u16* x, i64 rows, i64 cols,
     __syncthreads();
     float s = fp8_scale(warp_max[0]);
     if (threadIdx.x == 0) scales[blockIdx.y * gridDim.x + blockIdx.x] = __fdiv_rn(1.0f, s);
-    for (i64 k = threadIdx.x; k < cells; k += blockDim.x) {
-        i64 idx = (r0 + k / w) * cols + c0 + k % w;
-        q[idx] = e4m3(__fmul_rn(bf16_to_f32(x[idx]), s));
+    if (full) {
+        #pragma unroll
+        for (int j = 0; j < 8; j++) {
+            u64 packed = 0;
+            #pragma unroll
+            for (int k = 0; k < 8; k++) packed |= ((u64)e4m3(__fmul_rn(v[j][k], s))) << (8 * k);
+            *reinterpret_cast<u64*>(q + (r0 + rb + 16 * j) * cols + c0 + 8 * g) = packed;
+        }
+    } else {
+        i64 w = c1 - c0, cells = (r1 - r0) * w;
+        for (i64 k = threadIdx.x; k < cells; k += blockDim.x) {
+            i64 idx = (r0 + k / w) * cols + c0 + k % w;
+            q[idx] = e4m3(__fmul_rn(bf16_to_f32(x[idx]), s));
+        }
     }
 }
 

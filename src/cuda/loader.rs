@@ -147,7 +147,9 @@ pub fn load(
         .map(target_bytes)
         .max()
         .unwrap_or(0) as usize;
-    let alloc = |n: usize| gpu.stream.alloc_zeros::<u8>(n.max(1)).map_err(|e| format!("device allocation of {n} bytes: {e:?}"));
+    // SAFETY: each buffer is fully overwritten by host-to-device copies (targets) or by a
+    // target's bytes before its quantize reads them (scratch); u8 has no invalid values.
+    let alloc = |n: usize| unsafe { gpu.stream.alloc::<u8>(n.max(1)) }.map_err(|e| format!("device allocation of {n} bytes: {e:?}"));
     let mut scratch = [alloc(scratch_bytes)?, alloc(scratch_bytes)?];
     let mut scratch_free: [Option<CudaEvent>; 2] = [None, None];
     let mut which = 0usize;
