@@ -20,9 +20,15 @@ fn time(gpu: &Gpu, warm: usize, reps: usize, mut f: impl FnMut()) -> f64 {
     gpu.sync().unwrap();
     let ms: Vec<f64> = (0..reps)
         .map(|_| {
-            let a = gpu.stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).unwrap();
+            let a = gpu
+                .stream
+                .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                .unwrap();
             f();
-            let b = gpu.stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).unwrap();
+            let b = gpu
+                .stream
+                .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                .unwrap();
             b.synchronize().unwrap();
             a.elapsed_ms(&b).unwrap() as f64
         })
@@ -49,33 +55,59 @@ fn main() {
         .collect();
     let x = gpu.stream.clone_htod(&host).unwrap();
     let shape = [rows as u64, cols as u64];
-    println!("device: {} ({}), tensor [{rows}, {cols}] bf16", gpu.name, gpu.arch);
+    println!(
+        "device: {} ({}), tensor [{rows}, {cols}] bf16",
+        gpu.name, gpu.arch
+    );
     println!("{:<34} {:>10} {:>14}", "kernel", "ms", "G elements/s");
     for (name, f) in [
         ("nf4 quantize (bs 64)", Format::Nf4 { blocksize: 64 }),
-        ("fp8 128x128-block quantize", Format::Fp8Block { block: 128 }),
+        (
+            "fp8 128x128-block quantize",
+            Format::Fp8Block { block: 128 },
+        ),
         ("fp8 per-tensor quantize", Format::Fp8PerTensor),
         ("nvfp4 quantize", Format::Nvfp4),
         ("mxfp4 quantize", Format::Mxfp4),
     ] {
         // Results are kept until after the timing, so frees stay out of it.
         let mut keep = Vec::new();
-        let ms = time(&gpu, 3, 20, || keep.push(gpu.quantize(f, &x.as_view(), &shape).unwrap()));
+        let ms = time(&gpu, 3, 20, || {
+            keep.push(gpu.quantize(f, &x.as_view(), &shape).unwrap())
+        });
         drop(keep);
         println!("{name:<34} {ms:>10.3} {:>14.0}", n as f64 / ms / 1e6);
     }
-    let q = gpu.quantize(Format::Nf4 { blocksize: 64 }, &x.as_view(), &shape).unwrap();
+    let q = gpu
+        .quantize(Format::Nf4 { blocksize: 64 }, &x.as_view(), &shape)
+        .unwrap();
     let mut out = gpu.stream.alloc_zeros::<u16>(n).unwrap();
     let ms = time(&gpu, 3, 20, || gpu.dequantize(&q, &mut out).unwrap());
-    println!("{:<34} {ms:>10.3} {:>14.0}", "nf4 dequantize (bs 64)", n as f64 / ms / 1e6);
+    println!(
+        "{:<34} {ms:>10.3} {:>14.0}",
+        "nf4 dequantize (bs 64)",
+        n as f64 / ms / 1e6
+    );
     // Ceilings: device-to-device copy (bytes read + written) and pinned host-to-device.
     let bytes = 1usize << 30;
     let src = gpu.stream.alloc_zeros::<u8>(bytes).unwrap();
     let mut dst = gpu.stream.alloc_zeros::<u8>(bytes).unwrap();
-    let ms = time(&gpu, 2, 10, || gpu.stream.memcpy_dtod(&src, &mut dst).unwrap());
-    println!("{:<34} {ms:>10.3} {:>11.0} GB/s", "device-to-device copy 1 GiB", 2.0 * bytes as f64 / ms / 1e6);
+    let ms = time(&gpu, 2, 10, || {
+        gpu.stream.memcpy_dtod(&src, &mut dst).unwrap()
+    });
+    println!(
+        "{:<34} {ms:>10.3} {:>11.0} GB/s",
+        "device-to-device copy 1 GiB",
+        2.0 * bytes as f64 / ms / 1e6
+    );
     // SAFETY: a pinned buffer read only by the copies timed here.
     let pinned = unsafe { gpu.ctx.alloc_pinned::<u8>(bytes) }.unwrap();
-    let ms = time(&gpu, 2, 10, || gpu.stream.memcpy_htod(&pinned, &mut dst).unwrap());
-    println!("{:<34} {ms:>10.3} {:>11.1} GB/s", "pinned host-to-device 1 GiB", bytes as f64 / ms / 1e6);
+    let ms = time(&gpu, 2, 10, || {
+        gpu.stream.memcpy_htod(&pinned, &mut dst).unwrap()
+    });
+    println!(
+        "{:<34} {ms:>10.3} {:>11.1} GB/s",
+        "pinned host-to-device 1 GiB",
+        bytes as f64 / ms / 1e6
+    );
 }

@@ -22,14 +22,17 @@ fn bf16_random(n: usize, seed: u64) -> Vec<u16> {
                 0 => 0,
                 1 => half::bf16::from_f32(0.75).to_bits(),
                 2 => half::bf16::from_f32(-3.5e3).to_bits(),
-                _ => half::bf16::from_f32(((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0).to_bits(),
+                _ => half::bf16::from_f32(((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0)
+                    .to_bits(),
             }
         })
         .collect()
 }
 
 fn to_f32(x: &[u16]) -> Vec<f32> {
-    x.iter().map(|&b| half::bf16::from_bits(b).to_f32()).collect()
+    x.iter()
+        .map(|&b| half::bf16::from_bits(b).to_f32())
+        .collect()
 }
 
 fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
@@ -52,10 +55,25 @@ fn check(gpu: &Gpu, format: Format, x: &[u16], shape: &[u64], what: &str) {
     let dev_x = gpu.stream.clone_htod(x).unwrap();
     let q = gpu.quantize(format, &dev_x.as_view(), shape).unwrap();
     let g = q.to_host(gpu).unwrap();
-    assert_eq!(first_difference(&g.data, &cpu.data), None, "{what} {}: codes", format.name());
-    assert_eq!(first_difference(&scales_bytes(&g), &scales_bytes(&cpu)), None, "{what} {}: scales", format.name());
+    assert_eq!(
+        first_difference(&g.data, &cpu.data),
+        None,
+        "{what} {}: codes",
+        format.name()
+    );
+    assert_eq!(
+        first_difference(&scales_bytes(&g), &scales_bytes(&cpu)),
+        None,
+        "{what} {}: scales",
+        format.name()
+    );
     assert_eq!(g.nested, cpu.nested, "{what} {}: nested", format.name());
-    assert_eq!(g.tensor_scale, cpu.tensor_scale, "{what} {}: tensor scale", format.name());
+    assert_eq!(
+        g.tensor_scale,
+        cpu.tensor_scale,
+        "{what} {}: tensor scale",
+        format.name()
+    );
     if !matches!(format, Format::Nf4Dq { .. }) {
         let mut out = gpu.stream.alloc_zeros::<u16>(x.len()).unwrap();
         gpu.dequantize(&q, &mut out).unwrap();
@@ -71,13 +89,26 @@ fn check(gpu: &Gpu, format: Format, x: &[u16], shape: &[u64], what: &str) {
 #[test]
 fn kernels_match_the_cpu_reference() {
     if !wmap::cuda::available() {
-        println!("skipped: no CUDA driver or device here (run scripts/gpu-test.sh on a GPU machine)");
+        println!(
+            "skipped: no CUDA driver or device here (run scripts/gpu-test.sh on a GPU machine)"
+        );
         return;
     }
     let gpu = Gpu::new(0).expect("open the GPU");
     println!("device: {} ({})", gpu.name, gpu.arch);
-    let shapes: &[&[u64]] = &[&[77], &[1, 33], &[7, 45], &[128, 64], &[300, 257], &[1024, 4096], &[3, 131071]];
-    let mut formats: Vec<Format> = Format::NAMES.iter().map(|n| Format::parse(n).unwrap()).collect();
+    let shapes: &[&[u64]] = &[
+        &[77],
+        &[1, 33],
+        &[7, 45],
+        &[128, 64],
+        &[300, 257],
+        &[1024, 4096],
+        &[3, 131071],
+    ];
+    let mut formats: Vec<Format> = Format::NAMES
+        .iter()
+        .map(|n| Format::parse(n).unwrap())
+        .collect();
     for bs in [32, 128, 256, 512, 1024, 2048, 4096] {
         formats.push(Format::Nf4 { blocksize: bs });
         formats.push(Format::Fp4 { blocksize: bs });
@@ -93,21 +124,47 @@ fn kernels_match_the_cpu_reference() {
         }
     }
     // The golden inputs, as bitsandbytes saw them.
-    let golden = std::fs::read(common::root().join("tests/fixtures/golden/bnb_4bit.safetensors")).unwrap();
+    let golden =
+        std::fs::read(common::root().join("tests/fixtures/golden/bnb_4bit.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&golden).unwrap();
     for case in 0..7 {
         let t = st.tensor(&format!("case{case}.nf4.input")).unwrap();
-        let x: Vec<u16> = t.data().chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+        let x: Vec<u16> = t
+            .data()
+            .chunks(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
         let shape: Vec<u64> = t.shape().iter().map(|&d| d as u64).collect();
-        let bs = i64::from_le_bytes(st.tensor(&format!("case{case}.nf4.blocksize")).unwrap().data()[..8].try_into().unwrap()) as usize;
-        for f in [Format::Nf4 { blocksize: bs }, Format::Fp4 { blocksize: bs }, Format::Nf4Dq { blocksize: bs }] {
+        let bs = i64::from_le_bytes(
+            st.tensor(&format!("case{case}.nf4.blocksize"))
+                .unwrap()
+                .data()[..8]
+                .try_into()
+                .unwrap(),
+        ) as usize;
+        for f in [
+            Format::Nf4 { blocksize: bs },
+            Format::Fp4 { blocksize: bs },
+            Format::Nf4Dq { blocksize: bs },
+        ] {
             check(&gpu, f, &x, &shape, &format!("golden case{case}"));
             checks += 1;
         }
-        let packed = st.tensor(&format!("case{case}.nf4.packed")).unwrap().data().to_vec();
+        let packed = st
+            .tensor(&format!("case{case}.nf4.packed"))
+            .unwrap()
+            .data()
+            .to_vec();
         let dev_x = gpu.stream.clone_htod(&x).unwrap();
-        let q = gpu.quantize(Format::Nf4 { blocksize: bs }, &dev_x.as_view(), &shape).unwrap().to_host(&gpu).unwrap();
-        assert_eq!(q.data, packed, "golden case{case}: GPU NF4 equals bitsandbytes");
+        let q = gpu
+            .quantize(Format::Nf4 { blocksize: bs }, &dev_x.as_view(), &shape)
+            .unwrap()
+            .to_host(&gpu)
+            .unwrap();
+        assert_eq!(
+            q.data, packed,
+            "golden case{case}: GPU NF4 equals bitsandbytes"
+        );
     }
     println!("{checks} format × tensor checks byte-identical");
 }
@@ -125,9 +182,17 @@ fn a_tensor_over_two_gib_matches() {
     let f = Format::Nf4 { blocksize: 64 };
     let cpu = quant::quantize(f, &to_f32(&x), &[n as u64]);
     let dev_x = gpu.stream.clone_htod(&x).unwrap();
-    let g = gpu.quantize(f, &dev_x.as_view(), &[n as u64]).unwrap().to_host(&gpu).unwrap();
+    let g = gpu
+        .quantize(f, &dev_x.as_view(), &[n as u64])
+        .unwrap()
+        .to_host(&gpu)
+        .unwrap();
     assert_eq!(first_difference(&g.data, &cpu.data), None, "packed");
-    assert_eq!(first_difference(&scales_bytes(&g), &scales_bytes(&cpu)), None, "absmax");
+    assert_eq!(
+        first_difference(&scales_bytes(&g), &scales_bytes(&cpu)),
+        None,
+        "absmax"
+    );
     let _ = Dtype::Bf16;
     println!("{} elements ({} bytes of bf16) byte-identical", n, 2 * n);
 }

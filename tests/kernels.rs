@@ -11,7 +11,10 @@ fn every_kernel_compiles_for_sm_90() {
             assert_eq!(names, ["bnb4", "fp8", "fp4", "convert"]);
             println!("compiled {} kernel files for sm_90", ptx.len());
         }
-        Err(e) if e.starts_with("libnvrtc could not be loaded") && std::env::var_os("CI").is_none() => {
+        Err(e)
+            if e.starts_with("libnvrtc could not be loaded")
+                && std::env::var_os("CI").is_none() =>
+        {
             println!("skipped: {e}");
         }
         Err(e) => panic!("{e}"),

@@ -270,7 +270,11 @@ impl Checkpoint {
         s.file.read_exact_at(buf, offset).map_err(|e| {
             Diagnostic::new(
                 Code::E0511,
-                format!("reading {} bytes at offset {offset} of `{}` failed: {e}", buf.len(), s.path.display()),
+                format!(
+                    "reading {} bytes at offset {offset} of `{}` failed: {e}",
+                    buf.len(),
+                    s.path.display()
+                ),
             )
             .with_note("the file changed or became unreadable after its header was checked")
         })

@@ -12,7 +12,13 @@ pub fn available() -> bool {
 }
 
 #[cfg(not(feature = "cuda"))]
-pub fn load(_: usize, _: &Plan, _: &Checkpoint, _: Option<Format>, _: usize) -> miette::Result<ExitCode> {
+pub fn load(
+    _: usize,
+    _: &Plan,
+    _: &Checkpoint,
+    _: Option<Format>,
+    _: usize,
+) -> miette::Result<ExitCode> {
     Err(miette::miette!(
         help = "rebuild with `cargo build --release --features cuda`",
         "this wmapc was built without CUDA support"
@@ -29,23 +35,39 @@ pub fn available() -> bool {
 fn peak_rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(str::to_string)
+        })
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|k| k.parse::<u64>().ok())
+        })
         .map_or(0, |kb| kb * 1024)
 }
 
 #[cfg(feature = "cuda")]
-pub fn load(ordinal: usize, plan: &Plan, ckpt: &Checkpoint, format: Option<Format>, repeat: usize) -> miette::Result<ExitCode> {
+pub fn load(
+    ordinal: usize,
+    plan: &Plan,
+    ckpt: &Checkpoint,
+    format: Option<Format>,
+    repeat: usize,
+) -> miette::Result<ExitCode> {
     use crate::cuda::{loader, Gpu};
     let t0 = std::time::Instant::now();
     let gpu = Gpu::new(ordinal).map_err(|e| miette::miette!("{e}"))?;
-    let mut staging = loader::Staging::new(&gpu, 3, 256 << 20).map_err(|e| miette::miette!("{e}"))?;
+    let mut staging =
+        loader::Staging::new(&gpu, 3, 256 << 20).map_err(|e| miette::miette!("{e}"))?;
     let setup = t0.elapsed().as_secs_f64();
     let mut times = Vec::with_capacity(repeat);
     let mut last = None;
     for _ in 0..repeat {
         drop(last.take());
-        let (store, stats) = loader::load(&gpu, &mut staging, plan, ckpt, format).map_err(|e| miette::miette!("{e}"))?;
+        let (store, stats) = loader::load(&gpu, &mut staging, plan, ckpt, format)
+            .map_err(|e| miette::miette!("{e}"))?;
         times.push(stats.seconds);
         last = Some((store, stats));
     }

@@ -55,11 +55,18 @@ pub(super) enum Device {
 pub(super) fn parse_device(s: &str) -> miette::Result<Device> {
     match s {
         "cpu" => Ok(Device::Cpu),
-        "auto" => Ok(if cfg!(feature = "cuda") && super::gpu::available() { Device::Cuda(0) } else { Device::Cpu }),
+        "auto" => Ok(if cfg!(feature = "cuda") && super::gpu::available() {
+            Device::Cuda(0)
+        } else {
+            Device::Cpu
+        }),
         "cuda" => Ok(Device::Cuda(0)),
         other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
             Some(n) => Ok(Device::Cuda(n)),
-            None => Err(miette::miette!(help = "cpu, cuda, cuda:N or auto", "unknown device `{other}`")),
+            None => Err(miette::miette!(
+                help = "cpu, cuda, cuda:N or auto",
+                "unknown device `{other}`"
+            )),
         },
     }
 }
@@ -153,7 +160,9 @@ pub fn load(args: &LoadArgs) -> miette::Result<ExitCode> {
     };
     if let Device::Cuda(ordinal) = parse_device(&args.device)? {
         if args.out.is_some() {
-            return Err(miette::miette!("--out writes from the CPU path; drop --device cuda"));
+            return Err(miette::miette!(
+                "--out writes from the CPU path; drop --device cuda"
+            ));
         }
         let format = args.quant.as_deref().and_then(crate::quant::Format::parse);
         return super::gpu::load(ordinal, &b.plan, &b.checkpoint, format, args.repeat.max(1));

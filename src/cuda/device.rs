@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, LaunchConfig, PushKernelArg,
+};
 
 use super::sources;
 use crate::quant::{bnb4, dynamic, fp4, Format, QuantizedTensor, Scales};
@@ -48,19 +50,29 @@ impl Gpu {
         }
         let count = CudaContext::device_count().map_err(err("cannot count CUDA devices"))?;
         if ordinal as i32 >= count {
-            return Err(format!("no CUDA device {ordinal} (this machine has {count})"));
+            return Err(format!(
+                "no CUDA device {ordinal} (this machine has {count})"
+            ));
         }
         let ctx = CudaContext::new(ordinal).map_err(err("cannot open the CUDA device"))?;
-        let (major, minor) = ctx.compute_capability().map_err(err("cannot read the compute capability"))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(err("cannot read the compute capability"))?;
         let arch = format!("sm_{major}{minor}");
         let name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
         let stream = ctx.new_stream().map_err(err("cannot create a stream"))?;
         let copy_stream = ctx.new_stream().map_err(err("cannot create a stream"))?;
         let mut functions = BTreeMap::new();
         for (module, ptx) in sources::compile_all(&arch)? {
-            let m = ctx.load_module(ptx).map_err(err("cannot load a compiled module"))?;
+            let m = ctx
+                .load_module(ptx)
+                .map_err(err("cannot load a compiled module"))?;
             for f in kernel_names(module) {
-                functions.insert(*f, m.load_function(f).map_err(|e| format!("kernel {f}: {e:?}"))?);
+                functions.insert(
+                    *f,
+                    m.load_function(f)
+                        .map_err(|e| format!("kernel {f}: {e:?}"))?,
+                );
             }
         }
         let up = |v: &[f32]| stream.clone_htod(v).map_err(err("cannot upload a table"));
@@ -97,7 +109,13 @@ fn kernel_names(module: &str) -> &'static [&'static str] {
             "dq_offset",
             "dq_quantize",
         ],
-        "fp8" => &["amax_bf16", "fp8_quantize_tensor", "fp8_quantize_rows", "fp8_quantize_blocks", "fp8_dequantize"],
+        "fp8" => &[
+            "amax_bf16",
+            "fp8_quantize_tensor",
+            "fp8_quantize_rows",
+            "fp8_quantize_blocks",
+            "fp8_dequantize",
+        ],
         "fp4" => &["nvfp4_quantize", "mxfp4_quantize", "fp4_dequantize"],
         "convert" => &["to_bf16", "fuse_copy"],
         _ => &[],
@@ -145,14 +163,24 @@ impl DeviceQuantized {
         let s = &gpu.stream;
         let data = s.clone_dtoh(&self.data).map_err(err("copy back"))?;
         let f32s = |x: &Option<CudaSlice<f32>>| -> GpuResult<Option<Vec<f32>>> {
-            x.as_ref().map(|x| s.clone_dtoh(x).map_err(err("copy back"))).transpose()
+            x.as_ref()
+                .map(|x| s.clone_dtoh(x).map_err(err("copy back")))
+                .transpose()
         };
-        let scales_u8 = self.scales_u8.as_ref().map(|x| s.clone_dtoh(x).map_err(err("copy back"))).transpose()?;
+        let scales_u8 = self
+            .scales_u8
+            .as_ref()
+            .map(|x| s.clone_dtoh(x).map_err(err("copy back")))
+            .transpose()?;
         let nested = match (&self.nested_absmax, &self.offset, &scales_u8) {
             (Some(_), Some(_), Some(codes)) => Some(bnb4::Nested {
                 codes: codes.clone(),
                 absmax: f32s(&self.nested_absmax)?.unwrap_or_default(),
-                offset: f32s(&self.offset)?.unwrap_or_default().first().copied().unwrap_or(0.0),
+                offset: f32s(&self.offset)?
+                    .unwrap_or_default()
+                    .first()
+                    .copied()
+                    .unwrap_or(0.0),
                 blocksize: bnb4::NESTED_BLOCKSIZE,
             }),
             _ => None,
@@ -176,7 +204,12 @@ impl DeviceQuantized {
 
 impl Gpu {
     /// Quantizes a bf16 tensor already on the device. Kernels are queued on `self.stream`.
-    pub fn quantize(&self, format: Format, x: &CudaView<'_, u16>, shape: &[u64]) -> GpuResult<DeviceQuantized> {
+    pub fn quantize(
+        &self,
+        format: Format,
+        x: &CudaView<'_, u16>,
+        shape: &[u64],
+    ) -> GpuResult<DeviceQuantized> {
         let s = &self.stream;
         let n = x.len() as i64;
         let cols = shape.last().copied().unwrap_or(1).max(1) as i64;
@@ -185,8 +218,10 @@ impl Gpu {
         // (the tests check every byte against the CPU), so a memset would be wasted traffic.
         // SAFETY: u8/f32 have no invalid bit patterns, and each buffer is fully written
         // by the kernel queued after it on the same stream before anything reads it.
-        let zeros_u8 = |k: usize| unsafe { s.alloc::<u8>(k.max(1)) }.map_err(err("device allocation"));
-        let zeros_f32 = |k: usize| unsafe { s.alloc::<f32>(k.max(1)) }.map_err(err("device allocation"));
+        let zeros_u8 =
+            |k: usize| unsafe { s.alloc::<u8>(k.max(1)) }.map_err(err("device allocation"));
+        let zeros_f32 =
+            |k: usize| unsafe { s.alloc::<f32>(k.max(1)) }.map_err(err("device allocation"));
         let mut q = DeviceQuantized {
             format,
             shape: shape.to_vec(),
@@ -200,7 +235,11 @@ impl Gpu {
         };
         match format {
             Format::Nf4 { blocksize } | Format::Nf4Dq { blocksize } | Format::Fp4 { blocksize } => {
-                let kind: i32 = if matches!(format, Format::Fp4 { .. }) { 1 } else { 0 };
+                let kind: i32 = if matches!(format, Format::Fp4 { .. }) {
+                    1
+                } else {
+                    0
+                };
                 let nblocks = (n as usize).div_ceil(blocksize);
                 let mut packed = zeros_u8((n as usize).div_ceil(2))?;
                 let mut absmax = zeros_f32(nblocks)?;
@@ -209,7 +248,13 @@ impl Gpu {
                 if blocksize <= 256 {
                     let cfg = grid((n as u64).div_ceil(8), 256);
                     let mut b = s.launch_builder(self.f("bnb4_quantize_small"));
-                    b.arg(x).arg(&mut packed).arg(&mut absmax).arg(&n).arg(&bs).arg(&kind).arg(mids);
+                    b.arg(x)
+                        .arg(&mut packed)
+                        .arg(&mut absmax)
+                        .arg(&n)
+                        .arg(&bs)
+                        .arg(&kind)
+                        .arg(mids);
                     // SAFETY: arguments match the kernel's signature; sizes were allocated above.
                     unsafe { b.launch(cfg) }.map_err(err("bnb4_quantize_small"))?;
                 } else {
@@ -219,7 +264,13 @@ impl Gpu {
                         shared_mem_bytes: 0,
                     };
                     let mut b = s.launch_builder(self.f("bnb4_quantize_large"));
-                    b.arg(x).arg(&mut packed).arg(&mut absmax).arg(&n).arg(&bs).arg(&kind).arg(mids);
+                    b.arg(x)
+                        .arg(&mut packed)
+                        .arg(&mut absmax)
+                        .arg(&n)
+                        .arg(&bs)
+                        .arg(&kind)
+                        .arg(mids);
                     // SAFETY: as above.
                     unsafe { b.launch(cfg) }.map_err(err("bnb4_quantize_large"))?;
                 }
@@ -228,14 +279,17 @@ impl Gpu {
                 if matches!(format, Format::Nf4Dq { .. }) {
                     let nb = nblocks as i64;
                     let nparts = nblocks.div_ceil(bnb4::MEAN_CHUNK);
-                    let mut partials = s.alloc_zeros::<f64>(nparts.max(1)).map_err(err("device allocation"))?;
+                    let mut partials = s
+                        .alloc_zeros::<f64>(nparts.max(1))
+                        .map_err(err("device allocation"))?;
                     let mut offset = zeros_f32(1)?;
                     let mut codes = zeros_u8(nblocks)?;
                     let mut nested = zeros_f32(nblocks.div_ceil(bnb4::NESTED_BLOCKSIZE))?;
                     let mut b = s.launch_builder(self.f("dq_partial_sums"));
                     b.arg(&absmax).arg(&mut partials).arg(&nb);
                     // SAFETY: as above.
-                    unsafe { b.launch(grid(nparts as u64, 128)) }.map_err(err("dq_partial_sums"))?;
+                    unsafe { b.launch(grid(nparts as u64, 128)) }
+                        .map_err(err("dq_partial_sums"))?;
                     let np = nparts as i64;
                     let mut b = s.launch_builder(self.f("dq_offset"));
                     b.arg(&partials).arg(&np).arg(&nb).arg(&mut offset);
@@ -247,7 +301,12 @@ impl Gpu {
                         shared_mem_bytes: 0,
                     };
                     let mut b = s.launch_builder(self.f("dq_quantize"));
-                    b.arg(&absmax).arg(&offset).arg(&self.dynamic_map).arg(&mut codes).arg(&mut nested).arg(&nb);
+                    b.arg(&absmax)
+                        .arg(&offset)
+                        .arg(&self.dynamic_map)
+                        .arg(&mut codes)
+                        .arg(&mut nested)
+                        .arg(&nb);
                     // SAFETY: as above.
                     unsafe { b.launch(cfg) }.map_err(err("dq_quantize"))?;
                     q.scales_u8 = Some(codes);
@@ -264,7 +323,8 @@ impl Gpu {
                 let mut b = s.launch_builder(self.f("fp8_quantize_tensor"));
                 b.arg(x).arg(&n).arg(&amax).arg(&mut data).arg(&mut scale);
                 // SAFETY: as above.
-                unsafe { b.launch(grid((n as u64).div_ceil(8), 256)) }.map_err(err("fp8_quantize_tensor"))?;
+                unsafe { b.launch(grid((n as u64).div_ceil(8), 256)) }
+                    .map_err(err("fp8_quantize_tensor"))?;
                 q.data = data;
                 q.scales_f32 = Some(scale);
             }
@@ -277,7 +337,11 @@ impl Gpu {
                     shared_mem_bytes: 0,
                 };
                 let mut b = s.launch_builder(self.f("fp8_quantize_rows"));
-                b.arg(x).arg(&rows).arg(&cols).arg(&mut data).arg(&mut scales);
+                b.arg(x)
+                    .arg(&rows)
+                    .arg(&cols)
+                    .arg(&mut data)
+                    .arg(&mut scales);
                 // SAFETY: as above.
                 unsafe { b.launch(cfg) }.map_err(err("fp8_quantize_rows"))?;
                 q.scale_shape = vec![rows as u64, 1];
@@ -285,7 +349,10 @@ impl Gpu {
                 q.scales_f32 = Some(scales);
             }
             Format::Fp8Block { block } => {
-                let (br, bc) = ((rows as usize).div_ceil(block), (cols as usize).div_ceil(block));
+                let (br, bc) = (
+                    (rows as usize).div_ceil(block),
+                    (cols as usize).div_ceil(block),
+                );
                 let mut data = zeros_u8(n as usize)?;
                 let mut scales = zeros_f32(br * bc)?;
                 let cfg = LaunchConfig {
@@ -294,7 +361,11 @@ impl Gpu {
                     shared_mem_bytes: 0,
                 };
                 let mut b = s.launch_builder(self.f("fp8_quantize_blocks"));
-                b.arg(x).arg(&rows).arg(&cols).arg(&mut data).arg(&mut scales);
+                b.arg(x)
+                    .arg(&rows)
+                    .arg(&cols)
+                    .arg(&mut data)
+                    .arg(&mut scales);
                 // SAFETY: as above.
                 unsafe { b.launch(cfg) }.map_err(err("fp8_quantize_blocks"))?;
                 q.scale_shape = vec![br as u64, bc as u64];
@@ -308,9 +379,16 @@ impl Gpu {
                 let mut scales = zeros_u8(rows as usize * bpr)?;
                 let mut ts = zeros_f32(1)?;
                 let mut b = s.launch_builder(self.f("nvfp4_quantize"));
-                b.arg(x).arg(&rows).arg(&cols).arg(&amax).arg(&mut data).arg(&mut scales).arg(&mut ts);
+                b.arg(x)
+                    .arg(&rows)
+                    .arg(&cols)
+                    .arg(&amax)
+                    .arg(&mut data)
+                    .arg(&mut scales)
+                    .arg(&mut ts);
                 // SAFETY: as above.
-                unsafe { b.launch(grid((rows as usize * bpr) as u64, 128)) }.map_err(err("nvfp4_quantize"))?;
+                unsafe { b.launch(grid((rows as usize * bpr) as u64, 128)) }
+                    .map_err(err("nvfp4_quantize"))?;
                 q.scale_shape = vec![rows as u64, bpr as u64];
                 q.data = data;
                 q.scales_u8 = Some(scales);
@@ -321,9 +399,14 @@ impl Gpu {
                 let mut data = zeros_u8(rows as usize * (cols as usize).div_ceil(2))?;
                 let mut scales = zeros_u8(rows as usize * bpr)?;
                 let mut b = s.launch_builder(self.f("mxfp4_quantize"));
-                b.arg(x).arg(&rows).arg(&cols).arg(&mut data).arg(&mut scales);
+                b.arg(x)
+                    .arg(&rows)
+                    .arg(&cols)
+                    .arg(&mut data)
+                    .arg(&mut scales);
                 // SAFETY: as above.
-                unsafe { b.launch(grid((rows as usize * bpr) as u64, 128)) }.map_err(err("mxfp4_quantize"))?;
+                unsafe { b.launch(grid((rows as usize * bpr) as u64, 128)) }
+                    .map_err(err("mxfp4_quantize"))?;
                 q.scale_shape = vec![rows as u64, bpr as u64];
                 q.data = data;
                 q.scales_u8 = Some(scales);
@@ -352,13 +435,23 @@ impl Gpu {
         let rows = n / cols;
         match q.format {
             Format::Nf4 { blocksize } | Format::Fp4 { blocksize } => {
-                let table = if matches!(q.format, Format::Fp4 { .. }) { &self.fp4_table } else { &self.nf4_table };
+                let table = if matches!(q.format, Format::Fp4 { .. }) {
+                    &self.fp4_table
+                } else {
+                    &self.nf4_table
+                };
                 let bs = blocksize as i32;
                 let absmax = q.scales_f32.as_ref().ok_or("no absmax")?;
                 let mut b = s.launch_builder(self.f("bnb4_dequantize"));
-                b.arg(&q.data).arg(absmax).arg(out).arg(&n).arg(&bs).arg(table);
+                b.arg(&q.data)
+                    .arg(absmax)
+                    .arg(out)
+                    .arg(&n)
+                    .arg(&bs)
+                    .arg(table);
                 // SAFETY: as above.
-                unsafe { b.launch(grid((n as u64).div_ceil(8), 256)) }.map_err(err("bnb4_dequantize"))?;
+                unsafe { b.launch(grid((n as u64).div_ceil(8), 256)) }
+                    .map_err(err("bnb4_dequantize"))?;
             }
             Format::Fp8PerTensor | Format::Fp8PerChannel | Format::Fp8Block { .. } => {
                 let mode: i32 = match q.format {
@@ -368,7 +461,12 @@ impl Gpu {
                 };
                 let scales = q.scales_f32.as_ref().ok_or("no scales")?;
                 let mut b = s.launch_builder(self.f("fp8_dequantize"));
-                b.arg(&q.data).arg(scales).arg(out).arg(&n).arg(&cols).arg(&mode);
+                b.arg(&q.data)
+                    .arg(scales)
+                    .arg(out)
+                    .arg(&n)
+                    .arg(&cols)
+                    .arg(&mode);
                 // SAFETY: as above.
                 unsafe { b.launch(grid(n as u64, 256)) }.map_err(err("fp8_dequantize"))?;
             }
@@ -378,11 +476,19 @@ impl Gpu {
                 let one = s.clone_htod(&[1.0f32]).map_err(err("upload"))?;
                 let ts = q.tensor_scale.as_ref().unwrap_or(&one);
                 let mut b = s.launch_builder(self.f("fp4_dequantize"));
-                b.arg(&q.data).arg(scales).arg(ts).arg(out).arg(&rows).arg(&cols).arg(&mode);
+                b.arg(&q.data)
+                    .arg(scales)
+                    .arg(ts)
+                    .arg(out)
+                    .arg(&rows)
+                    .arg(&cols)
+                    .arg(&mode);
                 // SAFETY: as above.
                 unsafe { b.launch(grid(n as u64, 256)) }.map_err(err("fp4_dequantize"))?;
             }
-            Format::Nf4Dq { .. } => return Err("dequantize nf4-dq after undoing the nested level on the host".into()),
+            Format::Nf4Dq { .. } => {
+                return Err("dequantize nf4-dq after undoing the nested level on the host".into())
+            }
         }
         Ok(())
     }

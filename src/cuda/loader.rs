@@ -24,9 +24,13 @@ use crate::quant::Format;
 
 /// A tensor the GPU loader produced.
 pub enum DeviceTensor {
-    Quantized(DeviceQuantized),
+    Quantized(Box<DeviceQuantized>),
     /// Full precision, in the target's dtype.
-    Full { dtype: Dtype, shape: Vec<u64>, data: CudaSlice<u8> },
+    Full {
+        dtype: Dtype,
+        shape: Vec<u64>,
+        data: CudaSlice<u8>,
+    },
     /// The same tensor as another one.
     Tied(String),
 }
@@ -73,7 +77,8 @@ impl Staging {
         for _ in 0..buffers {
             // SAFETY: pinned host memory for staging; it is only read by copies we
             // order with events, and written by us only after those copies complete.
-            let b = unsafe { gpu.ctx.alloc_pinned::<u8>(buffer_bytes) }.map_err(|e| format!("cannot pin {buffer_bytes} bytes: {e:?}"))?;
+            let b = unsafe { gpu.ctx.alloc_pinned::<u8>(buffer_bytes) }
+                .map_err(|e| format!("cannot pin {buffer_bytes} bytes: {e:?}"))?;
             out.push(b);
         }
         Ok(Staging {
@@ -124,7 +129,10 @@ fn pieces(t: &Target, ckpt: &Checkpoint) -> Option<Vec<Piece>> {
 }
 
 fn used_device_bytes(gpu: &Gpu) -> u64 {
-    gpu.ctx.mem_get_info().map(|(free, total)| (total - free) as u64).unwrap_or(0)
+    gpu.ctx
+        .mem_get_info()
+        .map(|(free, total)| (total - free) as u64)
+        .unwrap_or(0)
 }
 
 /// Loads `plan` onto the GPU, quantizing `quantizable` targets into `format` (or keeping
@@ -149,23 +157,34 @@ pub fn load(
         .unwrap_or(0) as usize;
     // SAFETY: each buffer is fully overwritten by host-to-device copies (targets) or by a
     // target's bytes before its quantize reads them (scratch); u8 has no invalid values.
-    let alloc = |n: usize| unsafe { gpu.stream.alloc::<u8>(n.max(1)) }.map_err(|e| format!("device allocation of {n} bytes: {e:?}"));
+    let alloc = |n: usize| {
+        unsafe { gpu.stream.alloc::<u8>(n.max(1)) }
+            .map_err(|e| format!("device allocation of {n} bytes: {e:?}"))
+    };
     let mut scratch = [alloc(scratch_bytes)?, alloc(scratch_bytes)?];
     let mut scratch_free: [Option<CudaEvent>; 2] = [None, None];
     let mut which = 0usize;
-    let mut store = DeviceStore { tensors: BTreeMap::new() };
+    let mut store = DeviceStore {
+        tensors: BTreeMap::new(),
+    };
     let mut stats = GpuLoadStats::default();
     let mut ring = 0usize;
     let nbuf = staging.buffers.len();
     for t in &plan.targets {
         if let Recipe::Tied { target } = &t.recipe {
-            store.tensors.insert(t.name.clone(), DeviceTensor::Tied(target.clone()));
+            store
+                .tensors
+                .insert(t.name.clone(), DeviceTensor::Tied(target.clone()));
             stats.tensors += 1;
             continue;
         }
         let bytes = target_bytes(t) as usize;
         let quantize = format.filter(|_| t.quantizable);
-        let mut full = if quantize.is_none() { Some(alloc(bytes)?) } else { None };
+        let mut full = if quantize.is_none() {
+            Some(alloc(bytes)?)
+        } else {
+            None
+        };
         if quantize.is_some() {
             // The scratch buffer may still be read by the previous quantize.
             if let Some(ev) = &scratch_free[which] {
@@ -194,7 +213,9 @@ pub fn load(
             if let Some(ev) = staging.in_flight[k].take() {
                 ev.synchronize().map_err(|e| format!("{e:?}"))?;
             }
-            let host = staging.buffers[k].as_mut_slice().map_err(|e| format!("{e:?}"))?;
+            let host = staging.buffers[k]
+                .as_mut_slice()
+                .map_err(|e| format!("{e:?}"))?;
             let chunk = &mut host[..len];
             match &cpu_assembled {
                 Some(buf) => chunk.copy_from_slice(&buf[done..done + len]),
@@ -205,27 +226,50 @@ pub fn load(
                 let (ptr, _guard) = view.device_ptr_mut(&gpu.copy_stream);
                 // SAFETY: `chunk` is pinned memory that stays untouched until the event
                 // recorded below completes; `ptr` points at `len` bytes of `dst`.
-                unsafe { cudarc::driver::result::memcpy_htod_async(ptr, &*chunk, gpu.copy_stream.cu_stream()) }
-                    .map_err(|e| format!("host-to-device copy: {e:?}"))?;
+                unsafe {
+                    cudarc::driver::result::memcpy_htod_async(
+                        ptr,
+                        &*chunk,
+                        gpu.copy_stream.cu_stream(),
+                    )
+                }
+                .map_err(|e| format!("host-to-device copy: {e:?}"))?;
             }
-            staging.in_flight[k] = Some(gpu.copy_stream.record_event(None).map_err(|e| format!("{e:?}"))?);
+            staging.in_flight[k] = Some(
+                gpu.copy_stream
+                    .record_event(None)
+                    .map_err(|e| format!("{e:?}"))?,
+            );
             done += len;
         }
-        stats.bytes_read += t.recipe.reads().iter().map(|r| match r {
-            Recipe::Read { length, .. } => *length,
-            _ => 0,
-        }).sum::<u64>();
+        stats.bytes_read += t
+            .recipe
+            .reads()
+            .iter()
+            .map(|r| match r {
+                Recipe::Read { length, .. } => *length,
+                _ => 0,
+            })
+            .sum::<u64>();
         let tensor = match quantize {
             Some(f) => {
-                let copied = gpu.copy_stream.record_event(None).map_err(|e| format!("{e:?}"))?;
+                let copied = gpu
+                    .copy_stream
+                    .record_event(None)
+                    .map_err(|e| format!("{e:?}"))?;
                 gpu.stream.wait(&copied).map_err(|e| format!("{e:?}"))?;
                 let view = scratch[which].slice(..bytes);
                 // SAFETY: a bf16 target's bytes reinterpreted as u16 elements.
-                let as_u16 = unsafe { view.transmute::<u16>(bytes / 2) }.ok_or("scratch is not u16-aligned")?;
+                let as_u16 = unsafe { view.transmute::<u16>(bytes / 2) }
+                    .ok_or("scratch is not u16-aligned")?;
                 let q = gpu.quantize(f, &as_u16, &t.shape)?;
-                scratch_free[which] = Some(gpu.stream.record_event(None).map_err(|e| format!("{e:?}"))?);
+                scratch_free[which] = Some(
+                    gpu.stream
+                        .record_event(None)
+                        .map_err(|e| format!("{e:?}"))?,
+                );
                 which ^= 1;
-                DeviceTensor::Quantized(q)
+                DeviceTensor::Quantized(Box::new(q))
             }
             None => DeviceTensor::Full {
                 dtype: t.dtype,
@@ -237,7 +281,9 @@ pub fn load(
         stats.tensors += 1;
         peak = peak.max(used_device_bytes(gpu));
     }
-    gpu.copy_stream.synchronize().map_err(|e| format!("{e:?}"))?;
+    gpu.copy_stream
+        .synchronize()
+        .map_err(|e| format!("{e:?}"))?;
     gpu.sync()?;
     drop(scratch);
     stats.seconds = start.elapsed().as_secs_f64();
@@ -248,7 +294,12 @@ pub fn load(
 
 /// Fills `chunk` with target bytes `from..from + chunk.len()` from the pieces, reading in
 /// parallel slices so many cores pull from the page cache at once.
-fn fill_chunk(ckpt: &Checkpoint, pieces: &[Piece], from: u64, chunk: &mut [u8]) -> Result<(), crate::diag::Diagnostic> {
+fn fill_chunk(
+    ckpt: &Checkpoint,
+    pieces: &[Piece],
+    from: u64,
+    chunk: &mut [u8],
+) -> Result<(), crate::diag::Diagnostic> {
     const SLICE: usize = 4 << 20;
     let to = from + chunk.len() as u64;
     let mut jobs: Vec<(usize, u64, u64, usize)> = Vec::new(); // (shard, file offset, len, chunk offset)
@@ -273,5 +324,6 @@ fn fill_chunk(ckpt: &Checkpoint, pieces: &[Piece], from: u64, chunk: &mut [u8]) 
         rest = tail;
         cursor = at + len as usize;
     }
-    work.into_par_iter().try_for_each(|(shard, off, buf)| ckpt.read_at(shard, off, buf))
+    work.into_par_iter()
+        .try_for_each(|(shard, off, buf)| ckpt.read_at(shard, off, buf))
 }

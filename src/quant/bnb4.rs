@@ -392,7 +392,11 @@ mod tests {
         x.extend([0.0f32; 7]);
         let (packed, absmax) = quantize(Kind::Nf4, &x, 64);
         assert_eq!(absmax[1], 0.0);
-        assert_eq!(&packed[32..], &[0, 0, 0, 0], "7 zeros and their padding: all NaN, code 0");
+        assert_eq!(
+            &packed[32..],
+            &[0, 0, 0, 0],
+            "7 zeros and their padding: all NaN, code 0"
+        );
     }
 
     /// A block whose absmax is subnormal has an infinite reciprocal: ±tiny scale to ±inf
