@@ -5,10 +5,16 @@
 // kind: 0 = NF4 (code = number of midpoints exceeded), 1 = bnb FP4 (decision tree).
 __device__ __forceinline__ u8 bnb4_code(int kind, float y, const float (&mids)[15]) {
     if (kind == 0) {
-        u8 c = 0;
-        #pragma unroll
-        for (int k = 0; k < 15; k++) c += (y > mids[k]) ? 1 : 0;
-        return c;
+        // Binary search over the 15 sorted midpoints with selects (no dynamic register
+        // indexing, no divergence): the count of midpoints below y, NaN -> 0.
+        bool b3 = y > mids[7];
+        bool b2 = y > (b3 ? mids[11] : mids[3]);
+        float t1 = b3 ? (b2 ? mids[13] : mids[9]) : (b2 ? mids[5] : mids[1]);
+        bool b1 = y > t1;
+        float t0 = b3 ? (b2 ? (b1 ? mids[14] : mids[12]) : (b1 ? mids[10] : mids[8]))
+                      : (b2 ? (b1 ? mids[6] : mids[4]) : (b1 ? mids[2] : mids[0]));
+        bool b0 = y > t0;
+        return (u8)((b3 ? 8 : 0) | (b2 ? 4 : 0) | (b1 ? 2 : 0) | (b0 ? 1 : 0));
     }
     u8 sign = y < 0.0f ? 8 : 0;
     float a = fabsf(y);
@@ -92,9 +98,11 @@ extern "C" __global__ void bnb4_quantize_large(const u16* x, u8* packed, float* 
 // absmax: 8-aligned elements never straddle a block of >= 32).
 extern "C" __global__ void bnb4_dequantize(const u8* packed, const float* absmax, u16* out, i64 n, int bs,
                                            const float* table_in) {
-    float table[16];
-    #pragma unroll
-    for (int k = 0; k < 16; k++) table[k] = __ldg(table_in + k);
+    // Looked up by a code known only at run time: shared memory, not a register array
+    // (which would spill to local memory).
+    __shared__ float table[16];
+    if (threadIdx.x < 16) table[threadIdx.x] = table_in[threadIdx.x];
+    __syncthreads();
     i64 i = ((i64)blockIdx.x * blockDim.x + threadIdx.x) * 8;
     if (i >= n) return;
     if (i + 8 <= n) {

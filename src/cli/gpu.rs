@@ -88,10 +88,10 @@ pub fn load(
     );
     println!(
         "load {:.3} s (median of {repeat}; {:.1} GB/s), setup {setup:.3} s (NVRTC + pinned staging, once); \
-         device peak {:.2} GB over the final {:.2} GB; host peak RSS {:.2} GB",
+         device peak {:.3} GB over the final {:.2} GB; host peak RSS {:.2} GB",
         median,
         stats.bytes_read as f64 / median / 1e9,
-        stats.peak_device_bytes as f64 / 1e9,
+        stats.peak_device_bytes.saturating_sub(stats.device_bytes) as f64 / 1e9,
         stats.device_bytes as f64 / 1e9,
         peak_rss_bytes() as f64 / 1e9,
     );

@@ -96,7 +96,7 @@ pub struct GpuLoadStats {
     pub bytes_read: u64,
     pub device_bytes: u64,
     pub seconds: f64,
-    /// Peak device memory in use by this process during the load (from `cuMemGetInfo`).
+    /// Peak of the loader's own device allocations: the tensors so far plus the scratch.
     pub peak_device_bytes: u64,
 }
 
@@ -145,8 +145,6 @@ pub fn load(
     format: Option<Format>,
 ) -> GpuResult<(DeviceStore, GpuLoadStats)> {
     let start = Instant::now();
-    let base = used_device_bytes(gpu);
-    let mut peak = base;
     let target_bytes = |t: &Target| t.shape.iter().product::<u64>() * t.dtype.size() as u64;
     let scratch_bytes = plan
         .targets
@@ -162,6 +160,8 @@ pub fn load(
             .map_err(|e| format!("device allocation of {n} bytes: {e:?}"))
     };
     let mut scratch = [alloc(scratch_bytes)?, alloc(scratch_bytes)?];
+    let mut held = 2 * scratch_bytes as u64;
+    let mut peak = held;
     let mut scratch_free: [Option<CudaEvent>; 2] = [None, None];
     let mut which = 0usize;
     let mut store = DeviceStore {
@@ -277,9 +277,14 @@ pub fn load(
                 data: full.take().ok_or("missing device buffer")?,
             },
         };
+        held += match &tensor {
+            DeviceTensor::Quantized(q) => q.byte_size(),
+            DeviceTensor::Full { data, .. } => data.len() as u64,
+            DeviceTensor::Tied(_) => 0,
+        };
+        peak = peak.max(held);
         store.tensors.insert(t.name.clone(), tensor);
         stats.tensors += 1;
-        peak = peak.max(used_device_bytes(gpu));
     }
     gpu.copy_stream
         .synchronize()
@@ -288,7 +293,7 @@ pub fn load(
     drop(scratch);
     stats.seconds = start.elapsed().as_secs_f64();
     stats.device_bytes = store.device_bytes();
-    stats.peak_device_bytes = peak.saturating_sub(base);
+    stats.peak_device_bytes = peak;
     Ok((store, stats))
 }
 
