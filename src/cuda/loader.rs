@@ -128,13 +128,6 @@ fn pieces(t: &Target, ckpt: &Checkpoint) -> Option<Vec<Piece>> {
         .collect()
 }
 
-fn used_device_bytes(gpu: &Gpu) -> u64 {
-    gpu.ctx
-        .mem_get_info()
-        .map(|(free, total)| (total - free) as u64)
-        .unwrap_or(0)
-}
-
 /// Loads `plan` onto the GPU, quantizing `quantizable` targets into `format` (or keeping
 /// everything in full precision with `None`).
 pub fn load(
