@@ -62,7 +62,7 @@ extern "C" __global__ void bnb4_quantize_small(const u16* x, u8* packed, float* 
     for (int k = 0; k < 8; k++) m = fmaxf(m, fabsf(v[k]));
     m = group_max(m, width);
     if (i >= n) return;
-    if ((threadIdx.x % width) == 0) absmax[i / bs] = m;
+    if ((threadIdx.x % width) == 0) absmax[i >> (__ffs(bs) - 1)] = m;  // bs is a power of two
     bnb4_encode(kind, v, i, n, rcp_approx(m), mids, packed);
 }
 
@@ -107,7 +107,7 @@ extern "C" __global__ void bnb4_dequantize(const u8* packed, const float* absmax
     if (i >= n) return;
     if (i + 8 <= n) {
         u32 w = *reinterpret_cast<const u32*>(packed + i / 2);
-        float m = absmax[i / bs];
+        float m = absmax[i >> (__ffs(bs) - 1)];  // bs is a power of two
         u16 r[8];
         #pragma unroll
         for (int k = 0; k < 4; k++) {

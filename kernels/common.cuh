@@ -95,3 +95,16 @@ __device__ __forceinline__ void load8(const u16* x, i64 i, i64 n, float* v) {
         for (int k = 0; k < 8; k++) v[k] = (i + k < n) ? bf16_to_f32(x[i + k]) : 0.0f;
     }
 }
+
+// q = a / b, r = a % b for non-negative a, b: 32-bit when both fit (64-bit division is
+// emulated on the GPU and costs tens of instructions).
+__device__ __forceinline__ void divmod(i64 a, i64 b, i64& q, i64& r) {
+    if (a < 0x7fffffffLL && b < 0x7fffffffLL) {
+        unsigned ua = (unsigned)a, ub = (unsigned)b;
+        q = ua / ub;
+        r = ua - (unsigned)q * ub;
+    } else {
+        q = a / b;
+        r = a - q * b;
+    }
+}

@@ -10,7 +10,9 @@ extern "C" __global__ void nvfp4_quantize(const u16* x, i64 rows, i64 cols, cons
     float ws2 = amax == 0.0f ? 1.0f : __fdiv_rn(amax, 2688.0f);
     if (t == 0) *tensor_scale = ws2;
     if (t >= rows * bpr) return;
-    i64 r = t / bpr, b = t % bpr, c0 = b * 16;
+    i64 r, b;
+    divmod(t, bpr, r, b);
+    i64 c0 = b * 16;
     float v[16];
     float m = 0.0f;
     #pragma unroll
@@ -44,7 +46,9 @@ extern "C" __global__ void mxfp4_quantize(const u16* x, i64 rows, i64 cols, u8* 
     i64 bpr = (cols + 31) / 32;
     i64 t = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= rows * bpr) return;
-    i64 r = t / bpr, b = t % bpr, c0 = b * 32;
+    i64 r, b;
+    divmod(t, bpr, r, b);
+    i64 c0 = b * 32;
     float v[32];
     float m = 0.0f;
     #pragma unroll
@@ -68,7 +72,8 @@ extern "C" __global__ void fp4_dequantize(const u8* packed, const u8* scales, co
                                           i64 rows, i64 cols, int mode) {
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= rows * cols) return;
-    i64 r = i / cols, c = i % cols;
+    i64 r, c;
+    divmod(i, cols, r, c);
     u8 byte = packed[r * ((cols + 1) / 2) + c / 2];
     u8 code = (c & 1) ? (byte >> 4) : (byte & 0xF);
     float v;

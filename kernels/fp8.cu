@@ -113,7 +113,8 @@ extern "C" __global__ void fp8_quantize_blocks(const u16* x, i64 rows, i64 cols,
 extern "C" __global__ void fp8_dequantize(const u8* q, const float* scales, u16* out, i64 n, i64 cols, int mode) {
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    i64 r = i / cols, c = i % cols;
+    i64 r, c;
+    divmod(i, cols, r, c);
     i64 g = mode == 0 ? 0 : mode == 1 ? r : (r / 128) * ((cols + 127) / 128) + c / 128;
     out[i] = f32_to_bf16(__fmul_rn(e4m3_to_f32(q[i]), scales[g]));
 }

@@ -235,6 +235,9 @@ impl Gpu {
         };
         match format {
             Format::Nf4 { blocksize } | Format::Nf4Dq { blocksize } | Format::Fp4 { blocksize } => {
+                if !blocksize.is_power_of_two() || !(32..=4096).contains(&blocksize) {
+                    return Err(format!("blocksize {blocksize}: the kernels take powers of two from 32 to 4096, as bitsandbytes does"));
+                }
                 let kind: i32 = if matches!(format, Format::Fp4 { .. }) {
                     1
                 } else {
