@@ -20,6 +20,8 @@ for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["bench"]:
         shutil.copy(m["executable"], ".gpu/bin/bench-" + m["target"]["name"])'
+cargo build --release --features cuda --example gpu_load
+cp target/release/examples/gpu_load .gpu/bin/example-gpu_load
 if [ -d ../shared/tools/py-bitsandbytes-0.50.2-cu130 ]; then
   rm -rf .gpu/bnb && cp -r ../shared/tools/py-bitsandbytes-0.50.2-cu130 .gpu/bnb
 fi

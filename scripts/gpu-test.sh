@@ -14,6 +14,9 @@ echo "== tests"
 .gpu/bin/test-kernels --nocapture 2>&1 | tee "$OUT/test-kernels.log" | grep -E "compiled|test result"
 .gpu/bin/test-gpu --nocapture --test-threads 1 2>&1 | tee "$OUT/test-gpu.log" | grep -E "device|checks|bytes|panicked|test result"
 
+echo "== library example"
+.gpu/bin/example-gpu_load tests/fixtures/hf/qwen3_moe nf4 2>&1 | tee "$OUT/example.log" | head -8
+
 echo "== kernels"
 .gpu/bin/bench-gpu 2>&1 | tee "$OUT/bench-gpu.log"
 python3 scripts/bench_peers.py kernels 2>&1 | grep -v -i warn | tee "$OUT/peer-kernels.log"
@@ -21,7 +24,8 @@ python3 scripts/bench_peers.py kernels 2>&1 | grep -v -i warn | tee "$OUT/peer-k
 echo "== P1: Llama-3.1-8B-shaped load + NF4"
 [ -f "$CKPT/config.json" ] || python3 scripts/bench_peers.py make "$CKPT" 2>&1 | grep -v -i warn | tee "$OUT/make.log"
 cat "$CKPT"/*.safetensors > /dev/null  # warm page cache
-.gpu/bin/wmapc load "$CKPT" --device cuda --quant nf4 --repeat 5 --quiet 2>&1 | tee "$OUT/wmap-load.log"
+.gpu/bin/wmapc load "$CKPT" --device cuda --quant nf4 --repeat 9 --quiet 2>&1 | tee "$OUT/wmap-load.log"
+.gpu/bin/wmapc load "$CKPT" --device cuda --quant fp8-block --repeat 3 --quiet 2>&1 | tee "$OUT/wmap-load-fp8.log"
 .gpu/bin/wmapc load "$CKPT" --device cuda --repeat 3 --quiet 2>&1 | tee "$OUT/wmap-load-bf16.log"
 python3 scripts/bench_peers.py load "$CKPT" 2>&1 | grep -E "^peer" | tee "$OUT/peer-load.log"
 
