@@ -161,7 +161,9 @@ pub fn load(
         tensors: BTreeMap::new(),
     };
     let mut stats = GpuLoadStats::default();
+    // The staging buffer being filled and how far; small targets share a buffer.
     let mut ring = 0usize;
+    let mut cursor = 0usize;
     let nbuf = staging.buffers.len();
     for t in &plan.targets {
         if let Recipe::Tied { target } = &t.recipe {
@@ -200,16 +202,23 @@ pub fn load(
         let list = pieces(t, ckpt).unwrap_or_default();
         let mut done = 0usize;
         while done < bytes {
-            let len = (bytes - done).min(staging.buffer_bytes);
-            let k = ring % nbuf;
-            ring += 1;
-            if let Some(ev) = staging.in_flight[k].take() {
-                ev.synchronize().map_err(|e| format!("{e:?}"))?;
+            if cursor == staging.buffer_bytes {
+                ring += 1;
+                cursor = 0;
             }
+            let k = ring % nbuf;
+            if cursor == 0 {
+                // Entering a buffer: the copies out of its last use must be complete.
+                if let Some(ev) = staging.in_flight[k].take() {
+                    ev.synchronize().map_err(|e| format!("{e:?}"))?;
+                }
+            }
+            let len = (bytes - done).min(staging.buffer_bytes - cursor);
             let host = staging.buffers[k]
                 .as_mut_slice()
                 .map_err(|e| format!("{e:?}"))?;
-            let chunk = &mut host[..len];
+            let chunk = &mut host[cursor..cursor + len];
+            cursor += len;
             match &cpu_assembled {
                 Some(buf) => chunk.copy_from_slice(&buf[done..done + len]),
                 None => fill_chunk(ckpt, &list, done as u64, chunk).map_err(|d| d.message)?,
