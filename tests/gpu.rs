@@ -196,8 +196,9 @@ fn a_tensor_over_two_gib_matches() {
 }
 
 /// The GPU loader delivers what the CPU loader does: full-precision targets byte for byte,
-/// quantized ones equal to the CPU quantizing sink's — also with staging buffers far
-/// smaller than a tensor, so targets span buffers and small ones share them.
+/// quantized ones equal to the CPU quantizing sink's — also with staging buffers and
+/// quantization chunks far smaller than a tensor, so targets span buffers, small ones
+/// share them, and large ones are quantized piece by piece.
 #[test]
 fn the_gpu_loader_matches_the_cpu_loader() {
     if !wmap::cuda::available() {
@@ -225,8 +226,10 @@ fn the_gpu_loader_matches_the_cpu_loader() {
         )
         .unwrap();
         let cpu_full = cpu_full.into_tensors();
-        for staging_bytes in [4096usize, 1 << 20] {
+        for (staging_bytes, chunk) in [(4096usize, 4096usize), (1 << 20, 1 << 25)] {
             let mut staging = Staging::new(&gpu, 3, staging_bytes).unwrap();
+            // Small chunks: stacked experts quantize in many pieces into one tensor.
+            staging.chunk_elems = chunk;
             let (store, _) =
                 loader::load(&gpu, &mut staging, &b.plan, &b.checkpoint, format).unwrap();
             for t in &b.plan.targets {
@@ -238,6 +241,8 @@ fn the_gpu_loader_matches_the_cpu_loader() {
                         let g = q.to_host(&gpu).unwrap();
                         assert_eq!(g.data, cpu.data, "{what}");
                         assert_eq!(scales_bytes(&g), scales_bytes(&cpu), "{what}");
+                        assert_eq!(g.nested, cpu.nested, "{what}");
+                        assert_eq!(g.tensor_scale, cpu.tensor_scale, "{what}");
                     }
                     DeviceTensor::Full { data, .. } => {
                         let got = gpu.stream.clone_dtoh(data).unwrap();
@@ -248,5 +253,5 @@ fn the_gpu_loader_matches_the_cpu_loader() {
             }
         }
     }
-    println!("GPU loads of qwen3_moe (nf4), llama_tied (fp8-block), mamba2 (full) match the CPU");
+    println!("GPU loads (nf4, nf4-dq, mxfp4, fp8-block, nvfp4, full; small and large chunks) match the CPU");
 }

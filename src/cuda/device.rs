@@ -202,6 +202,21 @@ impl DeviceQuantized {
     }
 }
 
+/// Elements per chunk when `format` can be quantized piece by piece (its scales are local
+/// to blocks or rows), or `None` when it needs the whole tensor first (a tensor-wide scale:
+/// FP8 per-tensor, NVFP4). Chunks hold at least `budget` elements where the format allows.
+pub fn chunk_elems(format: Format, shape: &[u64], budget: usize) -> Option<usize> {
+    let cols = shape.last().copied().unwrap_or(1).max(1) as usize;
+    match format {
+        Format::Nf4 { blocksize } | Format::Nf4Dq { blocksize } | Format::Fp4 { blocksize } => {
+            Some((budget / blocksize).max(1) * blocksize)
+        }
+        Format::Fp8PerChannel | Format::Mxfp4 => Some((budget / cols).max(1) * cols),
+        Format::Fp8Block { block } => Some((budget / cols / block).max(1) * block * cols),
+        Format::Fp8PerTensor | Format::Nvfp4 => None,
+    }
+}
+
 impl Gpu {
     /// Quantizes a bf16 tensor already on the device. Kernels are queued on `self.stream`.
     pub fn quantize(
@@ -210,46 +225,95 @@ impl Gpu {
         x: &CudaView<'_, u16>,
         shape: &[u64],
     ) -> GpuResult<DeviceQuantized> {
+        if chunk_elems(format, shape, x.len()).is_none() {
+            return self.quantize_whole(format, x, shape);
+        }
+        let mut q = self.alloc_quantized(format, shape)?;
+        self.quantize_chunk(x, &mut q, 0)?;
+        self.finish_quantized(&mut q)?;
+        Ok(q)
+    }
+
+    /// The final buffers of a chunkable format, to be filled by [`Gpu::quantize_chunk`].
+    pub fn alloc_quantized(&self, format: Format, shape: &[u64]) -> GpuResult<DeviceQuantized> {
         let s = &self.stream;
-        let n = x.len() as i64;
-        let cols = shape.last().copied().unwrap_or(1).max(1) as i64;
+        let n = shape.iter().product::<u64>() as usize;
+        let cols = shape.last().copied().unwrap_or(1).max(1) as usize;
         let rows = n / cols;
-        // Outputs are left uninitialized: every kernel writes each byte of its outputs
-        // (the tests check every byte against the CPU), so a memset would be wasted traffic.
-        // SAFETY: u8/f32 have no invalid bit patterns, and each buffer is fully written
-        // by the kernel queued after it on the same stream before anything reads it.
-        let zeros_u8 =
-            |k: usize| unsafe { s.alloc::<u8>(k.max(1)) }.map_err(err("device allocation"));
-        let zeros_f32 =
-            |k: usize| unsafe { s.alloc::<f32>(k.max(1)) }.map_err(err("device allocation"));
-        let mut q = DeviceQuantized {
-            format,
-            shape: shape.to_vec(),
-            data: zeros_u8(0)?,
-            scales_f32: None,
-            scales_u8: None,
-            scale_shape: Vec::new(),
-            nested_absmax: None,
-            offset: None,
-            tensor_scale: None,
-        };
-        match format {
+        // SAFETY: u8/f32 have no invalid bit patterns, and every byte is written by the
+        // chunk kernels (the tests compare every byte with the CPU) before it is read.
+        let u8s = |k: usize| unsafe { s.alloc::<u8>(k.max(1)) }.map_err(err("device allocation"));
+        let f32s = |k: usize| unsafe { s.alloc::<f32>(k.max(1)) }.map_err(err("device allocation"));
+        let (data, scales_f32, scales_u8, scale_shape) = match format {
             Format::Nf4 { blocksize } | Format::Nf4Dq { blocksize } | Format::Fp4 { blocksize } => {
                 if !blocksize.is_power_of_two() || !(32..=4096).contains(&blocksize) {
                     return Err(format!("blocksize {blocksize}: the kernels take powers of two from 32 to 4096, as bitsandbytes does"));
                 }
-                let kind: i32 = if matches!(format, Format::Fp4 { .. }) {
+                let nb = n.div_ceil(blocksize);
+                (u8s(n.div_ceil(2))?, Some(f32s(nb)?), None, vec![nb as u64])
+            }
+            Format::Fp8PerChannel => (u8s(n)?, Some(f32s(rows)?), None, vec![rows as u64, 1]),
+            Format::Fp8Block { block } => {
+                let (br, bc) = (rows.div_ceil(block), cols.div_ceil(block));
+                (
+                    u8s(n)?,
+                    Some(f32s(br * bc)?),
+                    None,
+                    vec![br as u64, bc as u64],
+                )
+            }
+            Format::Mxfp4 => {
+                let bpr = cols.div_ceil(fp4::MXFP4_BLOCK);
+                (
+                    u8s(rows * cols.div_ceil(2))?,
+                    None,
+                    Some(u8s(rows * bpr)?),
+                    vec![rows as u64, bpr as u64],
+                )
+            }
+            Format::Fp8PerTensor | Format::Nvfp4 => {
+                return Err(format!("{} needs the whole tensor", format.name()))
+            }
+        };
+        Ok(DeviceQuantized {
+            format,
+            shape: shape.to_vec(),
+            data,
+            scales_f32,
+            scales_u8,
+            scale_shape,
+            nested_absmax: None,
+            offset: None,
+            tensor_scale: None,
+        })
+    }
+
+    /// Quantizes `x`, the elements starting at `offset` of `q`'s tensor, into `q`'s
+    /// buffers. `offset` and the chunk length follow [`chunk_elems`]' alignment.
+    pub fn quantize_chunk(
+        &self,
+        x: &CudaView<'_, u16>,
+        q: &mut DeviceQuantized,
+        offset: usize,
+    ) -> GpuResult<()> {
+        let s = &self.stream;
+        let n = x.len() as i64;
+        let cols = q.shape.last().copied().unwrap_or(1).max(1) as usize;
+        let (r0, rows) = (offset / cols, x.len() / cols);
+        let (rows_i, cols_i) = (rows as i64, cols as i64);
+        match q.format {
+            Format::Nf4 { blocksize } | Format::Nf4Dq { blocksize } | Format::Fp4 { blocksize } => {
+                let kind: i32 = if matches!(q.format, Format::Fp4 { .. }) {
                     1
                 } else {
                     0
                 };
-                let nblocks = (n as usize).div_ceil(blocksize);
-                let mut packed = zeros_u8((n as usize).div_ceil(2))?;
-                let mut absmax = zeros_f32(nblocks)?;
                 let bs = blocksize as i32;
+                let mut packed = q.data.slice_mut(offset / 2..);
+                let absmax = q.scales_f32.as_mut().ok_or("no absmax buffer")?;
+                let mut absmax = absmax.slice_mut(offset / blocksize..);
                 let mids = &self.nf4_mids;
                 if blocksize <= 256 {
-                    let cfg = grid((n as u64).div_ceil(8), 256);
                     let mut b = s.launch_builder(self.f("bnb4_quantize_small"));
                     b.arg(x)
                         .arg(&mut packed)
@@ -258,11 +322,13 @@ impl Gpu {
                         .arg(&bs)
                         .arg(&kind)
                         .arg(mids);
-                    // SAFETY: arguments match the kernel's signature; sizes were allocated above.
-                    unsafe { b.launch(cfg) }.map_err(err("bnb4_quantize_small"))?;
+                    // SAFETY: arguments match the kernel's signature; the views hold the
+                    // chunk's outputs (sizes from `alloc_quantized`).
+                    unsafe { b.launch(grid((n as u64).div_ceil(8), 256)) }
+                        .map_err(err("bnb4_quantize_small"))?;
                 } else {
                     let cfg = LaunchConfig {
-                        grid_dim: (nblocks as u32, 1, 1),
+                        grid_dim: ((n as usize).div_ceil(blocksize) as u32, 1, 1),
                         block_dim: ((blocksize / 8) as u32, 1, 1),
                         shared_mem_bytes: 0,
                     };
@@ -277,63 +343,10 @@ impl Gpu {
                     // SAFETY: as above.
                     unsafe { b.launch(cfg) }.map_err(err("bnb4_quantize_large"))?;
                 }
-                q.scale_shape = vec![nblocks as u64];
-                q.data = packed;
-                if matches!(format, Format::Nf4Dq { .. }) {
-                    let nb = nblocks as i64;
-                    let nparts = nblocks.div_ceil(bnb4::MEAN_CHUNK);
-                    let mut partials = s
-                        .alloc_zeros::<f64>(nparts.max(1))
-                        .map_err(err("device allocation"))?;
-                    let mut offset = zeros_f32(1)?;
-                    let mut codes = zeros_u8(nblocks)?;
-                    let mut nested = zeros_f32(nblocks.div_ceil(bnb4::NESTED_BLOCKSIZE))?;
-                    let mut b = s.launch_builder(self.f("dq_partial_sums"));
-                    b.arg(&absmax).arg(&mut partials).arg(&nb);
-                    // SAFETY: as above.
-                    unsafe { b.launch(grid(nparts as u64, 128)) }
-                        .map_err(err("dq_partial_sums"))?;
-                    let np = nparts as i64;
-                    let mut b = s.launch_builder(self.f("dq_offset"));
-                    b.arg(&partials).arg(&np).arg(&nb).arg(&mut offset);
-                    // SAFETY: as above.
-                    unsafe { b.launch(grid(1, 32)) }.map_err(err("dq_offset"))?;
-                    let cfg = LaunchConfig {
-                        grid_dim: (nblocks.div_ceil(bnb4::NESTED_BLOCKSIZE) as u32, 1, 1),
-                        block_dim: (256, 1, 1),
-                        shared_mem_bytes: 0,
-                    };
-                    let mut b = s.launch_builder(self.f("dq_quantize"));
-                    b.arg(&absmax)
-                        .arg(&offset)
-                        .arg(&self.dynamic_map)
-                        .arg(&mut codes)
-                        .arg(&mut nested)
-                        .arg(&nb);
-                    // SAFETY: as above.
-                    unsafe { b.launch(cfg) }.map_err(err("dq_quantize"))?;
-                    q.scales_u8 = Some(codes);
-                    q.nested_absmax = Some(nested);
-                    q.offset = Some(offset);
-                } else {
-                    q.scales_f32 = Some(absmax);
-                }
-            }
-            Format::Fp8PerTensor => {
-                let amax = self.amax(x)?;
-                let mut data = zeros_u8(n as usize)?;
-                let mut scale = zeros_f32(1)?;
-                let mut b = s.launch_builder(self.f("fp8_quantize_tensor"));
-                b.arg(x).arg(&n).arg(&amax).arg(&mut data).arg(&mut scale);
-                // SAFETY: as above.
-                unsafe { b.launch(grid((n as u64).div_ceil(8), 256)) }
-                    .map_err(err("fp8_quantize_tensor"))?;
-                q.data = data;
-                q.scales_f32 = Some(scale);
             }
             Format::Fp8PerChannel => {
-                let mut data = zeros_u8(n as usize)?;
-                let mut scales = zeros_f32(rows as usize)?;
+                let mut data = q.data.slice_mut(r0 * cols..);
+                let mut scales = q.scales_f32.as_mut().ok_or("no scales")?.slice_mut(r0..);
                 let cfg = LaunchConfig {
                     grid_dim: (rows as u32, 1, 1),
                     block_dim: (256, 1, 1),
@@ -341,79 +354,165 @@ impl Gpu {
                 };
                 let mut b = s.launch_builder(self.f("fp8_quantize_rows"));
                 b.arg(x)
-                    .arg(&rows)
-                    .arg(&cols)
+                    .arg(&rows_i)
+                    .arg(&cols_i)
                     .arg(&mut data)
                     .arg(&mut scales);
                 // SAFETY: as above.
                 unsafe { b.launch(cfg) }.map_err(err("fp8_quantize_rows"))?;
-                q.scale_shape = vec![rows as u64, 1];
-                q.data = data;
-                q.scales_f32 = Some(scales);
             }
             Format::Fp8Block { block } => {
-                let (br, bc) = (
-                    (rows as usize).div_ceil(block),
-                    (cols as usize).div_ceil(block),
-                );
-                let mut data = zeros_u8(n as usize)?;
-                let mut scales = zeros_f32(br * bc)?;
+                let bc = cols.div_ceil(block);
+                let mut data = q.data.slice_mut(r0 * cols..);
+                let mut scales = q
+                    .scales_f32
+                    .as_mut()
+                    .ok_or("no scales")?
+                    .slice_mut((r0 / block) * bc..);
                 let cfg = LaunchConfig {
-                    grid_dim: (bc as u32, br as u32, 1),
+                    grid_dim: (bc as u32, rows.div_ceil(block) as u32, 1),
                     block_dim: (256, 1, 1),
                     shared_mem_bytes: 0,
                 };
                 let mut b = s.launch_builder(self.f("fp8_quantize_blocks"));
                 b.arg(x)
-                    .arg(&rows)
-                    .arg(&cols)
+                    .arg(&rows_i)
+                    .arg(&cols_i)
                     .arg(&mut data)
                     .arg(&mut scales);
                 // SAFETY: as above.
                 unsafe { b.launch(cfg) }.map_err(err("fp8_quantize_blocks"))?;
-                q.scale_shape = vec![br as u64, bc as u64];
-                q.data = data;
-                q.scales_f32 = Some(scales);
-            }
-            Format::Nvfp4 => {
-                let amax = self.amax(x)?;
-                let bpr = (cols as usize).div_ceil(fp4::NVFP4_BLOCK);
-                let mut data = zeros_u8(rows as usize * (cols as usize).div_ceil(2))?;
-                let mut scales = zeros_u8(rows as usize * bpr)?;
-                let mut ts = zeros_f32(1)?;
-                let mut b = s.launch_builder(self.f("nvfp4_quantize"));
-                b.arg(x)
-                    .arg(&rows)
-                    .arg(&cols)
-                    .arg(&amax)
-                    .arg(&mut data)
-                    .arg(&mut scales)
-                    .arg(&mut ts);
-                // SAFETY: as above.
-                unsafe { b.launch(grid((rows as usize * bpr) as u64, 128)) }
-                    .map_err(err("nvfp4_quantize"))?;
-                q.scale_shape = vec![rows as u64, bpr as u64];
-                q.data = data;
-                q.scales_u8 = Some(scales);
-                q.tensor_scale = Some(ts);
             }
             Format::Mxfp4 => {
-                let bpr = (cols as usize).div_ceil(fp4::MXFP4_BLOCK);
-                let mut data = zeros_u8(rows as usize * (cols as usize).div_ceil(2))?;
-                let mut scales = zeros_u8(rows as usize * bpr)?;
+                let bpr = cols.div_ceil(fp4::MXFP4_BLOCK);
+                let mut data = q.data.slice_mut(r0 * cols.div_ceil(2)..);
+                let mut scales = q
+                    .scales_u8
+                    .as_mut()
+                    .ok_or("no scales")?
+                    .slice_mut(r0 * bpr..);
                 let mut b = s.launch_builder(self.f("mxfp4_quantize"));
                 b.arg(x)
-                    .arg(&rows)
-                    .arg(&cols)
+                    .arg(&rows_i)
+                    .arg(&cols_i)
                     .arg(&mut data)
                     .arg(&mut scales);
                 // SAFETY: as above.
-                unsafe { b.launch(grid((rows as usize * bpr) as u64, 128)) }
+                unsafe { b.launch(grid((rows * bpr) as u64, 128)) }
                     .map_err(err("mxfp4_quantize"))?;
-                q.scale_shape = vec![rows as u64, bpr as u64];
-                q.data = data;
-                q.scales_u8 = Some(scales);
             }
+            Format::Fp8PerTensor | Format::Nvfp4 => {
+                return Err(format!("{} needs the whole tensor", q.format.name()))
+            }
+        }
+        Ok(())
+    }
+
+    /// After the last chunk: double quantization quantizes the complete absmax.
+    pub fn finish_quantized(&self, q: &mut DeviceQuantized) -> GpuResult<()> {
+        if !matches!(q.format, Format::Nf4Dq { .. }) {
+            return Ok(());
+        }
+        let s = &self.stream;
+        let absmax = q.scales_f32.take().ok_or("no absmax buffer")?;
+        let nblocks = absmax.len();
+        let nb = nblocks as i64;
+        let nparts = nblocks.div_ceil(bnb4::MEAN_CHUNK);
+        // SAFETY: every element is written by the kernels below before it is read.
+        let mut partials =
+            unsafe { s.alloc::<f64>(nparts.max(1)) }.map_err(err("device allocation"))?;
+        let mut offset = unsafe { s.alloc::<f32>(1) }.map_err(err("device allocation"))?;
+        let mut codes =
+            unsafe { s.alloc::<u8>(nblocks.max(1)) }.map_err(err("device allocation"))?;
+        let mut nested = unsafe { s.alloc::<f32>(nblocks.div_ceil(bnb4::NESTED_BLOCKSIZE).max(1)) }
+            .map_err(err("device allocation"))?;
+        let mut b = s.launch_builder(self.f("dq_partial_sums"));
+        b.arg(&absmax).arg(&mut partials).arg(&nb);
+        // SAFETY: as above.
+        unsafe { b.launch(grid(nparts as u64, 128)) }.map_err(err("dq_partial_sums"))?;
+        let np = nparts as i64;
+        let mut b = s.launch_builder(self.f("dq_offset"));
+        b.arg(&partials).arg(&np).arg(&nb).arg(&mut offset);
+        // SAFETY: as above.
+        unsafe { b.launch(grid(1, 32)) }.map_err(err("dq_offset"))?;
+        let cfg = LaunchConfig {
+            grid_dim: (nblocks.div_ceil(bnb4::NESTED_BLOCKSIZE) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = s.launch_builder(self.f("dq_quantize"));
+        b.arg(&absmax)
+            .arg(&offset)
+            .arg(&self.dynamic_map)
+            .arg(&mut codes)
+            .arg(&mut nested)
+            .arg(&nb);
+        // SAFETY: as above.
+        unsafe { b.launch(cfg) }.map_err(err("dq_quantize"))?;
+        q.scales_u8 = Some(codes);
+        q.nested_absmax = Some(nested);
+        q.offset = Some(offset);
+        Ok(())
+    }
+
+    /// The formats with a tensor-wide scale: amax first, then one pass.
+    fn quantize_whole(
+        &self,
+        format: Format,
+        x: &CudaView<'_, u16>,
+        shape: &[u64],
+    ) -> GpuResult<DeviceQuantized> {
+        let s = &self.stream;
+        let n = x.len() as i64;
+        let cols = shape.last().copied().unwrap_or(1).max(1) as i64;
+        let rows = n / cols;
+        // SAFETY: every byte of these outputs is written by the kernels below.
+        let zeros_u8 =
+            |k: usize| unsafe { s.alloc::<u8>(k.max(1)) }.map_err(err("device allocation"));
+        let zeros_f32 =
+            |k: usize| unsafe { s.alloc::<f32>(k.max(1)) }.map_err(err("device allocation"));
+        let amax = self.amax(x)?;
+        let mut q = DeviceQuantized {
+            format,
+            shape: shape.to_vec(),
+            data: zeros_u8(0)?,
+            scales_f32: None,
+            scales_u8: None,
+            scale_shape: Vec::new(),
+            nested_absmax: None,
+            offset: None,
+            tensor_scale: None,
+        };
+        if format == Format::Nvfp4 {
+            let bpr = (cols as usize).div_ceil(fp4::NVFP4_BLOCK);
+            let mut data = zeros_u8(rows as usize * (cols as usize).div_ceil(2))?;
+            let mut scales = zeros_u8(rows as usize * bpr)?;
+            let mut ts = zeros_f32(1)?;
+            let mut b = s.launch_builder(self.f("nvfp4_quantize"));
+            b.arg(x)
+                .arg(&rows)
+                .arg(&cols)
+                .arg(&amax)
+                .arg(&mut data)
+                .arg(&mut scales)
+                .arg(&mut ts);
+            // SAFETY: as above.
+            unsafe { b.launch(grid((rows as usize * bpr) as u64, 128)) }
+                .map_err(err("nvfp4_quantize"))?;
+            q.scale_shape = vec![rows as u64, bpr as u64];
+            q.data = data;
+            q.scales_u8 = Some(scales);
+            q.tensor_scale = Some(ts);
+        } else {
+            let mut data = zeros_u8(n as usize)?;
+            let mut scale = zeros_f32(1)?;
+            let mut b = s.launch_builder(self.f("fp8_quantize_tensor"));
+            b.arg(x).arg(&n).arg(&amax).arg(&mut data).arg(&mut scale);
+            // SAFETY: as above.
+            unsafe { b.launch(grid((n as u64).div_ceil(8), 256)) }
+                .map_err(err("fp8_quantize_tensor"))?;
+            q.data = data;
+            q.scales_f32 = Some(scale);
         }
         Ok(q)
     }

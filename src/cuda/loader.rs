@@ -69,6 +69,8 @@ pub struct Staging {
     /// The copy out of each buffer; the buffer is refilled only after it completes.
     in_flight: Vec<Option<CudaEvent>>,
     pub buffer_bytes: usize,
+    /// Elements per quantization chunk (default [`CHUNK_ELEMS`]).
+    pub chunk_elems: usize,
 }
 
 impl Staging {
@@ -85,6 +87,7 @@ impl Staging {
             in_flight: (0..buffers).map(|_| None).collect(),
             buffers: out,
             buffer_bytes,
+            chunk_elems: CHUNK_ELEMS,
         })
     }
 }
@@ -128,6 +131,81 @@ fn pieces(t: &Target, ckpt: &Checkpoint) -> Option<Vec<Piece>> {
         .collect()
 }
 
+/// Elements per quantization chunk: a quantizable target streams through device scratch
+/// in pieces of this size (where its format allows), so device memory above the final
+/// tensors stays two chunks, whatever the tensor's size.
+pub const CHUNK_ELEMS: usize = 32 << 20;
+
+/// Moves target bytes from the checkpoint through the pinned ring to the device.
+struct Stager<'s> {
+    staging: &'s mut Staging,
+    /// The buffer being filled and how far; small targets share a buffer.
+    ring: usize,
+    cursor: usize,
+}
+
+/// Where a target's bytes come from.
+enum Source<'a> {
+    Pieces(&'a [Piece]),
+    Assembled(&'a [u8]),
+}
+
+impl Stager<'_> {
+    /// Copies target bytes `from..to` to `dst[0..to - from]` on the copy stream.
+    fn stage(
+        &mut self,
+        gpu: &Gpu,
+        ckpt: &Checkpoint,
+        src: &Source,
+        from: usize,
+        to: usize,
+        dst: &mut CudaSlice<u8>,
+    ) -> GpuResult<()> {
+        let nbuf = self.staging.buffers.len();
+        let mut done = from;
+        while done < to {
+            if self.cursor == self.staging.buffer_bytes {
+                self.ring += 1;
+                self.cursor = 0;
+            }
+            let k = self.ring % nbuf;
+            if self.cursor == 0 {
+                // Entering a buffer: the copies out of its last use must be complete.
+                if let Some(ev) = self.staging.in_flight[k].take() {
+                    ev.synchronize().map_err(|e| format!("{e:?}"))?;
+                }
+            }
+            let len = (to - done).min(self.staging.buffer_bytes - self.cursor);
+            let host = self.staging.buffers[k]
+                .as_mut_slice()
+                .map_err(|e| format!("{e:?}"))?;
+            let chunk = &mut host[self.cursor..self.cursor + len];
+            self.cursor += len;
+            match src {
+                Source::Assembled(buf) => chunk.copy_from_slice(&buf[done..done + len]),
+                Source::Pieces(list) => {
+                    fill_chunk(ckpt, list, done as u64, chunk).map_err(|d| d.message)?
+                }
+            }
+            let mut view = dst.slice_mut(done - from..done - from + len);
+            let (ptr, _guard) = view.device_ptr_mut(&gpu.copy_stream);
+            // SAFETY: `chunk` is pinned memory left untouched until the event recorded
+            // below completes; `ptr` points at `len` bytes inside `dst`.
+            unsafe {
+                cudarc::driver::result::memcpy_htod_async(ptr, &*chunk, gpu.copy_stream.cu_stream())
+            }
+            .map_err(|e| format!("host-to-device copy: {e:?}"))?;
+            self.staging.in_flight[k] = Some(
+                gpu.copy_stream
+                    .record_event(None)
+                    .map_err(|e| format!("{e:?}"))?,
+            );
+            done += len;
+        }
+        Ok(())
+    }
+}
+
 /// Loads `plan` onto the GPU, quantizing `quantizable` targets into `format` (or keeping
 /// everything in full precision with `None`).
 pub fn load(
@@ -139,32 +217,42 @@ pub fn load(
 ) -> GpuResult<(DeviceStore, GpuLoadStats)> {
     let start = Instant::now();
     let target_bytes = |t: &Target| t.shape.iter().product::<u64>() * t.dtype.size() as u64;
+    // Scratch: two chunks for chunkable formats, two whole targets otherwise.
     let scratch_bytes = plan
         .targets
         .iter()
-        .filter(|t| t.quantizable && format.is_some())
-        .map(target_bytes)
+        .filter(|t| t.quantizable)
+        .filter_map(|t| {
+            let f = format?;
+            let n = t.shape.iter().product::<u64>() as usize;
+            Some(
+                2 * super::chunk_elems(f, &t.shape, staging.chunk_elems)
+                    .unwrap_or(n)
+                    .min(n),
+            )
+        })
         .max()
-        .unwrap_or(0) as usize;
+        .unwrap_or(0);
     // SAFETY: each buffer is fully overwritten by host-to-device copies (targets) or by a
-    // target's bytes before its quantize reads them (scratch); u8 has no invalid values.
+    // chunk's bytes before its quantize reads them (scratch); u8 has no invalid values.
     let alloc = |n: usize| {
         unsafe { gpu.stream.alloc::<u8>(n.max(1)) }
             .map_err(|e| format!("device allocation of {n} bytes: {e:?}"))
     };
     let mut scratch = [alloc(scratch_bytes)?, alloc(scratch_bytes)?];
-    let mut held = 2 * scratch_bytes as u64;
-    let mut peak = held;
     let mut scratch_free: [Option<CudaEvent>; 2] = [None, None];
     let mut which = 0usize;
+    let mut held = 2 * scratch_bytes as u64;
+    let mut peak = held;
     let mut store = DeviceStore {
         tensors: BTreeMap::new(),
     };
     let mut stats = GpuLoadStats::default();
-    // The staging buffer being filled and how far; small targets share a buffer.
-    let mut ring = 0usize;
-    let mut cursor = 0usize;
-    let nbuf = staging.buffers.len();
+    let mut stager = Stager {
+        staging,
+        ring: 0,
+        cursor: 0,
+    };
     for t in &plan.targets {
         if let Recipe::Tied { target } = &t.recipe {
             store
@@ -174,24 +262,8 @@ pub fn load(
             continue;
         }
         let bytes = target_bytes(t) as usize;
-        let quantize = format.filter(|_| t.quantizable);
-        let mut full = if quantize.is_none() {
-            Some(alloc(bytes)?)
-        } else {
-            None
-        };
-        if quantize.is_some() {
-            // The scratch buffer may still be read by the previous quantize.
-            if let Some(ev) = &scratch_free[which] {
-                gpu.copy_stream.wait(ev).map_err(|e| format!("{e:?}"))?;
-            }
-        }
-        let dst: &mut CudaSlice<u8> = match full.as_mut() {
-            Some(d) => d,
-            None => &mut scratch[which],
-        };
-        // Produce the target's bytes in staging-sized chunks, in target order.
-        let cpu_assembled = match pieces(t, ckpt) {
+        let list = pieces(t, ckpt);
+        let assembled = match list {
             Some(_) => None,
             None => {
                 let mut buf = vec![0u8; bytes];
@@ -199,51 +271,70 @@ pub fn load(
                 Some(buf)
             }
         };
-        let list = pieces(t, ckpt).unwrap_or_default();
-        let mut done = 0usize;
-        while done < bytes {
-            if cursor == staging.buffer_bytes {
-                ring += 1;
-                cursor = 0;
-            }
-            let k = ring % nbuf;
-            if cursor == 0 {
-                // Entering a buffer: the copies out of its last use must be complete.
-                if let Some(ev) = staging.in_flight[k].take() {
-                    ev.synchronize().map_err(|e| format!("{e:?}"))?;
+        let src = match (&list, &assembled) {
+            (Some(l), _) => Source::Pieces(l),
+            (None, Some(b)) => Source::Assembled(b),
+            (None, None) => return Err("no source for a target; this is a bug in wmapc".into()),
+        };
+        let tensor = match format.filter(|_| t.quantizable) {
+            None => {
+                let mut data = alloc(bytes)?;
+                stager.stage(gpu, ckpt, &src, 0, bytes, &mut data)?;
+                DeviceTensor::Full {
+                    dtype: t.dtype,
+                    shape: t.shape.clone(),
+                    data,
                 }
             }
-            let len = (bytes - done).min(staging.buffer_bytes - cursor);
-            let host = staging.buffers[k]
-                .as_mut_slice()
-                .map_err(|e| format!("{e:?}"))?;
-            let chunk = &mut host[cursor..cursor + len];
-            cursor += len;
-            match &cpu_assembled {
-                Some(buf) => chunk.copy_from_slice(&buf[done..done + len]),
-                None => fill_chunk(ckpt, &list, done as u64, chunk).map_err(|d| d.message)?,
-            }
-            {
-                let mut view = dst.slice_mut(done..done + len);
-                let (ptr, _guard) = view.device_ptr_mut(&gpu.copy_stream);
-                // SAFETY: `chunk` is pinned memory that stays untouched until the event
-                // recorded below completes; `ptr` points at `len` bytes of `dst`.
-                unsafe {
-                    cudarc::driver::result::memcpy_htod_async(
-                        ptr,
-                        &*chunk,
-                        gpu.copy_stream.cu_stream(),
-                    )
+            Some(f) => {
+                let n = bytes / 2;
+                let chunked = super::chunk_elems(f, &t.shape, stager.staging.chunk_elems);
+                let step = chunked.unwrap_or(n).clamp(1, n.max(1));
+                let mut q = match chunked {
+                    Some(_) => Some(gpu.alloc_quantized(f, &t.shape)?),
+                    None => None,
+                };
+                let mut whole = None;
+                let mut c0 = 0usize;
+                while c0 < n {
+                    let c1 = (c0 + step).min(n);
+                    // The scratch buffer may still be read by the quantize before last.
+                    if let Some(ev) = &scratch_free[which] {
+                        gpu.copy_stream.wait(ev).map_err(|e| format!("{e:?}"))?;
+                    }
+                    stager.stage(gpu, ckpt, &src, 2 * c0, 2 * c1, &mut scratch[which])?;
+                    let copied = gpu
+                        .copy_stream
+                        .record_event(None)
+                        .map_err(|e| format!("{e:?}"))?;
+                    gpu.stream.wait(&copied).map_err(|e| format!("{e:?}"))?;
+                    let view = scratch[which].slice(..2 * (c1 - c0));
+                    // SAFETY: bf16 bytes reinterpreted as u16 elements.
+                    let x = unsafe { view.transmute::<u16>(c1 - c0) }
+                        .ok_or("scratch is not u16-aligned")?;
+                    match q.as_mut() {
+                        Some(q) => gpu.quantize_chunk(&x, q, c0)?,
+                        None => whole = Some(gpu.quantize(f, &x, &t.shape)?),
+                    }
+                    scratch_free[which] = Some(
+                        gpu.stream
+                            .record_event(None)
+                            .map_err(|e| format!("{e:?}"))?,
+                    );
+                    which ^= 1;
+                    c0 = c1;
                 }
-                .map_err(|e| format!("host-to-device copy: {e:?}"))?;
+                let q = match (q, whole) {
+                    (Some(mut q), _) => {
+                        gpu.finish_quantized(&mut q)?;
+                        q
+                    }
+                    (None, Some(w)) => w,
+                    (None, None) => return Err(format!("`{}` has no elements", t.name)),
+                };
+                DeviceTensor::Quantized(Box::new(q))
             }
-            staging.in_flight[k] = Some(
-                gpu.copy_stream
-                    .record_event(None)
-                    .map_err(|e| format!("{e:?}"))?,
-            );
-            done += len;
-        }
+        };
         stats.bytes_read += t
             .recipe
             .reads()
@@ -253,32 +344,6 @@ pub fn load(
                 _ => 0,
             })
             .sum::<u64>();
-        let tensor = match quantize {
-            Some(f) => {
-                let copied = gpu
-                    .copy_stream
-                    .record_event(None)
-                    .map_err(|e| format!("{e:?}"))?;
-                gpu.stream.wait(&copied).map_err(|e| format!("{e:?}"))?;
-                let view = scratch[which].slice(..bytes);
-                // SAFETY: a bf16 target's bytes reinterpreted as u16 elements.
-                let as_u16 = unsafe { view.transmute::<u16>(bytes / 2) }
-                    .ok_or("scratch is not u16-aligned")?;
-                let q = gpu.quantize(f, &as_u16, &t.shape)?;
-                scratch_free[which] = Some(
-                    gpu.stream
-                        .record_event(None)
-                        .map_err(|e| format!("{e:?}"))?,
-                );
-                which ^= 1;
-                DeviceTensor::Quantized(Box::new(q))
-            }
-            None => DeviceTensor::Full {
-                dtype: t.dtype,
-                shape: t.shape.clone(),
-                data: full.take().ok_or("missing device buffer")?,
-            },
-        };
         held += match &tensor {
             DeviceTensor::Quantized(q) => q.byte_size(),
             DeviceTensor::Full { data, .. } => data.len() as u64,
