@@ -30,6 +30,7 @@ pub mod export;
 pub mod ir;
 pub mod load;
 pub mod lower;
+pub mod offload;
 pub mod plan;
 pub mod quant;
 pub mod resolve;
