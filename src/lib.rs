@@ -37,3 +37,4 @@ pub mod resolve;
 pub mod source;
 pub mod stdlib;
 pub mod syntax;
+pub mod weights;

@@ -1,0 +1,235 @@
+//! Weights: the name → tensor store a training runtime reads its frozen weights from.
+//!
+//! Input: loaded tensors (quantized or full precision, from [`crate::quant::QuantStore`])
+//! and the plan's offload groups. Output: `get(name)` → a bf16 view, dequantized lazily
+//! into a pooled buffer (same-shape buffers are reused); tensors of an offload group live
+//! in the [`offload::Manager`]'s host pool and are brought in on demand or by
+//! `prefetch_group`. Slices of a stacked tensor with per-slice groups (the experts of a
+//! layer) are stored and fetched one by one. Statistics: hits, misses, bytes moved, time
+//! waited, buffer reuse.
+
+mod pack;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use half::bf16;
+
+use crate::offload::{Backend, GroupId, Manager, Policy};
+use crate::plan::{Offload, Plan};
+use crate::quant::Stored;
+
+pub use pack::Packed;
+
+/// Reusable bf16 buffers, by shape.
+#[derive(Default)]
+pub struct BufferPool {
+    free: Mutex<BTreeMap<Vec<u64>, Vec<Vec<bf16>>>>,
+    pub reused: std::sync::atomic::AtomicU64,
+    pub allocated: std::sync::atomic::AtomicU64,
+}
+
+/// A dequantized tensor; its buffer returns to the pool when dropped.
+pub struct View {
+    pub shape: Vec<u64>,
+    data: Vec<bf16>,
+    pool: Arc<BufferPool>,
+}
+
+impl std::ops::Deref for View {
+    type Target = [bf16];
+    fn deref(&self) -> &[bf16] {
+        &self.data
+    }
+}
+
+impl Drop for View {
+    fn drop(&mut self) {
+        let data = std::mem::take(&mut self.data);
+        if let Ok(mut free) = self.pool.free.lock() {
+            free.entry(self.shape.clone()).or_default().push(data);
+        }
+    }
+}
+
+impl BufferPool {
+    fn take(self: &Arc<Self>, shape: &[u64]) -> View {
+        use std::sync::atomic::Ordering::Relaxed;
+        let n = shape.iter().product::<u64>() as usize;
+        let reused = self
+            .free
+            .lock()
+            .ok()
+            .and_then(|mut f| f.get_mut(shape).and_then(Vec::pop));
+        let data = match reused {
+            Some(d) => {
+                self.reused.fetch_add(1, Relaxed);
+                d
+            }
+            None => {
+                self.allocated.fetch_add(1, Relaxed);
+                vec![bf16::ZERO; n]
+            }
+        };
+        View {
+            shape: shape.to_vec(),
+            data,
+            pool: self.clone(),
+        }
+    }
+}
+
+/// Where one stored tensor (or slice) lives.
+enum Home {
+    Resident(Stored),
+    Offloaded {
+        group: GroupId,
+        offset: usize,
+        packed: Packed,
+    },
+}
+
+pub struct WeightsManager<B: Backend<Buffer = Vec<u8>>> {
+    pub offload: Manager<B>,
+    homes: BTreeMap<String, Home>,
+    pool: Arc<BufferPool>,
+}
+
+/// The key of slice `i` of a stacked tensor stored per slice.
+pub fn slice_key(name: &str, i: usize) -> String {
+    format!("{name}[{i}]")
+}
+
+impl<B: Backend<Buffer = Vec<u8>>> WeightsManager<B> {
+    /// Places every loaded tensor: targets without an offload group stay resident; the
+    /// others go to their group's host storage (stacked tensors slice by slice when their
+    /// format allows, else whole under the first slice's group).
+    pub fn new(
+        backend: B,
+        plan: &Plan,
+        mut tensors: BTreeMap<String, Stored>,
+        budget: u64,
+        policy: Policy,
+    ) -> Result<Self, String> {
+        // First pass: what goes to which group, and each group's size.
+        let mut group_sizes: BTreeMap<String, usize> = BTreeMap::new();
+        let mut placed: Vec<(String, String, Packed)> = Vec::new(); // (key, group, packed)
+        let mut resident: BTreeMap<String, Stored> = BTreeMap::new();
+        for t in &plan.targets {
+            let Some(stored) = tensors.remove(&t.name) else {
+                continue;
+            };
+            match &t.offload {
+                None => {
+                    resident.insert(t.name.clone(), stored);
+                }
+                Some(Offload::Group(g)) => {
+                    let p = Packed::of(&stored);
+                    *group_sizes.entry(g.clone()).or_default() += p.len();
+                    placed.push((t.name.clone(), g.clone(), p));
+                }
+                Some(Offload::PerSlice(groups)) => {
+                    let slices: Option<Vec<Stored>> = (0..groups.len())
+                        .map(|i| pack::slice_leading(&stored, i))
+                        .collect();
+                    match slices {
+                        Some(slices) => {
+                            for (i, (s, g)) in slices.iter().zip(groups).enumerate() {
+                                let p = Packed::of(s);
+                                *group_sizes.entry(g.clone()).or_default() += p.len();
+                                placed.push((slice_key(&t.name, i), g.clone(), p));
+                            }
+                        }
+                        None => {
+                            let p = Packed::of(&stored);
+                            *group_sizes.entry(groups[0].clone()).or_default() += p.len();
+                            placed.push((t.name.clone(), groups[0].clone(), p));
+                        }
+                    }
+                }
+            }
+        }
+        let names: Vec<(String, usize)> =
+            group_sizes.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let mut offload = Manager::new(backend, &names, budget, policy);
+        let mut fill: BTreeMap<String, usize> = BTreeMap::new();
+        let mut homes: BTreeMap<String, Home> = resident
+            .into_iter()
+            .map(|(k, v)| (k, Home::Resident(v)))
+            .collect();
+        for (key, group, packed) in placed {
+            let g = offload
+                .find(&group)
+                .ok_or("a group vanished; this is a bug in wmap")?;
+            let at = fill.entry(group).or_default();
+            let bytes = packed.bytes();
+            offload.host_mut(g)?[*at..*at + bytes.len()].copy_from_slice(&bytes);
+            homes.insert(
+                key,
+                Home::Offloaded {
+                    group: g,
+                    offset: *at,
+                    packed: packed.without_bytes(),
+                },
+            );
+            *at += bytes.len();
+        }
+        Ok(WeightsManager {
+            offload,
+            homes,
+            pool: Arc::new(BufferPool::default()),
+        })
+    }
+
+    /// Names (and slice keys) of everything stored.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.homes.keys().map(String::as_str)
+    }
+
+    /// The group a tensor belongs to, if it is offloaded.
+    pub fn group_of(&self, name: &str) -> Option<GroupId> {
+        match self.homes.get(name)? {
+            Home::Offloaded { group, .. } => Some(*group),
+            Home::Resident(_) => None,
+        }
+    }
+
+    /// A bf16 view of `name` (or of `slice_key(name, i)`), loading its group if needed.
+    pub fn get(&mut self, name: &str) -> Result<View, String> {
+        let home = self
+            .homes
+            .get(name)
+            .ok_or_else(|| format!("no tensor `{name}`"))?;
+        match home {
+            Home::Resident(stored) => {
+                let shape = pack::shape_of(stored);
+                let mut view = self.pool.take(&shape);
+                pack::dequantize_into(stored, &mut view.data);
+                Ok(view)
+            }
+            Home::Offloaded {
+                group,
+                offset,
+                packed,
+            } => {
+                let (g, off) = (*group, *offset);
+                let packed = packed.clone();
+                let buf = self.offload.acquire(g)?;
+                let stored = packed.unpack(&buf[off..off + packed.len()]);
+                let mut view = self.pool.take(&pack::shape_of(&stored));
+                pack::dequantize_into(&stored, &mut view.data);
+                self.offload.release(g);
+                Ok(view)
+            }
+        }
+    }
+
+    /// Starts bringing a group's tensors to the device.
+    pub fn prefetch_group(&mut self, g: GroupId) -> Result<bool, String> {
+        self.offload.prefetch(g)
+    }
+
+    pub fn pool(&self) -> &BufferPool {
+        &self.pool
+    }
+}
