@@ -30,3 +30,10 @@ extern "C" __global__ void fuse_copy(const u8* part, u8* out, i64 outer, i64 row
     i64 o = i / row_bytes, k = i % row_bytes;
     out[o * total_rows * inner_bytes + at * inner_bytes + k] = part[i];
 }
+
+// A stand-in for a layer's compute in the offload benchmark: spins for `cycles` clocks.
+extern "C" __global__ void spin(i64 cycles) {
+    long long start = clock64();
+    while (clock64() - start < cycles) {
+    }
+}

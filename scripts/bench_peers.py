@@ -23,6 +23,20 @@ def make(path):
     print(f"made: {n / 1e9:.2f} B params, {2 * n / 1e9:.1f} GB bf16 in {time.time() - t:.1f} s")
 
 
+def make_moe(path):
+    """Qwen3-30B-A3B's shapes with 12 of its 48 layers (16.2 GB bf16)."""
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+    cfg = Qwen3MoeConfig(hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768, num_hidden_layers=12,
+                         num_attention_heads=32, num_key_value_heads=4, head_dim=128, num_experts=128,
+                         num_experts_per_tok=8, vocab_size=151936, tie_word_embeddings=False)
+    t = time.time()
+    with torch.device("cuda"):
+        model = Qwen3MoeForCausalLM(cfg).to(torch.bfloat16)
+    model.save_pretrained(path, max_shard_size="5GB")
+    n = sum(p.numel() for p in model.parameters())
+    print(f"made: {n / 1e9:.2f} B params, {2 * n / 1e9:.1f} GB bf16 in {time.time() - t:.1f} s")
+
+
 def load(path, runs=3):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
     times = []
@@ -86,6 +100,8 @@ if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "make":
         make(sys.argv[2])
+    elif cmd == "make-moe":
+        make_moe(sys.argv[2])
     elif cmd == "load":
         load(sys.argv[2])
     else:

@@ -29,6 +29,15 @@ cat "$CKPT"/*.safetensors > /dev/null  # warm page cache
 .gpu/bin/wmapc load "$CKPT" --device cuda --repeat 3 --quiet 2>&1 | tee "$OUT/wmap-load-bf16.log"
 python3 scripts/bench_peers.py load "$CKPT" 2>&1 | grep -E "^peer" | tee "$OUT/peer-load.log"
 
+echo "== P6 / P9: MoE experts and offload"
+MOE=${MOE:-/tmp/qwen3moe12}
+[ -f "$MOE/config.json" ] || python3 scripts/bench_peers.py make-moe "$MOE" 2>&1 | grep -v -i warn | tee "$OUT/make-moe.log"
+cat "$MOE"/*.safetensors > /dev/null
+.gpu/bin/wmapc load "$MOE" --device cuda --quant nf4 --repeat 3 --quiet 2>&1 | tee "$OUT/wmap-moe.log"
+python3 scripts/bench_peers.py load "$MOE" 2>&1 | grep -E "^peer" | tee "$OUT/peer-moe.log"
+.gpu/bin/wmapc bench-offload --trace cyclic 2>&1 | tee "$OUT/offload-cyclic.log"
+.gpu/bin/wmapc bench-offload --trace routed 2>&1 | tee "$OUT/offload-routed.log"
+
 echo "== export check"
 python3 scripts/verify_export.py tests/fixtures/hf/llama .gpu/exports/nf4:nf4 .gpu/exports/nf4-dq:nf4:dq \
   .gpu/exports/fp4:fp4 2>&1 | grep -v -i -E "warn|Loading weights" | tee "$OUT/verify.log"
@@ -39,4 +48,6 @@ grep -h -E "nf4 quantize|nf4 dequantize|fp8 128|copy" "$OUT/bench-gpu.log"
 grep -h -E "peer|pinned" "$OUT/peer-kernels.log"
 grep -h -E "^load|loaded" "$OUT/wmap-load.log"
 cat "$OUT/peer-load.log"
+grep -h -E "^load|loaded" "$OUT/wmap-moe.log"; cat "$OUT/peer-moe.log"
+tail -3 "$OUT/offload-cyclic.log"; tail -2 "$OUT/offload-routed.log"
 tail -4 "$OUT/verify.log"

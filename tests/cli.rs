@@ -335,3 +335,47 @@ fn load_quant_out_writes_a_bnb_checkpoint() {
     assert!(stderr.contains("`mxfp4` has no"), "{stderr}");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn load_with_an_offload_budget_reports_the_sweep() {
+    let (code, stdout, stderr) = wmapc(&[
+        "load",
+        "tests/fixtures/hf/qwen3_moe",
+        "--quiet",
+        "--quant",
+        "nf4",
+        "--offload-budget",
+        "100KiB",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let last = stdout.lines().last().unwrap();
+    assert!(
+        last.starts_with("offload (OrderAware, host backend): 16 groups, budget 0.10 MB"),
+        "{last}"
+    );
+    let (_, lru, _) = wmapc(&[
+        "load",
+        "tests/fixtures/hf/qwen3_moe",
+        "--quiet",
+        "--quant",
+        "nf4",
+        "--offload-budget",
+        "100KiB",
+        "--offload-policy",
+        "lru",
+    ]);
+    assert!(
+        lru.lines().last().unwrap().contains(" 0 hits"),
+        "LRU thrashes on a sweep larger than the budget: {lru}"
+    );
+    let (code, _, stderr) = wmapc(&[
+        "load",
+        "tests/fixtures/hf/qwen3_moe",
+        "--quant",
+        "nf4",
+        "--offload-budget",
+        "lots",
+    ]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("as a size"), "{stderr}");
+}

@@ -100,3 +100,164 @@ pub fn load(
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `wmapc bench-offload`: a forward sweep over layers whose routed experts live in host
+/// memory, with stand-in compute per expert.
+#[derive(clap::Args, Debug)]
+pub struct BenchOffloadArgs {
+    #[arg(long, default_value_t = 12)]
+    pub layers: usize,
+    #[arg(long, default_value_t = 16)]
+    pub experts: usize,
+    /// Experts each layer touches.
+    #[arg(long, default_value_t = 4)]
+    pub topk: usize,
+    #[arg(long, default_value_t = 32)]
+    pub expert_mib: usize,
+    /// Device budget, as a fraction of all experts.
+    #[arg(long, default_value_t = 0.2)]
+    pub budget_fraction: f64,
+    /// Stand-in compute per expert, in microseconds.
+    #[arg(long, default_value_t = 800)]
+    pub compute_us: u64,
+    #[arg(long, default_value_t = 4)]
+    pub passes: usize,
+    /// `cyclic`: the same experts every pass; `routed`: a pseudo-random trace per pass.
+    #[arg(long, default_value = "cyclic")]
+    pub trace: String,
+}
+
+#[cfg(not(feature = "cuda"))]
+pub fn bench_offload(_: &BenchOffloadArgs) -> miette::Result<ExitCode> {
+    Err(miette::miette!(
+        help = "rebuild with `--features cuda`",
+        "bench-offload needs the CUDA build"
+    ))
+}
+
+#[cfg(feature = "cuda")]
+pub fn bench_offload(a: &BenchOffloadArgs) -> miette::Result<ExitCode> {
+    use std::sync::Arc;
+
+    use crate::cuda::offload::CudaBackend;
+    use crate::cuda::Gpu;
+    use crate::offload::{Manager, Policy};
+    let gpu = Arc::new(Gpu::new(0).map_err(|e| miette::miette!("{e}"))?);
+    let bytes = a.expert_mib << 20;
+    let groups: Vec<(String, usize)> = (0..a.layers)
+        .flat_map(|l| (0..a.experts).map(move |e| (format!("layer={l}/expert={e}"), bytes)))
+        .collect();
+    let budget = ((groups.len() * bytes) as f64 * a.budget_fraction) as u64;
+    // Clock rate for the stand-in compute.
+    let khz = gpu
+        .ctx
+        .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_CLOCK_RATE)
+        .unwrap_or(1_980_000) as i64;
+    let cycles = khz * a.compute_us as i64 / 1000;
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut route = |layer: usize, pass: usize| -> Vec<usize> {
+        if a.trace == "cyclic" {
+            return (0..a.topk)
+                .map(|k| (layer * 7 + k * 3) % a.experts)
+                .collect();
+        }
+        let _ = pass;
+        let mut picked = Vec::new();
+        while picked.len() < a.topk.min(a.experts) {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let e = (seed % a.experts as u64) as usize;
+            if !picked.contains(&e) {
+                picked.push(e);
+            }
+        }
+        picked
+    };
+    let trace: Vec<Vec<Vec<usize>>> = (0..a.passes)
+        .map(|p| (0..a.layers).map(|l| route(l, p)).collect())
+        .collect();
+    println!(
+        "{} layers x {} experts of {} MiB ({:.1} GB in host memory), top-{} per layer, budget {:.2} GB, {} us compute per expert, {} trace, {} passes, {}",
+        a.layers,
+        a.experts,
+        a.expert_mib,
+        (groups.len() * bytes) as f64 / 1e9,
+        a.topk,
+        budget as f64 / 1e9,
+        a.compute_us,
+        a.trace,
+        a.passes,
+        gpu.name
+    );
+    println!(
+        "{:<12} {:>9} {:>12} {:>10} {:>10} {:>10} {:>9}",
+        "policy", "hit rate", "moved GB", "H2D GB/s", "waited s", "wall s", "hidden"
+    );
+    for policy in [Policy::Lru, Policy::OrderAware] {
+        let mut m = Manager::new(CudaBackend::new(gpu.clone()), &groups, budget, policy);
+        for g in 0..groups.len() {
+            let fill = (g % 251) as u8;
+            m.host_mut(g)
+                .map_err(|e| miette::miette!("{e}"))?
+                .fill(fill);
+        }
+        // The first copy page-locks the host pool (slow, once); then the copy bandwidth
+        // alone, for the hidden fraction: four cold groups back to back.
+        m.acquire(0).map_err(|e| miette::miette!("{e}"))?;
+        m.release(0);
+        let _ = m.unload(0);
+        let probe: Vec<usize> = (1..5.min(groups.len())).collect();
+        let t = std::time::Instant::now();
+        for &g in &probe {
+            m.prefetch(g).map_err(|e| miette::miette!("{e}"))?;
+        }
+        for &g in &probe {
+            m.acquire(g).map_err(|e| miette::miette!("{e}"))?;
+            m.release(g);
+        }
+        let cold = t.elapsed().as_secs_f64() / probe.len().max(1) as f64;
+        for &g in &probe {
+            let _ = m.unload(g);
+        }
+        let base = m.stats.clone();
+        gpu.sync().map_err(|e| miette::miette!("{e}"))?;
+        let start = std::time::Instant::now();
+        for pass in &trace {
+            for (l, experts) in pass.iter().enumerate() {
+                for &e in experts {
+                    let g = l * a.experts + e;
+                    m.acquire(g).map_err(|e| miette::miette!("{e}"))?;
+                    gpu.spin(cycles).map_err(|e| miette::miette!("{e}"))?;
+                    // The runtime releases once its kernels are queued; the group stays
+                    // resident until evicted.
+                    m.release(g);
+                }
+            }
+        }
+        gpu.sync().map_err(|e| miette::miette!("{e}"))?;
+        let wall = start.elapsed().as_secs_f64();
+        let st = &m.stats;
+        let (hits, misses) = (st.hits - base.hits, st.misses - base.misses);
+        let moved = (st.bytes_moved - base.bytes_moved) as f64;
+        let waited = (st.waited - base.waited).as_secs_f64();
+        let bw = bytes as f64 / cold;
+        let copy_time = moved / bw;
+        let hidden = if copy_time > 0.0 {
+            (1.0 - waited / copy_time).clamp(0.0, 1.0)
+        } else {
+            1.0
+        };
+        println!(
+            "{:<12} {:>8.1}% {:>12.2} {:>10.1} {:>10.3} {:>10.3} {:>8.1}%",
+            format!("{policy:?}"),
+            100.0 * hits as f64 / (hits + misses).max(1) as f64,
+            moved / 1e9,
+            bw / 1e9,
+            waited,
+            wall,
+            100.0 * hidden
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

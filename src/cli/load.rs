@@ -40,6 +40,14 @@ pub struct LoadArgs {
     /// Where tensors land: `cpu`, `cuda`, `cuda:N`, or `auto` (CUDA when present).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Keep the params with an offload group (MoE experts) in host memory, bringing them
+    /// to the device within this budget (bytes; `KiB`/`MiB`/`GiB` suffixes). With --quant
+    /// on the CPU, the host backend stands in for the device.
+    #[arg(long)]
+    pub offload_budget: Option<String>,
+    /// Eviction and prefetch policy for --offload-budget: `lru` or `order`.
+    #[arg(long, default_value = "order")]
+    pub offload_policy: String,
     /// With a GPU: load this many times and report the median (kernels and staging are
     /// prepared once, as a training run would).
     #[arg(long, default_value_t = 1)]
@@ -175,6 +183,7 @@ pub fn load(args: &LoadArgs) -> miette::Result<ExitCode> {
     };
     let format = args.quant.as_deref().and_then(crate::quant::Format::parse);
     let mut quant_report = None;
+    let mut offload_summary: Option<String> = None;
     let result = match (&args.out, format) {
         (Some(out), Some(format)) => {
             let config_text = std::fs::read_to_string(args.dir.join("config.json"))
@@ -218,6 +227,14 @@ pub fn load(args: &LoadArgs) -> miette::Result<ExitCode> {
             let stats = load::execute(&b.plan, &b.checkpoint, &store, options, &tick)
                 .map_err(|d| report(&c, d))?;
             quant_report = Some((format, store.report()));
+            if let Some(budget) = &args.offload_budget {
+                offload_summary = Some(offload_sweep(
+                    &b.plan,
+                    store.into_tensors(),
+                    budget,
+                    &args.offload_policy,
+                )?);
+            }
             stats
         }
         (None, None) => {
@@ -239,6 +256,9 @@ pub fn load(args: &LoadArgs) -> miette::Result<ExitCode> {
     );
     if let Some((format, r)) = quant_report {
         print!("{}", quant_summary(format, &r));
+    }
+    if let Some(text) = offload_summary {
+        print!("{text}");
     }
     if let Some(out) = &args.out {
         println!("wrote {}", out.join("model.safetensors").display());
@@ -268,6 +288,74 @@ fn quant_summary(format: crate::quant::Format, r: &crate::quant::QuantReport) ->
         r.error.max_abs,
         r.error.relative(),
     )
+}
+
+/// `4GiB` → bytes.
+fn parse_bytes(s: &str) -> miette::Result<u64> {
+    let t = s.trim();
+    let (num, mult) = [
+        ("GiB", 1u64 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+        ("GB", 1_000_000_000),
+        ("MB", 1_000_000),
+    ]
+    .iter()
+    .find_map(|(suf, m)| t.strip_suffix(suf).map(|n| (n, *m)))
+    .unwrap_or((t, 1));
+    num.trim()
+        .parse::<f64>()
+        .map(|v| (v * mult as f64) as u64)
+        .map_err(|_| {
+            miette::miette!(
+                help = "e.g. 4GiB, 512MiB, 1000000",
+                "cannot read `{s}` as a size"
+            )
+        })
+}
+
+/// Places the loaded tensors in a weight manager with the experts offloaded (host backend),
+/// runs one forward sweep over every tensor, and reports what moved.
+fn offload_sweep(
+    plan: &Plan,
+    tensors: std::collections::BTreeMap<String, crate::quant::Stored>,
+    budget: &str,
+    policy: &str,
+) -> miette::Result<String> {
+    use crate::offload::{HostBackend, Policy};
+    let budget = parse_bytes(budget)?;
+    let policy = match policy {
+        "lru" => Policy::Lru,
+        "order" => Policy::OrderAware,
+        other => {
+            return Err(miette::miette!(
+                help = "lru or order",
+                "unknown offload policy `{other}`"
+            ))
+        }
+    };
+    let mut w =
+        crate::weights::WeightsManager::new(HostBackend::default(), plan, tensors, budget, policy)
+            .map_err(|e| miette::miette!("{e}"))?;
+    let names: Vec<String> = w.names().map(str::to_string).collect();
+    let mut peak = 0;
+    for pass in 0..2 {
+        for n in &names {
+            w.get(n).map_err(|e| miette::miette!("pass {pass}: {e}"))?;
+            peak = peak.max(w.offload.device_bytes());
+        }
+    }
+    let s = &w.offload.stats;
+    Ok(format!(
+        "offload ({policy:?}, host backend): {} groups, budget {:.2} MB, peak resident {:.2} MB; two sweeps: {} hits, {} misses, {:.2} MB moved, {} evictions\n",
+        w.offload.group_count(),
+        budget as f64 / 1e6,
+        peak as f64 / 1e6,
+        s.hits,
+        s.misses,
+        s.bytes_moved as f64 / 1e6,
+        s.evictions
+    ))
 }
 
 /// A coded failure during the load, as an application report.

@@ -81,6 +81,8 @@ enum Command {
     },
     /// List the stdlib models and the architectures they serve.
     Stdlib,
+    /// GPU: a forward sweep over offloaded experts with stand-in compute (P9).
+    BenchOffload(gpu::BenchOffloadArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -92,6 +94,7 @@ pub fn main() -> ExitCode {
         Command::Load(args) => load::load(&args),
         Command::Explain { code } => front::explain(code.as_deref()),
         Command::Stdlib => front::stdlib(),
+        Command::BenchOffload(args) => gpu::bench_offload(&args),
     };
     match result {
         Ok(code) => code,

@@ -117,7 +117,7 @@ fn kernel_names(module: &str) -> &'static [&'static str] {
             "fp8_dequantize",
         ],
         "fp4" => &["nvfp4_quantize", "mxfp4_quantize", "fp4_dequantize"],
-        "convert" => &["to_bf16", "fuse_copy"],
+        "convert" => &["to_bf16", "fuse_copy", "spin"],
         _ => &[],
     }
 }
@@ -515,6 +515,15 @@ impl Gpu {
             q.scales_f32 = Some(scale);
         }
         Ok(q)
+    }
+
+    /// Occupies the GPU for about `cycles` clocks (one block): stand-in compute.
+    pub fn spin(&self, cycles: i64) -> GpuResult<()> {
+        let mut b = self.stream.launch_builder(self.f("spin"));
+        b.arg(&cycles);
+        // SAFETY: the kernel takes one i64 and touches no memory.
+        unsafe { b.launch(grid(1, 1)) }.map_err(err("spin"))?;
+        Ok(())
     }
 
     /// max |x| of a bf16 tensor, as float bits on the device.

@@ -13,4 +13,6 @@ mod device;
 #[cfg(feature = "cuda")]
 pub mod loader;
 #[cfg(feature = "cuda")]
+pub mod offload;
+#[cfg(feature = "cuda")]
 pub use device::*;

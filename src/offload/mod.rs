@@ -57,6 +57,8 @@ pub struct Stats {
     pub waited: Duration,
 }
 
+// Field order matters: the backend (which may have page-locked the host pool) drops
+// before the pool does.
 pub struct Manager<B: Backend> {
     backend: B,
     host: Arc<Vec<u8>>,

@@ -1,0 +1,105 @@
+//! The offload manager's CUDA backend: the host pool is page-locked once
+//! (`cuMemHostRegister`), groups are copied on the copy stream into device buffers, and an
+//! event per copy says when it has landed.
+
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{CudaEvent, CudaSlice, DevicePtrMut};
+
+use super::Gpu;
+use crate::offload::Backend;
+
+pub struct CudaBackend {
+    gpu: Arc<Gpu>,
+    /// The registered host pool (address, bytes), registered on the first copy.
+    registered: Mutex<Option<(usize, usize)>>,
+}
+
+impl CudaBackend {
+    pub fn new(gpu: Arc<Gpu>) -> CudaBackend {
+        CudaBackend {
+            gpu,
+            registered: Mutex::new(None),
+        }
+    }
+
+    fn register(&self, host: &Arc<Vec<u8>>) -> Result<(), String> {
+        let mut r = self.registered.lock().map_err(|_| "poisoned lock")?;
+        let key = (host.as_ptr() as usize, host.len());
+        if *r == Some(key) || host.is_empty() {
+            return Ok(());
+        }
+        self.gpu
+            .ctx
+            .bind_to_thread()
+            .map_err(|e| format!("{e:?}"))?;
+        // SAFETY: registers the pool's pages for DMA. The pool is never freed or resized
+        // while the manager (which owns it) lives, and is only read by the copies.
+        let res = unsafe {
+            cudarc::driver::sys::cuMemHostRegister_v2(host.as_ptr() as *mut _, host.len(), 0)
+        };
+        if res != cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+            return Err(format!(
+                "cannot pin the {}-byte host pool: {res:?}",
+                host.len()
+            ));
+        }
+        *r = Some(key);
+        Ok(())
+    }
+}
+
+pub struct CudaTicket {
+    buffer: CudaSlice<u8>,
+    done: CudaEvent,
+}
+
+impl Backend for CudaBackend {
+    type Buffer = CudaSlice<u8>;
+    type Ticket = CudaTicket;
+
+    fn start_copy(
+        &self,
+        host: &Arc<Vec<u8>>,
+        range: std::ops::Range<usize>,
+    ) -> Result<CudaTicket, String> {
+        self.register(host)?;
+        let s = &self.gpu.copy_stream;
+        // SAFETY: the copy below writes every byte before anything reads the buffer.
+        let mut buffer =
+            unsafe { s.alloc::<u8>(range.len().max(1)) }.map_err(|e| format!("{e:?}"))?;
+        {
+            let (ptr, _guard) = buffer.device_ptr_mut(s);
+            // SAFETY: `host[range]` is registered, page-locked memory that outlives the copy.
+            unsafe { cudarc::driver::result::memcpy_htod_async(ptr, &host[range], s.cu_stream()) }
+                .map_err(|e| format!("host-to-device copy: {e:?}"))?;
+        }
+        let done = s.record_event(None).map_err(|e| format!("{e:?}"))?;
+        Ok(CudaTicket { buffer, done })
+    }
+
+    fn is_done(&self, t: &mut CudaTicket) -> bool {
+        t.done.is_complete()
+    }
+
+    fn wait(&self, t: CudaTicket) -> Result<CudaSlice<u8>, String> {
+        t.done.synchronize().map_err(|e| format!("{e:?}"))?;
+        Ok(t.buffer)
+    }
+
+    fn len(&self, b: &CudaSlice<u8>) -> usize {
+        b.len()
+    }
+}
+
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        if let Ok(Some((ptr, _))) = self.registered.lock().map(|r| *r) {
+            // SAFETY: unregisters the pages registered in `register`; the pool is still
+            // alive (the manager drops its backend before its host pool).
+            unsafe {
+                let _ = cudarc::driver::sys::cuMemHostUnregister(ptr as *mut _);
+            }
+        }
+    }
+}
