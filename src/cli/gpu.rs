@@ -11,6 +11,9 @@ pub fn available() -> bool {
     false
 }
 
+/// `--offload-budget` with `--device cuda`: bytes and policy.
+pub type OffloadArgs = Option<(u64, crate::offload::Policy)>;
+
 #[cfg(not(feature = "cuda"))]
 pub fn load(
     _: usize,
@@ -18,6 +21,7 @@ pub fn load(
     _: &Checkpoint,
     _: Option<Format>,
     _: usize,
+    _: OffloadArgs,
 ) -> miette::Result<ExitCode> {
     Err(miette::miette!(
         help = "rebuild with `cargo build --release --features cuda`",
@@ -55,10 +59,11 @@ pub fn load(
     ckpt: &Checkpoint,
     format: Option<Format>,
     repeat: usize,
+    offload: OffloadArgs,
 ) -> miette::Result<ExitCode> {
     use crate::cuda::{loader, Gpu};
     let t0 = std::time::Instant::now();
-    let gpu = Gpu::new(ordinal).map_err(|e| miette::miette!("{e}"))?;
+    let gpu = std::sync::Arc::new(Gpu::new(ordinal).map_err(|e| miette::miette!("{e}"))?);
     let mut staging =
         loader::Staging::new(&gpu, 3, 256 << 20).map_err(|e| miette::miette!("{e}"))?;
     let setup = t0.elapsed().as_secs_f64();
@@ -98,7 +103,74 @@ pub fn load(
     if let Some(f) = format {
         println!("quantized to {} on the device", f.name());
     }
+    if let Some((budget, policy)) = offload {
+        offload_to_host(&gpu, plan, _store, budget, policy)?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Moves the targets with an offload group (the experts) into page-locked host memory,
+/// keeps the rest on the device, and runs one sweep over every group under `budget`.
+#[cfg(feature = "cuda")]
+fn offload_to_host(
+    gpu: &std::sync::Arc<crate::cuda::Gpu>,
+    plan: &Plan,
+    mut store: crate::cuda::loader::DeviceStore,
+    budget: u64,
+    policy: crate::offload::Policy,
+) -> miette::Result<()> {
+    use crate::cuda::loader::DeviceTensor;
+    use crate::quant::Stored;
+    let e = |x: String| miette::miette!("{x}");
+    let mut host = std::collections::BTreeMap::new();
+    for t in plan.targets.iter().filter(|t| t.offload.is_some()) {
+        let stored = match store.tensors.remove(&t.name) {
+            Some(DeviceTensor::Quantized(q)) => Stored::Quantized(q.to_host(gpu).map_err(e)?),
+            Some(DeviceTensor::Full { dtype, shape, data }) => {
+                Stored::Full(crate::load::HostTensor {
+                    dtype,
+                    shape,
+                    data: std::sync::Arc::new(
+                        gpu.stream
+                            .clone_dtoh(&data)
+                            .map_err(|x| e(format!("{x:?}")))?,
+                    ),
+                })
+            }
+            _ => continue,
+        };
+        host.insert(t.name.clone(), stored);
+    }
+    let on_device = store.device_bytes();
+    let mut p = crate::weights::place(
+        crate::cuda::offload::CudaBackend::new(gpu.clone()),
+        plan,
+        host,
+        budget,
+        policy,
+    )
+    .map_err(e)?;
+    let m = &mut p.offload;
+    let pool: u64 = p.offloaded.values().map(|(_, _, k)| k.len() as u64).sum();
+    let t = std::time::Instant::now();
+    let mut peak = 0;
+    for g in 0..m.group_count() {
+        m.acquire(g).map_err(e)?;
+        m.release(g);
+        peak = peak.max(m.device_bytes());
+    }
+    println!(
+        "offload ({policy:?}): {} groups, {:.2} GB in page-locked host memory; {:.2} GB stays on the device; \
+         sweep of every group: {:.3} s, {:.2} GB moved, peak {:.3} GB of the {:.3} GB budget",
+        m.group_count(),
+        pool as f64 / 1e9,
+        on_device as f64 / 1e9,
+        t.elapsed().as_secs_f64(),
+        m.stats.bytes_moved as f64 / 1e9,
+        peak as f64 / 1e9,
+        budget as f64 / 1e9,
+    );
+    Ok(())
 }
 
 /// `wmapc bench-offload`: a forward sweep over layers whose routed experts live in host

@@ -173,7 +173,18 @@ pub fn load(args: &LoadArgs) -> miette::Result<ExitCode> {
             ));
         }
         let format = args.quant.as_deref().and_then(crate::quant::Format::parse);
-        return super::gpu::load(ordinal, &b.plan, &b.checkpoint, format, args.repeat.max(1));
+        let offload = match &args.offload_budget {
+            Some(budget) => Some((parse_bytes(budget)?, parse_policy(&args.offload_policy)?)),
+            None => None,
+        };
+        return super::gpu::load(
+            ordinal,
+            &b.plan,
+            &b.checkpoint,
+            format,
+            args.repeat.max(1),
+            offload,
+        );
     }
     let total: u64 = b.checkpoint.data_bytes();
     let bar = progress_bar(total, args.quiet);
@@ -290,6 +301,17 @@ fn quant_summary(format: crate::quant::Format, r: &crate::quant::QuantReport) ->
     )
 }
 
+fn parse_policy(policy: &str) -> miette::Result<crate::offload::Policy> {
+    match policy {
+        "lru" => Ok(crate::offload::Policy::Lru),
+        "order" => Ok(crate::offload::Policy::OrderAware),
+        other => Err(miette::miette!(
+            help = "lru or order",
+            "unknown offload policy `{other}`"
+        )),
+    }
+}
+
 /// `4GiB` → bytes.
 fn parse_bytes(s: &str) -> miette::Result<u64> {
     let t = s.trim();
@@ -322,18 +344,9 @@ fn offload_sweep(
     budget: &str,
     policy: &str,
 ) -> miette::Result<String> {
-    use crate::offload::{HostBackend, Policy};
+    use crate::offload::HostBackend;
     let budget = parse_bytes(budget)?;
-    let policy = match policy {
-        "lru" => Policy::Lru,
-        "order" => Policy::OrderAware,
-        other => {
-            return Err(miette::miette!(
-                help = "lru or order",
-                "unknown offload policy `{other}`"
-            ))
-        }
-    };
+    let policy = parse_policy(policy)?;
     let mut w =
         crate::weights::WeightsManager::new(HostBackend::default(), plan, tensors, budget, policy)
             .map_err(|e| miette::miette!("{e}"))?;

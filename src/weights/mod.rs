@@ -95,6 +95,82 @@ pub struct WeightsManager<B: Backend<Buffer = Vec<u8>>> {
     pool: Arc<BufferPool>,
 }
 
+/// Loaded tensors split between the device (resident) and offload groups in host memory.
+pub struct Placement<B: Backend> {
+    pub offload: Manager<B>,
+    pub resident: BTreeMap<String, Stored>,
+    /// key → (group, byte offset in the group, layout).
+    pub offloaded: BTreeMap<String, (GroupId, usize, Packed)>,
+}
+
+/// Places every loaded tensor: targets without an offload group stay resident; the others
+/// go to their group's host storage (stacked tensors slice by slice when their format
+/// allows, else whole under the first slice's group).
+pub fn place<B: Backend>(
+    backend: B,
+    plan: &Plan,
+    mut tensors: BTreeMap<String, Stored>,
+    budget: u64,
+    policy: Policy,
+) -> Result<Placement<B>, String> {
+    let mut group_sizes: BTreeMap<String, usize> = BTreeMap::new();
+    let mut placed: Vec<(String, String, Packed)> = Vec::new(); // (key, group, packed)
+    let mut resident: BTreeMap<String, Stored> = BTreeMap::new();
+    for t in &plan.targets {
+        let Some(stored) = tensors.remove(&t.name) else {
+            continue;
+        };
+        match &t.offload {
+            None => {
+                resident.insert(t.name.clone(), stored);
+            }
+            Some(Offload::Group(g)) => {
+                let p = Packed::of(&stored);
+                *group_sizes.entry(g.clone()).or_default() += p.len();
+                placed.push((t.name.clone(), g.clone(), p));
+            }
+            Some(Offload::PerSlice(groups)) => {
+                let slices: Option<Vec<Stored>> = (0..groups.len())
+                    .map(|i| pack::slice_leading(&stored, i))
+                    .collect();
+                match slices {
+                    Some(slices) => {
+                        for (i, (s, g)) in slices.iter().zip(groups).enumerate() {
+                            let p = Packed::of(s);
+                            *group_sizes.entry(g.clone()).or_default() += p.len();
+                            placed.push((slice_key(&t.name, i), g.clone(), p));
+                        }
+                    }
+                    None => {
+                        let p = Packed::of(&stored);
+                        *group_sizes.entry(groups[0].clone()).or_default() += p.len();
+                        placed.push((t.name.clone(), groups[0].clone(), p));
+                    }
+                }
+            }
+        }
+    }
+    let names: Vec<(String, usize)> = group_sizes.iter().map(|(k, v)| (k.clone(), *v)).collect();
+    let mut offload = Manager::new(backend, &names, budget, policy);
+    let mut fill: BTreeMap<String, usize> = BTreeMap::new();
+    let mut offloaded = BTreeMap::new();
+    for (key, group, packed) in placed {
+        let g = offload
+            .find(&group)
+            .ok_or("a group vanished; this is a bug in wmap")?;
+        let at = fill.entry(group).or_default();
+        let bytes = packed.bytes();
+        offload.host_mut(g)?[*at..*at + bytes.len()].copy_from_slice(&bytes);
+        offloaded.insert(key, (g, *at, packed.without_bytes()));
+        *at += bytes.len();
+    }
+    Ok(Placement {
+        offload,
+        resident,
+        offloaded,
+    })
+}
+
 /// The key of slice `i` of a stacked tensor stored per slice.
 pub fn slice_key(name: &str, i: usize) -> String {
     format!("{name}[{i}]")
@@ -107,75 +183,28 @@ impl<B: Backend<Buffer = Vec<u8>>> WeightsManager<B> {
     pub fn new(
         backend: B,
         plan: &Plan,
-        mut tensors: BTreeMap<String, Stored>,
+        tensors: BTreeMap<String, Stored>,
         budget: u64,
         policy: Policy,
     ) -> Result<Self, String> {
-        // First pass: what goes to which group, and each group's size.
-        let mut group_sizes: BTreeMap<String, usize> = BTreeMap::new();
-        let mut placed: Vec<(String, String, Packed)> = Vec::new(); // (key, group, packed)
-        let mut resident: BTreeMap<String, Stored> = BTreeMap::new();
-        for t in &plan.targets {
-            let Some(stored) = tensors.remove(&t.name) else {
-                continue;
-            };
-            match &t.offload {
-                None => {
-                    resident.insert(t.name.clone(), stored);
-                }
-                Some(Offload::Group(g)) => {
-                    let p = Packed::of(&stored);
-                    *group_sizes.entry(g.clone()).or_default() += p.len();
-                    placed.push((t.name.clone(), g.clone(), p));
-                }
-                Some(Offload::PerSlice(groups)) => {
-                    let slices: Option<Vec<Stored>> = (0..groups.len())
-                        .map(|i| pack::slice_leading(&stored, i))
-                        .collect();
-                    match slices {
-                        Some(slices) => {
-                            for (i, (s, g)) in slices.iter().zip(groups).enumerate() {
-                                let p = Packed::of(s);
-                                *group_sizes.entry(g.clone()).or_default() += p.len();
-                                placed.push((slice_key(&t.name, i), g.clone(), p));
-                            }
-                        }
-                        None => {
-                            let p = Packed::of(&stored);
-                            *group_sizes.entry(groups[0].clone()).or_default() += p.len();
-                            placed.push((t.name.clone(), groups[0].clone(), p));
-                        }
-                    }
-                }
-            }
-        }
-        let names: Vec<(String, usize)> =
-            group_sizes.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        let mut offload = Manager::new(backend, &names, budget, policy);
-        let mut fill: BTreeMap<String, usize> = BTreeMap::new();
-        let mut homes: BTreeMap<String, Home> = resident
+        let p = place(backend, plan, tensors, budget, policy)?;
+        let mut homes: BTreeMap<String, Home> = p
+            .resident
             .into_iter()
             .map(|(k, v)| (k, Home::Resident(v)))
             .collect();
-        for (key, group, packed) in placed {
-            let g = offload
-                .find(&group)
-                .ok_or("a group vanished; this is a bug in wmap")?;
-            let at = fill.entry(group).or_default();
-            let bytes = packed.bytes();
-            offload.host_mut(g)?[*at..*at + bytes.len()].copy_from_slice(&bytes);
+        for (key, (group, offset, packed)) in p.offloaded {
             homes.insert(
                 key,
                 Home::Offloaded {
-                    group: g,
-                    offset: *at,
-                    packed: packed.without_bytes(),
+                    group,
+                    offset,
+                    packed,
                 },
             );
-            *at += bytes.len();
         }
         Ok(WeightsManager {
-            offload,
+            offload: p.offload,
             homes,
             pool: Arc::new(BufferPool::default()),
         })
