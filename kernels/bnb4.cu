@@ -185,3 +185,11 @@ extern "C" __global__ void dq_quantize(const float* absmax, const float* offset,
     float inv = __frcp_rn(warp_max[0]);
     if (i < n) codes[i] = dynamic_code(map, __fmul_rn(v, inv));
 }
+
+// Undoes double quantization: absmax = (map[code] * nested[i / 256]) + offset, two roundings.
+extern "C" __global__ void dq_absmax(const u8* codes, const float* nested, const float* offset, const float* map,
+                                     float* absmax, i64 n) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    absmax[i] = __fadd_rn(__fmul_rn(map[codes[i]], nested[i >> 8]), *offset);
+}

@@ -108,6 +108,7 @@ fn kernel_names(module: &str) -> &'static [&'static str] {
             "dq_partial_sums",
             "dq_offset",
             "dq_quantize",
+            "dq_absmax",
         ],
         "fp8" => &[
             "amax_bf16",
@@ -597,8 +598,34 @@ impl Gpu {
                 // SAFETY: as above.
                 unsafe { b.launch(grid(n as u64, 256)) }.map_err(err("fp4_dequantize"))?;
             }
-            Format::Nf4Dq { .. } => {
-                return Err("dequantize nf4-dq after undoing the nested level on the host".into())
+            Format::Nf4Dq { blocksize } => {
+                let codes = q.scales_u8.as_ref().ok_or("no absmax codes")?;
+                let nested = q.nested_absmax.as_ref().ok_or("no nested absmax")?;
+                let offset = q.offset.as_ref().ok_or("no offset")?;
+                let nb = codes.len() as i64;
+                // SAFETY: every element is written by `dq_absmax` before `bnb4_dequantize` reads it.
+                let mut absmax = unsafe { s.alloc::<f32>(codes.len().max(1)) }
+                    .map_err(err("device allocation"))?;
+                let mut b = s.launch_builder(self.f("dq_absmax"));
+                b.arg(codes)
+                    .arg(nested)
+                    .arg(offset)
+                    .arg(&self.dynamic_map)
+                    .arg(&mut absmax)
+                    .arg(&nb);
+                // SAFETY: as above.
+                unsafe { b.launch(grid(nb as u64, 256)) }.map_err(err("dq_absmax"))?;
+                let bs = blocksize as i32;
+                let mut b = s.launch_builder(self.f("bnb4_dequantize"));
+                b.arg(&q.data)
+                    .arg(&absmax)
+                    .arg(out)
+                    .arg(&n)
+                    .arg(&bs)
+                    .arg(&self.nf4_table);
+                // SAFETY: as above.
+                unsafe { b.launch(grid((n as u64).div_ceil(8), 256)) }
+                    .map_err(err("bnb4_dequantize"))?;
             }
         }
         Ok(())
