@@ -12,7 +12,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 
 echo "== tests"
 .gpu/bin/test-kernels --nocapture 2>&1 | tee "$OUT/test-kernels.log" | grep -E "compiled|test result"
-.gpu/bin/test-gpu --nocapture --test-threads 1 2>&1 | tee "$OUT/test-gpu.log" | grep -E "device|checks|bytes|panicked|test result"
+.gpu/bin/test-gpu --nocapture --test-threads 1 2>&1 | tee "$OUT/test-gpu.log" | grep -E "device|checks|bytes|match|panicked|test result"
 
 echo "== library example"
 .gpu/bin/example-gpu_load tests/fixtures/hf/qwen3_moe nf4 2>&1 | tee "$OUT/example.log" | head -8
@@ -34,6 +34,7 @@ MOE=${MOE:-/tmp/qwen3moe12}
 [ -f "$MOE/config.json" ] || python3 scripts/bench_peers.py make-moe "$MOE" 2>&1 | grep -v -i warn | tee "$OUT/make-moe.log"
 cat "$MOE"/*.safetensors > /dev/null
 .gpu/bin/wmapc load "$MOE" --device cuda --quant nf4 --repeat 3 --quiet 2>&1 | tee "$OUT/wmap-moe.log"
+.gpu/bin/wmapc load "$MOE" --device cuda --quant nf4 --offload-budget 1GiB --quiet 2>&1 | tee "$OUT/wmap-moe-offload.log"
 python3 scripts/bench_peers.py load "$MOE" 2>&1 | grep -E "^peer" | tee "$OUT/peer-moe.log"
 .gpu/bin/wmapc bench-offload --trace cyclic 2>&1 | tee "$OUT/offload-cyclic.log"
 .gpu/bin/wmapc bench-offload --trace routed 2>&1 | tee "$OUT/offload-routed.log"
@@ -48,6 +49,6 @@ grep -h -E "nf4 quantize|nf4 dequantize|fp8 128|copy" "$OUT/bench-gpu.log"
 grep -h -E "peer|pinned" "$OUT/peer-kernels.log"
 grep -h -E "^load|loaded" "$OUT/wmap-load.log"
 cat "$OUT/peer-load.log"
-grep -h -E "^load|loaded" "$OUT/wmap-moe.log"; cat "$OUT/peer-moe.log"
+grep -h -E "^load|loaded" "$OUT/wmap-moe.log"; cat "$OUT/peer-moe.log"; tail -1 "$OUT/wmap-moe-offload.log"
 tail -3 "$OUT/offload-cyclic.log"; tail -2 "$OUT/offload-routed.log"
 tail -4 "$OUT/verify.log"

@@ -255,3 +255,65 @@ fn the_gpu_loader_matches_the_cpu_loader() {
     }
     println!("GPU loads (nf4, nf4-dq, mxfp4, fp8-block, nvfp4, full; small and large chunks) match the CPU");
 }
+
+/// The GPU weight manager: experts offloaded to page-locked host groups under a small
+/// budget; every `get` equals the CPU's dequantization of the CPU's quantization.
+#[test]
+fn the_gpu_weight_manager_serves_exact_bf16() {
+    if !wmap::cuda::available() {
+        println!("skipped: no CUDA driver or device here");
+        return;
+    }
+    use std::sync::Arc;
+    use wmap::cuda::loader::{self, Staging};
+    use wmap::cuda::weights::DeviceWeights;
+    use wmap::driver::{self, ModelSource};
+    use wmap::offload::Policy;
+    let gpu = Arc::new(Gpu::new(0).expect("open the GPU"));
+    for (fixture, format) in [
+        ("qwen3_moe", Format::Nf4 { blocksize: 64 }),
+        ("qwen3_moe", Format::Nf4Dq { blocksize: 64 }),
+        ("nemotron_h_moe", Format::Mxfp4),
+        ("nemotron_h_moe", Format::Fp8Block { block: 128 }),
+    ] {
+        let dir = common::root().join("tests/fixtures/hf").join(fixture);
+        let mut c = driver::compile(&ModelSource::Detect, Some(&dir.join("config.json"))).unwrap();
+        let b = driver::bind(&mut c, &dir, true).unwrap();
+        let cpu = wmap::quant::QuantStore::new(format);
+        wmap::load::execute(&b.plan, &b.checkpoint, &cpu, Default::default(), &|_| {}).unwrap();
+        let cpu = cpu.into_tensors();
+        let mut staging = Staging::new(&gpu, 3, 1 << 20).unwrap();
+        let (store, _) =
+            loader::load(&gpu, &mut staging, &b.plan, &b.checkpoint, Some(format)).unwrap();
+        let mut w =
+            DeviceWeights::new(gpu.clone(), &b.plan, store, 100 << 10, Policy::OrderAware).unwrap();
+        let names: Vec<String> = w.names().map(str::to_string).collect();
+        for name in &names {
+            let view = w.get(name).unwrap();
+            let got = gpu.stream.clone_dtoh(view.data.as_ref().unwrap()).unwrap();
+            assert!(
+                w.offload.device_bytes() <= 100 << 10,
+                "{fixture}: over budget"
+            );
+            let (base, slice) = match name.split_once('[') {
+                Some((b, i)) => (
+                    b.to_string(),
+                    Some(i.trim_end_matches(']').parse::<usize>().unwrap()),
+                ),
+                None => (name.clone(), None),
+            };
+            let stored = match (&cpu[&base], slice) {
+                (wmap::quant::Stored::Quantized(q), Some(i)) => {
+                    wmap::quant::Stored::Quantized(q.slice_leading(i).unwrap())
+                }
+                (s, _) => s.clone(),
+            };
+            let mut want = vec![half::bf16::ZERO; got.len()];
+            wmap::weights::dequantize_into(&stored, &mut want);
+            let want: Vec<u16> = want.iter().map(|b| b.to_bits()).collect();
+            assert_eq!(got, want, "{fixture} {}: {name}", format.name());
+        }
+        assert!(w.reused > 0, "same-shape buffers are reused");
+    }
+    println!("GPU weight manager: nf4, nf4-dq, mxfp4, fp8-block gets match the CPU");
+}

@@ -110,67 +110,50 @@ pub fn load(
 }
 
 /// Moves the targets with an offload group (the experts) into page-locked host memory,
-/// keeps the rest on the device, and runs one sweep over every group under `budget`.
+/// keeps the rest on the device, and reads every tensor once through the weight manager
+/// (each offloaded group brought in within `budget`, every tensor dequantized to bf16).
 #[cfg(feature = "cuda")]
 fn offload_to_host(
     gpu: &std::sync::Arc<crate::cuda::Gpu>,
     plan: &Plan,
-    mut store: crate::cuda::loader::DeviceStore,
+    store: crate::cuda::loader::DeviceStore,
     budget: u64,
     policy: crate::offload::Policy,
 ) -> miette::Result<()> {
-    use crate::cuda::loader::DeviceTensor;
-    use crate::quant::Stored;
     let e = |x: String| miette::miette!("{x}");
-    let mut host = std::collections::BTreeMap::new();
-    for t in plan.targets.iter().filter(|t| t.offload.is_some()) {
-        let stored = match store.tensors.remove(&t.name) {
-            Some(DeviceTensor::Quantized(q)) => Stored::Quantized(q.to_host(gpu).map_err(e)?),
-            Some(DeviceTensor::Full { dtype, shape, data }) => {
-                Stored::Full(crate::load::HostTensor {
-                    dtype,
-                    shape,
-                    data: std::sync::Arc::new(
-                        gpu.stream
-                            .clone_dtoh(&data)
-                            .map_err(|x| e(format!("{x:?}")))?,
-                    ),
-                })
-            }
-            _ => continue,
-        };
-        host.insert(t.name.clone(), stored);
-    }
-    let on_device = store.device_bytes();
-    let mut p = crate::weights::place(
-        crate::cuda::offload::CudaBackend::new(gpu.clone()),
-        plan,
-        host,
-        budget,
-        policy,
-    )
-    .map_err(e)?;
-    let m = &mut p.offload;
-    let pool: u64 = p.offloaded.values().map(|(_, _, k)| k.len() as u64).sum();
+    let total = store.device_bytes();
+    let mut w = crate::cuda::weights::DeviceWeights::new(gpu.clone(), plan, store, budget, policy)
+        .map_err(e)?;
+    let names: Vec<String> = w.names().map(str::to_string).collect();
     let t = std::time::Instant::now();
     let mut peak = 0;
-    for g in 0..m.group_count() {
-        m.acquire(g).map_err(e)?;
-        m.release(g);
-        peak = peak.max(m.device_bytes());
+    for n in &names {
+        drop(w.get(n).map_err(e)?);
+        peak = peak.max(w.offload.device_bytes());
     }
+    gpu.sync().map_err(e)?;
+    let m = &w.offload;
     println!(
-        "offload ({policy:?}): {} groups, {:.2} GB in page-locked host memory; {:.2} GB stays on the device; \
-         sweep of every group: {:.3} s, {:.2} GB moved, peak {:.3} GB of the {:.3} GB budget",
+        "offload ({policy:?}): {} groups in page-locked host memory, {:.2} GB of the {:.2} GB loaded stays on the device; \
+         one get() of each of {} tensors: {:.3} s, {:.2} GB moved, peak {:.3} GB of the {:.3} GB budget, \
+         {} of {} bf16 buffers reused",
         m.group_count(),
-        pool as f64 / 1e9,
-        on_device as f64 / 1e9,
+        (total - plan_offloaded_bytes(&w)) as f64 / 1e9,
+        total as f64 / 1e9,
+        names.len(),
         t.elapsed().as_secs_f64(),
         m.stats.bytes_moved as f64 / 1e9,
         peak as f64 / 1e9,
         budget as f64 / 1e9,
+        w.reused,
+        w.reused + w.allocated,
     );
     Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn plan_offloaded_bytes(w: &crate::cuda::weights::DeviceWeights) -> u64 {
+    w.offload.host_bytes()
 }
 
 /// `wmapc bench-offload`: a forward sweep over layers whose routed experts live in host

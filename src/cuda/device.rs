@@ -518,6 +518,21 @@ impl Gpu {
         Ok(q)
     }
 
+    /// f32 (`src_dtype` 0), f16 (1) or bf16 (2) bytes to bf16, rounding to nearest even.
+    pub fn to_bf16(
+        &self,
+        src: &CudaView<'_, u8>,
+        src_dtype: i32,
+        out: &mut CudaSlice<u16>,
+    ) -> GpuResult<()> {
+        let n = out.len() as i64;
+        let mut b = self.stream.launch_builder(self.f("to_bf16"));
+        b.arg(src).arg(&src_dtype).arg(out).arg(&n);
+        // SAFETY: `src` holds `n` elements of the given dtype; `out` holds `n`.
+        unsafe { b.launch(grid(n as u64, 256)) }.map_err(err("to_bf16"))?;
+        Ok(())
+    }
+
     /// Occupies the GPU for about `cycles` clocks (one block): stand-in compute.
     pub fn spin(&self, cycles: i64) -> GpuResult<()> {
         let mut b = self.stream.launch_builder(self.f("spin"));
@@ -541,69 +556,51 @@ impl Gpu {
 
     /// Dequantizes into a bf16 device buffer of `numel` elements.
     pub fn dequantize(&self, q: &DeviceQuantized, out: &mut CudaSlice<u16>) -> GpuResult<()> {
+        let parts = Parts {
+            format: q.format,
+            shape: &q.shape,
+            data: q.data.as_view(),
+            scales_f32: q.scales_f32.as_ref().map(|x| x.as_view()),
+            scales_u8: q.scales_u8.as_ref().map(|x| x.as_view()),
+            nested: q.nested_absmax.as_ref().map(|x| x.as_view()),
+            offset: q.offset.as_ref().map(|x| x.as_view()),
+            tensor_scale: q.tensor_scale.as_ref().map(|x| x.as_view()),
+        };
+        self.dequantize_parts(&parts, out)
+    }
+
+    /// Dequantizes a quantized tensor given as views (e.g. into an offload group's buffer).
+    pub fn dequantize_parts(&self, p: &Parts<'_>, out: &mut CudaSlice<u16>) -> GpuResult<()> {
         let s = &self.stream;
-        let n = q.shape.iter().product::<u64>() as i64;
-        let cols = q.shape.last().copied().unwrap_or(1).max(1) as i64;
+        let n = p.shape.iter().product::<u64>() as i64;
+        let cols = p.shape.last().copied().unwrap_or(1).max(1) as i64;
         let rows = n / cols;
-        match q.format {
+        let threads8 = grid((n as u64).div_ceil(8), 256);
+        match p.format {
             Format::Nf4 { blocksize } | Format::Fp4 { blocksize } => {
-                let table = if matches!(q.format, Format::Fp4 { .. }) {
+                let table = if matches!(p.format, Format::Fp4 { .. }) {
                     &self.fp4_table
                 } else {
                     &self.nf4_table
                 };
                 let bs = blocksize as i32;
-                let absmax = q.scales_f32.as_ref().ok_or("no absmax")?;
+                let absmax = p.scales_f32.as_ref().ok_or("no absmax")?;
                 let mut b = s.launch_builder(self.f("bnb4_dequantize"));
-                b.arg(&q.data)
+                b.arg(&p.data)
                     .arg(absmax)
                     .arg(out)
                     .arg(&n)
                     .arg(&bs)
                     .arg(table);
-                // SAFETY: as above.
-                unsafe { b.launch(grid((n as u64).div_ceil(8), 256)) }
-                    .map_err(err("bnb4_dequantize"))?;
-            }
-            Format::Fp8PerTensor | Format::Fp8PerChannel | Format::Fp8Block { .. } => {
-                let mode: i32 = match q.format {
-                    Format::Fp8PerTensor => 0,
-                    Format::Fp8PerChannel => 1,
-                    _ => 2,
-                };
-                let scales = q.scales_f32.as_ref().ok_or("no scales")?;
-                let mut b = s.launch_builder(self.f("fp8_dequantize"));
-                b.arg(&q.data)
-                    .arg(scales)
-                    .arg(out)
-                    .arg(&n)
-                    .arg(&cols)
-                    .arg(&mode);
-                // SAFETY: as above.
-                unsafe { b.launch(grid(n as u64, 256)) }.map_err(err("fp8_dequantize"))?;
-            }
-            Format::Nvfp4 | Format::Mxfp4 => {
-                let mode: i32 = if q.format == Format::Nvfp4 { 0 } else { 1 };
-                let scales = q.scales_u8.as_ref().ok_or("no scales")?;
-                let one = s.clone_htod(&[1.0f32]).map_err(err("upload"))?;
-                let ts = q.tensor_scale.as_ref().unwrap_or(&one);
-                let mut b = s.launch_builder(self.f("fp4_dequantize"));
-                b.arg(&q.data)
-                    .arg(scales)
-                    .arg(ts)
-                    .arg(out)
-                    .arg(&rows)
-                    .arg(&cols)
-                    .arg(&mode);
-                // SAFETY: as above.
-                unsafe { b.launch(grid(n as u64, 256)) }.map_err(err("fp4_dequantize"))?;
+                // SAFETY: arguments match the kernel; `out` holds `n` elements.
+                unsafe { b.launch(threads8) }.map_err(err("bnb4_dequantize"))?;
             }
             Format::Nf4Dq { blocksize } => {
-                let codes = q.scales_u8.as_ref().ok_or("no absmax codes")?;
-                let nested = q.nested_absmax.as_ref().ok_or("no nested absmax")?;
-                let offset = q.offset.as_ref().ok_or("no offset")?;
+                let codes = p.scales_u8.as_ref().ok_or("no absmax codes")?;
+                let nested = p.nested.as_ref().ok_or("no nested absmax")?;
+                let offset = p.offset.as_ref().ok_or("no offset")?;
                 let nb = codes.len() as i64;
-                // SAFETY: every element is written by `dq_absmax` before `bnb4_dequantize` reads it.
+                // SAFETY: every element is written by `dq_absmax` before it is read.
                 let mut absmax = unsafe { s.alloc::<f32>(codes.len().max(1)) }
                     .map_err(err("device allocation"))?;
                 let mut b = s.launch_builder(self.f("dq_absmax"));
@@ -617,17 +614,62 @@ impl Gpu {
                 unsafe { b.launch(grid(nb as u64, 256)) }.map_err(err("dq_absmax"))?;
                 let bs = blocksize as i32;
                 let mut b = s.launch_builder(self.f("bnb4_dequantize"));
-                b.arg(&q.data)
+                b.arg(&p.data)
                     .arg(&absmax)
                     .arg(out)
                     .arg(&n)
                     .arg(&bs)
                     .arg(&self.nf4_table);
                 // SAFETY: as above.
-                unsafe { b.launch(grid((n as u64).div_ceil(8), 256)) }
-                    .map_err(err("bnb4_dequantize"))?;
+                unsafe { b.launch(threads8) }.map_err(err("bnb4_dequantize"))?;
+            }
+            Format::Fp8PerTensor | Format::Fp8PerChannel | Format::Fp8Block { .. } => {
+                let mode: i32 = match p.format {
+                    Format::Fp8PerTensor => 0,
+                    Format::Fp8PerChannel => 1,
+                    _ => 2,
+                };
+                let scales = p.scales_f32.as_ref().ok_or("no scales")?;
+                let mut b = s.launch_builder(self.f("fp8_dequantize"));
+                b.arg(&p.data)
+                    .arg(scales)
+                    .arg(out)
+                    .arg(&n)
+                    .arg(&cols)
+                    .arg(&mode);
+                // SAFETY: as above.
+                unsafe { b.launch(grid(n as u64, 256)) }.map_err(err("fp8_dequantize"))?;
+            }
+            Format::Nvfp4 | Format::Mxfp4 => {
+                let mode: i32 = if p.format == Format::Nvfp4 { 0 } else { 1 };
+                let scales = p.scales_u8.as_ref().ok_or("no scales")?;
+                let one = s.clone_htod(&[1.0f32]).map_err(err("upload"))?;
+                let one_view = one.as_view();
+                let ts = p.tensor_scale.as_ref().unwrap_or(&one_view);
+                let mut b = s.launch_builder(self.f("fp4_dequantize"));
+                b.arg(&p.data)
+                    .arg(scales)
+                    .arg(ts)
+                    .arg(out)
+                    .arg(&rows)
+                    .arg(&cols)
+                    .arg(&mode);
+                // SAFETY: as above.
+                unsafe { b.launch(grid(n as u64, 256)) }.map_err(err("fp4_dequantize"))?;
             }
         }
         Ok(())
     }
+}
+
+/// A quantized tensor's pieces as device views.
+pub struct Parts<'a> {
+    pub format: Format,
+    pub shape: &'a [u64],
+    pub data: CudaView<'a, u8>,
+    pub scales_f32: Option<CudaView<'a, f32>>,
+    pub scales_u8: Option<CudaView<'a, u8>>,
+    pub nested: Option<CudaView<'a, f32>>,
+    pub offset: Option<CudaView<'a, f32>>,
+    pub tensor_scale: Option<CudaView<'a, f32>>,
 }

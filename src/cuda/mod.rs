@@ -15,4 +15,6 @@ pub mod loader;
 #[cfg(feature = "cuda")]
 pub mod offload;
 #[cfg(feature = "cuda")]
+pub mod weights;
+#[cfg(feature = "cuda")]
 pub use device::*;

@@ -110,6 +110,11 @@ impl<B: Backend> Manager<B> {
         }
     }
 
+    /// Bytes of the host pool (all groups).
+    pub fn host_bytes(&self) -> u64 {
+        self.host.len() as u64
+    }
+
     pub fn group_count(&self) -> usize {
         self.groups.len()
     }

@@ -19,7 +19,7 @@ use crate::offload::{Backend, GroupId, Manager, Policy};
 use crate::plan::{Offload, Plan};
 use crate::quant::Stored;
 
-pub use pack::Packed;
+pub use pack::{dequantize_into, Packed, QuantLayout};
 
 /// Reusable bf16 buffers, by shape.
 #[derive(Default)]

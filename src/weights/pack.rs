@@ -56,50 +56,71 @@ impl Packed {
                 bytes: t.data.to_vec(),
             },
             Stored::Quantized(q) => {
-                let mut bytes = q.data.clone();
-                let (mut f, mut u) = (0, 0);
+                let (f, u) = match &q.scales {
+                    Scales::F32(v) => (v.len(), 0),
+                    Scales::U8(v) => (0, v.len()),
+                };
+                let meta = Meta::Quant {
+                    format: q.format,
+                    shape: q.shape.clone(),
+                    scale_shape: q.scale_shape.clone(),
+                    data_len: q.data.len(),
+                    scales_f32: f,
+                    scales_u8: u,
+                    nested_absmax: q.nested.as_ref().map(|n| n.absmax.len()),
+                    tensor_scale: q.tensor_scale,
+                };
+                let l = layout_of(&meta).unwrap_or_default();
+                let mut bytes = vec![0u8; l.total];
+                bytes[..q.data.len()].copy_from_slice(&q.data);
                 match &q.scales {
                     Scales::F32(v) => {
-                        f = v.len();
-                        bytes.extend(f32_bytes(v));
+                        bytes[l.scales..l.scales + 4 * v.len()].copy_from_slice(&f32_bytes(v))
                     }
-                    Scales::U8(v) => {
-                        u = v.len();
-                        bytes.extend_from_slice(v);
-                    }
+                    Scales::U8(v) => bytes[l.scales..l.scales + v.len()].copy_from_slice(v),
                 }
-                let nested_absmax = q.nested.as_ref().map(|n| {
-                    bytes.extend(f32_bytes(&n.absmax));
-                    bytes.extend(n.offset.to_le_bytes());
-                    n.absmax.len()
-                });
-                Packed {
-                    meta: Meta::Quant {
-                        format: q.format,
-                        shape: q.shape.clone(),
-                        scale_shape: q.scale_shape.clone(),
-                        data_len: q.data.len(),
-                        scales_f32: f,
-                        scales_u8: u,
-                        nested_absmax,
-                        tensor_scale: q.tensor_scale,
-                    },
-                    bytes,
+                if let (Some(n), Some(at), Some(off)) = (&q.nested, l.nested, l.offset) {
+                    bytes[at..at + 4 * n.absmax.len()].copy_from_slice(&f32_bytes(&n.absmax));
+                    bytes[off..off + 4].copy_from_slice(&n.offset.to_le_bytes());
                 }
+                if let (Some(t), Some(at)) = (q.tensor_scale, l.tensor_scale) {
+                    bytes[at..at + 4].copy_from_slice(&t.to_le_bytes());
+                }
+                Packed { meta, bytes }
             }
+        }
+    }
+
+    /// Where each piece of a quantized tensor sits in its bytes (`None` for a full tensor).
+    pub fn layout(&self) -> Option<QuantLayout> {
+        layout_of(&self.meta)
+    }
+
+    pub fn format(&self) -> Option<Format> {
+        match &self.meta {
+            Meta::Quant { format, .. } => Some(*format),
+            Meta::Full { .. } => None,
+        }
+    }
+
+    pub fn shape(&self) -> &[u64] {
+        match &self.meta {
+            Meta::Quant { shape, .. } | Meta::Full { shape, .. } => shape,
+        }
+    }
+
+    /// The dtype of a full-precision tensor.
+    pub fn full_dtype(&self) -> Option<Dtype> {
+        match &self.meta {
+            Meta::Full { dtype, .. } => Some(*dtype),
+            Meta::Quant { .. } => None,
         }
     }
 
     pub fn len(&self) -> usize {
         match &self.meta {
             Meta::Full { len, .. } => *len,
-            Meta::Quant {
-                data_len,
-                scales_f32,
-                scales_u8,
-                nested_absmax,
-                ..
-            } => data_len + 4 * scales_f32 + scales_u8 + nested_absmax.map_or(0, |n| 4 * n + 4),
+            Meta::Quant { .. } => layout_of(&self.meta).map_or(0, |l| l.total),
         }
     }
 
@@ -135,31 +156,25 @@ impl Packed {
                 nested_absmax,
                 tensor_scale,
             } => {
-                let mut at = *data_len;
-                let data = bytes[..at].to_vec();
+                let l = layout_of(&self.meta).unwrap_or_default();
+                let data = bytes[..*data_len].to_vec();
                 let scales = if *scales_u8 > 0 || *scales_f32 == 0 {
-                    let s = Scales::U8(bytes[at..at + scales_u8].to_vec());
-                    at += scales_u8;
-                    s
+                    Scales::U8(bytes[l.scales..l.scales + scales_u8].to_vec())
                 } else {
-                    let s = Scales::F32(f32s(&bytes[at..at + 4 * scales_f32]));
-                    at += 4 * scales_f32;
-                    s
+                    Scales::F32(f32s(&bytes[l.scales..l.scales + 4 * scales_f32]))
                 };
-                let nested = nested_absmax.map(|n| {
-                    let absmax = f32s(&bytes[at..at + 4 * n]);
-                    let offset = f32s(&bytes[at + 4 * n..at + 4 * n + 4])[0];
-                    let codes = match &scales {
-                        Scales::U8(c) => c.clone(),
-                        Scales::F32(_) => Vec::new(),
-                    };
-                    bnb4::Nested {
-                        codes,
-                        absmax,
-                        offset,
+                let nested = match (nested_absmax, l.nested, l.offset) {
+                    (Some(n), Some(at), Some(off)) => Some(bnb4::Nested {
+                        codes: match &scales {
+                            Scales::U8(c) => c.clone(),
+                            Scales::F32(_) => Vec::new(),
+                        },
+                        absmax: f32s(&bytes[at..at + 4 * n]),
+                        offset: f32s(&bytes[off..off + 4])[0],
                         blocksize: bnb4::NESTED_BLOCKSIZE,
-                    }
-                });
+                    }),
+                    _ => None,
+                };
                 Stored::Quantized(QuantizedTensor {
                     format: *format,
                     shape: shape.clone(),
@@ -172,6 +187,65 @@ impl Packed {
             }
         }
     }
+}
+
+/// Byte offsets of a quantized tensor's pieces; f32 pieces start 4-byte aligned so a
+/// device buffer holding the bytes can be viewed as f32 in place.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct QuantLayout {
+    pub data_len: usize,
+    pub scales: usize,
+    pub scales_f32: usize,
+    pub scales_u8: usize,
+    pub nested: Option<usize>,
+    pub nested_len: usize,
+    pub offset: Option<usize>,
+    pub tensor_scale: Option<usize>,
+    pub total: usize,
+}
+
+fn align4(x: usize) -> usize {
+    x.div_ceil(4) * 4
+}
+
+fn layout_of(m: &Meta) -> Option<QuantLayout> {
+    let Meta::Quant {
+        data_len,
+        scales_f32,
+        scales_u8,
+        nested_absmax,
+        tensor_scale,
+        ..
+    } = m
+    else {
+        return None;
+    };
+    let scales = align4(*data_len);
+    let mut at = align4(scales + 4 * scales_f32 + scales_u8);
+    let (nested, offset) = match nested_absmax {
+        Some(n) => {
+            let r = (Some(at), Some(at + 4 * n));
+            at += 4 * n + 4;
+            r
+        }
+        None => (None, None),
+    };
+    let ts = tensor_scale.map(|_| {
+        let r = at;
+        at += 4;
+        r
+    });
+    Some(QuantLayout {
+        data_len: *data_len,
+        scales,
+        scales_f32: *scales_f32,
+        scales_u8: *scales_u8,
+        nested,
+        nested_len: nested_absmax.unwrap_or(0),
+        offset,
+        tensor_scale: ts,
+        total: at,
+    })
 }
 
 pub fn shape_of(s: &Stored) -> Vec<u64> {
