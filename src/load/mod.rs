@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 
 pub use convert::{convert, convertible, e4m3_to_f32, e5m2_to_f32};
-pub use sink::{HostStore, HostTensor, Sink};
+pub use sink::{tie, HostStore, HostTensor, Sink};
 pub use write::{Entry, FileLayout, SafetensorsWriter};
 
 use crate::checkpoint::Checkpoint;

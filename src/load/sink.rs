@@ -21,6 +21,27 @@ pub trait Sink: Sync {
     }
 }
 
+/// Records `target` as the same stored value as the already delivered `to` (an `Arc`
+/// clone for host tensors: no second copy).
+pub fn tie<T: Clone>(
+    map: &Mutex<BTreeMap<String, T>>,
+    target: &Target,
+    to: &str,
+) -> Result<(), Diagnostic> {
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    let shared = map.get(to).cloned().ok_or_else(|| {
+        Diagnostic::new(
+            Code::E0901,
+            format!(
+                "`{}` is tied to `{to}`, which was not delivered; this is a bug in wmapc",
+                target.name
+            ),
+        )
+    })?;
+    map.insert(target.name.clone(), shared);
+    Ok(())
+}
+
 /// A full-precision tensor in host memory, in the runtime layout.
 #[derive(Clone, Debug)]
 pub struct HostTensor {
@@ -57,17 +78,6 @@ impl Sink for HostStore {
     }
 
     fn tied(&self, target: &Target, to: &str) -> Result<(), Diagnostic> {
-        let mut map = self.tensors.lock().unwrap_or_else(|p| p.into_inner());
-        let shared = map.get(to).cloned().ok_or_else(|| {
-            Diagnostic::new(
-                Code::E0901,
-                format!(
-                    "`{}` is tied to `{to}`, which was not delivered; this is a bug in wmapc",
-                    target.name
-                ),
-            )
-        })?;
-        map.insert(target.name.clone(), shared);
-        Ok(())
+        tie(&self.tensors, target, to)
     }
 }

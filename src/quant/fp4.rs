@@ -49,6 +49,40 @@ fn pack_row(codes: &[u8], out: &mut [u8]) {
 pub const NVFP4_BLOCK: usize = 16;
 pub const MXFP4_BLOCK: usize = 32;
 
+/// Blocks of `block` along each row of a `[rows, cols]` view: per block, `scale` turns the
+/// block's amax into its stored scale byte and the divisor its elements are coded against;
+/// elements are `e2m1(x / divisor)`. Returns packed `[rows, ceil(cols/2)]` and the scale
+/// bytes `[rows, ceil(cols/block)]`.
+fn quantize_rows(
+    x: &[f32],
+    cols: usize,
+    block: usize,
+    scale: impl Fn(f32) -> (u8, f32) + Sync,
+) -> (Vec<u8>, Vec<u8>) {
+    let rows = x.len() / cols.max(1);
+    let (bpr, ppr) = (cols.div_ceil(block), cols.div_ceil(2));
+    let mut packed = vec![0u8; rows * ppr];
+    let mut scales = vec![0u8; rows * bpr];
+    packed
+        .par_chunks_mut(ppr.max(1))
+        .zip(scales.par_chunks_mut(bpr.max(1)))
+        .enumerate()
+        .for_each(|(r, (pout, sout))| {
+            let row = &x[r * cols..(r + 1) * cols];
+            let mut codes = vec![0u8; cols];
+            for (b, blk) in row.chunks(block).enumerate() {
+                let bmax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let (byte, divisor) = scale(bmax);
+                sout[b] = byte;
+                for (j, &v) in blk.iter().enumerate() {
+                    codes[b * block + j] = e2m1(v / divisor);
+                }
+            }
+            pack_row(&codes, pout);
+        });
+    (packed, scales)
+}
+
 /// NVFP4 over a `[rows, cols]` view: packed `[rows, ceil(cols/2)]`, E4M3 block scales
 /// `[rows, ceil(cols/16)]`, and the tensor scale `amax / (6 * 448)` (1 for an all-zero
 /// tensor, so every block scale is 0 → 1 and every element 0).
@@ -62,31 +96,13 @@ pub fn nvfp4_quantize(x: &[f32], cols: usize) -> (Vec<u8>, Vec<u8>, f32) {
     } else {
         amax / (6.0 * 448.0)
     };
-    let rows = x.len() / cols.max(1);
-    let (bpr, ppr) = (cols.div_ceil(NVFP4_BLOCK), cols.div_ceil(2));
-    let mut packed = vec![0u8; rows * ppr];
-    let mut scales = vec![0u8; rows * bpr];
-    packed
-        .par_chunks_mut(ppr.max(1))
-        .zip(scales.par_chunks_mut(bpr.max(1)))
-        .enumerate()
-        .for_each(|(r, (pout, sout))| {
-            let row = &x[r * cols..(r + 1) * cols];
-            let mut codes = vec![0u8; cols];
-            for (b, block) in row.chunks(NVFP4_BLOCK).enumerate() {
-                let bmax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let mut s = e4m3(bmax / (6.0 * ws2));
-                if s & 0x7F == 0 {
-                    s = e4m3(1.0);
-                }
-                sout[b] = s;
-                let denom = e4m3_to_f32(s) * ws2;
-                for (j, &v) in block.iter().enumerate() {
-                    codes[b * NVFP4_BLOCK + j] = e2m1(v / denom);
-                }
-            }
-            pack_row(&codes, pout);
-        });
+    let (packed, scales) = quantize_rows(x, cols, NVFP4_BLOCK, |bmax| {
+        let mut s = e4m3(bmax / (6.0 * ws2));
+        if s & 0x7F == 0 {
+            s = e4m3(1.0); // a zero scale becomes 1.0
+        }
+        (s, e4m3_to_f32(s) * ws2)
+    });
     (packed, scales, ws2)
 }
 
@@ -132,29 +148,10 @@ fn e8m0_to_f32(e: u8) -> f32 {
 /// MXFP4 over a `[rows, cols]` view: packed `[rows, ceil(cols/2)]`, E8M0 scales
 /// `[rows, ceil(cols/32)]`.
 pub fn mxfp4_quantize(x: &[f32], cols: usize) -> (Vec<u8>, Vec<u8>) {
-    let rows = x.len() / cols.max(1);
-    let (bpr, ppr) = (cols.div_ceil(MXFP4_BLOCK), cols.div_ceil(2));
-    let mut packed = vec![0u8; rows * ppr];
-    let mut scales = vec![0u8; rows * bpr];
-    packed
-        .par_chunks_mut(ppr.max(1))
-        .zip(scales.par_chunks_mut(bpr.max(1)))
-        .enumerate()
-        .for_each(|(r, (pout, sout))| {
-            let row = &x[r * cols..(r + 1) * cols];
-            let mut codes = vec![0u8; cols];
-            for (b, block) in row.chunks(MXFP4_BLOCK).enumerate() {
-                let bmax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let e = mx_scale(bmax);
-                sout[b] = e;
-                let scale = e8m0_to_f32(e);
-                for (j, &v) in block.iter().enumerate() {
-                    codes[b * MXFP4_BLOCK + j] = e2m1(v / scale);
-                }
-            }
-            pack_row(&codes, pout);
-        });
-    (packed, scales)
+    quantize_rows(x, cols, MXFP4_BLOCK, |bmax| {
+        let e = mx_scale(bmax);
+        (e, e8m0_to_f32(e))
+    })
 }
 
 pub fn mxfp4_dequantize(packed: &[u8], scales: &[u8], cols: usize, out: &mut [f32]) {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use super::{quantize, to_f32, ErrorStats, Format, QuantizedTensor};
-use crate::diag::{Code, Diagnostic};
+use crate::diag::Diagnostic;
 use crate::load::{HostTensor, Sink};
 use crate::plan::Target;
 
@@ -94,17 +94,6 @@ impl Sink for QuantStore {
     }
 
     fn tied(&self, target: &Target, to: &str) -> Result<(), Diagnostic> {
-        let mut map = self.tensors.lock().unwrap_or_else(|p| p.into_inner());
-        let shared = map.get(to).cloned().ok_or_else(|| {
-            Diagnostic::new(
-                Code::E0901,
-                format!(
-                    "`{}` is tied to `{to}`, which was not delivered; this is a bug in wmapc",
-                    target.name
-                ),
-            )
-        })?;
-        map.insert(target.name.clone(), shared);
-        Ok(())
+        crate::load::tie(&self.tensors, target, to)
     }
 }
