@@ -40,6 +40,8 @@ pub struct Compilation {
     pub config: Option<Config>,
     /// The IR and its span table, when checking found no error.
     pub lowered: Option<(ir::Ir, ir::Spans)>,
+    /// Config keys config.json lacks whose stdlib default was used (`key` → value).
+    pub defaults: std::collections::BTreeMap<String, String>,
 }
 
 impl Compilation {
@@ -116,6 +118,7 @@ pub fn compile(model: &ModelSource, config: Option<&Path>) -> miette::Result<Com
                 let (checked, diags) = check::check(&program, model, cfg);
                 c.diags.extend(diags);
                 if let Some(checked) = checked {
+                    c.defaults = checked.defaults.clone();
                     c.lowered = Some(lower::lower(&program, checked));
                 }
             }

@@ -379,3 +379,14 @@ fn load_with_an_offload_budget_reports_the_sweep() {
     assert_eq!(code, 2);
     assert!(stderr.contains("as a size"), "{stderr}");
 }
+
+/// Keys a config leaves out and the stdlib defaults are reported as a note (not a warning:
+/// Mistral has no `attention_bias` because it has no biases).
+#[test]
+fn check_notes_the_stdlib_defaults_a_config_relied_on() {
+    let (code, stdout, stderr) =
+        wmapc(&["check", "--config", "tests/fixtures/hf/mistral/config.json"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.is_empty(), "no warnings: {stderr}");
+    assert!(stdout.ends_with("note: config.json lacks these keys; their stdlib defaults were used: attention_bias = false\n"), "{stdout}");
+}

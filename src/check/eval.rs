@@ -104,6 +104,9 @@ pub struct Evaluator<'a> {
     pub used: BTreeMap<String, Value>,
     /// `config` items that fell through to a non-key default (reported once each).
     pub defaults: Vec<Diagnostic>,
+    /// Defaults the stdlib's own `config` items fell back to: the config's schema, not news,
+    /// so reported as notes (`key = value`) rather than warnings.
+    pub schema_defaults: BTreeMap<String, String>,
     defaults_seen: BTreeSet<Span>,
     /// `config` items being evaluated: they do not see themselves.
     active: Vec<Span>,
@@ -116,6 +119,7 @@ impl<'a> Evaluator<'a> {
             config,
             used: BTreeMap::new(),
             defaults: Vec::new(),
+            schema_defaults: BTreeMap::new(),
             defaults_seen: BTreeSet::new(),
             active: Vec::new(),
         }
@@ -303,6 +307,10 @@ impl<'a> Evaluator<'a> {
                     // The stdlib's defaults are the schema's (Mistral has no `attention_bias`
                     // key because it has no biases); only a user's defaults are news.
                     let user_item = !self.program.stdlib_files.contains(&item.span.file);
+                    if i > 0 && first_is_key && !is_key && !user_item {
+                        self.schema_defaults
+                            .insert(item.alternatives[0].node.to_string(), v.value.to_string());
+                    }
                     if i > 0
                         && first_is_key
                         && !is_key

@@ -31,6 +31,8 @@ pub struct Checked {
     /// Repeated instances carry one variant per index, in order.
     pub root: ir::Body,
     pub config: BTreeMap<String, Value>,
+    /// Config keys absent from config.json whose stdlib default was used (`key` → value).
+    pub defaults: BTreeMap<String, String>,
     pub spans: ir::Spans,
 }
 
@@ -53,6 +55,7 @@ pub fn check(program: &Program, model: DeclId, config: &Config) -> (Option<Check
     let checked = (!diags.has_errors()).then_some(Checked {
         model,
         root,
+        defaults: w.ev.schema_defaults,
         config: w.ev.used,
         spans: w.spans,
     });

@@ -63,6 +63,7 @@ pub fn check(args: &ModelArgs) -> miette::Result<ExitCode> {
             b.checkpoint.tensors.len(),
             b.checkpoint.shards.len()
         );
+        print_defaults(&c);
         return Ok(status(&c));
     }
     if args.format == Format::Human && c.ok() {
@@ -73,12 +74,28 @@ pub fn check(args: &ModelArgs) -> miette::Result<ExitCode> {
                     "ok: model `{}` checks against the config ({n} param declarations bound)",
                     ir.model
                 );
+                print_defaults(&c);
             }
             (None, Some(_)) => println!("ok: names resolve (pass --config to check shapes)"),
             _ => {}
         }
     }
     Ok(status(&c))
+}
+
+/// The stdlib defaults the config relied on, as one note line.
+fn print_defaults(c: &Compilation) {
+    if !c.defaults.is_empty() {
+        let shown: Vec<String> = c
+            .defaults
+            .iter()
+            .map(|(k, v)| format!("{k} = {v}"))
+            .collect();
+        println!(
+            "note: config.json lacks these keys; their stdlib defaults were used: {}",
+            shown.join(", ")
+        );
+    }
 }
 
 fn count_params(b: &crate::ir::Body) -> usize {
