@@ -14,7 +14,7 @@ use crate::checkpoint::Dtype;
 use crate::offload::{GroupId, Manager, Policy};
 use crate::plan::Plan;
 use crate::quant::Stored;
-use crate::weights::{place, Packed};
+use crate::weights::{homes, place, Home};
 
 type Pool = Arc<Mutex<BTreeMap<Vec<u64>, Vec<CudaSlice<u16>>>>>;
 
@@ -33,19 +33,10 @@ impl Drop for DeviceView {
     }
 }
 
-enum Home {
-    Resident(DeviceTensor),
-    Offloaded {
-        group: GroupId,
-        offset: usize,
-        packed: Packed,
-    },
-}
-
 pub struct DeviceWeights {
     gpu: Arc<Gpu>,
     pub offload: Manager<CudaBackend>,
-    homes: BTreeMap<String, Home>,
+    homes: BTreeMap<String, Home<DeviceTensor>>,
     pool: Pool,
     /// Buffers taken from the pool / allocated.
     pub reused: u64,
@@ -78,25 +69,10 @@ impl DeviceWeights {
             host.insert(t.name.clone(), stored);
         }
         let p = place(CudaBackend::new(gpu.clone()), plan, host, budget, policy)?;
-        let mut homes: BTreeMap<String, Home> = store
-            .tensors
-            .into_iter()
-            .map(|(k, v)| (k, Home::Resident(v)))
-            .collect();
-        for (key, (group, offset, packed)) in p.offloaded {
-            homes.insert(
-                key,
-                Home::Offloaded {
-                    group,
-                    offset,
-                    packed,
-                },
-            );
-        }
         Ok(DeviceWeights {
             gpu,
             offload: p.offload,
-            homes,
+            homes: homes(store.tensors, p.offloaded),
             pool: Arc::default(),
             reused: 0,
             allocated: 0,

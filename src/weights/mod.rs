@@ -79,9 +79,10 @@ impl BufferPool {
     }
 }
 
-/// Where one stored tensor (or slice) lives.
-enum Home {
-    Resident(Stored),
+/// Where one stored tensor (or slice) lives: resident as `R` (host `Stored` here, a device
+/// tensor on the GPU), or packed at `offset` in an offload group's storage.
+pub enum Home<R> {
+    Resident(R),
     Offloaded {
         group: GroupId,
         offset: usize,
@@ -89,9 +90,31 @@ enum Home {
     },
 }
 
+/// The home of every key: the resident ones as given, then the offloaded ones of a placement.
+pub fn homes<R>(
+    resident: impl IntoIterator<Item = (String, R)>,
+    offloaded: BTreeMap<String, (GroupId, usize, Packed)>,
+) -> BTreeMap<String, Home<R>> {
+    let mut homes: BTreeMap<String, Home<R>> = resident
+        .into_iter()
+        .map(|(k, v)| (k, Home::Resident(v)))
+        .collect();
+    for (key, (group, offset, packed)) in offloaded {
+        homes.insert(
+            key,
+            Home::Offloaded {
+                group,
+                offset,
+                packed,
+            },
+        );
+    }
+    homes
+}
+
 pub struct WeightsManager<B: Backend<Buffer = Vec<u8>>> {
     pub offload: Manager<B>,
-    homes: BTreeMap<String, Home>,
+    homes: BTreeMap<String, Home<Stored>>,
     pool: Arc<BufferPool>,
 }
 
@@ -188,24 +211,9 @@ impl<B: Backend<Buffer = Vec<u8>>> WeightsManager<B> {
         policy: Policy,
     ) -> Result<Self, String> {
         let p = place(backend, plan, tensors, budget, policy)?;
-        let mut homes: BTreeMap<String, Home> = p
-            .resident
-            .into_iter()
-            .map(|(k, v)| (k, Home::Resident(v)))
-            .collect();
-        for (key, (group, offset, packed)) in p.offloaded {
-            homes.insert(
-                key,
-                Home::Offloaded {
-                    group,
-                    offset,
-                    packed,
-                },
-            );
-        }
         Ok(WeightsManager {
             offload: p.offload,
-            homes,
+            homes: homes(p.resident, p.offloaded),
             pool: Arc::new(BufferPool::default()),
         })
     }
