@@ -173,13 +173,7 @@ fn throughput(dir: &Path) {
     }
     sparse::write_sparse(dir, &specs, 4);
     // Fill the holes with pseudo-random bytes so the page cache holds real data.
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .collect();
-    files.sort();
+    let files = sparse::safetensors_files(dir);
     let mut state = 0x2545_F491_4F6C_DD1Du64;
     let mut total = 0u64;
     for f in &files {

@@ -37,13 +37,7 @@ fn load_dir(dir: &Path, model: &ModelSource) -> (Plan, BTreeMap<String, HostTens
 
 /// The raw bytes and shape of a checkpoint tensor, read with the `safetensors` crate.
 fn raw(dir: &Path, name: &str) -> (Vec<u8>, Vec<u64>) {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .collect();
-    files.sort();
+    let files = common::sparse::safetensors_files(dir);
     for f in files {
         let bytes = std::fs::read(&f).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();

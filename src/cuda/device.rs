@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, LaunchConfig,
+    PushKernelArg,
 };
 
 use super::sources;
@@ -301,7 +302,6 @@ impl Gpu {
         let n = x.len() as i64;
         let cols = q.shape.last().copied().unwrap_or(1).max(1) as usize;
         let (r0, rows) = (offset / cols, x.len() / cols);
-        let (rows_i, cols_i) = (rows as i64, cols as i64);
         match q.format {
             Format::Nf4 { blocksize } | Format::Nf4Dq { blocksize } | Format::Fp4 { blocksize } => {
                 let kind: i32 = if matches!(q.format, Format::Fp4 { .. }) {
@@ -353,14 +353,14 @@ impl Gpu {
                     block_dim: (256, 1, 1),
                     shared_mem_bytes: 0,
                 };
-                let mut b = s.launch_builder(self.f("fp8_quantize_rows"));
-                b.arg(x)
-                    .arg(&rows_i)
-                    .arg(&cols_i)
-                    .arg(&mut data)
-                    .arg(&mut scales);
-                // SAFETY: as above.
-                unsafe { b.launch(cfg) }.map_err(err("fp8_quantize_rows"))?;
+                self.launch_rows(
+                    "fp8_quantize_rows",
+                    cfg,
+                    x,
+                    (rows, cols),
+                    &mut data,
+                    &mut scales,
+                )?;
             }
             Format::Fp8Block { block } => {
                 let bc = cols.div_ceil(block);
@@ -375,14 +375,14 @@ impl Gpu {
                     block_dim: (256, 1, 1),
                     shared_mem_bytes: 0,
                 };
-                let mut b = s.launch_builder(self.f("fp8_quantize_blocks"));
-                b.arg(x)
-                    .arg(&rows_i)
-                    .arg(&cols_i)
-                    .arg(&mut data)
-                    .arg(&mut scales);
-                // SAFETY: as above.
-                unsafe { b.launch(cfg) }.map_err(err("fp8_quantize_blocks"))?;
+                self.launch_rows(
+                    "fp8_quantize_blocks",
+                    cfg,
+                    x,
+                    (rows, cols),
+                    &mut data,
+                    &mut scales,
+                )?;
             }
             Format::Mxfp4 => {
                 let bpr = cols.div_ceil(fp4::MXFP4_BLOCK);
@@ -392,20 +392,40 @@ impl Gpu {
                     .as_mut()
                     .ok_or("no scales")?
                     .slice_mut(r0 * bpr..);
-                let mut b = s.launch_builder(self.f("mxfp4_quantize"));
-                b.arg(x)
-                    .arg(&rows_i)
-                    .arg(&cols_i)
-                    .arg(&mut data)
-                    .arg(&mut scales);
-                // SAFETY: as above.
-                unsafe { b.launch(grid((rows * bpr) as u64, 128)) }
-                    .map_err(err("mxfp4_quantize"))?;
+                let cfg = grid((rows * bpr) as u64, 128);
+                self.launch_rows(
+                    "mxfp4_quantize",
+                    cfg,
+                    x,
+                    (rows, cols),
+                    &mut data,
+                    &mut scales,
+                )?;
             }
             Format::Fp8PerTensor | Format::Nvfp4 => {
                 return Err(format!("{} needs the whole tensor", q.format.name()))
             }
         }
+        Ok(())
+    }
+
+    /// Launches one of the row-block quantizers, whose kernels all take
+    /// `(x, rows, cols, data, scales)`.
+    fn launch_rows<S>(
+        &self,
+        name: &'static str,
+        cfg: LaunchConfig,
+        x: &CudaView<'_, u16>,
+        (rows, cols): (usize, usize),
+        data: &mut CudaViewMut<'_, u8>,
+        scales: &mut CudaViewMut<'_, S>,
+    ) -> GpuResult<()> {
+        let (rows, cols) = (rows as i64, cols as i64);
+        let mut b = self.stream.launch_builder(self.f(name));
+        b.arg(x).arg(&rows).arg(&cols).arg(data).arg(scales);
+        // SAFETY: the caller names a kernel of this signature and passes views that hold
+        // the chunk's rows (sizes from `alloc_quantized`).
+        unsafe { b.launch(cfg) }.map_err(err(name))?;
         Ok(())
     }
 

@@ -17,6 +17,18 @@ fn dtype_size(d: &str) -> u64 {
     }
 }
 
+/// The `.safetensors` files in `dir`, sorted by name.
+pub fn safetensors_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    files.sort();
+    files
+}
+
 /// Writes `specs` into `shards` files plus an index (one file and no index when 1).
 pub fn write_sparse(dir: &Path, specs: &[Spec], shards: usize) {
     std::fs::create_dir_all(dir).unwrap();
