@@ -68,6 +68,13 @@ __device__ __forceinline__ u8 e2m1(float x) {
     return (x < 0.0f && code != 0) ? (u8)(code | 8) : code;
 }
 
+// ModelOpt's NVFP4 element code: a negative value keeps its sign bit even when its
+// magnitude rounds to zero (quant::fp4::e2m1_signed).
+__device__ __forceinline__ u8 e2m1_signed(float x) {
+    u8 code = e2m1(x) & 7;
+    return x < 0.0f ? (u8)(code | 8) : code;
+}
+
 __device__ __forceinline__ float e2m1_to_f32(u8 c) {
     const float v[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
     float r = v[c & 7];

@@ -20,14 +20,16 @@ extern "C" __global__ void nvfp4_quantize(const u16* x, i64 rows, i64 cols, cons
         v[k] = c0 + k < cols ? bf16_to_f32(x[r * cols + c0 + k]) : 0.0f;
         m = fmaxf(m, fabsf(v[k]));
     }
-    u8 s = e4m3(__fdiv_rn(m, __fmul_rn(6.0f, ws2)));
-    if ((s & 0x7F) == 0) s = 0x38;  // a zero scale becomes 1.0
+    // ModelOpt's block scale: 1.0 where zero, clamped to [2^-9, 448] before the cast.
+    float sf = __fdiv_rn(m, __fmul_rn(6.0f, ws2));
+    if (sf == 0.0f) sf = 1.0f;
+    u8 s = e4m3(fminf(fmaxf(sf, 0.001953125f), 448.0f));
     scales[r * bpr + b] = s;
     float denom = __fmul_rn(e4m3_to_f32(s), ws2);
     i64 ppr = (cols + 1) / 2;
     for (int k = 0; k < 16 && c0 + k < cols; k += 2) {
-        u8 lo = e2m1(__fdiv_rn(v[k], denom));
-        u8 hi = c0 + k + 1 < cols ? e2m1(__fdiv_rn(v[k + 1], denom)) : 0;
+        u8 lo = e2m1_signed(__fdiv_rn(v[k], denom));
+        u8 hi = c0 + k + 1 < cols ? e2m1_signed(__fdiv_rn(v[k + 1], denom)) : 0;
         packed[r * ppr + (c0 + k) / 2] = lo | (u8)(hi << 4);
     }
 }
@@ -67,7 +69,7 @@ extern "C" __global__ void mxfp4_quantize(const u16* x, i64 rows, i64 cols, u8* 
     }
 }
 
-// mode 0: NVFP4 ((e2m1 * e4m3 scale) * tensor scale); mode 1: MXFP4 (e2m1 * 2^(e-127)).
+// mode 0: NVFP4 (e2m1 * (e4m3 scale * tensor scale), ModelOpt's order); mode 1: MXFP4 (e2m1 * 2^(e-127)).
 extern "C" __global__ void fp4_dequantize(const u8* packed, const u8* scales, const float* tensor_scale, u16* out,
                                           i64 rows, i64 cols, int mode) {
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
@@ -79,7 +81,7 @@ extern "C" __global__ void fp4_dequantize(const u8* packed, const u8* scales, co
     float v;
     if (mode == 0) {
         float s = e4m3_to_f32(scales[r * ((cols + 15) / 16) + c / 16]);
-        v = __fmul_rn(__fmul_rn(e2m1_to_f32(code), s), *tensor_scale);
+        v = __fmul_rn(e2m1_to_f32(code), __fmul_rn(s, *tensor_scale));
     } else {
         v = __fmul_rn(e2m1_to_f32(code), ldexpf(1.0f, (int)scales[r * ((cols + 31) / 32) + c / 32] - 127));
     }

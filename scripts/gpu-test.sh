@@ -7,12 +7,24 @@ set -uo pipefail
 OUT=${OUT:-/tmp/wmap-gpu}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD/.gpu/bnb HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+# Wheels the machine lacks (nvidia-modelopt and its pydantic, for the NVFP4 goldens), if carried.
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=$PYTHONPATH:/tmp/site
+fi
 CKPT=${CKPT:-/tmp/llama8b}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
 
 echo "== tests"
 .gpu/bin/test-kernels --nocapture 2>&1 | tee "$OUT/test-kernels.log" | grep -E "compiled|test result"
-.gpu/bin/test-gpu --nocapture --test-threads 1 2>&1 | tee "$OUT/test-gpu.log" | grep -E "device|checks|bytes|match|panicked|test result"
+.gpu/bin/test-gpu --include-ignored --nocapture --test-threads 1 2>&1 | tee "$OUT/test-gpu.log" | grep -E "device|checks|bytes|match|panicked|test result"
+
+echo "== goldens: regenerated with bitsandbytes, transformers and ModelOpt, compared to the committed ones"
+mkdir -p "$OUT/goldens"
+python3 scripts/make_goldens.py "$OUT/goldens" 2>&1 | grep -v -i warn | tee "$OUT/goldens.log"
+for f in bnb_4bit scales; do
+  cmp -s "$OUT/goldens/$f.safetensors" "tests/fixtures/golden/$f.safetensors" && echo "golden $f: identical" || echo "golden $f: DIFFERS"
+done | tee -a "$OUT/goldens.log"
 
 echo "== library example"
 .gpu/bin/example-gpu_load tests/fixtures/hf/qwen3_moe nf4 2>&1 | tee "$OUT/example.log" | head -8
@@ -45,6 +57,7 @@ python3 scripts/verify_export.py tests/fixtures/hf/llama .gpu/exports/nf4:nf4 .g
 
 echo "== summary ($(head -1 "$OUT/device.txt"))"
 grep -h -E "test result" "$OUT"/test-*.log
+grep -h "^golden" "$OUT/goldens.log"
 grep -h -E "nf4 quantize|nf4 dequantize|fp8 128|copy" "$OUT/bench-gpu.log"
 grep -h -E "peer|pinned" "$OUT/peer-kernels.log"
 grep -h -E "^load|loaded" "$OUT/wmap-load.log"

@@ -1,13 +1,22 @@
 //! The CUDA kernels against the CPU reference, byte for byte: the golden cases and random
 //! tensors of awkward sizes, every format, quantize and dequantize, and one tensor over
-//! 2^31 bytes. Without a CUDA device the test prints why and passes (CI has no GPU;
-//! `scripts/gpu-test.sh` runs it on one).
+//! 2^31 bytes. Every test here is `#[ignore]`d, so a run without a GPU reports them as
+//! ignored rather than passed; `scripts/gpu-test.sh` runs them with `--include-ignored`,
+//! and there a missing device is a failure.
 #![cfg(feature = "cuda")]
 
 mod common;
 
 use wmap::cuda::Gpu;
 use wmap::quant::{self, Format, QuantizedTensor};
+
+/// Inside an ignored test: the device must be there (a skip would read as a pass).
+fn need_gpu() {
+    assert!(
+        wmap::cuda::available(),
+        "no CUDA driver or device: run these tests on a GPU machine"
+    );
+}
 
 fn bf16_random(n: usize, seed: u64) -> Vec<u16> {
     let mut s = seed | 1;
@@ -86,13 +95,9 @@ fn check(gpu: &Gpu, format: Format, x: &[u16], shape: &[u64], what: &str) {
 }
 
 #[test]
+#[ignore = "needs a CUDA device: scripts/gpu-test.sh runs it with --include-ignored"]
 fn kernels_match_the_cpu_reference() {
-    if !wmap::cuda::available() {
-        println!(
-            "skipped: no CUDA driver or device here (run scripts/gpu-test.sh on a GPU machine)"
-        );
-        return;
-    }
+    need_gpu();
     let gpu = Gpu::new(0).expect("open the GPU");
     println!("device: {} ({})", gpu.name, gpu.arch);
     let shapes: &[&[u64]] = &[
@@ -170,11 +175,9 @@ fn kernels_match_the_cpu_reference() {
 
 /// One input over 2^31 bytes, so 32-bit index arithmetic would show.
 #[test]
+#[ignore = "needs a CUDA device: scripts/gpu-test.sh runs it with --include-ignored"]
 fn a_tensor_over_two_gib_matches() {
-    if !wmap::cuda::available() {
-        println!("skipped: no CUDA driver or device here");
-        return;
-    }
+    need_gpu();
     let gpu = Gpu::new(0).expect("open the GPU");
     let n = (1usize << 30) + 4099; // 2 GiB + 8 KiB of bf16
     let x = bf16_random(n, 99);
@@ -200,11 +203,9 @@ fn a_tensor_over_two_gib_matches() {
 /// quantization chunks far smaller than a tensor, so targets span buffers, small ones
 /// share them, and large ones are quantized piece by piece.
 #[test]
+#[ignore = "needs a CUDA device: scripts/gpu-test.sh runs it with --include-ignored"]
 fn the_gpu_loader_matches_the_cpu_loader() {
-    if !wmap::cuda::available() {
-        println!("skipped: no CUDA driver or device here");
-        return;
-    }
+    need_gpu();
     use wmap::cuda::loader::{self, DeviceTensor, Staging};
     use wmap::driver::{self, ModelSource};
     let gpu = Gpu::new(0).expect("open the GPU");
@@ -259,11 +260,9 @@ fn the_gpu_loader_matches_the_cpu_loader() {
 /// The GPU weight manager: experts offloaded to page-locked host groups under a small
 /// budget; every `get` equals the CPU's dequantization of the CPU's quantization.
 #[test]
+#[ignore = "needs a CUDA device: scripts/gpu-test.sh runs it with --include-ignored"]
 fn the_gpu_weight_manager_serves_exact_bf16() {
-    if !wmap::cuda::available() {
-        println!("skipped: no CUDA driver or device here");
-        return;
-    }
+    need_gpu();
     use std::sync::Arc;
     use wmap::cuda::loader::{self, Staging};
     use wmap::cuda::weights::DeviceWeights;
@@ -316,4 +315,46 @@ fn the_gpu_weight_manager_serves_exact_bf16() {
         assert!(w.reused > 0, "same-shape buffers are reused");
     }
     println!("GPU weight manager: nf4, nf4-dq, mxfp4, fp8-block gets match the CPU");
+}
+
+/// Dropping an offload manager while prefetches are still copying: the backend drains
+/// the copy stream before it unpins the pool, and in-flight tickets keep the pool alive.
+/// A second manager afterwards must pin, copy and return exact bytes (an unpin that never
+/// happened would make its registration fail).
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu-test.sh runs it with --include-ignored"]
+fn dropping_a_manager_with_prefetches_in_flight_is_sound() {
+    need_gpu();
+    use std::sync::Arc;
+    use wmap::cuda::offload::CudaBackend;
+    use wmap::offload::{Manager, Policy};
+    let gpu = Arc::new(Gpu::new(0).expect("open the GPU"));
+    let groups: Vec<(String, usize)> = (0..48).map(|g| (format!("g{g}"), 16 << 20)).collect();
+    for round in 0..3u8 {
+        let mut m = Manager::new(
+            CudaBackend::new(gpu.clone()),
+            &groups,
+            u64::MAX,
+            Policy::Lru,
+        );
+        for g in 0..groups.len() {
+            let fill = (g as u8).wrapping_mul(7).wrapping_add(round);
+            m.host_mut(g).unwrap().fill(fill);
+        }
+        for g in 0..groups.len() {
+            m.prefetch(g).unwrap();
+        }
+        if round < 2 {
+            // 768 MiB still in flight: drop without waiting.
+            drop(m);
+            continue;
+        }
+        for g in [0, 17, 47] {
+            let want = vec![(g as u8).wrapping_mul(7).wrapping_add(round); 16 << 20];
+            let got = gpu.stream.clone_dtoh(m.acquire(g).unwrap()).unwrap();
+            assert!(got == want, "group {g}: bytes after two dropped managers");
+            m.release(g);
+        }
+    }
+    println!("offload: managers dropped with 768 MiB of prefetches in flight; the next one copies exactly");
 }

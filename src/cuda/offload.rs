@@ -49,9 +49,12 @@ impl CudaBackend {
     }
 }
 
+/// A copy in flight. It holds the host pool, so the pages it reads outlive the copy even
+/// when the manager that owns the pool is dropped first.
 pub struct CudaTicket {
     buffer: CudaSlice<u8>,
     done: CudaEvent,
+    _pool: Arc<Vec<u8>>,
 }
 
 impl Backend for CudaBackend {
@@ -75,7 +78,11 @@ impl Backend for CudaBackend {
                 .map_err(|e| format!("host-to-device copy: {e:?}"))?;
         }
         let done = s.record_event(None).map_err(|e| format!("{e:?}"))?;
-        Ok(CudaTicket { buffer, done })
+        Ok(CudaTicket {
+            buffer,
+            done,
+            _pool: host.clone(),
+        })
     }
 
     fn is_done(&self, t: &mut CudaTicket) -> bool {
@@ -94,9 +101,13 @@ impl Backend for CudaBackend {
 
 impl Drop for CudaBackend {
     fn drop(&mut self) {
+        // Copies may still be reading the registered pages (a prefetch nobody waited for);
+        // unregistering under a running DMA is undefined, so let the copy stream drain first.
+        let _ = self.gpu.copy_stream.synchronize();
         if let Ok(Some((ptr, _))) = self.registered.lock().map(|r| *r) {
-            // SAFETY: unregisters the pages registered in `register`; the pool is still
-            // alive (the manager drops its backend before its host pool).
+            // SAFETY: unregisters the pages registered in `register`. The copy stream is
+            // idle, and the pool is alive: the manager drops its backend before its host
+            // pool, and any ticket still around holds the pool itself.
             unsafe {
                 let _ = cudarc::driver::sys::cuMemHostUnregister(ptr as *mut _);
             }

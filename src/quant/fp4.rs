@@ -39,6 +39,18 @@ pub fn e2m1_to_f32(c: u8) -> f32 {
     }
 }
 
+/// ModelOpt's NVFP4 element code: like [`e2m1`], but every negative value keeps its sign
+/// bit, so one that rounds to zero is `0b1000` (negative zero), as ModelOpt's `_cast_fp4`
+/// (`(x < 0) << 3 | magnitude`) writes it.
+pub fn e2m1_signed(x: f32) -> u8 {
+    let code = e2m1(x) & 0b0111;
+    if x < 0.0 {
+        code | 0b1000
+    } else {
+        code
+    }
+}
+
 /// Packs E2M1 codes of a row, element 2i in the low nibble.
 fn pack_row(codes: &[u8], out: &mut [u8]) {
     for (j, pair) in codes.chunks(2).enumerate() {
@@ -48,16 +60,19 @@ fn pack_row(codes: &[u8], out: &mut [u8]) {
 
 pub const NVFP4_BLOCK: usize = 16;
 pub const MXFP4_BLOCK: usize = 32;
+/// The smallest NVFP4 block scale, E4M3's smallest subnormal (ModelOpt's clamp).
+const NVFP4_MIN_SCALE: f32 = 1.0 / 512.0;
 
 /// Blocks of `block` along each row of a `[rows, cols]` view: per block, `scale` turns the
 /// block's amax into its stored scale byte and the divisor its elements are coded against;
-/// elements are `e2m1(x / divisor)`. Returns packed `[rows, ceil(cols/2)]` and the scale
+/// elements are `code(x / divisor)`. Returns packed `[rows, ceil(cols/2)]` and the scale
 /// bytes `[rows, ceil(cols/block)]`.
 fn quantize_rows(
     x: &[f32],
     cols: usize,
     block: usize,
     scale: impl Fn(f32) -> (u8, f32) + Sync,
+    code: fn(f32) -> u8,
 ) -> (Vec<u8>, Vec<u8>) {
     let rows = x.len() / cols.max(1);
     let (bpr, ppr) = (cols.div_ceil(block), cols.div_ceil(2));
@@ -75,7 +90,7 @@ fn quantize_rows(
                 let (byte, divisor) = scale(bmax);
                 sout[b] = byte;
                 for (j, &v) in blk.iter().enumerate() {
-                    codes[b * block + j] = e2m1(v / divisor);
+                    codes[b * block + j] = code(v / divisor);
                 }
             }
             pack_row(&codes, pout);
@@ -84,8 +99,12 @@ fn quantize_rows(
 }
 
 /// NVFP4 over a `[rows, cols]` view: packed `[rows, ceil(cols/2)]`, E4M3 block scales
-/// `[rows, ceil(cols/16)]`, and the tensor scale `amax / (6 * 448)` (1 for an all-zero
-/// tensor, so every block scale is 0 → 1 and every element 0).
+/// `[rows, ceil(cols/16)]`, and the tensor scale `amax / (6 * 448)`, exactly as ModelOpt's
+/// `NVFP4QTensor` (nvidia-modelopt 0.47) defines them: a block scale is
+/// `block_amax / (6 * tensor_scale)`, 1.0 where that is zero, clamped to [2^-9, 448]
+/// before the E4M3 cast (so it never underflows to zero), and elements keep their sign
+/// bit ([`e2m1_signed`]). An all-zero tensor, where ModelOpt divides 0 by 0, gets tensor
+/// scale 1, block scales 1.0 and zero codes.
 pub fn nvfp4_quantize(x: &[f32], cols: usize) -> (Vec<u8>, Vec<u8>, f32) {
     let amax = x
         .par_iter()
@@ -96,13 +115,14 @@ pub fn nvfp4_quantize(x: &[f32], cols: usize) -> (Vec<u8>, Vec<u8>, f32) {
     } else {
         amax / (6.0 * 448.0)
     };
-    let (packed, scales) = quantize_rows(x, cols, NVFP4_BLOCK, |bmax| {
-        let mut s = e4m3(bmax / (6.0 * ws2));
-        if s & 0x7F == 0 {
-            s = e4m3(1.0); // a zero scale becomes 1.0
-        }
+    let block_scale = |bmax: f32| {
+        let s = bmax / (6.0 * ws2);
+        let s = if s == 0.0 { 1.0 } else { s };
+        // max/min, not clamp: a NaN (inf / inf) becomes the minimum, as fmaxf does on the GPU.
+        let s = e4m3(s.max(NVFP4_MIN_SCALE).min(super::fp8::E4M3_MAX));
         (s, e4m3_to_f32(s) * ws2)
-    });
+    };
+    let (packed, scales) = quantize_rows(x, cols, NVFP4_BLOCK, block_scale, e2m1_signed);
     (packed, scales, ws2)
 }
 
@@ -114,8 +134,9 @@ pub fn nvfp4_dequantize(packed: &[u8], scales: &[u8], ws2: f32, cols: usize, out
             for (j, o) in row.iter_mut().enumerate() {
                 let byte = packed[r * ppr + j / 2];
                 let c = if j % 2 == 0 { byte & 0x0F } else { byte >> 4 };
-                let s = e4m3_to_f32(scales[r * bpr + j / NVFP4_BLOCK]);
-                *o = (e2m1_to_f32(c) * s) * ws2;
+                // ModelOpt's association: the block's scale times the tensor scale first.
+                let s = e4m3_to_f32(scales[r * bpr + j / NVFP4_BLOCK]) * ws2;
+                *o = e2m1_to_f32(c) * s;
             }
         });
 }
@@ -148,10 +169,11 @@ fn e8m0_to_f32(e: u8) -> f32 {
 /// MXFP4 over a `[rows, cols]` view: packed `[rows, ceil(cols/2)]`, E8M0 scales
 /// `[rows, ceil(cols/32)]`.
 pub fn mxfp4_quantize(x: &[f32], cols: usize) -> (Vec<u8>, Vec<u8>) {
-    quantize_rows(x, cols, MXFP4_BLOCK, |bmax| {
+    let block_scale = |bmax: f32| {
         let e = mx_scale(bmax);
         (e, e8m0_to_f32(e))
-    })
+    };
+    quantize_rows(x, cols, MXFP4_BLOCK, block_scale, e2m1)
 }
 
 pub fn mxfp4_dequantize(packed: &[u8], scales: &[u8], cols: usize, out: &mut [f32]) {
@@ -220,7 +242,28 @@ mod tests {
         assert_eq!(p[1] & 0x0F, 0x05, "3.0");
         let mut back = vec![0f32; 16];
         nvfp4_dequantize(&p, &s, ws2, 16, &mut back);
-        assert_eq!(back[0], (6.0 * 448.0) * ws2);
+        // ModelOpt's order, block scale × tensor scale first; (6 × 448) × ws2 would
+        // round to 6.0000005 here.
+        assert_eq!(back[0], 6.0 * (448.0 * ws2));
+        assert_eq!(back[0], 6.0);
+    }
+
+    #[test]
+    fn nvfp4_keeps_signs_and_never_underflows_a_block_scale() {
+        // Row amax 6000; block 1 peaks at 1e-7: 1e-7 / (6 × 6000/2688) is far below
+        // 2^-9, so its scale clamps to 2^-9 (code 0x01) instead of flushing to zero.
+        let mut row = vec![0f32; 32];
+        row[0] = 6000.0;
+        row[1] = -1.0; // -1 / (scale × ws2) rounds to zero: negative zero, 0b1000
+        row[16] = 1e-7;
+        row[17] = -1e-7;
+        let (p, s, _) = nvfp4_quantize(&row, 32);
+        assert_eq!(s[1], 0x01, "clamped to the smallest subnormal");
+        assert_eq!(p[0] >> 4, 0b1000, "negative zero");
+        assert_eq!(p[8], 0b1000 << 4, "+tiny → +0, -tiny → -0");
+        assert_eq!(e2m1_signed(-0.0), 0, "-0.0 is not < 0");
+        assert_eq!(e2m1_signed(-0.1), 0b1000);
+        assert_eq!(e2m1_signed(-6.0), 0b1111);
     }
 
     #[test]
