@@ -118,8 +118,10 @@ pub fn nvfp4_quantize(x: &[f32], cols: usize) -> (Vec<u8>, Vec<u8>, f32) {
     let block_scale = |bmax: f32| {
         let s = bmax / (6.0 * ws2);
         let s = if s == 0.0 { 1.0 } else { s };
-        // max/min, not clamp: a NaN (inf / inf) becomes the minimum, as fmaxf does on the GPU.
-        let s = e4m3(s.max(NVFP4_MIN_SCALE).min(super::fp8::E4M3_MAX));
+        // A NaN (inf / inf) becomes the minimum, as fmaxf makes it on the GPU; clamp
+        // would keep the NaN.
+        let s = if s.is_nan() { NVFP4_MIN_SCALE } else { s };
+        let s = e4m3(s.clamp(NVFP4_MIN_SCALE, super::fp8::E4M3_MAX));
         (s, e4m3_to_f32(s) * ws2)
     };
     let (packed, scales) = quantize_rows(x, cols, NVFP4_BLOCK, block_scale, e2m1_signed);
