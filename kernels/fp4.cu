@@ -81,7 +81,8 @@ extern "C" __global__ void fp4_dequantize(const u8* packed, const u8* scales, co
     float v;
     if (mode == 0) {
         float s = e4m3_to_f32(scales[r * ((cols + 15) / 16) + c / 16]);
-        v = __fmul_rn(e2m1_to_f32(code), __fmul_rn(s, *tensor_scale));
+        // ModelOpt's table reads negative zero (code 8) as +0.0.
+        v = __fmul_rn(e2m1_to_f32(code & 7 ? code : 0), __fmul_rn(s, *tensor_scale));
     } else {
         v = __fmul_rn(e2m1_to_f32(code), ldexpf(1.0f, (int)scales[r * ((cols + 31) / 32) + c / 32] - 127));
     }

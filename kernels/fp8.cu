@@ -6,6 +6,12 @@ __device__ __forceinline__ float fp8_scale(float amax) {
     return (amax == 0.0f || !isfinite(amax)) ? 1.0f : __fdiv_rn(448.0f, amax);
 }
 
+// Fine-grained blocks, as transformers computes them: torch evaluates `448 / amax` as
+// reciprocal(amax) * 448, two roundings (quant::fp8::block_scale_for).
+__device__ __forceinline__ float fp8_block_scale(float amax) {
+    return (amax == 0.0f || !isfinite(amax)) ? 1.0f : __fmul_rn(__frcp_rn(amax), 448.0f);
+}
+
 // max |x| of the whole tensor into *amax_bits (an unsigned max over the bit patterns of
 // non-negative floats: order-independent, hence exact). NaN is skipped, as fmaxf does.
 extern "C" __global__ void amax_bf16(const u16* x, i64 n, u32* amax_bits) {
@@ -89,7 +95,7 @@ extern "C" __global__ void fp8_quantize_blocks(const u16* x, i64 rows, i64 cols,
         warp_max[0] = a;
     }
     __syncthreads();
-    float s = fp8_scale(warp_max[0]);
+    float s = fp8_block_scale(warp_max[0]);
     if (threadIdx.x == 0) scales[blockIdx.y * gridDim.x + blockIdx.x] = __fdiv_rn(1.0f, s);
     if (full) {
         #pragma unroll

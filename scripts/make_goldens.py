@@ -10,7 +10,8 @@ themselves, on a CUDA machine (bitsandbytes' 4-bit kernels need one):
                         the nvidia-modelopt wheel when it imports; otherwise a line-by-line
                         transcription of its `quantize`/`dequantize`, and the metadata says so).
 
-Usage (from the repository root, on the GPU machine):
+Usage (from the repository root; bitsandbytes' part needs a GPU, the rest runs anywhere
+with torch 2.11, transformers 5.17 and nvidia-modelopt 0.47 installed):
   PYTHONPATH=.gpu/bnb python3 scripts/make_goldens.py OUT_DIR
 Every input comes from torch.Generator seeds below; the versions used are recorded in each
 file's `__metadata__`. The tests (tests/quant.rs) compare wmap's CPU reference with these bytes.
@@ -24,6 +25,10 @@ from safetensors.torch import save_file
 
 SEED = 20261201
 E4M3_MAX = 448.0
+# bitsandbytes' 4-bit kernels need CUDA; the FP8 and NVFP4 references are plain torch and give
+# the same bytes on either device (IEEE float32 division, products and round-to-nearest-even
+# casts), so they run on the CPU where no GPU is lent.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def rng(offset):
@@ -116,7 +121,7 @@ def fp8_goldens():
             x[0, 0] = 0  # all of the only block: scale falls back to 1
         if special == "outliers":
             x.view(-1)[7::131] = torch.tensor(300.0, dtype=torch.bfloat16)
-        res = quantize.convert({"w.weight": [x.cuda()]})
+        res = quantize.convert({"w.weight": [x.to(DEVICE)]})
         q, s = res["w.weight"], res["w.weight_scale_inv"]
         assert q.dtype == torch.float8_e4m3fn, q.dtype
         deq = fp8_dequantize(dequantize, q, s)
@@ -204,7 +209,7 @@ def nvfp4_goldens():
             x[3, 0] = torch.tensor(6000.0, dtype=torch.bfloat16)
         if special == "outliers":
             x.view(-1)[3::37] = torch.tensor(-90.0, dtype=torch.bfloat16)
-        packed, scale, ws2 = quantize(x.cuda(), 16)
+        packed, scale, ws2 = quantize(x.to(DEVICE), 16)
         deq = dequantize(packed, scale, ws2, 16, torch.bfloat16)
         out[f"nvfp4.case{i}.input"] = x
         out[f"nvfp4.case{i}.weight"] = packed.cpu()
@@ -216,8 +221,11 @@ def nvfp4_goldens():
 
 def main():
     out_dir = sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures/golden"
-    tensors, meta = bnb_goldens()
-    save_file(tensors, f"{out_dir}/bnb_4bit.safetensors", metadata=meta)
+    if DEVICE == "cuda":
+        tensors, meta = bnb_goldens()
+        save_file(tensors, f"{out_dir}/bnb_4bit.safetensors", metadata=meta)
+    else:
+        print("no CUDA device: bnb_4bit.safetensors left as it is", file=sys.stderr)
     fp8, m1 = fp8_goldens()
     nv, m2 = nvfp4_goldens()
     meta = {"torch": torch.__version__, "seed": str(SEED), **m1, **m2}

@@ -51,6 +51,15 @@ pub fn e2m1_signed(x: f32) -> u8 {
     }
 }
 
+/// ModelOpt's NVFP4 value table: negative zero (`0b1000`) reads as +0.0.
+fn e2m1_to_f32_unsigned_zero(c: u8) -> f32 {
+    if c & 7 == 0 {
+        0.0
+    } else {
+        e2m1_to_f32(c)
+    }
+}
+
 /// Packs E2M1 codes of a row, element 2i in the low nibble.
 fn pack_row(codes: &[u8], out: &mut [u8]) {
     for (j, pair) in codes.chunks(2).enumerate() {
@@ -138,7 +147,7 @@ pub fn nvfp4_dequantize(packed: &[u8], scales: &[u8], ws2: f32, cols: usize, out
                 let c = if j % 2 == 0 { byte & 0x0F } else { byte >> 4 };
                 // ModelOpt's association: the block's scale times the tensor scale first.
                 let s = e4m3_to_f32(scales[r * bpr + j / NVFP4_BLOCK]) * ws2;
-                *o = e2m1_to_f32(c) * s;
+                *o = e2m1_to_f32_unsigned_zero(c) * s;
             }
         });
 }
