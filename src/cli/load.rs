@@ -396,7 +396,7 @@ fn quant_summary(format: crate::quant::Format, r: &crate::quant::QuantReport) ->
         .unwrap_or_default();
     format!(
         "quantized {} tensors to {}: {:.2} MB → {:.2} MB ({pct:.1} %); {} kept in full precision ({:.2} MB)\n\
-         quantization: {}, {} params, mean abs reconstruction error {:.3e} ({unit:.4} × rms(w){reference}), max {:.3e}, relative {:.4}\n",
+         quantization: {}, {} tensors, mean abs reconstruction error {:.3e} ({unit:.4} × rms(w){reference}), max {:.3e}, relative {:.4}\n",
         r.quantized,
         format.name(),
         r.bytes_before as f64 / 1e6,
