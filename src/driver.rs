@@ -3,12 +3,11 @@
 //! Input: where the model comes from (a `.wmap` file, a stdlib model name, or the
 //! config's `architectures`) and a `config.json`. Output: a [`Compilation`] holding the
 //! source map, all diagnostics, and the IR when there were no errors.
-//! I/O failures (a file that cannot be read) are application errors ([`miette::Report`]);
-//! everything wrong *in* the inputs is a coded diagnostic.
+//! Failures before any source exists (a file that cannot be read, an unknown stdlib
+//! model) are the `Err` [`Diagnostic`] of [`compile`]; everything wrong *in* the inputs is
+//! a coded diagnostic in the [`Compilation`].
 
 use std::path::{Path, PathBuf};
-
-use miette::{Context, IntoDiagnostic};
 
 use crate::config::Config;
 use crate::diag::{Code, Diagnostic, Diagnostics};
@@ -50,18 +49,20 @@ impl Compilation {
     }
 }
 
-/// Reads a file for the source map; failure is an application error.
-fn read(path: &Path, what: &str) -> miette::Result<String> {
-    let bytes = std::fs::read(path)
-        .into_diagnostic()
-        .wrap_err_with(|| format!("cannot read {what} `{}`", path.display()))?;
-    String::from_utf8(bytes)
-        .into_diagnostic()
-        .wrap_err_with(|| format!("{what} `{}` is not UTF-8 text", path.display()))
+/// Reads a file for the source map; failure is the coded `Err` of [`compile`].
+fn read(path: &Path, what: &str) -> Result<String, Diagnostic> {
+    let unreadable = |why: String| {
+        Diagnostic::new(
+            Code::E0806,
+            format!("cannot read {what} `{}`: {why}", path.display()),
+        )
+    };
+    let bytes = std::fs::read(path).map_err(|e| unreadable(e.to_string()))?;
+    String::from_utf8(bytes).map_err(|e| unreadable(format!("not UTF-8 text ({e})")))
 }
 
 /// Parses, resolves, checks against `config` (when given) and lowers.
-pub fn compile(model: &ModelSource, config: Option<&Path>) -> miette::Result<Compilation> {
+pub fn compile(model: &ModelSource, config: Option<&Path>) -> Result<Compilation, Diagnostic> {
     let mut c = Compilation::default();
     if let Some(path) = config {
         let text = read(path, "config")?;
@@ -85,16 +86,19 @@ pub fn compile(model: &ModelSource, config: Option<&Path>) -> miette::Result<Com
             Some(path) => stdlib_entry(path),
             None => {
                 let known: Vec<String> = stdlib_models().into_iter().map(|m| m.name).collect();
-                return Err(miette::miette!(
-                    help = format!("stdlib models: {}", known.join(", ")),
-                    "no stdlib model is called `{n}`"
-                ));
+                return Err(Diagnostic::new(
+                    Code::E0805,
+                    format!("no stdlib model is called `{n}`"),
+                )
+                .suggest(n, known.iter().map(String::as_str))
+                .with_note(format!("stdlib models: {}", known.join(", "))));
             }
         },
         ModelSource::Detect => {
             let Some(cfg) = &c.config else {
-                return Err(miette::miette!(
-                    "pass a .wmap file or --config so the model can be detected"
+                return Err(Diagnostic::new(
+                    Code::E0803,
+                    "pass a .wmap file or --config so the model can be detected",
                 ));
             };
             match detect(cfg) {

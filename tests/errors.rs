@@ -9,6 +9,14 @@
 //!                                      bind to this checkpoint folder (codes E05xx)
 //!   `# strict = true`                optional: unclaimed tensors are errors
 //! The snapshot holds the source and the rendered diagnostics, so a reviewer sees both.
+//!
+//! Runtime codes (output, usage) have `.cli` fixtures instead: a POSIX sh script with the
+//! header `# expect = "E0601"` and `# exit = 2`, run by `sh` in a fresh empty folder with
+//! `WMAPC` (the binary) and `FIXTURES` (absolute `tests/fixtures`) in its environment. Its
+//! last command is the `wmapc` invocation under test; the script's exit status must be
+//! `exit`, its stderr must hold `[<CODE>/`, and the snapshot holds the script and its
+//! output with the temporary folder's path redacted. `# requires = "no-cuda"` runs a
+//! fixture only in builds without the `cuda` feature.
 
 mod common;
 
@@ -34,6 +42,117 @@ fn header_value(text: &str, key: &str) -> Option<String> {
             let (k, v) = rest.split_once('=')?;
             (k.trim() == key).then(|| v.trim().trim_matches('"').to_string())
         })
+}
+
+/// A `.cli` fixture: a shell script ending in the `wmapc` run under test.
+struct CliFixture {
+    path: PathBuf,
+    expect: String,
+    exit: i32,
+    /// `# requires = "no-cuda"`: runs only in builds without the `cuda` feature.
+    no_cuda: bool,
+}
+
+fn cli_fixtures() -> Vec<CliFixture> {
+    let dir = common::root().join("tests/fixtures/errors");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cli"))
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let header = |key: &str| {
+                header_value(&text, key)
+                    .unwrap_or_else(|| panic!("{} has no `# {key} = …` header", path.display()))
+            };
+            let exit = header("exit")
+                .parse()
+                .unwrap_or_else(|_| panic!("{}: `# exit` must be a number", path.display()));
+            CliFixture {
+                expect: header("expect"),
+                exit,
+                no_cuda: header_value(&text, "requires").as_deref() == Some("no-cuda"),
+                path: common::rel(&path),
+            }
+        })
+        .collect()
+}
+
+/// Runs one `.cli` script in a fresh folder; returns (exit status, stdout, stderr) with
+/// the folder's path replaced by `[TMP]`.
+fn run_cli_fixture(f: &CliFixture) -> (i32, String, String) {
+    let stem = f.path.file_stem().unwrap().to_string_lossy().into_owned();
+    let dir = common::tempdir(&format!("cli-{stem}"));
+    let out = std::process::Command::new("sh")
+        .arg(common::root().join(&f.path))
+        .current_dir(&dir)
+        .env("WMAPC", env!("CARGO_BIN_EXE_wmapc"))
+        .env("FIXTURES", common::root().join("tests/fixtures"))
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("{}: cannot run sh: {e}", f.path.display()));
+    let redact = |b: &[u8]| {
+        let text = String::from_utf8_lossy(b).into_owned();
+        redact_pids(&text.replace(&dir.display().to_string(), "[TMP]"))
+    };
+    let run = (
+        out.status.code().unwrap_or(-1),
+        redact(&out.stdout),
+        redact(&out.stderr),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    run
+}
+
+/// `.out.tmp-4242` → `.out.tmp-[PID]` and `main.rs:12:5` → `main.rs:[LINE]`: process ids
+/// differ from run to run, and a panic's line moves with every edit of its file.
+fn redact_pids(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    loop {
+        let next = [(".tmp-", "[PID]"), (".old-", "[PID]"), (".rs:", "[LINE]")]
+            .iter()
+            .filter_map(|(m, with)| rest.find(m).map(|i| (i + m.len(), *with)))
+            .min();
+        let Some((at, with)) = next else { break };
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        if rest.starts_with(|c: char| c.is_ascii_digit()) {
+            rest = rest.trim_start_matches(|c: char| c.is_ascii_digit() || c == ':');
+            out.push_str(with);
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[test]
+fn every_cli_fixture_reports_its_code() {
+    for f in cli_fixtures() {
+        if f.no_cuda && cfg!(feature = "cuda") {
+            continue;
+        }
+        let (code, stdout, stderr) = run_cli_fixture(&f);
+        let shown =
+            format!("exit: {code}\n----- stdout -----\n{stdout}----- stderr -----\n{stderr}");
+        assert_eq!(code, f.exit, "{}: exit status\n{shown}", f.path.display());
+        assert!(
+            stderr.contains(&format!("[{}/", f.expect)),
+            "{}: stderr lacks [{}/\n{shown}",
+            f.path.display(),
+            f.expect
+        );
+        let text = std::fs::read_to_string(common::root().join(&f.path)).unwrap();
+        let name = f.path.file_name().unwrap().to_string_lossy().into_owned();
+        insta::with_settings!({ snapshot_path => "snapshots/errors", prepend_module_to_snapshot => false }, {
+            insta::assert_snapshot!(name, format!("{text}\n{shown}"));
+        });
+    }
 }
 
 fn fixtures() -> Vec<Fixture> {
@@ -132,8 +251,12 @@ fn codes_pages_fixtures_and_uses_agree() {
         );
         if !no_fixture.contains(code) {
             let fx: Vec<_> = fixtures.iter().filter(|f| f.expect == c).collect();
+            let cli: Vec<_> = cli_fixtures()
+                .into_iter()
+                .filter(|f| f.expect == c)
+                .collect();
             assert!(
-                !fx.is_empty(),
+                !fx.is_empty() || !cli.is_empty(),
                 "{c} has no fixture in tests/fixtures/errors"
             );
             for f in fx {
@@ -144,7 +267,27 @@ fn codes_pages_fixtures_and_uses_agree() {
                     f.path.display()
                 );
             }
+            for f in cli {
+                let stem = f.path.file_stem().unwrap().to_string_lossy().into_owned();
+                let slug = format!("{c}-{}", code.name());
+                assert!(
+                    stem == slug
+                        || stem
+                            .strip_prefix(&slug)
+                            .is_some_and(|n| n.starts_with('-') && n[1..].parse::<u32>().is_ok()),
+                    "{} must be named {slug}.cli or {slug}-N.cli",
+                    f.path.display()
+                );
+            }
         }
+    }
+    for f in &cli_fixtures() {
+        assert!(
+            Code::ALL.iter().any(|c| c.as_str() == f.expect),
+            "{} expects unknown code {}",
+            f.path.display(),
+            f.expect
+        );
     }
     for f in &fixtures {
         assert!(

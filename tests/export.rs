@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use wmap::driver::{self, ModelSource};
+use wmap::load::output::Staging;
 use wmap::quant::Format;
 
 type Tensors = BTreeMap<String, (String, Vec<u64>, Vec<u8>)>;
@@ -31,8 +32,9 @@ fn export(fixture: &str, quant: &str) -> PathBuf {
     let b = driver::bind(&mut c, &dir, true).unwrap();
     let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
     let format = Format::parse(quant).unwrap();
-    let ex = wmap::export::Exporter::create(&out, &b.plan, &b.checkpoint, format, &config, false)
-        .unwrap();
+    let staging = Staging::prepare(&out, &dir, false).unwrap();
+    let ex =
+        wmap::export::Exporter::create(staging, &b.plan, &b.checkpoint, format, &config).unwrap();
     wmap::load::execute(&b.plan, &b.checkpoint, &ex, Default::default(), &|_| {}).unwrap();
     ex.commit().unwrap();
     out
@@ -162,10 +164,23 @@ fn formats_without_a_layout_are_refused_before_writing() {
     let out = common::tempdir("export-mxfp4").join("out");
     let mut c = driver::compile(&ModelSource::Detect, Some(&dir.join("config.json"))).unwrap();
     let b = driver::bind(&mut c, &dir, true).unwrap();
-    let err =
-        wmap::export::Exporter::create(&out, &b.plan, &b.checkpoint, Format::Mxfp4, "{}", false)
-            .err()
-            .unwrap();
-    assert!(err.contains("has no export layout"), "{err}");
+    let staging = Staging::prepare(&out, &dir, false).unwrap();
+    let err = wmap::export::Exporter::create(staging, &b.plan, &b.checkpoint, Format::Mxfp4, "{}")
+        .err()
+        .unwrap();
+    assert_eq!(err.code.as_str(), "E0610");
+    assert!(
+        err.message.contains("has no export layout"),
+        "{}",
+        err.message
+    );
     assert!(!out.exists());
+    let left: Vec<_> = std::fs::read_dir(out.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the temporary folder and the lock are removed: {left:?}"
+    );
 }

@@ -2,6 +2,9 @@
 //! configs goes through the whole front end. Every run sees the same cases (a fixed
 //! seed), so a failure reproduces; the case index is in the message.
 
+// `driver::compile`'s error is a `Diagnostic`, as everywhere in the library.
+#![allow(clippy::result_large_err)]
+
 mod common;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -326,7 +326,8 @@ fn out_writes_the_runtime_layout_atomically() {
     let out = common::tempdir("out").join("runtime");
     let mut c = driver::compile(&ModelSource::Detect, Some(&dir.join("config.json"))).unwrap();
     let b = driver::bind(&mut c, &dir, false).unwrap();
-    let writer = load::SafetensorsWriter::create(&out, &b.plan, false).unwrap();
+    let staging = load::output::Staging::prepare(&out, &dir, false).unwrap();
+    let writer = load::SafetensorsWriter::create(staging, &b.plan).unwrap();
     load::execute(
         &b.plan,
         &b.checkpoint,
@@ -345,10 +346,10 @@ fn out_writes_the_runtime_layout_atomically() {
         assert_eq!(v.data(), t.data.as_slice(), "{name}");
     }
     // An existing destination is refused without --force, and nothing is left behind.
-    let err = load::SafetensorsWriter::create(&out, &b.plan, false)
+    let err = load::output::Staging::prepare(&out, &dir, false)
         .err()
         .unwrap();
-    assert_eq!(err.code.as_str(), "E0511");
+    assert_eq!(err.code.as_str(), "E0601");
     let leftovers: Vec<_> = std::fs::read_dir(out.parent().unwrap())
         .unwrap()
         .flatten()

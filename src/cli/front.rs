@@ -2,8 +2,9 @@
 
 use std::process::ExitCode;
 
-use super::{ColorArg, Format, ModelArgs};
-use crate::diag::{self, Code, Color, Diagnostics};
+use super::out::{err, out, outln};
+use super::{ColorArg, Format, ModelArgs, Outcome};
+use crate::diag::{self, Code, Color, Diagnostic, Diagnostics};
 use crate::driver::{self, Compilation, ModelSource};
 
 /// The config to use: `--config`, else the checkpoint's `config.json`.
@@ -31,11 +32,11 @@ pub(super) fn color(args: &ModelArgs) -> Color {
 /// Prints diagnostics in the chosen format; JSON goes to stdout, text to stderr.
 pub(super) fn emit(c: &Compilation, diags: &Diagnostics, args: &ModelArgs) {
     match args.format {
-        Format::Json => println!(
+        Format::Json => outln!(
             "{}",
             serde_json::to_string_pretty(&diag::render_json(&c.sources, diags)).unwrap_or_default()
         ),
-        Format::Human => eprint!("{}", diag::render_human(&c.sources, diags, color(args))),
+        Format::Human => err!("{}", diag::render_human(&c.sources, diags, color(args))),
     }
 }
 
@@ -47,7 +48,7 @@ pub(super) fn status(c: &Compilation) -> ExitCode {
     }
 }
 
-pub fn check(args: &ModelArgs) -> miette::Result<ExitCode> {
+pub fn check(args: &ModelArgs) -> Outcome {
     let mut c = driver::compile(&source_of(args), config_of(args).as_deref())?;
     let bound = match &args.checkpoint {
         Some(dir) => driver::bind(&mut c, dir, args.strict),
@@ -55,7 +56,7 @@ pub fn check(args: &ModelArgs) -> miette::Result<ExitCode> {
     };
     emit(&c, &c.diags, args);
     if let (Some(b), Format::Human) = (&bound, args.format) {
-        println!(
+        outln!(
             "ok: model `{}` binds to `{}`: {} targets from {} tensors in {} file(s), headers only",
             b.plan.model,
             b.checkpoint.dir.display(),
@@ -70,13 +71,13 @@ pub fn check(args: &ModelArgs) -> miette::Result<ExitCode> {
         match (&c.lowered, &c.program) {
             (Some((ir, _)), _) => {
                 let n = count_params(&ir.root);
-                println!(
+                outln!(
                     "ok: model `{}` checks against the config ({n} param declarations bound)",
                     ir.model
                 );
                 print_defaults(&c);
             }
-            (None, Some(_)) => println!("ok: names resolve (pass --config to check shapes)"),
+            (None, Some(_)) => outln!("ok: names resolve (pass --config to check shapes)"),
             _ => {}
         }
     }
@@ -91,7 +92,7 @@ fn print_defaults(c: &Compilation) {
             .iter()
             .map(|(k, v)| format!("{k} = {v}"))
             .collect();
-        println!(
+        outln!(
             "note: config.json lacks these keys; their stdlib defaults were used: {}",
             shown.join(", ")
         );
@@ -107,12 +108,10 @@ fn count_params(b: &crate::ir::Body) -> usize {
             .sum::<usize>()
 }
 
-pub fn lower(args: &ModelArgs, spans: bool) -> miette::Result<ExitCode> {
+pub fn lower(args: &ModelArgs, spans: bool) -> Outcome {
     if args.config.is_none() {
-        return Err(miette::miette!(
-            help = "wmapc lower FILE --config config.json",
-            "lower needs --config"
-        ));
+        return Err(Diagnostic::new(Code::E0803, "lower needs --config")
+            .with_help("wmapc lower FILE --config config.json"));
     }
     let c = driver::compile(&source_of(args), config_of(args).as_deref())?;
     let Some((ir, span_table)) = &c.lowered else {
@@ -122,10 +121,10 @@ pub fn lower(args: &ModelArgs, spans: bool) -> miette::Result<ExitCode> {
     };
     if !c.diags.is_empty() {
         // Warnings only: keep stdout for the IR.
-        eprint!("{}", diag::render_human(&c.sources, &c.diags, color(args)));
+        err!("{}", diag::render_human(&c.sources, &c.diags, color(args)));
     }
     let mut value = serde_json::to_value(ir)
-        .map_err(|e| miette::miette!("cannot serialize the IR: {e}; this is a bug in wmapc"))?;
+        .map_err(|e| Diagnostic::new(Code::E0901, format!("cannot serialize the IR: {e}")))?;
     if spans {
         let table: serde_json::Map<String, serde_json::Value> = span_table
             .iter()
@@ -138,17 +137,17 @@ pub fn lower(args: &ModelArgs, spans: bool) -> miette::Result<ExitCode> {
             .collect();
         value["spans"] = table.into();
     }
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(&value).unwrap_or_default()
     );
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn explain(code: Option<&str>) -> miette::Result<ExitCode> {
+pub fn explain(code: Option<&str>) -> Outcome {
     let Some(code) = code else {
         for c in Code::ALL {
-            println!("{}  {:<28} {}", c.as_str(), c.name(), c.summary());
+            outln!("{}  {:<28} {}", c.as_str(), c.name(), c.summary());
         }
         return Ok(ExitCode::SUCCESS);
     };
@@ -158,7 +157,7 @@ pub fn explain(code: Option<&str>) -> miette::Result<ExitCode> {
         .find(|c| c.as_str() == wanted || c.name() == code)
     {
         Some(c) => {
-            print!("{}", c.explain());
+            out!("{}", c.explain());
             Ok(ExitCode::SUCCESS)
         }
         None => {
@@ -166,17 +165,17 @@ pub fn explain(code: Option<&str>) -> miette::Result<ExitCode> {
             let hint = diag::nearest(&wanted, all.iter().copied())
                 .map(|n| format!("did you mean {n}? "))
                 .unwrap_or_default();
-            Err(miette::miette!(
-                help = format!("{hint}`wmapc explain` lists every code"),
-                "unknown diagnostic code `{code}`"
-            ))
+            Err(
+                Diagnostic::new(Code::E0805, format!("unknown diagnostic code `{code}`"))
+                    .with_help(format!("{hint}`wmapc explain` lists every code")),
+            )
         }
     }
 }
 
-pub fn stdlib() -> miette::Result<ExitCode> {
+pub fn stdlib() -> Outcome {
     for m in driver::stdlib_models() {
-        println!(
+        outln!(
             "{:<12} {:<26} {}",
             m.name,
             m.file,

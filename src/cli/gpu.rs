@@ -1,8 +1,13 @@
 //! `load --device cuda`: the GPU loader's summary (and its absence in CPU-only builds).
 
+#[cfg(feature = "cuda")]
 use std::process::ExitCode;
 
+#[cfg(feature = "cuda")]
+use super::out::outln;
+use super::Outcome;
 use crate::checkpoint::Checkpoint;
+use crate::diag::{Code, Diagnostic};
 use crate::plan::Plan;
 use crate::quant::Format;
 
@@ -22,11 +27,21 @@ pub fn load(
     _: Option<Format>,
     _: usize,
     _: OffloadArgs,
-) -> miette::Result<ExitCode> {
-    Err(miette::miette!(
-        help = "rebuild with `cargo build --release --features cuda`",
-        "this wmapc was built without CUDA support"
-    ))
+) -> Outcome {
+    Err(no_cuda_build())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn no_cuda_build() -> Diagnostic {
+    Diagnostic::new(Code::E0804, "this wmapc was built without CUDA support")
+        .with_help("rebuild with `cargo build --release --features cuda`, or use --device cpu")
+}
+
+/// A CUDA failure: no driver, no such device, or a call that failed.
+#[cfg(feature = "cuda")]
+fn cuda_failed(e: impl std::fmt::Display) -> Diagnostic {
+    Diagnostic::new(Code::E0804, format!("CUDA: {e}"))
+        .with_help("check the driver and the device ordinal, or use --device cpu")
 }
 
 #[cfg(feature = "cuda")]
@@ -60,27 +75,26 @@ pub fn load(
     format: Option<Format>,
     repeat: usize,
     offload: OffloadArgs,
-) -> miette::Result<ExitCode> {
+) -> Outcome {
     use crate::cuda::{loader, Gpu};
     let t0 = std::time::Instant::now();
-    let gpu = std::sync::Arc::new(Gpu::new(ordinal).map_err(|e| miette::miette!("{e}"))?);
-    let mut staging =
-        loader::Staging::new(&gpu, 3, 256 << 20).map_err(|e| miette::miette!("{e}"))?;
+    let gpu = std::sync::Arc::new(Gpu::new(ordinal).map_err(cuda_failed)?);
+    let mut staging = loader::Staging::new(&gpu, 3, 256 << 20).map_err(cuda_failed)?;
     let setup = t0.elapsed().as_secs_f64();
     let mut times = Vec::with_capacity(repeat);
     let mut last = None;
     for _ in 0..repeat {
         drop(last.take());
-        let (store, stats) = loader::load(&gpu, &mut staging, plan, ckpt, format)
-            .map_err(|e| miette::miette!("{e}"))?;
+        let (store, stats) =
+            loader::load(&gpu, &mut staging, plan, ckpt, format).map_err(cuda_failed)?;
         times.push(stats.seconds);
         last = Some((store, stats));
     }
-    let (_store, stats) = last.ok_or_else(|| miette::miette!("no load ran"))?;
+    let (_store, stats) = last.ok_or_else(|| Diagnostic::new(Code::E0901, "no load ran"))?;
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     let bf16_bytes = plan.target_bytes();
-    println!(
+    outln!(
         "loaded model `{}` on {} ({}): {} tensors, {:.2} GB read, {:.2} GB on device ({:.1} % of the full-precision {:.2} GB)",
         plan.model,
         gpu.name,
@@ -91,7 +105,7 @@ pub fn load(
         100.0 * stats.device_bytes as f64 / bf16_bytes.max(1) as f64,
         bf16_bytes as f64 / 1e9,
     );
-    println!(
+    outln!(
         "load {:.3} s (median of {repeat}; {:.1} GB/s), setup {setup:.3} s (NVRTC + pinned staging, once); \
          device peak {:.3} GB over the final {:.2} GB; host peak RSS {:.2} GB",
         median,
@@ -101,7 +115,7 @@ pub fn load(
         peak_rss_bytes() as f64 / 1e9,
     );
     if let Some(f) = format {
-        println!("quantized to {} on the device", f.name());
+        outln!("quantized to {} on the device", f.name());
     }
     if let Some((budget, policy)) = offload {
         offload_to_host(&gpu, plan, _store, budget, policy)?;
@@ -119,8 +133,8 @@ fn offload_to_host(
     store: crate::cuda::loader::DeviceStore,
     budget: u64,
     policy: crate::offload::Policy,
-) -> miette::Result<()> {
-    let e = |x: String| miette::miette!("{x}");
+) -> Result<(), Diagnostic> {
+    let e = cuda_failed;
     let total = store.device_bytes();
     let mut w = crate::cuda::weights::DeviceWeights::new(gpu.clone(), plan, store, budget, policy)
         .map_err(e)?;
@@ -133,7 +147,7 @@ fn offload_to_host(
     }
     gpu.sync().map_err(e)?;
     let m = &w.offload;
-    println!(
+    outln!(
         "offload ({policy:?}): {} groups in page-locked host memory, {:.2} GB of the {:.2} GB loaded stays on the device; \
          one get() of each of {} tensors: {:.3} s, {:.2} GB moved, peak {:.3} GB of the {:.3} GB budget, \
          {} of {} bf16 buffers reused",
@@ -183,21 +197,18 @@ pub struct BenchOffloadArgs {
 }
 
 #[cfg(not(feature = "cuda"))]
-pub fn bench_offload(_: &BenchOffloadArgs) -> miette::Result<ExitCode> {
-    Err(miette::miette!(
-        help = "rebuild with `--features cuda`",
-        "bench-offload needs the CUDA build"
-    ))
+pub fn bench_offload(_: &BenchOffloadArgs) -> Outcome {
+    Err(no_cuda_build())
 }
 
 #[cfg(feature = "cuda")]
-pub fn bench_offload(a: &BenchOffloadArgs) -> miette::Result<ExitCode> {
+pub fn bench_offload(a: &BenchOffloadArgs) -> Outcome {
     use std::sync::Arc;
 
     use crate::cuda::offload::CudaBackend;
     use crate::cuda::Gpu;
     use crate::offload::{Manager, Policy};
-    let gpu = Arc::new(Gpu::new(0).map_err(|e| miette::miette!("{e}"))?);
+    let gpu = Arc::new(Gpu::new(0).map_err(cuda_failed)?);
     let bytes = a.expert_mib << 20;
     let groups: Vec<(String, usize)> = (0..a.layers)
         .flat_map(|l| (0..a.experts).map(move |e| (format!("layer={l}/expert={e}"), bytes)))
@@ -232,7 +243,7 @@ pub fn bench_offload(a: &BenchOffloadArgs) -> miette::Result<ExitCode> {
     let trace: Vec<Vec<Vec<usize>>> = (0..a.passes)
         .map(|p| (0..a.layers).map(|l| route(l, p)).collect())
         .collect();
-    println!(
+    outln!(
         "{} layers x {} experts of {} MiB ({:.1} GB in host memory), top-{} per layer, budget {:.2} GB, {} us compute per expert, {} trace, {} passes, {}",
         a.layers,
         a.experts,
@@ -250,14 +261,14 @@ pub fn bench_offload(a: &BenchOffloadArgs) -> miette::Result<ExitCode> {
         .iter()
         .map(|p| p.iter().map(Vec::len).sum::<usize>())
         .sum();
-    gpu.sync().map_err(|e| miette::miette!("{e}"))?;
+    gpu.sync().map_err(cuda_failed)?;
     let t = std::time::Instant::now();
     for _ in 0..accesses {
-        gpu.spin(cycles).map_err(|e| miette::miette!("{e}"))?;
+        gpu.spin(cycles).map_err(cuda_failed)?;
     }
-    gpu.sync().map_err(|e| miette::miette!("{e}"))?;
+    gpu.sync().map_err(cuda_failed)?;
     let compute = t.elapsed().as_secs_f64();
-    println!("compute alone: {compute:.3} s for {accesses} expert visits");
+    outln!("compute alone: {compute:.3} s for {accesses} expert visits");
     // Copy bandwidth alone: four cold groups back to back through a throwaway manager.
     let bw = {
         let mut m = Manager::new(
@@ -266,50 +277,54 @@ pub fn bench_offload(a: &BenchOffloadArgs) -> miette::Result<ExitCode> {
             u64::MAX,
             Policy::Lru,
         );
-        m.prefetch(0).map_err(|e| miette::miette!("{e}"))?;
+        m.prefetch(0).map_err(cuda_failed)?;
         let _ = m.unload(0);
         let t = std::time::Instant::now();
         for g in 1..m.group_count() {
-            m.prefetch(g).map_err(|e| miette::miette!("{e}"))?;
+            m.prefetch(g).map_err(cuda_failed)?;
         }
         for g in 1..m.group_count() {
-            m.acquire(g).map_err(|e| miette::miette!("{e}"))?;
+            m.acquire(g).map_err(cuda_failed)?;
             m.release(g);
         }
         ((m.group_count() - 1) * bytes) as f64 / t.elapsed().as_secs_f64()
     };
-    println!(
+    outln!(
         "{:<12} {:>9} {:>12} {:>10} {:>10} {:>10} {:>9}",
-        "policy", "hit rate", "moved GB", "H2D GB/s", "copy s", "wall s", "hidden"
+        "policy",
+        "hit rate",
+        "moved GB",
+        "H2D GB/s",
+        "copy s",
+        "wall s",
+        "hidden"
     );
     for policy in [Policy::Lru, Policy::OrderAware] {
         let mut m = Manager::new(CudaBackend::new(gpu.clone()), &groups, budget, policy);
         for g in 0..groups.len() {
             let fill = (g % 251) as u8;
-            m.host_mut(g)
-                .map_err(|e| miette::miette!("{e}"))?
-                .fill(fill);
+            m.host_mut(g).map_err(cuda_failed)?.fill(fill);
         }
         // The first copy page-locks the host pool (slow, once); a prefetch does it
         // without touching the policy's access record.
-        m.prefetch(0).map_err(|e| miette::miette!("{e}"))?;
+        m.prefetch(0).map_err(cuda_failed)?;
         let _ = m.unload(0);
         let base = m.stats.clone();
-        gpu.sync().map_err(|e| miette::miette!("{e}"))?;
+        gpu.sync().map_err(cuda_failed)?;
         let start = std::time::Instant::now();
         for pass in &trace {
             for (l, experts) in pass.iter().enumerate() {
                 for &e in experts {
                     let g = l * a.experts + e;
-                    m.acquire(g).map_err(|e| miette::miette!("{e}"))?;
-                    gpu.spin(cycles).map_err(|e| miette::miette!("{e}"))?;
+                    m.acquire(g).map_err(cuda_failed)?;
+                    gpu.spin(cycles).map_err(cuda_failed)?;
                     // The runtime releases once its kernels are queued; the group stays
                     // resident until evicted.
                     m.release(g);
                 }
             }
         }
-        gpu.sync().map_err(|e| miette::miette!("{e}"))?;
+        gpu.sync().map_err(cuda_failed)?;
         let wall = start.elapsed().as_secs_f64();
         let st = &m.stats;
         let (hits, misses) = (st.hits - base.hits, st.misses - base.misses);
@@ -322,7 +337,7 @@ pub fn bench_offload(a: &BenchOffloadArgs) -> miette::Result<ExitCode> {
         } else {
             1.0
         };
-        println!(
+        outln!(
             "{:<12} {:>8.1}% {:>12.2} {:>10.1} {:>10.3} {:>10.3} {:>8.1}%",
             format!("{policy:?}"),
             100.0 * hits as f64 / (hits + misses).max(1) as f64,

@@ -3,10 +3,14 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use super::flags::{self, Device};
 use super::front::{color, config_of, emit, source_of, status};
-use super::{ColorArg, Format, ModelArgs};
-use crate::diag;
+use super::out::{err, out, outln};
+use super::progress::Progress;
+use super::{ColorArg, Format, ModelArgs, Outcome};
+use crate::diag::{self, Code, Diagnostic};
 use crate::driver;
+use crate::load::output::Staging;
 use crate::load::{self, HostStore, SafetensorsWriter, Sink};
 use crate::plan::{Plan, Recipe};
 
@@ -24,83 +28,59 @@ pub struct LoadArgs {
     /// naming that transformers (bnb 4-bit, fine-grained FP8) or ModelOpt (NVFP4) reads.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Replace an existing --out.
+    /// Replace an existing --out, only if an earlier wmapc load wrote it (and nothing else
+    /// was added to it since).
     #[arg(long)]
     pub force: bool,
-    /// No progress bar.
+    /// No progress bar or progress lines.
     #[arg(long, short)]
     pub quiet: bool,
     #[arg(long)]
     pub strict: bool,
-    /// Worker threads (0: every core). Memory in flight is threads × the largest tensor.
-    #[arg(long, default_value_t = 0)]
+    /// Worker threads (0: every core; at most four per core). Memory in flight is
+    /// threads × the largest tensor.
+    #[arg(long, default_value = "0", value_parser = flags::threads, allow_hyphen_values = true)]
     pub threads: usize,
     #[arg(long, value_enum, default_value_t = ColorArg::Auto)]
     pub color: ColorArg,
     /// Where tensors land: `cpu`, `cuda`, `cuda:N`, or `auto` (CUDA when present).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Keep the params with an offload group (MoE experts) in host memory, bringing them
-    /// to the device within this budget (bytes; `KiB`/`MiB`/`GiB` suffixes). With --quant
-    /// on the CPU, the host backend stands in for the device.
-    #[arg(long)]
-    pub offload_budget: Option<String>,
-    /// Eviction and prefetch policy for --offload-budget: `lru` or `order`.
-    #[arg(long, default_value = "order")]
-    pub offload_policy: String,
-    /// With a GPU: load this many times and report the median (kernels and staging are
-    /// prepared once, as a training run would).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value = "cpu", value_parser = flags::device)]
+    pub device: Device,
+    /// With --quant: keep the params with an offload group (MoE experts) in host memory,
+    /// bringing them to the device within this budget (`123`, `100KB`, `100KiB`,
+    /// `1.5GiB`; KB/MB/GB are powers of 1000, KiB/MiB/GiB of 1024). On the CPU, the host
+    /// backend stands in for the device.
+    #[arg(long, value_name = "SIZE", value_parser = flags::size, allow_hyphen_values = true)]
+    pub offload_budget: Option<u64>,
+    /// Eviction and prefetch policy for --offload-budget.
+    #[arg(long, value_enum, default_value_t = flags::Policy::Order)]
+    pub offload_policy: flags::Policy,
+    /// With a GPU: load this many times (1 to 1000) and report the median (kernels and
+    /// staging are prepared once, as a training run would).
+    #[arg(long, default_value = "1", value_parser = flags::repeat, allow_hyphen_values = true)]
     pub repeat: usize,
 }
 
-/// `cpu`, or `cuda` with an ordinal.
-pub(super) enum Device {
-    Cpu,
-    Cuda(usize),
-}
-
-pub(super) fn parse_device(s: &str) -> miette::Result<Device> {
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        "auto" => Ok(if cfg!(feature = "cuda") && super::gpu::available() {
-            Device::Cuda(0)
-        } else {
-            Device::Cpu
-        }),
-        "cuda" => Ok(Device::Cuda(0)),
-        other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
-            Some(n) => Ok(Device::Cuda(n)),
-            None => Err(miette::miette!(
-                help = "cpu, cuda, cuda:N or auto",
-                "unknown device `{other}`"
-            )),
-        },
-    }
-}
-
-pub fn plan(args: &ModelArgs) -> miette::Result<ExitCode> {
+pub fn plan(args: &ModelArgs) -> Outcome {
     let Some(dir) = &args.checkpoint else {
-        return Err(miette::miette!(
-            help = "wmapc plan [FILE] --checkpoint DIR",
-            "plan needs --checkpoint"
-        ));
+        return Err(Diagnostic::new(Code::E0803, "plan needs --checkpoint")
+            .with_help("wmapc plan [FILE] --checkpoint DIR"));
     };
     let mut c = driver::compile(&source_of(args), config_of(args).as_deref())?;
     let bound = driver::bind(&mut c, dir, args.strict);
     match (&bound, args.format) {
         (Some(b), Format::Json) => {
             if !c.diags.is_empty() {
-                eprint!("{}", diag::render_human(&c.sources, &c.diags, color(args)));
+                err!("{}", diag::render_human(&c.sources, &c.diags, color(args)));
             }
             let text = serde_json::to_string_pretty(&b.plan).map_err(|e| {
-                miette::miette!("cannot serialize the plan: {e}; this is a bug in wmapc")
+                Diagnostic::new(Code::E0901, format!("cannot serialize the plan: {e}"))
             })?;
-            println!("{text}");
+            outln!("{text}");
         }
         (Some(b), Format::Human) => {
             emit(&c, &c.diags, args);
-            print!("{}", summary(&b.plan));
+            out!("{}", summary(&b.plan));
         }
         (None, _) => emit(&c, &c.diags, args),
     }
@@ -145,7 +125,62 @@ fn summary(plan: &Plan) -> String {
     out
 }
 
-pub fn load(args: &LoadArgs) -> miette::Result<ExitCode> {
+/// Flags that would be ignored, or that contradict each other, before anything runs.
+fn check_flags(args: &LoadArgs) -> Result<(), Diagnostic> {
+    let conflict = |m: &str, help: &str| Err(Diagnostic::new(Code::E0803, m).with_help(help));
+    if args.offload_budget.is_some() && args.quant.is_none() {
+        return conflict(
+            "--offload-budget needs --quant: only quantized loads are offloaded",
+            "add --quant (e.g. --quant nf4), or drop --offload-budget",
+        );
+    }
+    if args.offload_budget.is_some() && args.out.is_some() {
+        return conflict(
+            "--offload-budget has no effect with --out: the export is written, not offloaded",
+            "drop one of --offload-budget and --out",
+        );
+    }
+    if args.force && args.out.is_none() {
+        return conflict("--force needs --out", "drop --force, or add --out OUT");
+    }
+    if matches!(args.device, Device::Cuda(_)) && args.out.is_some() {
+        return conflict(
+            "--out writes from the CPU path; it cannot be combined with --device cuda",
+            "drop --device, or drop --out",
+        );
+    }
+    Ok(())
+}
+
+/// `auto` decided: CUDA device 0 when there is one (and no --out), else the CPU, said in
+/// a note so a fallback is never silent.
+fn resolve_device(args: &LoadArgs) -> Device {
+    match args.device {
+        Device::Auto if args.out.is_some() => {
+            err!(
+                "note: --device auto: loading on the CPU, because --out writes from the CPU path\n"
+            );
+            Device::Cpu
+        }
+        Device::Auto if super::gpu::available() => Device::Cuda(0),
+        Device::Auto => {
+            err!("note: --device auto: no CUDA device is available; loading on the CPU\n");
+            Device::Cpu
+        }
+        d => d,
+    }
+}
+
+pub fn load(args: &LoadArgs) -> Outcome {
+    check_flags(args)?;
+    let device = resolve_device(args);
+    if args.repeat > 1 && device == Device::Cpu {
+        return Err(Diagnostic::new(
+            Code::E0803,
+            "--repeat times GPU loads; on the CPU it has no effect",
+        )
+        .with_help("drop --repeat, or add --device cuda"));
+    }
     let margs = ModelArgs {
         file: None,
         model: None,
@@ -166,115 +201,188 @@ pub fn load(args: &LoadArgs) -> miette::Result<ExitCode> {
     let Some(b) = bound else {
         return Ok(ExitCode::from(1));
     };
-    if let Device::Cuda(ordinal) = parse_device(&args.device)? {
-        if args.out.is_some() {
-            return Err(miette::miette!(
-                "--out writes from the CPU path; drop --device cuda"
-            ));
-        }
-        let format = args.quant.as_deref().and_then(crate::quant::Format::parse);
-        let offload = match &args.offload_budget {
-            Some(budget) => Some((parse_bytes(budget)?, parse_policy(&args.offload_policy)?)),
-            None => None,
-        };
+    let format = args.quant.as_deref().and_then(crate::quant::Format::parse);
+    if let Device::Cuda(ordinal) = device {
+        let offload = args
+            .offload_budget
+            .map(|budget| (budget, args.offload_policy.offload()));
         return super::gpu::load(
             ordinal,
             &b.plan,
             &b.checkpoint,
             format,
-            args.repeat.max(1),
+            args.repeat,
             offload,
         );
     }
-    let total: u64 = b.checkpoint.data_bytes();
-    let bar = progress_bar(total, args.quiet);
-    let tick = |n: u64| bar.inc(n);
-    let options = load::Options {
-        threads: args.threads,
-    };
-    let format = args.quant.as_deref().and_then(crate::quant::Format::parse);
-    let mut quant_report = None;
-    let mut offload_summary: Option<String> = None;
-    let result = match (&args.out, format) {
-        (Some(out), Some(format)) => {
-            let config_text = std::fs::read_to_string(args.dir.join("config.json"))
-                .map_err(|e| miette::miette!("cannot read config.json: {e}"))?;
-            let exporter = crate::export::Exporter::create(
-                out,
-                &b.plan,
-                &b.checkpoint,
-                format,
-                &config_text,
-                args.force,
-            )
-            .map_err(|e| miette::miette!("{e}"))?;
-            match load::execute(&b.plan, &b.checkpoint, &exporter, options, &tick) {
-                Ok(stats) => {
-                    exporter.commit().map_err(|d| report(&c, d))?;
-                    stats
-                }
-                Err(d) => {
-                    exporter.abandon();
-                    return Err(report(&c, d));
-                }
-            }
-        }
-        (Some(out), None) => {
-            let writer =
-                SafetensorsWriter::create(out, &b.plan, args.force).map_err(|d| report(&c, d))?;
-            match load::execute(&b.plan, &b.checkpoint, &writer as &dyn Sink, options, &tick) {
-                Ok(stats) => {
-                    writer.commit().map_err(|d| report(&c, d))?;
-                    stats
-                }
-                Err(d) => {
-                    writer.abandon();
-                    return Err(report(&c, d));
-                }
-            }
-        }
-        (None, Some(format)) => {
-            let store = crate::quant::QuantStore::new(format);
-            let stats = load::execute(&b.plan, &b.checkpoint, &store, options, &tick)
-                .map_err(|d| report(&c, d))?;
-            quant_report = Some((format, store.report()));
-            if let Some(budget) = &args.offload_budget {
-                offload_summary = Some(offload_sweep(
-                    &b.plan,
-                    store.into_tensors(),
-                    budget,
-                    &args.offload_policy,
-                )?);
-            }
-            stats
-        }
-        (None, None) => {
-            let store = HostStore::default();
-            load::execute(&b.plan, &b.checkpoint, &store, options, &tick)
-                .map_err(|d| report(&c, d))?
-        }
-    };
-    bar.finish_and_clear();
-    println!(
-        "loaded model `{}`: {} tensors ({} tied), {:.1} MB read, {:.1} MB out, {:.3} s, {:.2} GB/s",
-        b.plan.model,
-        result.tensors,
-        result.tied,
-        result.bytes_read as f64 / 1e6,
-        result.bytes_out as f64 / 1e6,
-        result.elapsed.as_secs_f64(),
-        result.gbps()
+    let progress = Progress::new(
+        format!("loading {}", b.plan.model),
+        b.checkpoint.data_bytes(),
+        args.quiet,
     );
-    if let Some((format, r)) = quant_report {
-        print!("{}", quant_summary(format, &r));
-    }
-    if let Some(text) = offload_summary {
-        print!("{text}");
-    }
-    if let Some(out) = &args.out {
-        println!("wrote {}", out.join("model.safetensors").display());
-    }
+    let run = Run {
+        args,
+        plan: &b.plan,
+        ckpt: &b.checkpoint,
+        options: load::Options {
+            threads: args.threads,
+        },
+        progress: &progress,
+    };
+    let done = match (&args.out, format) {
+        (Some(out), Some(format)) => run.export(out, format)?,
+        (Some(out), None) => run.write(out)?,
+        (None, Some(format)) => run.quantize(format)?,
+        (None, None) => run.host()?,
+    };
+    progress.finish();
+    print_summary(&b.plan, &done);
     Ok(ExitCode::SUCCESS)
+}
+
+/// One CPU load: where it reads from, how, and where progress goes.
+struct Run<'a> {
+    args: &'a LoadArgs,
+    plan: &'a Plan,
+    ckpt: &'a crate::checkpoint::Checkpoint,
+    options: load::Options,
+    progress: &'a Progress,
+}
+
+/// What a CPU load did, for the summary.
+struct Done {
+    stats: load::Stats,
+    /// Bytes the load produced: in memory, or written to OUT.
+    bytes_out: u64,
+    quant: Option<(crate::quant::Format, crate::quant::QuantReport)>,
+    offload: Option<String>,
+    wrote: Option<PathBuf>,
+}
+
+impl Run<'_> {
+    fn execute(&self, sink: &dyn Sink) -> Result<load::Stats, Diagnostic> {
+        let tick = |n: u64| self.progress.tick(n);
+        load::execute(self.plan, self.ckpt, sink, self.options, &tick)
+    }
+
+    fn staging(&self, out: &std::path::Path) -> Result<Staging, Diagnostic> {
+        Staging::prepare(out, &self.args.dir, self.args.force)
+    }
+
+    fn export(
+        &self,
+        out: &std::path::Path,
+        format: crate::quant::Format,
+    ) -> Result<Done, Diagnostic> {
+        let config_text = std::fs::read_to_string(self.args.dir.join("config.json"))
+            .map_err(|e| Diagnostic::new(Code::E0806, format!("cannot read config.json: {e}")))?;
+        let exporter = crate::export::Exporter::create(
+            self.staging(out)?,
+            self.plan,
+            self.ckpt,
+            format,
+            &config_text,
+        )?;
+        let stats = self.execute(&exporter)?;
+        let report = exporter.report();
+        test_delay();
+        let dir = exporter.commit()?;
+        Ok(Done {
+            stats,
+            bytes_out: folder_bytes(&dir),
+            quant: Some((format, report)),
+            offload: None,
+            wrote: Some(dir),
+        })
+    }
+
+    fn write(&self, out: &std::path::Path) -> Result<Done, Diagnostic> {
+        let writer = SafetensorsWriter::create(self.staging(out)?, self.plan)?;
+        let stats = self.execute(&writer)?;
+        test_delay();
+        let dir = writer.commit()?;
+        Ok(Done {
+            stats,
+            bytes_out: folder_bytes(&dir),
+            quant: None,
+            offload: None,
+            wrote: Some(dir),
+        })
+    }
+
+    fn quantize(&self, format: crate::quant::Format) -> Result<Done, Diagnostic> {
+        let store = crate::quant::QuantStore::new(format);
+        let stats = self.execute(&store)?;
+        let report = store.report();
+        let offload = match self.args.offload_budget {
+            Some(budget) => Some(offload_sweep(
+                self.plan,
+                store.into_tensors(),
+                budget,
+                self.args.offload_policy,
+            )?),
+            None => None,
+        };
+        Ok(Done {
+            stats,
+            bytes_out: report.bytes_after.saturating_add(report.full_bytes),
+            quant: Some((format, report)),
+            offload,
+            wrote: None,
+        })
+    }
+
+    fn host(&self) -> Result<Done, Diagnostic> {
+        let stats = self.execute(&HostStore::default())?;
+        Ok(Done {
+            bytes_out: stats.bytes_out,
+            stats,
+            quant: None,
+            offload: None,
+            wrote: None,
+        })
+    }
+}
+
+/// The bytes of the files in a written output folder (the marker included).
+fn folder_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .fold(0u64, u64::saturating_add)
+        })
+        .unwrap_or(0)
+}
+
+fn print_summary(plan: &Plan, done: &Done) {
+    let s = &done.stats;
+    let verb = if done.wrote.is_some() {
+        "written"
+    } else {
+        "out"
+    };
+    outln!(
+        "loaded model `{}`: {} tensors ({} tied), {:.1} MB read, {:.1} MB {verb}, {:.3} s, {:.2} GB/s",
+        plan.model,
+        s.tensors,
+        s.tied,
+        s.bytes_read as f64 / 1e6,
+        done.bytes_out as f64 / 1e6,
+        s.elapsed.as_secs_f64(),
+        s.gbps()
+    );
+    if let Some((format, r)) = &done.quant {
+        out!("{}", quant_summary(*format, r));
+    }
+    if let Some(text) = &done.offload {
+        out!("{text}");
+    }
+    if let Some(dir) = &done.wrote {
+        outln!("wrote {}", dir.join("model.safetensors").display());
+    }
 }
 
 /// Bytes before/after and the reconstruction error next to the format's reference figure.
@@ -288,52 +396,19 @@ fn quant_summary(format: crate::quant::Format, r: &crate::quant::QuantReport) ->
         .unwrap_or_default();
     format!(
         "quantized {} tensors to {}: {:.2} MB → {:.2} MB ({pct:.1} %); {} kept in full precision ({:.2} MB)\n\
-         error: mean |w − ŵ| {:.3e} ({unit:.4} × rms(w){reference}), max {:.3e}, relative {:.4}\n",
+         quantization: {}, {} tensors, mean abs reconstruction error {:.3e} ({unit:.4} × rms(w){reference}), max {:.3e}, relative {:.4}\n",
         r.quantized,
         format.name(),
         r.bytes_before as f64 / 1e6,
         r.bytes_after as f64 / 1e6,
         r.full,
         r.full_bytes as f64 / 1e6,
+        format.name(),
+        r.quantized,
         r.error.mean_abs(),
         r.error.max_abs,
         r.error.relative(),
     )
-}
-
-fn parse_policy(policy: &str) -> miette::Result<crate::offload::Policy> {
-    match policy {
-        "lru" => Ok(crate::offload::Policy::Lru),
-        "order" => Ok(crate::offload::Policy::OrderAware),
-        other => Err(miette::miette!(
-            help = "lru or order",
-            "unknown offload policy `{other}`"
-        )),
-    }
-}
-
-/// `4GiB` → bytes.
-fn parse_bytes(s: &str) -> miette::Result<u64> {
-    let t = s.trim();
-    let (num, mult) = [
-        ("GiB", 1u64 << 30),
-        ("MiB", 1 << 20),
-        ("KiB", 1 << 10),
-        ("GB", 1_000_000_000),
-        ("MB", 1_000_000),
-    ]
-    .iter()
-    .find_map(|(suf, m)| t.strip_suffix(suf).map(|n| (n, *m)))
-    .unwrap_or((t, 1));
-    num.trim()
-        .parse::<f64>()
-        .map(|v| (v * mult as f64) as u64)
-        .map_err(|_| {
-            miette::miette!(
-                help = "e.g. 4GiB, 512MiB, 1000000",
-                "cannot read `{s}` as a size"
-            )
-        })
 }
 
 /// Places the loaded tensors in a weight manager with the experts offloaded (host backend),
@@ -341,20 +416,21 @@ fn parse_bytes(s: &str) -> miette::Result<u64> {
 fn offload_sweep(
     plan: &Plan,
     tensors: std::collections::BTreeMap<String, crate::quant::Stored>,
-    budget: &str,
-    policy: &str,
-) -> miette::Result<String> {
+    budget: u64,
+    policy: flags::Policy,
+) -> Result<String, Diagnostic> {
     use crate::offload::HostBackend;
-    let budget = parse_bytes(budget)?;
-    let policy = parse_policy(policy)?;
+    let policy = policy.offload();
+    // The manager fails when a group cannot fit in the budget the flag gave.
+    let failed = |e: String| Diagnostic::new(Code::E0802, format!("--offload-budget: {e}"));
     let mut w =
         crate::weights::WeightsManager::new(HostBackend::default(), plan, tensors, budget, policy)
-            .map_err(|e| miette::miette!("{e}"))?;
+            .map_err(failed)?;
     let names: Vec<String> = w.names().map(str::to_string).collect();
     let mut peak = 0;
     for pass in 0..2 {
         for n in &names {
-            w.get(n).map_err(|e| miette::miette!("pass {pass}: {e}"))?;
+            w.get(n).map_err(|e| failed(format!("pass {pass}: {e}")))?;
             peak = peak.max(w.offload.device_bytes());
         }
     }
@@ -371,26 +447,14 @@ fn offload_sweep(
     ))
 }
 
-/// A coded failure during the load, as an application report.
-fn report(c: &driver::Compilation, d: crate::diag::Diagnostic) -> miette::Report {
-    let mut diags = crate::diag::Diagnostics::default();
-    diags.push(d);
-    miette::miette!(
-        "{}",
-        diag::render_human(&c.sources, &diags, diag::Color::Never).trim_end()
-    )
-}
-
-fn progress_bar(total: u64, quiet: bool) -> indicatif::ProgressBar {
-    if quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        return indicatif::ProgressBar::hidden();
+/// Test builds only: `WMAPC_TEST_DELAY_MS` holds the load before its commit, so process
+/// tests can signal it, race it or change OUT while the temporary folder exists.
+fn test_delay() {
+    #[cfg(debug_assertions)]
+    if let Some(ms) = std::env::var("WMAPC_TEST_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms.min(60_000)));
     }
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar
 }

@@ -1,15 +1,23 @@
 //! The `wmapc` command line: the only module that prints.
 //!
 //! Exit codes: 0 clean (warnings allowed), 1 errors in the input, 2 usage, I/O or
-//! internal failure.
+//! internal failure. Every failure reaches the user as a coded diagnostic: a subcommand
+//! returns `Err(Diagnostic)` and [`main`] renders it like a compile diagnostic; a command
+//! line clap cannot parse is E0801/E0802; a panic is one E0901 line and exit 2.
 
+mod flags;
 mod front;
 mod gpu;
 mod load;
+pub(crate) mod out;
+mod progress;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::diag::{self, Code, Diagnostic};
+use out::err;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -85,8 +93,117 @@ enum Command {
     BenchOffload(gpu::BenchOffloadArgs),
 }
 
+/// The CLI's stack: deep enough for any input the front end accepts (it limits depth where
+/// the tree is built), and the same on every platform.
+const STACK_BYTES: usize = 256 << 20;
+
+/// Runs the CLI on a thread with a known stack; a panic there becomes exit 2 after the
+/// hook printed its E0901 line.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    install_panic_hook();
+    crate::load::output::install_signal_handlers();
+    let worker = std::thread::Builder::new()
+        .name("wmapc".into())
+        .stack_size(STACK_BYTES)
+        .spawn(run);
+    match worker.map(|h| h.join()) {
+        Ok(Ok(code)) => code,
+        Ok(Err(_)) => ExitCode::from(2),
+        Err(e) => {
+            report(&Diagnostic::new(
+                Code::E0901,
+                format!("cannot start the CLI thread: {e}"),
+            ));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// A panic anywhere prints one bug-report line instead of Rust's message and backtrace
+/// hint; the thread's join in [`main`] turns it into exit 2.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into());
+        let at = info
+            .location()
+            .map_or_else(|| "an unknown place".into(), |l| l.to_string());
+        err!(
+            "error[E0901/internal-error]: wmapc crashed: {msg} at {at}; this is a bug in wmapc, please report it\n"
+        );
+        // The CLI thread may hold temporary output folders; remove them, as for Ctrl-C.
+        crate::load::output::remove_registered();
+    }));
+}
+
+/// The exit status a failure earns: 1 for errors in the input (.wmap, config,
+/// checkpoint), 2 for usage, I/O and internal failures.
+fn exit_status(code: Code) -> ExitCode {
+    let s = code.as_str();
+    let usage_or_io =
+        s.starts_with("E06") || s.starts_with("E08") || s.starts_with("E09") || code == Code::E0511;
+    ExitCode::from(if usage_or_io { 2 } else { 1 })
+}
+
+/// Renders a failure without source spans, in the style of compile diagnostics.
+fn report(d: &Diagnostic) -> ExitCode {
+    let mut diags = diag::Diagnostics::default();
+    diags.push(d.clone());
+    let sources = crate::source::SourceMap::new();
+    err!(
+        "{}",
+        diag::render_human(&sources, &diags, diag::Color::Auto)
+    );
+    exit_status(d.code)
+}
+
+/// A command line clap refused: help and version print as usual; the rest are coded.
+fn usage(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let text = e.render().to_string();
+        if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+            err!("{text}");
+            return ExitCode::from(2);
+        }
+        out::stdout(format_args!("{text}"));
+        return ExitCode::SUCCESS;
+    }
+    let code = match e.kind() {
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation => Code::E0802,
+        _ => Code::E0801,
+    };
+    let text = e.render().to_string();
+    // clap's first line is `error: <what>`; the rest is its usage hint.
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let first = lines.next().unwrap_or("cannot parse the command line");
+    let message = first.strip_prefix("error: ").unwrap_or(first);
+    let mut d = Diagnostic::new(code, message);
+    for l in lines {
+        d = d.with_note(l.trim());
+    }
+    report(&d)
+}
+
+fn run() -> ExitCode {
+    // Test builds only: a way for process tests to reach the panic hook.
+    #[cfg(debug_assertions)]
+    if std::env::var_os("WMAPC_TEST_PANIC").is_some() {
+        panic!("WMAPC_TEST_PANIC is set");
+    }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage(e),
+    };
     let result = match cli.command {
         Command::Check(args) => front::check(&args),
         Command::Lower { model, spans } => front::lower(&model, spans),
@@ -98,9 +215,9 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
-        Err(report) => {
-            eprintln!("{report:?}");
-            ExitCode::from(2)
-        }
+        Err(d) => report(&d),
     }
 }
+
+/// The result of a subcommand: its exit status, or a failure to render.
+pub(crate) type Outcome = Result<ExitCode, Diagnostic>;

@@ -1,6 +1,7 @@
 //! The registry of diagnostic codes: the one list that `explain`, the renderers
 //! and the drift test read. The first two digits of a code name its phase:
-//! 01 syntax, 02 resolve, 03 config, 04 check, 05 checkpoint binding, 09 internal.
+//! 01 syntax, 02 resolve, 03 config, 04 check, 05 checkpoint binding, 06 output
+//! writing, 08 command-line usage, 09 internal.
 
 macro_rules! codes {
     ($($id:ident $name:literal $summary:literal;)*) => {
@@ -78,5 +79,21 @@ codes! {
     E0510 "unclaimed-tensor-strict" "with --strict: the checkpoint has tensors nothing loads";
     E0511 "tensor-io-failed" "reading checkpoint bytes or writing output failed";
     W0501 "unclaimed-tensor" "the checkpoint has tensors nothing loads or ignores";
+    E0601 "output-exists" "`--out` names a path that exists and `--force` was not given";
+    E0602 "output-not-wmapc" "`--force` would replace a folder that is not an unchanged earlier wmapc output";
+    E0603 "output-overlaps-input" "`--out` is, contains, or lies inside the input checkpoint";
+    E0604 "output-contains-working-directory" "`--out` is `.`, `..`, the working directory or one of its ancestors";
+    E0605 "output-not-a-directory" "`--out` exists but is not a directory";
+    E0606 "output-locked" "another wmapc is writing the same `--out`";
+    E0607 "output-changed" "`--out` changed while wmapc was writing the new output";
+    E0608 "write-failed" "creating, writing or moving the output failed";
+    E0609 "output-too-large" "a write exceeded the process's file-size limit";
+    E0610 "export-unsupported" "the output cannot be written in HF naming for this format or mapping";
+    E0801 "usage-error" "the command line does not parse";
+    E0802 "invalid-flag-value" "a flag's value is not of its type or out of range";
+    E0803 "flag-combination" "a flag needs another, has no effect without it, or conflicts with one given";
+    E0804 "cuda-unavailable" "CUDA was asked for but this build or machine has none";
+    E0805 "unknown-name" "a code or stdlib model named on the command line does not exist";
+    E0806 "file-unreadable" "an input file named on the command line cannot be read";
     E0901 "internal-error" "wmapc reached a state it should not; this is a bug in wmapc";
 }

@@ -20,6 +20,7 @@ pub use pyrepr::py_repr;
 
 use crate::checkpoint::{Checkpoint, Dtype};
 use crate::diag::{Code, Diagnostic};
+use crate::load::output::Staging;
 use crate::load::{Entry, FileLayout, Sink};
 use crate::plan::{Plan, Recipe, Target};
 use crate::quant::{self, Format};
@@ -62,15 +63,19 @@ pub fn parts(recipe: &Recipe) -> Option<Vec<Part>> {
 }
 
 /// The formats `--out` can write, and the error for the others.
-pub fn layout_for(format: Format) -> Result<Layout, String> {
+pub fn layout_for(format: Format) -> Result<Layout, Diagnostic> {
     match format {
         Format::Nf4 { .. } | Format::Nf4Dq { .. } | Format::Fp4 { .. } => Ok(Layout::Bnb),
         Format::Fp8Block { .. } => Ok(Layout::Fp8Block),
         Format::Nvfp4 => Ok(Layout::ModelOptNvfp4),
-        other => Err(format!(
-            "`--out` writes nf4, nf4-dq, fp4, fp8-block and nvfp4; `{}` has no export layout yet",
-            other.name()
-        )),
+        other => Err(Diagnostic::new(
+            Code::E0610,
+            format!(
+                "`--out` writes nf4, nf4-dq, fp4, fp8-block and nvfp4; `{}` has no export layout yet",
+                other.name()
+            ),
+        )
+        .with_help("pick a format with an export layout, or drop --out to quantize in memory")),
     }
 }
 
@@ -91,19 +96,21 @@ pub struct Exporter<'c> {
     ckpt: &'c Checkpoint,
     file: FileLayout,
     what: BTreeMap<String, Plan1>,
+    /// What was quantized and how well, as the in-memory store reports it.
+    report: std::sync::Mutex<quant::QuantReport>,
 }
 
 impl<'c> Exporter<'c> {
-    /// Lays out the output from the plan. Errors: a quantizable target whose recipe is not
-    /// a concatenation of whole tensors (a slice, a transpose) cannot be written back.
+    /// Lays out the output from the plan in `staging`'s folder. Errors (E0610): a format
+    /// without an export layout; a quantizable target whose recipe is not a concatenation
+    /// of whole tensors (a slice, a transpose) cannot be written back.
     pub fn create(
-        out: &Path,
+        staging: Staging,
         plan: &Plan,
         ckpt: &'c Checkpoint,
         format: Format,
         config_json: &str,
-        force: bool,
-    ) -> Result<Exporter<'c>, String> {
+    ) -> Result<Exporter<'c>, Diagnostic> {
         let layout = layout_for(format)?;
         let mut entries: Vec<Entry> = Vec::new();
         let mut what = BTreeMap::new();
@@ -117,7 +124,10 @@ impl<'c> Exporter<'c> {
             }
             if t.quantizable {
                 let ps = parts(&t.recipe).ok_or_else(|| {
-                    format!("`{}` slices or transposes its sources, so it cannot be written back in HF naming", t.name)
+                    Diagnostic::new(
+                        Code::E0610,
+                        format!("`{}` slices or transposes its sources, so it cannot be written back in HF naming", t.name),
+                    )
                 })?;
                 for p in &ps {
                     if seen.insert(p.name.clone()) {
@@ -142,23 +152,43 @@ impl<'c> Exporter<'c> {
             }
         }
         let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
-        let file = FileLayout::create(out, "model.safetensors", &entries, &meta, force)
-            .map_err(|d| d.message)?;
-        let config = layouts::config_with_quantization(config_json, layout, format, &kept_modules)?;
-        file.side_file("config.json", config.as_bytes())
-            .map_err(|d| d.message)?;
-        copy_side_files(&ckpt.dir, &file).map_err(|d| d.message)?;
+        let file = FileLayout::create(staging, "model.safetensors", &entries, &meta)?;
+        let config = layouts::config_with_quantization(config_json, layout, format, &kept_modules)
+            .map_err(|e| Diagnostic::new(Code::E0302, e))?;
+        file.side_file("config.json", config.as_bytes())?;
+        copy_side_files(&ckpt.dir, &file)?;
         Ok(Exporter {
             format,
             layout,
             ckpt,
             file,
             what,
+            report: Default::default(),
         })
+    }
+
+    /// The quantization so far: parts quantized, bytes before and after, the error.
+    pub fn report(&self) -> quant::QuantReport {
+        self.report
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn commit(self) -> Result<std::path::PathBuf, Diagnostic> {
         self.file.commit()
+    }
+
+    /// Measures one quantized part against its source and adds it to the report.
+    fn record(&self, x: &[f32], q: &quant::QuantizedTensor, source_bytes: u64) {
+        let mut back = vec![0f32; x.len()];
+        q.dequantize_f32(&mut back);
+        let err = quant::ErrorStats::measure(x, &back);
+        let mut r = self.report.lock().unwrap_or_else(|p| p.into_inner());
+        r.quantized += 1;
+        r.bytes_before += source_bytes;
+        r.bytes_after += q.byte_size();
+        r.error.merge(&err);
     }
 
     pub fn abandon(self) {
@@ -199,8 +229,10 @@ impl Sink for Exporter<'_> {
             Some(Plan1::Quantized(ps)) => {
                 let x = quant::to_f32(target.dtype, &data);
                 for p in ps {
-                    let q =
-                        quant::quantize(self.format, &x[p.offset..p.offset + p.numel], &p.shape);
+                    let part = &x[p.offset..p.offset + p.numel];
+                    let q = quant::quantize(self.format, part, &p.shape);
+                    let source_bytes = (p.numel * target.dtype.size()) as u64;
+                    self.record(part, &q, source_bytes);
                     for (name, bytes) in layouts::tensors(self.layout, &q, p, target.dtype) {
                         self.file.write(&name, &bytes)?;
                     }
@@ -212,6 +244,9 @@ impl Sink for Exporter<'_> {
                     let mut buf = vec![0u8; e.len as usize];
                     self.ckpt.read_into(e, &mut buf)?;
                     self.file.write(n, &buf)?;
+                    let mut r = self.report.lock().unwrap_or_else(|p| p.into_inner());
+                    r.full += 1;
+                    r.full_bytes += e.len;
                 }
             }
             Some(Plan1::Skip) | None => {}

@@ -9,6 +9,7 @@
 
 mod assemble;
 mod convert;
+pub mod output;
 mod sink;
 mod write;
 

@@ -1,23 +1,21 @@
 //! Writing safetensors files atomically: [`FileLayout`] lays out a file whose tensors are
 //! all known up front and takes their bytes as they come, from any thread; everything goes
-//! to a temporary folder beside the destination, renamed into place by
-//! [`FileLayout::commit`], so a failed run leaves no half-written output.
+//! to the temporary folder of an [`output::Staging`], moved into place by
+//! [`FileLayout::commit`], so a failed run leaves no half-written output (and replaces
+//! only an earlier wmapc output; see [`super::output`]).
 //! [`SafetensorsWriter`] is the sink that writes a plan's targets in the runtime layout.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+use super::output::{self, write_failed as io};
 use super::Sink;
 use crate::checkpoint::Dtype;
 use crate::diag::{Code, Diagnostic};
 use crate::plan::{Plan, Recipe, Target};
-
-fn io(what: String) -> impl FnOnce(std::io::Error) -> Diagnostic {
-    move |e| Diagnostic::new(Code::E0511, format!("{what}: {e}"))
-}
 
 /// One tensor of a file being written.
 #[derive(Clone, Debug)]
@@ -43,40 +41,20 @@ impl Entry {
 
 /// A safetensors file laid out in a temporary folder, filled tensor by tensor.
 pub struct FileLayout {
-    out: PathBuf,
-    tmp: PathBuf,
+    staging: output::Staging,
     file: File,
     /// Absolute offset and length of each tensor's bytes.
     slots: BTreeMap<String, (u64, u64)>,
 }
 
 impl FileLayout {
-    /// Lays out `OUT/<file_name>`; an existing `out` is refused unless `force`.
+    /// Lays out `<file_name>` in the staging folder.
     pub fn create(
-        out: &Path,
+        staging: output::Staging,
         file_name: &str,
         entries: &[Entry],
         metadata: &BTreeMap<String, String>,
-        force: bool,
     ) -> Result<FileLayout, Diagnostic> {
-        if out.exists() && !force {
-            return Err(Diagnostic::new(
-                Code::E0511,
-                format!("`{}` already exists", out.display()),
-            )
-            .with_help("choose another --out, or pass --force to replace it"));
-        }
-        let parent = out
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let name = out
-            .file_name()
-            .map_or("out".into(), |n| n.to_string_lossy().into_owned());
-        let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(io(format!("cannot create `{}`", tmp.display())))?;
-
         let mut header = serde_json::Map::new();
         let mut slots = BTreeMap::new();
         let mut cursor = 0u64;
@@ -110,7 +88,7 @@ impl FileLayout {
         for slot in slots.values_mut() {
             slot.0 += data_start;
         }
-        let path = tmp.join(file_name);
+        let path = staging.dir().join(file_name);
         // Read access too: tied targets are copied back out of the file.
         let mut file = std::fs::OpenOptions::new()
             .read(true)
@@ -123,8 +101,7 @@ impl FileLayout {
             .and_then(|_| file.set_len(data_start + cursor))
             .map_err(io(format!("cannot write `{}`", path.display())))?;
         Ok(FileLayout {
-            out: out.to_path_buf(),
-            tmp,
+            staging,
             file,
             slots,
         })
@@ -168,30 +145,22 @@ impl FileLayout {
 
     /// A side file (e.g. `config.json`) in the output folder.
     pub fn side_file(&self, name: &str, bytes: &[u8]) -> Result<(), Diagnostic> {
-        std::fs::write(self.tmp.join(name), bytes).map_err(io(format!("cannot write `{name}`")))
+        std::fs::write(self.staging.dir().join(name), bytes)
+            .map_err(io(format!("cannot write `{name}`")))
     }
 
-    /// Moves the finished folder into place (replacing an old one when forced).
+    /// Flushes the file and moves the finished folder into place (see
+    /// [`output::Staging::commit`]).
     pub fn commit(self) -> Result<PathBuf, Diagnostic> {
-        self.file
-            .sync_all()
-            .map_err(io(format!("cannot flush `{}`", self.tmp.display())))?;
-        if self.out.exists() {
-            std::fs::remove_dir_all(&self.out)
-                .or_else(|_| std::fs::remove_file(&self.out))
-                .map_err(io(format!("cannot replace `{}`", self.out.display())))?;
-        }
-        std::fs::rename(&self.tmp, &self.out).map_err(io(format!(
-            "cannot move output to `{}`",
-            self.out.display()
+        self.file.sync_all().map_err(io(format!(
+            "cannot flush `{}`",
+            self.staging.dir().display()
         )))?;
-        Ok(self.out)
+        self.staging.commit()
     }
 
-    /// Removes the temporary folder after a failure.
-    pub fn abandon(self) {
-        let _ = std::fs::remove_dir_all(&self.tmp);
-    }
+    /// Removes the temporary folder after a failure (dropping does the same).
+    pub fn abandon(self) {}
 }
 
 /// The runtime layout of a plan, one tensor per target (tied targets as copies, so the
@@ -201,7 +170,7 @@ pub struct SafetensorsWriter {
 }
 
 impl SafetensorsWriter {
-    pub fn create(out: &Path, plan: &Plan, force: bool) -> Result<SafetensorsWriter, Diagnostic> {
+    pub fn create(staging: output::Staging, plan: &Plan) -> Result<SafetensorsWriter, Diagnostic> {
         let entries: Vec<Entry> = plan
             .targets
             .iter()
@@ -226,7 +195,7 @@ impl SafetensorsWriter {
             );
         }
         Ok(SafetensorsWriter {
-            layout: FileLayout::create(out, "model.safetensors", &entries, &meta, force)?,
+            layout: FileLayout::create(staging, "model.safetensors", &entries, &meta)?,
         })
     }
 
