@@ -181,9 +181,7 @@ impl<'c> Exporter<'c> {
 
     /// Measures one quantized part against its source and adds it to the report.
     fn record(&self, x: &[f32], q: &quant::QuantizedTensor, source_bytes: u64) {
-        let mut back = vec![0f32; x.len()];
-        q.dequantize_f32(&mut back);
-        let err = quant::ErrorStats::measure(x, &back);
+        let err = q.error_against(x);
         let mut r = self.report.lock().unwrap_or_else(|p| p.into_inner());
         r.quantized += 1;
         r.bytes_before += source_bytes;

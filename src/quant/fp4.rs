@@ -137,19 +137,45 @@ pub fn nvfp4_quantize(x: &[f32], cols: usize) -> (Vec<u8>, Vec<u8>, f32) {
     (packed, scales, ws2)
 }
 
+/// The code of element `i` (row-major over `cols` columns; rows are packed separately).
+fn code_at(packed: &[u8], cols: usize, i: usize) -> u8 {
+    let cols = cols.max(1);
+    let (r, j) = (i / cols, i % cols);
+    let byte = packed
+        .get(r * cols.div_ceil(2) + j / 2)
+        .copied()
+        .unwrap_or(0);
+    if j % 2 == 0 {
+        byte & 0x0F
+    } else {
+        byte >> 4
+    }
+}
+
+/// NVFP4 element `i`: `e2m1 × (block scale × tensor scale)`, ModelOpt's association.
+pub fn nvfp4_value(packed: &[u8], scales: &[u8], ws2: f32, cols: usize, i: usize) -> f32 {
+    let cols = cols.max(1);
+    let (r, j) = (i / cols, i % cols);
+    let Some(&s) = scales.get(r * cols.div_ceil(NVFP4_BLOCK) + j / NVFP4_BLOCK) else {
+        return f32::NAN;
+    };
+    e2m1_to_f32_unsigned_zero(code_at(packed, cols, i)) * (e4m3_to_f32(s) * ws2)
+}
+
+/// MXFP4 element `i`: `e2m1 × 2^(e − 127)`.
+pub fn mxfp4_value(packed: &[u8], scales: &[u8], cols: usize, i: usize) -> f32 {
+    let cols = cols.max(1);
+    let (r, j) = (i / cols, i % cols);
+    let Some(&e) = scales.get(r * cols.div_ceil(MXFP4_BLOCK) + j / MXFP4_BLOCK) else {
+        return f32::NAN;
+    };
+    e2m1_to_f32(code_at(packed, cols, i)) * e8m0_to_f32(e)
+}
+
 pub fn nvfp4_dequantize(packed: &[u8], scales: &[u8], ws2: f32, cols: usize, out: &mut [f32]) {
-    let (bpr, ppr) = (cols.div_ceil(NVFP4_BLOCK), cols.div_ceil(2));
-    out.par_chunks_mut(cols.max(1))
+    out.par_iter_mut()
         .enumerate()
-        .for_each(|(r, row)| {
-            for (j, o) in row.iter_mut().enumerate() {
-                let byte = packed[r * ppr + j / 2];
-                let c = if j % 2 == 0 { byte & 0x0F } else { byte >> 4 };
-                // ModelOpt's association: the block's scale times the tensor scale first.
-                let s = e4m3_to_f32(scales[r * bpr + j / NVFP4_BLOCK]) * ws2;
-                *o = e2m1_to_f32_unsigned_zero(c) * s;
-            }
-        });
+        .for_each(|(i, o)| *o = nvfp4_value(packed, scales, ws2, cols, i));
 }
 
 /// floor(log2(a)) for a finite, positive float32, exactly (subnormals included).
@@ -188,16 +214,9 @@ pub fn mxfp4_quantize(x: &[f32], cols: usize) -> (Vec<u8>, Vec<u8>) {
 }
 
 pub fn mxfp4_dequantize(packed: &[u8], scales: &[u8], cols: usize, out: &mut [f32]) {
-    let (bpr, ppr) = (cols.div_ceil(MXFP4_BLOCK), cols.div_ceil(2));
-    out.par_chunks_mut(cols.max(1))
+    out.par_iter_mut()
         .enumerate()
-        .for_each(|(r, row)| {
-            for (j, o) in row.iter_mut().enumerate() {
-                let byte = packed[r * ppr + j / 2];
-                let c = if j % 2 == 0 { byte & 0x0F } else { byte >> 4 };
-                *o = e2m1_to_f32(c) * e8m0_to_f32(scales[r * bpr + j / MXFP4_BLOCK]);
-            }
-        });
+        .for_each(|(i, o)| *o = mxfp4_value(packed, scales, cols, i));
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! this code to bitsandbytes' and torch's own bytes. Work is spread over all cores.
 
 pub mod bnb4;
+mod dequant;
 pub mod dynamic;
 pub mod fp4;
 pub mod fp8;
@@ -135,72 +136,44 @@ impl QuantizedTensor {
         (self.data.len() + scales + nested + tensor) as u64
     }
 
-    /// Dequantizes into `out` (`numel` f32 values).
+    /// Dequantizes into `out` (`numel` f32 values), in parallel chunks.
     pub fn dequantize_f32(&self, out: &mut [f32]) {
-        let n = self.numel();
-        let cols = self.shape.last().copied().unwrap_or(1).max(1) as usize;
-        match (self.format, &self.scales) {
-            (Format::Nf4 { blocksize } | Format::Fp4 { blocksize }, Scales::F32(absmax)) => {
-                bnb4::dequantize(self.bnb_kind(), &self.data, absmax, blocksize, n, out)
-            }
-            (Format::Nf4Dq { blocksize }, _) => {
-                let absmax = self
-                    .nested
-                    .as_ref()
-                    .map(bnb4::undo_double)
-                    .unwrap_or_default();
-                bnb4::dequantize(bnb4::Kind::Nf4, &self.data, &absmax, blocksize, n, out)
-            }
-            (Format::Fp8PerTensor, Scales::F32(s)) => {
-                for (o, &q) in out.iter_mut().zip(&self.data) {
-                    *o = fp8::e4m3_to_f32(q) * s[0];
-                }
-            }
-            (Format::Fp8PerChannel, Scales::F32(s)) => {
-                for (i, (o, &q)) in out.iter_mut().zip(&self.data).enumerate() {
-                    *o = fp8::e4m3_to_f32(q) * s[i / cols];
-                }
-            }
-            (Format::Fp8Block { block }, Scales::F32(s)) => {
-                let bc = cols.div_ceil(block);
-                for (i, (o, &q)) in out.iter_mut().zip(&self.data).enumerate() {
-                    let (r, c) = (i / cols, i % cols);
-                    *o = fp8::e4m3_to_f32(q) * s[(r / block) * bc + c / block];
-                }
-            }
-            (Format::Nvfp4, Scales::U8(s)) => {
-                fp4::nvfp4_dequantize(&self.data, s, self.tensor_scale.unwrap_or(1.0), cols, out)
-            }
-            (Format::Mxfp4, Scales::U8(s)) => fp4::mxfp4_dequantize(&self.data, s, cols, out),
-            _ => out.iter_mut().for_each(|o| *o = f32::NAN), // unreachable by construction
-        }
+        let n = self.numel().min(out.len());
+        dequant::Dequantizer::new(self).all(&mut out[..n]);
+    }
+
+    /// Reconstruction error against `x`, the values this tensor was quantized from,
+    /// without a tensor-sized buffer.
+    pub fn error_against(&self, x: &[f32]) -> ErrorStats {
+        dequant::Dequantizer::new(self).error_against(x)
     }
 
     /// Dequantizes into bf16 (round to nearest even), as the runtime's compute dtype.
     pub fn dequantize_bf16(&self, out: &mut [half::bf16]) {
-        let mut f = vec![0f32; self.numel()];
-        self.dequantize_f32(&mut f);
-        for (o, v) in out.iter_mut().zip(f) {
-            *o = half::bf16::from_f32(v);
-        }
-    }
-
-    fn bnb_kind(&self) -> bnb4::Kind {
-        match self.format {
-            Format::Fp4 { .. } => bnb4::Kind::Fp4,
-            _ => bnb4::Kind::Nf4,
-        }
+        let n = self.numel().min(out.len());
+        dequant::Dequantizer::new(self).all_bf16(&mut out[..n]);
     }
 }
 
-/// Widens bf16/f16/f32 bytes to f32.
+/// Widens bf16/f16/f32 bytes to f32 (exactly; any other dtype goes through the
+/// loader's conversion).
 pub fn to_f32(dtype: Dtype, bytes: &[u8]) -> Vec<f32> {
-    let n = bytes.len() / dtype.size().max(1);
-    let mut out = vec![0u8; n * 4];
-    crate::load::convert(dtype, bytes, Dtype::F32, &mut out);
-    out.chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+    use rayon::prelude::*;
+    let widen: fn(&[u8]) -> f32 = match dtype {
+        Dtype::Bf16 => |b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16),
+        Dtype::F16 => |b| half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
+        Dtype::F32 => |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        _ => {
+            let n = bytes.len() / dtype.size().max(1);
+            let mut out = vec![0u8; n * 4];
+            crate::load::convert(dtype, bytes, Dtype::F32, &mut out);
+            return out
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+        }
+    };
+    bytes.par_chunks_exact(dtype.size()).map(widen).collect()
 }
 
 /// Quantizes `x` (logical `shape`, row-major) into `format`. 2-D views for row-wise

@@ -76,9 +76,7 @@ impl Sink for QuantStore {
         }
         let x = to_f32(target.dtype, &data);
         let q = quantize(self.format, &x, &target.shape);
-        let mut back = vec![0f32; x.len()];
-        q.dequantize_f32(&mut back);
-        let err = ErrorStats::measure(&x, &back);
+        let err = q.error_against(&x);
         {
             let mut r = self.report.lock().unwrap_or_else(|p| p.into_inner());
             r.quantized += 1;
