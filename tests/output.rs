@@ -182,7 +182,7 @@ fn an_out_created_during_the_run_is_kept() {
 #[test]
 fn concurrent_loads_to_one_out_do_not_both_succeed() {
     let dir = workspace("concurrent");
-    let first = slow_load(&dir, 1000);
+    let first = slow_load(&dir, 3000);
     wait_for_tmp(&dir);
     let second = run(&dir, &["load", "ck", "--out", "out", "--force", "--quiet"]);
     assert_eq!(code(&second), 2);
