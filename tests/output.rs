@@ -203,7 +203,7 @@ fn dead_pid() -> u32 {
 #[test]
 fn stale_folders_of_dead_runs_are_removed() {
     let dir = workspace("stale");
-    let dead = dead_pid();
+    let (dead, dead_unmarked) = (dead_pid(), dead_pid());
     let marked = |name: &str| {
         let p = dir.join(name);
         std::fs::create_dir(&p).unwrap();
@@ -213,11 +213,11 @@ fn stale_folders_of_dead_runs_are_removed() {
     marked(&format!(".out.tmp-{dead}"));
     // A live process's folder and an unmarked one are not ours to remove.
     marked(&format!(".out.tmp-{}", std::process::id()));
-    std::fs::create_dir(dir.join(format!(".out.tmp-{}", dead + 1))).unwrap();
+    std::fs::create_dir(dir.join(format!(".out.tmp-{dead_unmarked}"))).unwrap();
     let o = run(&dir, &["load", "ck", "--out", "out", "--quiet"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let mut expect = vec![
-        format!(".out.tmp-{}", dead + 1),
+        format!(".out.tmp-{dead_unmarked}"),
         format!(".out.tmp-{}", std::process::id()),
         "ck".to_string(),
         "out".to_string(),
