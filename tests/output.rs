@@ -239,3 +239,18 @@ fn a_replacement_that_died_half_way_is_put_back() {
     assert!(stderr(&o).contains("[E0601/"), "{}", stderr(&o));
     assert_eq!(names(&dir), ["ck", "out"]);
 }
+
+#[test]
+fn a_file_size_limit_is_reported_and_leaves_no_temporary_folder() {
+    let dir = workspace("efbig");
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -f 1 && exec \"$WMAPC\" load ck --out out --quiet")
+        .env("WMAPC", env!("CARGO_BIN_EXE_wmapc"))
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 2, "not killed by SIGXFSZ: {}", stderr(&o));
+    assert!(stderr(&o).contains("[E0609/"), "{}", stderr(&o));
+    assert_eq!(names(&dir), ["ck"]);
+}
