@@ -182,7 +182,7 @@ fn an_out_created_during_the_run_is_kept() {
 #[test]
 fn concurrent_loads_to_one_out_do_not_both_succeed() {
     let dir = workspace("concurrent");
-    let first = slow_load(&dir, 1000);
+    let first = slow_load(&dir, 3000);
     wait_for_tmp(&dir);
     let second = run(&dir, &["load", "ck", "--out", "out", "--force", "--quiet"]);
     assert_eq!(code(&second), 2);
@@ -203,7 +203,7 @@ fn dead_pid() -> u32 {
 #[test]
 fn stale_folders_of_dead_runs_are_removed() {
     let dir = workspace("stale");
-    let dead = dead_pid();
+    let (dead, dead_unmarked) = (dead_pid(), dead_pid());
     let marked = |name: &str| {
         let p = dir.join(name);
         std::fs::create_dir(&p).unwrap();
@@ -213,11 +213,11 @@ fn stale_folders_of_dead_runs_are_removed() {
     marked(&format!(".out.tmp-{dead}"));
     // A live process's folder and an unmarked one are not ours to remove.
     marked(&format!(".out.tmp-{}", std::process::id()));
-    std::fs::create_dir(dir.join(format!(".out.tmp-{}", dead + 1))).unwrap();
+    std::fs::create_dir(dir.join(format!(".out.tmp-{dead_unmarked}"))).unwrap();
     let o = run(&dir, &["load", "ck", "--out", "out", "--quiet"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let mut expect = vec![
-        format!(".out.tmp-{}", dead + 1),
+        format!(".out.tmp-{dead_unmarked}"),
         format!(".out.tmp-{}", std::process::id()),
         "ck".to_string(),
         "out".to_string(),
@@ -238,4 +238,19 @@ fn a_replacement_that_died_half_way_is_put_back() {
     assert_eq!(code(&o), 2, "the earlier output is back, so it exists");
     assert!(stderr(&o).contains("[E0601/"), "{}", stderr(&o));
     assert_eq!(names(&dir), ["ck", "out"]);
+}
+
+#[test]
+fn a_file_size_limit_is_reported_and_leaves_no_temporary_folder() {
+    let dir = workspace("efbig");
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -f 1 && exec \"$WMAPC\" load ck --out out --quiet")
+        .env("WMAPC", env!("CARGO_BIN_EXE_wmapc"))
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 2, "not killed by SIGXFSZ: {}", stderr(&o));
+    assert!(stderr(&o).contains("[E0609/"), "{}", stderr(&o));
+    assert_eq!(names(&dir), ["ck"]);
 }

@@ -46,7 +46,7 @@ pub struct LoadArgs {
     /// Where tensors land: `cpu`, `cuda`, `cuda:N`, or `auto` (CUDA when present).
     #[arg(long, default_value = "cpu", value_parser = flags::device)]
     pub device: Device,
-    /// With --quant: keep the params with an offload group (MoE experts) in host memory,
+    /// With --quant (or a GPU): keep the params with an offload group (MoE experts) in host memory,
     /// bringing them to the device within this budget (`123`, `100KB`, `100KiB`,
     /// `1.5GiB`; KB/MB/GB are powers of 1000, KiB/MiB/GiB of 1024). On the CPU, the host
     /// backend stands in for the device.
@@ -128,12 +128,6 @@ fn summary(plan: &Plan) -> String {
 /// Flags that would be ignored, or that contradict each other, before anything runs.
 fn check_flags(args: &LoadArgs) -> Result<(), Diagnostic> {
     let conflict = |m: &str, help: &str| Err(Diagnostic::new(Code::E0803, m).with_help(help));
-    if args.offload_budget.is_some() && args.quant.is_none() {
-        return conflict(
-            "--offload-budget needs --quant: only quantized loads are offloaded",
-            "add --quant (e.g. --quant nf4), or drop --offload-budget",
-        );
-    }
     if args.offload_budget.is_some() && args.out.is_some() {
         return conflict(
             "--offload-budget has no effect with --out: the export is written, not offloaded",
@@ -174,6 +168,13 @@ fn resolve_device(args: &LoadArgs) -> Device {
 pub fn load(args: &LoadArgs) -> Outcome {
     check_flags(args)?;
     let device = resolve_device(args);
+    if args.offload_budget.is_some() && args.quant.is_none() && device == Device::Cpu {
+        return Err(Diagnostic::new(
+            Code::E0803,
+            "--offload-budget needs --quant on the CPU: only quantized loads are offloaded there",
+        )
+        .with_help("add --quant (e.g. --quant nf4) or --device cuda, or drop --offload-budget"));
+    }
     if args.repeat > 1 && device == Device::Cpu {
         return Err(Diagnostic::new(
             Code::E0803,

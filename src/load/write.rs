@@ -95,11 +95,17 @@ impl FileLayout {
             .write(true)
             .create_new(true)
             .open(&path)
-            .map_err(io(format!("cannot create `{}`", path.display())))?;
+            .map_err(io(format!(
+                "cannot create `{}`",
+                staging.shown(file_name).display()
+            )))?;
         file.write_all(&(text.len() as u64).to_le_bytes())
             .and_then(|_| file.write_all(&text))
             .and_then(|_| file.set_len(data_start + cursor))
-            .map_err(io(format!("cannot write `{}`", path.display())))?;
+            .map_err(io(format!(
+                "cannot write `{}`",
+                staging.shown(file_name).display()
+            )))?;
         Ok(FileLayout {
             staging,
             file,
@@ -154,7 +160,7 @@ impl FileLayout {
     pub fn commit(self) -> Result<PathBuf, Diagnostic> {
         self.file.sync_all().map_err(io(format!(
             "cannot flush `{}`",
-            self.staging.dir().display()
+            self.staging.shown("").display()
         )))?;
         self.staging.commit()
     }

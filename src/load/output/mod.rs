@@ -77,9 +77,15 @@ impl Staging {
         check::remove_stale(&parent, &name, &resolved);
         let found = check::inspect(out, &resolved, force)?;
         let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-        // A folder of this name is from an earlier process with our PID, now dead.
-        if std::fs::symlink_metadata(&tmp).is_ok() {
-            remove_any(&tmp);
+        // Folders of these names are from an earlier process with our PID, now dead
+        // (we hold the lock); the commit needs both names free.
+        for stale in [
+            &tmp,
+            &parent.join(format!(".{name}.old-{}", std::process::id())),
+        ] {
+            if std::fs::symlink_metadata(stale).is_ok() {
+                remove_any(stale);
+            }
         }
         signals::register(&tmp);
         let staging = Staging {
@@ -102,6 +108,12 @@ impl Staging {
     /// The temporary folder to write into.
     pub fn dir(&self) -> &Path {
         &self.tmp
+    }
+
+    /// Where `file` of this output will be, as the user named OUT: for messages, which
+    /// should not name the temporary folder.
+    pub fn shown(&self, file: &str) -> PathBuf {
+        self.shown.join(file)
     }
 
     fn write_marker(&self, files: &[String]) -> Result<(), Diagnostic> {
