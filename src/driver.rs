@@ -50,21 +50,33 @@ impl Compilation {
     }
 }
 
-/// Reads a file for the source map; failure is an application error.
-fn read(path: &Path, what: &str) -> miette::Result<String> {
-    let bytes = std::fs::read(path)
-        .into_diagnostic()
-        .wrap_err_with(|| format!("cannot read {what} `{}`", path.display()))?;
+/// Reads a file for the source map (a regular file, at most `cap` bytes); failure is an
+/// application error, coded when the file is special or too large.
+fn read(path: &Path, what: &str, cap: u64) -> miette::Result<String> {
+    let shown = path.display().to_string();
+    let bytes =
+        crate::source::read_capped(path, cap).map_err(|e| match e.diagnostic(what, &shown) {
+            Some(d) => coded(d),
+            None => miette::miette!("cannot read {what} `{shown}`: {e}"),
+        })?;
     String::from_utf8(bytes)
         .into_diagnostic()
         .wrap_err_with(|| format!("{what} `{}` is not UTF-8 text", path.display()))
+}
+
+/// A coded diagnostic without a source location, as an application error.
+fn coded(d: crate::diag::Diagnostic) -> miette::Report {
+    let mut diags = crate::diag::Diagnostics::default();
+    diags.push(d);
+    let text = crate::diag::render_human(&SourceMap::new(), &diags, crate::diag::Color::Never);
+    miette::miette!("{}", text.trim_end())
 }
 
 /// Parses, resolves, checks against `config` (when given) and lowers.
 pub fn compile(model: &ModelSource, config: Option<&Path>) -> miette::Result<Compilation> {
     let mut c = Compilation::default();
     if let Some(path) = config {
-        let text = read(path, "config")?;
+        let text = read(path, "config", crate::source::MAX_CONFIG)?;
         let id = c.sources.add(path.display().to_string(), text);
         match Config::parse(&c.sources, id) {
             Ok(cfg) => c.config = Some(cfg),
@@ -77,7 +89,7 @@ pub fn compile(model: &ModelSource, config: Option<&Path>) -> miette::Result<Com
     let (name, text, origin) = match model {
         ModelSource::File(p) => (
             p.display().to_string(),
-            read(p, "model file")?,
+            read(p, "model file", crate::source::MAX_WMAP)?,
             Origin::Disk(p.clone()),
         ),
         ModelSource::Text { name, text } => (name.clone(), text.clone(), Origin::Memory),

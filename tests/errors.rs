@@ -108,6 +108,25 @@ fn codes_pages_fixtures_and_uses_agree() {
     // that changes under the loader (or a full disk); `tests/checkpoint.rs` covers it.
     let no_fixture = [Code::E0901, Code::E0511];
     let fixtures = fixtures();
+    // (file stem, expected code) of every fixture: `.wmap` ones and `.cli` scripts.
+    let mut named: Vec<(String, String)> = fixtures
+        .iter()
+        .map(|f| {
+            (
+                f.path.file_stem().unwrap().to_string_lossy().into_owned(),
+                f.expect.clone(),
+            )
+        })
+        .collect();
+    for path in walk(&common::root().join("tests/fixtures/errors")) {
+        if path.extension().is_some_and(|e| e == "cli") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let expect = header_value(&text, "expect")
+                .unwrap_or_else(|| panic!("{} has no `# expect` header", path.display()));
+            let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+            named.push((stem, expect));
+        }
+    }
     let mut src = String::new();
     for entry in walk(&common::root().join("src")) {
         if entry.extension().is_some_and(|e| e == "rs") && !entry.ends_with("diag/codes.rs") {
@@ -130,28 +149,33 @@ fn codes_pages_fixtures_and_uses_agree() {
             src.contains(&format!("Code::{c}")),
             "{c} is never reported by src/"
         );
+        let fx: Vec<&String> = named
+            .iter()
+            .filter(|(_, e)| e == c)
+            .map(|(stem, _)| stem)
+            .collect();
         if !no_fixture.contains(code) {
-            let fx: Vec<_> = fixtures.iter().filter(|f| f.expect == c).collect();
             assert!(
                 !fx.is_empty(),
                 "{c} has no fixture in tests/fixtures/errors"
             );
-            for f in fx {
-                let stem = f.path.file_stem().unwrap().to_string_lossy().into_owned();
-                assert!(
-                    stem.starts_with(&format!("{c}-")),
-                    "{} must be named {c}-<slug>.wmap",
-                    f.path.display()
-                );
-            }
+        }
+        // `E0501-checkpoint-not-found`, or `E0501-checkpoint-not-found-2` for a second one.
+        let base = format!("{c}-{}", code.name());
+        for stem in fx {
+            let suffix = stem.strip_prefix(&base);
+            assert!(
+                suffix.is_some_and(|s| s.is_empty()
+                    || s.strip_prefix('-')
+                        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))),
+                "fixture `{stem}` must be named `{base}` or `{base}-<n>`"
+            );
         }
     }
-    for f in &fixtures {
+    for (stem, expect) in &named {
         assert!(
-            Code::ALL.iter().any(|c| c.as_str() == f.expect),
-            "{} expects unknown code {}",
-            f.path.display(),
-            f.expect
+            Code::ALL.iter().any(|c| c.as_str() == expect),
+            "fixture {stem} expects unknown code {expect}"
         );
     }
 }

@@ -32,6 +32,10 @@ pub struct LoadArgs {
     pub quiet: bool,
     #[arg(long)]
     pub strict: bool,
+    /// Load even though the checkpoint has tensors no param claims (they are dropped,
+    /// with a warning); without it such tensors are errors (E0510).
+    #[arg(long, conflicts_with = "strict")]
+    pub allow_unclaimed: bool,
     /// Worker threads (0: every core). Memory in flight is threads × the largest tensor.
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -159,7 +163,8 @@ pub fn load(args: &LoadArgs) -> miette::Result<ExitCode> {
         &driver::model_source(args.model.as_deref()),
         margs.config.as_deref(),
     )?;
-    let bound = driver::bind(&mut c, &args.dir, args.strict);
+    // A load drops what nothing claims, so it refuses unclaimed tensors unless told.
+    let bound = driver::bind(&mut c, &args.dir, !args.allow_unclaimed);
     if !c.diags.is_empty() {
         emit(&c, &c.diags, &margs);
     }
@@ -191,6 +196,7 @@ pub fn load(args: &LoadArgs) -> miette::Result<ExitCode> {
     let tick = |n: u64| bar.inc(n);
     let options = load::Options {
         threads: args.threads,
+        ..Default::default()
     };
     let format = args.quant.as_deref().and_then(crate::quant::Format::parse);
     let mut quant_report = None;

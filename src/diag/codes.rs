@@ -72,11 +72,15 @@ codes! {
     E0504 "invalid-tensor-extent" "a tensor's byte range is out of the file, overlaps another, or disagrees with its shape";
     E0505 "invalid-shard-index" "the shard index is malformed, names a missing shard or a path outside the folder";
     E0506 "duplicate-tensor" "one tensor name appears in two shards";
-    E0507 "unsupported-dtype" "a tensor a param needs has a dtype the loader does not convert";
+    E0507 "unsupported-dtype" "a tensor's dtype does not convert implicitly to its param's (FP8, integer or packed into float, …)";
     E0508 "missing-tensor" "a tensor a param needs is not in the checkpoint";
     E0509 "tensor-shape-mismatch" "a checkpoint tensor's shape differs from what the mapping expects";
-    E0510 "unclaimed-tensor-strict" "with --strict: the checkpoint has tensors nothing loads";
+    E0510 "unclaimed-tensor-refused" "`load` (or --strict) found checkpoint tensors nothing loads or ignores";
     E0511 "tensor-io-failed" "reading checkpoint bytes or writing output failed";
+    E0512 "not-a-regular-file" "an input file is a FIFO, device, socket or folder";
+    E0513 "input-too-large" "an input file exceeds the size wmapc reads for its kind";
+    E0514 "too-many-shards" "the shard index names more shard files than wmapc opens";
+    E0515 "tensor-too-large" "a tensor needs a buffer larger than the load may allocate";
     W0501 "unclaimed-tensor" "the checkpoint has tensors nothing loads or ignores";
     E0901 "internal-error" "wmapc reached a state it should not; this is a bug in wmapc";
 }
