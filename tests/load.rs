@@ -471,3 +471,72 @@ fn a_conversion_larger_than_one_chunk_is_exact() {
     assert_eq!(got.len(), want.len());
     assert!(got == want, "converted bytes differ");
 }
+
+/// Runs `wmapc` with `args`; (exit code, stdout, stderr).
+fn wmapc(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wmapc"))
+        .args(args)
+        .current_dir(common::root())
+        .output()
+        .unwrap();
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        text(out.stdout),
+        text(out.stderr),
+    )
+}
+
+/// A Qwen2-style checkpoint (Llama plus q/k/v biases) loaded as Llama would lose every
+/// bias: `load` refuses it, `--allow-unclaimed` loads with a warning, `plan` warns.
+#[test]
+fn load_refuses_unclaimed_tensors_unless_allowed() {
+    let ck = "tests/fixtures/errors/checkpoints/E0510-unclaimed-tensor-refused-2";
+    let (code, _, err) = wmapc(&[
+        "load", ck, "--model", "Llama", "--quiet", "--color", "never",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    for p in ["q", "k", "v"] {
+        assert!(
+            err.contains(&format!(
+                "error[E0510/unclaimed-tensor-refused]: checkpoint tensor `model.layers.0.self_attn.{p}_proj.bias` is not loaded"
+            )),
+            "{err}"
+        );
+    }
+    assert!(err.ends_with("3 errors, 0 warnings\n"), "{err}");
+
+    let (code, out, err) = wmapc(&[
+        "load",
+        ck,
+        "--model",
+        "Llama",
+        "--quiet",
+        "--color",
+        "never",
+        "--allow-unclaimed",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        err.matches("warning[W0501/unclaimed-tensor]").count(),
+        3,
+        "{err}"
+    );
+    assert!(out.starts_with("loaded model `Llama`: "), "{out}");
+
+    let (code, _, err) = wmapc(&[
+        "plan",
+        "--model",
+        "Llama",
+        "--checkpoint",
+        ck,
+        "--color",
+        "never",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        err.matches("warning[W0501/unclaimed-tensor]").count(),
+        3,
+        "{err}"
+    );
+}

@@ -139,7 +139,9 @@ impl Checkpoint {
         })?;
         let mut names: Vec<String> = entries
             .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()))
+            // Special files stay in the list, so that one under a checkpoint file's name
+            // is reported (E0512) rather than silently skipped.
+            .filter(|e| e.file_type().is_ok_and(|t| !t.is_dir()))
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
