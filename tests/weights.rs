@@ -178,3 +178,24 @@ fn a_routed_forward_sweep_stays_in_budget() {
         "order-aware prefetch should miss less than LRU: {order} vs {lru}"
     );
 }
+
+/// `get` of a name the store does not hold is E0703, naming it.
+#[test]
+fn an_unknown_name_is_a_coded_error() {
+    let (plan, tensors) = load("qwen3_moe", Format::Nf4 { blocksize: 64 });
+    let mut w = WeightsManager::new(
+        HostBackend::default(),
+        &plan,
+        tensors,
+        u64::MAX,
+        Policy::Lru,
+    )
+    .unwrap();
+    let err = w.get("layers.0.moe.experts.gate_up").err().unwrap();
+    let d = wmap::diag::Diagnostic::from(err);
+    assert_eq!(d.code.as_str(), "E0703");
+    assert_eq!(
+        d.message,
+        "the weight store holds no tensor `layers.0.moe.experts.gate_up`"
+    );
+}

@@ -355,12 +355,12 @@ fn offload_sweep(
     let policy = parse_policy(policy)?;
     let mut w =
         crate::weights::WeightsManager::new(HostBackend::default(), plan, tensors, budget, policy)
-            .map_err(|e| miette::miette!("{e}"))?;
+            .map_err(super::gpu::coded)?;
     let names: Vec<String> = w.names().map(str::to_string).collect();
     let mut peak = 0;
-    for pass in 0..2 {
+    for _ in 0..2 {
         for n in &names {
-            w.get(n).map_err(|e| miette::miette!("pass {pass}: {e}"))?;
+            w.get(n).map_err(super::gpu::coded)?;
             peak = peak.max(w.offload.device_bytes());
         }
     }

@@ -1,6 +1,7 @@
 //! The registry of diagnostic codes: the one list that `explain`, the renderers
 //! and the drift test read. The first two digits of a code name its phase:
-//! 01 syntax, 02 resolve, 03 config, 04 check, 05 checkpoint binding, 09 internal.
+//! 01 syntax, 02 resolve, 03 config, 04 check, 05 checkpoint binding and loading,
+//! 07 runtime layers (offload, weights, CUDA), 09 internal.
 
 macro_rules! codes {
     ($($id:ident $name:literal $summary:literal;)*) => {
@@ -82,5 +83,13 @@ codes! {
     E0514 "too-many-shards" "the shard index names more shard files than wmapc opens";
     E0515 "tensor-too-large" "a tensor needs a buffer larger than the load may allocate";
     W0501 "unclaimed-tensor" "the checkpoint has tensors nothing loads or ignores";
+    E0701 "offload-budget-too-small" "an offload group does not fit the device budget beside the groups in use";
+    E0702 "offload-copy-failed" "copying an offload group to the device failed";
+    E0703 "unknown-tensor" "the weight store was asked for a tensor it does not hold";
+    E0711 "cuda-unavailable" "CUDA cannot be used: no driver on this machine, or wmapc was built without it";
+    E0712 "cuda-device-not-found" "the requested CUDA device ordinal does not exist";
+    E0713 "kernel-compile-failed" "NVRTC is missing or could not compile wmapc's kernels";
+    E0714 "gpu-unsupported" "the GPU path does not support this format, block size or dtype";
+    E0715 "cuda-call-failed" "a CUDA driver call failed (out of memory, a failed copy or launch, …)";
     E0901 "internal-error" "wmapc reached a state it should not; this is a bug in wmapc";
 }
