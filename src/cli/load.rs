@@ -30,6 +30,8 @@ pub struct LoadArgs {
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Unclaimed tensors are errors: what `load` does anyway unless --allow-unclaimed
+    /// (accepted for symmetry with `plan` and `check`).
     #[arg(long)]
     pub strict: bool,
     /// Load even though the checkpoint has tensors no param claims (they are dropped,
