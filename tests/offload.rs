@@ -122,7 +122,14 @@ fn prefetch_never_exceeds_the_budget_and_a_group_larger_than_it_is_refused() {
         Policy::Lru,
     );
     let mut big = big;
-    assert!(big.acquire(0).is_err());
+    assert_eq!(
+        big.acquire(0).err(),
+        Some(wmap::offload::Error::DoesNotFit {
+            group: "big".into(),
+            bytes: 100,
+            budget: 50
+        })
+    );
 }
 
 /// Thousands of random operations; the invariants hold after each.
