@@ -205,8 +205,13 @@ pub fn load(args: &LoadArgs) -> miette::Result<ExitCode> {
     let mut offload_summary: Option<String> = None;
     let result = match (&args.out, format) {
         (Some(out), Some(format)) => {
-            let config_text = std::fs::read_to_string(args.dir.join("config.json"))
-                .map_err(|e| miette::miette!("cannot read config.json: {e}"))?;
+            let config_path = args.dir.join("config.json");
+            let config_text = crate::source::read_capped(&config_path, crate::source::MAX_CONFIG)
+                .map_err(|e| miette::miette!("cannot read config.json: {e}"))
+                .and_then(|b| {
+                    String::from_utf8(b)
+                        .map_err(|_| miette::miette!("config.json is not UTF-8 text"))
+                })?;
             let exporter = crate::export::Exporter::create(
                 out,
                 &b.plan,
