@@ -15,7 +15,7 @@ use wmap::cuda::Gpu;
 use wmap::driver::{self, ModelSource};
 use wmap::quant::Format;
 
-fn main() -> Result<(), String> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let dir = PathBuf::from(
         args.next()

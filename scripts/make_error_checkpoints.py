@@ -52,7 +52,7 @@ CONFIG = {
     "vocab_size": 16,
 }
 
-DTYPE_SIZE = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8, "I32": 4, "I64": 8, "U8": 1}
+DTYPE_SIZE = {"F8_E4M3": 1, "BF16": 2, "F16": 2, "F32": 4, "F64": 8, "I32": 4, "I64": 8, "U8": 1}
 
 
 def llama_tensors():
@@ -179,6 +179,26 @@ def case_e0507():
     return {"model.safetensors": safetensors(tensors)}
 
 
+def case_e0507_fp8():
+    # A fine-grained FP8 `q_proj` with its `weight_scale_inv`: the param is bf16, and
+    # converting the FP8 bytes without the scale would load wrong values.
+    tensors = llama_tensors()
+    tensors["model.layers.0.self_attn.q_proj.weight"] = ("F8_E4M3", [8, 8])
+    tensors["model.layers.0.self_attn.q_proj.weight_scale_inv"] = ("F32", [1, 1])
+    return {"model.safetensors": safetensors(tensors)}
+
+
+def with_qkv_biases():
+    # A Qwen2-style checkpoint: Llama plus q/k/v biases, which the Llama mapping lacks.
+    tensors = llama_tensors()
+    q = CONFIG["num_attention_heads"] * CONFIG["head_dim"]
+    kv = CONFIG["num_key_value_heads"] * CONFIG["head_dim"]
+    for n in range(CONFIG["num_hidden_layers"]):
+        for proj, width in (("q", q), ("k", kv), ("v", kv)):
+            tensors[f"model.layers.{n}.self_attn.{proj}_proj.bias"] = ("BF16", [width])
+    return {"model.safetensors": safetensors(tensors)}
+
+
 def case_e0508():
     # `k_proj` of layer 0 is absent.
     tensors = llama_tensors()
@@ -201,17 +221,19 @@ def with_extra_tensor():
 
 
 CASES = {
-    "E0501-no-weights": case_e0501,
-    "E0502-pickle-only": case_e0502,
-    "E0503-header-past-end": case_e0503,
-    "E0504-shape-disagrees-with-offsets": case_e0504,
-    "E0505-shard-outside-folder": case_e0505,
-    "E0506-tensor-in-two-shards": case_e0506,
-    "E0507-integer-norm": case_e0507,
-    "E0508-missing-k-proj": case_e0508,
-    "E0509-k-proj-wrong-shape": case_e0509,
-    "E0510-extra-tensor-strict": with_extra_tensor,
-    "W0501-extra-tensor": with_extra_tensor,
+    "E0501-checkpoint-not-found": case_e0501,
+    "E0502-pickle-checkpoint": case_e0502,
+    "E0503-invalid-header": case_e0503,
+    "E0504-invalid-tensor-extent": case_e0504,
+    "E0505-invalid-shard-index": case_e0505,
+    "E0506-duplicate-tensor": case_e0506,
+    "E0507-unsupported-dtype": case_e0507,
+    "E0507-unsupported-dtype-2": case_e0507_fp8,
+    "E0508-missing-tensor": case_e0508,
+    "E0509-tensor-shape-mismatch": case_e0509,
+    "E0510-unclaimed-tensor-refused": with_extra_tensor,
+    "E0510-unclaimed-tensor-refused-2": with_qkv_biases,
+    "W0501-unclaimed-tensor": with_extra_tensor,
 }
 
 

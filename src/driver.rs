@@ -49,23 +49,29 @@ impl Compilation {
     }
 }
 
-/// Reads a file for the source map; failure is the coded `Err` of [`compile`].
-fn read(path: &Path, what: &str) -> Result<String, Diagnostic> {
-    let unreadable = |why: String| {
+/// Reads a file for the source map: a regular file of at most `cap` bytes, UTF-8 text.
+/// Failure is the coded `Err` of [`compile`]: E0512/E0513 for a special or oversized
+/// file, E0806 when the system refuses, and invalid UTF-8 is an input error.
+fn read(path: &Path, what: &str, cap: u64) -> Result<String, Diagnostic> {
+    let shown = path.display().to_string();
+    let bytes = crate::source::read_capped(path, cap).map_err(|e| {
+        e.diagnostic(what, &shown).unwrap_or_else(|| {
+            Diagnostic::new(Code::E0806, format!("cannot read {what} `{shown}`: {e}"))
+        })
+    })?;
+    String::from_utf8(bytes).map_err(|e| {
         Diagnostic::new(
-            Code::E0806,
-            format!("cannot read {what} `{}`: {why}", path.display()),
+            Code::E0302,
+            format!("{what} `{shown}` is not UTF-8 text ({e})"),
         )
-    };
-    let bytes = std::fs::read(path).map_err(|e| unreadable(e.to_string()))?;
-    String::from_utf8(bytes).map_err(|e| unreadable(format!("not UTF-8 text ({e})")))
+    })
 }
 
 /// Parses, resolves, checks against `config` (when given) and lowers.
 pub fn compile(model: &ModelSource, config: Option<&Path>) -> Result<Compilation, Diagnostic> {
     let mut c = Compilation::default();
     if let Some(path) = config {
-        let text = read(path, "config")?;
+        let text = read(path, "config", crate::source::MAX_CONFIG)?;
         let id = c.sources.add(path.display().to_string(), text);
         match Config::parse(&c.sources, id) {
             Ok(cfg) => c.config = Some(cfg),
@@ -78,7 +84,7 @@ pub fn compile(model: &ModelSource, config: Option<&Path>) -> Result<Compilation
     let (name, text, origin) = match model {
         ModelSource::File(p) => (
             p.display().to_string(),
-            read(p, "model file")?,
+            read(p, "model file", crate::source::MAX_WMAP)?,
             Origin::Disk(p.clone()),
         ),
         ModelSource::Text { name, text } => (name.clone(), text.clone(), Origin::Memory),

@@ -113,13 +113,14 @@ pub fn resolve(
         };
         for u in &parsed.uses {
             match load_use(&origin, &u.node) {
-                Some((name, text, o)) => {
+                Err(d) => diags.push(d.at(u.span, "imported here")),
+                Ok(Some((name, text, o))) => {
                     if seen.insert(name.clone()) {
                         let fid = sources.add(name, text);
                         queue.push((fid, o));
                     }
                 }
-                None => diags.push(
+                Ok(None) => diags.push(
                     Diagnostic::new(Code::E0203, format!("cannot find `{}`", u.node))
                         .at(u.span, "no such file beside this one or in the stdlib")
                         .suggest(&u.node, crate::stdlib::FILES.iter().map(|(p, _)| *p)),
@@ -141,15 +142,23 @@ pub fn resolve(
     (program, diags)
 }
 
-fn load_use(from: &Origin, path: &str) -> Option<(String, String, Origin)> {
+/// The file a `use` names: beside the importer, else in the stdlib. A file that exists
+/// but is special or too large is an error, not a fall-through to the stdlib.
+fn load_use(from: &Origin, path: &str) -> Result<Option<(String, String, Origin)>, Diagnostic> {
     if let Origin::Disk(p) = from {
         let candidate = p.parent().unwrap_or(Path::new(".")).join(path);
-        if let Ok(text) = std::fs::read_to_string(&candidate) {
-            return Some((
-                candidate.display().to_string(),
-                text,
-                Origin::Disk(candidate),
-            ));
+        let shown = candidate.display().to_string();
+        match crate::source::read_capped(&candidate, crate::source::MAX_WMAP) {
+            Ok(bytes) => {
+                if let Ok(text) = String::from_utf8(bytes) {
+                    return Ok(Some((shown, text, Origin::Disk(candidate))));
+                }
+            }
+            Err(e) => {
+                if let Some(d) = e.diagnostic("imported file", &shown) {
+                    return Err(d);
+                }
+            }
         }
     }
     // In the stdlib, a path is relative to the importing file's folder, then to the root.
@@ -160,7 +169,7 @@ fn load_use(from: &Origin, path: &str) -> Option<(String, String, Origin)> {
         }
     }
     keys.push(path.trim_start_matches("./").to_string());
-    keys.into_iter().find_map(|key| {
+    Ok(keys.into_iter().find_map(|key| {
         crate::stdlib::get(&key).map(|t| {
             (
                 format!("<stdlib>/{key}"),
@@ -168,7 +177,7 @@ fn load_use(from: &Origin, path: &str) -> Option<(String, String, Origin)> {
                 Origin::Stdlib(key),
             )
         })
-    })
+    }))
 }
 
 fn collect(root: FileId, files: Vec<(ast::File, bool)>, diags: &mut Diagnostics) -> Program {

@@ -194,9 +194,11 @@ fn duplicate_tensors_across_shards_are_refused() {
     // Shard 5 gets a second copy of shard 1's contents under its own name.
     let first = std::fs::read(dir.join("model-00001-of-00005.safetensors")).unwrap();
     std::fs::write(dir.join("model-00005-of-00005.safetensors"), first).unwrap();
+    // Shards are read in name order, so shard 5 meets shard 1's tensors before the
+    // index is compared with the headers.
     let d = open_err(&dir);
-    assert!(["E0506", "E0505"].contains(&d.code.as_str()), "{:?}", d);
-    // Without the index, two files with the same tensor are a plain duplicate.
+    assert_eq!(d.code.as_str(), "E0506", "{d:?}");
+    // Without an index, two safetensors files cannot be told apart: an index error.
     let d2 = common::tempdir("dup2");
     let one = std::fs::read(llama().join("model.safetensors")).unwrap();
     std::fs::write(d2.join("a.safetensors"), &one).unwrap();
@@ -368,4 +370,109 @@ fn a_file_truncated_during_the_load_fails_cleanly() {
         .unwrap_err();
     assert_eq!(err.code.as_str(), "E0511");
     assert!(err.message.contains("model.safetensors"), "{}", err.message);
+}
+
+/// An index that is a FIFO with no writer is refused at once (it used to block forever).
+#[test]
+fn a_fifo_index_is_refused_without_blocking() {
+    let dir = sharded_with_index("fifo-index", |_| {});
+    let index = dir.join("model.safetensors.index.json");
+    std::fs::remove_file(&index).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&index)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let d = open_err(&dir);
+    assert_eq!(d.code.as_str(), "E0512");
+    assert!(
+        d.message.ends_with("is a FIFO, not a regular file"),
+        "{}",
+        d.message
+    );
+}
+
+/// A shard symlinked to `/dev/zero` is refused unread; so is a folder under a shard's name.
+#[test]
+fn special_files_under_shard_names_are_refused() {
+    let dir = sharded_with_index("dev-zero-shard", |_| {});
+    let shard = dir.join("model-00002-of-00005.safetensors");
+    std::fs::remove_file(&shard).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &shard).unwrap();
+    let d = open_err(&dir);
+    assert_eq!(d.code.as_str(), "E0512");
+    assert!(d.message.contains("is a device"), "{}", d.message);
+    std::fs::remove_file(&shard).unwrap();
+    std::fs::create_dir(&shard).unwrap();
+    let d = open_err(&dir);
+    assert_eq!(d.code.as_str(), "E0512");
+    assert!(d.message.contains("is a folder"), "{}", d.message);
+}
+
+/// `config.json` symlinked to `/dev/zero` ends as a coded error, not a read that never ends.
+#[test]
+fn a_config_that_is_a_device_is_refused() {
+    let dir = common::tempdir("dev-zero-config");
+    let config = dir.join("config.json");
+    std::os::unix::fs::symlink("/dev/zero", &config).unwrap();
+    let err = driver::compile(&ModelSource::Detect, Some(&config))
+        .err()
+        .unwrap();
+    assert_eq!(err.code.as_str(), "E0512");
+    assert!(
+        err.message.starts_with("config `")
+            && err
+                .message
+                .ends_with("config.json` is a device, not a regular file"),
+        "{}",
+        err.message
+    );
+}
+
+/// An index with `n` tensors spread over `shards` shard names (none of which exist).
+fn index_with(name: &str, n: usize, shards: usize) -> PathBuf {
+    let dir = common::tempdir(name);
+    let map: serde_json::Map<String, serde_json::Value> = (0..n)
+        .map(|i| {
+            (
+                format!("t.{i}"),
+                format!("s{}.safetensors", i % shards).into(),
+            )
+        })
+        .collect();
+    let index = serde_json::json!({ "weight_map": map });
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+    dir
+}
+
+/// 200 000 tensors over 10 000 shards: collecting the shard names is O(n log n), so this
+/// is quick even in a debug build (a linear scan per tensor took 2·10⁹ comparisons),
+/// and it gets as far as the first missing shard.
+#[test]
+fn a_large_index_is_read_in_n_log_n() {
+    let dir = index_with("large-index", 200_000, 10_000);
+    let d = open_err(&dir);
+    assert_eq!(d.code.as_str(), "E0505");
+    assert!(
+        d.message
+            .ends_with("names shard `s0.safetensors`, which does not exist"),
+        "{}",
+        d.message
+    );
+}
+
+#[test]
+fn an_index_naming_too_many_shards_is_refused() {
+    let dir = index_with("too-many-shards", 10_001, 10_001);
+    let d = open_err(&dir);
+    assert_eq!(d.code.as_str(), "E0514");
+    assert!(
+        d.message.ends_with("names more than 10000 shard files"),
+        "{}",
+        d.message
+    );
 }

@@ -370,7 +370,10 @@ fn one_thread_gives_the_same_result() {
         &b.plan,
         &b.checkpoint,
         &store,
-        load::Options { threads: 1 },
+        load::Options {
+            threads: 1,
+            ..Default::default()
+        },
         &|_| {},
     )
     .unwrap();
@@ -379,4 +382,162 @@ fn one_thread_gives_the_same_result() {
     for (name, t) in &wide {
         assert_eq!(t.data, narrow[name].data);
     }
+}
+
+/// Binds a one-param model `w: [rows, cols]` of `dtype` to a sparse checkpoint holding
+/// `w` as `src` of that shape, in a fresh folder under the target dir.
+fn one_tensor(name: &str, src: &'static str, dtype: &str, shape: [u64; 2]) -> driver::Bound {
+    let dir = std::env::temp_dir().join(format!("wmap-load-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    common::sparse::write_sparse(&dir, &[("w".into(), src, shape.to_vec())], 1);
+    std::fs::write(
+        dir.join("config.json"),
+        format!(
+            r#"{{"architectures": ["X"], "rows": {}, "cols": {}}}"#,
+            shape[0], shape[1]
+        ),
+    )
+    .unwrap();
+    let text = format!(r#"model M for "X" {{ param w: [rows, cols] dtype = {dtype} from "w" }}"#);
+    let model = ModelSource::Text {
+        name: "m.wmap".into(),
+        text,
+    };
+    let mut c = driver::compile(&model, Some(&dir.join("config.json"))).unwrap();
+    let bound = driver::bind(&mut c, &dir, true);
+    let rendered = wmap::diag::render_human(&c.sources, &c.diags, wmap::diag::Color::Never);
+    bound.unwrap_or_else(|| panic!("{rendered}"))
+}
+
+/// A 1 TiB tensor in a sparse checkpoint plans, and the load refuses it with E0515
+/// before allocating or reading anything.
+#[test]
+fn a_1_tib_tensor_is_refused_before_allocation() {
+    let b = one_tensor("tib", "BF16", "bf16", [1 << 29, 1 << 10]);
+    let options = load::Options {
+        threads: 1,
+        memory_budget: Some(64 << 30),
+    };
+    let read = std::sync::atomic::AtomicU64::new(0);
+    let err = load::execute(
+        &b.plan,
+        &b.checkpoint,
+        &HostStore::default(),
+        options,
+        &|n| {
+            read.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        },
+    )
+    .unwrap_err();
+    assert_eq!(err.code.as_str(), "E0515");
+    assert_eq!(
+        err.message,
+        "target `w` needs 1099511627776 bytes to assemble, more than the memory budget of this load (physical memory unless set)"
+    );
+    assert_eq!(read.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+/// A conversion streams through fixed chunks: a tensor larger than one chunk converts
+/// element for element as a whole-tensor conversion would.
+#[test]
+fn a_conversion_larger_than_one_chunk_is_exact() {
+    let b = one_tensor("chunks", "BF16", "f32", [3, (1 << 20) / 3 + 7]);
+    let n = (3 * ((1 << 20) / 3 + 7)) as usize;
+    // The sparse file's data is zero; write a ramp of bf16 values over it.
+    let src: Vec<u8> = (0..n)
+        .flat_map(|i| half::bf16::from_f32((i % 1000) as f32).to_le_bytes())
+        .collect();
+    let path = &b.checkpoint.shards[0].path;
+    let mut file = std::fs::read(path).unwrap();
+    let start = file.len() - src.len();
+    file[start..].copy_from_slice(&src);
+    std::fs::write(path, &file).unwrap();
+    let store = HostStore::default();
+    load::execute(
+        &b.plan,
+        &b.checkpoint,
+        &store,
+        load::Options::default(),
+        &|_| {},
+    )
+    .unwrap();
+    let got = bytes(&store.into_tensors(), "w");
+    let want: Vec<u8> = (0..n)
+        .flat_map(|i| {
+            half::bf16::from_f32((i % 1000) as f32)
+                .to_f32()
+                .to_le_bytes()
+        })
+        .collect();
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "converted bytes differ");
+}
+
+/// Runs `wmapc` with `args`; (exit code, stdout, stderr).
+fn wmapc(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wmapc"))
+        .args(args)
+        .current_dir(common::root())
+        .output()
+        .unwrap();
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        text(out.stdout),
+        text(out.stderr),
+    )
+}
+
+/// A Qwen2-style checkpoint (Llama plus q/k/v biases) loaded as Llama would lose every
+/// bias: `load` refuses it, `--allow-unclaimed` loads with a warning, `plan` warns.
+#[test]
+fn load_refuses_unclaimed_tensors_unless_allowed() {
+    let ck = "tests/fixtures/errors/checkpoints/E0510-unclaimed-tensor-refused-2";
+    let (code, _, err) = wmapc(&[
+        "load", ck, "--model", "Llama", "--quiet", "--color", "never",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    for p in ["q", "k", "v"] {
+        assert!(
+            err.contains(&format!(
+                "error[E0510/unclaimed-tensor-refused]: checkpoint tensor `model.layers.0.self_attn.{p}_proj.bias` is not loaded"
+            )),
+            "{err}"
+        );
+    }
+    assert!(err.ends_with("3 errors, 0 warnings\n"), "{err}");
+
+    let (code, out, err) = wmapc(&[
+        "load",
+        ck,
+        "--model",
+        "Llama",
+        "--quiet",
+        "--color",
+        "never",
+        "--allow-unclaimed",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        err.matches("warning[W0501/unclaimed-tensor]").count(),
+        3,
+        "{err}"
+    );
+    assert!(out.starts_with("loaded model `Llama`: "), "{out}");
+
+    let (code, _, err) = wmapc(&[
+        "plan",
+        "--model",
+        "Llama",
+        "--checkpoint",
+        ck,
+        "--color",
+        "never",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        err.matches("warning[W0501/unclaimed-tensor]").count(),
+        3,
+        "{err}"
+    );
 }

@@ -76,7 +76,15 @@ fn a_group_in_use_is_never_evicted() {
     m.acquire(0).unwrap();
     m.acquire(1).unwrap();
     let err = m.acquire(2).unwrap_err();
-    assert!(err.contains("does not fit"), "{err}");
+    assert_eq!(
+        err,
+        wmap::offload::Error::DoesNotFit {
+            group: "layer=0/expert=2".into(),
+            bytes: 100,
+            budget: 200
+        }
+    );
+    assert_eq!(wmap::diag::Diagnostic::from(err).code.as_str(), "E0701");
     assert!(m.is_resident(0) && m.is_resident(1));
     m.release(0);
     m.acquire(2).unwrap();
@@ -114,7 +122,14 @@ fn prefetch_never_exceeds_the_budget_and_a_group_larger_than_it_is_refused() {
         Policy::Lru,
     );
     let mut big = big;
-    assert!(big.acquire(0).is_err());
+    assert_eq!(
+        big.acquire(0).err(),
+        Some(wmap::offload::Error::DoesNotFit {
+            group: "big".into(),
+            bytes: 100,
+            budget: 50
+        })
+    );
 }
 
 /// Thousands of random operations; the invariants hold after each.

@@ -151,6 +151,7 @@ fn the_dynamic_map_matches_bitsandbytes() {
     let map = dynamic::signed_map();
     for case in 0..7 {
         let want = g.f32s(&format!("case{case}.nf4dq.state2_code"));
+        assert_eq!(map.len(), want.len(), "case{case}");
         assert!(
             map.iter()
                 .zip(&want)

@@ -115,23 +115,32 @@ fn views_reuse_buffers_of_the_same_shape() {
     assert_eq!(w.pool().reused.load(Relaxed), 7);
 }
 
-/// A forward sweep: every layer touches its router and two routed experts (a fixed
-/// pseudo-random trace); the budget holds, and order-aware prefetch hides copies that
-/// LRU cannot.
+/// A forward sweep: each layer routes its tokens to every expert once, two experts at a
+/// time, in a fixed pseudo-random order; the sweep runs three times over, as three
+/// training steps with the same routing would. The budget (six experts of sixteen) holds
+/// under both policies. LRU evicts exactly the group the cycle needs next, so every
+/// access misses; order-aware eviction keeps the groups needed soonest and prefetches
+/// ahead, so after the recorded first sweep it starts fewer copies on demand.
 #[test]
 fn a_routed_forward_sweep_stays_in_budget() {
     let (plan, tensors) = load("qwen3_moe", Format::Nf4 { blocksize: 64 });
     let mut s = 7u64;
-    let trace: Vec<(usize, usize)> = (0..40)
-        .map(|_| {
+    let mut trace: Vec<(usize, usize, usize)> = Vec::new();
+    for layer in 0..2 {
+        // A Fisher-Yates shuffle of the eight experts, then visited in pairs.
+        let mut experts: Vec<usize> = (0..8).collect();
+        for i in (1..8).rev() {
             s = s
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            ((s >> 33) as usize % 8, (s >> 45) as usize % 8)
-        })
-        .collect();
+            experts.swap(i, (s >> 33) as usize % (i + 1));
+        }
+        trace.extend(experts.chunks(2).map(|p| (layer, p[0], p[1])));
+    }
     let per_expert = 2 * 128 * 128 / 2 + 2 * 128 * 128 / 64 * 4 / 2; // rough nf4 bytes, for the budget only
     let budget = 6 * per_expert as u64;
+    const SWEEPS: u64 = 3;
+    let mut misses = BTreeMap::new();
     for policy in [Policy::Lru, Policy::OrderAware] {
         let mut w = WeightsManager::new(
             HostBackend::default(),
@@ -141,18 +150,52 @@ fn a_routed_forward_sweep_stays_in_budget() {
             policy,
         )
         .unwrap();
-        for (step, &(a, b)) in trace.iter().enumerate() {
-            let layer = step % 2;
-            for e in [a, b] {
-                for p in ["gate_up", "down"] {
-                    w.get(&slice_key(&format!("layers.{layer}.moe.experts.{p}"), e))
-                        .unwrap();
-                    assert!(w.offload.device_bytes() <= budget);
+        for _ in 0..SWEEPS {
+            for &(layer, a, b) in &trace {
+                for e in [a, b] {
+                    for p in ["gate_up", "down"] {
+                        w.get(&slice_key(&format!("layers.{layer}.moe.experts.{p}"), e))
+                            .unwrap();
+                        assert!(w.offload.device_bytes() <= budget);
+                    }
                 }
             }
         }
         let st = &w.offload.stats;
-        assert!(st.hits + st.misses == 4 * trace.len() as u64);
+        assert_eq!(st.hits + st.misses, SWEEPS * 4 * trace.len() as u64);
         assert!(st.bytes_moved > 0);
+        misses.insert(format!("{policy:?}"), st.misses);
     }
+    let (lru, order) = (misses["Lru"], misses["OrderAware"]);
+    eprintln!("demand misses over {SWEEPS} sweeps: LRU {lru}, order-aware {order}");
+    assert_eq!(
+        lru,
+        SWEEPS * 16,
+        "LRU misses every access of a cyclic sweep"
+    );
+    assert!(
+        order < lru,
+        "order-aware prefetch should miss less than LRU: {order} vs {lru}"
+    );
+}
+
+/// `get` of a name the store does not hold is E0703, naming it.
+#[test]
+fn an_unknown_name_is_a_coded_error() {
+    let (plan, tensors) = load("qwen3_moe", Format::Nf4 { blocksize: 64 });
+    let mut w = WeightsManager::new(
+        HostBackend::default(),
+        &plan,
+        tensors,
+        u64::MAX,
+        Policy::Lru,
+    )
+    .unwrap();
+    let err = w.get("layers.0.moe.experts.gate_up").err().unwrap();
+    let d = wmap::diag::Diagnostic::from(err);
+    assert_eq!(d.code.as_str(), "E0703");
+    assert_eq!(
+        d.message,
+        "the weight store holds no tensor `layers.0.moe.experts.gate_up`"
+    );
 }

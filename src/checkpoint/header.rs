@@ -22,12 +22,12 @@ pub struct ShardHeader {
 
 /// Reads and validates the header of `path`; `shard` is the index the entries get.
 pub fn read(path: &Path, display: &str, shard: usize) -> Result<ShardHeader, Diagnostic> {
-    let file = File::open(path)
-        .map_err(|e| Diagnostic::new(Code::E0501, format!("cannot open `{display}`: {e}")))?;
-    let len = file
-        .metadata()
-        .map_err(|e| Diagnostic::new(Code::E0501, format!("cannot stat `{display}`: {e}")))?
-        .len();
+    let (file, len) = crate::source::open_regular(path).map_err(|e| {
+        e.diagnostic("safetensors file", display)
+            .unwrap_or_else(|| {
+                Diagnostic::new(Code::E0501, format!("cannot open `{display}`: {e}"))
+            })
+    })?;
     let mut prefix = [0u8; 8];
     if len < 8 || file.read_exact_at(&mut prefix, 0).is_err() {
         return Err(bad(

@@ -139,7 +139,9 @@ impl Checkpoint {
         })?;
         let mut names: Vec<String> = entries
             .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()))
+            // Special files stay in the list, so that one under a checkpoint file's name
+            // is reported (E0512) rather than silently skipped.
+            .filter(|e| e.file_type().is_ok_and(|t| !t.is_dir()))
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
@@ -197,7 +199,8 @@ impl Checkpoint {
         let mut tensors: BTreeMap<String, TensorEntry> = BTreeMap::new();
         for (i, name) in shard_names.iter().enumerate() {
             let path = dir.join(name);
-            if !path.is_file() {
+            // A special file under a shard's name is refused by `header::read`.
+            if !path.exists() {
                 return Err(bad(
                     Code::E0505,
                     &format!("{shown}/{INDEX}"),

@@ -16,6 +16,11 @@ pub fn available() -> bool {
     false
 }
 
+/// A runtime layer's error (CUDA, offload, weights) as its coded diagnostic.
+pub(super) fn coded(e: impl Into<Diagnostic>) -> Diagnostic {
+    e.into()
+}
+
 /// `--offload-budget` with `--device cuda`: bytes and policy.
 pub type OffloadArgs = Option<(u64, crate::offload::Policy)>;
 
@@ -28,20 +33,7 @@ pub fn load(
     _: usize,
     _: OffloadArgs,
 ) -> Outcome {
-    Err(no_cuda_build())
-}
-
-#[cfg(not(feature = "cuda"))]
-fn no_cuda_build() -> Diagnostic {
-    Diagnostic::new(Code::E0804, "this wmapc was built without CUDA support")
-        .with_help("rebuild with `cargo build --release --features cuda`, or use --device cpu")
-}
-
-/// A CUDA failure: no driver, no such device, or a call that failed.
-#[cfg(feature = "cuda")]
-fn cuda_failed(e: impl std::fmt::Display) -> Diagnostic {
-    Diagnostic::new(Code::E0804, format!("CUDA: {e}"))
-        .with_help("check the driver and the device ordinal, or use --device cpu")
+    Err(coded(crate::cuda::Error::NotBuilt))
 }
 
 #[cfg(feature = "cuda")]
@@ -78,15 +70,14 @@ pub fn load(
 ) -> Outcome {
     use crate::cuda::{loader, Gpu};
     let t0 = std::time::Instant::now();
-    let gpu = std::sync::Arc::new(Gpu::new(ordinal).map_err(cuda_failed)?);
-    let mut staging = loader::Staging::new(&gpu, 3, 256 << 20).map_err(cuda_failed)?;
+    let gpu = std::sync::Arc::new(Gpu::new(ordinal).map_err(coded)?);
+    let mut staging = loader::Staging::new(&gpu, 3, 256 << 20).map_err(coded)?;
     let setup = t0.elapsed().as_secs_f64();
     let mut times = Vec::with_capacity(repeat);
     let mut last = None;
     for _ in 0..repeat {
         drop(last.take());
-        let (store, stats) =
-            loader::load(&gpu, &mut staging, plan, ckpt, format).map_err(cuda_failed)?;
+        let (store, stats) = loader::load(&gpu, &mut staging, plan, ckpt, format).map_err(coded)?;
         times.push(stats.seconds);
         last = Some((store, stats));
     }
@@ -134,18 +125,17 @@ fn offload_to_host(
     budget: u64,
     policy: crate::offload::Policy,
 ) -> Result<(), Diagnostic> {
-    let e = cuda_failed;
     let total = store.device_bytes();
     let mut w = crate::cuda::weights::DeviceWeights::new(gpu.clone(), plan, store, budget, policy)
-        .map_err(e)?;
+        .map_err(coded)?;
     let names: Vec<String> = w.names().map(str::to_string).collect();
     let t = std::time::Instant::now();
     let mut peak = 0;
     for n in &names {
-        drop(w.get(n).map_err(e)?);
+        drop(w.get(n).map_err(coded)?);
         peak = peak.max(w.offload.device_bytes());
     }
-    gpu.sync().map_err(e)?;
+    gpu.sync().map_err(coded)?;
     let m = &w.offload;
     outln!(
         "offload ({policy:?}): {} groups in page-locked host memory, {:.2} GB of the {:.2} GB loaded stays on the device; \
@@ -198,7 +188,7 @@ pub struct BenchOffloadArgs {
 
 #[cfg(not(feature = "cuda"))]
 pub fn bench_offload(_: &BenchOffloadArgs) -> Outcome {
-    Err(no_cuda_build())
+    Err(coded(crate::cuda::Error::NotBuilt))
 }
 
 #[cfg(feature = "cuda")]
@@ -208,7 +198,7 @@ pub fn bench_offload(a: &BenchOffloadArgs) -> Outcome {
     use crate::cuda::offload::CudaBackend;
     use crate::cuda::Gpu;
     use crate::offload::{Manager, Policy};
-    let gpu = Arc::new(Gpu::new(0).map_err(cuda_failed)?);
+    let gpu = Arc::new(Gpu::new(0).map_err(coded)?);
     let bytes = a.expert_mib << 20;
     let groups: Vec<(String, usize)> = (0..a.layers)
         .flat_map(|l| (0..a.experts).map(move |e| (format!("layer={l}/expert={e}"), bytes)))
@@ -261,12 +251,12 @@ pub fn bench_offload(a: &BenchOffloadArgs) -> Outcome {
         .iter()
         .map(|p| p.iter().map(Vec::len).sum::<usize>())
         .sum();
-    gpu.sync().map_err(cuda_failed)?;
+    gpu.sync().map_err(coded)?;
     let t = std::time::Instant::now();
     for _ in 0..accesses {
-        gpu.spin(cycles).map_err(cuda_failed)?;
+        gpu.spin(cycles).map_err(coded)?;
     }
-    gpu.sync().map_err(cuda_failed)?;
+    gpu.sync().map_err(coded)?;
     let compute = t.elapsed().as_secs_f64();
     outln!("compute alone: {compute:.3} s for {accesses} expert visits");
     // Copy bandwidth alone: four cold groups back to back through a throwaway manager.
@@ -277,14 +267,14 @@ pub fn bench_offload(a: &BenchOffloadArgs) -> Outcome {
             u64::MAX,
             Policy::Lru,
         );
-        m.prefetch(0).map_err(cuda_failed)?;
+        m.prefetch(0).map_err(coded)?;
         let _ = m.unload(0);
         let t = std::time::Instant::now();
         for g in 1..m.group_count() {
-            m.prefetch(g).map_err(cuda_failed)?;
+            m.prefetch(g).map_err(coded)?;
         }
         for g in 1..m.group_count() {
-            m.acquire(g).map_err(cuda_failed)?;
+            m.acquire(g).map_err(coded)?;
             m.release(g);
         }
         ((m.group_count() - 1) * bytes) as f64 / t.elapsed().as_secs_f64()
@@ -303,28 +293,28 @@ pub fn bench_offload(a: &BenchOffloadArgs) -> Outcome {
         let mut m = Manager::new(CudaBackend::new(gpu.clone()), &groups, budget, policy);
         for g in 0..groups.len() {
             let fill = (g % 251) as u8;
-            m.host_mut(g).map_err(cuda_failed)?.fill(fill);
+            m.host_mut(g).map_err(coded)?.fill(fill);
         }
         // The first copy page-locks the host pool (slow, once); a prefetch does it
         // without touching the policy's access record.
-        m.prefetch(0).map_err(cuda_failed)?;
+        m.prefetch(0).map_err(coded)?;
         let _ = m.unload(0);
         let base = m.stats.clone();
-        gpu.sync().map_err(cuda_failed)?;
+        gpu.sync().map_err(coded)?;
         let start = std::time::Instant::now();
         for pass in &trace {
             for (l, experts) in pass.iter().enumerate() {
                 for &e in experts {
                     let g = l * a.experts + e;
-                    m.acquire(g).map_err(cuda_failed)?;
-                    gpu.spin(cycles).map_err(cuda_failed)?;
+                    m.acquire(g).map_err(coded)?;
+                    gpu.spin(cycles).map_err(coded)?;
                     // The runtime releases once its kernels are queued; the group stays
                     // resident until evicted.
                     m.release(g);
                 }
             }
         }
-        gpu.sync().map_err(cuda_failed)?;
+        gpu.sync().map_err(coded)?;
         let wall = start.elapsed().as_secs_f64();
         let st = &m.stats;
         let (hits, misses) = (st.hits - base.hits, st.misses - base.misses);

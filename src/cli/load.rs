@@ -35,8 +35,14 @@ pub struct LoadArgs {
     /// No progress bar or progress lines.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Unclaimed tensors are errors: what `load` does anyway unless --allow-unclaimed
+    /// (accepted for symmetry with `plan` and `check`).
     #[arg(long)]
     pub strict: bool,
+    /// Load even though the checkpoint has tensors no param claims (they are dropped,
+    /// with a warning); without it such tensors are errors (E0510).
+    #[arg(long, conflicts_with = "strict")]
+    pub allow_unclaimed: bool,
     /// Worker threads (0: every core; at most four per core). Memory in flight is
     /// threads × the largest tensor.
     #[arg(long, default_value = "0", value_parser = flags::threads, allow_hyphen_values = true)]
@@ -195,7 +201,8 @@ pub fn load(args: &LoadArgs) -> Outcome {
         &driver::model_source(args.model.as_deref()),
         margs.config.as_deref(),
     )?;
-    let bound = driver::bind(&mut c, &args.dir, args.strict);
+    // A load drops what nothing claims, so it refuses unclaimed tensors unless told.
+    let bound = driver::bind(&mut c, &args.dir, !args.allow_unclaimed);
     if !c.diags.is_empty() {
         emit(&c, &c.diags, &margs);
     }
@@ -227,6 +234,7 @@ pub fn load(args: &LoadArgs) -> Outcome {
         ckpt: &b.checkpoint,
         options: load::Options {
             threads: args.threads,
+            ..Default::default()
         },
         progress: &progress,
     };
@@ -275,8 +283,16 @@ impl Run<'_> {
         out: &std::path::Path,
         format: crate::quant::Format,
     ) -> Result<Done, Diagnostic> {
-        let config_text = std::fs::read_to_string(self.args.dir.join("config.json"))
-            .map_err(|e| Diagnostic::new(Code::E0806, format!("cannot read config.json: {e}")))?;
+        let path = self.args.dir.join("config.json");
+        let shown = path.display().to_string();
+        let bytes = crate::source::read_capped(&path, crate::source::MAX_CONFIG).map_err(|e| {
+            e.diagnostic("config", &shown).unwrap_or_else(|| {
+                Diagnostic::new(Code::E0806, format!("cannot read config `{shown}`: {e}"))
+            })
+        })?;
+        let config_text = String::from_utf8(bytes).map_err(|_| {
+            Diagnostic::new(Code::E0302, format!("config `{shown}` is not UTF-8 text"))
+        })?;
         let exporter = crate::export::Exporter::create(
             self.staging(out)?,
             self.plan,
@@ -422,16 +438,14 @@ fn offload_sweep(
 ) -> Result<String, Diagnostic> {
     use crate::offload::HostBackend;
     let policy = policy.offload();
-    // The manager fails when a group cannot fit in the budget the flag gave.
-    let failed = |e: String| Diagnostic::new(Code::E0802, format!("--offload-budget: {e}"));
     let mut w =
         crate::weights::WeightsManager::new(HostBackend::default(), plan, tensors, budget, policy)
-            .map_err(failed)?;
+            .map_err(super::gpu::coded)?;
     let names: Vec<String> = w.names().map(str::to_string).collect();
     let mut peak = 0;
-    for pass in 0..2 {
+    for _ in 0..2 {
         for n in &names {
-            w.get(n).map_err(|e| failed(format!("pass {pass}: {e}")))?;
+            w.get(n).map_err(super::gpu::coded)?;
             peak = peak.max(w.offload.device_bytes());
         }
     }

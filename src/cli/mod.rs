@@ -141,11 +141,14 @@ fn install_panic_hook() {
 }
 
 /// The exit status a failure earns: 1 for errors in the input (.wmap, config,
-/// checkpoint), 2 for usage, I/O and internal failures.
+/// checkpoint), 2 for usage, I/O, runtime (offload, CUDA), resource (a tensor larger
+/// than this machine's memory) and internal failures.
 fn exit_status(code: Code) -> ExitCode {
     let s = code.as_str();
-    let usage_or_io =
-        s.starts_with("E06") || s.starts_with("E08") || s.starts_with("E09") || code == Code::E0511;
+    let usage_or_io = ["E06", "E07", "E08", "E09"]
+        .iter()
+        .any(|p| s.starts_with(p))
+        || matches!(code, Code::E0511 | Code::E0515);
     ExitCode::from(if usage_or_io { 2 } else { 1 })
 }
 

@@ -11,11 +11,12 @@ use cudarc::driver::{
 use super::sources;
 use crate::quant::{bnb4, dynamic, fp4, Format, QuantizedTensor, Scales};
 
-/// A CUDA failure, as text for a diagnostic.
-pub type GpuResult<T> = Result<T, String>;
+/// A CUDA failure, coded ([`super::Error`]).
+pub type GpuResult<T> = Result<T, super::Error>;
 
-fn err<E: std::fmt::Debug>(what: &'static str) -> impl Fn(E) -> String {
-    move |e| format!("{what}: {e:?}")
+/// A failed driver call, as [`super::Error::Call`] naming the call.
+fn err<E: std::fmt::Debug>(what: &'static str) -> impl Fn(E) -> super::Error {
+    move |e| super::Error::Call(format!("{what}: {e:?}"))
 }
 
 /// One GPU with the kernels loaded.
@@ -47,13 +48,11 @@ impl Gpu {
     pub fn new(ordinal: usize) -> GpuResult<Gpu> {
         // SAFETY: probing for a shared library has no preconditions.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
-            return Err("no CUDA driver (libcuda) on this machine".into());
+            return Err(super::Error::NoDriver);
         }
         let count = CudaContext::device_count().map_err(err("cannot count CUDA devices"))?;
         if ordinal as i32 >= count {
-            return Err(format!(
-                "no CUDA device {ordinal} (this machine has {count})"
-            ));
+            return Err(super::Error::NoDevice { ordinal, count });
         }
         let ctx = CudaContext::new(ordinal).map_err(err("cannot open the CUDA device"))?;
         let (major, minor) = ctx
@@ -249,7 +248,7 @@ impl Gpu {
         let (data, scales_f32, scales_u8, scale_shape) = match format {
             Format::Nf4 { blocksize } | Format::Nf4Dq { blocksize } | Format::Fp4 { blocksize } => {
                 if !blocksize.is_power_of_two() || !(32..=4096).contains(&blocksize) {
-                    return Err(format!("blocksize {blocksize}: the kernels take powers of two from 32 to 4096, as bitsandbytes does"));
+                    return Err(super::Error::Unsupported(format!("blocksize {blocksize}: the kernels take powers of two from 32 to 4096, as bitsandbytes does")));
                 }
                 let nb = n.div_ceil(blocksize);
                 (u8s(n.div_ceil(2))?, Some(f32s(nb)?), None, vec![nb as u64])
@@ -274,7 +273,10 @@ impl Gpu {
                 )
             }
             Format::Fp8PerTensor | Format::Nvfp4 => {
-                return Err(format!("{} needs the whole tensor", format.name()))
+                return Err(super::Error::Unsupported(format!(
+                    "{} needs the whole tensor",
+                    format.name()
+                )))
             }
         };
         Ok(DeviceQuantized {
@@ -311,7 +313,10 @@ impl Gpu {
                 };
                 let bs = blocksize as i32;
                 let mut packed = q.data.slice_mut(offset / 2..);
-                let absmax = q.scales_f32.as_mut().ok_or("no absmax buffer")?;
+                let absmax = q
+                    .scales_f32
+                    .as_mut()
+                    .ok_or_else(|| super::Error::Internal("no absmax buffer".into()))?;
                 let mut absmax = absmax.slice_mut(offset / blocksize..);
                 let mids = &self.nf4_mids;
                 if blocksize <= 256 {
@@ -347,7 +352,11 @@ impl Gpu {
             }
             Format::Fp8PerChannel => {
                 let mut data = q.data.slice_mut(r0 * cols..);
-                let mut scales = q.scales_f32.as_mut().ok_or("no scales")?.slice_mut(r0..);
+                let mut scales = q
+                    .scales_f32
+                    .as_mut()
+                    .ok_or_else(|| super::Error::Internal("no scales".into()))?
+                    .slice_mut(r0..);
                 let cfg = LaunchConfig {
                     grid_dim: (rows as u32, 1, 1),
                     block_dim: (256, 1, 1),
@@ -368,7 +377,7 @@ impl Gpu {
                 let mut scales = q
                     .scales_f32
                     .as_mut()
-                    .ok_or("no scales")?
+                    .ok_or_else(|| super::Error::Internal("no scales".into()))?
                     .slice_mut((r0 / block) * bc..);
                 let cfg = LaunchConfig {
                     grid_dim: (bc as u32, rows.div_ceil(block) as u32, 1),
@@ -390,7 +399,7 @@ impl Gpu {
                 let mut scales = q
                     .scales_u8
                     .as_mut()
-                    .ok_or("no scales")?
+                    .ok_or_else(|| super::Error::Internal("no scales".into()))?
                     .slice_mut(r0 * bpr..);
                 let cfg = grid((rows * bpr) as u64, 128);
                 self.launch_rows(
@@ -403,7 +412,10 @@ impl Gpu {
                 )?;
             }
             Format::Fp8PerTensor | Format::Nvfp4 => {
-                return Err(format!("{} needs the whole tensor", q.format.name()))
+                return Err(super::Error::Unsupported(format!(
+                    "{} needs the whole tensor",
+                    q.format.name()
+                )))
             }
         }
         Ok(())
@@ -435,7 +447,10 @@ impl Gpu {
             return Ok(());
         }
         let s = &self.stream;
-        let absmax = q.scales_f32.take().ok_or("no absmax buffer")?;
+        let absmax = q
+            .scales_f32
+            .take()
+            .ok_or_else(|| super::Error::Internal("no absmax buffer".into()))?;
         let nblocks = absmax.len();
         let nb = nblocks as i64;
         let nparts = nblocks.div_ceil(bnb4::MEAN_CHUNK);
@@ -604,7 +619,10 @@ impl Gpu {
                     &self.nf4_table
                 };
                 let bs = blocksize as i32;
-                let absmax = p.scales_f32.as_ref().ok_or("no absmax")?;
+                let absmax = p
+                    .scales_f32
+                    .as_ref()
+                    .ok_or_else(|| super::Error::Internal("no absmax".into()))?;
                 let mut b = s.launch_builder(self.f("bnb4_dequantize"));
                 b.arg(&p.data)
                     .arg(absmax)
@@ -616,9 +634,18 @@ impl Gpu {
                 unsafe { b.launch(threads8) }.map_err(err("bnb4_dequantize"))?;
             }
             Format::Nf4Dq { blocksize } => {
-                let codes = p.scales_u8.as_ref().ok_or("no absmax codes")?;
-                let nested = p.nested.as_ref().ok_or("no nested absmax")?;
-                let offset = p.offset.as_ref().ok_or("no offset")?;
+                let codes = p
+                    .scales_u8
+                    .as_ref()
+                    .ok_or_else(|| super::Error::Internal("no absmax codes".into()))?;
+                let nested = p
+                    .nested
+                    .as_ref()
+                    .ok_or_else(|| super::Error::Internal("no nested absmax".into()))?;
+                let offset = p
+                    .offset
+                    .as_ref()
+                    .ok_or_else(|| super::Error::Internal("no offset".into()))?;
                 let nb = codes.len() as i64;
                 // SAFETY: every element is written by `dq_absmax` before it is read.
                 let mut absmax = unsafe { s.alloc::<f32>(codes.len().max(1)) }
@@ -649,7 +676,10 @@ impl Gpu {
                     Format::Fp8PerChannel => 1,
                     _ => 2,
                 };
-                let scales = p.scales_f32.as_ref().ok_or("no scales")?;
+                let scales = p
+                    .scales_f32
+                    .as_ref()
+                    .ok_or_else(|| super::Error::Internal("no scales".into()))?;
                 let mut b = s.launch_builder(self.f("fp8_dequantize"));
                 b.arg(&p.data)
                     .arg(scales)
@@ -662,7 +692,10 @@ impl Gpu {
             }
             Format::Nvfp4 | Format::Mxfp4 => {
                 let mode: i32 = if p.format == Format::Nvfp4 { 0 } else { 1 };
-                let scales = p.scales_u8.as_ref().ok_or("no scales")?;
+                let scales = p
+                    .scales_u8
+                    .as_ref()
+                    .ok_or_else(|| super::Error::Internal("no scales".into()))?;
                 let one = s.clone_htod(&[1.0f32]).map_err(err("upload"))?;
                 let one_view = one.as_view();
                 let ts = p.tensor_scale.as_ref().unwrap_or(&one_view);

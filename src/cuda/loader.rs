@@ -274,7 +274,7 @@ pub fn load(
         let src = match (&list, &assembled) {
             (Some(l), _) => Source::Pieces(l),
             (None, Some(b)) => Source::Assembled(b),
-            (None, None) => return Err("no source for a target; this is a bug in wmapc".into()),
+            (None, None) => return Err(super::Error::Internal("no source for a target".into())),
         };
         let tensor = match format.filter(|_| t.quantizable) {
             None => {
@@ -310,8 +310,9 @@ pub fn load(
                     gpu.stream.wait(&copied).map_err(|e| format!("{e:?}"))?;
                     let view = scratch[which].slice(..2 * (c1 - c0));
                     // SAFETY: bf16 bytes reinterpreted as u16 elements.
-                    let x = unsafe { view.transmute::<u16>(c1 - c0) }
-                        .ok_or("scratch is not u16-aligned")?;
+                    let x = unsafe { view.transmute::<u16>(c1 - c0) }.ok_or_else(|| {
+                        super::Error::Internal("scratch is not u16-aligned".into())
+                    })?;
                     match q.as_mut() {
                         Some(q) => gpu.quantize_chunk(&x, q, c0)?,
                         None => whole = Some(gpu.quantize(f, &x, &t.shape)?),
@@ -330,7 +331,12 @@ pub fn load(
                         q
                     }
                     (None, Some(w)) => w,
-                    (None, None) => return Err(format!("`{}` has no elements", t.name)),
+                    (None, None) => {
+                        return Err(super::Error::Unsupported(format!(
+                            "`{}` has no elements",
+                            t.name
+                        )))
+                    }
                 };
                 DeviceTensor::Quantized(Box::new(q))
             }

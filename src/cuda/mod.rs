@@ -6,7 +6,10 @@
 //! GPU is a coded error at run time, never a panic. Kernels are compiled once per
 //! process for the device's architecture.
 
+mod error;
 pub mod sources;
+
+pub use error::Error;
 
 #[cfg(feature = "cuda")]
 mod device;

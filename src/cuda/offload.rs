@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use cudarc::driver::{CudaEvent, CudaSlice, DevicePtrMut};
 
 use super::Gpu;
-use crate::offload::Backend;
+use crate::offload::{Backend, Error};
 
 pub struct CudaBackend {
     gpu: Arc<Gpu>,
@@ -23,8 +23,11 @@ impl CudaBackend {
         }
     }
 
-    fn register(&self, host: &Arc<Vec<u8>>) -> Result<(), String> {
-        let mut r = self.registered.lock().map_err(|_| "poisoned lock")?;
+    fn register(&self, host: &Arc<Vec<u8>>) -> Result<(), Error> {
+        let mut r = self
+            .registered
+            .lock()
+            .map_err(|_| Error::Internal("the pinned-pool lock is poisoned"))?;
         let key = (host.as_ptr() as usize, host.len());
         if *r == Some(key) || host.is_empty() {
             return Ok(());
@@ -32,17 +35,17 @@ impl CudaBackend {
         self.gpu
             .ctx
             .bind_to_thread()
-            .map_err(|e| format!("{e:?}"))?;
+            .map_err(|e| Error::Copy(format!("{e:?}")))?;
         // SAFETY: registers the pool's pages for DMA. The pool is never freed or resized
         // while the manager (which owns it) lives, and is only read by the copies.
         let res = unsafe {
             cudarc::driver::sys::cuMemHostRegister_v2(host.as_ptr() as *mut _, host.len(), 0)
         };
         if res != cudarc::driver::sys::CUresult::CUDA_SUCCESS {
-            return Err(format!(
+            return Err(Error::Copy(format!(
                 "cannot pin the {}-byte host pool: {res:?}",
                 host.len()
-            ));
+            )));
         }
         *r = Some(key);
         Ok(())
@@ -65,19 +68,21 @@ impl Backend for CudaBackend {
         &self,
         host: &Arc<Vec<u8>>,
         range: std::ops::Range<usize>,
-    ) -> Result<CudaTicket, String> {
+    ) -> Result<CudaTicket, Error> {
         self.register(host)?;
         let s = &self.gpu.copy_stream;
         // SAFETY: the copy below writes every byte before anything reads the buffer.
-        let mut buffer =
-            unsafe { s.alloc::<u8>(range.len().max(1)) }.map_err(|e| format!("{e:?}"))?;
+        let mut buffer = unsafe { s.alloc::<u8>(range.len().max(1)) }
+            .map_err(|e| Error::Copy(format!("{e:?}")))?;
         {
             let (ptr, _guard) = buffer.device_ptr_mut(s);
             // SAFETY: `host[range]` is registered, page-locked memory that outlives the copy.
             unsafe { cudarc::driver::result::memcpy_htod_async(ptr, &host[range], s.cu_stream()) }
-                .map_err(|e| format!("host-to-device copy: {e:?}"))?;
+                .map_err(|e| Error::Copy(format!("host-to-device copy: {e:?}")))?;
         }
-        let done = s.record_event(None).map_err(|e| format!("{e:?}"))?;
+        let done = s
+            .record_event(None)
+            .map_err(|e| Error::Copy(format!("{e:?}")))?;
         Ok(CudaTicket {
             buffer,
             done,
@@ -89,8 +94,10 @@ impl Backend for CudaBackend {
         t.done.is_complete()
     }
 
-    fn wait(&self, t: CudaTicket) -> Result<CudaSlice<u8>, String> {
-        t.done.synchronize().map_err(|e| format!("{e:?}"))?;
+    fn wait(&self, t: CudaTicket) -> Result<CudaSlice<u8>, Error> {
+        t.done
+            .synchronize()
+            .map_err(|e| Error::Copy(format!("{e:?}")))?;
         Ok(t.buffer)
     }
 

@@ -31,11 +31,11 @@ pub fn options(arch: &str) -> Vec<String> {
 
 #[cfg(feature = "cuda")]
 /// Compiles every kernel file for `arch` (e.g. `sm_90`) with NVRTC; needs only libnvrtc.
-pub fn compile_all(arch: &str) -> Result<Vec<(&'static str, cudarc::nvrtc::Ptx)>, String> {
+pub fn compile_all(arch: &str) -> Result<Vec<(&'static str, cudarc::nvrtc::Ptx)>, super::Error> {
     // cudarc panics when the library is missing; ask first.
     // SAFETY: probing for a shared library has no preconditions.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-        return Err("libnvrtc could not be loaded (install the CUDA toolkit or the nvidia-cuda-nvrtc wheel and put it on LD_LIBRARY_PATH)".into());
+        return Err(super::Error::KernelCompile("libnvrtc could not be loaded (install the CUDA toolkit or the nvidia-cuda-nvrtc wheel and put it on LD_LIBRARY_PATH)".into()));
     }
     FILES
         .iter()
@@ -47,7 +47,11 @@ pub fn compile_all(arch: &str) -> Result<Vec<(&'static str, cudarc::nvrtc::Ptx)>
             };
             cudarc::nvrtc::compile_ptx_with_opts(full_source(body), opts)
                 .map(|ptx| (*name, ptx))
-                .map_err(|e| format!("kernels/{name}.cu does not compile for {arch}: {e}"))
+                .map_err(|e| {
+                    super::Error::KernelCompile(format!(
+                        "kernels/{name}.cu does not compile for {arch}: {e}"
+                    ))
+                })
         })
         .collect()
 }

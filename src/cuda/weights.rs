@@ -84,7 +84,7 @@ impl DeviceWeights {
     }
 
     pub fn prefetch_group(&mut self, g: GroupId) -> GpuResult<bool> {
-        self.offload.prefetch(g)
+        Ok(self.offload.prefetch(g)?)
     }
 
     fn buffer(&mut self, shape: &[u64]) -> GpuResult<CudaSlice<u16>> {
@@ -102,7 +102,8 @@ impl DeviceWeights {
             None => {
                 self.allocated += 1;
                 // SAFETY: every element is written by the dequantize or copy that follows.
-                unsafe { self.gpu.stream.alloc::<u16>(n.max(1)) }.map_err(|e| format!("{e:?}"))
+                unsafe { self.gpu.stream.alloc::<u16>(n.max(1)) }
+                    .map_err(|e| super::Error::Call(format!("device allocation: {e:?}")))
             }
         }
     }
@@ -112,7 +113,7 @@ impl DeviceWeights {
         let shape: Vec<u64> = match self
             .homes
             .get(name)
-            .ok_or_else(|| format!("no tensor `{name}`"))?
+            .ok_or_else(|| super::Error::UnknownTensor(name.to_string()))?
         {
             Home::Resident(DeviceTensor::Quantized(q)) => q.shape.clone(),
             Home::Resident(DeviceTensor::Full { shape, .. }) => shape.clone(),
@@ -121,7 +122,11 @@ impl DeviceWeights {
         };
         let mut out = self.buffer(&shape)?;
         let gpu = self.gpu.clone();
-        match self.homes.get(name).ok_or("vanished")? {
+        match self
+            .homes
+            .get(name)
+            .ok_or_else(|| super::Error::Internal("vanished".into()))?
+        {
             Home::Resident(DeviceTensor::Quantized(q)) => gpu.dequantize(q, &mut out)?,
             Home::Resident(DeviceTensor::Full { dtype, data, .. }) => {
                 convert(&gpu, *dtype, &data.as_view(), &mut out)?
@@ -184,7 +189,12 @@ fn convert(
         Dtype::F32 => 0,
         Dtype::F16 => 1,
         Dtype::Bf16 => 2,
-        other => return Err(format!("cannot view {} as bf16", other.name())),
+        other => {
+            return Err(super::Error::Unsupported(format!(
+                "cannot view {} as bf16",
+                other.name()
+            )))
+        }
     };
     gpu.to_bf16(src, code, out)
 }

@@ -1,7 +1,8 @@
 //! The registry of diagnostic codes: the one list that `explain`, the renderers
 //! and the drift test read. The first two digits of a code name its phase:
-//! 01 syntax, 02 resolve, 03 config, 04 check, 05 checkpoint binding, 06 output
-//! writing, 08 command-line usage, 09 internal.
+//! 01 syntax, 02 resolve, 03 config, 04 check, 05 checkpoint binding and loading,
+//! 06 output writing, 07 runtime layers (offload, weights, CUDA), 08 command-line
+//! usage, 09 internal.
 
 macro_rules! codes {
     ($($id:ident $name:literal $summary:literal;)*) => {
@@ -73,11 +74,15 @@ codes! {
     E0504 "invalid-tensor-extent" "a tensor's byte range is out of the file, overlaps another, or disagrees with its shape";
     E0505 "invalid-shard-index" "the shard index is malformed, names a missing shard or a path outside the folder";
     E0506 "duplicate-tensor" "one tensor name appears in two shards";
-    E0507 "unsupported-dtype" "a tensor a param needs has a dtype the loader does not convert";
+    E0507 "unsupported-dtype" "a tensor's dtype does not convert implicitly to its param's (FP8, integer or packed into float, …)";
     E0508 "missing-tensor" "a tensor a param needs is not in the checkpoint";
     E0509 "tensor-shape-mismatch" "a checkpoint tensor's shape differs from what the mapping expects";
-    E0510 "unclaimed-tensor-strict" "with --strict: the checkpoint has tensors nothing loads";
+    E0510 "unclaimed-tensor-refused" "`load` (or --strict) found checkpoint tensors nothing loads or ignores";
     E0511 "tensor-io-failed" "reading checkpoint bytes or writing output failed";
+    E0512 "not-a-regular-file" "an input file is a FIFO, device, socket or folder";
+    E0513 "input-too-large" "an input file exceeds the size wmapc reads for its kind";
+    E0514 "too-many-shards" "the shard index names more shard files than wmapc opens";
+    E0515 "tensor-too-large" "a tensor needs a buffer larger than the load may allocate";
     W0501 "unclaimed-tensor" "the checkpoint has tensors nothing loads or ignores";
     E0601 "output-exists" "`--out` names a path that exists and `--force` was not given";
     E0602 "output-not-wmapc" "`--force` would replace a folder that is not an unchanged earlier wmapc output";
@@ -92,8 +97,15 @@ codes! {
     E0801 "usage-error" "the command line does not parse";
     E0802 "invalid-flag-value" "a flag's value is not of its type or out of range";
     E0803 "flag-combination" "a flag needs another, has no effect without it, or conflicts with one given";
-    E0804 "cuda-unavailable" "CUDA was asked for but this build or machine has none";
     E0805 "unknown-name" "a code or stdlib model named on the command line does not exist";
     E0806 "file-unreadable" "an input file named on the command line cannot be read";
+    E0701 "offload-budget-too-small" "an offload group does not fit the device budget beside the groups in use";
+    E0702 "offload-copy-failed" "copying an offload group to the device failed";
+    E0703 "unknown-tensor" "the weight store was asked for a tensor it does not hold";
+    E0711 "cuda-unavailable" "CUDA cannot be used: no driver on this machine, or wmapc was built without it";
+    E0712 "cuda-device-not-found" "the requested CUDA device ordinal does not exist";
+    E0713 "kernel-compile-failed" "NVRTC is missing or could not compile wmapc's kernels";
+    E0714 "gpu-unsupported" "the GPU path does not support this format, block size or dtype";
+    E0715 "cuda-call-failed" "a CUDA driver call failed (out of memory, a failed copy or launch, …)";
     E0901 "internal-error" "wmapc reached a state it should not; this is a bug in wmapc";
 }

@@ -37,10 +37,7 @@ pub fn fill(
             if *src == dtype {
                 ckpt.read_into(&entry, out)
             } else {
-                let mut raw = vec![0u8; *length as usize];
-                ckpt.read_into(&entry, &mut raw)?;
-                convert(*src, &raw, dtype, out);
-                Ok(())
+                read_converted(ckpt, &entry, dtype, out)
             }
         }
         Recipe::Reshape { source, .. } => fill(ckpt, source, dtype, out),
@@ -104,8 +101,31 @@ pub fn fill(
     }
 }
 
+/// Elements converted per read: a dtype conversion streams through a buffer of this
+/// many source elements instead of holding the whole source tensor.
+const CONVERT_CHUNK: usize = 1 << 20;
+
+/// Reads `entry` chunk by chunk, converting each into its place in `out`.
+fn read_converted(
+    ckpt: &Checkpoint,
+    entry: &crate::checkpoint::TensorEntry,
+    dtype: Dtype,
+    out: &mut [u8],
+) -> Result<(), Diagnostic> {
+    let (ss, ds) = (entry.dtype.size(), dtype.size());
+    let mut raw = vec![0u8; CONVERT_CHUNK.min(out.len() / ds.max(1)) * ss];
+    let mut offset = entry.offset;
+    for dst in out.chunks_mut(CONVERT_CHUNK * ds) {
+        let src = &mut raw[..dst.len() / ds * ss];
+        ckpt.read_at(entry.shard, offset, src)?;
+        convert(entry.dtype, src, dtype, dst);
+        offset += src.len() as u64;
+    }
+    Ok(())
+}
+
 fn materialize(ckpt: &Checkpoint, recipe: &Recipe, dtype: Dtype) -> Result<Vec<u8>, Diagnostic> {
-    let mut buf = vec![0u8; numel(&recipe.shape()) * dtype.size()];
+    let mut buf = super::memory::try_alloc(numel(&recipe.shape()) * dtype.size(), "a source")?;
     fill(ckpt, recipe, dtype, &mut buf)?;
     Ok(buf)
 }

@@ -1,22 +1,24 @@
 //! Element conversion between checkpoint dtypes and target dtypes.
 //!
-//! Floating-point sources (F32, F16, BF16, F8_E4M3, F8_E5M2) convert to floating-point
-//! targets (F32, F16, BF16) through f32, rounding to nearest even (the `half` crate).
-//! Every other pair must be the same dtype, which is a plain copy.
+//! Implicit conversion is allowed only where it is the standard widening or narrowing
+//! among the training float types F32, F16 and BF16 (through f32, rounding to nearest
+//! even: the `half` crate). Every other pair must be the same dtype, a plain copy. FP8,
+//! integer and packed tensors are quantized data whose values need a scale (FP8's
+//! `weight_scale_inv`) or a codebook; converting them element by element would load
+//! wrong values, so [`convertible`] refuses them and binding reports E0507 before a
+//! byte is read.
 
 use crate::checkpoint::Dtype;
 
-/// Whether a tensor of `src` can feed a param of `dst`.
+/// Whether a tensor of `src` can feed a param of `dst` without an explicit conversion.
 pub fn convertible(src: Dtype, dst: Dtype) -> bool {
     src == dst && !matches!(src, Dtype::Other(_))
-        || (is_float_source(src) && matches!(dst, Dtype::F32 | Dtype::F16 | Dtype::Bf16))
+        || is_training_float(src) && is_training_float(dst)
 }
 
-fn is_float_source(d: Dtype) -> bool {
-    matches!(
-        d,
-        Dtype::F32 | Dtype::F16 | Dtype::Bf16 | Dtype::F8E4M3 | Dtype::F8E5M2
-    )
+/// F32, F16 and BF16: the types that convert among themselves implicitly.
+pub fn is_training_float(d: Dtype) -> bool {
+    matches!(d, Dtype::F32 | Dtype::F16 | Dtype::Bf16)
 }
 
 /// Decodes one FP8 E4M3 (`e4m3fn`) byte: no infinities, `0x7F`/`0xFF` are NaN.
@@ -49,8 +51,6 @@ fn load_f32(src: Dtype, bytes: &[u8], i: usize) -> f32 {
         ]),
         Dtype::F16 => half::f16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]).to_f32(),
         Dtype::Bf16 => half::bf16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]).to_f32(),
-        Dtype::F8E4M3 => e4m3_to_f32(bytes[i]),
-        Dtype::F8E5M2 => e5m2_to_f32(bytes[i]),
         _ => 0.0, // excluded by `convertible`
     }
 }
@@ -124,10 +124,54 @@ mod tests {
         assert_eq!(e5m2_to_f32(0x7C), f32::INFINITY);
     }
 
+    const ALL: [Dtype; 11] = [
+        Dtype::F32,
+        Dtype::F16,
+        Dtype::Bf16,
+        Dtype::F8E4M3,
+        Dtype::F8E5M2,
+        Dtype::U8,
+        Dtype::I8,
+        Dtype::I32,
+        Dtype::I64,
+        Dtype::Other("BOOL"),
+        Dtype::Other("F64"),
+    ];
+
+    /// The whole table: the 9 float pairs and the 7 same-dtype copies, nothing else.
     #[test]
-    fn integers_only_load_as_themselves() {
-        assert!(convertible(Dtype::I64, Dtype::I64));
-        assert!(!convertible(Dtype::I32, Dtype::Bf16));
+    fn only_float_widening_narrowing_and_copies_are_implicit() {
+        let allowed: Vec<(&str, &str)> = ALL
+            .iter()
+            .flat_map(|s| ALL.iter().map(move |d| (*s, *d)))
+            .filter(|(s, d)| convertible(*s, *d))
+            .map(|(s, d)| (s.name(), d.name()))
+            .collect();
+        let floats = ["F32", "F16", "BF16"];
+        let mut want: Vec<(&str, &str)> = floats
+            .iter()
+            .flat_map(|s| floats.iter().map(move |d| (*s, *d)))
+            .collect();
+        want.extend(["F8_E4M3", "F8_E5M2", "U8", "I8", "I32", "I64"].map(|d| (d, d)));
+        let sort = |mut v: Vec<(&'static str, &'static str)>| {
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(sort(allowed), sort(want));
+    }
+
+    #[test]
+    fn quantized_and_integer_sources_never_become_floats() {
+        for src in [
+            Dtype::F8E4M3,
+            Dtype::F8E5M2,
+            Dtype::U8,
+            Dtype::I8,
+            Dtype::I32,
+        ] {
+            assert!(!convertible(src, Dtype::Bf16), "{src:?}");
+            assert!(!convertible(src, Dtype::F32), "{src:?}");
+        }
         assert!(!convertible(Dtype::Bf16, Dtype::I8));
         assert!(!convertible(Dtype::Other("F64"), Dtype::Other("F64")));
     }

@@ -5,10 +5,14 @@
 //! no second copy). Streaming: targets are assembled on all cores, each into a buffer
 //! taken from a pool that sinks hand buffers back to, so memory in flight is bounded by
 //! threads × the largest target, whatever the checkpoint's size (a sink that keeps the
-//! tensors, like [`HostStore`], holds what it keeps). Knows nothing of architectures.
+//! tensors, like [`HostStore`], holds what it keeps). Before a byte is read, every
+//! target's peak (its buffer plus the scratch its recipe needs) is checked against the
+//! memory budget, so a 1 TiB tensor is a coded E0515, never an aborted allocation.
+//! Knows nothing of architectures.
 
 mod assemble;
 mod convert;
+mod memory;
 pub mod output;
 mod sink;
 mod write;
@@ -17,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
-pub use convert::{convert, convertible, e4m3_to_f32, e5m2_to_f32};
+pub use convert::{convert, convertible, e4m3_to_f32, e5m2_to_f32, is_training_float};
+pub use memory::{bytes_of, physical_memory};
 pub use sink::{tie, HostStore, HostTensor, Sink};
 pub use write::{Entry, FileLayout, SafetensorsWriter};
 
@@ -30,6 +35,8 @@ use crate::plan::{Plan, Recipe, Target};
 pub struct Options {
     /// Worker threads; 0 uses every core.
     pub threads: usize,
+    /// The most bytes one target may need while assembled; `None`: physical memory.
+    pub memory_budget: Option<u64>,
 }
 
 /// What a load did.
@@ -51,8 +58,9 @@ impl Stats {
     }
 }
 
+/// Bytes of a target that passed [`memory::check_target`], so within 64 bits.
 fn target_bytes(t: &Target) -> u64 {
-    t.shape.iter().product::<u64>() * t.dtype.size() as u64
+    bytes_of(&t.shape, t.dtype).unwrap_or(u64::MAX)
 }
 
 fn read_bytes(t: &Target) -> u64 {
@@ -75,7 +83,11 @@ pub fn fill_target(ckpt: &Checkpoint, target: &Target, out: &mut [u8]) -> Result
 /// pooled one grown to fit, else a new one. So the pool never holds more buffers than
 /// run at once, and its memory is bounded by threads × the largest target. Old contents
 /// are left in place: `fill` writes every byte of a target.
-fn take_buffer(pool: &std::sync::Mutex<Vec<Vec<u8>>>, n: usize) -> Vec<u8> {
+fn take_buffer(
+    pool: &std::sync::Mutex<Vec<Vec<u8>>>,
+    n: usize,
+    name: &str,
+) -> Result<Vec<u8>, Diagnostic> {
     let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
     let fits = pool
         .iter()
@@ -97,9 +109,15 @@ fn take_buffer(pool: &std::sync::Mutex<Vec<Vec<u8>>>, n: usize) -> Vec<u8> {
     if b.len() > n {
         b.truncate(n);
     } else {
+        b.try_reserve_exact(n - b.len()).map_err(|e| {
+            memory::too_large(
+                name,
+                format!("a {n}-byte buffer, which cannot be allocated: {e}"),
+            )
+        })?;
         b.resize(n, 0);
     }
-    b
+    Ok(b)
 }
 
 /// Runs the plan. `progress` is called with the bytes read after each target.
@@ -118,13 +136,18 @@ pub fn execute(
         .targets
         .iter()
         .partition(|t| matches!(t.recipe, Recipe::Tied { .. }));
+    let budget = options.memory_budget.unwrap_or_else(physical_memory);
+    let sizes = owned
+        .iter()
+        .map(|t| memory::check_target(t, budget))
+        .collect::<Result<Vec<usize>, Diagnostic>>()?;
     let run = || {
         owned
             .par_iter()
+            .zip(&sizes)
             .with_max_len(1)
-            .map(|t| {
-                let n = target_bytes(t) as usize;
-                let mut data = take_buffer(&pool, n);
+            .map(|(t, &n)| {
+                let mut data = take_buffer(&pool, n, &t.name)?;
                 assemble::fill(ckpt, &t.recipe, t.dtype, &mut data)?;
                 if let Some(back) = sink.tensor(t, data)? {
                     pool.lock().unwrap_or_else(|p| p.into_inner()).push(back);

@@ -5,6 +5,8 @@
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 
+use super::Error;
+
 /// Device memory and asynchronous host-to-device copies.
 pub trait Backend {
     /// A block of device memory.
@@ -16,11 +18,11 @@ pub trait Backend {
         &self,
         host: &Arc<Vec<u8>>,
         range: std::ops::Range<usize>,
-    ) -> Result<Self::Ticket, String>;
+    ) -> Result<Self::Ticket, Error>;
     /// Whether the copy has finished (never blocks).
     fn is_done(&self, ticket: &mut Self::Ticket) -> bool;
     /// Blocks until the copy has finished and returns its buffer.
-    fn wait(&self, ticket: Self::Ticket) -> Result<Self::Buffer, String>;
+    fn wait(&self, ticket: Self::Ticket) -> Result<Self::Buffer, Error>;
     /// Bytes held by a buffer.
     fn len(&self, buffer: &Self::Buffer) -> usize;
 }
@@ -65,7 +67,7 @@ impl Backend for HostBackend {
         &self,
         host: &Arc<Vec<u8>>,
         range: std::ops::Range<usize>,
-    ) -> Result<HostTicket, String> {
+    ) -> Result<HostTicket, Error> {
         let (done, rx) = channel();
         self.jobs
             .send(Job {
@@ -73,7 +75,7 @@ impl Backend for HostBackend {
                 range,
                 done,
             })
-            .map_err(|_| "the copy thread has stopped".to_string())?;
+            .map_err(|_| Error::Copy("the copy thread has stopped".into()))?;
         Ok(HostTicket { rx, ready: None })
     }
 
@@ -84,12 +86,12 @@ impl Backend for HostBackend {
         t.ready.is_some()
     }
 
-    fn wait(&self, mut t: HostTicket) -> Result<Vec<u8>, String> {
+    fn wait(&self, mut t: HostTicket) -> Result<Vec<u8>, Error> {
         match t.ready.take() {
             Some(b) => Ok(b),
             None => {
                 t.rx.recv()
-                    .map_err(|_| "the copy thread has stopped".to_string())
+                    .map_err(|_| Error::Copy("the copy thread has stopped".into()))
             }
         }
     }

@@ -9,11 +9,13 @@
 //! never written back (eviction just drops the device copy).
 
 mod backend;
+mod error;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use backend::{Backend, HostBackend, HostTicket};
+pub use error::Error;
 
 pub type GroupId = usize;
 
@@ -128,11 +130,13 @@ impl<B: Backend> Manager<B> {
     }
 
     /// The host storage of a group, to fill once before the first load.
-    pub fn host_mut(&mut self, g: GroupId) -> Result<&mut [u8], String> {
+    pub fn host_mut(&mut self, g: GroupId) -> Result<&mut [u8], Error> {
         let range = self.groups[g].range.clone();
         Arc::get_mut(&mut self.host)
             .map(|h| &mut h[range])
-            .ok_or_else(|| "host storage is shared with a copy in flight".to_string())
+            .ok_or(Error::Internal(
+                "host storage is shared with a copy in flight",
+            ))
     }
 
     fn bytes(&self, g: GroupId) -> u64 {
@@ -168,7 +172,7 @@ impl<B: Backend> Manager<B> {
     }
 
     /// Keeps a group resident for good (it still counts against the budget).
-    pub fn pin(&mut self, g: GroupId) -> Result<(), String> {
+    pub fn pin(&mut self, g: GroupId) -> Result<(), Error> {
         self.start_load(g, true)?;
         self.finish_load(g)?;
         self.groups[g].pinned = true;
@@ -177,7 +181,7 @@ impl<B: Backend> Manager<B> {
 
     /// Starts loading `g` if it is not on the device. Returns false when there is no room
     /// without evicting something in use (a prefetch then simply does not happen).
-    pub fn prefetch(&mut self, g: GroupId) -> Result<bool, String> {
+    pub fn prefetch(&mut self, g: GroupId) -> Result<bool, Error> {
         if !matches!(self.groups[g].state, State::Host) {
             return Ok(true);
         }
@@ -190,7 +194,7 @@ impl<B: Backend> Manager<B> {
 
     /// Marks `g` in use, loading it (and waiting) if needed; returns its device buffer.
     /// Every `acquire` needs a matching [`Manager::release`].
-    pub fn acquire(&mut self, g: GroupId) -> Result<&B::Buffer, String> {
+    pub fn acquire(&mut self, g: GroupId) -> Result<&B::Buffer, Error> {
         self.record(g);
         // A prefetch whose copy has finished is a hit: the copy was hidden.
         let arrived = match &mut self.groups[g].state {
@@ -205,12 +209,11 @@ impl<B: Backend> Manager<B> {
             State::Host => {
                 self.stats.misses += 1;
                 if !self.start_load(g, true)? {
-                    return Err(format!(
-                        "group `{}` ({} bytes) does not fit: the budget is {} and the rest is in use",
-                        self.groups[g].name,
-                        self.bytes(g),
-                        self.budget
-                    ));
+                    return Err(Error::DoesNotFit {
+                        group: self.groups[g].name.clone(),
+                        bytes: self.bytes(g),
+                        budget: self.budget,
+                    });
                 }
             }
         }
@@ -224,7 +227,7 @@ impl<B: Backend> Manager<B> {
         }
         match &self.groups[g].state {
             State::Resident(b) => Ok(b),
-            _ => Err("a loaded group is not resident; this is a bug in wmap".into()),
+            _ => Err(Error::Internal("a loaded group is not resident")),
         }
     }
 
@@ -234,7 +237,7 @@ impl<B: Backend> Manager<B> {
     }
 
     /// Drops the device copy of `g` if nothing uses it (frozen: nothing to write back).
-    pub fn unload(&mut self, g: GroupId) -> Result<bool, String> {
+    pub fn unload(&mut self, g: GroupId) -> Result<bool, Error> {
         let grp = &self.groups[g];
         if grp.users > 0 || grp.pinned {
             return Ok(false);
@@ -291,7 +294,7 @@ impl<B: Backend> Manager<B> {
             .unwrap_or(usize::MAX)
     }
 
-    fn prefetch_ahead(&mut self) -> Result<(), String> {
+    fn prefetch_ahead(&mut self) -> Result<(), Error> {
         let n = self.order.len();
         for k in 1..=self.lookahead.min(n) {
             let g = self.order[(self.position + k) % n];
@@ -307,7 +310,7 @@ impl<B: Backend> Manager<B> {
 
     /// Makes room and starts the copy. `must` allows evicting any idle group; a prefetch
     /// only evicts groups needed later than the one it brings in.
-    fn start_load(&mut self, g: GroupId, must: bool) -> Result<bool, String> {
+    fn start_load(&mut self, g: GroupId, must: bool) -> Result<bool, Error> {
         if !matches!(self.groups[g].state, State::Host) {
             return Ok(true);
         }
@@ -360,7 +363,7 @@ impl<B: Backend> Manager<B> {
         }
     }
 
-    fn finish_load(&mut self, g: GroupId) -> Result<(), String> {
+    fn finish_load(&mut self, g: GroupId) -> Result<(), Error> {
         if let State::Loading(_) = self.groups[g].state {
             let t0 = Instant::now();
             let State::Loading(ticket) = std::mem::replace(&mut self.groups[g].state, State::Host)

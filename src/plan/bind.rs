@@ -52,6 +52,12 @@ pub fn bind(
     (plan, diags)
 }
 
+/// `start, start + 1, …` for `count` indices, ending at `i64::MAX` rather than wrapping
+/// (the IR may come from JSON, and its counts from config.json).
+fn indices(start: i64, count: u64) -> std::ops::Range<i64> {
+    start..start.saturating_add(i64::try_from(count).unwrap_or(i64::MAX))
+}
+
 /// `*` matches any run of characters (dots included).
 fn glob(pattern: &str, name: &str) -> bool {
     let parts: Vec<&str> = pattern.split('*').collect();
@@ -126,7 +132,7 @@ impl Binder<'_> {
                 }
                 Some(r) => {
                     let rpath = format!("{ipath}.{{{}}}", r.var);
-                    for idx in r.start..r.start + r.count {
+                    for idx in indices(r.start, u64::try_from(r.count).unwrap_or(0)) {
                         let Some(v) = inst
                             .variants
                             .iter()
@@ -232,7 +238,7 @@ impl Binder<'_> {
                 count,
                 part,
             } => {
-                for i in *start..*start + *count as i64 {
+                for i in indices(*start, *count) {
                     env.push((var.clone(), i));
                     self.needed(part, env, out);
                     env.pop();
@@ -317,8 +323,10 @@ impl Binder<'_> {
                 count,
                 part,
             } => {
-                let mut bound = Vec::with_capacity(*count as usize);
-                for i in *start..*start + *count as i64 {
+                // No capacity from `count`: it comes from config.json, and the loop
+                // stops at the first part that fails to bind.
+                let mut bound = Vec::new();
+                for i in indices(*start, *count) {
                     env.push((var.clone(), i));
                     let r = self.source(part, env, ctx);
                     env.pop();
@@ -342,7 +350,9 @@ impl Binder<'_> {
             } => {
                 let inner = self.source(source, env, ctx)?;
                 let shape = inner.shape();
-                if *dim >= shape.len() || *end > shape[*dim] {
+                // `start <= end` and `step > 0` hold for a checked IR; one read from JSON
+                // is held to them here too, so `Recipe::shape` cannot underflow.
+                if *dim >= shape.len() || *end > shape[*dim] || start > end || *step == 0 {
                     return Err(IssueKind::Parts {
                         what: format!("slice {start}..{end} of dim {dim} does not fit"),
                         shapes: vec![shape],
@@ -364,7 +374,7 @@ impl Binder<'_> {
             } => {
                 let inner = self.source(source, env, ctx)?;
                 let shape = inner.shape();
-                if *dim >= shape.len() || shape[*dim] % of != 0 {
+                if *dim >= shape.len() || *of == 0 || part >= of || shape[*dim] % of != 0 {
                     return Err(IssueKind::Parts {
                         what: format!("dim {dim} does not split into {of} equal parts"),
                         shapes: vec![shape],
@@ -382,7 +392,8 @@ impl Binder<'_> {
             S::Reshape { shape, source } => {
                 let inner = self.source(source, env, ctx)?;
                 let have = inner.shape();
-                if have.iter().product::<u64>() != shape.iter().product::<u64>() {
+                let numel = |s: &[u64]| s.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
+                if numel(&have).is_none() || numel(&have) != numel(shape) {
                     return Err(IssueKind::Parts {
                         what: format!("cannot reshape to {shape:?}: element counts differ"),
                         shapes: vec![have],
@@ -540,6 +551,13 @@ mod tests {
         ));
         assert!(glob("exact", "exact"));
         assert!(!glob("a*b*c", "acb"));
+    }
+
+    #[test]
+    fn indices_end_at_i64_max_instead_of_wrapping() {
+        assert_eq!(indices(3, 2), 3..5);
+        assert_eq!(indices(i64::MAX - 1, 5), i64::MAX - 1..i64::MAX);
+        assert_eq!(indices(0, u64::MAX), 0..i64::MAX);
     }
 
     #[test]

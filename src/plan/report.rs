@@ -73,6 +73,9 @@ fn subject(issue: &Issue) -> &str {
 
 /// "n = 0–3, 7" for the first number of each name, or a count when names hold several.
 fn spread(members: &[Vec<u64>]) -> String {
+    if members.is_empty() {
+        return String::new();
+    }
     if let [one] = members {
         return match one.as_slice() {
             [] => String::new(),
@@ -176,9 +179,11 @@ pub fn diagnostics(
                 Code::E0507,
                 format!("tensor `{pattern}` is {}, which cannot become {}{where_}", dtype.name(), target.name()),
             )
+            .with_note("only F32, F16 and BF16 convert into each other implicitly; every other tensor loads only as its own dtype")
             .with_help(match dtype {
                 Dtype::Other(_) => "the loader reads F32, F16, BF16, F8_E4M3, F8_E5M2, U8, I8, I32 and I64",
-                _ => "F32, F16, BF16 and FP8 tensors convert to F32, F16 or BF16; integer tensors load only as themselves",
+                _ if crate::load::is_training_float(*dtype) => "declare the param with an integer dtype only if the tensor holds integers",
+                _ => "a pre-quantized source needs an explicit dequantization (with its scale) in the mapping, which wmap does not have yet; or declare the param with the tensor's own dtype",
             }),
             IssueKind::Tie { what, missing } => {
                 let code = if *missing { Code::E0508 } else { Code::E0509 };
@@ -206,18 +211,22 @@ pub fn diagnostics(
             1 => (first.to_string(), Vec::new()),
             _ => (pattern, members),
         };
-        diags.push(
-            Diagnostic::new(
-                code,
-                format!(
-                    "checkpoint tensor `{pattern}`{} is not loaded",
-                    spread(&members)
-                ),
-            )
-            .with_help(
-                "map it to a param, or add `ignore \"<pattern>\"` if leaving it out is deliberate",
+        let mut d = Diagnostic::new(
+            code,
+            format!(
+                "checkpoint tensor `{pattern}`{} is not loaded",
+                spread(&members)
             ),
+        )
+        .with_help(
+            "map it to a param, or add `ignore \"<pattern>\"` if leaving it out is deliberate",
         );
+        if strict {
+            d = d.with_note(
+                "`load` refuses to drop tensors silently; `--allow-unclaimed` loads without them",
+            );
+        }
+        diags.push(d);
     }
     if total > MAX_UNCLAIMED_PATTERNS {
         diags.push(Diagnostic::new(

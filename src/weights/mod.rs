@@ -8,6 +8,7 @@
 //! layer) are stored and fetched one by one. Statistics: hits, misses, bytes moved, time
 //! waited, buffer reuse.
 
+mod error;
 mod pack;
 
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ use crate::offload::{Backend, GroupId, Manager, Policy};
 use crate::plan::{Offload, Plan};
 use crate::quant::Stored;
 
+pub use error::Error;
 pub use pack::{dequantize_into, Packed, QuantLayout};
 
 /// Reusable bf16 buffers, by shape.
@@ -135,7 +137,7 @@ pub fn place<B: Backend>(
     mut tensors: BTreeMap<String, Stored>,
     budget: u64,
     policy: Policy,
-) -> Result<Placement<B>, String> {
+) -> Result<Placement<B>, Error> {
     let mut group_sizes: BTreeMap<String, usize> = BTreeMap::new();
     let mut placed: Vec<(String, String, Packed)> = Vec::new(); // (key, group, packed)
     let mut resident: BTreeMap<String, Stored> = BTreeMap::new();
@@ -180,7 +182,7 @@ pub fn place<B: Backend>(
     for (key, group, packed) in placed {
         let g = offload
             .find(&group)
-            .ok_or("a group vanished; this is a bug in wmap")?;
+            .ok_or(Error::Internal("an offload group vanished"))?;
         let at = fill.entry(group).or_default();
         let bytes = packed.bytes();
         offload.host_mut(g)?[*at..*at + bytes.len()].copy_from_slice(&bytes);
@@ -209,7 +211,7 @@ impl<B: Backend<Buffer = Vec<u8>>> WeightsManager<B> {
         tensors: BTreeMap<String, Stored>,
         budget: u64,
         policy: Policy,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, Error> {
         let p = place(backend, plan, tensors, budget, policy)?;
         Ok(WeightsManager {
             offload: p.offload,
@@ -232,11 +234,11 @@ impl<B: Backend<Buffer = Vec<u8>>> WeightsManager<B> {
     }
 
     /// A bf16 view of `name` (or of `slice_key(name, i)`), loading its group if needed.
-    pub fn get(&mut self, name: &str) -> Result<View, String> {
+    pub fn get(&mut self, name: &str) -> Result<View, Error> {
         let home = self
             .homes
             .get(name)
-            .ok_or_else(|| format!("no tensor `{name}`"))?;
+            .ok_or_else(|| Error::UnknownTensor(name.to_string()))?;
         match home {
             Home::Resident(stored) => {
                 let shape = pack::shape_of(stored);
@@ -262,8 +264,8 @@ impl<B: Backend<Buffer = Vec<u8>>> WeightsManager<B> {
     }
 
     /// Starts bringing a group's tensors to the device.
-    pub fn prefetch_group(&mut self, g: GroupId) -> Result<bool, String> {
-        self.offload.prefetch(g)
+    pub fn prefetch_group(&mut self, g: GroupId) -> Result<bool, Error> {
+        Ok(self.offload.prefetch(g)?)
     }
 
     pub fn pool(&self) -> &BufferPool {

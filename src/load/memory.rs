@@ -1,0 +1,89 @@
+//! Memory planning for a load: how many bytes one target needs while it is assembled,
+//! checked against a budget before anything is allocated.
+//!
+//! Input: a [`Target`] and its recipe. Output: the bytes its output buffer and its
+//! scratch buffers need at peak, or a coded E0515 when that exceeds the budget or 64
+//! bits. Reads and dtype conversions stream (no scratch); fuses along an inner dim,
+//! slices and transposes materialize their source once.
+
+use crate::checkpoint::Dtype;
+use crate::diag::{Code, Diagnostic};
+use crate::plan::{Recipe, Target};
+
+/// Bytes of `shape` in `dtype`, or `None` past 64 bits.
+pub fn bytes_of(shape: &[u64], dtype: Dtype) -> Option<u64> {
+    shape
+        .iter()
+        .try_fold(dtype.size() as u64, |acc, &d| acc.checked_mul(d))
+}
+
+/// Scratch bytes a recipe allocates beyond its output while it is filled.
+fn scratch(recipe: &Recipe, dtype: Dtype) -> Option<u64> {
+    match recipe {
+        Recipe::Read { .. } | Recipe::Tied { .. } => Some(0),
+        Recipe::Reshape { source, .. } => scratch(source, dtype),
+        Recipe::Stack { parts } | Recipe::Fuse { dim: 0, parts } => parts
+            .iter()
+            .try_fold(0u64, |acc, p| Some(acc.max(scratch(p, dtype)?))),
+        // Every part is materialized, then interleaved.
+        Recipe::Fuse { parts, .. } => parts.iter().try_fold(0u64, |acc, p| {
+            acc.checked_add(bytes_of(&p.shape(), dtype)?)?
+                .checked_add(scratch(p, dtype)?)
+        }),
+        Recipe::Slice { source, .. } | Recipe::Transpose { source, .. } => {
+            bytes_of(&source.shape(), dtype)?.checked_add(scratch(source, dtype)?)
+        }
+    }
+}
+
+/// The peak bytes assembling `t` needs, refused (E0515) above `budget`.
+pub fn check_target(t: &Target, budget: u64) -> Result<usize, Diagnostic> {
+    let out = bytes_of(&t.shape, t.dtype);
+    let peak = out.and_then(|o| o.checked_add(scratch(&t.recipe, t.dtype)?));
+    match (out, peak) {
+        (Some(out), Some(peak)) if peak <= budget => usize::try_from(out)
+            .map_err(|_| too_large(&t.name, format!("{out} bytes do not fit the address space"))),
+        // The budget is left out of the message: by default it is this machine's
+        // memory, and the same checkpoint should read the same everywhere.
+        (_, Some(peak)) => Err(too_large(
+            &t.name,
+            format!("{peak} bytes to assemble, more than the memory budget of this load (physical memory unless set)"),
+        )),
+        _ => Err(too_large(&t.name, "more than 2^64 bytes".into())),
+    }
+}
+
+/// E0515 for target `name`.
+pub fn too_large(name: &str, what: String) -> Diagnostic {
+    Diagnostic::new(Code::E0515, format!("target `{name}` needs {what}"))
+        .with_note("the load stops before allocating it")
+}
+
+/// A zeroed buffer of `n` bytes, or E0515 when the allocator refuses.
+pub fn try_alloc(n: usize, name: &str) -> Result<Vec<u8>, Diagnostic> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|e| {
+        too_large(
+            name,
+            format!("a {n}-byte buffer, which cannot be allocated: {e}"),
+        )
+    })?;
+    v.resize(n, 0);
+    Ok(v)
+}
+
+/// Physical memory from `/proc/meminfo` (`MemTotal`), the default budget of a load;
+/// `u64::MAX` where it cannot be read, leaving the allocator to refuse.
+pub fn physical_memory() -> u64 {
+    let Ok(bytes) = crate::source::read_capped(std::path::Path::new("/proc/meminfo"), 1 << 20)
+    else {
+        return u64::MAX;
+    };
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .find_map(|l| {
+            let kib = l.strip_prefix("MemTotal:")?.trim().strip_suffix("kB")?;
+            kib.trim().parse::<u64>().ok()?.checked_mul(1024)
+        })
+        .unwrap_or(u64::MAX)
+}
