@@ -1,6 +1,6 @@
 //! Lower: a checked model → the compact, versioned IR.
 //!
-//! Input: [`check::Checked`], whose repeated instances hold one body per index.
+//! Input: [`crate::check::Checked`], whose repeated instances hold one body per index.
 //! Output: an [`ir::Ir`] where each repeated instance keeps only its distinct bodies, each
 //! with the index ranges that share it, and — when there are several — each index's kind.
 //! A 48-layer model whose layers are alike lowers to one body. Lowering cannot fail on

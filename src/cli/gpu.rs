@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use super::out::outln;
 use super::Outcome;
 use crate::checkpoint::Checkpoint;
-use crate::diag::{Code, Diagnostic};
+#[cfg(feature = "cuda")]
+use crate::diag::Code;
+use crate::diag::Diagnostic;
 use crate::plan::Plan;
 use crate::quant::Format;
 

@@ -1,6 +1,7 @@
 //! Plan: IR + checkpoint headers → a flat load plan, before a byte of tensor data is read.
 //!
-//! Input: the [`ir::Ir`] (with its span table) and an opened [`Checkpoint`]. Output: a
+//! Input: the [`crate::ir::Ir`] (with its span table) and an opened
+//! [`crate::checkpoint::Checkpoint`]. Output: a
 //! [`Plan`] listing every target tensor — runtime name, shape, dtype, quantizable, offload
 //! group — with a [`Recipe`]: the exact reads (shard, byte range, dtype, shape) and the ops
 //! that assemble them. Repeats and stacks are expanded here; fallbacks are decided (the

@@ -1,6 +1,7 @@
 //! bitsandbytes 4-bit formats: NF4 and bnb FP4, blockwise over the flattened tensor,
 //! with optional double quantization of the block absmax. Matches bitsandbytes' CUDA
-//! kernels bit for bit (see FORMATS.md and the golden tests).
+//! kernels bit for bit (the golden tests in `tests/quant.rs`, whose bytes
+//! `scripts/make_goldens.py` makes with bitsandbytes itself).
 
 use rayon::prelude::*;
 

@@ -89,7 +89,7 @@ fn block_scale_for(amax: f32) -> f32 {
 
 /// 128×128 blocks of a `[rows, cols]` view (DeepSeek-V3 / transformers "fp8"):
 /// `weight_scale_inv` is `[ceil(rows/128), ceil(cols/128)]`, the dequantization multiplier
-/// `1 / s` with `s` from [`block_scale_for`].
+/// `1 / s`, with `s` computed as transformers computes it (`reciprocal(amax) * 448`).
 pub fn quantize_blocks(x: &[f32], rows: usize, cols: usize, block: usize) -> (Vec<u8>, Vec<f32>) {
     let (br, bc) = (rows.div_ceil(block), cols.div_ceil(block));
     let mut q = vec![0u8; x.len()];

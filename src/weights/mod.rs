@@ -3,7 +3,7 @@
 //! Input: loaded tensors (quantized or full precision, from [`crate::quant::QuantStore`])
 //! and the plan's offload groups. Output: `get(name)` → a bf16 view, dequantized lazily
 //! into a pooled buffer (same-shape buffers are reused); tensors of an offload group live
-//! in the [`offload::Manager`]'s host pool and are brought in on demand or by
+//! in the [`crate::offload::Manager`]'s host pool and are brought in on demand or by
 //! `prefetch_group`. Slices of a stacked tensor with per-slice groups (the experts of a
 //! layer) are stored and fetched one by one. Statistics: hits, misses, bytes moved, time
 //! waited, buffer reuse.
