@@ -23,18 +23,33 @@ pub fn is_training_float(d: Dtype) -> bool {
 
 /// Decodes one FP8 E4M3 (`e4m3fn`) byte: no infinities, `0x7F`/`0xFF` are NaN.
 pub fn e4m3_to_f32(b: u8) -> f32 {
-    let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
-    let exp = (b >> 3) & 0x0F;
-    let man = (b & 0x07) as f32;
-    if exp == 0x0F && b & 0x07 == 0x07 {
-        return f32::NAN;
-    }
-    if exp == 0 {
-        sign * man * (2.0f32).powi(-9)
-    } else {
-        sign * (1.0 + man / 8.0) * (2.0f32).powi(exp as i32 - 7)
-    }
+    E4M3_TO_F32[b as usize]
 }
+
+/// Every E4M3 byte's value, built bit by bit at compile time (a table lookup is what
+/// dequantization's inner loop can afford; `powi` was most of its time).
+const E4M3_TO_F32: [f32; 256] = {
+    let mut t = [0f32; 256];
+    let mut b = 0usize;
+    while b < 256 {
+        let (exp, man) = (((b >> 3) & 0x0F) as u32, (b & 0x07) as u32);
+        let sign = if b & 0x80 != 0 { 0x8000_0000u32 } else { 0 };
+        let magnitude = if exp == 0x0F && man == 0x07 {
+            0x7FC0_0000 // NaN
+        } else if exp != 0 {
+            ((exp + 120) << 23) | (man << 20)
+        } else if man == 0 {
+            0
+        } else {
+            // Subnormal: man × 2^-9, normalized: shift the top set bit into the hidden bit.
+            let top = 31 - man.leading_zeros(); // 0..=2
+            ((top + 118) << 23) | ((man << (23 - top)) & 0x7F_FFFF)
+        };
+        t[b] = f32::from_bits(sign | magnitude);
+        b += 1;
+    }
+    t
+};
 
 /// FP8 E5M2 is the top byte of an IEEE half.
 pub fn e5m2_to_f32(b: u8) -> f32 {
@@ -90,6 +105,27 @@ pub fn convert(src_dtype: Dtype, src: &[u8], dst_dtype: Dtype, dst: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The table against the format's definition, every byte (NaN by its class).
+    #[test]
+    fn e4m3_table_is_the_definition() {
+        for b in 0..=255u8 {
+            let sign = if b & 0x80 != 0 { -1.0f64 } else { 1.0 };
+            let (exp, man) = (((b >> 3) & 0x0F) as i32, (b & 0x07) as f64);
+            let got = e4m3_to_f32(b);
+            if exp == 0x0F && man == 7.0 {
+                assert!(got.is_nan(), "{b:#04x}");
+                continue;
+            }
+            let want = if exp == 0 {
+                sign * man * 2f64.powi(-9)
+            } else {
+                sign * (1.0 + man / 8.0) * 2f64.powi(exp - 7)
+            };
+            assert_eq!(got as f64, want, "{b:#04x}");
+            assert_eq!(got.is_sign_negative(), b & 0x80 != 0, "{b:#04x} sign");
+        }
+    }
 
     #[test]
     fn bf16_widens_exactly_and_narrows_with_rne() {

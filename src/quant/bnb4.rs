@@ -237,9 +237,22 @@ const BLOCKS_PER_TASK: usize = 256;
 /// Quantizes `x` (f32 values) into packed codes (first element in the high nibble) and
 /// per-block absmax. Padding of a partial last block counts as 0.
 pub fn quantize(kind: Kind, x: &[f32], blocksize: usize) -> (Vec<u8>, Vec<f32>) {
+    quantize_with(kind, x.len(), blocksize, |start, block| {
+        block.copy_from_slice(&x[start..start + block.len()])
+    })
+}
+
+/// [`quantize`] over `n` values that `fill(start, block)` writes a block at a time, so a
+/// bf16 tensor is widened block by block instead of as a whole float32 copy.
+pub fn quantize_with(
+    kind: Kind,
+    n: usize,
+    blocksize: usize,
+    fill: impl Fn(usize, &mut [f32]) + Sync,
+) -> (Vec<u8>, Vec<f32>) {
     assert!(blocksize % 2 == 0, "blocksize is even");
-    let nblocks = x.len().div_ceil(blocksize);
-    let mut packed = vec![0u8; x.len().div_ceil(2)];
+    let nblocks = n.div_ceil(blocksize);
+    let mut packed = vec![0u8; n.div_ceil(2)];
     let mut absmax = vec![0f32; nblocks];
     let chunk_elems = blocksize * BLOCKS_PER_TASK;
     packed
@@ -248,10 +261,12 @@ pub fn quantize(kind: Kind, x: &[f32], blocksize: usize) -> (Vec<u8>, Vec<f32>) 
         .enumerate()
         .for_each(|(task, (out, am))| {
             let base = task * chunk_elems;
+            let mut buf = vec![0f32; blocksize];
             for (b, m) in am.iter_mut().enumerate() {
                 let start = base + b * blocksize;
-                let end = (start + blocksize).min(x.len());
-                let block = &x[start..end];
+                let end = (start + blocksize).min(n);
+                let block = &mut buf[..end - start];
+                fill(start, block);
                 let amax = absmax_of(block);
                 *m = amax;
                 // A multiply by the reciprocal, as the CUDA kernel does, with the GPU's

@@ -70,11 +70,7 @@ impl<'a> Dequantizer<'a> {
             Format::Fp8PerChannel => each(out, &|i| {
                 fp8::e4m3_to_f32(q.data[i]) * scale(f32s, i / cols)
             }),
-            Format::Fp8Block { block } => each(out, &|i| {
-                let (r, c) = (i / cols, i % cols);
-                fp8::e4m3_to_f32(q.data[i])
-                    * scale(f32s, (r / block) * cols.div_ceil(block) + c / block)
-            }),
+            Format::Fp8Block { block } => fp8_block_range(&q.data, f32s, cols, block, start, out),
             Format::Nvfp4 => {
                 let ws2 = q.tensor_scale.unwrap_or(1.0);
                 each(out, &|i| fp4::nvfp4_value(&q.data, bytes, ws2, cols, i))
@@ -105,13 +101,23 @@ impl<'a> Dequantizer<'a> {
 
     /// Reconstruction error against the values `x` that were quantized, chunk by chunk.
     pub fn error_against(&self, x: &[f32]) -> ErrorStats {
-        let parts: Vec<ErrorStats> = x
-            .par_chunks(CHUNK)
-            .enumerate()
-            .map(|(c, xs)| {
-                let mut back = vec![0f32; xs.len()];
-                self.range(c * CHUNK, &mut back);
-                ErrorStats::measure(xs, &back)
+        self.error_with(x.len(), |start, out| {
+            out.copy_from_slice(&x[start..start + out.len()])
+        })
+    }
+
+    /// Reconstruction error against `n` source values that `fill(start, chunk)` writes
+    /// (widened from the checkpoint's bytes, say), chunk by chunk.
+    pub fn error_with(&self, n: usize, fill: impl Fn(usize, &mut [f32]) + Sync) -> ErrorStats {
+        let parts: Vec<ErrorStats> = (0..n.div_ceil(CHUNK))
+            .into_par_iter()
+            .map(|c| {
+                let start = c * CHUNK;
+                let len = CHUNK.min(n - start);
+                let (mut xs, mut back) = (vec![0f32; len], vec![0f32; len]);
+                fill(start, &mut xs);
+                self.range(start, &mut back);
+                ErrorStats::measure(&xs, &back)
             })
             .collect();
         let mut total = ErrorStats::default();
@@ -144,5 +150,75 @@ fn bnb_range(
             i += 1;
         }
         k += end;
+    }
+}
+
+/// FP8 128×128-block elements `start ..`: `e4m3 × weight_scale_inv`, one run of a row
+/// within one block at a time (the scale is fixed along it).
+fn fp8_block_range(
+    codes: &[u8],
+    scales: &[f32],
+    cols: usize,
+    block: usize,
+    start: usize,
+    out: &mut [f32],
+) {
+    let block = block.max(1);
+    let (mut i, mut k) = (start, 0);
+    while k < out.len() {
+        let (r, c) = (i / cols, i % cols);
+        let end = ((c / block + 1) * block).min(cols) - c;
+        let end = end.min(out.len() - k);
+        let s = scales
+            .get((r / block) * cols.div_ceil(block) + c / block)
+            .copied()
+            .unwrap_or(f32::NAN);
+        for (o, &q) in out[k..k + end].iter_mut().zip(&codes[i..i + end]) {
+            *o = fp8::e4m3_to_f32(q) * s;
+        }
+        i += end;
+        k += end;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{quantize, quantize_bytes, to_f32};
+    use super::*;
+    use crate::checkpoint::Dtype;
+
+    /// From bytes or from float32, chunked or whole: the same codes, scales, values and
+    /// error report, for every format, over sizes that cut blocks and chunks.
+    #[test]
+    fn the_byte_path_and_chunking_change_nothing() {
+        let mut s = 0x2545_F491_4F6C_DD1Du64;
+        let bytes: Vec<u8> = (0..(3 * CHUNK + 333) * 2)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s & 0x3F) as u8 // small exponents: finite bf16 values
+            })
+            .collect();
+        let x = to_f32(Dtype::Bf16, &bytes);
+        let shape = [x.len() as u64 / 111, 111];
+        let n = (shape[0] * shape[1]) as usize;
+        let (bytes, x) = (&bytes[..2 * n], &x[..n]);
+        for name in crate::quant::Format::NAMES {
+            let format = crate::quant::Format::parse(name).unwrap();
+            let whole = quantize(format, x, &shape);
+            let (q, err) = quantize_bytes(format, Dtype::Bf16, bytes, &shape);
+            assert_eq!(q, whole, "{name}: codes and scales");
+            assert_eq!(err, whole.error_against(x), "{name}: error report");
+            let mut chunked = vec![0f32; n];
+            Dequantizer::new(&q).all(&mut chunked);
+            let mut one = vec![0f32; n];
+            Dequantizer::new(&q).range(0, &mut one);
+            assert_eq!(
+                chunked.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                one.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{name}: chunked dequantization"
+            );
+        }
     }
 }

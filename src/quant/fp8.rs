@@ -6,36 +6,30 @@ use rayon::prelude::*;
 pub const E4M3_MAX: f32 = 448.0;
 
 /// float32 → E4M3, round to nearest even (subnormals too), ±inf and overflow saturate to
-/// ±448, NaN → 0x7F.
+/// ±448, NaN → 0x7F. Normal results round the float32 mantissa to 3 bits in integer
+/// arithmetic and rebias the exponent (127 → 7); subnormal ones are multiples of 2^-9,
+/// which scaling by 512 makes exact integers.
+#[inline]
 pub fn e4m3(x: f32) -> u8 {
-    if x.is_nan() {
+    let bits = x.to_bits();
+    let sign = ((bits >> 24) & 0x80) as u8;
+    let abs = bits & 0x7FFF_FFFF;
+    if abs > 0x7F80_0000 {
         return 0x7F;
     }
-    let sign = if x.is_sign_negative() { 0x80u8 } else { 0 };
-    let a = x.abs();
-    if a >= 2f32.powi(-6) {
-        let bits = a.to_bits();
-        let mut exp = ((bits >> 23) & 0xFF) as i32 - 127;
-        let man = bits & 0x7F_FFFF;
-        let mut m3 = man >> 20;
-        let rem = man & 0xF_FFFF;
-        if rem > 0x8_0000 || (rem == 0x8_0000 && m3 & 1 == 1) {
-            m3 += 1;
+    let code = if abs >= 0x3C80_0000 {
+        // |x| ≥ 2^-6. Round to nearest even at bit 20, then drop the low 20 bits.
+        let r = (abs + 0x7_FFFF + ((abs >> 20) & 1)) >> 20;
+        // 0x43E = 448's top 12 bits; anything above (inf included) saturates.
+        if r > 0x43E {
+            0x7E
+        } else {
+            (r - (120 << 3)) as u8
         }
-        if m3 == 8 {
-            m3 = 0;
-            exp += 1;
-        }
-        let e = exp + 7;
-        if e > 15 || (e == 15 && m3 == 7) {
-            return sign | 0x7E; // saturate to 448
-        }
-        sign | ((e as u8) << 3) | m3 as u8
     } else {
-        // Subnormal: multiples of 2^-9; scaling by 512 is exact.
-        let m = (a * 512.0).round_ties_even() as u8; // 0..=8; 8 is the smallest normal
-        sign | m
-    }
+        (f32::from_bits(abs) * 512.0).round_ties_even() as u8
+    };
+    sign | code
 }
 
 pub use crate::load::e4m3_to_f32;
@@ -128,6 +122,59 @@ pub fn quantize_blocks(x: &[f32], rows: usize, cols: usize, block: usize) -> (Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The first, branchy definition, kept as the reference the fast one is checked against.
+    fn e4m3_reference(x: f32) -> u8 {
+        if x.is_nan() {
+            return 0x7F;
+        }
+        let sign = if x.is_sign_negative() { 0x80u8 } else { 0 };
+        let a = x.abs();
+        if a >= 2f32.powi(-6) {
+            let bits = a.to_bits();
+            let mut exp = ((bits >> 23) & 0xFF) as i32 - 127;
+            let man = bits & 0x7F_FFFF;
+            let mut m3 = man >> 20;
+            let rem = man & 0xF_FFFF;
+            if rem > 0x8_0000 || (rem == 0x8_0000 && m3 & 1 == 1) {
+                m3 += 1;
+            }
+            if m3 == 8 {
+                m3 = 0;
+                exp += 1;
+            }
+            let e = exp + 7;
+            if e > 15 || (e == 15 && m3 == 7) {
+                return sign | 0x7E; // saturate to 448
+            }
+            sign | ((e as u8) << 3) | m3 as u8
+        } else {
+            // Subnormal: multiples of 2^-9; scaling by 512 is exact.
+            let m = (a * 512.0).round_ties_even() as u8; // 0..=8; 8 is the smallest normal
+            sign | m
+        }
+    }
+
+    /// The fast conversion against the reference: every bf16 pattern at several scales
+    /// (so every rounding boundary is crossed), and a million pseudo-random float32s.
+    #[test]
+    fn fast_e4m3_is_the_reference() {
+        let check =
+            |x: f32| assert_eq!(e4m3(x), e4m3_reference(x), "{x:e} ({:#010x})", x.to_bits());
+        for hi in 0..=u16::MAX {
+            let x = f32::from_bits(u32::from(hi) << 16);
+            for k in [1.0f32, 1.000_001, 0.999_999, 3.0, 100.0, 1e-3] {
+                check(x * k);
+            }
+        }
+        let mut s = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..1_000_000 {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            check(f32::from_bits(s as u32));
+        }
+    }
 
     #[test]
     fn edges() {

@@ -155,25 +155,86 @@ impl QuantizedTensor {
     }
 }
 
+/// The exact widening of one bf16/f16/f32 element's little-endian bytes; `None` for
+/// other dtypes (which go through the loader's conversion).
+fn widener(dtype: Dtype) -> Option<fn(&[u8]) -> f32> {
+    match dtype {
+        Dtype::Bf16 => Some(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16)),
+        Dtype::F16 => Some(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+        Dtype::F32 => Some(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        _ => None,
+    }
+}
+
 /// Widens bf16/f16/f32 bytes to f32 (exactly; any other dtype goes through the
 /// loader's conversion).
 pub fn to_f32(dtype: Dtype, bytes: &[u8]) -> Vec<f32> {
     use rayon::prelude::*;
-    let widen: fn(&[u8]) -> f32 = match dtype {
-        Dtype::Bf16 => |b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16),
-        Dtype::F16 => |b| half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
-        Dtype::F32 => |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-        _ => {
+    match widener(dtype) {
+        Some(widen) => bytes.par_chunks_exact(dtype.size()).map(widen).collect(),
+        None => {
             let n = bytes.len() / dtype.size().max(1);
             let mut out = vec![0u8; n * 4];
             crate::load::convert(dtype, bytes, Dtype::F32, &mut out);
-            return out
-                .chunks_exact(4)
+            out.chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
+                .collect()
+        }
+    }
+}
+
+/// [`quantize`] straight from a tensor's bytes, and its reconstruction error. The bnb
+/// formats widen bf16/f16 a block at a time (no float32 copy of the tensor); the others
+/// widen the whole tensor first.
+pub fn quantize_bytes(
+    format: Format,
+    dtype: Dtype,
+    bytes: &[u8],
+    shape: &[u64],
+) -> (QuantizedTensor, ErrorStats) {
+    let size = dtype.size().max(1);
+    let n = bytes.len() / size;
+    let (Some(widen), Some((kind, blocksize))) = (widener(dtype), bnb_params(format)) else {
+        let x = to_f32(dtype, bytes);
+        let q = quantize(format, &x, shape);
+        let err = q.error_against(&x);
+        return (q, err);
+    };
+    let fill = |start: usize, out: &mut [f32]| {
+        for (o, b) in out.iter_mut().zip(bytes[start * size..].chunks_exact(size)) {
+            *o = widen(b);
         }
     };
-    bytes.par_chunks_exact(dtype.size()).map(widen).collect()
+    let (packed, absmax) = bnb4::quantize_with(kind, n, blocksize, fill);
+    let mut q = QuantizedTensor {
+        format,
+        shape: shape.to_vec(),
+        scale_shape: vec![absmax.len() as u64],
+        data: packed,
+        scales: Scales::F32(Vec::new()),
+        nested: None,
+        tensor_scale: None,
+    };
+    if matches!(format, Format::Nf4Dq { .. }) {
+        let nested = bnb4::double_quantize(&absmax, bnb4::mean_offset(&absmax));
+        q.scales = Scales::U8(nested.codes.clone());
+        q.nested = Some(nested);
+    } else {
+        q.scales = Scales::F32(absmax);
+    }
+    let err = dequant::Dequantizer::new(&q).error_with(n, fill);
+    (q, err)
+}
+
+/// The bnb 4-bit kind and block size of a format, `None` for the others.
+fn bnb_params(format: Format) -> Option<(bnb4::Kind, usize)> {
+    match format {
+        Format::Nf4 { blocksize } | Format::Nf4Dq { blocksize } => {
+            Some((bnb4::Kind::Nf4, blocksize))
+        }
+        Format::Fp4 { blocksize } => Some((bnb4::Kind::Fp4, blocksize)),
+        _ => None,
+    }
 }
 
 /// Quantizes `x` (logical `shape`, row-major) into `format`. 2-D views for row-wise

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use super::{quantize, to_f32, ErrorStats, Format, QuantizedTensor};
+use super::{quantize_bytes, ErrorStats, Format, QuantizedTensor};
 use crate::diag::Diagnostic;
 use crate::load::{HostTensor, Sink};
 use crate::plan::Target;
@@ -74,9 +74,7 @@ impl Sink for QuantStore {
             r.full_bytes += bytes;
             return Ok(None);
         }
-        let x = to_f32(target.dtype, &data);
-        let q = quantize(self.format, &x, &target.shape);
-        let err = q.error_against(&x);
+        let (q, err) = quantize_bytes(self.format, target.dtype, &data, &target.shape);
         {
             let mut r = self.report.lock().unwrap_or_else(|p| p.into_inner());
             r.quantized += 1;
