@@ -50,21 +50,47 @@ impl Compilation {
     }
 }
 
-/// Reads a file for the source map; failure is an application error.
-fn read(path: &Path, what: &str) -> miette::Result<String> {
+/// Reads a file for the source map; failure to read is an application error. Text that
+/// is not UTF-8 is an error *in* the input: it is added to the source map (lossily) and
+/// reported as `code` at the first bad byte.
+fn read(
+    sources: &mut SourceMap,
+    path: &Path,
+    what: &str,
+    code: Code,
+) -> miette::Result<Result<String, Diagnostic>> {
     let bytes = std::fs::read(path)
         .into_diagnostic()
         .wrap_err_with(|| format!("cannot read {what} `{}`", path.display()))?;
-    String::from_utf8(bytes)
-        .into_diagnostic()
-        .wrap_err_with(|| format!("{what} `{}` is not UTF-8 text", path.display()))
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok(Ok(text)),
+        Err(e) => {
+            let at = e.utf8_error().valid_up_to();
+            let lossy = String::from_utf8_lossy(e.as_bytes()).into_owned();
+            let id = sources.add(path.display().to_string(), lossy);
+            // The lossy text holds U+FFFD where the bad byte was: point at all of it.
+            let end = at + char::REPLACEMENT_CHARACTER.len_utf8();
+            Ok(Err(Diagnostic::new(
+                code,
+                format!("{what} `{}` is not UTF-8 text", path.display()),
+            )
+            .at(crate::source::Span::new(id, at..end), "invalid UTF-8 here")
+            .with_help("save the file as UTF-8")))
+        }
+    }
 }
 
 /// Parses, resolves, checks against `config` (when given) and lowers.
 pub fn compile(model: &ModelSource, config: Option<&Path>) -> miette::Result<Compilation> {
     let mut c = Compilation::default();
     if let Some(path) = config {
-        let text = read(path, "config")?;
+        let text = match read(&mut c.sources, path, "config", Code::E0302)? {
+            Ok(text) => text,
+            Err(d) => {
+                c.diags.push(d);
+                return Ok(c);
+            }
+        };
         let id = c.sources.add(path.display().to_string(), text);
         match Config::parse(&c.sources, id) {
             Ok(cfg) => c.config = Some(cfg),
@@ -75,11 +101,13 @@ pub fn compile(model: &ModelSource, config: Option<&Path>) -> miette::Result<Com
         }
     }
     let (name, text, origin) = match model {
-        ModelSource::File(p) => (
-            p.display().to_string(),
-            read(p, "model file")?,
-            Origin::Disk(p.clone()),
-        ),
+        ModelSource::File(p) => match read(&mut c.sources, p, "model file", Code::E0105)? {
+            Ok(text) => (p.display().to_string(), text, Origin::Disk(p.clone())),
+            Err(d) => {
+                c.diags.push(d);
+                return Ok(c);
+            }
+        },
         ModelSource::Text { name, text } => (name.clone(), text.clone(), Origin::Memory),
         ModelSource::StdlibName(n) => match stdlib_by_name(n) {
             Some(path) => stdlib_entry(path),

@@ -48,7 +48,7 @@ fn fixtures() -> Vec<Fixture> {
     paths
         .into_iter()
         .map(|path| {
-            let text = std::fs::read_to_string(&path).unwrap();
+            let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
             let expect = header_value(&text, "expect").unwrap_or_else(|| {
                 panic!("{} has no `# expect = \"CODE\"` header", path.display())
             });
@@ -93,7 +93,7 @@ fn every_error_fixture_reports_its_code() {
             f.path.display()
         );
         let rendered = diag::render_human(&c.sources, &c.diags, Color::Never);
-        let text = std::fs::read_to_string(&f.path).unwrap();
+        let text = String::from_utf8_lossy(&std::fs::read(&f.path).unwrap()).into_owned();
         let name = f.path.file_stem().unwrap().to_string_lossy().into_owned();
         insta::with_settings!({ snapshot_path => "snapshots/errors", prepend_module_to_snapshot => false }, {
             insta::assert_snapshot!(name, format!("{text}\n----- diagnostics -----\n{rendered}"));
