@@ -311,3 +311,61 @@ fn postfix_chains_are_limited() {
         assert_code(&format!("{n} `[0]`"), with_dim(&idx), LLAMA_LIKE, "E0104");
     }
 }
+
+#[test]
+fn deep_config_chains_end_in_a_code() {
+    let chain: String = (1..20_000)
+        .map(|i| format!("config a{i} = a{} + 1\n", i - 1))
+        .collect();
+    let text =
+        format!("config a0 = 1\n{chain}model M for \"X\" {{ param p: [a19999] from \"w\" }}");
+    assert_code("20k config chain", text, LLAMA_LIKE, "E0305");
+    let doubling: String = (1..60)
+        .map(|i| format!("config a{i} = a{} + a{}\n", i - 1, i - 1))
+        .collect();
+    let text =
+        format!("config a0 = 1\n{doubling}model M for \"X\" {{ param p: [a59] from \"w\" }}");
+    assert_code("doubling chain", text, LLAMA_LIKE, "E0306");
+    // Inside a declaration, chained items are scoped `config` members: same limit.
+    let chain: String = (1..20_000)
+        .map(|i| format!("config a{i} = a{} + 1\n", i - 1))
+        .collect();
+    let text =
+        format!("model M for \"X\" {{ config a0 = 1\n{chain} param p: [a19999] from \"w\" }}");
+    assert_code("20k member chain", text, LLAMA_LIKE, "E0305");
+}
+
+#[test]
+fn deep_instance_chains_end_in_a_code() {
+    let chain: String = (1..20_000)
+        .map(|i| format!("module M{i} {{ x: M{} }}\n", i + 1))
+        .collect();
+    let text = format!(
+        "model Top for \"X\" {{ m: M1 }}\n{chain}module M20000 {{ param w: [1] from \"w\" }}"
+    );
+    assert_code("20k instance chain", text, LLAMA_LIKE, "E0211");
+    // A cycle through 20k modules is still found, without recursion.
+    let cycle: String = (1..20_000)
+        .map(|i| format!("module M{i} {{ x: M{} }}\n", i % 19_999 + 1))
+        .collect();
+    let text = format!("model Top for \"X\" {{ m: M1 }}\n{cycle}");
+    assert_code("20k instance cycle", text, LLAMA_LIKE, "E0205");
+}
+
+/// The worst a file may do within every limit: the deepest instance chain, with the
+/// deepest evaluation at the bottom. It must fit the default 2 MiB stack in a debug build.
+#[test]
+fn all_limits_at_once_fit_the_default_stack() {
+    let depth = wmap::resolve::MAX_INSTANCE_DEPTH - 1;
+    let chain: String = (1..depth)
+        .map(|i| format!("module M{i} {{ x: M{} }}\n", i + 1))
+        .collect();
+    let items: String = (1..120)
+        .map(|i| format!("config a{i} = a{} + 1\n", i - 1))
+        .collect();
+    let text = format!(
+        "config a0 = 1\n{items}model Top for \"X\" {{ m: M1 }}\n{chain}module M{depth} {{ param w: [a119] from \"w\" }}"
+    );
+    let (first, _) = first_code(text, LLAMA_LIKE.into());
+    assert_eq!(first, None);
+}

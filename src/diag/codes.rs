@@ -51,11 +51,14 @@ codes! {
     E0208 "unknown-dtype" "a `dtype =` names a type the runtime does not have";
     E0209 "no-model" "the file declares no model, or several where one was needed";
     E0210 "misplaced-member" "a declaration holds a member its kind does not allow";
+    E0211 "instances-too-deep" "instances nest deeper than the checker allows";
     W0201 "unused-declaration" "a module or block is declared but never instantiated";
     E0301 "unknown-config-symbol" "an expression names a config key that config.json does not have";
     E0302 "invalid-config" "config.json is not valid JSON or not an object";
     E0303 "config-type-mismatch" "a config value has the wrong type for its use";
     E0304 "no-model-for-architecture" "no stdlib model serves the config's `architectures`";
+    E0305 "evaluation-too-deep" "config items and expressions nest deeper than evaluation allows";
+    E0306 "evaluation-too-long" "evaluating one value takes more steps than allowed";
     W0301 "config-default-used" "a config key is absent and a declared default was used";
     E0401 "non-positive-dimension" "a shape dimension evaluates to zero or less";
     E0402 "inexact-division" "an integer division in a shape leaves a remainder";
