@@ -13,6 +13,32 @@ use serde::{Deserialize, Serialize};
 /// Bumped on every change to the JSON shape of the IR.
 pub const IR_VERSION: u32 = 1;
 
+/// Limits on what a config may ask for. Config values are untrusted numbers: without
+/// caps, `num_hidden_layers = 1e9` would have the checker and the planner allocate per
+/// layer. Each is far above any real model; exceeding one is E0412.
+pub mod limits {
+    /// Indices of one repeat (`layers: Block[layer in 0..num_hidden_layers]`).
+    pub const MAX_REPEAT: u64 = 65_536;
+    /// Slices of one `stack(expert in 0..num_experts, …)`.
+    pub const MAX_STACK: u64 = 65_536;
+    /// Elements of one tensor: 2^48, so that a byte size (at most 8 bytes an element)
+    /// and any offset into it fit comfortably in 64 bits.
+    pub const MAX_NUMEL: u64 = 1 << 48;
+    /// Checkpoint tensors one model may name, after expanding repeats and stacks.
+    pub const MAX_TENSORS: u64 = 4_194_304;
+}
+
+/// The element count of a shape, or `None` when it overflows 64 bits. Every phase
+/// computes sizes through this (or [`byte_size`]) rather than a bare `product()`.
+pub fn numel(shape: &[u64]) -> Option<u64> {
+    shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d))
+}
+
+/// Bytes of a tensor of `shape` with `elem` bytes an element, or `None` on overflow.
+pub fn byte_size(shape: &[u64], elem: u64) -> Option<u64> {
+    numel(shape)?.checked_mul(elem)
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Ir {
     pub ir_version: u32,
@@ -56,7 +82,7 @@ pub struct Instance {
 pub struct Repeat {
     pub var: String,
     pub start: i64,
-    pub count: i64,
+    pub count: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

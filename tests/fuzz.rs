@@ -369,3 +369,78 @@ fn all_limits_at_once_fit_the_default_stack() {
     let (first, _) = first_code(text, LLAMA_LIKE.into());
     assert_eq!(first, None);
 }
+
+/// A stdlib model's config with `keys` set to literal JSON values, compiled with model
+/// detection; returns the first error code and the time taken.
+fn with_config_values(model: &str, keys: &[(&str, &str)]) -> (Option<String>, std::time::Duration) {
+    let path = common::root().join(format!("tests/fixtures/hf/{model}/config.json"));
+    let mut json: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    for (key, _) in keys {
+        json.insert(key.to_string(), serde_json::Value::Null);
+    }
+    let mut text = serde_json::to_string(&json).unwrap();
+    for (key, value) in keys {
+        text = text.replace(&format!("\"{key}\":null"), &format!("\"{key}\":{value}"));
+    }
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let cfg = common::tempdir(&format!("fuzz-count-{n}")).join("config.json");
+    std::fs::write(&cfg, text).unwrap();
+    let started = std::time::Instant::now();
+    let c = driver::compile(&ModelSource::Detect, Some(&cfg)).unwrap();
+    let first = c
+        .diags
+        .items
+        .iter()
+        .find(|d| d.code.as_str().starts_with('E'));
+    (
+        first.map(|d| d.code.as_str().to_string()),
+        started.elapsed(),
+    )
+}
+
+#[test]
+fn huge_layer_counts_are_capped_in_bounded_time() {
+    let cases = [
+        ("1000000", Some("E0412")),
+        ("1000000000", Some("E0412")),
+        ("100000000000000000", Some("E0412")),
+        ("9223372036854775807", Some("E0412")),
+        // 2^63 does not fit an integer: the config's type is wrong.
+        ("9223372036854775808", Some("E0303")),
+        ("-5", Some("E0401")),
+        ("1e9", Some("E0303")),
+        ("12.5", Some("E0303")),
+        // At the cap, a model whose layers are alike is checked once, not 65 536 times.
+        ("65536", None),
+    ];
+    for (value, want) in cases {
+        let (got, took) = with_config_values("llama", &[("num_hidden_layers", value)]);
+        assert_eq!(got.as_deref(), want, "num_hidden_layers = {value}");
+        assert!(took.as_secs() < 10, "num_hidden_layers = {value}: {took:?}");
+    }
+}
+
+#[test]
+fn huge_expert_counts_are_capped_in_bounded_time() {
+    for (value, want) in [
+        ("1000000000", Some("E0412")),
+        ("100000000000000000", Some("E0412")),
+        // [i64::MAX, 256, 128] does not even fit 64 bits.
+        ("9223372036854775807", Some("E0411")),
+        ("8.5", Some("E0303")),
+        // No experts: the `when num_experts > 0` guards pick the dense MLP.
+        ("-1", None),
+        ("65536", None),
+    ] {
+        let (got, took) = with_config_values("qwen3_moe", &[("num_experts", value)]);
+        assert_eq!(got.as_deref(), want, "num_experts = {value}");
+        assert!(took.as_secs() < 10, "num_experts = {value}: {took:?}");
+    }
+    // Each count within its cap, their product is not: the model as a whole is refused.
+    let both = [("num_experts", "1000"), ("num_hidden_layers", "65536")];
+    let (got, took) = with_config_values("qwen3_moe", &both);
+    assert_eq!(got.as_deref(), Some("E0412"));
+    assert!(took.as_secs() < 10, "{took:?}");
+}

@@ -152,3 +152,40 @@ fn tempdir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// Layers are checked once per signature, not once per index: the variants must still
+/// be exactly the ones a per-index walk gives. With `mlp_only_layers = [1, 3]` and
+/// `decoder_sparse_step = 2`, layers 5 and 7 are sparse, the rest dense.
+#[test]
+fn index_dependent_layers_split_into_exact_variants() {
+    let base = common::root().join("tests/fixtures/hf/qwen3_moe/config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(base).unwrap()).unwrap();
+    json["num_hidden_layers"] = 8.into();
+    json["mlp_only_layers"] = serde_json::json!([1, 3]);
+    json["decoder_sparse_step"] = 2.into();
+    let config = common::tempdir("ir-signatures").join("config.json");
+    std::fs::write(&config, json.to_string()).unwrap();
+    let (ir, _) = lower(&ModelSource::Detect, &config);
+    let layers = ir
+        .root
+        .instances
+        .iter()
+        .find(|i| i.repeat.is_some())
+        .expect("a repeated layer instance");
+    let shown: Vec<(String, Vec<[i64; 2]>)> = layers
+        .variants
+        .iter()
+        .map(|v| (v.kind.clone(), v.indices.clone()))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("mlp".to_string(), vec![[0, 5], [6, 7]]),
+            ("moe".to_string(), vec![[5, 6], [7, 8]]),
+        ]
+    );
+    assert_eq!(layers.kinds.len(), 8);
+    assert_eq!(layers.kinds[5], "moe");
+    assert_eq!(layers.kinds[4], "mlp");
+}

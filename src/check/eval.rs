@@ -114,6 +114,9 @@ pub struct Evaluator<'a> {
     depth: u32,
     /// Nodes evaluated since the outermost evaluation began: see [`MAX_EVAL_STEPS`].
     steps: u64,
+    /// Index variables whose value an evaluation read. The checker clears it around a
+    /// repeated body: a body that reads no index variable is the same at every index.
+    pub index_reads: BTreeSet<String>,
 }
 
 /// How deep evaluation may nest, counting every expression level and every `config`
@@ -139,6 +142,7 @@ impl<'a> Evaluator<'a> {
             active: Vec::new(),
             depth: 0,
             steps: 0,
+            index_reads: BTreeSet::new(),
         }
     }
 
@@ -174,15 +178,6 @@ impl<'a> Evaluator<'a> {
             return Err(too_long(e.span));
         }
         self.depth += 1;
-        let probe = 0u8;
-        if self.depth == 1 || self.depth == 101 {
-            eprintln!(
-                "PROBE depth {} addr {:p} active {}",
-                self.depth,
-                &probe,
-                self.active.len()
-            );
-        }
         let r = self.eval_node(e, scope);
         self.depth -= 1;
         r
@@ -253,7 +248,12 @@ impl<'a> Evaluator<'a> {
     fn name(&mut self, path: &[String], span: Span, scope: &Scope<'a>) -> EvalResult {
         if let [name] = path {
             match scope.var(name) {
-                Some(Binding::Index(i)) => return Ok(Val::plain(Value::Int(i))),
+                Some(Binding::Index(i)) => {
+                    if !self.index_reads.contains(name) {
+                        self.index_reads.insert(name.clone());
+                    }
+                    return Ok(Val::plain(Value::Int(i)));
+                }
                 Some(Binding::Stack) => return Err(stack_var(name, span)),
                 None => {}
             }

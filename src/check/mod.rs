@@ -20,6 +20,7 @@ pub use value::Value;
 use crate::config::Config;
 use crate::diag::{Code, Diagnostic, Diagnostics};
 use crate::ir;
+use crate::ir::limits::{MAX_NUMEL, MAX_REPEAT, MAX_TENSORS};
 use crate::resolve::{DeclId, Program};
 use crate::source::Span;
 use crate::syntax::ast;
@@ -43,11 +44,31 @@ pub fn check(program: &Program, model: DeclId, config: &Config) -> (Option<Check
         diags: Diagnostics::default(),
         spans: BTreeMap::new(),
         shape_labels: Vec::new(),
+        traces: Vec::new(),
     };
     let scope = Scope {
         frames: vec![frame(program.decl(model), Vec::new())],
     };
     let root = w.body(model, &scope, "", "");
+    if !w.diags.has_errors() {
+        let tensors = tensor_count(&root);
+        if tensors > MAX_TENSORS {
+            let name = &program.decl(model).name;
+            w.diags.push(
+                Diagnostic::new(
+                    Code::E0412,
+                    format!(
+                        "`{}` names {tensors} checkpoint tensors, more than {MAX_TENSORS}",
+                        name.node
+                    ),
+                )
+                .at(name.span, "after expanding every repeat and stack")
+                .with_note(
+                    "wmapc caps counts from the config so that a wrong value cannot exhaust memory",
+                ),
+            );
+        }
+    }
     let mut diags = w.diags;
     for d in w.ev.defaults {
         diags.push(d);
@@ -77,6 +98,82 @@ fn frame(decl: &ast::Decl, vars: Vec<(String, Binding)>) -> Frame<'_> {
     }
 }
 
+/// Checkpoint tensors a body names once repeats and stacks are expanded. Saturating:
+/// the result is only compared with a cap.
+fn tensor_count(body: &ir::Body) -> u64 {
+    let params = body
+        .params
+        .iter()
+        .fold(0u64, |n, p| n.saturating_add(source_tensors(&p.source)));
+    body.instances.iter().fold(params, |n, inst| {
+        inst.variants.iter().fold(n, |n, v| {
+            let width = match inst.repeat {
+                None => 1,
+                Some(_) => v.indices.iter().fold(0u64, |w, [a, b]| {
+                    w.saturating_add(u64::try_from(b.saturating_sub(*a)).unwrap_or(0))
+                }),
+            };
+            n.saturating_add(width.saturating_mul(tensor_count(&v.body)))
+        })
+    })
+}
+
+/// Checkpoint tensors one source names; for `try`, its largest option.
+fn source_tensors(s: &ir::Source) -> u64 {
+    use ir::Source as S;
+    match s {
+        S::Tensor { .. } => 1,
+        S::Tied { .. } => 0,
+        S::Try { options } => options.iter().map(source_tensors).max().unwrap_or(0),
+        S::Fuse { parts, .. } => parts
+            .iter()
+            .fold(0u64, |n, p| n.saturating_add(source_tensors(p))),
+        S::Stack { count, part, .. } => count.saturating_mul(source_tensors(part)),
+        S::Slice { source, .. }
+        | S::Split { source, .. }
+        | S::Reshape { source, .. }
+        | S::Squeeze { source, .. }
+        | S::Transpose { source, .. } => source_tensors(source),
+    }
+}
+
+/// The distinct bodies of one repeated instance, built index by index: equal bodies
+/// share one variant, so memory grows with the distinct bodies, not with the count.
+#[derive(Default)]
+struct Variants {
+    list: Vec<ir::Variant>,
+    /// Each variant's position in `list`, keyed by its kind and serialized body.
+    by_body: BTreeMap<(String, String), usize>,
+    /// The variant of a body that reads no index variable: every later index has it.
+    shared: Option<usize>,
+}
+
+impl Variants {
+    fn insert(&mut self, body: ir::Body, kind: String) -> usize {
+        // The JSON text is a total, cheap key for a body; `ir::Body` is not `Ord`.
+        let text = serde_json::to_string(&body).unwrap_or_default();
+        let next = self.list.len();
+        let at = *self.by_body.entry((kind.clone(), text)).or_insert(next);
+        if at == next {
+            self.list.push(ir::Variant {
+                indices: Vec::new(),
+                kind,
+                body,
+            });
+        }
+        at
+    }
+
+    /// Adds `idx` to variant `at`, extending its last range when adjacent.
+    fn add(&mut self, at: usize, idx: i64) {
+        let ranges = &mut self.list[at].indices;
+        match ranges.last_mut() {
+            Some(last) if last[1] == idx => last[1] = idx + 1,
+            _ => ranges.push([idx, idx + 1]),
+        }
+    }
+}
+
 /// Joins checkpoint-name pieces with `.`; a piece starting with `/` is absolute.
 pub fn join_name(prefix: &str, name: &str) -> String {
     if let Some(abs) = name.strip_prefix('/') {
@@ -96,6 +193,22 @@ struct Walker<'a> {
     spans: ir::Spans,
     /// Config keys behind the shapes of the param being checked: attached to shape errors.
     shape_labels: Vec<crate::diag::Label>,
+    /// One trace per repeated body being walked, innermost last.
+    traces: Vec<Trace<'a>>,
+}
+
+/// The evaluations in one walk of a repeated body that read its index variable, in
+/// order. The walk is a function of their values: an index at which every one of them
+/// gives the same value has the same body (its *signature* matches).
+struct Trace<'a> {
+    var: String,
+    entries: Vec<Reading<'a>>,
+}
+
+struct Reading<'a> {
+    expr: ast::Expr,
+    scope: Scope<'a>,
+    value: Value,
 }
 
 /// Where the walk is: the declaration, the scope, the checkpoint prefix and the IR path.
@@ -128,8 +241,26 @@ impl<'a> Walker<'a> {
         }
     }
 
+    /// Evaluates `e`, recording it in every open trace whose variable it read.
+    fn evaluate(&mut self, e: &ast::Expr, scope: &Scope<'a>) -> eval::EvalResult {
+        let outer = std::mem::take(&mut self.ev.index_reads);
+        let r = self.ev.eval(e, scope);
+        let reads = std::mem::replace(&mut self.ev.index_reads, outer);
+        if let Ok(v) = &r {
+            for t in self.traces.iter_mut().filter(|t| reads.contains(&t.var)) {
+                t.entries.push(Reading {
+                    expr: e.clone(),
+                    scope: scope.clone(),
+                    value: v.value.clone(),
+                });
+            }
+        }
+        self.ev.index_reads.extend(reads);
+        r
+    }
+
     fn int(&mut self, e: &ast::Expr, scope: &Scope<'a>) -> Option<(i64, value::Val)> {
-        let v = self.ev.eval(e, scope);
+        let v = self.evaluate(e, scope);
         let v = self.report(v, scope)?;
         match v.value {
             Value::Int(i) => Some((i, v)),
@@ -142,7 +273,7 @@ impl<'a> Walker<'a> {
 
     /// A `when` condition: `None` after reporting a problem.
     fn condition(&mut self, e: &ast::Expr, scope: &Scope<'a>) -> Option<bool> {
-        let v = self.ev.eval(e, scope);
+        let v = self.evaluate(e, scope);
         let v = self.report(v, scope)?;
         match v.value {
             Value::Bool(b) => Some(b),
@@ -271,13 +402,16 @@ impl<'a> Walker<'a> {
             );
             return None;
         }
+        let count = self.count(start, end, &rep.range, &end_val, "repeat", MAX_REPEAT)?;
         let var = rep.var.node.clone();
         inst.repeat = Some(ir::Repeat {
             var: var.clone(),
             start,
-            count: end - start,
+            count,
         });
         let path = format!("{}.{{{var}}}", join_name(ctx.path, &i.name.node));
+        let mut variants = Variants::default();
+        let mut traces: Vec<(Vec<Reading<'a>>, usize)> = Vec::new();
         for idx in start..end {
             let scope = Scope {
                 frames: [
@@ -298,20 +432,103 @@ impl<'a> Walker<'a> {
             if on != Some(true) {
                 continue;
             }
+            // A body that read no index variable is the same at every index: it is
+            // checked once, not once per layer. One that did is the same as an earlier
+            // one whenever the readings of its trace agree.
+            if let Some(shared) = variants.shared {
+                variants.add(shared, idx);
+                continue;
+            }
+            let frame_at = ctx.scope.frames.len();
+            if let Some(at) = self.replay(&traces, &var, frame_at, idx) {
+                variants.add(at, idx);
+                continue;
+            }
             let errors_before = self.diags.count(crate::diag::Severity::Error);
-            let body = self.body(child, &scope, &inst.prefix, &path);
-            inst.variants.push(ir::Variant {
-                indices: vec![[idx, idx + 1]],
-                kind: self.kind(child, &body),
-                body,
+            let outer_reads = std::mem::take(&mut self.ev.index_reads);
+            self.traces.push(Trace {
+                var: var.clone(),
+                entries: Vec::new(),
             });
+            let body = self.body(child, &scope, &inst.prefix, &path);
+            let trace = self.traces.pop().map(|t| t.entries).unwrap_or_default();
+            let reads = std::mem::replace(&mut self.ev.index_reads, outer_reads);
+            let kind = self.kind(child, &body);
+            let at = variants.insert(body, kind);
+            if reads.contains(&var) {
+                traces.push((trace, at));
+            } else {
+                variants.shared = Some(at);
+            }
+            variants.add(at, idx);
+            // Reads of outer variables make the outer body index-dependent too.
+            self.ev
+                .index_reads
+                .extend(reads.into_iter().filter(|r| *r != var));
             // One broken layer is usually every layer broken the same way: stop early
             // rather than repeat the same diagnostic for all of them.
             if self.diags.count(crate::diag::Severity::Error) > errors_before {
                 break;
             }
         }
+        inst.variants = variants.list;
         Some(inst)
+    }
+
+    /// The variant whose trace gives the same readings with `var` bound to `idx`, if any.
+    /// `frame_at` is the scope frame that binds `var`.
+    fn replay(
+        &mut self,
+        traces: &[(Vec<Reading<'a>>, usize)],
+        var: &str,
+        frame_at: usize,
+        idx: i64,
+    ) -> Option<usize> {
+        traces.iter().find_map(|(readings, at)| {
+            let same = readings.iter().all(|r| {
+                let mut scope = r.scope.clone();
+                if let Some(f) = scope.frames.get_mut(frame_at) {
+                    for (_, b) in f.vars.iter_mut().filter(|(n, _)| n == var) {
+                        *b = Binding::Index(idx);
+                    }
+                }
+                matches!(self.evaluate(&r.expr, &scope), Ok(v) if v.value == r.value)
+            });
+            same.then_some(*at)
+        })
+    }
+
+    /// The element count of `start..end`, within `max` (E0412).
+    fn count(
+        &mut self,
+        start: i64,
+        end: i64,
+        range: &ast::Range,
+        end_val: &value::Val,
+        what: &str,
+        max: u64,
+    ) -> Option<u64> {
+        let Some(count) = end.checked_sub(start) else {
+            self.diags.push(eval::overflow(range.end.span, end_val));
+            return None;
+        };
+        // `end >= start` was checked, so the difference is not negative.
+        let count = u64::try_from(count).unwrap_or(u64::MAX);
+        if count > max {
+            self.diags.push(
+                Diagnostic::new(
+                    Code::E0412,
+                    format!("{what} over {start}..{end} has {count} indices, more than {max}"),
+                )
+                .at(range.end.span, format!("this is {end}"))
+                .with_labels(end_val.labels())
+                .with_note(
+                    "wmapc caps counts from the config so that a wrong value cannot exhaust memory",
+                ),
+            );
+            return None;
+        }
+        Some(count)
     }
 
     /// Checks the `{var}` holes of a name template against the scope.
@@ -414,7 +631,30 @@ impl<'a> Walker<'a> {
                 None => ok = false,
             }
         }
+        if ok {
+            self.numel_in_range(&out, shape.span)?;
+        }
         ok.then_some(out)
+    }
+
+    /// Checks that a shape's element count fits: E0411 past 64 bits, E0412 past
+    /// [`MAX_NUMEL`]. Every size computed later (bytes, offsets) then fits too.
+    fn numel_in_range(&mut self, shape: &[u64], span: Span) -> Option<u64> {
+        let d = match ir::numel(shape) {
+            Some(n) if n <= MAX_NUMEL => return Some(n),
+            Some(n) => Diagnostic::new(
+                Code::E0412,
+                format!("shape {shape:?} has {n} elements, more than {MAX_NUMEL}"),
+            )
+            .at(span, "too large for one tensor"),
+            None => Diagnostic::new(
+                Code::E0411,
+                format!("the element count of shape {shape:?} overflows 64 bits"),
+            )
+            .at(span, "this shape's size overflows"),
+        };
+        self.shape_error(d);
+        None
     }
 
     fn offload(
@@ -439,7 +679,11 @@ impl<'a> Walker<'a> {
         for v in &per {
             probe = probe.with_var(v, Binding::Index(0));
         }
+        // The IR keeps an index-dependent group symbolic, so reading the index here does
+        // not make the body differ between indices.
+        let outer = std::mem::take(&mut self.ev.index_reads);
         let r = self.ev.eval(e, &probe);
+        let reads = std::mem::replace(&mut self.ev.index_reads, outer);
         let v = self.report(r, &probe)?;
         let Value::Int(value) = v.value else {
             self.diags.push(
@@ -456,7 +700,8 @@ impl<'a> Walker<'a> {
             );
             return None;
         };
-        let mut reads_index = false;
+        // A `config` item may read an index variable too: the dynamic reads count.
+        let mut reads_index = !reads.is_empty();
         collect_names(e, &mut |n| {
             reads_index |= scope.var(n).is_some() || per.iter().any(|p| p == n)
         });

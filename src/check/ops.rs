@@ -97,7 +97,11 @@ fn arith(op: BinOp, x: &Val, y: &Val, sa: Span, sb: Span, span: Span) -> Result<
                 BinOp::Mul => a.checked_mul(b),
                 BinOp::Mod => a.checked_rem_euclid(b),
                 _ => {
-                    if a % b != 0 {
+                    // `checked_rem`: `i64::MIN % -1` overflows (and panics) like the division.
+                    let Some(rem) = a.checked_rem(b) else {
+                        return Err(overflow(span, &both));
+                    };
+                    if rem != 0 {
                         return Err(Diagnostic::new(
                             Code::E0402,
                             format!("{a} / {b} is not a whole number"),

@@ -126,17 +126,20 @@ impl Binder<'_> {
                 }
                 Some(r) => {
                     let rpath = format!("{ipath}.{{{}}}", r.var);
-                    for idx in r.start..r.start + r.count {
-                        let Some(v) = inst
-                            .variants
-                            .iter()
-                            .find(|v| v.indices.iter().any(|[a, b]| (*a..*b).contains(&idx)))
-                        else {
-                            continue;
-                        };
-                        env.push((r.var.clone(), idx));
-                        self.body(&v.body, env, &rpath);
-                        env.pop();
+                    // In index order: the variants' ranges sorted by start. A validated
+                    // IR's ranges are disjoint and inside the repeat.
+                    let mut ranges: Vec<(i64, i64, &ir::Variant)> = inst
+                        .variants
+                        .iter()
+                        .flat_map(|v| v.indices.iter().map(move |[a, b]| (*a, *b, v)))
+                        .collect();
+                    ranges.sort_by_key(|(a, _, _)| *a);
+                    for (a, b, v) in ranges {
+                        for idx in a..b {
+                            env.push((r.var.clone(), idx));
+                            self.body(&v.body, env, &rpath);
+                            env.pop();
+                        }
                     }
                 }
             }
