@@ -444,3 +444,69 @@ fn huge_expert_counts_are_capped_in_bounded_time() {
     assert_eq!(got.as_deref(), Some("E0412"));
     assert!(took.as_secs() < 10, "{took:?}");
 }
+
+/// `catch_unwind` cannot see a stack overflow or an allocation failure: they abort the
+/// process. Run the real binary on the worst inputs and require a clean exit 1.
+#[test]
+fn the_binary_exits_1_on_hostile_input_without_a_signal() {
+    let dir = common::tempdir("fuzz-process");
+    let config = dir.join("config.json");
+    std::fs::write(&config, LLAMA_LIKE).unwrap();
+    let chain = vec!["1"; 100_000].join(" + ");
+    let cases = [
+        ("chain", with_dim(&chain), "E0104"),
+        (
+            "neg",
+            with_dim(&format!("{}1", "- ".repeat(100_000))),
+            "E0104",
+        ),
+        (
+            "not",
+            with_dim(&format!("{}true", "not ".repeat(100_000))),
+            "E0104",
+        ),
+        (
+            "index",
+            with_dim(&format!("[1]{}", "[0]".repeat(100_000))),
+            "E0104",
+        ),
+    ];
+    for (name, text, code) in cases {
+        let file = dir.join(format!("{name}.wmap"));
+        std::fs::write(&file, text).unwrap();
+        assert_exit_1(
+            &[file.as_os_str(), "--config".as_ref(), config.as_os_str()],
+            code,
+        );
+    }
+    let billion = dir.join("billion.json");
+    let llama = common::root().join("tests/fixtures/hf/llama/config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(llama).unwrap()).unwrap();
+    json["num_hidden_layers"] = 1_000_000_000u64.into();
+    std::fs::write(&billion, json.to_string()).unwrap();
+    assert_exit_1(&["--config".as_ref(), billion.as_os_str()], "E0412");
+}
+
+fn assert_exit_1(args: &[&std::ffi::OsStr], code: &str) {
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wmapc"))
+        .arg("check")
+        .args(args)
+        .args(["--color", "never"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{args:?}: {:?}\n{stderr}",
+        out.status
+    );
+    assert!(stderr.contains(&format!("[{code}/")), "{args:?}:\n{stderr}");
+    assert!(
+        started.elapsed().as_secs() < 20,
+        "{args:?}: {:?}",
+        started.elapsed()
+    );
+}
