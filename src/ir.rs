@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// Bumped on every change to the JSON shape of the IR.
-pub const IR_VERSION: u32 = 1;
+pub const IR_VERSION: u32 = 2;
 
 /// Limits on what a config may ask for. Config values are untrusted numbers: without
 /// caps, `num_hidden_layers = 1e9` would have the checker and the planner allocate per
@@ -115,14 +115,144 @@ pub struct Param {
 /// `offload_group = expert` gives one group per (layer, expert).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OffloadGroup {
-    /// The expression, in canonical form.
-    pub expr: String,
+    /// The expression over index variables; config values are already folded in.
+    pub expr: GroupExpr,
     /// Stack variables the expression reads: the group varies along those stack dims.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub per: Vec<String>,
     /// The value, when it depends on no index variable (else the plan evaluates `expr`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<i64>,
+}
+
+/// An offload-group expression: integers and index variables under `+ - * / %`. The
+/// checker builds it and evaluates it with [`GroupExpr::eval`]; the plan evaluates the
+/// same tree with the same function. No phase re-parses text.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupExpr {
+    Int(i64),
+    /// A repeat or stack variable.
+    Var(String),
+    Neg(Box<GroupExpr>),
+    Op(IntOp, Box<GroupExpr>, Box<GroupExpr>),
+}
+
+/// Integer operators, with the language's rules: exact division, Euclidean remainder,
+/// every overflow an error. `check` evaluates shapes with the same [`IntOp::apply`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Mod,
+}
+
+/// Why integer arithmetic failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IntError {
+    DivisionByZero,
+    /// `a / b` with a remainder: shapes must divide exactly.
+    Inexact,
+    Overflow,
+}
+
+impl IntOp {
+    pub fn apply(self, a: i64, b: i64) -> Result<i64, IntError> {
+        if matches!(self, IntOp::Div | IntOp::Mod) && b == 0 {
+            return Err(IntError::DivisionByZero);
+        }
+        let r = match self {
+            IntOp::Add => a.checked_add(b),
+            IntOp::Sub => a.checked_sub(b),
+            IntOp::Mul => a.checked_mul(b),
+            IntOp::Mod => a.checked_rem_euclid(b),
+            // `checked_rem` first: `i64::MIN % -1` overflows like the division does.
+            IntOp::Div => match a.checked_rem(b) {
+                Some(0) => a.checked_div(b),
+                Some(_) => return Err(IntError::Inexact),
+                None => None,
+            },
+        };
+        r.ok_or(IntError::Overflow)
+    }
+
+    pub fn symbol(self) -> &'static str {
+        match self {
+            IntOp::Add => "+",
+            IntOp::Sub => "-",
+            IntOp::Mul => "*",
+            IntOp::Div => "/",
+            IntOp::Mod => "%",
+        }
+    }
+}
+
+impl std::fmt::Display for IntError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IntError::DivisionByZero => "division by zero",
+            IntError::Inexact => "a division leaves a remainder",
+            IntError::Overflow => "integer overflow",
+        })
+    }
+}
+
+impl GroupExpr {
+    /// The value with the variables bound in `env` (innermost last).
+    pub fn eval(&self, env: &[(String, i64)]) -> Result<i64, String> {
+        match self {
+            GroupExpr::Int(i) => Ok(*i),
+            GroupExpr::Var(v) => env
+                .iter()
+                .rev()
+                .find(|(n, _)| n == v)
+                .map(|(_, i)| *i)
+                .ok_or_else(|| format!("index variable `{v}` is not bound here")),
+            GroupExpr::Neg(a) => a
+                .eval(env)?
+                .checked_neg()
+                .ok_or_else(|| IntError::Overflow.to_string()),
+            GroupExpr::Op(op, a, b) => op
+                .apply(a.eval(env)?, b.eval(env)?)
+                .map_err(|e| format!("{e} in `{self}`")),
+        }
+    }
+
+    /// Whether the value depends on an index variable.
+    pub fn has_vars(&self) -> bool {
+        match self {
+            GroupExpr::Int(_) => false,
+            GroupExpr::Var(_) => true,
+            GroupExpr::Neg(a) => a.has_vars(),
+            GroupExpr::Op(_, a, b) => a.has_vars() || b.has_vars(),
+        }
+    }
+}
+
+impl OffloadGroup {
+    /// The first index and the count of the stack a per-slice group varies along: the
+    /// param's own stack when its source is one, else its leading dim from 0.
+    pub fn slices(source: &Source, shape: &[u64]) -> (i64, u64) {
+        let start = match source {
+            Source::Stack { start, .. } => *start,
+            _ => 0,
+        };
+        (start, shape.first().copied().unwrap_or(0))
+    }
+}
+
+impl std::fmt::Display for GroupExpr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GroupExpr::Int(i) => write!(f, "{i}"),
+            GroupExpr::Var(v) => f.write_str(v),
+            GroupExpr::Neg(a) => write!(f, "-({a})"),
+            GroupExpr::Op(op, a, b) => write!(f, "({a} {} {b})", op.symbol()),
+        }
+    }
 }
 
 /// Where a param's data comes from. `shape` is the expected shape where the checker

@@ -8,6 +8,7 @@
 //! Never reads tensor bytes or checkpoint headers.
 
 mod eval;
+mod offload;
 mod ops;
 mod source;
 mod value;
@@ -574,12 +575,12 @@ impl<'a> Walker<'a> {
         self.shape_labels.clear();
         let shape = self.shape(&p.shape, ctx.scope)?;
         let path = join_name(ctx.path, &p.name.node);
-        let offload_group = match &p.offload_group {
-            Some(e) => self.offload(e, ctx.scope, p.source.as_ref())?,
-            None => None,
-        };
         let src = p.source.as_ref()?;
         let source = self.source(src, Some(&shape), ctx)?;
+        let offload_group = match &p.offload_group {
+            Some(e) => self.offload(e, ctx.scope, src, &source, &shape)?,
+            None => None,
+        };
         self.spans.insert(
             path,
             ir::ParamSite {
@@ -656,73 +657,6 @@ impl<'a> Walker<'a> {
         self.shape_error(d);
         None
     }
-
-    fn offload(
-        &mut self,
-        e: &ast::Expr,
-        scope: &Scope<'a>,
-        src: Option<&ast::Source>,
-    ) -> Option<Option<ir::OffloadGroup>> {
-        // Stack variables of the source: the group may vary along them.
-        let mut stack_vars = Vec::new();
-        if let Some(s) = src {
-            source::stack_vars(s, &mut stack_vars);
-        }
-        let mut per = Vec::new();
-        collect_names(e, &mut |n| {
-            if stack_vars.iter().any(|v| v == n) && !per.iter().any(|p: &String| p == n) {
-                per.push(n.to_string());
-            }
-        });
-        // Probe with every stack variable at 0: the expression must give an integer.
-        let mut probe = scope.clone();
-        for v in &per {
-            probe = probe.with_var(v, Binding::Index(0));
-        }
-        // The IR keeps an index-dependent group symbolic, so reading the index here does
-        // not make the body differ between indices.
-        let outer = std::mem::take(&mut self.ev.index_reads);
-        let r = self.ev.eval(e, &probe);
-        let reads = std::mem::replace(&mut self.ev.index_reads, outer);
-        let v = self.report(r, &probe)?;
-        let Value::Int(value) = v.value else {
-            self.diags.push(
-                Diagnostic::new(
-                    Code::E0410,
-                    format!(
-                        "offload group must be an integer, found {} `{}`",
-                        v.value.type_name(),
-                        v.value
-                    ),
-                )
-                .at(e.span, "not an integer")
-                .with_help("use an index variable such as `layer` or `expert`, or -1 for resident"),
-            );
-            return None;
-        };
-        // A `config` item may read an index variable too: the dynamic reads count.
-        let mut reads_index = !reads.is_empty();
-        collect_names(e, &mut |n| {
-            reads_index |= scope.var(n).is_some() || per.iter().any(|p| p == n)
-        });
-        if !reads_index && value == -1 {
-            return Some(None);
-        }
-        if value < -1 {
-            self.diags.push(
-                Diagnostic::new(Code::E0410, format!("offload group {value} is negative"))
-                    .at(e.span, "groups are numbered from 0; -1 means resident"),
-            );
-            return None;
-        }
-        Some(Some(ir::OffloadGroup {
-            expr: e.node.to_string(),
-            // A value that depends on the layer would make every layer's body distinct;
-            // the plan evaluates such expressions per index instead.
-            value: (!reads_index).then_some(value),
-            per,
-        }))
-    }
 }
 
 fn none_if_empty(names: &[&str]) -> String {
@@ -738,7 +672,7 @@ fn none_if_empty(names: &[&str]) -> String {
 }
 
 /// Calls `f` with every single-segment name an expression reads.
-fn collect_names(e: &ast::Expr, f: &mut dyn FnMut(&str)) {
+pub(crate) fn collect_names(e: &ast::Expr, f: &mut dyn FnMut(&str)) {
     use ast::ExprKind as K;
     match &e.node {
         K::Name(path) if path.len() == 1 => f(&path[0]),

@@ -18,7 +18,6 @@ pub fn bind(
     strict: bool,
 ) -> (Option<Plan>, Diagnostics) {
     let mut b = Binder {
-        ir,
         ckpt,
         claimed: BTreeSet::new(),
         ignore: BTreeSet::new(),
@@ -93,7 +92,6 @@ fn join(prefix: &str, name: &str) -> String {
 }
 
 struct Binder<'a> {
-    ir: &'a ir::Ir,
     ckpt: &'a Checkpoint,
     claimed: BTreeSet<String>,
     /// Ignore patterns with index holes widened to `*`.
@@ -174,10 +172,21 @@ impl Binder<'_> {
         match bound {
             Ok(recipe) => {
                 self.claimed.extend(ctx.reads);
-                let offload = p
-                    .offload_group
-                    .as_ref()
-                    .and_then(|g| groups::offload(g, &p.source, env, &p.shape, &self.ir.config));
+                let offload = match &p.offload_group {
+                    Some(g) => groups::offload(g, &p.source, env, &p.shape),
+                    None => Ok(None),
+                };
+                let offload = match offload {
+                    Ok(o) => o,
+                    Err(message) => {
+                        self.issues.push(Issue {
+                            ir_path: ir_path.to_string(),
+                            target,
+                            kind: IssueKind::Offload { message },
+                        });
+                        return;
+                    }
+                };
                 self.targets.push(Target {
                     name: target,
                     shape: p.shape.clone(),

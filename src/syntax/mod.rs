@@ -112,37 +112,6 @@ fn too_deep(text: &str) -> Option<usize> {
     None
 }
 
-/// Parses a lone expression, such as an IR offload-group expression.
-pub fn parse_expr(file: FileId, text: &str) -> Result<ast::Expr, Diagnostics> {
-    let mut diags = Diagnostics::default();
-    if too_deep(text).is_some() {
-        diags.push(Diagnostic::new(Code::E0104, "expression nested too deeply"));
-        return Err(diags);
-    }
-    let mut pairs = match WmapParser::parse(Rule::expr_only, text) {
-        Ok(p) => p,
-        Err(e) => {
-            diags.push(syntax_error(file, text, e));
-            return Err(diags);
-        }
-    };
-    let expr_pair = pairs
-        .next()
-        .and_then(|p| p.into_inner().next())
-        .expect("grammar: expr_only holds an expr");
-    let mut b = Builder {
-        file,
-        diags: &mut diags,
-        too_deep_reported: false,
-    };
-    let e = b.expr(expr_pair);
-    if diags.has_errors() {
-        Err(diags)
-    } else {
-        Ok(e)
-    }
-}
-
 fn syntax_error(file: FileId, text: &str, e: pest::error::Error<Rule>) -> Diagnostic {
     let (start, end) = match e.location {
         pest::error::InputLocation::Pos(p) => (p, p),
