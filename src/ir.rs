@@ -101,13 +101,70 @@ pub struct Variant {
 pub struct Param {
     pub name: String,
     pub shape: Vec<u64>,
-    pub dtype: String,
+    pub dtype: DType,
     pub quantizable: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub optional: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offload_group: Option<OffloadGroup>,
     pub source: Source,
+}
+
+/// The dtype a param is loaded as (`dtype = f32`; bf16 by default). Serialized as the
+/// name the language uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum DType {
+    #[serde(rename = "bf16")]
+    Bf16,
+    #[serde(rename = "f16")]
+    F16,
+    #[serde(rename = "f32")]
+    F32,
+    #[serde(rename = "f8_e4m3")]
+    F8E4M3,
+    #[serde(rename = "f8_e5m2")]
+    F8E5M2,
+    #[serde(rename = "u8")]
+    U8,
+    #[serde(rename = "i8")]
+    I8,
+    #[serde(rename = "i32")]
+    I32,
+    #[serde(rename = "i64")]
+    I64,
+}
+
+impl DType {
+    pub const ALL: &'static [DType] = &[
+        DType::Bf16,
+        DType::F16,
+        DType::F32,
+        DType::F8E4M3,
+        DType::F8E5M2,
+        DType::U8,
+        DType::I8,
+        DType::I32,
+        DType::I64,
+    ];
+
+    /// The name in `.wmap` source and in the IR's JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::Bf16 => "bf16",
+            DType::F16 => "f16",
+            DType::F32 => "f32",
+            DType::F8E4M3 => "f8_e4m3",
+            DType::F8E5M2 => "f8_e5m2",
+            DType::U8 => "u8",
+            DType::I8 => "i8",
+            DType::I32 => "i32",
+            DType::I64 => "i64",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<DType> {
+        DType::ALL.iter().copied().find(|d| d.name() == name)
+    }
 }
 
 /// Which offload group a param (or each slice of a stacked param) belongs to.

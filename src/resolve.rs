@@ -85,11 +85,6 @@ pub fn member_name(m: &ast::Member) -> Option<&str> {
     }
 }
 
-/// Target dtypes a param may declare (`dtype = f32`); bf16 is the default.
-pub const DTYPES: &[&str] = &[
-    "bf16", "f16", "f32", "f8_e4m3", "f8_e5m2", "u8", "i8", "i32", "i64",
-];
-
 /// Loads `root` and everything it uses, then resolves names. The program is `Some`
 /// exactly when the diagnostics hold no error (warnings may be there).
 pub fn resolve(
@@ -287,11 +282,12 @@ fn check_instance(program: &Program, inst: &ast::Instance, diags: &mut Diagnosti
 
 fn check_param(program: &Program, decl: &ast::Decl, p: &ast::Param, diags: &mut Diagnostics) {
     if let Some(d) = &p.dtype {
-        if !DTYPES.contains(&d.node.as_str()) {
+        if crate::ir::DType::from_name(&d.node).is_none() {
+            let names: Vec<&str> = crate::ir::DType::ALL.iter().map(|d| d.name()).collect();
             diags.push(
                 Diagnostic::new(Code::E0208, format!("unknown dtype `{}`", d.node))
-                    .at(d.span, format!("expected one of {}", DTYPES.join(", ")))
-                    .suggest(&d.node, DTYPES.iter().copied()),
+                    .at(d.span, format!("expected one of {}", names.join(", ")))
+                    .suggest(&d.node, names.iter().copied()),
             );
         }
     }

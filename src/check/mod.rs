@@ -591,11 +591,12 @@ impl<'a> Walker<'a> {
         Some(ir::Param {
             name: p.name.node.clone(),
             shape,
+            // `resolve` refused unknown dtype names (E0208).
             dtype: p
                 .dtype
                 .as_ref()
-                .map_or("bf16", |d| d.node.as_str())
-                .to_string(),
+                .and_then(|d| ir::DType::from_name(&d.node))
+                .unwrap_or(ir::DType::Bf16),
             quantizable: p.quantizable.is_some(),
             optional: p.optional.is_some(),
             offload_group,

@@ -149,9 +149,7 @@ impl Binder<'_> {
 
     fn param(&mut self, p: &ir::Param, env: &mut Vec<(String, i64)>, ir_path: &str) {
         let target = expand(ir_path, env);
-        let Some(target_dtype) = target_dtype(&p.dtype) else {
-            return; // resolve refused unknown dtypes
-        };
+        let target_dtype = target_dtype(p.dtype);
         let mut ctx = ParamCtx {
             target_dtype,
             fallbacks: Vec::new(),
