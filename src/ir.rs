@@ -6,6 +6,8 @@
 //! [`IR_VERSION`]; spans live in a side table ([`Spans`]), not in the JSON, so
 //! reformatting a `.wmap` file does not change the IR.
 
+pub mod validate;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};

@@ -52,7 +52,7 @@ pub fn check(program: &Program, model: DeclId, config: &Config) -> (Option<Check
     };
     let root = w.body(model, &scope, "", "");
     if !w.diags.has_errors() {
-        let tensors = tensor_count(&root);
+        let tensors = ir::validate::tensor_count(&root);
         if tensors > MAX_TENSORS {
             let name = &program.decl(model).name;
             w.diags.push(
@@ -96,45 +96,6 @@ fn frame(decl: &ast::Decl, vars: Vec<(String, Binding)>) -> Frame<'_> {
             })
             .collect(),
         vars,
-    }
-}
-
-/// Checkpoint tensors a body names once repeats and stacks are expanded. Saturating:
-/// the result is only compared with a cap.
-fn tensor_count(body: &ir::Body) -> u64 {
-    let params = body
-        .params
-        .iter()
-        .fold(0u64, |n, p| n.saturating_add(source_tensors(&p.source)));
-    body.instances.iter().fold(params, |n, inst| {
-        inst.variants.iter().fold(n, |n, v| {
-            let width = match inst.repeat {
-                None => 1,
-                Some(_) => v.indices.iter().fold(0u64, |w, [a, b]| {
-                    w.saturating_add(u64::try_from(b.saturating_sub(*a)).unwrap_or(0))
-                }),
-            };
-            n.saturating_add(width.saturating_mul(tensor_count(&v.body)))
-        })
-    })
-}
-
-/// Checkpoint tensors one source names; for `try`, its largest option.
-fn source_tensors(s: &ir::Source) -> u64 {
-    use ir::Source as S;
-    match s {
-        S::Tensor { .. } => 1,
-        S::Tied { .. } => 0,
-        S::Try { options } => options.iter().map(source_tensors).max().unwrap_or(0),
-        S::Fuse { parts, .. } => parts
-            .iter()
-            .fold(0u64, |n, p| n.saturating_add(source_tensors(p))),
-        S::Stack { count, part, .. } => count.saturating_mul(source_tensors(part)),
-        S::Slice { source, .. }
-        | S::Split { source, .. }
-        | S::Reshape { source, .. }
-        | S::Squeeze { source, .. }
-        | S::Transpose { source, .. } => source_tensors(source),
     }
 }
 

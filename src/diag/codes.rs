@@ -72,6 +72,7 @@ codes! {
     E0410 "invalid-offload-group" "an offload group is not an integer over index variables";
     E0411 "integer-overflow" "an expression overflows 64-bit integers";
     E0412 "limit-exceeded" "a repeat, stack, tensor or model is larger than wmapc's caps";
+    E0413 "invalid-ir" "an IR read from JSON breaks the invariants the checker guarantees";
     E0501 "checkpoint-not-found" "the folder holds no safetensors checkpoint";
     E0502 "pickle-checkpoint" "the folder holds only pickle weights, which are never read";
     E0503 "invalid-header" "a safetensors header is truncated, oversized, not UTF-8 or not valid JSON";
