@@ -510,3 +510,25 @@ fn assert_exit_1(args: &[&std::ffi::OsStr], code: &str) {
         started.elapsed()
     );
 }
+
+#[test]
+fn integer_edge_cases_are_errors_not_panics() {
+    let min = "(-9223372036854775807 - 1)";
+    for (expr, code) in [
+        (format!("{min} % -1"), "E0411"),
+        (format!("{min} / -1"), "E0411"),
+        (format!("-{min}"), "E0411"),
+        (format!("{min} * -1"), "E0411"),
+        (format!("{min} - 1"), "E0411"),
+        ("7 / 0".to_string(), "E0409"),
+        ("7 % 0".to_string(), "E0409"),
+        ("7 / 2".to_string(), "E0402"),
+    ] {
+        let (first, _) = first_code(with_dim(&expr), LLAMA_LIKE.into());
+        assert_eq!(first.as_deref(), Some(code), "{expr}");
+    }
+    // 896 × 7905747460161236407 wraps to 128: a reshape of a [128] tensor must not pass.
+    let text = r#"model M for "X" { param w: [128] from reshape("w": [128], [896, 7905747460161236407]) }"#;
+    let (first, _) = first_code(text.to_string(), LLAMA_LIKE.into());
+    assert_eq!(first.as_deref(), Some("E0411"));
+}

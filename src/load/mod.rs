@@ -51,7 +51,7 @@ impl Stats {
 }
 
 fn target_bytes(t: &Target) -> u64 {
-    t.shape.iter().product::<u64>() * t.dtype.size() as u64
+    crate::ir::byte_size(&t.shape, t.dtype.size() as u64).unwrap_or(u64::MAX)
 }
 
 fn read_bytes(t: &Target) -> u64 {

@@ -392,7 +392,7 @@ impl Binder<'_> {
             S::Reshape { shape, source } => {
                 let inner = self.source(source, env, ctx)?;
                 let have = inner.shape();
-                if have.iter().product::<u64>() != shape.iter().product::<u64>() {
+                if ir::numel(&have) != ir::numel(shape) {
                     return Err(IssueKind::Parts {
                         what: format!("cannot reshape to {shape:?}: element counts differ"),
                         shapes: vec![have],

@@ -170,8 +170,8 @@ impl Plan {
         self.targets
             .iter()
             .filter(|t| !matches!(t.recipe, Recipe::Tied { .. }))
-            .map(|t| t.shape.iter().product::<u64>() * t.dtype.size() as u64)
-            .sum()
+            .map(|t| crate::ir::byte_size(&t.shape, t.dtype.size() as u64).unwrap_or(u64::MAX))
+            .fold(0, u64::saturating_add)
     }
 }
 
