@@ -242,7 +242,7 @@ impl Binder<'_> {
                 count,
                 part,
             } => {
-                for i in *start..*start + *count as i64 {
+                for i in *start..stack_end(*start, *count) {
                     env.push((var.clone(), i));
                     self.needed(part, env, out);
                     env.pop();
@@ -327,15 +327,17 @@ impl Binder<'_> {
                 count,
                 part,
             } => {
-                let mut bound = Vec::with_capacity(*count as usize);
-                for i in *start..*start + *count as i64 {
+                // The checker (or IR validation) capped the count; the vector still grows
+                // as slices bind rather than trusting it.
+                let mut bound = Vec::new();
+                for i in *start..stack_end(*start, *count) {
                     env.push((var.clone(), i));
                     let r = self.source(part, env, ctx);
                     env.pop();
                     bound.push(r?);
                 }
                 let shapes: Vec<Vec<u64>> = bound.iter().map(Recipe::shape).collect();
-                if shapes.iter().any(|s| *s != shapes[0]) {
+                if shapes.windows(2).any(|w| w[0] != w[1]) {
                     return Err(IssueKind::Parts {
                         what: "stacked slices have different shapes".into(),
                         shapes,
@@ -562,4 +564,13 @@ mod tests {
         let env = vec![("layer".to_string(), 3), ("expert".to_string(), 7)];
         assert_eq!(expand("l.{layer}.e.{expert}", &env), "l.3.e.7");
     }
+}
+
+/// One past a stack's last index; an end that would overflow binds no slices (IR
+/// validation refuses such a stack before binding).
+fn stack_end(start: i64, count: u64) -> i64 {
+    i64::try_from(count)
+        .ok()
+        .and_then(|c| start.checked_add(c))
+        .unwrap_or(start)
 }
