@@ -535,6 +535,15 @@ fn widen(pattern: &str) -> String {
     out
 }
 
+/// One past a stack's last index; an end that would overflow binds no slices (IR
+/// validation refuses such a stack before binding).
+fn stack_end(start: i64, count: u64) -> i64 {
+    i64::try_from(count)
+        .ok()
+        .and_then(|c| start.checked_add(c))
+        .unwrap_or(start)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -564,13 +573,4 @@ mod tests {
         let env = vec![("layer".to_string(), 3), ("expert".to_string(), 7)];
         assert_eq!(expand("l.{layer}.e.{expert}", &env), "l.3.e.7");
     }
-}
-
-/// One past a stack's last index; an end that would overflow binds no slices (IR
-/// validation refuses such a stack before binding).
-fn stack_end(start: i64, count: u64) -> i64 {
-    i64::try_from(count)
-        .ok()
-        .and_then(|c| start.checked_add(c))
-        .unwrap_or(start)
 }
