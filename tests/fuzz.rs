@@ -486,6 +486,16 @@ fn the_binary_exits_1_on_hostile_input_without_a_signal() {
     json["num_hidden_layers"] = 1_000_000_000u64.into();
     std::fs::write(&billion, json.to_string()).unwrap();
     assert_exit_1(&["--config".as_ref(), billion.as_os_str()], "E0412");
+    // Text that is not UTF-8 is an error in the input (exit 1), not an I/O failure.
+    let latin1 = dir.join("latin1.json");
+    std::fs::write(&latin1, b"{\"name\": \"caf\xe9\"}").unwrap();
+    assert_exit_1(&["--config".as_ref(), latin1.as_os_str()], "E0302");
+    let model = dir.join("latin1.wmap");
+    std::fs::write(&model, b"# mod\xe8le\n").unwrap();
+    assert_exit_1(
+        &[model.as_os_str(), "--config".as_ref(), config.as_os_str()],
+        "E0105",
+    );
 }
 
 fn assert_exit_1(args: &[&std::ffi::OsStr], code: &str) {
