@@ -3,9 +3,19 @@
 //! Input: a [`Program`], the model to check and a [`Config`]. Output: the model's body
 //! with every shape evaluated to positive integers, every `when` decided, every source
 //! tree shape-checked (fuse parts add up, stack counts match, slices fit), plus the
-//! config values read. Repeated instances are evaluated once per index here; [`crate::lower`]
-//! merges identical bodies. Errors are collected: one bad param does not hide the next.
+//! config values read. Errors are collected: one bad param does not hide the next.
 //! Never reads tensor bytes or checkpoint headers.
+//!
+//! Repeated instances are walked once per distinct *signature*, not once per index: a
+//! body that reads no index variable is walked once; one that does is walked again only
+//! at an index where the evaluations that read the variable (its trace) give different
+//! values. Memory and time grow with the distinct bodies, so a config cannot make the
+//! checker allocate per layer.
+//!
+//! Limits, each a coded error: repeat and stack counts, tensor sizes and the model's
+//! total tensor count ([`ir::limits`], E0412); evaluation depth and steps (E0305,
+//! E0306, see `eval::MAX_EVAL_DEPTH`). Expression depth is bounded by the parser, instance depth by
+//! [`crate::resolve`], so every recursion here fits a 2 MiB stack in a debug build.
 
 mod eval;
 mod offload;
