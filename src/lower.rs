@@ -1,6 +1,6 @@
 //! Lower: a checked model → the compact, versioned IR.
 //!
-//! Input: [`check::Checked`], whose repeated instances hold their distinct bodies, each
+//! Input: [`crate::check::Checked`], whose repeated instances hold their distinct bodies, each
 //! with the indices that have it. Output: an [`ir::Ir`] with coalesced index ranges and —
 //! when there are several bodies — each index's kind.
 //! A 48-layer model whose layers are alike lowers to one body. Lowering cannot fail on
