@@ -298,6 +298,15 @@ fn prefix_runs_are_limited_before_the_pratt_parser() {
         let text = format!("model M for \"X\" {{ param p: [1] when {not} from \"w\" }}");
         assert_code(&format!("{n} `not`"), text, LLAMA_LIKE, "E0104");
     }
+    // Just under the prefix limit the Pratt parser recurses 256 times: that must fit the
+    // default stack, and the tree it builds is then limited by depth.
+    let neg = format!("{}1", "- ".repeat(256));
+    assert_code("256 `-`", with_dim(&neg), LLAMA_LIKE, "E0104");
+    let spread = vec!["not 1"; 256].join(" == ");
+    let text = format!("model M for \"X\" {{ param p: [1] when {spread} from \"w\" }}");
+    assert_code("256 spread `not`", text, LLAMA_LIKE, "E0104");
+    let ok = format!("{}1", "- ".repeat(200));
+    assert_eq!(first_code(with_dim(&ok), LLAMA_LIKE.into()).0, None);
     // `not` takes the rest of a comparison chain as its operand: not consecutive, still deep.
     let spread = vec!["not 1"; 5_000].join(" == ");
     let text = format!("model M for \"X\" {{ param p: [1] when {spread} from \"w\" }}");
