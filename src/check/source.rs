@@ -475,7 +475,20 @@ impl<'a> Walker<'a> {
                 }
             }
         }
-        let known: u64 = shapes.iter().flatten().map(|sh| sh[d]).sum();
+        let Some(known) = shapes
+            .iter()
+            .flatten()
+            .try_fold(0u64, |n, sh| n.checked_add(sh[d]))
+        else {
+            self.shape_error(
+                Diagnostic::new(
+                    Code::E0411,
+                    format!("the parts' sizes along dim {d} overflow 64 bits"),
+                )
+                .at(s.span, "this fuse"),
+            );
+            return None;
+        };
         let unknown: Vec<usize> = (0..parts.len()).filter(|&i| shapes[i].is_none()).collect();
         if let Some(e) = expected {
             let target = e[d];
