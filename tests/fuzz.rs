@@ -551,3 +551,19 @@ fn integer_edge_cases_are_errors_not_panics() {
     let (first, _) = first_code(text.to_string(), LLAMA_LIKE.into());
     assert_eq!(first.as_deref(), Some("E0411"));
 }
+
+/// Bodies that differ at every index are walked once per index, and no more: nested
+/// repeats cannot multiply the walks past a cap.
+#[test]
+fn index_dependent_bodies_are_bounded() {
+    let per_layer = r#"module Block { param w: [layer + 1] from "w" }
+model M for "X" { layers: Block[layer in 0..num_hidden_layers] at "l.{layer}" }"#;
+    let config = r#"{"num_hidden_layers": 65536, "num_experts": 2}"#;
+    let (first, took) = first_code(per_layer.to_string(), config.to_string());
+    assert_eq!(first, None, "65 536 distinct layers are allowed");
+    assert!(took.as_secs() < 30, "{took:?}");
+    let nested = r#"module Expert { param w: [layer + e + 1] from "w" }
+module Block { experts: Expert[e in 0..num_experts] at "e.{e}" }
+model M for "X" { layers: Block[layer in 0..num_hidden_layers] at "l.{layer}" }"#;
+    assert_code("nested distinct", nested.to_string(), config, "E0412");
+}

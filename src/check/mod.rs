@@ -56,6 +56,8 @@ pub fn check(program: &Program, model: DeclId, config: &Config) -> (Option<Check
         spans: BTreeMap::new(),
         shape_labels: Vec::new(),
         traces: Vec::new(),
+        visits: 0,
+        walks: 0,
     };
     let scope = Scope {
         frames: vec![frame(program.decl(model), Vec::new())],
@@ -167,7 +169,20 @@ struct Walker<'a> {
     shape_labels: Vec<crate::diag::Label>,
     /// One trace per repeated body being walked, innermost last.
     traces: Vec<Trace<'a>>,
+    /// Repeat indices visited so far, across nested repeats: see [`MAX_TENSORS`].
+    visits: u64,
+    /// Full walks of repeated bodies so far: see [`MAX_WALKS`].
+    walks: u64,
 }
+
+/// Distinct repeated bodies walked in one check, across all repeats: as many as one
+/// maximal repeat whose every index differs. A body that differs at every index of
+/// nested repeats would otherwise be walked count × count times.
+const MAX_WALKS: u64 = ir::limits::MAX_REPEAT;
+
+/// Traces kept per repeated instance for replay (see [`Trace`]). Real models have one
+/// to four kinds of layer.
+const MAX_TRACES: usize = 16;
 
 /// The evaluations in one walk of a repeated body that read its index variable, in
 /// order. The walk is a function of their values: an index at which every one of them
@@ -385,6 +400,9 @@ impl<'a> Walker<'a> {
         let mut variants = Variants::default();
         let mut traces: Vec<(Vec<Reading<'a>>, usize)> = Vec::new();
         for idx in start..end {
+            if !self.visit(rep, &end_val) {
+                return None;
+            }
             let scope = Scope {
                 frames: [
                     ctx.scope.frames.clone(),
@@ -416,6 +434,9 @@ impl<'a> Walker<'a> {
                 variants.add(at, idx);
                 continue;
             }
+            if !self.walk(rep, &end_val) {
+                return None;
+            }
             let errors_before = self.diags.count(crate::diag::Severity::Error);
             let outer_reads = std::mem::take(&mut self.ev.index_reads);
             self.traces.push(Trace {
@@ -428,7 +449,12 @@ impl<'a> Walker<'a> {
             let kind = self.kind(child, &body);
             let at = variants.insert(body, kind);
             if reads.contains(&var) {
-                traces.push((trace, at));
+                // Replaying costs every kept trace at every index: keep a few, so that
+                // a body that differs at every index costs a walk per index, not a
+                // walk plus a replay of all earlier indices.
+                if traces.len() < MAX_TRACES {
+                    traces.push((trace, at));
+                }
             } else {
                 variants.shared = Some(at);
             }
@@ -445,6 +471,52 @@ impl<'a> Walker<'a> {
         }
         inst.variants = variants.list;
         Some(inst)
+    }
+
+    /// Counts one full walk of a repeated body (one distinct signature). A walk builds
+    /// and compares a whole body, so these are capped far lower than visits.
+    fn walk(&mut self, rep: &ast::Repeat, end_val: &value::Val) -> bool {
+        self.walks += 1;
+        if self.walks <= MAX_WALKS {
+            return true;
+        }
+        if self.walks == MAX_WALKS + 1 {
+            self.diags.push(
+                Diagnostic::new(
+                    Code::E0412,
+                    format!("repeated bodies differ in more than {MAX_WALKS} ways"),
+                )
+                .at(rep.range.end.span, "the limit was reached in this repeat")
+                .with_labels(end_val.labels())
+                .with_note(
+                    "each distinct layer body is checked on its own; so many cannot be meant",
+                ),
+            );
+        }
+        false
+    }
+
+    /// Counts one repeat index. Nested repeats multiply: past [`MAX_TENSORS`] visits the
+    /// model is refused (E0412, once) before the walk can run for hours.
+    fn visit(&mut self, rep: &ast::Repeat, end_val: &value::Val) -> bool {
+        self.visits += 1;
+        if self.visits <= MAX_TENSORS {
+            return true;
+        }
+        if self.visits == MAX_TENSORS + 1 {
+            self.diags.push(
+                Diagnostic::new(
+                    Code::E0412,
+                    format!("nested repeats expand to more than {MAX_TENSORS} indices"),
+                )
+                .at(rep.range.end.span, "the limit was reached in this repeat")
+                .with_labels(end_val.labels())
+                .with_note(
+                    "wmapc caps counts from the config so that a wrong value cannot exhaust memory",
+                ),
+            );
+        }
+        false
     }
 
     /// The variant whose trace gives the same readings with `var` bound to `idx`, if any.
