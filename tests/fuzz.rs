@@ -377,6 +377,21 @@ fn all_limits_at_once_fit_the_default_stack() {
     );
     let (first, _) = first_code(text, LLAMA_LIKE.into());
     assert_eq!(first, None);
+    // The same with every level a repeat (of one index, whose `when` reads it): the
+    // repeat walk adds frames per level, and the bottom still nests through 120 items.
+    let chain: String = (1..depth)
+        .map(|i| {
+            format!(
+                "module M{i} {{ x: M{}[v{i} in 0..1] when v{i} >= 0 }}\n",
+                i + 1
+            )
+        })
+        .collect();
+    let text = format!(
+        "config a0 = 1\n{items}model Top for \"X\" {{ m: M1 }}\n{chain}module M{depth} {{ param w: [a119 + v1] from \"w\" }}"
+    );
+    let (first, _) = first_code(text, LLAMA_LIKE.into());
+    assert_eq!(first, None);
 }
 
 /// A stdlib model's config with `keys` set to literal JSON values, compiled with model
