@@ -392,6 +392,14 @@ fn all_limits_at_once_fit_the_default_stack() {
     );
     let (first, _) = first_code(text, LLAMA_LIKE.into());
     assert_eq!(first, None);
+    // Sources nest as deep as brackets allow (64 with the module's `{` and the `[1]`),
+    // at the bottom of the deepest instance chain.
+    let nested = format!("{}\"w\": [1]{}", "reshape(".repeat(62), ", [1])".repeat(62));
+    let text = format!(
+        "model Top for \"X\" {{ m: M1 }}\n{chain}module M{depth} {{ param w: [1] from {nested} }}"
+    );
+    let (first, _) = first_code(text, LLAMA_LIKE.into());
+    assert_eq!(first, None);
 }
 
 /// A stdlib model's config with `keys` set to literal JSON values, compiled with model
