@@ -5,6 +5,11 @@
 //! Serialization is deterministic (ordered fields, ordered maps) and versioned by
 //! [`IR_VERSION`]; spans live in a side table ([`Spans`]), not in the JSON, so
 //! reformatting a `.wmap` file does not change the IR.
+//!
+//! Everything that crosses into later phases is typed: dtypes are a [`DType`] enum and
+//! offload groups a [`GroupExpr`] tree, never text to re-parse. Sizes go through the
+//! checked [`numel`] / [`byte_size`]; [`limits`] holds the caps the checker enforces,
+//! and [`validate`] re-establishes them for an IR read from JSON.
 
 pub mod validate;
 
