@@ -49,29 +49,58 @@ impl Compilation {
     }
 }
 
-/// Reads a file for the source map: a regular file of at most `cap` bytes, UTF-8 text.
-/// Failure is the coded `Err` of [`compile`]: E0512/E0513 for a special or oversized
-/// file, E0806 when the system refuses, and invalid UTF-8 is an input error.
-fn read(path: &Path, what: &str, cap: u64) -> Result<String, Diagnostic> {
+/// Reads a file for the source map: a regular file of at most `cap` bytes (E0512/E0513
+/// for a special or oversized one, E0806 when the system refuses; those are the `Err` of
+/// [`compile`]). Text that is not UTF-8 is an error *in* the input: it is added to the
+/// source map (lossily) and reported as `code` at the first bad byte.
+fn read(
+    sources: &mut SourceMap,
+    path: &Path,
+    what: &str,
+    cap: u64,
+    code: Code,
+) -> Result<Result<String, Diagnostic>, Diagnostic> {
     let shown = path.display().to_string();
     let bytes = crate::source::read_capped(path, cap).map_err(|e| {
         e.diagnostic(what, &shown).unwrap_or_else(|| {
             Diagnostic::new(Code::E0806, format!("cannot read {what} `{shown}`: {e}"))
         })
     })?;
-    String::from_utf8(bytes).map_err(|e| {
-        Diagnostic::new(
-            Code::E0302,
-            format!("{what} `{shown}` is not UTF-8 text ({e})"),
-        )
-    })
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok(Ok(text)),
+        Err(e) => {
+            let at = e.utf8_error().valid_up_to();
+            let lossy = String::from_utf8_lossy(e.as_bytes()).into_owned();
+            let id = sources.add(shown.clone(), lossy);
+            // The lossy text holds U+FFFD where the bad byte was: point at all of it.
+            let end = at + char::REPLACEMENT_CHARACTER.len_utf8();
+            Ok(Err(Diagnostic::new(
+                code,
+                format!("{what} `{shown}` is not UTF-8 text"),
+            )
+            .at(crate::source::Span::new(id, at..end), "invalid UTF-8 here")
+            .with_help("save the file as UTF-8")))
+        }
+    }
 }
 
 /// Parses, resolves, checks against `config` (when given) and lowers.
 pub fn compile(model: &ModelSource, config: Option<&Path>) -> Result<Compilation, Diagnostic> {
     let mut c = Compilation::default();
     if let Some(path) = config {
-        let text = read(path, "config", crate::source::MAX_CONFIG)?;
+        let text = match read(
+            &mut c.sources,
+            path,
+            "config",
+            crate::source::MAX_CONFIG,
+            Code::E0302,
+        )? {
+            Ok(text) => text,
+            Err(d) => {
+                c.diags.push(d);
+                return Ok(c);
+            }
+        };
         let id = c.sources.add(path.display().to_string(), text);
         match Config::parse(&c.sources, id) {
             Ok(cfg) => c.config = Some(cfg),
@@ -82,11 +111,21 @@ pub fn compile(model: &ModelSource, config: Option<&Path>) -> Result<Compilation
         }
     }
     let (name, text, origin) = match model {
-        ModelSource::File(p) => (
-            p.display().to_string(),
-            read(p, "model file", crate::source::MAX_WMAP)?,
-            Origin::Disk(p.clone()),
-        ),
+        ModelSource::File(p) => {
+            match read(
+                &mut c.sources,
+                p,
+                "model file",
+                crate::source::MAX_WMAP,
+                Code::E0105,
+            )? {
+                Ok(text) => (p.display().to_string(), text, Origin::Disk(p.clone())),
+                Err(d) => {
+                    c.diags.push(d);
+                    return Ok(c);
+                }
+            }
+        }
         ModelSource::Text { name, text } => (name.clone(), text.clone(), Origin::Memory),
         ModelSource::StdlibName(n) => match stdlib_by_name(n) {
             Some(path) => stdlib_entry(path),

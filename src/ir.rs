@@ -5,13 +5,46 @@
 //! Serialization is deterministic (ordered fields, ordered maps) and versioned by
 //! [`IR_VERSION`]; spans live in a side table ([`Spans`]), not in the JSON, so
 //! reformatting a `.wmap` file does not change the IR.
+//!
+//! Everything that crosses into later phases is typed: dtypes are a [`DType`] enum and
+//! offload groups a [`GroupExpr`] tree, never text to re-parse. Sizes go through the
+//! checked [`numel`] / [`byte_size`]; [`limits`] holds the caps the checker enforces,
+//! and [`validate`] re-establishes them for an IR read from JSON.
+
+pub mod validate;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 /// Bumped on every change to the JSON shape of the IR.
-pub const IR_VERSION: u32 = 1;
+pub const IR_VERSION: u32 = 2;
+
+/// Limits on what a config may ask for. Config values are untrusted numbers: without
+/// caps, `num_hidden_layers = 1e9` would have the checker and the planner allocate per
+/// layer. Each is far above any real model; exceeding one is E0412.
+pub mod limits {
+    /// Indices of one repeat (`layers: Block[layer in 0..num_hidden_layers]`).
+    pub const MAX_REPEAT: u64 = 65_536;
+    /// Slices of one `stack(expert in 0..num_experts, …)`.
+    pub const MAX_STACK: u64 = 65_536;
+    /// Elements of one tensor: 2^48, so that a byte size (at most 8 bytes an element)
+    /// and any offset into it fit comfortably in 64 bits.
+    pub const MAX_NUMEL: u64 = 1 << 48;
+    /// Checkpoint tensors one model may name, after expanding repeats and stacks.
+    pub const MAX_TENSORS: u64 = 4_194_304;
+}
+
+/// The element count of a shape, or `None` when it overflows 64 bits. Every phase
+/// computes sizes through this (or [`byte_size`]) rather than a bare `product()`.
+pub fn numel(shape: &[u64]) -> Option<u64> {
+    shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d))
+}
+
+/// Bytes of a tensor of `shape` with `elem` bytes an element, or `None` on overflow.
+pub fn byte_size(shape: &[u64], elem: u64) -> Option<u64> {
+    numel(shape)?.checked_mul(elem)
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Ir {
@@ -56,7 +89,7 @@ pub struct Instance {
 pub struct Repeat {
     pub var: String,
     pub start: i64,
-    pub count: i64,
+    pub count: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -75,7 +108,7 @@ pub struct Variant {
 pub struct Param {
     pub name: String,
     pub shape: Vec<u64>,
-    pub dtype: String,
+    pub dtype: DType,
     pub quantizable: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub optional: bool,
@@ -84,19 +117,206 @@ pub struct Param {
     pub source: Source,
 }
 
+/// The dtype a param is loaded as (`dtype = f32`; bf16 by default). Serialized as the
+/// name the language uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum DType {
+    #[serde(rename = "bf16")]
+    Bf16,
+    #[serde(rename = "f16")]
+    F16,
+    #[serde(rename = "f32")]
+    F32,
+    #[serde(rename = "f8_e4m3")]
+    F8E4M3,
+    #[serde(rename = "f8_e5m2")]
+    F8E5M2,
+    #[serde(rename = "u8")]
+    U8,
+    #[serde(rename = "i8")]
+    I8,
+    #[serde(rename = "i32")]
+    I32,
+    #[serde(rename = "i64")]
+    I64,
+}
+
+impl DType {
+    pub const ALL: &'static [DType] = &[
+        DType::Bf16,
+        DType::F16,
+        DType::F32,
+        DType::F8E4M3,
+        DType::F8E5M2,
+        DType::U8,
+        DType::I8,
+        DType::I32,
+        DType::I64,
+    ];
+
+    /// The name in `.wmap` source and in the IR's JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::Bf16 => "bf16",
+            DType::F16 => "f16",
+            DType::F32 => "f32",
+            DType::F8E4M3 => "f8_e4m3",
+            DType::F8E5M2 => "f8_e5m2",
+            DType::U8 => "u8",
+            DType::I8 => "i8",
+            DType::I32 => "i32",
+            DType::I64 => "i64",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<DType> {
+        DType::ALL.iter().copied().find(|d| d.name() == name)
+    }
+}
+
 /// Which offload group a param (or each slice of a stacked param) belongs to.
 /// Groups are keyed by the repeat indices in scope plus the expression's value, so
 /// `offload_group = expert` gives one group per (layer, expert).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OffloadGroup {
-    /// The expression, in canonical form.
-    pub expr: String,
+    /// The expression over index variables; config values are already folded in.
+    pub expr: GroupExpr,
     /// Stack variables the expression reads: the group varies along those stack dims.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub per: Vec<String>,
     /// The value, when it depends on no index variable (else the plan evaluates `expr`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<i64>,
+}
+
+/// An offload-group expression: integers and index variables under `+ - * / %`. The
+/// checker builds it and evaluates it with [`GroupExpr::eval`]; the plan evaluates the
+/// same tree with the same function. No phase re-parses text.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupExpr {
+    Int(i64),
+    /// A repeat or stack variable.
+    Var(String),
+    Neg(Box<GroupExpr>),
+    Op(IntOp, Box<GroupExpr>, Box<GroupExpr>),
+}
+
+/// Integer operators, with the language's rules: exact division, Euclidean remainder,
+/// every overflow an error. `check` evaluates shapes with the same [`IntOp::apply`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Mod,
+}
+
+/// Why integer arithmetic failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IntError {
+    DivisionByZero,
+    /// `a / b` with a remainder: shapes must divide exactly.
+    Inexact,
+    Overflow,
+}
+
+impl IntOp {
+    pub fn apply(self, a: i64, b: i64) -> Result<i64, IntError> {
+        if matches!(self, IntOp::Div | IntOp::Mod) && b == 0 {
+            return Err(IntError::DivisionByZero);
+        }
+        let r = match self {
+            IntOp::Add => a.checked_add(b),
+            IntOp::Sub => a.checked_sub(b),
+            IntOp::Mul => a.checked_mul(b),
+            IntOp::Mod => a.checked_rem_euclid(b),
+            // `checked_rem` first: `i64::MIN % -1` overflows like the division does.
+            IntOp::Div => match a.checked_rem(b) {
+                Some(0) => a.checked_div(b),
+                Some(_) => return Err(IntError::Inexact),
+                None => None,
+            },
+        };
+        r.ok_or(IntError::Overflow)
+    }
+
+    pub fn symbol(self) -> &'static str {
+        match self {
+            IntOp::Add => "+",
+            IntOp::Sub => "-",
+            IntOp::Mul => "*",
+            IntOp::Div => "/",
+            IntOp::Mod => "%",
+        }
+    }
+}
+
+impl std::fmt::Display for IntError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IntError::DivisionByZero => "division by zero",
+            IntError::Inexact => "a division leaves a remainder",
+            IntError::Overflow => "integer overflow",
+        })
+    }
+}
+
+impl GroupExpr {
+    /// The value with the variables bound in `env` (innermost last).
+    pub fn eval(&self, env: &[(String, i64)]) -> Result<i64, String> {
+        match self {
+            GroupExpr::Int(i) => Ok(*i),
+            GroupExpr::Var(v) => env
+                .iter()
+                .rev()
+                .find(|(n, _)| n == v)
+                .map(|(_, i)| *i)
+                .ok_or_else(|| format!("index variable `{v}` is not bound here")),
+            GroupExpr::Neg(a) => a
+                .eval(env)?
+                .checked_neg()
+                .ok_or_else(|| IntError::Overflow.to_string()),
+            GroupExpr::Op(op, a, b) => op
+                .apply(a.eval(env)?, b.eval(env)?)
+                .map_err(|e| format!("{e} in `{self}`")),
+        }
+    }
+
+    /// Whether the value depends on an index variable.
+    pub fn has_vars(&self) -> bool {
+        match self {
+            GroupExpr::Int(_) => false,
+            GroupExpr::Var(_) => true,
+            GroupExpr::Neg(a) => a.has_vars(),
+            GroupExpr::Op(_, a, b) => a.has_vars() || b.has_vars(),
+        }
+    }
+}
+
+impl OffloadGroup {
+    /// The first index and the count of the stack a per-slice group varies along: the
+    /// param's own stack when its source is one, else its leading dim from 0.
+    pub fn slices(source: &Source, shape: &[u64]) -> (i64, u64) {
+        let start = match source {
+            Source::Stack { start, .. } => *start,
+            _ => 0,
+        };
+        (start, shape.first().copied().unwrap_or(0))
+    }
+}
+
+impl std::fmt::Display for GroupExpr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GroupExpr::Int(i) => write!(f, "{i}"),
+            GroupExpr::Var(v) => f.write_str(v),
+            GroupExpr::Neg(a) => write!(f, "-({a})"),
+            GroupExpr::Op(op, a, b) => write!(f, "({a} {} {b})", op.symbol()),
+        }
+    }
 }
 
 /// Where a param's data comes from. `shape` is the expected shape where the checker

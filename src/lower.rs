@@ -1,8 +1,8 @@
 //! Lower: a checked model → the compact, versioned IR.
 //!
-//! Input: [`crate::check::Checked`], whose repeated instances hold one body per index.
-//! Output: an [`ir::Ir`] where each repeated instance keeps only its distinct bodies, each
-//! with the index ranges that share it, and — when there are several — each index's kind.
+//! Input: [`crate::check::Checked`], whose repeated instances hold their distinct bodies, each
+//! with the indices that have it. Output: an [`crate::ir::Ir`] with coalesced index ranges and —
+//! when there are several bodies — each index's kind.
 //! A 48-layer model whose layers are alike lowers to one body. Lowering cannot fail on
 //! checked input.
 
@@ -48,40 +48,35 @@ fn compact_instance(mut inst: ir::Instance) -> ir::Instance {
             .collect();
         return inst;
     };
-    // Merge indices with equal bodies, keeping first-appearance order.
-    let mut merged: Vec<ir::Variant> = Vec::new();
-    let mut kinds = vec![String::new(); repeat.count as usize];
+    // The checker already merged equal bodies; record each index's kind. The count is
+    // at most `limits::MAX_REPEAT`, which the checker enforced.
+    let count = usize::try_from(repeat.count).unwrap_or(0);
+    let mut kinds = vec![String::new(); count];
+    let mut width = 0u64;
+    let mut merged = Vec::with_capacity(variants.len());
     for v in variants {
-        let body = compact_body(v.body);
         for [a, b] in &v.indices {
             for i in *a..*b {
-                kinds[(i - repeat.start) as usize] = v.kind.clone();
+                let slot = i
+                    .checked_sub(repeat.start)
+                    .and_then(|k| usize::try_from(k).ok());
+                if let Some(k) = slot.and_then(|k| kinds.get_mut(k)) {
+                    k.clone_from(&v.kind);
+                }
+                width += 1;
             }
         }
-        match merged
-            .iter_mut()
-            .find(|m| m.body == body && m.kind == v.kind)
-        {
-            Some(m) => m.indices.extend(v.indices),
-            None => merged.push(ir::Variant {
-                indices: v.indices,
-                kind: v.kind,
-                body,
-            }),
-        }
+        merged.push(ir::Variant {
+            indices: coalesce(v.indices),
+            kind: v.kind,
+            body: compact_body(v.body),
+        });
     }
-    for m in &mut merged {
-        m.indices = coalesce(std::mem::take(&mut m.indices));
-    }
-    if merged.len() > 1 || merged.iter().map(|m| width(&m.indices)).sum::<i64>() != repeat.count {
+    if merged.len() > 1 || width != repeat.count {
         inst.kinds = kinds;
     }
     inst.variants = merged;
     inst
-}
-
-fn width(ranges: &[[i64; 2]]) -> i64 {
-    ranges.iter().map(|[a, b]| b - a).sum()
 }
 
 /// Sorts and joins adjacent half-open ranges.

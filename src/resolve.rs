@@ -85,11 +85,6 @@ pub fn member_name(m: &ast::Member) -> Option<&str> {
     }
 }
 
-/// Target dtypes a param may declare (`dtype = f32`); bf16 is the default.
-pub const DTYPES: &[&str] = &[
-    "bf16", "f16", "f32", "f8_e4m3", "f8_e5m2", "u8", "i8", "i32", "i64",
-];
-
 /// Loads `root` and everything it uses, then resolves names. The program is `Some`
 /// exactly when the diagnostics hold no error (warnings may be there).
 pub fn resolve(
@@ -296,11 +291,12 @@ fn check_instance(program: &Program, inst: &ast::Instance, diags: &mut Diagnosti
 
 fn check_param(program: &Program, decl: &ast::Decl, p: &ast::Param, diags: &mut Diagnostics) {
     if let Some(d) = &p.dtype {
-        if !DTYPES.contains(&d.node.as_str()) {
+        if crate::ir::DType::from_name(&d.node).is_none() {
+            let names: Vec<&str> = crate::ir::DType::ALL.iter().map(|d| d.name()).collect();
             diags.push(
                 Diagnostic::new(Code::E0208, format!("unknown dtype `{}`", d.node))
-                    .at(d.span, format!("expected one of {}", DTYPES.join(", ")))
-                    .suggest(&d.node, DTYPES.iter().copied()),
+                    .at(d.span, format!("expected one of {}", names.join(", ")))
+                    .suggest(&d.node, names.iter().copied()),
             );
         }
     }
@@ -383,32 +379,77 @@ fn edges(program: &Program, id: DeclId) -> Vec<(DeclId, Span)> {
         .collect()
 }
 
+/// How deep instances may nest (model → block → module → …). Checking walks the
+/// instance tree recursively; real models nest a handful of levels.
+pub const MAX_INSTANCE_DEPTH: usize = 32;
+
+/// Reports instance cycles (E0205) and chains deeper than [`MAX_INSTANCE_DEPTH`] (E0211).
+/// Iterative, with an explicit stack: a chain of 20 000 modules must not exhaust ours.
 fn check_cycles(program: &Program, diags: &mut Diagnostics) {
-    // Colours: 0 unvisited, 1 on the stack, 2 done.
+    // Colours: 0 unvisited, 1 on the stack, 2 done. Both tables are as long as the
+    // list of declarations, which the parsed text already holds.
     let mut colour = vec![0u8; program.decls.len()];
-    fn dfs(p: &Program, id: DeclId, colour: &mut [u8], diags: &mut Diagnostics) {
-        colour[id.0] = 1;
-        for (next, span) in edges(p, id) {
-            match colour[next.0] {
-                0 => dfs(p, next, colour, diags),
-                1 => diags.push(
-                    Diagnostic::new(
-                        Code::E0205,
-                        format!("`{}` instantiates itself", p.decl(next).name.node),
-                    )
-                    .at(span, "this instance closes a cycle")
-                    .with_note("a model must be a finite tree of modules"),
-                ),
-                _ => {}
+    // The longest instance chain below each finished declaration, itself included.
+    let mut height = vec![0usize; program.decls.len()];
+    let mut cyclic = false;
+    for root in 0..program.decls.len() {
+        if colour[root] != 0 {
+            continue;
+        }
+        colour[root] = 1;
+        let mut stack = vec![(DeclId(root), edges(program, DeclId(root)), 0usize)];
+        while let Some((id, out, next)) = stack.last_mut() {
+            if let Some(&(child, span)) = out.get(*next) {
+                *next += 1;
+                match colour[child.0] {
+                    0 => {
+                        colour[child.0] = 1;
+                        stack.push((child, edges(program, child), 0));
+                    }
+                    1 => {
+                        cyclic = true;
+                        diags.push(
+                            Diagnostic::new(
+                                Code::E0205,
+                                format!("`{}` instantiates itself", program.decl(child).name.node),
+                            )
+                            .at(span, "this instance closes a cycle")
+                            .with_note("a model must be a finite tree of modules"),
+                        );
+                    }
+                    _ => {}
+                }
+            } else {
+                let below = out.iter().map(|(c, _)| height[c.0]).max().unwrap_or(0);
+                height[id.0] = below.saturating_add(1);
+                colour[id.0] = 2;
+                stack.pop();
             }
         }
-        colour[id.0] = 2;
     }
-    for id in 0..program.decls.len() {
-        if colour[id] == 0 {
-            dfs(program, DeclId(id), &mut colour, diags);
-        }
+    if !cyclic {
+        check_depth(program, &height, diags);
     }
+}
+
+/// Reports the declaration with the deepest instance chain, when it is too deep.
+fn check_depth(program: &Program, height: &[usize], diags: &mut Diagnostics) {
+    let deepest = (0..height.len()).max_by_key(|&i| (height[i], std::cmp::Reverse(i)));
+    let Some(id) = deepest.filter(|&i| height[i] > MAX_INSTANCE_DEPTH) else {
+        return;
+    };
+    let d = program.decl(DeclId(id));
+    diags.push(
+        Diagnostic::new(
+            Code::E0211,
+            format!(
+                "instances below `{}` nest {} deep, more than {MAX_INSTANCE_DEPTH}",
+                d.name.node, height[id]
+            ),
+        )
+        .at(d.name.span, "the deepest instance chain starts here")
+        .with_help("flatten the chain: a model is a shallow tree of blocks and modules"),
+    );
 }
 
 fn warn_unused(program: &Program, diags: &mut Diagnostics) {

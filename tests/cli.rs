@@ -89,7 +89,7 @@ fn lower_prints_the_ir_with_an_optional_span_table() {
     ]);
     assert_eq!(run.0, 0);
     let v: serde_json::Value = serde_json::from_str(&run.1).expect("stdout is JSON");
-    assert_eq!(v["ir_version"], 1);
+    assert_eq!(v["ir_version"], wmap::ir::IR_VERSION);
     assert_eq!(v["spans"]["lm_head"], "<stdlib>/models/llama.wmap:10:11");
 }
 

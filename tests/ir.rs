@@ -152,3 +152,114 @@ fn tempdir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// Layers are checked once per signature, not once per index: the variants must still
+/// be exactly the ones a per-index walk gives. With `mlp_only_layers = [1, 3]` and
+/// `decoder_sparse_step = 2`, layers 5 and 7 are sparse, the rest dense.
+#[test]
+fn index_dependent_layers_split_into_exact_variants() {
+    let base = common::root().join("tests/fixtures/hf/qwen3_moe/config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(base).unwrap()).unwrap();
+    json["num_hidden_layers"] = 8.into();
+    json["mlp_only_layers"] = serde_json::json!([1, 3]);
+    json["decoder_sparse_step"] = 2.into();
+    let config = common::tempdir("ir-signatures").join("config.json");
+    std::fs::write(&config, json.to_string()).unwrap();
+    let (ir, _) = lower(&ModelSource::Detect, &config);
+    let layers = ir
+        .root
+        .instances
+        .iter()
+        .find(|i| i.repeat.is_some())
+        .expect("a repeated layer instance");
+    let shown: Vec<(String, Vec<[i64; 2]>)> = layers
+        .variants
+        .iter()
+        .map(|v| (v.kind.clone(), v.indices.clone()))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("mlp".to_string(), vec![[0, 5], [6, 7]]),
+            ("moe".to_string(), vec![[5, 6], [7, 8]]),
+        ]
+    );
+    assert_eq!(layers.kinds.len(), 8);
+    assert_eq!(layers.kinds[5], "moe");
+    assert_eq!(layers.kinds[4], "mlp");
+}
+
+/// Every IR the compiler writes reads back through validation unchanged.
+#[test]
+fn written_irs_validate_and_read_back() {
+    for (name, config) in common::hf_configs() {
+        let (ir, _) = lower(&ModelSource::Detect, &config);
+        let text = serde_json::to_string(&ir).unwrap();
+        let back = wmap::ir::validate::from_json(&text)
+            .unwrap_or_else(|d| panic!("{name}: {}", d.message));
+        assert_eq!(back, ir, "{name}");
+    }
+}
+
+/// An IR from elsewhere is checked before use: each broken invariant is E0413.
+#[test]
+fn hostile_irs_are_refused_with_e0413() {
+    let config = common::root().join("tests/fixtures/hf/qwen3_moe/config.json");
+    let (ir, _) = lower(&ModelSource::Detect, &config);
+    let good = serde_json::to_value(&ir).unwrap();
+    let layers = "/root/instances/0";
+    let cases = [
+        ("version", "/ir_version".to_string(), serde_json::json!(1)),
+        (
+            "zero dim",
+            "/root/params/0/shape/0".into(),
+            serde_json::json!(0),
+        ),
+        (
+            "huge shape",
+            "/root/params/0/shape".into(),
+            serde_json::json!([896u64, 7905747460161236407u64]),
+        ),
+        (
+            "huge repeat",
+            format!("{layers}/repeat/count"),
+            serde_json::json!(1_000_000_000u64),
+        ),
+        (
+            "range outside",
+            format!("{layers}/variants/0/indices/0/1"),
+            serde_json::json!(99),
+        ),
+        (
+            "overlap",
+            format!("{layers}/variants/0/indices"),
+            serde_json::json!([[0, 2], [1, 2]]),
+        ),
+        ("not an IR", String::new(), serde_json::json!("nope")),
+    ];
+    for (what, pointer, value) in cases {
+        let mut v = good.clone();
+        *v.pointer_mut(&pointer).expect(what) = value;
+        assert_ne!(v, good, "{what}: the mutation must apply");
+        let err = wmap::ir::validate::from_json(&v.to_string()).unwrap_err();
+        assert_eq!(err.code.as_str(), "E0413", "{what}: {}", err.message);
+    }
+    // An offload group over a variable nothing binds.
+    let text =
+        serde_json::to_string(&good)
+            .unwrap()
+            .replacen(r#""var":"expert""#, r#""var":"nobody""#, 1);
+    assert_ne!(text, serde_json::to_string(&good).unwrap());
+    let err = wmap::ir::validate::from_json(&text).unwrap_err();
+    assert!(err.message.contains("unbound `nobody`"), "{}", err.message);
+    // Nesting deeper than serde_json's recursion limit is an error, not a crash.
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    assert_eq!(
+        wmap::ir::validate::from_json(&deep)
+            .unwrap_err()
+            .code
+            .as_str(),
+        "E0413"
+    );
+}

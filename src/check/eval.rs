@@ -110,7 +110,25 @@ pub struct Evaluator<'a> {
     defaults_seen: BTreeSet<Span>,
     /// `config` items being evaluated: they do not see themselves.
     active: Vec<Span>,
+    /// Expression levels being evaluated, through `config` items: see [`MAX_EVAL_DEPTH`].
+    depth: u32,
+    /// Nodes evaluated since the outermost evaluation began: see [`MAX_EVAL_STEPS`].
+    steps: u64,
+    /// Index variables whose value an evaluation read. The checker clears it around a
+    /// repeated body: a body that reads no index variable is the same at every index.
+    pub index_reads: BTreeSet<String>,
 }
+
+/// How deep evaluation may nest, counting every expression level and every `config`
+/// item it passes through. The parser bounds one expression at 256 levels; this bounds
+/// chains of items (`config a2 = a1 + 1`, `config a1 = a0 + 1`, …) so that hostile
+/// input ends in E0305 rather than a stack overflow.
+pub const MAX_EVAL_DEPTH: u32 = 256;
+
+/// How many expression nodes one outermost evaluation may visit. `config` items are
+/// not memoised (their value depends on the scope), so `config a2 = a1 + a1` chains
+/// grow exponentially; this bounds them (E0306).
+pub const MAX_EVAL_STEPS: u64 = 1_000_000;
 
 impl<'a> Evaluator<'a> {
     pub fn new(program: &'a Program, config: &'a Config) -> Evaluator<'a> {
@@ -122,6 +140,9 @@ impl<'a> Evaluator<'a> {
             schema_defaults: BTreeMap::new(),
             defaults_seen: BTreeSet::new(),
             active: Vec::new(),
+            depth: 0,
+            steps: 0,
+            index_reads: BTreeSet::new(),
         }
     }
 
@@ -144,110 +165,127 @@ impl<'a> Evaluator<'a> {
         })
     }
 
+    /// Evaluates `e`, within the depth and step limits.
     pub fn eval(&mut self, e: &ast::Expr, scope: &Scope<'a>) -> EvalResult {
+        if self.depth == 0 {
+            self.steps = 0;
+        }
+        self.steps += 1;
+        if self.depth >= MAX_EVAL_DEPTH {
+            return Err(self.too_deep(e.span));
+        }
+        if self.steps > MAX_EVAL_STEPS {
+            return Err(too_long(e.span));
+        }
+        self.depth += 1;
+        let r = self.eval_node(e, scope);
+        self.depth -= 1;
+        r
+    }
+
+    fn too_deep(&self, span: Span) -> Stop {
+        let d = Diagnostic::new(
+            Code::E0305,
+            format!("evaluation nests more than {MAX_EVAL_DEPTH} levels deep"),
+        )
+        .at(span, "given up here");
+        let d = match self.active.len() {
+            0 | 1 => d,
+            n => d.with_note(format!(
+                "reached through a chain of {n} `config` items, each using the next"
+            )),
+        };
+        d.into()
+    }
+
+    // Deep evaluation recurses through here: arms that build diagnostics live in their
+    // own functions so that this frame (unoptimised builds give every temporary its own
+    // slot) stays small.
+    fn eval_node(&mut self, e: &ast::Expr, scope: &Scope<'a>) -> EvalResult {
         match &e.node {
             ExprKind::Int(i) => Ok(Val::plain(Value::Int(*i))),
             ExprKind::Float(f) => Ok(Val::plain(Value::Float(*f))),
             ExprKind::Str(s) => Ok(Val::plain(Value::Str(s.clone()))),
             ExprKind::Bool(b) => Ok(Val::plain(Value::Bool(*b))),
             ExprKind::Null => Ok(Val::plain(Value::Null)),
-            ExprKind::List(items) => {
-                let mut out = Vec::with_capacity(items.len());
-                let mut origins = Vec::new();
-                for i in items {
-                    let v = self.eval(i, scope)?;
-                    origins.extend(v.origins);
-                    out.push(v.value);
-                }
-                Ok(Val::plain(Value::List(out)).with_origins(&origins))
-            }
+            ExprKind::List(items) => self.list(items, scope),
             ExprKind::Name(path) => self.name(path, e.span, scope),
-            ExprKind::Unary(op, inner) => {
-                let v = self.eval(inner, scope)?;
-                let value = match (op, &v.value) {
-                    (UnOp::Neg, Value::Int(i)) => {
-                        Value::Int(i.checked_neg().ok_or_else(|| overflow(e.span, &v))?)
-                    }
-                    (UnOp::Neg, Value::Float(f)) => Value::Float(-f),
-                    (UnOp::Not, Value::Bool(b)) => Value::Bool(!b),
-                    _ => {
-                        let want = if *op == UnOp::Not {
-                            "a boolean"
-                        } else {
-                            "a number"
-                        };
-                        return Err(type_error(inner.span, want, &v).into());
-                    }
-                };
-                Ok(Val {
-                    value,
-                    origins: v.origins,
-                })
-            }
+            ExprKind::Unary(op, inner) => self.unary(*op, inner, e.span, scope),
             ExprKind::Binary(op, a, b) => self.binary(*op, a, b, e.span, scope),
             ExprKind::Call(func, args) => self.call(func, args, e.span, scope),
-            ExprKind::Index(base, index) => {
-                let b = self.eval(base, scope)?;
-                let i = self.eval(index, scope)?;
-                let Value::Int(ix) = i.value else {
-                    return Err(type_error(index.span, "an integer index", &i).into());
-                };
-                let origins: Vec<Origin> = b.origins.iter().chain(&i.origins).cloned().collect();
-                let (len, item) = match &b.value {
-                    Value::Str(s) => {
-                        let c = usize::try_from(ix).ok().and_then(|k| s.chars().nth(k));
-                        (s.chars().count(), c.map(|c| Value::Str(c.to_string())))
-                    }
-                    Value::List(l) => {
-                        let v = usize::try_from(ix).ok().and_then(|k| l.get(k)).cloned();
-                        (l.len(), v)
-                    }
-                    _ => return Err(type_error(base.span, "a string or list", &b).into()),
-                };
-                match item {
-                    Some(v) => Ok(Val::plain(v).with_origins(&origins)),
-                    None => Err(Diagnostic::new(
-                        Code::E0406,
-                        format!(
-                            "index {ix} is out of range for a {} of length {len}",
-                            b.value.type_name()
-                        ),
-                    )
-                    .at(e.span, format!("valid indices are 0..{len}"))
-                    .with_labels(Val::plain(Value::Null).with_origins(&origins).labels())
-                    .into()),
-                }
-            }
+            ExprKind::Index(base, index) => self.index(base, index, e.span, scope),
         }
+    }
+
+    fn unary(&mut self, op: UnOp, inner: &ast::Expr, span: Span, scope: &Scope<'a>) -> EvalResult {
+        let v = self.eval(inner, scope)?;
+        unary(op, v, inner.span, span)
+    }
+
+    fn index(
+        &mut self,
+        base: &ast::Expr,
+        index: &ast::Expr,
+        span: Span,
+        scope: &Scope<'a>,
+    ) -> EvalResult {
+        let b = self.eval(base, scope)?;
+        let i = self.eval(index, scope)?;
+        index_into(b, i, base.span, index.span, span)
+    }
+
+    fn list(&mut self, items: &[ast::Expr], scope: &Scope<'a>) -> EvalResult {
+        let mut out = Vec::with_capacity(items.len());
+        let mut origins = Vec::new();
+        for i in items {
+            let v = self.eval(i, scope)?;
+            origins.extend(v.origins);
+            out.push(v.value);
+        }
+        Ok(Val::plain(Value::List(out)).with_origins(&origins))
     }
 
     fn name(&mut self, path: &[String], span: Span, scope: &Scope<'a>) -> EvalResult {
         if let [name] = path {
             match scope.var(name) {
-                Some(Binding::Index(i)) => return Ok(Val::plain(Value::Int(i))),
-                Some(Binding::Stack) => {
-                    return Err(Diagnostic::new(
-                        Code::E0204,
-                        format!("stack variable `{name}` has no single value here"),
-                    )
-                    .at(span, "only tensor names and `offload_group` may use it")
-                    .into())
+                Some(Binding::Index(i)) => {
+                    if !self.index_reads.contains(name) {
+                        self.index_reads.insert(name.clone());
+                    }
+                    return Ok(Val::plain(Value::Int(i)));
                 }
+                Some(Binding::Stack) => return Err(stack_var(name, span)),
                 None => {}
             }
             if let Some((depth, item)) = self.find_item(name, scope) {
-                let inner = Scope {
-                    frames: scope.frames[..depth].to_vec(),
-                };
-                let v = self.item(item, span, &inner)?;
-                let key = match depth {
-                    0 => name.clone(),
-                    d => format!("{}.{name}", scope.frames[d - 1].owner),
-                };
-                self.used.insert(key, v.value.clone());
-                return Ok(v);
+                return self.scoped_item(item, depth, span, scope);
             }
         }
+        self.config_key(path, span)
+    }
+
+    /// A `config` item that sees the first `depth` frames of `scope`.
+    fn scoped_item(
+        &mut self,
+        item: &'a ast::ConfigItem,
+        depth: usize,
+        span: Span,
+        scope: &Scope<'a>,
+    ) -> EvalResult {
+        let inner = Scope {
+            frames: scope.frames[..depth].to_vec(),
+        };
+        let v = self.item(item, span, &inner)?;
+        let name = &item.name.node;
+        let key = match depth {
+            0 => name.clone(),
+            d => format!("{}.{name}", scope.frames[d - 1].owner),
+        };
+        self.used.insert(key, v.value.clone());
+        Ok(v)
+    }
+
+    fn config_key(&mut self, path: &[String], span: Span) -> EvalResult {
         match self.config.lookup(path) {
             Some(found) => {
                 let value = Value::from_json(found.value);
@@ -302,37 +340,8 @@ impl<'a> Evaluator<'a> {
             match self.eval(alt, scope) {
                 Ok(v) if v.value == Value::Null => continue,
                 Ok(v) => {
-                    let first_is_key = matches!(item.alternatives[0].node, ExprKind::Name(_));
-                    let is_key = matches!(alt.node, ExprKind::Name(_));
-                    // The stdlib's defaults are the schema's (Mistral has no `attention_bias`
-                    // key because it has no biases); only a user's defaults are news.
-                    let user_item = !self.program.stdlib_files.contains(&item.span.file);
-                    if i > 0 && first_is_key && !is_key && !user_item {
-                        self.schema_defaults
-                            .insert(item.alternatives[0].node.to_string(), v.value.to_string());
-                    }
-                    if i > 0
-                        && first_is_key
-                        && !is_key
-                        && user_item
-                        && self.defaults_seen.insert(item.span)
-                    {
-                        let shown = if v.origins.is_empty() {
-                            format!("`{}`", alt.node)
-                        } else {
-                            format!("`{}` = {}", alt.node, v.value)
-                        };
-                        self.defaults.push(
-                            Diagnostic::new(
-                                Code::W0301,
-                                format!(
-                                    "config.json has no `{}`; using the default {shown}",
-                                    item.alternatives[0].node
-                                ),
-                            )
-                            .at(alt.span, "default used")
-                            .with_labels(v.labels()),
-                        );
+                    if i > 0 {
+                        self.note_default(item, alt, &v);
                     }
                     return Ok(v);
                 }
@@ -344,6 +353,40 @@ impl<'a> Evaluator<'a> {
             name: item.name.node.clone(),
             span: use_span,
         })
+    }
+
+    /// Records that `item` fell back to its `alt`ernative: a note for the stdlib's own
+    /// schema defaults, a warning (once per item) for a user's.
+    fn note_default(&mut self, item: &'a ast::ConfigItem, alt: &ast::Expr, v: &Val) {
+        let first_is_key = matches!(item.alternatives[0].node, ExprKind::Name(_));
+        let is_key = matches!(alt.node, ExprKind::Name(_));
+        if !first_is_key || is_key {
+            return;
+        }
+        // The stdlib's defaults are the schema's (Mistral has no `attention_bias`
+        // key because it has no biases); only a user's defaults are news.
+        let user_item = !self.program.stdlib_files.contains(&item.span.file);
+        if !user_item {
+            self.schema_defaults
+                .insert(item.alternatives[0].node.to_string(), v.value.to_string());
+        } else if self.defaults_seen.insert(item.span) {
+            let shown = if v.origins.is_empty() {
+                format!("`{}`", alt.node)
+            } else {
+                format!("`{}` = {}", alt.node, v.value)
+            };
+            self.defaults.push(
+                Diagnostic::new(
+                    Code::W0301,
+                    format!(
+                        "config.json has no `{}`; using the default {shown}",
+                        item.alternatives[0].node
+                    ),
+                )
+                .at(alt.span, "default used")
+                .with_labels(v.labels()),
+            );
+        }
     }
 
     fn call(
@@ -414,24 +457,112 @@ impl<'a> Evaluator<'a> {
         scope: &Scope<'a>,
     ) -> EvalResult {
         let x = self.eval(a, scope)?;
-        // `and` / `or` short-circuit, so a guard can protect a lookup: `n > 0 and xs[n - 1] == 1`.
         if matches!(op, BinOp::And | BinOp::Or) {
-            let Value::Bool(l) = x.value else {
-                return Err(type_error(a.span, "a boolean", &x).into());
-            };
-            if (op == BinOp::And && !l) || (op == BinOp::Or && l) {
-                return Ok(x);
-            }
-            let y = self.eval(b, scope)?;
-            return match y.value {
-                Value::Bool(_) => Ok(y.with_origins(&x.origins)),
-                _ => Err(type_error(b.span, "a boolean", &y).into()),
-            };
+            return self.logic(op, x, a.span, b, scope);
         }
         let y = self.eval(b, scope)?;
-        let origins: Vec<Origin> = x.origins.iter().chain(&y.origins).cloned().collect();
-        let value = super::ops::apply(op, &x, &y, a.span, b.span, span)?;
-        Ok(Val::plain(value).with_origins(&origins))
+        combine(op, x, y, a.span, b.span, span)
+    }
+
+    /// `and` / `or` short-circuit, so a guard can protect a lookup: `n > 0 and xs[n - 1] == 1`.
+    fn logic(
+        &mut self,
+        op: BinOp,
+        x: Val,
+        sa: Span,
+        b: &ast::Expr,
+        scope: &Scope<'a>,
+    ) -> EvalResult {
+        let Value::Bool(l) = x.value else {
+            return Err(type_error(sa, "a boolean", &x).into());
+        };
+        if (op == BinOp::And && !l) || (op == BinOp::Or && l) {
+            return Ok(x);
+        }
+        let y = self.eval(b, scope)?;
+        match y.value {
+            Value::Bool(_) => Ok(y.with_origins(&x.origins)),
+            _ => Err(type_error(b.span, "a boolean", &y).into()),
+        }
+    }
+}
+
+fn combine(op: BinOp, x: Val, y: Val, sa: Span, sb: Span, span: Span) -> EvalResult {
+    let origins: Vec<Origin> = x.origins.iter().chain(&y.origins).cloned().collect();
+    let value = super::ops::apply(op, &x, &y, sa, sb, span)?;
+    Ok(Val::plain(value).with_origins(&origins))
+}
+
+fn too_long(span: Span) -> Stop {
+    Diagnostic::new(
+        Code::E0306,
+        format!("evaluating this takes more than {MAX_EVAL_STEPS} steps"),
+    )
+    .at(span, "given up here")
+    .with_note("`config` items are re-evaluated at every use; a chain that uses each item twice doubles the work per link")
+    .into()
+}
+
+fn stack_var(name: &str, span: Span) -> Stop {
+    Diagnostic::new(
+        Code::E0204,
+        format!("stack variable `{name}` has no single value here"),
+    )
+    .at(span, "only tensor names and `offload_group` may use it")
+    .into()
+}
+
+fn unary(op: UnOp, v: Val, inner: Span, span: Span) -> EvalResult {
+    let value = match (op, &v.value) {
+        (UnOp::Neg, Value::Int(i)) => {
+            Value::Int(i.checked_neg().ok_or_else(|| overflow(span, &v))?)
+        }
+        (UnOp::Neg, Value::Float(f)) => Value::Float(-f),
+        (UnOp::Not, Value::Bool(b)) => Value::Bool(!b),
+        _ => {
+            let want = if op == UnOp::Not {
+                "a boolean"
+            } else {
+                "a number"
+            };
+            return Err(type_error(inner, want, &v).into());
+        }
+    };
+    Ok(Val {
+        value,
+        origins: v.origins,
+    })
+}
+
+/// `base[index]` on a string (by character) or a list.
+fn index_into(b: Val, i: Val, base: Span, index: Span, span: Span) -> EvalResult {
+    let Value::Int(ix) = i.value else {
+        return Err(type_error(index, "an integer index", &i).into());
+    };
+    let origins: Vec<Origin> = b.origins.iter().chain(&i.origins).cloned().collect();
+    let (len, item) = match &b.value {
+        Value::Str(s) => {
+            let c = usize::try_from(ix).ok().and_then(|k| s.chars().nth(k));
+            (s.chars().count(), c.map(|c| Value::Str(c.to_string())))
+        }
+        Value::List(l) => {
+            let v = usize::try_from(ix).ok().and_then(|k| l.get(k)).cloned();
+            (l.len(), v)
+        }
+        _ => return Err(type_error(base, "a string or list", &b).into()),
+    };
+    match item {
+        Some(v) => Ok(Val::plain(v).with_origins(&origins)),
+        None => Err(Diagnostic::new(
+            Code::E0406,
+            format!(
+                "index {ix} is out of range for a {} of length {len}",
+                b.value.type_name()
+            ),
+        )
+        .at(span, format!("valid indices are 0..{len}"))
+        .with_labels(Val::plain(Value::Null).with_origins(&origins).labels())
+        .into()),
     }
 }
 

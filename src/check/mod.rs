@@ -3,12 +3,24 @@
 //! Input: a [`Program`], the model to check and a [`Config`]. Output: the model's body
 //! with every shape evaluated to positive integers, every `when` decided, every source
 //! tree shape-checked (fuse parts add up, stack counts match, slices fit), plus the
-//! config values read. Repeated instances are evaluated once per index here; [`crate::lower`]
-//! merges identical bodies. Errors are collected: one bad param does not hide the next.
+//! config values read. Errors are collected: one bad param does not hide the next.
 //! Never reads tensor bytes or checkpoint headers.
+//!
+//! Repeated instances are walked once per distinct *signature*, not once per index: a
+//! body that reads no index variable is walked once; one that does is walked again only
+//! at an index where the evaluations that read the variable (its trace) give different
+//! values. Memory and time grow with the distinct bodies, so a config cannot make the
+//! checker allocate per layer.
+//!
+//! Limits, each a coded error: repeat and stack counts, tensor sizes and the model's
+//! total tensor count ([`ir::limits`], E0412); evaluation depth and steps (E0305,
+//! E0306, see `eval::MAX_EVAL_DEPTH`). Expression depth is bounded by the parser, instance depth by
+//! [`crate::resolve`], so every recursion here fits a 2 MiB stack in a debug build.
 
 mod eval;
+mod offload;
 mod ops;
+mod repeat;
 mod source;
 mod value;
 
@@ -20,6 +32,7 @@ pub use value::Value;
 use crate::config::Config;
 use crate::diag::{Code, Diagnostic, Diagnostics};
 use crate::ir;
+use crate::ir::limits::{MAX_NUMEL, MAX_TENSORS};
 use crate::resolve::{DeclId, Program};
 use crate::source::Span;
 use crate::syntax::ast;
@@ -43,11 +56,33 @@ pub fn check(program: &Program, model: DeclId, config: &Config) -> (Option<Check
         diags: Diagnostics::default(),
         spans: BTreeMap::new(),
         shape_labels: Vec::new(),
+        traces: Vec::new(),
+        visits: 0,
+        walks: 0,
     };
     let scope = Scope {
         frames: vec![frame(program.decl(model), Vec::new())],
     };
     let root = w.body(model, &scope, "", "");
+    if !w.diags.has_errors() {
+        let tensors = ir::validate::tensor_count(&root);
+        if tensors > MAX_TENSORS {
+            let name = &program.decl(model).name;
+            w.diags.push(
+                Diagnostic::new(
+                    Code::E0412,
+                    format!(
+                        "`{}` names {tensors} checkpoint tensors, more than {MAX_TENSORS}",
+                        name.node
+                    ),
+                )
+                .at(name.span, "after expanding every repeat and stack")
+                .with_note(
+                    "wmapc caps counts from the config so that a wrong value cannot exhaust memory",
+                ),
+            );
+        }
+    }
     let mut diags = w.diags;
     for d in w.ev.defaults {
         diags.push(d);
@@ -96,6 +131,12 @@ struct Walker<'a> {
     spans: ir::Spans,
     /// Config keys behind the shapes of the param being checked: attached to shape errors.
     shape_labels: Vec<crate::diag::Label>,
+    /// One trace per repeated body being walked, innermost last.
+    traces: Vec<repeat::Trace<'a>>,
+    /// Repeat indices visited so far, across nested repeats: see [`MAX_TENSORS`].
+    visits: u64,
+    /// Full walks of repeated bodies so far: see [`MAX_WALKS`].
+    walks: u64,
 }
 
 /// Where the walk is: the declaration, the scope, the checkpoint prefix and the IR path.
@@ -128,8 +169,26 @@ impl<'a> Walker<'a> {
         }
     }
 
+    /// Evaluates `e`, recording it in every open trace whose variable it read.
+    fn evaluate(&mut self, e: &ast::Expr, scope: &Scope<'a>) -> eval::EvalResult {
+        let outer = std::mem::take(&mut self.ev.index_reads);
+        let r = self.ev.eval(e, scope);
+        let reads = std::mem::replace(&mut self.ev.index_reads, outer);
+        if let Ok(v) = &r {
+            for t in self.traces.iter_mut().filter(|t| reads.contains(&t.var)) {
+                t.entries.push(repeat::Reading {
+                    expr: e.clone(),
+                    scope: scope.clone(),
+                    value: v.value.clone(),
+                });
+            }
+        }
+        self.ev.index_reads.extend(reads);
+        r
+    }
+
     fn int(&mut self, e: &ast::Expr, scope: &Scope<'a>) -> Option<(i64, value::Val)> {
-        let v = self.ev.eval(e, scope);
+        let v = self.evaluate(e, scope);
         let v = self.report(v, scope)?;
         match v.value {
             Value::Int(i) => Some((i, v)),
@@ -142,7 +201,7 @@ impl<'a> Walker<'a> {
 
     /// A `when` condition: `None` after reporting a problem.
     fn condition(&mut self, e: &ast::Expr, scope: &Scope<'a>) -> Option<bool> {
-        let v = self.ev.eval(e, scope);
+        let v = self.evaluate(e, scope);
         let v = self.report(v, scope)?;
         match v.value {
             Value::Bool(b) => Some(b),
@@ -258,60 +317,7 @@ impl<'a> Walker<'a> {
             });
             return Some(inst);
         };
-        let (start, _) = self.int(&rep.range.start, ctx.scope)?;
-        let (end, end_val) = self.int(&rep.range.end, ctx.scope)?;
-        if end < start {
-            self.diags.push(
-                Diagnostic::new(
-                    Code::E0401,
-                    format!("repeat range {start}..{end} runs backwards"),
-                )
-                .at(rep.range.end.span, format!("this is {end}"))
-                .with_labels(end_val.labels()),
-            );
-            return None;
-        }
-        let var = rep.var.node.clone();
-        inst.repeat = Some(ir::Repeat {
-            var: var.clone(),
-            start,
-            count: end - start,
-        });
-        let path = format!("{}.{{{var}}}", join_name(ctx.path, &i.name.node));
-        for idx in start..end {
-            let scope = Scope {
-                frames: [
-                    ctx.scope.frames.clone(),
-                    vec![frame(child_decl, vec![(var.clone(), Binding::Index(idx))])],
-                ]
-                .concat(),
-            };
-            if idx == start {
-                if let Some(at) = &i.at {
-                    self.template(at, &scope);
-                }
-            }
-            let on = match &i.when {
-                Some(w) => self.condition(w, &scope),
-                None => Some(true),
-            };
-            if on != Some(true) {
-                continue;
-            }
-            let errors_before = self.diags.count(crate::diag::Severity::Error);
-            let body = self.body(child, &scope, &inst.prefix, &path);
-            inst.variants.push(ir::Variant {
-                indices: vec![[idx, idx + 1]],
-                kind: self.kind(child, &body),
-                body,
-            });
-            // One broken layer is usually every layer broken the same way: stop early
-            // rather than repeat the same diagnostic for all of them.
-            if self.diags.count(crate::diag::Severity::Error) > errors_before {
-                break;
-            }
-        }
-        Some(inst)
+        self.repeat(i, rep, ctx, child, inst)
     }
 
     /// Checks the `{var}` holes of a name template against the scope.
@@ -357,12 +363,12 @@ impl<'a> Walker<'a> {
         self.shape_labels.clear();
         let shape = self.shape(&p.shape, ctx.scope)?;
         let path = join_name(ctx.path, &p.name.node);
-        let offload_group = match &p.offload_group {
-            Some(e) => self.offload(e, ctx.scope, p.source.as_ref())?,
-            None => None,
-        };
         let src = p.source.as_ref()?;
         let source = self.source(src, Some(&shape), ctx)?;
+        let offload_group = match &p.offload_group {
+            Some(e) => self.offload(e, ctx.scope, src, &source, &shape)?,
+            None => None,
+        };
         self.spans.insert(
             path,
             ir::ParamSite {
@@ -373,11 +379,12 @@ impl<'a> Walker<'a> {
         Some(ir::Param {
             name: p.name.node.clone(),
             shape,
+            // `resolve` refused unknown dtype names (E0208).
             dtype: p
                 .dtype
                 .as_ref()
-                .map_or("bf16", |d| d.node.as_str())
-                .to_string(),
+                .and_then(|d| ir::DType::from_name(&d.node))
+                .unwrap_or(ir::DType::Bf16),
             quantizable: p.quantizable.is_some(),
             optional: p.optional.is_some(),
             offload_group,
@@ -414,69 +421,30 @@ impl<'a> Walker<'a> {
                 None => ok = false,
             }
         }
+        if ok {
+            self.numel_in_range(&out, shape.span)?;
+        }
         ok.then_some(out)
     }
 
-    fn offload(
-        &mut self,
-        e: &ast::Expr,
-        scope: &Scope<'a>,
-        src: Option<&ast::Source>,
-    ) -> Option<Option<ir::OffloadGroup>> {
-        // Stack variables of the source: the group may vary along them.
-        let mut stack_vars = Vec::new();
-        if let Some(s) = src {
-            source::stack_vars(s, &mut stack_vars);
-        }
-        let mut per = Vec::new();
-        collect_names(e, &mut |n| {
-            if stack_vars.iter().any(|v| v == n) && !per.iter().any(|p: &String| p == n) {
-                per.push(n.to_string());
-            }
-        });
-        // Probe with every stack variable at 0: the expression must give an integer.
-        let mut probe = scope.clone();
-        for v in &per {
-            probe = probe.with_var(v, Binding::Index(0));
-        }
-        let r = self.ev.eval(e, &probe);
-        let v = self.report(r, &probe)?;
-        let Value::Int(value) = v.value else {
-            self.diags.push(
-                Diagnostic::new(
-                    Code::E0410,
-                    format!(
-                        "offload group must be an integer, found {} `{}`",
-                        v.value.type_name(),
-                        v.value
-                    ),
-                )
-                .at(e.span, "not an integer")
-                .with_help("use an index variable such as `layer` or `expert`, or -1 for resident"),
-            );
-            return None;
+    /// Checks that a shape's element count fits: E0411 past 64 bits, E0412 past
+    /// [`MAX_NUMEL`]. Every size computed later (bytes, offsets) then fits too.
+    fn numel_in_range(&mut self, shape: &[u64], span: Span) -> Option<u64> {
+        let d = match ir::numel(shape) {
+            Some(n) if n <= MAX_NUMEL => return Some(n),
+            Some(n) => Diagnostic::new(
+                Code::E0412,
+                format!("shape {shape:?} has {n} elements, more than {MAX_NUMEL}"),
+            )
+            .at(span, "too large for one tensor"),
+            None => Diagnostic::new(
+                Code::E0411,
+                format!("the element count of shape {shape:?} overflows 64 bits"),
+            )
+            .at(span, "this shape's size overflows"),
         };
-        let mut reads_index = false;
-        collect_names(e, &mut |n| {
-            reads_index |= scope.var(n).is_some() || per.iter().any(|p| p == n)
-        });
-        if !reads_index && value == -1 {
-            return Some(None);
-        }
-        if value < -1 {
-            self.diags.push(
-                Diagnostic::new(Code::E0410, format!("offload group {value} is negative"))
-                    .at(e.span, "groups are numbered from 0; -1 means resident"),
-            );
-            return None;
-        }
-        Some(Some(ir::OffloadGroup {
-            expr: e.node.to_string(),
-            // A value that depends on the layer would make every layer's body distinct;
-            // the plan evaluates such expressions per index instead.
-            value: (!reads_index).then_some(value),
-            per,
-        }))
+        self.shape_error(d);
+        None
     }
 }
 
@@ -493,7 +461,7 @@ fn none_if_empty(names: &[&str]) -> String {
 }
 
 /// Calls `f` with every single-segment name an expression reads.
-fn collect_names(e: &ast::Expr, f: &mut dyn FnMut(&str)) {
+pub(crate) fn collect_names(e: &ast::Expr, f: &mut dyn FnMut(&str)) {
     use ast::ExprKind as K;
     match &e.node {
         K::Name(path) if path.len() == 1 => f(&path[0]),

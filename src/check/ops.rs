@@ -5,6 +5,7 @@ use std::cmp::Ordering;
 use super::eval::{overflow, type_error};
 use super::value::{Val, Value};
 use crate::diag::{Code, Diagnostic};
+use crate::ir::{IntError, IntOp};
 use crate::source::Span;
 use crate::syntax::ast::BinOp;
 
@@ -82,34 +83,28 @@ fn equal(a: &Value, b: &Value) -> bool {
 fn arith(op: BinOp, x: &Val, y: &Val, sa: Span, sb: Span, span: Span) -> Result<Value, Diagnostic> {
     match (&x.value, &y.value) {
         (Value::Int(a), Value::Int(b)) => {
-            let (a, b) = (*a, *b);
             let both = Val::plain(Value::Null)
                 .with_origins(&x.origins)
                 .with_origins(&y.origins);
-            if matches!(op, BinOp::Div | BinOp::Mod) && b == 0 {
-                return Err(Diagnostic::new(Code::E0409, "division by zero")
+            let int_op = match op {
+                BinOp::Add => IntOp::Add,
+                BinOp::Sub => IntOp::Sub,
+                BinOp::Mul => IntOp::Mul,
+                BinOp::Div => IntOp::Div,
+                _ => IntOp::Mod,
+            };
+            int_op.apply(*a, *b).map(Value::Int).map_err(|e| match e {
+                IntError::DivisionByZero => Diagnostic::new(Code::E0409, "division by zero")
                     .at(sb, "this is 0")
-                    .with_labels(labels_of(x, y)));
-            }
-            let r = match op {
-                BinOp::Add => a.checked_add(b),
-                BinOp::Sub => a.checked_sub(b),
-                BinOp::Mul => a.checked_mul(b),
-                BinOp::Mod => a.checked_rem_euclid(b),
-                _ => {
-                    if a % b != 0 {
-                        return Err(Diagnostic::new(
-                            Code::E0402,
-                            format!("{a} / {b} is not a whole number"),
-                        )
+                    .with_labels(labels_of(x, y)),
+                IntError::Inexact => {
+                    Diagnostic::new(Code::E0402, format!("{a} / {b} is not a whole number"))
                         .at(span, format!("{a} is not divisible by {b}"))
                         .with_labels(labels_of(x, y))
-                        .with_help("shapes must divide exactly; check the config values"));
-                    }
-                    a.checked_div(b)
+                        .with_help("shapes must divide exactly; check the config values")
                 }
-            };
-            r.map(Value::Int).ok_or_else(|| overflow(span, &both))
+                IntError::Overflow => overflow(span, &both),
+            })
         }
         (a, b) => match (num(a), num(b)) {
             (Some(a), Some(b)) => Ok(Value::Float(match op {

@@ -99,8 +99,7 @@ impl<'a> Walker<'a> {
             K::Stack { var, range, part } => {
                 let (start, _) = self.int(&range.start, ctx.scope)?;
                 let (end, end_val) = self.int(&range.end, ctx.scope)?;
-                let count = end - start;
-                if count <= 0 {
+                if end <= start {
                     self.diags.push(
                         Diagnostic::new(Code::E0401, format!("stack over {start}..{end} is empty"))
                             .at(range.end.span, format!("this is {end}"))
@@ -108,7 +107,8 @@ impl<'a> Walker<'a> {
                     );
                     return None;
                 }
-                let count = count as u64;
+                let count =
+                    self.count(start, end, range, &end_val, "stack", ir::limits::MAX_STACK)?;
                 if let Some(e) = expected {
                     if e.first() != Some(&count) {
                         let have = e
@@ -226,7 +226,8 @@ impl<'a> Walker<'a> {
                 let src_expected = expected.and_then(|e| {
                     (d < e.len()).then(|| {
                         let mut x = e.to_vec();
-                        x[d] *= n;
+                        // Saturating: an impossible size then fails the shape comparison.
+                        x[d] = x[d].saturating_mul(n);
                         x
                     })
                 });
@@ -278,7 +279,9 @@ impl<'a> Walker<'a> {
                 }
                 let (inner, sshape) = self.source_shaped(source, None, ctx)?;
                 if let Some(ss) = &sshape {
-                    if ss.iter().product::<u64>() != target.iter().product::<u64>() {
+                    // `target` was checked by `shape`; a source size that overflows
+                    // cannot equal it.
+                    if ir::numel(ss) != ir::numel(&target) {
                         self.shape_error(mismatch(
                             s,
                             ss,
@@ -472,7 +475,20 @@ impl<'a> Walker<'a> {
                 }
             }
         }
-        let known: u64 = shapes.iter().flatten().map(|sh| sh[d]).sum();
+        let Some(known) = shapes
+            .iter()
+            .flatten()
+            .try_fold(0u64, |n, sh| n.checked_add(sh[d]))
+        else {
+            self.shape_error(
+                Diagnostic::new(
+                    Code::E0411,
+                    format!("the parts' sizes along dim {d} overflow 64 bits"),
+                )
+                .at(s.span, "this fuse"),
+            );
+            return None;
+        };
         let unknown: Vec<usize> = (0..parts.len()).filter(|&i| shapes[i].is_none()).collect();
         if let Some(e) = expected {
             let target = e[d];

@@ -41,6 +41,8 @@ codes! {
     E0101 "syntax-error" "the .wmap text does not follow the grammar";
     E0102 "invalid-literal" "a number or string literal cannot be represented";
     E0103 "duplicate-attribute" "a param or instance states the same attribute twice";
+    E0104 "nesting-too-deep" "brackets or an expression nest deeper than the parser allows";
+    E0105 "invalid-utf8" "a .wmap file is not UTF-8 text";
     E0201 "unknown-declaration" "an instance names a module, block or model that does not exist";
     E0202 "duplicate-declaration" "two declarations or two members share one name";
     E0203 "use-not-found" "a `use` names a file that is neither beside the source nor in the stdlib";
@@ -51,11 +53,14 @@ codes! {
     E0208 "unknown-dtype" "a `dtype =` names a type the runtime does not have";
     E0209 "no-model" "the file declares no model, or several where one was needed";
     E0210 "misplaced-member" "a declaration holds a member its kind does not allow";
+    E0211 "instances-too-deep" "instances nest deeper than the checker allows";
     W0201 "unused-declaration" "a module or block is declared but never instantiated";
     E0301 "unknown-config-symbol" "an expression names a config key that config.json does not have";
     E0302 "invalid-config" "config.json is not valid JSON or not an object";
     E0303 "config-type-mismatch" "a config value has the wrong type for its use";
     E0304 "no-model-for-architecture" "no stdlib model serves the config's `architectures`";
+    E0305 "evaluation-too-deep" "config items and expressions nest deeper than evaluation allows";
+    E0306 "evaluation-too-long" "evaluating one value takes more steps than allowed";
     W0301 "config-default-used" "a config key is absent and a declared default was used";
     E0401 "non-positive-dimension" "a shape dimension evaluates to zero or less";
     E0402 "inexact-division" "an integer division in a shape leaves a remainder";
@@ -68,6 +73,8 @@ codes! {
     E0409 "division-by-zero" "an expression divides by zero";
     E0410 "invalid-offload-group" "an offload group is not an integer over index variables";
     E0411 "integer-overflow" "an expression overflows 64-bit integers";
+    E0412 "limit-exceeded" "a repeat, stack, tensor or model is larger than wmapc's caps";
+    E0413 "invalid-ir" "an IR read from JSON breaks the invariants the checker guarantees";
     E0501 "checkpoint-not-found" "the folder holds no safetensors checkpoint";
     E0502 "pickle-checkpoint" "the folder holds only pickle weights, which are never read";
     E0503 "invalid-header" "a safetensors header is truncated, oversized, not UTF-8 or not valid JSON";

@@ -19,7 +19,8 @@ pub enum Layout {
 
 fn rows_cols(shape: &[u64]) -> (u64, u64) {
     let cols = shape.last().copied().unwrap_or(1);
-    (shape.iter().product::<u64>() / cols.max(1), cols)
+    let numel = crate::ir::numel(shape).unwrap_or(u64::MAX);
+    (numel / cols.max(1), cols)
 }
 
 fn base(name: &str) -> &str {

@@ -41,14 +41,22 @@ pub fn parts(recipe: &Recipe) -> Option<Vec<Part>> {
     fn walk(r: &Recipe, at: &mut usize, out: &mut Vec<Part>) -> bool {
         match r {
             Recipe::Read { tensor, shape, .. } => {
-                let numel = shape.iter().product::<u64>() as usize;
+                // The header check bounded a tensor's size by its file; sizes that do not
+                // fit still end the walk instead of wrapping.
+                let Some(numel) = crate::ir::numel(shape).and_then(|n| usize::try_from(n).ok())
+                else {
+                    return false;
+                };
+                let Some(next) = at.checked_add(numel) else {
+                    return false;
+                };
                 out.push(Part {
                     name: tensor.clone(),
                     offset: *at,
                     numel,
                     shape: shape.clone(),
                 });
-                *at += numel;
+                *at = next;
                 true
             }
             Recipe::Reshape { source, .. } => walk(source, at, out),

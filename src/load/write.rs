@@ -29,7 +29,9 @@ pub struct Entry {
 
 impl Entry {
     pub fn new(name: impl Into<String>, dtype: Dtype, shape: Vec<u64>) -> Entry {
-        let bytes = shape.iter().product::<u64>() * dtype.size() as u64;
+        // Shapes were checked to at most 2^48 elements; should one slip through, u64::MAX
+        // makes the write fail instead of wrapping to a small, wrong size.
+        let bytes = crate::ir::byte_size(&shape, dtype.size() as u64).unwrap_or(u64::MAX);
         Entry {
             name: name.into(),
             dtype: dtype.name(),

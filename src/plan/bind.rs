@@ -18,7 +18,6 @@ pub fn bind(
     strict: bool,
 ) -> (Option<Plan>, Diagnostics) {
     let mut b = Binder {
-        ir,
         ckpt,
         claimed: BTreeSet::new(),
         ignore: BTreeSet::new(),
@@ -50,12 +49,6 @@ pub fn bind(
         unclaimed,
     });
     (plan, diags)
-}
-
-/// `start, start + 1, …` for `count` indices, ending at `i64::MAX` rather than wrapping
-/// (the IR may come from JSON, and its counts from config.json).
-fn indices(start: i64, count: u64) -> std::ops::Range<i64> {
-    start..start.saturating_add(i64::try_from(count).unwrap_or(i64::MAX))
 }
 
 /// `*` matches any run of characters (dots included).
@@ -99,7 +92,6 @@ fn join(prefix: &str, name: &str) -> String {
 }
 
 struct Binder<'a> {
-    ir: &'a ir::Ir,
     ckpt: &'a Checkpoint,
     claimed: BTreeSet<String>,
     /// Ignore patterns with index holes widened to `*`.
@@ -132,17 +124,20 @@ impl Binder<'_> {
                 }
                 Some(r) => {
                     let rpath = format!("{ipath}.{{{}}}", r.var);
-                    for idx in indices(r.start, u64::try_from(r.count).unwrap_or(0)) {
-                        let Some(v) = inst
-                            .variants
-                            .iter()
-                            .find(|v| v.indices.iter().any(|[a, b]| (*a..*b).contains(&idx)))
-                        else {
-                            continue;
-                        };
-                        env.push((r.var.clone(), idx));
-                        self.body(&v.body, env, &rpath);
-                        env.pop();
+                    // In index order: the variants' ranges sorted by start. A validated
+                    // IR's ranges are disjoint and inside the repeat.
+                    let mut ranges: Vec<(i64, i64, &ir::Variant)> = inst
+                        .variants
+                        .iter()
+                        .flat_map(|v| v.indices.iter().map(move |[a, b]| (*a, *b, v)))
+                        .collect();
+                    ranges.sort_by_key(|(a, _, _)| *a);
+                    for (a, b, v) in ranges {
+                        for idx in a..b {
+                            env.push((r.var.clone(), idx));
+                            self.body(&v.body, env, &rpath);
+                            env.pop();
+                        }
                     }
                 }
             }
@@ -154,9 +149,7 @@ impl Binder<'_> {
 
     fn param(&mut self, p: &ir::Param, env: &mut Vec<(String, i64)>, ir_path: &str) {
         let target = expand(ir_path, env);
-        let Some(target_dtype) = target_dtype(&p.dtype) else {
-            return; // resolve refused unknown dtypes
-        };
+        let target_dtype = target_dtype(p.dtype);
         let mut ctx = ParamCtx {
             target_dtype,
             fallbacks: Vec::new(),
@@ -177,10 +170,21 @@ impl Binder<'_> {
         match bound {
             Ok(recipe) => {
                 self.claimed.extend(ctx.reads);
-                let offload = p
-                    .offload_group
-                    .as_ref()
-                    .and_then(|g| groups::offload(g, &p.source, env, &p.shape, &self.ir.config));
+                let offload = match &p.offload_group {
+                    Some(g) => groups::offload(g, &p.source, env, &p.shape),
+                    None => Ok(None),
+                };
+                let offload = match offload {
+                    Ok(o) => o,
+                    Err(message) => {
+                        self.issues.push(Issue {
+                            ir_path: ir_path.to_string(),
+                            target,
+                            kind: IssueKind::Offload { message },
+                        });
+                        return;
+                    }
+                };
                 self.targets.push(Target {
                     name: target,
                     shape: p.shape.clone(),
@@ -238,7 +242,7 @@ impl Binder<'_> {
                 count,
                 part,
             } => {
-                for i in indices(*start, *count) {
+                for i in *start..stack_end(*start, *count) {
                     env.push((var.clone(), i));
                     self.needed(part, env, out);
                     env.pop();
@@ -323,17 +327,17 @@ impl Binder<'_> {
                 count,
                 part,
             } => {
-                // No capacity from `count`: it comes from config.json, and the loop
-                // stops at the first part that fails to bind.
+                // The checker (or IR validation) capped the count; the vector still grows
+                // as slices bind rather than trusting it.
                 let mut bound = Vec::new();
-                for i in indices(*start, *count) {
+                for i in *start..stack_end(*start, *count) {
                     env.push((var.clone(), i));
                     let r = self.source(part, env, ctx);
                     env.pop();
                     bound.push(r?);
                 }
                 let shapes: Vec<Vec<u64>> = bound.iter().map(Recipe::shape).collect();
-                if shapes.iter().any(|s| *s != shapes[0]) {
+                if shapes.windows(2).any(|w| w[0] != w[1]) {
                     return Err(IssueKind::Parts {
                         what: "stacked slices have different shapes".into(),
                         shapes,
@@ -392,8 +396,7 @@ impl Binder<'_> {
             S::Reshape { shape, source } => {
                 let inner = self.source(source, env, ctx)?;
                 let have = inner.shape();
-                let numel = |s: &[u64]| s.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
-                if numel(&have).is_none() || numel(&have) != numel(shape) {
+                if ir::numel(&have).is_none() || ir::numel(&have) != ir::numel(shape) {
                     return Err(IssueKind::Parts {
                         what: format!("cannot reshape to {shape:?}: element counts differ"),
                         shapes: vec![have],
@@ -534,6 +537,15 @@ fn widen(pattern: &str) -> String {
     out
 }
 
+/// One past a stack's last index; an end that would overflow binds no slices (IR
+/// validation refuses such a stack before binding).
+fn stack_end(start: i64, count: u64) -> i64 {
+    i64::try_from(count)
+        .ok()
+        .and_then(|c| start.checked_add(c))
+        .unwrap_or(start)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -554,10 +566,10 @@ mod tests {
     }
 
     #[test]
-    fn indices_end_at_i64_max_instead_of_wrapping() {
-        assert_eq!(indices(3, 2), 3..5);
-        assert_eq!(indices(i64::MAX - 1, 5), i64::MAX - 1..i64::MAX);
-        assert_eq!(indices(0, u64::MAX), 0..i64::MAX);
+    fn stack_ends_never_wrap() {
+        assert_eq!(stack_end(3, 2), 5);
+        assert_eq!(stack_end(i64::MAX - 1, 5), i64::MAX - 1, "overflow binds nothing");
+        assert_eq!(stack_end(0, u64::MAX), 0);
     }
 
     #[test]

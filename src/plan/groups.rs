@@ -5,89 +5,62 @@
 //! (layer, expert). A stacked param whose expression reads the stack variable gets one
 //! group per slice along its leading dim. `-1` means resident (no group).
 
-use std::collections::BTreeMap;
-
 use super::Offload;
 use crate::ir;
-use crate::source::FileId;
-use crate::syntax::ast::{BinOp, ExprKind, UnOp};
 
+/// The group of a param, or of each slice of a stacked param, at the indices in `env`.
+/// An expression that fails to evaluate is an error (E0410 in the plan's report), never
+/// a silent fallback to resident.
 pub fn offload(
     g: &ir::OffloadGroup,
     source: &ir::Source,
     env: &[(String, i64)],
     shape: &[u64],
-    config: &BTreeMap<String, serde_json::Value>,
-) -> Option<Offload> {
+) -> Result<Option<Offload>, String> {
     let prefix: Vec<String> = env.iter().map(|(v, i)| format!("{v}={i}")).collect();
+    let name = match &g.expr {
+        ir::GroupExpr::Var(v) => v.as_str(),
+        _ => "group",
+    };
     let label = |value: i64| {
-        let name = if g
-            .expr
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && !g.expr.starts_with(|c: char| c.is_ascii_digit())
-        {
-            g.expr.as_str()
-        } else {
-            "group"
-        };
         let mut parts = prefix.clone();
         parts.push(format!("{name}={value}"));
         parts.join("/")
     };
-    let expr = crate::syntax::parse_expr(FileId(0), &g.expr).ok()?;
+    let check = |v: i64| {
+        if v < -1 {
+            Err(format!("group {v} is negative"))
+        } else {
+            Ok(v)
+        }
+    };
     match g.per.first() {
         Some(var) => {
-            let start = match source {
-                ir::Source::Stack { start, .. } => *start,
-                _ => 0,
-            };
-            let count = shape.first().copied().unwrap_or(0) as i64;
-            let labels = (0..count)
-                .map(|i| {
-                    let mut env = env.to_vec();
-                    env.push((var.clone(), start + i));
-                    match eval(&expr.node, &env, config) {
-                        Some(-1) | None => "resident".to_string(),
-                        Some(v) => label(v),
-                    }
-                })
-                .collect();
-            Some(Offload::PerSlice(labels))
+            let (start, count) = ir::OffloadGroup::slices(source, shape);
+            let mut env = env.to_vec();
+            env.push((var.clone(), start));
+            let mut labels = Vec::new();
+            for i in 0..count {
+                let at = i64::try_from(i)
+                    .ok()
+                    .and_then(|i| start.checked_add(i))
+                    .ok_or_else(|| format!("stack index {start} + {i} overflows"))?;
+                if let Some(last) = env.last_mut() {
+                    last.1 = at;
+                }
+                labels.push(match check(g.expr.eval(&env)?)? {
+                    -1 => "resident".to_string(),
+                    v => label(v),
+                });
+            }
+            Ok(Some(Offload::PerSlice(labels)))
         }
         None => {
-            let value = g.value.or_else(|| eval(&expr.node, env, config))?;
-            (value != -1).then(|| Offload::Group(label(value)))
+            let value = match g.value {
+                Some(v) => v,
+                None => check(g.expr.eval(env)?)?,
+            };
+            Ok((value != -1).then(|| Offload::Group(label(value))))
         }
-    }
-}
-
-/// Integer evaluation over index variables and the IR's recorded config values.
-fn eval(
-    e: &ExprKind,
-    env: &[(String, i64)],
-    config: &BTreeMap<String, serde_json::Value>,
-) -> Option<i64> {
-    match e {
-        ExprKind::Int(i) => Some(*i),
-        ExprKind::Name(path) if path.len() == 1 => env
-            .iter()
-            .rev()
-            .find(|(n, _)| *n == path[0])
-            .map(|(_, v)| *v)
-            .or_else(|| config.get(&path[0]).and_then(serde_json::Value::as_i64)),
-        ExprKind::Unary(UnOp::Neg, a) => eval(&a.node, env, config)?.checked_neg(),
-        ExprKind::Binary(op, a, b) => {
-            let (x, y) = (eval(&a.node, env, config)?, eval(&b.node, env, config)?);
-            match op {
-                BinOp::Add => x.checked_add(y),
-                BinOp::Sub => x.checked_sub(y),
-                BinOp::Mul => x.checked_mul(y),
-                BinOp::Div => x.checked_div(y),
-                BinOp::Mod => x.checked_rem_euclid(y),
-                _ => None,
-            }
-        }
-        _ => None,
     }
 }

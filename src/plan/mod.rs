@@ -171,23 +171,23 @@ impl Plan {
         self.targets
             .iter()
             .filter(|t| !matches!(t.recipe, Recipe::Tied { .. }))
-            .map(|t| t.shape.iter().product::<u64>() * t.dtype.size() as u64)
-            .sum()
+            .map(|t| crate::ir::byte_size(&t.shape, t.dtype.size() as u64).unwrap_or(u64::MAX))
+            .fold(0, u64::saturating_add)
     }
 }
 
-/// Parses an IR dtype name (`bf16`) into a [`Dtype`].
-pub fn target_dtype(name: &str) -> Option<Dtype> {
-    Some(match name {
-        "bf16" => Dtype::Bf16,
-        "f16" => Dtype::F16,
-        "f32" => Dtype::F32,
-        "f8_e4m3" => Dtype::F8E4M3,
-        "f8_e5m2" => Dtype::F8E5M2,
-        "u8" => Dtype::U8,
-        "i8" => Dtype::I8,
-        "i32" => Dtype::I32,
-        "i64" => Dtype::I64,
-        _ => return None,
-    })
+/// The checkpoint [`Dtype`] a param of IR dtype `d` is loaded as.
+pub fn target_dtype(d: crate::ir::DType) -> Dtype {
+    use crate::ir::DType as D;
+    match d {
+        D::Bf16 => Dtype::Bf16,
+        D::F16 => Dtype::F16,
+        D::F32 => Dtype::F32,
+        D::F8E4M3 => Dtype::F8E4M3,
+        D::F8E5M2 => Dtype::F8E5M2,
+        D::U8 => Dtype::U8,
+        D::I8 => Dtype::I8,
+        D::I32 => Dtype::I32,
+        D::I64 => Dtype::I64,
+    }
 }

@@ -41,6 +41,10 @@ pub enum IssueKind {
         missing: bool,
         what: String,
     },
+    /// The offload-group expression failed at these indices.
+    Offload {
+        message: String,
+    },
 }
 
 /// Replaces every all-digit dotted segment with `{n}`; returns the numbers too.
@@ -189,6 +193,10 @@ pub fn diagnostics(
                 let code = if *missing { Code::E0508 } else { Code::E0509 };
                 Diagnostic::new(code, format!("`{}` {what}", issue.target))
             }
+            IssueKind::Offload { message } => Diagnostic::new(
+                Code::E0410,
+                format!("the offload group of `{}` fails: {message}", issue.target),
+            ),
         };
         if let Some(site) = site {
             d = d.at(site.span, "declared here");

@@ -34,33 +34,70 @@ fn pratt() -> &'static PrattParser<Rule> {
     })
 }
 
+/// How deep an expression tree may grow. Every later phase walks expressions
+/// recursively (evaluation, display, drop), so the limit is enforced here, where the
+/// tree is built, and no phase downstream needs its own guard.
+pub const MAX_EXPR_DEPTH: u32 = 256;
+
+/// An expression with the height of its tree.
+type Deep = (Expr, u32);
+
 impl Builder<'_> {
     pub(super) fn expr(&mut self, pair: Pair<Rule>) -> Expr {
+        self.expr_depth(pair).0
+    }
+
+    /// Builds an expression and its depth. Past [`MAX_EXPR_DEPTH`] it reports E0104 once
+    /// and folds the subtree into a placeholder, so the tree never grows beyond the limit.
+    fn expr_depth(&mut self, pair: Pair<Rule>) -> Deep {
+        let span = self.span(&pair);
+        // pest's Pratt parser recurses once per prefix operator (and a `not` takes the
+        // rest of a comparison chain as its operand), so count them before handing over.
+        let prefixes = pair
+            .clone()
+            .into_inner()
+            .filter(|p| matches!(p.as_rule(), Rule::op_not | Rule::op_neg))
+            .count();
+        if prefixes > MAX_EXPR_DEPTH as usize {
+            return self.too_deep(span, "prefix operators");
+        }
         let file = self.file;
         let span_of = |s: pest::Span| crate::source::Span::new(file, s.start()..s.end());
         // The Pratt callbacks cannot all borrow `self`; diagnostics go through a cell.
         let me = std::cell::RefCell::new(self);
-        let result = pratt()
+        let grow = |kind: ExprKind, span, depth: u32| -> Deep {
+            if depth > MAX_EXPR_DEPTH {
+                me.borrow_mut().too_deep(span, "operators")
+            } else {
+                (Spanned::new(kind, span), depth)
+            }
+        };
+        // Bound to a local: the parser's temporaries borrow the closures above.
+        let built = pratt()
             .map_primary(|p| me.borrow_mut().primary(p))
-            .map_prefix(|op, e| {
+            .map_prefix(|op, (e, d)| {
                 let span = span_of(op.as_span()).join(e.span);
                 let u = if op.as_rule() == Rule::op_not {
                     UnOp::Not
                 } else {
                     UnOp::Neg
                 };
-                Spanned::new(ExprKind::Unary(u, Box::new(e)), span)
+                grow(ExprKind::Unary(u, Box::new(e)), span, d + 1)
             })
-            .map_postfix(|e, op| {
+            .map_postfix(|(e, d), op| {
                 let span = e.span.join(span_of(op.as_span()));
                 let inner = op
                     .into_inner()
                     .next()
                     .expect("grammar: index has an expression");
-                let i = me.borrow_mut().expr(inner);
-                Spanned::new(ExprKind::Index(Box::new(e), Box::new(i)), span)
+                let (i, di) = me.borrow_mut().expr_depth(inner);
+                grow(
+                    ExprKind::Index(Box::new(e), Box::new(i)),
+                    span,
+                    d.max(di) + 1,
+                )
             })
-            .map_infix(|a, op, b| {
+            .map_infix(|(a, da), op, (b, db)| {
                 let span = a.span.join(b.span);
                 let op = match op.as_rule() {
                     Rule::op_or => BinOp::Or,
@@ -79,14 +116,45 @@ impl Builder<'_> {
                     Rule::op_div => BinOp::Div,
                     _ => BinOp::Mod,
                 };
-                Spanned::new(ExprKind::Binary(op, Box::new(a), Box::new(b)), span)
+                let kind = ExprKind::Binary(op, Box::new(a), Box::new(b));
+                grow(kind, span, da.max(db) + 1)
             })
             .parse(pair.into_inner());
-        result
+        built
     }
 
-    fn primary(&mut self, pair: Pair<Rule>) -> Expr {
+    /// Reports E0104 (once per file) and returns a leaf in place of the subtree.
+    fn too_deep(&mut self, span: crate::source::Span, what: &str) -> Deep {
+        if !self.too_deep_reported {
+            self.too_deep_reported = true;
+            self.diags.push(
+                Diagnostic::new(
+                    Code::E0104,
+                    format!("expression nested more than {MAX_EXPR_DEPTH} deep"),
+                )
+                .at(span, format!("too many nested {what} in this expression"))
+                .with_help("split it into `config` items, or write the value directly"),
+            );
+        }
+        (Spanned::new(ExprKind::Int(0), span), 1)
+    }
+
+    /// Builds each child expression; the result is one deeper than the deepest child.
+    fn exprs(&mut self, pairs: pest::iterators::Pairs<Rule>) -> (Vec<Expr>, u32) {
+        let mut depth = 0;
+        let items = pairs
+            .map(|e| {
+                let (e, d) = self.expr_depth(e);
+                depth = depth.max(d);
+                e
+            })
+            .collect();
+        (items, depth + 1)
+    }
+
+    fn primary(&mut self, pair: Pair<Rule>) -> Deep {
         let span = self.span(&pair);
+        let mut depth = 1;
         let kind = match pair.as_rule() {
             Rule::int => match pair.as_str().parse::<i64>() {
                 Ok(v) => ExprKind::Int(v),
@@ -115,18 +183,24 @@ impl Builder<'_> {
             Rule::kw_true => ExprKind::Bool(true),
             Rule::kw_false => ExprKind::Bool(false),
             Rule::kw_null => ExprKind::Null,
-            Rule::list => ExprKind::List(pair.into_inner().map(|e| self.expr(e)).collect()),
+            Rule::list => {
+                let (items, d) = self.exprs(pair.into_inner());
+                depth = d;
+                ExprKind::List(items)
+            }
             Rule::call => {
                 let mut inner = pair.into_inner();
                 let name = self.ident(inner.next().expect("grammar: call has a name"));
-                ExprKind::Call(name, inner.map(|e| self.expr(e)).collect())
+                let (args, d) = self.exprs(inner);
+                depth = d;
+                ExprKind::Call(name, args)
             }
             Rule::key_path => {
                 ExprKind::Name(pair.into_inner().map(|p| p.as_str().to_string()).collect())
             }
-            Rule::expr => return self.expr(pair),
+            Rule::expr => return self.expr_depth(pair),
             r => unreachable!("grammar: {r:?} is not a primary"),
         };
-        Spanned::new(kind, span)
+        (Spanned::new(kind, span), depth)
     }
 }

@@ -27,7 +27,7 @@ pub fn parse(file: FileId, text: &str) -> Result<ast::File, Diagnostics> {
     if let Some(at) = too_deep(text) {
         diags.push(
             Diagnostic::new(
-                Code::E0101,
+                Code::E0104,
                 format!("brackets nested more than {MAX_NESTING} deep"),
             )
             .at(Span::new(file, at..at + 1), "nesting limit reached here"),
@@ -44,6 +44,7 @@ pub fn parse(file: FileId, text: &str) -> Result<ast::File, Diagnostics> {
     let mut b = Builder {
         file,
         diags: &mut diags,
+        too_deep_reported: false,
     };
     let mut out = ast::File {
         id: file,
@@ -73,8 +74,9 @@ pub fn parse(file: FileId, text: &str) -> Result<ast::File, Diagnostics> {
     }
 }
 
-/// The parser recurses once per bracket level; cap it so hostile input cannot
-/// exhaust the stack.
+/// pest recurses once per bracket level while it matches the grammar, before any
+/// tree exists to count; cap it so hostile input cannot exhaust the stack. Operator
+/// chains and prefix runs are limited where the tree is built (`expr::MAX_EXPR_DEPTH`).
 const MAX_NESTING: usize = 64;
 
 /// The offset where bracket nesting first exceeds [`MAX_NESTING`], skipping strings
@@ -108,36 +110,6 @@ fn too_deep(text: &str) -> Option<usize> {
         }
     }
     None
-}
-
-/// Parses a lone expression, such as an IR offload-group expression.
-pub fn parse_expr(file: FileId, text: &str) -> Result<ast::Expr, Diagnostics> {
-    let mut diags = Diagnostics::default();
-    if too_deep(text).is_some() {
-        diags.push(Diagnostic::new(Code::E0101, "expression nested too deeply"));
-        return Err(diags);
-    }
-    let mut pairs = match WmapParser::parse(Rule::expr_only, text) {
-        Ok(p) => p,
-        Err(e) => {
-            diags.push(syntax_error(file, text, e));
-            return Err(diags);
-        }
-    };
-    let expr_pair = pairs
-        .next()
-        .and_then(|p| p.into_inner().next())
-        .expect("grammar: expr_only holds an expr");
-    let mut b = Builder {
-        file,
-        diags: &mut diags,
-    };
-    let e = b.expr(expr_pair);
-    if diags.has_errors() {
-        Err(diags)
-    } else {
-        Ok(e)
-    }
 }
 
 fn syntax_error(file: FileId, text: &str, e: pest::error::Error<Rule>) -> Diagnostic {
@@ -264,6 +236,8 @@ fn nx<'i>(it: &mut pest::iterators::Pairs<'i, Rule>) -> Pair<'i, Rule> {
 struct Builder<'d> {
     file: FileId,
     diags: &'d mut Diagnostics,
+    /// E0104 is reported once: past the limit every further fold would repeat it.
+    too_deep_reported: bool,
 }
 
 impl Builder<'_> {
