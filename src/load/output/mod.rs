@@ -77,15 +77,29 @@ impl Staging {
         check::remove_stale(&parent, &name, &resolved);
         let found = check::inspect(out, &resolved, force)?;
         let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-        // Folders of these names are from an earlier process with our PID, now dead
-        // (we hold the lock); the commit needs both names free.
+        // Marked folders of these names are from an earlier process with our PID, now
+        // dead (we hold the lock); the commit needs both names free. Anything else of
+        // those names is not ours to delete.
         for stale in [
             &tmp,
             &parent.join(format!(".{name}.old-{}", std::process::id())),
         ] {
-            if std::fs::symlink_metadata(stale).is_ok() {
-                remove_any(stale);
+            if std::fs::symlink_metadata(stale).is_err() {
+                continue;
             }
+            let marked = std::fs::symlink_metadata(stale).is_ok_and(|m| m.is_dir())
+                && std::fs::symlink_metadata(stale.join(MARKER)).is_ok_and(|m| m.is_file());
+            if !marked {
+                return Err(Diagnostic::new(
+                    Code::E0602,
+                    format!(
+                        "`{}` is in the way of the output and was not written by wmapc",
+                        stale.display()
+                    ),
+                )
+                .with_help("move it away, or choose another --out"));
+            }
+            remove_any(stale);
         }
         signals::register(&tmp);
         let staging = Staging {
