@@ -25,6 +25,18 @@ stdlib_files![
     "models/phi3.wmap",
     "models/mamba2.wmap",
     "models/nemotron_h.wmap",
+    "models/qwen2.wmap",
+    "models/qwen2_moe.wmap",
+    "models/granite.wmap",
+    "models/olmo2.wmap",
+    "models/olmoe.wmap",
+    "models/gemma.wmap",
+    "models/gemma2.wmap",
+    "models/mixtral.wmap",
+    "models/starcoder2.wmap",
+    "models/phi.wmap",
+    "models/stablelm.wmap",
+    "models/cohere.wmap",
 ];
 
 /// The text of a stdlib file.

@@ -76,12 +76,186 @@ fn every_fixture_plans_clean_with_nothing_unclaimed() {
         "mamba2",
         "nemotron_h",
         "nemotron_h_moe",
-    ] {
+    ]
+    .into_iter()
+    .chain(FAMILIES)
+    {
         let (plan, store) = load_dir(&fixture(name), &ModelSource::Detect);
         assert_eq!(plan.targets.len(), store.len(), "{name}");
         for t in &plan.targets {
             let n: u64 = t.shape.iter().product::<u64>() * t.dtype.size() as u64;
             assert_eq!(store[&t.name].data.len() as u64, n, "{name}: {}", t.name);
+        }
+    }
+}
+
+/// The fixtures of `scripts/make_fixtures.py` (one per stdlib family, plus config variants).
+const FAMILIES: [&str; 14] = [
+    "qwen2",
+    "qwen2_moe",
+    "granite",
+    "olmo2",
+    "olmoe",
+    "gemma",
+    "gemma2",
+    "mixtral",
+    "starcoder2",
+    "phi",
+    "stablelm",
+    "stablelm_parallel",
+    "cohere",
+    "cohere_qk_norm",
+];
+
+/// (fixture, target, checkpoint tensors whose bytes, concatenated, the target must be).
+/// `{l}` is each layer (0 and 1), `{e}` each expert (0..4) in an expanded part.
+const EXPECTED: &[(&str, &str, &[&str])] = &[
+    ("qwen2", "layers.{l}.attention.qkv_bias", &[
+        "model.layers.{l}.self_attn.q_proj.bias",
+        "model.layers.{l}.self_attn.k_proj.bias",
+        "model.layers.{l}.self_attn.v_proj.bias",
+    ]),
+    ("qwen2", "layers.{l}.attention.out", &["model.layers.{l}.self_attn.o_proj.weight"]),
+    ("qwen2", "lm_head", &["lm_head.weight"]),
+    ("granite", "layers.{l}.mlp.gate_up", &[
+        "model.layers.{l}.mlp.gate_proj.weight",
+        "model.layers.{l}.mlp.up_proj.weight",
+    ]),
+    ("granite", "lm_head", &["model.embed_tokens.weight"]),
+    ("olmo2", "layers.{l}.qk_norm.q_norm", &["model.layers.{l}.self_attn.q_norm.weight"]),
+    ("olmo2", "layers.{l}.qk_norm.k_norm", &["model.layers.{l}.self_attn.k_norm.weight"]),
+    ("olmo2", "layers.{l}.post_feedforward_norm.weight", &[
+        "model.layers.{l}.post_feedforward_layernorm.weight",
+    ]),
+    ("gemma", "layers.{l}.attention.qkv", &[
+        "model.layers.{l}.self_attn.q_proj.weight",
+        "model.layers.{l}.self_attn.k_proj.weight",
+        "model.layers.{l}.self_attn.v_proj.weight",
+    ]),
+    ("gemma", "lm_head", &["model.embed_tokens.weight"]),
+    ("gemma2", "layers.{l}.pre_feedforward_norm.weight", &[
+        "model.layers.{l}.pre_feedforward_layernorm.weight",
+    ]),
+    ("gemma2", "layers.{l}.post_feedforward_norm.weight", &[
+        "model.layers.{l}.post_feedforward_layernorm.weight",
+    ]),
+    ("olmoe", "layers.{l}.moe.experts.gate_up", &[
+        "model.layers.{l}.mlp.experts.{e}.gate_proj.weight+model.layers.{l}.mlp.experts.{e}.up_proj.weight",
+    ]),
+    ("olmoe", "layers.{l}.moe.experts.down", &["model.layers.{l}.mlp.experts.{e}.down_proj.weight"]),
+    ("olmoe", "layers.{l}.moe.router", &["model.layers.{l}.mlp.gate.weight"]),
+    ("olmoe", "layers.{l}.qk_norm.q_norm", &["model.layers.{l}.self_attn.q_norm.weight"]),
+    ("mixtral", "layers.{l}.moe.experts.gate_up", &[
+        "model.layers.{l}.block_sparse_moe.experts.{e}.w1.weight+model.layers.{l}.block_sparse_moe.experts.{e}.w3.weight",
+    ]),
+    ("mixtral", "layers.{l}.moe.experts.down", &[
+        "model.layers.{l}.block_sparse_moe.experts.{e}.w2.weight",
+    ]),
+    ("mixtral", "layers.{l}.moe.router", &["model.layers.{l}.block_sparse_moe.gate.weight"]),
+    ("qwen2_moe", "layers.{l}.moe.experts.gate_up", &[
+        "model.layers.{l}.mlp.experts.{e}.gate_proj.weight+model.layers.{l}.mlp.experts.{e}.up_proj.weight",
+    ]),
+    ("qwen2_moe", "layers.{l}.moe.shared.gate_up", &[
+        "model.layers.{l}.mlp.shared_expert.gate_proj.weight",
+        "model.layers.{l}.mlp.shared_expert.up_proj.weight",
+    ]),
+    ("qwen2_moe", "layers.{l}.moe.shared_gate", &["model.layers.{l}.mlp.shared_expert_gate.weight"]),
+    ("qwen2_moe", "layers.{l}.attention.qkv_bias", &[
+        "model.layers.{l}.self_attn.q_proj.bias",
+        "model.layers.{l}.self_attn.k_proj.bias",
+        "model.layers.{l}.self_attn.v_proj.bias",
+    ]),
+    ("starcoder2", "layers.{l}.attention.out_bias", &["model.layers.{l}.self_attn.o_proj.bias"]),
+    ("starcoder2", "layers.{l}.mlp.up", &["model.layers.{l}.mlp.c_fc.weight"]),
+    ("starcoder2", "layers.{l}.mlp.up_bias", &["model.layers.{l}.mlp.c_fc.bias"]),
+    ("starcoder2", "layers.{l}.mlp.down_bias", &["model.layers.{l}.mlp.c_proj.bias"]),
+    ("starcoder2", "layers.{l}.input_norm.bias", &["model.layers.{l}.input_layernorm.bias"]),
+    ("starcoder2", "final_norm.bias", &["model.norm.bias"]),
+    ("phi", "layers.{l}.attention.out", &["model.layers.{l}.self_attn.dense.weight"]),
+    ("phi", "layers.{l}.attention.out_bias", &["model.layers.{l}.self_attn.dense.bias"]),
+    ("phi", "layers.{l}.mlp.down", &["model.layers.{l}.mlp.fc2.weight"]),
+    ("phi", "final_norm.weight", &["model.final_layernorm.weight"]),
+    ("phi", "lm_head_bias", &["lm_head.bias"]),
+    ("stablelm", "layers.{l}.post_attention_norm.bias", &[
+        "model.layers.{l}.post_attention_layernorm.bias",
+    ]),
+    ("stablelm_parallel", "layers.{l}.qk_norm.q_norm", &[
+        "model.layers.{l}.self_attn.q_layernorm.norms.0.weight",
+        "model.layers.{l}.self_attn.q_layernorm.norms.1.weight",
+        "model.layers.{l}.self_attn.q_layernorm.norms.2.weight",
+        "model.layers.{l}.self_attn.q_layernorm.norms.3.weight",
+    ]),
+    ("stablelm_parallel", "layers.{l}.qk_norm.k_norm", &[
+        "model.layers.{l}.self_attn.k_layernorm.norms.0.weight",
+        "model.layers.{l}.self_attn.k_layernorm.norms.1.weight",
+    ]),
+    ("cohere", "layers.{l}.mlp.down", &["model.layers.{l}.mlp.down_proj.weight"]),
+    ("cohere", "lm_head", &["model.embed_tokens.weight"]),
+    ("cohere_qk_norm", "layers.{l}.qk_norm.q_norm", &["model.layers.{l}.self_attn.q_norm.weight"]),
+    ("cohere_qk_norm", "layers.{l}.qk_norm.k_norm", &["model.layers.{l}.self_attn.k_norm.weight"]),
+];
+
+/// The source names of one EXPECTED part for layer `l`: a part with `{e}` is one name per
+/// expert (its `+`-joined names fused per expert), in expert order.
+fn expand(part: &str, l: usize) -> Vec<String> {
+    let part = part.replace("{l}", &l.to_string());
+    if !part.contains("{e}") {
+        return vec![part];
+    }
+    (0..4)
+        .flat_map(|e| {
+            part.split('+')
+                .map(|p| p.replace("{e}", &e.to_string()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn family_fixtures_load_bit_identical_to_their_sources() {
+    for name in FAMILIES {
+        let dir = fixture(name);
+        let (_, store) = load_dir(&dir, &ModelSource::Detect);
+        let cases: Vec<_> = EXPECTED.iter().filter(|(f, _, _)| *f == name).collect();
+        assert!(!cases.is_empty(), "{name}: no byte expectations");
+        for (_, target, parts) in cases {
+            for l in 0..2 {
+                let sources: Vec<String> = parts.iter().flat_map(|p| expand(p, l)).collect();
+                let want: Vec<Vec<u8>> = sources.iter().map(|s| raw(&dir, s).0).collect();
+                let target = target.replace("{l}", &l.to_string());
+                assert_eq!(bytes(&store, &target), cat(&want), "{name}: {target}");
+            }
+        }
+    }
+}
+
+/// Across the family fixtures: only the projection matrices are quantizable (never a
+/// norm, embedding, router, bias or `lm_head`), and every expert param has one offload
+/// group per (layer, expert) while everything else stays resident.
+#[test]
+fn family_fixtures_quantize_matrices_and_offload_experts() {
+    const MATRICES: [&str; 5] = ["qkv", "out", "gate_up", "up", "down"];
+    for name in FAMILIES {
+        let (plan, _) = load_dir(&fixture(name), &ModelSource::Detect);
+        for t in &plan.targets {
+            let last = t.name.rsplit('.').next().unwrap_or_default();
+            let matrix = t.name.starts_with("layers.") && MATRICES.contains(&last);
+            assert_eq!(t.quantizable, matrix, "{name}: {}", t.name);
+            let offload = serde_json::to_value(&t.offload).unwrap();
+            if t.name.contains(".experts.") {
+                let layer = t.name.split('.').nth(1).unwrap();
+                let groups: Vec<String> = (0..4)
+                    .map(|e| format!("layer={layer}/expert={e}"))
+                    .collect();
+                assert_eq!(
+                    offload["per_slice"],
+                    serde_json::json!(groups),
+                    "{name}: {}",
+                    t.name
+                );
+            } else {
+                assert!(offload.is_null(), "{name}: {} is resident", t.name);
+            }
         }
     }
 }
