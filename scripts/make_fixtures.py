@@ -141,6 +141,46 @@ FAMILIES = {
         num_attention_heads=96, num_key_value_heads=8, vocab_size=256000,
         max_position_embeddings=8192, layer_norm_eps=1e-5, logit_scale=0.8333333333333334,
         tie_word_embeddings=True, use_qk_norm=True), 1114),
+    # google/gemma-3-1b-pt (the text-only Gemma 3)
+    "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(
+        TINY, tie_word_embeddings=True), dict(
+        hidden_size=1152, intermediate_size=6912, num_hidden_layers=26,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=256, vocab_size=262144,
+        max_position_embeddings=32768, rms_norm_eps=1e-6, sliding_window=512,
+        query_pre_attn_scalar=256, tie_word_embeddings=True), 1115),
+    # microsoft/Phi-3.5-MoE-instruct
+    "phimoe": ("PhimoeConfig", "PhimoeForCausalLM", dict(
+        TINY, intermediate_size=32, num_local_experts=4, num_experts_per_tok=2,
+        attention_bias=True, lm_head_bias=True), dict(
+        hidden_size=4096, intermediate_size=6400, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=8, vocab_size=32064,
+        max_position_embeddings=131072, rms_norm_eps=1e-5, tie_word_embeddings=False,
+        num_local_experts=16, num_experts_per_tok=2, attention_bias=True,
+        lm_head_bias=True), 1116),
+    # THUDM/GLM-4-9B-0414
+    "glm4": ("Glm4Config", "Glm4ForCausalLM", dict(
+        TINY, attention_bias=True, pad_token_id=0, eos_token_id=1), dict(
+        hidden_size=4096, intermediate_size=13696, num_hidden_layers=40,
+        num_attention_heads=32, num_key_value_heads=2, head_dim=128, vocab_size=151552,
+        max_position_embeddings=32768, rms_norm_eps=1e-5, attention_bias=True,
+        partial_rotary_factor=0.5, tie_word_embeddings=False), 1117),
+    # EleutherAI/pythia-1.4b
+    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", dict(TINY), dict(
+        hidden_size=2048, intermediate_size=8192, num_hidden_layers=24,
+        num_attention_heads=16, vocab_size=50304, max_position_embeddings=2048,
+        rotary_pct=0.25, use_parallel_residual=True, tie_word_embeddings=False), 1118),
+    # allenai/Olmo-3-1025-7B
+    "olmo3": ("Olmo3Config", "Olmo3ForCausalLM", dict(TINY), dict(
+        hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=32, vocab_size=100278,
+        max_position_embeddings=65536, rms_norm_eps=1e-6, sliding_window=4096,
+        tie_word_embeddings=False), 1119),
+    # HuggingFaceTB/SmolLM3-3B
+    "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM", dict(
+        TINY, tie_word_embeddings=True, pad_token_id=0), dict(
+        hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+        num_attention_heads=16, num_key_value_heads=4, vocab_size=128256,
+        max_position_embeddings=65536, rms_norm_eps=1e-6, tie_word_embeddings=True), 1120),
     # CohereForAI/c4ai-command-r-v01
     "cohere": ("CohereConfig", "CohereForCausalLM", dict(TINY, tie_word_embeddings=True), dict(
         hidden_size=8192, intermediate_size=22528, num_hidden_layers=40,

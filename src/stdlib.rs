@@ -37,6 +37,11 @@ stdlib_files![
     "models/phi.wmap",
     "models/stablelm.wmap",
     "models/cohere.wmap",
+    "models/gemma3.wmap",
+    "models/phimoe.wmap",
+    "models/glm4.wmap",
+    "models/smollm3.wmap",
+    "models/gpt_neox.wmap",
 ];
 
 /// The text of a stdlib file.

@@ -90,7 +90,7 @@ fn every_fixture_plans_clean_with_nothing_unclaimed() {
 }
 
 /// The fixtures of `scripts/make_fixtures.py` (one per stdlib family, plus config variants).
-const FAMILIES: [&str; 14] = [
+const FAMILIES: [&str; 20] = [
     "qwen2",
     "qwen2_moe",
     "granite",
@@ -105,6 +105,12 @@ const FAMILIES: [&str; 14] = [
     "stablelm_parallel",
     "cohere",
     "cohere_qk_norm",
+    "gemma3_text",
+    "phimoe",
+    "glm4",
+    "smollm3",
+    "olmo3",
+    "gpt_neox",
 ];
 
 /// (fixture, target, checkpoint tensors whose bytes, concatenated, the target must be).
@@ -193,6 +199,39 @@ const EXPECTED: &[(&str, &str, &[&str])] = &[
     ("cohere", "lm_head", &["model.embed_tokens.weight"]),
     ("cohere_qk_norm", "layers.{l}.qk_norm.q_norm", &["model.layers.{l}.self_attn.q_norm.weight"]),
     ("cohere_qk_norm", "layers.{l}.qk_norm.k_norm", &["model.layers.{l}.self_attn.k_norm.weight"]),
+    ("gemma3_text", "layers.{l}.qk_norm.q_norm", &["model.layers.{l}.self_attn.q_norm.weight"]),
+    ("gemma3_text", "layers.{l}.pre_feedforward_norm.weight", &[
+        "model.layers.{l}.pre_feedforward_layernorm.weight",
+    ]),
+    ("gemma3_text", "lm_head", &["model.embed_tokens.weight"]),
+    ("phimoe", "layers.{l}.moe.experts.gate_up", &[
+        "model.layers.{l}.block_sparse_moe.experts.{e}.w1.weight+model.layers.{l}.block_sparse_moe.experts.{e}.w3.weight",
+    ]),
+    ("phimoe", "layers.{l}.attention.out_bias", &["model.layers.{l}.self_attn.o_proj.bias"]),
+    ("phimoe", "layers.{l}.post_attention_norm.bias", &[
+        "model.layers.{l}.post_attention_layernorm.bias",
+    ]),
+    ("phimoe", "lm_head_bias", &["lm_head.bias"]),
+    ("glm4", "layers.{l}.mlp.gate_up", &["model.layers.{l}.mlp.gate_up_proj.weight"]),
+    ("glm4", "layers.{l}.attention.qkv_bias", &[
+        "model.layers.{l}.self_attn.q_proj.bias",
+        "model.layers.{l}.self_attn.k_proj.bias",
+        "model.layers.{l}.self_attn.v_proj.bias",
+    ]),
+    ("glm4", "layers.{l}.post_self_attention_norm.weight", &[
+        "model.layers.{l}.post_self_attn_layernorm.weight",
+    ]),
+    ("glm4", "layers.{l}.post_mlp_norm.weight", &["model.layers.{l}.post_mlp_layernorm.weight"]),
+    ("smollm3", "layers.{l}.attention.qkv", &[
+        "model.layers.{l}.self_attn.q_proj.weight",
+        "model.layers.{l}.self_attn.k_proj.weight",
+        "model.layers.{l}.self_attn.v_proj.weight",
+    ]),
+    ("smollm3", "lm_head", &["model.embed_tokens.weight"]),
+    ("olmo3", "layers.{l}.qk_norm.k_norm", &["model.layers.{l}.self_attn.k_norm.weight"]),
+    ("gpt_neox", "layers.{l}.attention.out", &["gpt_neox.layers.{l}.attention.dense.weight"]),
+    ("gpt_neox", "layers.{l}.mlp.up_bias", &["gpt_neox.layers.{l}.mlp.dense_h_to_4h.bias"]),
+    ("gpt_neox", "lm_head", &["embed_out.weight"]),
 ];
 
 /// The source names of one EXPECTED part for layer `l`: a part with `{e}` is one name per
@@ -256,6 +295,37 @@ fn family_fixtures_quantize_matrices_and_offload_experts() {
             } else {
                 assert!(offload.is_null(), "{name}: {} is resident", t.name);
             }
+        }
+    }
+}
+
+/// GPT-NeoX stores q/k/v per head, rows [heads, 3, head_dim]; the loaded `qkv` gathers
+/// each of q, k, v across heads. Expected bytes are gathered here row by row.
+#[test]
+fn gpt_neox_gathers_per_head_qkv_rows() {
+    let dir = fixture("gpt_neox");
+    let (_, store) = load_dir(&dir, &ModelSource::Detect);
+    let (heads, head_dim, hidden) = (4, 16, 64);
+    for l in 0..2 {
+        for (suffix, row) in [("weight", hidden * 2), ("bias", 2)] {
+            let (src, _) = raw(
+                &dir,
+                &format!("gpt_neox.layers.{l}.attention.query_key_value.{suffix}"),
+            );
+            let rows: Vec<&[u8]> = src.chunks(row).collect();
+            let mut want = Vec::new();
+            for part in 0..3 {
+                for h in 0..heads {
+                    for r in 0..head_dim {
+                        want.extend_from_slice(rows[(h * 3 + part) * head_dim + r]);
+                    }
+                }
+            }
+            let target = match suffix {
+                "weight" => format!("layers.{l}.attention.qkv"),
+                _ => format!("layers.{l}.attention.qkv_bias"),
+            };
+            assert_eq!(bytes(&store, &target), want, "{target}");
         }
     }
 }
