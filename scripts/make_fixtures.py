@@ -181,6 +181,40 @@ FAMILIES = {
         hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
         num_attention_heads=16, num_key_value_heads=4, vocab_size=128256,
         max_position_embeddings=65536, rms_norm_eps=1e-6, tie_word_embeddings=True), 1120),
+    # Qwen/Qwen2-57B-A14B sizes; the tiny one is dense in layer 0 (`decoder_sparse_step` 2)
+    "qwen2_moe_sparse_step": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM", dict(
+        TINY_MOE, shared_expert_intermediate_size=96, decoder_sparse_step=2), dict(
+        hidden_size=3584, intermediate_size=18944, moe_intermediate_size=2560,
+        shared_expert_intermediate_size=20480, num_experts=64, num_experts_per_tok=8,
+        num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+        vocab_size=151936, max_position_embeddings=131072, rms_norm_eps=1e-6,
+        tie_word_embeddings=False, decoder_sparse_step=1), 1121),
+    # ByteDance-Seed/Seed-OSS-36B-Base
+    "seed_oss": ("SeedOssConfig", "SeedOssForCausalLM", dict(
+        TINY, attention_bias=True, attention_out_bias=False), dict(
+        hidden_size=5120, intermediate_size=27648, num_hidden_layers=64,
+        num_attention_heads=80, num_key_value_heads=8, head_dim=128, vocab_size=155136,
+        max_position_embeddings=524288, rms_norm_eps=1e-6, attention_bias=True,
+        attention_out_bias=False, tie_word_embeddings=False), 1122),
+    # LGAI-EXAONE/EXAONE-4.0-32B
+    "exaone4": ("Exaone4Config", "Exaone4ForCausalLM", dict(TINY), dict(
+        hidden_size=5120, intermediate_size=27392, num_hidden_layers=64,
+        num_attention_heads=40, num_key_value_heads=8, head_dim=128, vocab_size=102400,
+        max_position_embeddings=131072, rms_norm_eps=1e-5, sliding_window=4096,
+        tie_word_embeddings=False), 1123),
+    # arcee-ai/AFM-4.5B
+    "arcee": ("ArceeConfig", "ArceeForCausalLM", dict(TINY, bos_token_id=1, eos_token_id=2), dict(
+        hidden_size=2560, intermediate_size=18432, num_hidden_layers=36,
+        num_attention_heads=20, num_key_value_heads=4, head_dim=128, vocab_size=128004,
+        max_position_embeddings=65536, rms_norm_eps=1e-5, tie_word_embeddings=False,
+        bos_token_id=128000, eos_token_id=128001), 1124),
+    # baidu/ERNIE-4.5-0.3B-PT
+    "ernie4_5": ("Ernie4_5Config", "Ernie4_5ForCausalLM", dict(
+        TINY, tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2), dict(
+        hidden_size=1024, intermediate_size=3072, num_hidden_layers=18,
+        num_attention_heads=16, num_key_value_heads=2, head_dim=128, vocab_size=103424,
+        max_position_embeddings=131072, rms_norm_eps=1e-5, use_bias=False,
+        tie_word_embeddings=True), 1125),
     # CohereForAI/c4ai-command-r-v01
     "cohere": ("CohereConfig", "CohereForCausalLM", dict(TINY, tie_word_embeddings=True), dict(
         hidden_size=8192, intermediate_size=22528, num_hidden_layers=40,

@@ -42,6 +42,10 @@ stdlib_files![
     "models/glm4.wmap",
     "models/smollm3.wmap",
     "models/gpt_neox.wmap",
+    "models/seed_oss.wmap",
+    "models/exaone4.wmap",
+    "models/arcee.wmap",
+    "models/ernie4_5.wmap",
 ];
 
 /// The text of a stdlib file.

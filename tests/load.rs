@@ -90,7 +90,7 @@ fn every_fixture_plans_clean_with_nothing_unclaimed() {
 }
 
 /// The fixtures of `scripts/make_fixtures.py` (one per stdlib family, plus config variants).
-const FAMILIES: [&str; 20] = [
+const FAMILIES: [&str; 25] = [
     "qwen2",
     "qwen2_moe",
     "granite",
@@ -111,6 +111,11 @@ const FAMILIES: [&str; 20] = [
     "smollm3",
     "olmo3",
     "gpt_neox",
+    "qwen2_moe_sparse_step",
+    "seed_oss",
+    "exaone4",
+    "arcee",
+    "ernie4_5",
 ];
 
 /// (fixture, target, checkpoint tensors whose bytes, concatenated, the target must be).
@@ -232,6 +237,33 @@ const EXPECTED: &[(&str, &str, &[&str])] = &[
     ("gpt_neox", "layers.{l}.attention.out", &["gpt_neox.layers.{l}.attention.dense.weight"]),
     ("gpt_neox", "layers.{l}.mlp.up_bias", &["gpt_neox.layers.{l}.mlp.dense_h_to_4h.bias"]),
     ("gpt_neox", "lm_head", &["embed_out.weight"]),
+    // Layer 0 is dense (`decoder_sparse_step` 2), layer 1 sparse.
+    ("qwen2_moe_sparse_step", "layers.0.mlp.gate_up", &[
+        "model.layers.0.mlp.gate_proj.weight",
+        "model.layers.0.mlp.up_proj.weight",
+    ]),
+    ("qwen2_moe_sparse_step", "layers.1.moe.experts.down", &[
+        "model.layers.1.mlp.experts.{e}.down_proj.weight",
+    ]),
+    ("qwen2_moe_sparse_step", "layers.1.moe.shared.down", &[
+        "model.layers.1.mlp.shared_expert.down_proj.weight",
+    ]),
+    ("seed_oss", "layers.{l}.attention.qkv_bias", &[
+        "model.layers.{l}.self_attn.q_proj.bias",
+        "model.layers.{l}.self_attn.k_proj.bias",
+        "model.layers.{l}.self_attn.v_proj.bias",
+    ]),
+    ("exaone4", "layers.{l}.qk_norm.q_norm", &["model.layers.{l}.self_attn.q_norm.weight"]),
+    ("exaone4", "layers.{l}.post_feedforward_norm.weight", &[
+        "model.layers.{l}.post_feedforward_layernorm.weight",
+    ]),
+    ("arcee", "layers.{l}.mlp.up", &["model.layers.{l}.mlp.up_proj.weight"]),
+    ("arcee", "layers.{l}.mlp.down", &["model.layers.{l}.mlp.down_proj.weight"]),
+    ("ernie4_5", "layers.{l}.mlp.gate_up", &[
+        "model.layers.{l}.mlp.gate_proj.weight",
+        "model.layers.{l}.mlp.up_proj.weight",
+    ]),
+    ("ernie4_5", "lm_head", &["model.embed_tokens.weight"]),
 ];
 
 /// The source names of one EXPECTED part for layer `l`: a part with `{e}` is one name per
