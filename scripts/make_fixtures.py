@@ -33,20 +33,21 @@ ROOT = Path(__file__).resolve().parent.parent
 HF = ROOT / "tests" / "fixtures" / "hf"
 PROVENANCE = ROOT / "tests" / "fixtures" / "PROVENANCE.json"
 
-# Tiny sizes every family starts from: 2 layers, width 64, 4 query heads of 16 sharing
-# 2 key/value heads, vocabulary 256. Small enough that a fixture stays near 200 KB.
+# Tiny sizes every family starts from: 2 layers, width 32, 4 query heads of 8 sharing
+# 2 key/value heads, vocabulary 128. Small enough that a fixture stays near 60 KB and the
+# whole set near 1.5 MB.
 TINY = dict(
-    hidden_size=64,
-    intermediate_size=128,
+    hidden_size=32,
+    intermediate_size=64,
     num_hidden_layers=2,
     num_attention_heads=4,
     num_key_value_heads=2,
-    head_dim=16,
-    vocab_size=256,
-    max_position_embeddings=128,
+    head_dim=8,
+    vocab_size=128,
+    max_position_embeddings=64,
 )
-# Routed experts: 4 per layer, each of width 32.
-TINY_MOE = dict(TINY, moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2)
+# Routed experts: 4 per layer, each of width 16.
+TINY_MOE = dict(TINY, moe_intermediate_size=16, num_experts=4, num_experts_per_tok=2)
 
 # name -> (config class, architecture, tiny kwargs, full-size kwargs, seed).
 # Full sizes are the released checkpoints' config.json values named in each comment.
@@ -87,21 +88,21 @@ FAMILIES = {
         attn_logit_softcapping=50.0), 1105),
     # allenai/OLMoE-1B-7B-0924
     "olmoe": ("OlmoeConfig", "OlmoeForCausalLM", dict(
-        TINY, intermediate_size=32, num_experts=4, num_experts_per_tok=2), dict(
+        TINY, intermediate_size=16, num_experts=4, num_experts_per_tok=2), dict(
         hidden_size=2048, intermediate_size=1024, num_hidden_layers=16,
         num_attention_heads=16, num_key_value_heads=16, vocab_size=50304,
         max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False,
         num_experts=64, num_experts_per_tok=8), 1106),
     # mistralai/Mixtral-8x7B-v0.1
     "mixtral": ("MixtralConfig", "MixtralForCausalLM", dict(
-        TINY, intermediate_size=32, num_local_experts=4, num_experts_per_tok=2), dict(
+        TINY, intermediate_size=16, num_local_experts=4, num_experts_per_tok=2), dict(
         hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
         num_attention_heads=32, num_key_value_heads=8, vocab_size=32000,
         max_position_embeddings=32768, rms_norm_eps=1e-5, tie_word_embeddings=False,
         num_local_experts=8, num_experts_per_tok=2, rope_theta=1000000.0), 1107),
     # Qwen/Qwen1.5-MoE-A2.7B
     "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM", dict(
-        TINY_MOE, shared_expert_intermediate_size=96), dict(
+        TINY_MOE, shared_expert_intermediate_size=48), dict(
         hidden_size=2048, intermediate_size=5632, moe_intermediate_size=1408,
         shared_expert_intermediate_size=5632, num_experts=60, num_experts_per_tok=4,
         num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=16,
@@ -150,7 +151,7 @@ FAMILIES = {
         query_pre_attn_scalar=256, tie_word_embeddings=True), 1115),
     # microsoft/Phi-3.5-MoE-instruct
     "phimoe": ("PhimoeConfig", "PhimoeForCausalLM", dict(
-        TINY, intermediate_size=32, num_local_experts=4, num_experts_per_tok=2,
+        TINY, intermediate_size=16, num_local_experts=4, num_experts_per_tok=2,
         attention_bias=True, lm_head_bias=True), dict(
         hidden_size=4096, intermediate_size=6400, num_hidden_layers=32,
         num_attention_heads=32, num_key_value_heads=8, vocab_size=32064,
@@ -183,7 +184,7 @@ FAMILIES = {
         max_position_embeddings=65536, rms_norm_eps=1e-6, tie_word_embeddings=True), 1120),
     # Qwen/Qwen2-57B-A14B sizes; the tiny one is dense in layer 0 (`decoder_sparse_step` 2)
     "qwen2_moe_sparse_step": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM", dict(
-        TINY_MOE, shared_expert_intermediate_size=96, decoder_sparse_step=2), dict(
+        TINY_MOE, shared_expert_intermediate_size=48, decoder_sparse_step=2), dict(
         hidden_size=3584, intermediate_size=18944, moe_intermediate_size=2560,
         shared_expert_intermediate_size=20480, num_experts=64, num_experts_per_tok=8,
         num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,

@@ -337,7 +337,7 @@ fn family_fixtures_quantize_matrices_and_offload_experts() {
 fn gpt_neox_gathers_per_head_qkv_rows() {
     let dir = fixture("gpt_neox");
     let (_, store) = load_dir(&dir, &ModelSource::Detect);
-    let (heads, head_dim, hidden) = (4, 16, 64);
+    let (heads, head_dim, hidden) = (4, 8, 32);
     for l in 0..2 {
         for (suffix, row) in [("weight", hidden * 2), ("bias", 2)] {
             let (src, _) = raw(
