@@ -393,5 +393,5 @@ fn check_notes_the_stdlib_defaults_a_config_relied_on() {
         wmapc(&["check", "--config", "tests/fixtures/hf/mistral/config.json"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.is_empty(), "no warnings: {stderr}");
-    assert!(stdout.ends_with("note: config.json lacks these keys; their stdlib defaults were used: attention_bias = false\n"), "{stdout}");
+    assert!(stdout.ends_with("note: config.json lacks these keys; their stdlib defaults were used: attention_bias = false, mlp_bias = false\n"), "{stdout}");
 }

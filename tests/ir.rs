@@ -18,7 +18,7 @@ fn lower(source: &ModelSource, config: &std::path::Path) -> (wmap::ir::Ir, drive
 #[test]
 fn fixture_configs_check_clean_and_lower_to_snapshots() {
     let configs = common::hf_configs();
-    assert_eq!(configs.len(), 15, "fixture configs: {configs:?}");
+    assert_eq!(configs.len(), 40, "fixture configs: {configs:?}");
     for (name, config) in configs {
         let (ir, c) = lower(&ModelSource::Detect, &config);
         let rendered = wmap::diag::render_human(&c.sources, &c.diags, wmap::diag::Color::Never);
@@ -39,12 +39,70 @@ fn detection_picks_the_model_serving_the_architecture() {
         ("qwen3_moe", "Qwen3Moe"),
         ("mamba2", "Mamba2"),
         ("nemotron_h", "NemotronH"),
+        ("qwen2", "Qwen2"),
+        ("qwen2_moe", "Qwen2Moe"),
+        ("granite", "Granite"),
+        ("olmo2", "Olmo2"),
+        ("olmoe", "Olmoe"),
+        ("gemma", "Gemma"),
+        ("gemma2", "Gemma2"),
+        ("mixtral", "Mixtral"),
+        ("starcoder2", "Starcoder2"),
+        ("phi", "Phi"),
+        ("stablelm", "StableLm"),
+        ("stablelm_parallel", "StableLm"),
+        ("cohere", "Cohere"),
+        ("cohere_qk_norm", "Cohere"),
+        ("gemma3_text", "Gemma3"),
+        ("phimoe", "Phimoe"),
+        ("glm4", "Glm4"),
+        ("smollm3", "SmolLm3"),
+        ("olmo3", "Olmo2"),
+        ("gpt_neox", "GptNeox"),
+        ("qwen2_moe_sparse_step", "Qwen2Moe"),
+        ("seed_oss", "SeedOss"),
+        ("exaone4", "Exaone4"),
+        ("arcee", "Arcee"),
+        ("ernie4_5", "Ernie45"),
     ];
     for (dir, model) in expect {
         let config = common::root().join(format!("tests/fixtures/hf/{dir}/config.json"));
         let (ir, _) = lower(&ModelSource::Detect, &config);
         assert_eq!(ir.model, model, "{dir}");
     }
+}
+
+/// Each family's released, full-size config (`config.full.json`, no weights) checks clean
+/// with the model detection picks, and sizes come from the config: the embedding is
+/// [vocab_size, hidden_size] at full size.
+#[test]
+fn full_size_configs_check_clean() {
+    let mut seen = 0;
+    for (name, small) in common::hf_configs() {
+        let full = common::root().join(small.with_file_name("config.full.json"));
+        if name.contains('.') || !full.exists() {
+            continue;
+        }
+        let (ir, c) = lower(&ModelSource::Detect, &common::rel(&full));
+        let rendered = wmap::diag::render_human(&c.sources, &c.diags, wmap::diag::Color::Never);
+        assert!(
+            c.diags.is_empty(),
+            "{name} full size must check clean:\n{rendered}"
+        );
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&full).unwrap()).unwrap();
+        let json = serde_json::to_value(&ir).unwrap();
+        assert_eq!(
+            json["config"]["vocab_size"], cfg["vocab_size"],
+            "{name}: the IR records the full vocabulary"
+        );
+        assert!(
+            cfg["hidden_size"].as_u64().unwrap() >= 1024,
+            "{name}: full size"
+        );
+        seen += 1;
+    }
+    assert_eq!(seen, 25, "fixtures with a config.full.json");
 }
 
 #[test]

@@ -76,12 +76,288 @@ fn every_fixture_plans_clean_with_nothing_unclaimed() {
         "mamba2",
         "nemotron_h",
         "nemotron_h_moe",
-    ] {
+    ]
+    .into_iter()
+    .chain(FAMILIES)
+    {
         let (plan, store) = load_dir(&fixture(name), &ModelSource::Detect);
         assert_eq!(plan.targets.len(), store.len(), "{name}");
         for t in &plan.targets {
             let n: u64 = t.shape.iter().product::<u64>() * t.dtype.size() as u64;
             assert_eq!(store[&t.name].data.len() as u64, n, "{name}: {}", t.name);
+        }
+    }
+}
+
+/// The fixtures of `scripts/make_fixtures.py` (one per stdlib family, plus config variants).
+const FAMILIES: [&str; 25] = [
+    "qwen2",
+    "qwen2_moe",
+    "granite",
+    "olmo2",
+    "olmoe",
+    "gemma",
+    "gemma2",
+    "mixtral",
+    "starcoder2",
+    "phi",
+    "stablelm",
+    "stablelm_parallel",
+    "cohere",
+    "cohere_qk_norm",
+    "gemma3_text",
+    "phimoe",
+    "glm4",
+    "smollm3",
+    "olmo3",
+    "gpt_neox",
+    "qwen2_moe_sparse_step",
+    "seed_oss",
+    "exaone4",
+    "arcee",
+    "ernie4_5",
+];
+
+/// (fixture, target, checkpoint tensors whose bytes, concatenated, the target must be).
+/// `{l}` is each layer (0 and 1), `{e}` each expert (0..4) in an expanded part.
+const EXPECTED: &[(&str, &str, &[&str])] = &[
+    ("qwen2", "layers.{l}.attention.qkv_bias", &[
+        "model.layers.{l}.self_attn.q_proj.bias",
+        "model.layers.{l}.self_attn.k_proj.bias",
+        "model.layers.{l}.self_attn.v_proj.bias",
+    ]),
+    ("qwen2", "layers.{l}.attention.out", &["model.layers.{l}.self_attn.o_proj.weight"]),
+    ("qwen2", "lm_head", &["lm_head.weight"]),
+    ("granite", "layers.{l}.mlp.gate_up", &[
+        "model.layers.{l}.mlp.gate_proj.weight",
+        "model.layers.{l}.mlp.up_proj.weight",
+    ]),
+    ("granite", "lm_head", &["model.embed_tokens.weight"]),
+    ("olmo2", "layers.{l}.qk_norm.q_norm", &["model.layers.{l}.self_attn.q_norm.weight"]),
+    ("olmo2", "layers.{l}.qk_norm.k_norm", &["model.layers.{l}.self_attn.k_norm.weight"]),
+    ("olmo2", "layers.{l}.post_feedforward_norm.weight", &[
+        "model.layers.{l}.post_feedforward_layernorm.weight",
+    ]),
+    ("gemma", "layers.{l}.attention.qkv", &[
+        "model.layers.{l}.self_attn.q_proj.weight",
+        "model.layers.{l}.self_attn.k_proj.weight",
+        "model.layers.{l}.self_attn.v_proj.weight",
+    ]),
+    ("gemma", "lm_head", &["model.embed_tokens.weight"]),
+    ("gemma2", "layers.{l}.pre_feedforward_norm.weight", &[
+        "model.layers.{l}.pre_feedforward_layernorm.weight",
+    ]),
+    ("gemma2", "layers.{l}.post_feedforward_norm.weight", &[
+        "model.layers.{l}.post_feedforward_layernorm.weight",
+    ]),
+    ("olmoe", "layers.{l}.moe.experts.gate_up", &[
+        "model.layers.{l}.mlp.experts.{e}.gate_proj.weight+model.layers.{l}.mlp.experts.{e}.up_proj.weight",
+    ]),
+    ("olmoe", "layers.{l}.moe.experts.down", &["model.layers.{l}.mlp.experts.{e}.down_proj.weight"]),
+    ("olmoe", "layers.{l}.moe.router", &["model.layers.{l}.mlp.gate.weight"]),
+    ("olmoe", "layers.{l}.qk_norm.q_norm", &["model.layers.{l}.self_attn.q_norm.weight"]),
+    ("mixtral", "layers.{l}.moe.experts.gate_up", &[
+        "model.layers.{l}.block_sparse_moe.experts.{e}.w1.weight+model.layers.{l}.block_sparse_moe.experts.{e}.w3.weight",
+    ]),
+    ("mixtral", "layers.{l}.moe.experts.down", &[
+        "model.layers.{l}.block_sparse_moe.experts.{e}.w2.weight",
+    ]),
+    ("mixtral", "layers.{l}.moe.router", &["model.layers.{l}.block_sparse_moe.gate.weight"]),
+    ("qwen2_moe", "layers.{l}.moe.experts.gate_up", &[
+        "model.layers.{l}.mlp.experts.{e}.gate_proj.weight+model.layers.{l}.mlp.experts.{e}.up_proj.weight",
+    ]),
+    ("qwen2_moe", "layers.{l}.moe.shared.gate_up", &[
+        "model.layers.{l}.mlp.shared_expert.gate_proj.weight",
+        "model.layers.{l}.mlp.shared_expert.up_proj.weight",
+    ]),
+    ("qwen2_moe", "layers.{l}.moe.shared_gate", &["model.layers.{l}.mlp.shared_expert_gate.weight"]),
+    ("qwen2_moe", "layers.{l}.attention.qkv_bias", &[
+        "model.layers.{l}.self_attn.q_proj.bias",
+        "model.layers.{l}.self_attn.k_proj.bias",
+        "model.layers.{l}.self_attn.v_proj.bias",
+    ]),
+    ("starcoder2", "layers.{l}.attention.out_bias", &["model.layers.{l}.self_attn.o_proj.bias"]),
+    ("starcoder2", "layers.{l}.mlp.up", &["model.layers.{l}.mlp.c_fc.weight"]),
+    ("starcoder2", "layers.{l}.mlp.up_bias", &["model.layers.{l}.mlp.c_fc.bias"]),
+    ("starcoder2", "layers.{l}.mlp.down_bias", &["model.layers.{l}.mlp.c_proj.bias"]),
+    ("starcoder2", "layers.{l}.input_norm.bias", &["model.layers.{l}.input_layernorm.bias"]),
+    ("starcoder2", "final_norm.bias", &["model.norm.bias"]),
+    ("phi", "layers.{l}.attention.out", &["model.layers.{l}.self_attn.dense.weight"]),
+    ("phi", "layers.{l}.attention.out_bias", &["model.layers.{l}.self_attn.dense.bias"]),
+    ("phi", "layers.{l}.mlp.down", &["model.layers.{l}.mlp.fc2.weight"]),
+    ("phi", "final_norm.weight", &["model.final_layernorm.weight"]),
+    ("phi", "lm_head_bias", &["lm_head.bias"]),
+    ("stablelm", "layers.{l}.post_attention_norm.bias", &[
+        "model.layers.{l}.post_attention_layernorm.bias",
+    ]),
+    ("stablelm_parallel", "layers.{l}.qk_norm.q_norm", &[
+        "model.layers.{l}.self_attn.q_layernorm.norms.0.weight",
+        "model.layers.{l}.self_attn.q_layernorm.norms.1.weight",
+        "model.layers.{l}.self_attn.q_layernorm.norms.2.weight",
+        "model.layers.{l}.self_attn.q_layernorm.norms.3.weight",
+    ]),
+    ("stablelm_parallel", "layers.{l}.qk_norm.k_norm", &[
+        "model.layers.{l}.self_attn.k_layernorm.norms.0.weight",
+        "model.layers.{l}.self_attn.k_layernorm.norms.1.weight",
+    ]),
+    ("cohere", "layers.{l}.mlp.down", &["model.layers.{l}.mlp.down_proj.weight"]),
+    ("cohere", "lm_head", &["model.embed_tokens.weight"]),
+    ("cohere_qk_norm", "layers.{l}.qk_norm.q_norm", &["model.layers.{l}.self_attn.q_norm.weight"]),
+    ("cohere_qk_norm", "layers.{l}.qk_norm.k_norm", &["model.layers.{l}.self_attn.k_norm.weight"]),
+    ("gemma3_text", "layers.{l}.qk_norm.q_norm", &["model.layers.{l}.self_attn.q_norm.weight"]),
+    ("gemma3_text", "layers.{l}.pre_feedforward_norm.weight", &[
+        "model.layers.{l}.pre_feedforward_layernorm.weight",
+    ]),
+    ("gemma3_text", "lm_head", &["model.embed_tokens.weight"]),
+    ("phimoe", "layers.{l}.moe.experts.gate_up", &[
+        "model.layers.{l}.block_sparse_moe.experts.{e}.w1.weight+model.layers.{l}.block_sparse_moe.experts.{e}.w3.weight",
+    ]),
+    ("phimoe", "layers.{l}.attention.out_bias", &["model.layers.{l}.self_attn.o_proj.bias"]),
+    ("phimoe", "layers.{l}.post_attention_norm.bias", &[
+        "model.layers.{l}.post_attention_layernorm.bias",
+    ]),
+    ("phimoe", "lm_head_bias", &["lm_head.bias"]),
+    ("glm4", "layers.{l}.mlp.gate_up", &["model.layers.{l}.mlp.gate_up_proj.weight"]),
+    ("glm4", "layers.{l}.attention.qkv_bias", &[
+        "model.layers.{l}.self_attn.q_proj.bias",
+        "model.layers.{l}.self_attn.k_proj.bias",
+        "model.layers.{l}.self_attn.v_proj.bias",
+    ]),
+    ("glm4", "layers.{l}.post_self_attention_norm.weight", &[
+        "model.layers.{l}.post_self_attn_layernorm.weight",
+    ]),
+    ("glm4", "layers.{l}.post_mlp_norm.weight", &["model.layers.{l}.post_mlp_layernorm.weight"]),
+    ("smollm3", "layers.{l}.attention.qkv", &[
+        "model.layers.{l}.self_attn.q_proj.weight",
+        "model.layers.{l}.self_attn.k_proj.weight",
+        "model.layers.{l}.self_attn.v_proj.weight",
+    ]),
+    ("smollm3", "lm_head", &["model.embed_tokens.weight"]),
+    ("olmo3", "layers.{l}.qk_norm.k_norm", &["model.layers.{l}.self_attn.k_norm.weight"]),
+    ("gpt_neox", "layers.{l}.attention.out", &["gpt_neox.layers.{l}.attention.dense.weight"]),
+    ("gpt_neox", "layers.{l}.mlp.up_bias", &["gpt_neox.layers.{l}.mlp.dense_h_to_4h.bias"]),
+    ("gpt_neox", "lm_head", &["embed_out.weight"]),
+    // Layer 0 is dense (`decoder_sparse_step` 2), layer 1 sparse.
+    ("qwen2_moe_sparse_step", "layers.0.mlp.gate_up", &[
+        "model.layers.0.mlp.gate_proj.weight",
+        "model.layers.0.mlp.up_proj.weight",
+    ]),
+    ("qwen2_moe_sparse_step", "layers.1.moe.experts.down", &[
+        "model.layers.1.mlp.experts.{e}.down_proj.weight",
+    ]),
+    ("qwen2_moe_sparse_step", "layers.1.moe.shared.down", &[
+        "model.layers.1.mlp.shared_expert.down_proj.weight",
+    ]),
+    ("seed_oss", "layers.{l}.attention.qkv_bias", &[
+        "model.layers.{l}.self_attn.q_proj.bias",
+        "model.layers.{l}.self_attn.k_proj.bias",
+        "model.layers.{l}.self_attn.v_proj.bias",
+    ]),
+    ("exaone4", "layers.{l}.qk_norm.q_norm", &["model.layers.{l}.self_attn.q_norm.weight"]),
+    ("exaone4", "layers.{l}.post_feedforward_norm.weight", &[
+        "model.layers.{l}.post_feedforward_layernorm.weight",
+    ]),
+    ("arcee", "layers.{l}.mlp.up", &["model.layers.{l}.mlp.up_proj.weight"]),
+    ("arcee", "layers.{l}.mlp.down", &["model.layers.{l}.mlp.down_proj.weight"]),
+    ("ernie4_5", "layers.{l}.mlp.gate_up", &[
+        "model.layers.{l}.mlp.gate_proj.weight",
+        "model.layers.{l}.mlp.up_proj.weight",
+    ]),
+    ("ernie4_5", "lm_head", &["model.embed_tokens.weight"]),
+];
+
+/// The source names of one EXPECTED part for layer `l`: a part with `{e}` is one name per
+/// expert (its `+`-joined names fused per expert), in expert order.
+fn expand(part: &str, l: usize) -> Vec<String> {
+    let part = part.replace("{l}", &l.to_string());
+    if !part.contains("{e}") {
+        return vec![part];
+    }
+    (0..4)
+        .flat_map(|e| {
+            part.split('+')
+                .map(|p| p.replace("{e}", &e.to_string()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn family_fixtures_load_bit_identical_to_their_sources() {
+    for name in FAMILIES {
+        let dir = fixture(name);
+        let (_, store) = load_dir(&dir, &ModelSource::Detect);
+        let cases: Vec<_> = EXPECTED.iter().filter(|(f, _, _)| *f == name).collect();
+        assert!(!cases.is_empty(), "{name}: no byte expectations");
+        for (_, target, parts) in cases {
+            for l in 0..2 {
+                let sources: Vec<String> = parts.iter().flat_map(|p| expand(p, l)).collect();
+                let want: Vec<Vec<u8>> = sources.iter().map(|s| raw(&dir, s).0).collect();
+                let target = target.replace("{l}", &l.to_string());
+                assert_eq!(bytes(&store, &target), cat(&want), "{name}: {target}");
+            }
+        }
+    }
+}
+
+/// Across the family fixtures: only the projection matrices are quantizable (never a
+/// norm, embedding, router, bias or `lm_head`), and every expert param has one offload
+/// group per (layer, expert) while everything else stays resident.
+#[test]
+fn family_fixtures_quantize_matrices_and_offload_experts() {
+    const MATRICES: [&str; 5] = ["qkv", "out", "gate_up", "up", "down"];
+    for name in FAMILIES {
+        let (plan, _) = load_dir(&fixture(name), &ModelSource::Detect);
+        for t in &plan.targets {
+            let last = t.name.rsplit('.').next().unwrap_or_default();
+            let matrix = t.name.starts_with("layers.") && MATRICES.contains(&last);
+            assert_eq!(t.quantizable, matrix, "{name}: {}", t.name);
+            let offload = serde_json::to_value(&t.offload).unwrap();
+            if t.name.contains(".experts.") {
+                let layer = t.name.split('.').nth(1).unwrap();
+                let groups: Vec<String> = (0..4)
+                    .map(|e| format!("layer={layer}/expert={e}"))
+                    .collect();
+                assert_eq!(
+                    offload["per_slice"],
+                    serde_json::json!(groups),
+                    "{name}: {}",
+                    t.name
+                );
+            } else {
+                assert!(offload.is_null(), "{name}: {} is resident", t.name);
+            }
+        }
+    }
+}
+
+/// GPT-NeoX stores q/k/v per head, rows [heads, 3, head_dim]; the loaded `qkv` gathers
+/// each of q, k, v across heads. Expected bytes are gathered here row by row.
+#[test]
+fn gpt_neox_gathers_per_head_qkv_rows() {
+    let dir = fixture("gpt_neox");
+    let (_, store) = load_dir(&dir, &ModelSource::Detect);
+    let (heads, head_dim, hidden) = (4, 8, 32);
+    for l in 0..2 {
+        for (suffix, row) in [("weight", hidden * 2), ("bias", 2)] {
+            let (src, _) = raw(
+                &dir,
+                &format!("gpt_neox.layers.{l}.attention.query_key_value.{suffix}"),
+            );
+            let rows: Vec<&[u8]> = src.chunks(row).collect();
+            let mut want = Vec::new();
+            for part in 0..3 {
+                for h in 0..heads {
+                    for r in 0..head_dim {
+                        want.extend_from_slice(rows[(h * 3 + part) * head_dim + r]);
+                    }
+                }
+            }
+            let target = match suffix {
+                "weight" => format!("layers.{l}.attention.qkv"),
+                _ => format!("layers.{l}.attention.qkv_bias"),
+            };
+            assert_eq!(bytes(&store, &target), want, "{target}");
         }
     }
 }
