@@ -115,21 +115,22 @@ pub fn save(
     let mut report = Report::default();
     let layout = lay_out(like, staging, &mut report)?;
     let mut assembler = Assembler::default();
-    let mut traced = Vec::new();
+    let mut owned = Vec::new();
     for t in &plan.targets {
         if let Recipe::Tied { target } = &t.recipe {
             check_tie(store, t, target)?;
             report.tied += 1;
         } else {
-            let tr = trace(&t.recipe)?;
-            assembler.expect(&tr);
-            traced.push((t, tr));
+            assembler.expect(t.recipe.reads().into_iter().filter_map(read_name));
+            owned.push(t);
         }
     }
+    // One target in flight: its bytes and its trace (8 bytes an element) are dropped
+    // before the next; only checkpoint tensors still missing elements are held.
     let mut written = BTreeSet::new();
-    for (t, tr) in &traced {
+    for t in owned {
         let data = read_whole(&store.tensors, &t.name)?;
-        for tensor in assembler.add(&t.name, tr, t.dtype, &data)? {
+        for tensor in assembler.add(&t.name, &trace(&t.recipe)?, t.dtype, &data)? {
             layout.write(&tensor.name, &tensor.bytes)?;
             written.insert(tensor.name);
         }
@@ -143,6 +144,13 @@ pub fn save(
     write_side_files(like, &layout, &mut report)?;
     let dir = layout.commit()?;
     Ok((dir, report))
+}
+
+fn read_name(r: &Recipe) -> Option<&str> {
+    match r {
+        Recipe::Read { tensor, .. } => Some(tensor.as_str()),
+        _ => None,
+    }
 }
 
 /// The store holds every param the plan builds, in its shape and dtype, for its model.

@@ -48,10 +48,12 @@ fn bug(what: String) -> Diagnostic {
 }
 
 impl Assembler {
-    /// Announces a target that will be [`Assembler::add`]ed.
-    pub fn expect(&mut self, trace: &Trace) {
-        for t in distinct(trace) {
-            *self.readers.entry(t).or_default() += 1;
+    /// Announces a target that will be [`Assembler::add`]ed, by the tensors its recipe
+    /// reads (`Recipe::reads`; a name read twice counts once).
+    pub fn expect<'a>(&mut self, tensors: impl IntoIterator<Item = &'a str>) {
+        let unique: std::collections::BTreeSet<&str> = tensors.into_iter().collect();
+        for t in unique {
+            *self.readers.entry(t.to_string()).or_default() += 1;
         }
     }
 
