@@ -11,6 +11,9 @@
 //! back, reshapes and transposes undo, widened values narrow back (exactly, else E0523);
 //! a tied param writes its source once. Tensors the plan does not read (`ignore`d or
 //! unclaimed) are copied from the checkpoint, and the [`Report`] lists them.
+//! Memory: one runtime param in flight (its bytes, and an id table of 8 bytes an element
+//! only when its recipe moves elements), plus the checkpoint tensors still missing
+//! elements; a tensor is written as soon as the last param reading it has been scattered.
 //! Errors: E0520 a tensor not wholly read by the mapping, E0521 a param missing from the
 //! store, E0522 a param of another shape or dtype, E0523 an inexact narrowing, E0524 two
 //! params that disagree on shared elements (a tie broken), E0525 a store of another model.
@@ -25,7 +28,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 pub use scatter::{Assembler, Tensor};
-pub use trace::{numel, trace, Leaf, Trace};
+pub use trace::{numel, trace, Ids, Leaf, Trace};
 
 use crate::checkpoint::{Checkpoint, Dtype};
 use crate::diag::{Code, Diagnostic};

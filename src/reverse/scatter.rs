@@ -76,18 +76,12 @@ impl Assembler {
         }
         let mut o = 0;
         while o < trace.ids.len() {
-            let id = trace.ids[o];
+            let id = trace.ids.get(o);
             let (leaf, at) = trace
                 .locate(id)
                 .ok_or_else(|| bug(format!("element id {id} of `{target}` has no read")))?;
             // A run of consecutive ids inside one leaf moves as one block.
-            let mut run = 1;
-            while o + run < trace.ids.len()
-                && trace.ids[o + run] == id + run as u64
-                && at + (run as u64) < leaf.numel
-            {
-                run += 1;
-            }
+            let run = trace.ids.run(o, (leaf.numel - at) as usize);
             let src = &data[o * es..(o + run) * es];
             self.place(target, leaf, at as usize, dtype, src)?;
             o += run;
@@ -129,6 +123,14 @@ impl Assembler {
         let ls = leaf.dtype.size();
         let n = src.len() / dtype.size().max(1);
         let narrowed = narrow(target, leaf, at, dtype, src)?;
+        let covered = &mut a.covered[at..at + n];
+        if !covered.iter().any(|&c| c) {
+            a.bytes[at * ls..(at + n) * ls].copy_from_slice(&narrowed);
+            covered.fill(true);
+            a.left -= n;
+            return Ok(());
+        }
+        // Overlapping reads: every element already written must agree.
         for k in 0..n {
             let (i, to) = (at + k, &narrowed[k * ls..(k + 1) * ls]);
             let slot = &mut a.bytes[i * ls..(i + 1) * ls];

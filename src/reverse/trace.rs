@@ -24,13 +24,56 @@ pub struct Leaf {
     pub numel: u64,
 }
 
+/// For each target element, the id of its source element.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Ids {
+    /// Element `o` came from id `o`: whole reads concatenated in order (reads, reshapes,
+    /// stacks, fuses on dim 0), so no table is built.
+    Identity(usize),
+    Table(Vec<u64>),
+}
+
+impl Ids {
+    pub fn len(&self) -> usize {
+        match self {
+            Ids::Identity(n) => *n,
+            Ids::Table(t) => t.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The length of the run of consecutive ids starting at element `o` (`o < len`),
+    /// at most `limit`.
+    pub fn run(&self, o: usize, limit: usize) -> usize {
+        match self {
+            Ids::Identity(n) => (n - o).min(limit),
+            Ids::Table(t) => {
+                let mut run = 1;
+                while run < limit && o + run < t.len() && t[o + run] == t[o] + run as u64 {
+                    run += 1;
+                }
+                run
+            }
+        }
+    }
+
+    pub fn get(&self, o: usize) -> u64 {
+        match self {
+            Ids::Identity(_) => o as u64,
+            Ids::Table(t) => t[o],
+        }
+    }
+}
+
 /// A traced recipe.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Trace {
     pub leaves: Vec<Leaf>,
     pub shape: Vec<u64>,
-    /// For each target element, the id of its source element.
-    pub ids: Vec<u64>,
+    pub ids: Ids,
 }
 
 impl Trace {
@@ -71,37 +114,118 @@ fn count(shape: &[u64]) -> Result<usize, Diagnostic> {
 /// Traces `recipe`; `Tied` has no elements of its own and is refused.
 pub fn trace(recipe: &Recipe) -> Result<Trace, Diagnostic> {
     let mut leaves = Vec::new();
+    if is_concatenation(recipe) {
+        let shape = concatenation(recipe, &mut leaves)?;
+        let n = leaves.last().map_or(0, |l| l.base + l.numel);
+        let n = usize::try_from(n).map_err(|_| bug("a target past the address space".into()))?;
+        return Ok(Trace {
+            leaves,
+            shape,
+            ids: Ids::Identity(n),
+        });
+    }
     let (shape, ids) = walk(recipe, &mut leaves)?;
-    Ok(Trace { leaves, shape, ids })
+    Ok(Trace {
+        leaves,
+        shape,
+        ids: Ids::Table(ids),
+    })
+}
+
+/// Whole reads in order, nothing moved between them.
+fn is_concatenation(r: &Recipe) -> bool {
+    match r {
+        Recipe::Read { .. } => true,
+        Recipe::Reshape { source, .. } => is_concatenation(source),
+        Recipe::Stack { parts } | Recipe::Fuse { dim: 0, parts } => {
+            parts.iter().all(is_concatenation)
+        }
+        _ => false,
+    }
+}
+
+/// The leaves and shape of a concatenation, without an id table.
+fn concatenation(r: &Recipe, leaves: &mut Vec<Leaf>) -> Result<Vec<u64>, Diagnostic> {
+    match r {
+        Recipe::Read { shape, .. } => {
+            leaf(r, leaves)?;
+            Ok(shape.clone())
+        }
+        Recipe::Reshape { shape, source } => {
+            let from = concatenation(source, leaves)?;
+            if numel(shape) != numel(&from) {
+                return Err(bug(format!("a reshape of {from:?} to {shape:?}")));
+            }
+            Ok(shape.clone())
+        }
+        Recipe::Stack { parts } | Recipe::Fuse { parts, .. } => {
+            let shapes = parts
+                .iter()
+                .map(|p| concatenation(p, leaves))
+                .collect::<Result<Vec<_>, _>>()?;
+            // A stack adds a leading dim of one row per part; a fuse on dim 0 adds up
+            // the parts' leading dims. Either way the rest of the shapes must agree.
+            let stacked = matches!(r, Recipe::Stack { .. });
+            let rest = |s: &[u64]| {
+                if stacked {
+                    s.to_vec()
+                } else {
+                    s.get(1..).unwrap_or_default().to_vec()
+                }
+            };
+            let first = rest(shapes.first().map(Vec::as_slice).unwrap_or_default());
+            let mut rows = 0u64;
+            for s in &shapes {
+                let own = if stacked { Some(1) } else { s.first().copied() };
+                rows = match (rest(s) == first, own.and_then(|k| rows.checked_add(k))) {
+                    (true, Some(n)) => n,
+                    _ => {
+                        return Err(bug(format!(
+                            "parts of shapes {shapes:?} do not concatenate"
+                        )))
+                    }
+                };
+            }
+            Ok([vec![rows], first].concat())
+        }
+        _ => Err(bug("a concatenation that moves elements".into())),
+    }
+}
+
+/// Records a read as the next leaf; returns its ids' range.
+fn leaf(r: &Recipe, leaves: &mut Vec<Leaf>) -> Result<std::ops::Range<u64>, Diagnostic> {
+    let Recipe::Read {
+        tensor,
+        dtype,
+        shape,
+        ..
+    } = r
+    else {
+        return Err(bug("a leaf that is not a read".into()));
+    };
+    let n = count(shape)? as u64;
+    let base = leaves
+        .last()
+        .map_or(Some(0), |l| l.base.checked_add(l.numel));
+    let base = base.ok_or_else(|| bug("element ids past 64 bits".into()))?;
+    let end = base
+        .checked_add(n)
+        .ok_or_else(|| bug("element ids past 64 bits".into()))?;
+    leaves.push(Leaf {
+        tensor: tensor.clone(),
+        dtype: *dtype,
+        shape: shape.clone(),
+        base,
+        numel: n,
+    });
+    Ok(base..end)
 }
 
 type Traced = (Vec<u64>, Vec<u64>);
 
 fn walk(r: &Recipe, leaves: &mut Vec<Leaf>) -> Result<Traced, Diagnostic> {
     match r {
-        Recipe::Read {
-            tensor,
-            dtype,
-            shape,
-            ..
-        } => {
-            let n = count(shape)? as u64;
-            let base = leaves
-                .last()
-                .map_or(Some(0), |l| l.base.checked_add(l.numel));
-            let base = base.ok_or_else(|| bug("element ids past 64 bits".into()))?;
-            leaves.push(Leaf {
-                tensor: tensor.clone(),
-                dtype: *dtype,
-                shape: shape.clone(),
-                base,
-                numel: n,
-            });
-            let end = base
-                .checked_add(n)
-                .ok_or_else(|| bug("element ids past 64 bits".into()))?;
-            Ok((shape.clone(), (base..end).collect()))
-        }
+        Recipe::Read { shape, .. } => Ok((shape.clone(), leaf(r, leaves)?.collect())),
         Recipe::Reshape { shape, source } => {
             let (_, ids) = walk(source, leaves)?;
             if count(shape)? != ids.len() {
