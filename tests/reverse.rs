@@ -211,3 +211,31 @@ fn save_refuses_to_write_into_the_store() {
     assert!(stderr.contains("[E0603/"), "{stderr}");
     let _ = std::fs::remove_dir_all(&work);
 }
+
+/// A second save replaces the first only with --force, through the same marker checks as
+/// `load --out`.
+#[test]
+fn a_second_save_needs_force() {
+    let dir = common::root().join("tests/fixtures/hf/llama_tied");
+    let work = common::tempdir("reverse-force");
+    let d = dir.to_str().unwrap();
+    ok(
+        &wmapc(&["load", d, "--out", "rt", "--quiet"], &work),
+        "load",
+    );
+    let save = ["save", "rt", "--like", d, "--out", "hf"];
+    let first = ok(&wmapc(&save, &work), "first save");
+    assert!(first.contains("1 tied params written once"), "{first}");
+    let again = wmapc(&save, &work);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("[E0601/"), "{stderr}");
+    ok(
+        &wmapc(&[&save[..], &["--force"]].concat(), &work),
+        "save --force",
+    );
+    assert_eq!(tensors(&dir), tensors(&work.join("hf")));
+    let marker = std::fs::read_to_string(work.join("hf/.wmapc-output")).unwrap();
+    assert!(marker.contains("\"model.safetensors\""), "{marker}");
+    let _ = std::fs::remove_dir_all(&work);
+}
