@@ -239,3 +239,39 @@ fn a_second_save_needs_force() {
     assert!(marker.contains("\"model.safetensors\""), "{marker}");
     let _ = std::fs::remove_dir_all(&work);
 }
+
+/// Runtime tensors the mapping builds no param for are named in the summary, not dropped
+/// silently: a full Llama store saved with a mapping (of the same model name) that reads
+/// only the embedding.
+#[test]
+fn store_tensors_outside_the_mapping_are_named() {
+    let dir = common::root().join("tests/fixtures/hf/llama");
+    let work = common::tempdir("reverse-not-saved");
+    std::fs::write(
+        work.join("embed.wmap"),
+        "model Llama for \"LlamaForCausalLM\" {\n    param embed: [vocab_size, hidden_size] from \"model.embed_tokens.weight\"\n    ignore \"model.layers.*\"\n    ignore \"model.norm.weight\"\n    ignore \"lm_head.weight\"\n}\n",
+    )
+    .unwrap();
+    let d = dir.to_str().unwrap();
+    ok(
+        &wmapc(&["load", d, "--out", "rt", "--quiet"], &work),
+        "load",
+    );
+    let save = [
+        "save",
+        "rt",
+        "--like",
+        d,
+        "--out",
+        "hf",
+        "--model",
+        "embed.wmap",
+    ];
+    let summary = ok(&wmapc(&save, &work), "save");
+    assert!(
+        summary.contains("not saved (the runtime store holds them, but the mapping builds no such param): final_norm.weight, layers.0.attention.out"),
+        "{summary}"
+    );
+    assert_eq!(tensors(&dir), tensors(&work.join("hf")));
+    let _ = std::fs::remove_dir_all(&work);
+}

@@ -75,6 +75,12 @@ pub fn save(args: &SaveArgs) -> Outcome {
             r.copied.join(", ")
         );
     }
+    if !r.not_saved.is_empty() {
+        outln!(
+            "not saved (the runtime store holds them, but the mapping builds no such param): {}",
+            r.not_saved.join(", ")
+        );
+    }
     outln!("wrote {}", dir.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -97,6 +97,8 @@ pub struct Report {
     pub from_store: usize,
     /// Of those, the ones copied from the checkpoint (`ignore`d or unclaimed), by name.
     pub copied: Vec<String>,
+    /// Tensors of the runtime store that no param of the mapping is, so not saved.
+    pub not_saved: Vec<String>,
     /// Params tied to another (written once, as their source).
     pub tied: usize,
     /// The weight files written, in shard order.
@@ -144,6 +146,11 @@ pub fn save(
         layout.write(name, &read_whole(like, name)?)?;
         report.copied.push(name.clone());
     }
+    let built: BTreeSet<&str> = plan.targets.iter().map(|t| t.name.as_str()).collect();
+    report.not_saved = (store.tensors.tensors.keys())
+        .filter(|n| !built.contains(n.as_str()))
+        .cloned()
+        .collect();
     write_side_files(like, &layout, &mut report)?;
     let dir = layout.commit()?;
     Ok((dir, report))
