@@ -14,6 +14,10 @@
 //!
 //! [`diag`] holds the diagnostic codes all phases report with; [`driver`] strings the
 //! phases together for the CLI and for library users.
+//!
+//! After a compile, [`plan`] binds the IR to a checkpoint's headers, [`load`] executes
+//! the plan, [`export`] writes a quantized load in HF naming, and [`reverse`] writes a
+//! runtime-layout store back as the checkpoint it came from.
 
 // Diagnostics are the error values of a compiler: built rarely, off the hot path, and
 // richer than a pointer. Boxing them everywhere would buy nothing.
@@ -34,6 +38,7 @@ pub mod offload;
 pub mod plan;
 pub mod quant;
 pub mod resolve;
+pub mod reverse;
 pub mod source;
 pub mod stdlib;
 pub mod syntax;

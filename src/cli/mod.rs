@@ -11,6 +11,7 @@ mod gpu;
 mod load;
 pub(crate) mod out;
 mod progress;
+mod save;
 
 use std::process::ExitCode;
 
@@ -82,6 +83,9 @@ enum Command {
     Plan(ModelArgs),
     /// Load a checkpoint: detect the model, bind, read, assemble; print a summary.
     Load(load::LoadArgs),
+    /// Write a runtime-layout store back as the checkpoint it was loaded from (HF naming,
+    /// dtypes, shapes and shard files).
+    Save(save::SaveArgs),
     /// Print the page of a diagnostic code, or list all codes.
     Explain {
         /// A code such as `E0301`; omit to list every code.
@@ -212,6 +216,7 @@ fn run() -> ExitCode {
         Command::Lower { model, spans } => front::lower(&model, spans),
         Command::Plan(args) => load::plan(&args),
         Command::Load(args) => load::load(&args),
+        Command::Save(args) => save::save(&args),
         Command::Explain { code } => front::explain(code.as_deref()),
         Command::Stdlib => front::stdlib(),
         Command::BenchOffload(args) => gpu::bench_offload(&args),

@@ -90,6 +90,12 @@ codes! {
     E0513 "input-too-large" "an input file exceeds the size wmapc reads for its kind";
     E0514 "too-many-shards" "the shard index names more shard files than wmapc opens";
     E0515 "tensor-too-large" "a tensor needs a buffer larger than the load may allocate";
+    E0520 "not-invertible" "a checkpoint tensor is only partly read by the mapping, so a save cannot rebuild it";
+    E0521 "runtime-tensor-missing" "the runtime store lacks a param the mapping builds";
+    E0522 "runtime-tensor-mismatch" "a param in the runtime store has another shape or dtype than the mapping builds";
+    E0523 "inexact-narrowing" "a runtime value does not fit the checkpoint's narrower dtype exactly";
+    E0524 "conflicting-values" "params read from the same checkpoint elements (or tied) hold different values";
+    E0525 "runtime-store-mismatch" "the runtime store was written for another model than --like binds";
     W0501 "unclaimed-tensor" "the checkpoint has tensors nothing loads or ignores";
     E0601 "output-exists" "`--out` names a path that exists and `--force` was not given";
     E0602 "output-not-wmapc" "`--force` would replace a folder that is not an unchanged earlier wmapc output";

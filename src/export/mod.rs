@@ -203,7 +203,7 @@ impl<'c> Exporter<'c> {
 }
 
 /// Tokenizer and generation files travel with the weights; weights and the index do not.
-fn copy_side_files(dir: &Path, file: &FileLayout) -> Result<(), Diagnostic> {
+pub(crate) fn copy_side_files(dir: &Path, file: &FileLayout) -> Result<(), Diagnostic> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(());
     };

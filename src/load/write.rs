@@ -41,12 +41,13 @@ impl Entry {
     }
 }
 
-/// A safetensors file laid out in a temporary folder, filled tensor by tensor.
+/// Safetensors files laid out in a temporary folder, filled tensor by tensor: one file,
+/// or the shards of a sharded checkpoint (tensor names are unique across them).
 pub struct FileLayout {
     staging: output::Staging,
-    file: File,
-    /// Absolute offset and length of each tensor's bytes.
-    slots: BTreeMap<String, (u64, u64)>,
+    files: Vec<File>,
+    /// The file, absolute offset and length of each tensor's bytes.
+    slots: BTreeMap<String, (usize, u64, u64)>,
 }
 
 impl FileLayout {
@@ -57,12 +58,36 @@ impl FileLayout {
         entries: &[Entry],
         metadata: &BTreeMap<String, String>,
     ) -> Result<FileLayout, Diagnostic> {
+        let mut layout = FileLayout {
+            staging,
+            files: Vec::new(),
+            slots: BTreeMap::new(),
+        };
+        layout.add_file(file_name, entries, metadata)?;
+        Ok(layout)
+    }
+
+    /// Lays out one more file beside the first (a shard); its tensors' names must not
+    /// be in an earlier file.
+    pub fn add_file(
+        &mut self,
+        file_name: &str,
+        entries: &[Entry],
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(), Diagnostic> {
+        let index = self.files.len();
         let mut header = serde_json::Map::new();
-        let mut slots = BTreeMap::new();
+        let mut slots = Vec::new();
         let mut cursor = 0u64;
         let mut sorted: Vec<&Entry> = entries.iter().collect();
         sorted.sort_by(|a, b| a.name.cmp(&b.name));
         for e in sorted {
+            if self.slots.contains_key(&e.name) {
+                return Err(Diagnostic::new(
+                    Code::E0901,
+                    format!("`{}` is laid out twice; this is a bug in wmapc", e.name),
+                ));
+            }
             header.insert(
                 e.name.clone(),
                 serde_json::json!({
@@ -71,7 +96,7 @@ impl FileLayout {
                     "data_offsets": [cursor, cursor + e.bytes],
                 }),
             );
-            slots.insert(e.name.clone(), (cursor, e.bytes));
+            slots.push((e.name.clone(), cursor, e.bytes));
             cursor += e.bytes;
         }
         let meta: serde_json::Map<String, serde_json::Value> = metadata
@@ -87,35 +112,27 @@ impl FileLayout {
             text.push(b' ');
         }
         let data_start = 8 + text.len() as u64;
-        for slot in slots.values_mut() {
-            slot.0 += data_start;
-        }
-        let path = staging.dir().join(file_name);
+        let shown = self.staging.shown(file_name);
+        let path = self.staging.dir().join(file_name);
         // Read access too: tied targets are copied back out of the file.
         let mut file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .open(&path)
-            .map_err(io(format!(
-                "cannot create `{}`",
-                staging.shown(file_name).display()
-            )))?;
+            .map_err(io(format!("cannot create `{}`", shown.display())))?;
         file.write_all(&(text.len() as u64).to_le_bytes())
             .and_then(|_| file.write_all(&text))
             .and_then(|_| file.set_len(data_start + cursor))
-            .map_err(io(format!(
-                "cannot write `{}`",
-                staging.shown(file_name).display()
-            )))?;
-        Ok(FileLayout {
-            staging,
-            file,
-            slots,
-        })
+            .map_err(io(format!("cannot write `{}`", shown.display())))?;
+        for (name, at, len) in slots {
+            self.slots.insert(name, (index, data_start + at, len));
+        }
+        self.files.push(file);
+        Ok(())
     }
 
-    fn slot(&self, name: &str) -> Result<(u64, u64), Diagnostic> {
+    fn slot(&self, name: &str) -> Result<(usize, u64, u64), Diagnostic> {
         self.slots.get(name).copied().ok_or_else(|| {
             Diagnostic::new(
                 Code::E0901,
@@ -126,7 +143,7 @@ impl FileLayout {
 
     /// Writes one tensor's bytes (exactly its laid-out length).
     pub fn write(&self, name: &str, bytes: &[u8]) -> Result<(), Diagnostic> {
-        let (at, len) = self.slot(name)?;
+        let (file, at, len) = self.slot(name)?;
         if bytes.len() as u64 != len {
             return Err(Diagnostic::new(
                 Code::E0901,
@@ -136,16 +153,16 @@ impl FileLayout {
                 ),
             ));
         }
-        self.file
+        self.files[file]
             .write_all_at(bytes, at)
             .map_err(io(format!("cannot write `{name}`")))
     }
 
     /// Copies an already written tensor's bytes to another (same length).
     pub fn copy(&self, from: &str, to: &str) -> Result<(), Diagnostic> {
-        let (src, len) = self.slot(from)?;
+        let (file, src, len) = self.slot(from)?;
         let mut buf = vec![0u8; len as usize];
-        self.file
+        self.files[file]
             .read_exact_at(&mut buf, src)
             .map_err(io(format!("cannot read back `{from}`")))?;
         self.write(to, &buf)
@@ -160,10 +177,12 @@ impl FileLayout {
     /// Flushes the file and moves the finished folder into place (see
     /// [`output::Staging::commit`]).
     pub fn commit(self) -> Result<PathBuf, Diagnostic> {
-        self.file.sync_all().map_err(io(format!(
-            "cannot flush `{}`",
-            self.staging.shown("").display()
-        )))?;
+        for file in &self.files {
+            file.sync_all().map_err(io(format!(
+                "cannot flush `{}`",
+                self.staging.shown("").display()
+            )))?;
+        }
         self.staging.commit()
     }
 

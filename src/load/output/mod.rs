@@ -64,9 +64,17 @@ impl Staging {
     /// Checks `out` against `input` and `force`, takes OUT's lock, removes what dead
     /// runs left beside OUT, and creates the temporary folder.
     pub fn prepare(out: &Path, input: &Path, force: bool) -> Result<Staging, Diagnostic> {
+        Staging::prepare_for(out, &[input], force)
+    }
+
+    /// [`Staging::prepare`] for an output read from several inputs (a runtime store
+    /// and the checkpoint it came from): OUT may overlap none of them.
+    pub fn prepare_for(out: &Path, inputs: &[&Path], force: bool) -> Result<Staging, Diagnostic> {
         let resolved = check::resolve(out)?;
         check::not_around_cwd(out, &resolved)?;
-        check::not_overlapping(out, &resolved, input)?;
+        for input in inputs {
+            check::not_overlapping(out, &resolved, input)?;
+        }
         let (parent, name) = check::parent_and_name(&resolved)?;
         check::parent_is_a_folder(out, &parent)?;
         std::fs::create_dir_all(&parent).map_err(write_failed(format!(
