@@ -7,14 +7,11 @@ use std::process::ExitCode;
 use super::out::outln;
 use super::Outcome;
 use crate::checkpoint::Checkpoint;
-use crate::diag::{Code, Diagnostic};
+#[cfg(feature = "cuda")]
+use crate::diag::Code;
+use crate::diag::Diagnostic;
 use crate::plan::Plan;
 use crate::quant::Format;
-
-#[cfg(not(feature = "cuda"))]
-pub fn available() -> bool {
-    false
-}
 
 /// A runtime layer's error (CUDA, offload, weights) as its coded diagnostic.
 pub(super) fn coded(e: impl Into<Diagnostic>) -> Diagnostic {
@@ -34,11 +31,6 @@ pub fn load(
     _: OffloadArgs,
 ) -> Outcome {
     Err(coded(crate::cuda::Error::NotBuilt))
-}
-
-#[cfg(feature = "cuda")]
-pub fn available() -> bool {
-    crate::cuda::available()
 }
 
 /// Peak resident set of this process, from /proc.
