@@ -156,10 +156,8 @@ impl Loader {
                 checkpoint: b.checkpoint,
             }),
             None => Err(Failure {
-                sources: c.sources,
-                diags: c.diags,
                 notes,
-                outside_inputs: false,
+                ..Failure::in_inputs(c.sources, c.diags)
             }),
         }
     }
@@ -249,7 +247,8 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn single(d: Diagnostic, notes: Vec<String>) -> Failure {
+    /// One coded diagnostic outside the inputs, after `notes`.
+    pub fn single(d: Diagnostic, notes: Vec<String>) -> Failure {
         let mut diags = Diagnostics::default();
         diags.push(d);
         Failure {
@@ -257,6 +256,16 @@ impl Failure {
             diags,
             notes,
             outside_inputs: true,
+        }
+    }
+
+    /// Findings in the inputs: `diags` point into `sources`.
+    pub fn in_inputs(sources: SourceMap, diags: Diagnostics) -> Failure {
+        Failure {
+            sources,
+            diags,
+            notes: Vec::new(),
+            outside_inputs: false,
         }
     }
 
