@@ -10,6 +10,8 @@
 // Diagnostics are the error values of a compiler: built rarely and richer than a pointer.
 #![allow(clippy::result_large_err)]
 
+#[cfg(feature = "cuda")]
+mod device;
 mod dlpack;
 mod store;
 
@@ -194,7 +196,7 @@ fn load(
     threads: usize,
     allow_unclaimed: bool,
     progress: Option<PyObject>,
-) -> PyResult<store::Store> {
+) -> PyResult<PyObject> {
     let loader = loader_of(
         path,
         model,
@@ -216,7 +218,7 @@ fn load(
         bound.load().map_err(|d| Failure::single(d, notes))
     });
     let loaded = loaded.map_err(|f| failure(&f))?;
-    into_store(loaded)
+    into_store(py, loaded)
 }
 
 /// Calls `cb(done, total)` under the GIL after each tensor; an exception in it is
@@ -238,8 +240,8 @@ fn progress_fn(cb: PyObject, total: u64) -> wmap::loader::ProgressFn {
 /// A CPU load's tensors behind a weights manager. Without an offload budget every
 /// tensor stays resident (the plan's offload groups are ignored), so each is exported
 /// without a copy.
-fn into_store(loaded: wmap::loader::Loaded) -> PyResult<store::Store> {
-    let names = loaded
+fn into_store(py: Python<'_>, loaded: wmap::loader::Loaded) -> PyResult<PyObject> {
+    let names: Vec<(String, wmap::checkpoint::Dtype)> = loaded
         .plan
         .targets
         .iter()
@@ -263,14 +265,15 @@ fn into_store(loaded: wmap::loader::Loaded) -> PyResult<store::Store> {
         }
         Tensors::Written(_) => return Err(store::internal("a load without export wrote a folder")),
         #[cfg(feature = "cuda")]
-        Tensors::Device(_) => {
-            return Err(error(&Diagnostic::new(
-                Code::E0714,
-                "device tensors are not yet exported to Python; load with device=\"cpu\"",
-            )))
+        Tensors::Device(load) => {
+            let Device::Cuda(ordinal) = loaded.device else {
+                return Err(store::internal("a device load not on a CUDA device"));
+            };
+            let s = device::store(loaded.plan.model.clone(), ordinal, names, *load)?;
+            return Ok(Py::new(py, s)?.into_any());
         }
     };
-    Ok(store::Store {
+    let s = store::Store {
         inner: Arc::new(store::Inner {
             model: loaded.plan.model.clone(),
             names,
@@ -278,7 +281,8 @@ fn into_store(loaded: wmap::loader::Loaded) -> PyResult<store::Store> {
             stats: loaded.stats,
             quant: loaded.quant,
         }),
-    })
+    };
+    Ok(Py::new(py, s)?.into_any())
 }
 
 /// Whether this build can load onto CUDA and a device is present (probes the driver).
@@ -302,6 +306,8 @@ fn _wmap(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<dlpack::Tensor>()?;
     m.add_class::<store::Store>()?;
     m.add_class::<store::Quantized>()?;
+    #[cfg(feature = "cuda")]
+    m.add_class::<device::DeviceStore>()?;
     m.add_function(wrap_pyfunction!(check, m)?)?;
     m.add_function(wrap_pyfunction!(plan, m)?)?;
     m.add_function(wrap_pyfunction!(load, m)?)?;

@@ -95,28 +95,63 @@ fn quantized(
     q: &QuantizedTensor,
     dtype: Dtype,
 ) -> PyResult<Quantized> {
-    let data = tensor(
-        py,
-        host(owner, &q.data, Dtype::U8, vec![q.data.len() as u64, 1]),
-    )?;
+    let data = host(owner, &q.data, Dtype::U8, vec![q.data.len() as u64, 1]);
     let scales = match &q.scales {
-        Scales::F32(v) => {
-            let bytes: &[u8] = bytemuck_f32(v);
-            host(owner, bytes, Dtype::F32, vec![v.len() as u64])
-        }
+        Scales::F32(v) => host(owner, bytemuck_f32(v), Dtype::F32, vec![v.len() as u64]),
         Scales::U8(v) => host(owner, v, Dtype::U8, vec![v.len() as u64]),
     };
-    let scales = tensor(py, scales)?;
-    let state = bnb_state(py, q, &scales, dtype)?;
-    Ok(Quantized {
-        format: q.format.name(),
-        shape: q.shape.clone(),
-        dtype: dtype.name(),
+    let nested = match &q.nested {
+        Some(n) => {
+            let len = n.absmax.len() as u64;
+            let absmax = host(owner, bytemuck_f32(&n.absmax), Dtype::F32, vec![len]);
+            let offset = Tensor::from_f32(vec![n.offset], vec![]);
+            Some((checked(absmax)?, checked(offset)?))
+        }
+        None => None,
+    };
+    let (data, scales) = (checked(data)?, checked(scales)?);
+    Quantized::new(
+        py,
+        q.format,
+        q.shape.clone(),
+        dtype,
         data,
         scales,
-        tensor_scale: q.tensor_scale,
-        state,
-    })
+        nested,
+        q.tensor_scale,
+    )
+}
+
+fn checked(t: Option<Tensor>) -> PyResult<Tensor> {
+    t.ok_or_else(|| internal("a tensor's shape does not match its bytes"))
+}
+
+impl Quantized {
+    /// A quantized param over tensors that live wherever the store's bytes do (host or
+    /// device); `nested` is double quant's (absmax, offset).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        py: Python<'_>,
+        format: Format,
+        shape: Vec<u64>,
+        dtype: Dtype,
+        data: Tensor,
+        scales: Tensor,
+        nested: Option<(Tensor, Tensor)>,
+        tensor_scale: Option<f32>,
+    ) -> PyResult<Quantized> {
+        let scales = Py::new(py, scales)?;
+        let state = bnb_state(py, format, &shape, &scales, dtype, nested)?;
+        Ok(Quantized {
+            format: format.name(),
+            shape,
+            dtype: dtype.name(),
+            data: Py::new(py, data)?,
+            scales,
+            tensor_scale,
+            state,
+        })
+    }
 }
 
 /// The bytes of f32 values, as they sit in memory.
@@ -129,12 +164,14 @@ fn bytemuck_f32(v: &[f32]) -> &[u8] {
 /// NF4/FP4 state in bitsandbytes' `QuantState` form.
 fn bnb_state(
     py: Python<'_>,
-    q: &QuantizedTensor,
+    format: Format,
+    shape: &[u64],
     scales: &Py<Tensor>,
     dtype: Dtype,
+    nested: Option<(Tensor, Tensor)>,
 ) -> PyResult<Option<Py<PyDict>>> {
-    use wmap::quant::bnb4::{self, Kind};
-    let (kind, blocksize) = match q.format {
+    use wmap::quant::bnb4::Kind;
+    let (kind, blocksize) = match format {
         Format::Nf4 { blocksize } | Format::Nf4Dq { blocksize } => (Kind::Nf4, blocksize),
         Format::Fp4 { blocksize } => (Kind::Fp4, blocksize),
         _ => return Ok(None),
@@ -142,26 +179,24 @@ fn bnb_state(
     let d = PyDict::new(py);
     d.set_item("quant_type", kind.name())?;
     d.set_item("blocksize", blocksize)?;
-    d.set_item("shape", q.shape.clone())?;
+    d.set_item("shape", shape.to_vec())?;
     d.set_item("dtype", dtype.name())?;
     d.set_item("absmax", scales.clone_ref(py))?;
     d.set_item(
         "code",
         tensor(py, Tensor::from_f32(kind.table().to_vec(), vec![16]))?,
     )?;
-    if let Some(n) = &q.nested {
+    if let Some((absmax, offset)) = nested {
         let s2 = PyDict::new(py);
-        let absmax = n.absmax.clone();
-        let len = absmax.len() as u64;
-        s2.set_item("absmax", tensor(py, Tensor::from_f32(absmax, vec![len]))?)?;
+        s2.set_item("absmax", Py::new(py, absmax)?)?;
         let map = wmap::quant::dynamic::signed_map().to_vec();
-        let mlen = map.len() as u64;
-        s2.set_item("code", tensor(py, Tensor::from_f32(map, vec![mlen]))?)?;
-        s2.set_item("blocksize", n.blocksize)?;
-        d.set_item("offset", n.offset)?;
+        let len = map.len() as u64;
+        s2.set_item("code", tensor(py, Tensor::from_f32(map, vec![len]))?)?;
+        s2.set_item("blocksize", wmap::quant::bnb4::NESTED_BLOCKSIZE)?;
+        // A 0-d float32 tensor: on the device it is device memory, as bnb keeps it.
+        d.set_item("offset", Py::new(py, offset)?)?;
         d.set_item("state2", s2)?;
     }
-    let _ = bnb4::NESTED_BLOCKSIZE;
     Ok(Some(d.unbind()))
 }
 

@@ -28,7 +28,7 @@ def dequantize_nf4(q) -> np.ndarray:
     if "state2" in st:
         s2 = st["state2"]
         nested = np.from_dlpack(s2["absmax"]).repeat(s2["blocksize"])[: absmax.size]
-        absmax = np.from_dlpack(s2["code"])[absmax] * nested + np.float32(st["offset"])
+        absmax = np.from_dlpack(s2["code"])[absmax] * nested + np.from_dlpack(st["offset"])
     n = int(np.prod(st["shape"]))
     return (code[codes[:n]] * absmax.repeat(st["blocksize"])[:n]).reshape(st["shape"])
 

@@ -121,7 +121,7 @@ def quant_state(q: "wmap.Quantized", device: Any = "cpu", part: Optional[Part] =
             blocksize=s2["blocksize"],
             dtype=torch.float32,
         )
-        offset = torch.tensor(st["offset"], dtype=torch.float32, device=device)
+        offset = torch.from_dlpack(st["offset"]).to(device)
     return QuantState(
         absmax=absmax.to(device),
         shape=torch.Size(shape),

@@ -16,6 +16,9 @@
 
 mod run;
 
+#[cfg(feature = "cuda")]
+pub use run::DeviceLoad;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -319,7 +322,7 @@ pub enum Tensors {
     Offloaded(Box<WeightsManager<HostBackend>>),
     /// On a CUDA device.
     #[cfg(feature = "cuda")]
-    Device(Box<run::DeviceLoad>),
+    Device(Box<DeviceLoad>),
 }
 
 /// What a load did, and its tensors.
