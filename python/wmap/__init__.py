@@ -149,12 +149,13 @@ def load(
     threads: int = 0,
     allow_unclaimed: bool = False,
     progress: Optional[Callable[[int, int], None]] = None,
-) -> Store:
+) -> "Union[Store, Any]":
     """Loads a checkpoint folder (config.json + safetensors) into a :class:`Store`.
 
     ``quant``: ``nf4``, ``nf4-dq``, ``fp4``, ``fp8``, ``fp8-channel``, ``fp8-block``,
-    ``nvfp4`` or ``mxfp4`` (the params the mapping marks quantizable). ``device``: ``cpu``
-    (``cuda:N`` needs a CUDA build and is not yet exported to Python). ``offload_budget``
+    ``nvfp4`` or ``mxfp4`` (the params the mapping marks quantizable). ``device``: ``cpu``,
+    ``cuda``, ``cuda:N`` or ``auto`` (CUDA needs a CUDA build of the package, which returns
+    a ``DeviceStore`` of device tensors; a CPU build raises E0711). ``offload_budget``
     (bytes, with ``quant``): the params with an offload group (MoE experts) stay in the
     weights manager's host pool and are brought in by ``store.get`` / ``store.prefetch``
     within the budget. ``progress(done_bytes, total_bytes)`` is called as tensors land.
