@@ -215,9 +215,22 @@ fn load(
             None => bound,
         };
         let notes = bound.notes.clone();
-        bound.load().map_err(|d| Failure::single(d, notes))
+        let loaded = bound
+            .load()
+            .map_err(|d| Failure::single(d, notes.clone()))?;
+        Ok::<_, Failure>((loaded, notes))
     });
-    let loaded = loaded.map_err(|f| failure(&f))?;
+    let (loaded, notes) = loaded.map_err(|f| failure(&f))?;
+    // What the CLI prints as notes (`auto`'s choice) reaches Python as warnings.
+    for note in notes {
+        let category = py.get_type::<pyo3::exceptions::PyUserWarning>();
+        PyErr::warn(
+            py,
+            &category,
+            &std::ffi::CString::new(note).unwrap_or_default(),
+            1,
+        )?;
+    }
     into_store(py, loaded)
 }
 

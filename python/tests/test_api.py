@@ -79,3 +79,11 @@ def test_imports_without_torch_and_gpu():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"
+
+
+def test_device_auto_says_where_it_loaded(hf):
+    if wmap.cuda_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.warns(UserWarning, match="no CUDA device is available; loading on the CPU"):
+        store = wmap.load(hf / "llama", device="auto")
+    assert isinstance(store, wmap.Store)
