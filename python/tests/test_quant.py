@@ -76,3 +76,17 @@ def test_progress_reaches_the_total(hf):
     seen = []
     wmap.load(hf / "llama", progress=lambda done, total: seen.append((done, total)))
     assert seen and seen[-1][0] == seen[-1][1] > 0
+
+
+def test_get_buffers_return_to_the_pool_when_arrays_are_gone(hf):
+    store = wmap.load(hf / "qwen3_moe", quant="nf4")
+    name = "layers.0.attention.qkv"
+    a = np.from_dlpack(store.get(name).as_uint8())
+    first = a.ctypes.data
+    assert store.stats()["buffers_allocated"] == 1
+    # While `a` lives its buffer is taken: a second get allocates another.
+    b = np.from_dlpack(store.get(name).as_uint8())
+    assert b.ctypes.data != first and store.stats()["buffers_allocated"] == 2
+    del a, b
+    c = np.from_dlpack(store.get(name).as_uint8())
+    assert store.stats()["buffers_reused"] == 1
