@@ -8,35 +8,33 @@
 //! headers, streams the tensors onto device 0 (quantizing the `quantizable` params), and
 //! lists what the runtime gets: each tensor's name, format, shape and device bytes.
 
-use std::path::PathBuf;
-
-use wmap::cuda::loader::{self, DeviceTensor, Staging};
-use wmap::cuda::Gpu;
-use wmap::driver::{self, ModelSource};
+use wmap::cuda::loader::DeviceTensor;
+use wmap::loader::{Device, Loader, Tensors};
 use wmap::quant::Format;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let dir = PathBuf::from(
-        args.next()
-            .ok_or("usage: gpu_load CHECKPOINT_DIR [FORMAT]")?,
-    );
-    let format = args
+    let dir = args
         .next()
-        .map(|f| Format::parse(&f).ok_or(format!("unknown format {f}")))
-        .transpose()?;
+        .ok_or("usage: gpu_load CHECKPOINT_DIR [FORMAT]")?;
+    let mut loader = Loader::new(dir).device(Device::Cuda(0));
+    if let Some(f) = args.next() {
+        loader = loader.quant(Format::parse(&f).ok_or(format!("unknown format {f}"))?);
+    }
 
     // 1. Compile the mapping against the config and bind it to the checkpoint's headers.
-    let mut c = driver::compile(&ModelSource::Detect, Some(&dir.join("config.json")))
-        .map_err(|e| format!("{e:?}"))?;
-    let bound = driver::bind(&mut c, &dir, false);
-    let text = wmap::diag::render_human(&c.sources, &c.diags, wmap::diag::Color::Auto);
-    let b = bound.ok_or(text)?;
+    let bound = loader
+        .bind()
+        .map_err(|f| wmap::diag::render_human(&f.sources, &f.diags, wmap::diag::Color::Auto))?;
 
-    // 2. Load onto the GPU. The staging buffers are pinned once and can serve many loads.
-    let gpu = Gpu::new(0)?;
-    let mut staging = Staging::new(&gpu, 3, 64 << 20)?;
-    let (store, stats) = loader::load(&gpu, &mut staging, &b.plan, &b.checkpoint, format)?;
+    // 2. Load onto the GPU: pinned staging, copies and quantization on the device.
+    let loaded = bound
+        .load()
+        .map_err(|d| format!("{}: {}", d.code.as_str(), d.message))?;
+    let Tensors::Device(load) = loaded.tensors else {
+        return Err("expected device tensors".into());
+    };
+    let (gpu, store, stats) = (&load.gpu, &load.store, &load.stats);
     println!(
         "{} tensors on {}, {:.1} MB, {:.3} s",
         stats.tensors,

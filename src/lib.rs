@@ -12,8 +12,14 @@
 //!    every `when` decided, every source type-checked.
 //! 6. [`lower`]: bound model → the compact, versioned [`ir`].
 //!
+//! 7. [`plan`]: IR + checkpoint headers → a load plan (every target's recipe).
+//! 8. [`load`]: plan → assembled targets streamed into a sink ([`quant`] quantizes,
+//!    [`export`] writes HF naming, [`weights`] and [`offload`] serve them to a runtime,
+//!    [`cuda`] does it on the GPU).
+//!
 //! [`diag`] holds the diagnostic codes all phases report with; [`driver`] strings the
-//! phases together for the CLI and for library users.
+//! front-end phases together; [`loader`] is the one entry point for a whole load
+//! (`wmap::Loader`) that the CLI, the examples and the Python package share.
 //!
 //! After a compile, [`plan`] binds the IR to a checkpoint's headers, [`load`] executes
 //! the plan, [`export`] writes a quantized load in HF naming, and [`reverse`] writes a
@@ -33,6 +39,7 @@ pub mod driver;
 pub mod export;
 pub mod ir;
 pub mod load;
+pub mod loader;
 pub mod lower;
 pub mod offload;
 pub mod plan;
@@ -43,3 +50,5 @@ pub mod source;
 pub mod stdlib;
 pub mod syntax;
 pub mod weights;
+
+pub use loader::Loader;

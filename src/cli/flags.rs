@@ -6,26 +6,10 @@
 //! exactly as asked is refused.
 
 /// `--device`: where tensors land.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Device {
-    Cpu,
-    Cuda(usize),
-    /// CUDA device 0 when present, else the CPU (the load says which it took).
-    Auto,
-}
+pub use crate::loader::Device;
 
 pub fn device(s: &str) -> Result<Device, String> {
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        "auto" => Ok(Device::Auto),
-        "cuda" => Ok(Device::Cuda(0)),
-        other => other
-            .strip_prefix("cuda:")
-            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|n| n.parse().ok())
-            .map(Device::Cuda)
-            .ok_or_else(|| "expected cpu, cuda, cuda:N or auto".to_string()),
-    }
+    Device::parse(s).ok_or_else(|| "expected cpu, cuda, cuda:N or auto".to_string())
 }
 
 /// `--offload-policy`.

@@ -13,11 +13,6 @@ use crate::diag::Diagnostic;
 use crate::plan::Plan;
 use crate::quant::Format;
 
-#[cfg(not(feature = "cuda"))]
-pub fn available() -> bool {
-    false
-}
-
 /// A runtime layer's error (CUDA, offload, weights) as its coded diagnostic.
 pub(super) fn coded(e: impl Into<Diagnostic>) -> Diagnostic {
     e.into()
@@ -36,11 +31,6 @@ pub fn load(
     _: OffloadArgs,
 ) -> Outcome {
     Err(coded(crate::cuda::Error::NotBuilt))
-}
-
-#[cfg(feature = "cuda")]
-pub fn available() -> bool {
-    crate::cuda::available()
 }
 
 /// Peak resident set of this process, from /proc.

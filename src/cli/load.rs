@@ -10,8 +10,7 @@ use super::progress::Progress;
 use super::{ColorArg, Format, ModelArgs, Outcome};
 use crate::diag::{self, Code, Diagnostic};
 use crate::driver;
-use crate::load::output::Staging;
-use crate::load::{self, HostStore, SafetensorsWriter, Sink};
+use crate::loader::{Failure, Loaded, Loader, Tensors};
 use crate::plan::{Plan, Recipe};
 
 #[derive(clap::Args, Debug)]
@@ -131,63 +130,28 @@ fn summary(plan: &Plan) -> String {
     out
 }
 
-/// Flags that would be ignored, or that contradict each other, before anything runs.
-fn check_flags(args: &LoadArgs) -> Result<(), Diagnostic> {
-    let conflict = |m: &str, help: &str| Err(Diagnostic::new(Code::E0803, m).with_help(help));
-    if args.offload_budget.is_some() && args.out.is_some() {
-        return conflict(
-            "--offload-budget has no effect with --out: the export is written, not offloaded",
-            "drop one of --offload-budget and --out",
-        );
-    }
+/// The load the flags ask for. Flags only the CLI has (`--force` without `--out`,
+/// `--repeat` on the CPU) are checked here; the rest by the [`Loader`].
+fn loader_of(args: &LoadArgs) -> Result<Loader, Diagnostic> {
     if args.force && args.out.is_none() {
-        return conflict("--force needs --out", "drop --force, or add --out OUT");
+        return Err(Diagnostic::new(Code::E0803, "--force needs --out")
+            .with_help("drop --force, or add --out OUT"));
     }
-    if matches!(args.device, Device::Cuda(_)) && args.out.is_some() {
-        return conflict(
-            "--out writes from the CPU path; it cannot be combined with --device cuda",
-            "drop --device, or drop --out",
-        );
-    }
-    Ok(())
-}
-
-/// `auto` decided: CUDA device 0 when there is one (and no --out), else the CPU, said in
-/// a note so a fallback is never silent.
-fn resolve_device(args: &LoadArgs) -> Device {
-    match args.device {
-        Device::Auto if args.out.is_some() => {
-            err!(
-                "note: --device auto: loading on the CPU, because --out writes from the CPU path\n"
-            );
-            Device::Cpu
-        }
-        Device::Auto if super::gpu::available() => Device::Cuda(0),
-        Device::Auto => {
-            err!("note: --device auto: no CUDA device is available; loading on the CPU\n");
-            Device::Cpu
-        }
-        d => d,
-    }
+    let mut loader = Loader::new(&args.dir)
+        .device(args.device)
+        .threads(args.threads)
+        .allow_unclaimed(args.allow_unclaimed);
+    loader.model = args.model.clone();
+    loader.quant = args.quant.as_deref().and_then(crate::quant::Format::parse);
+    loader.offload = args
+        .offload_budget
+        .map(|budget| (budget, args.offload_policy.offload()));
+    loader.export = args.out.clone().map(|out| (out, args.force));
+    Ok(loader)
 }
 
 pub fn load(args: &LoadArgs) -> Outcome {
-    check_flags(args)?;
-    let device = resolve_device(args);
-    if args.offload_budget.is_some() && args.quant.is_none() && device == Device::Cpu {
-        return Err(Diagnostic::new(
-            Code::E0803,
-            "--offload-budget needs --quant on the CPU: only quantized loads are offloaded there",
-        )
-        .with_help("add --quant (e.g. --quant nf4) or --device cuda, or drop --offload-budget"));
-    }
-    if args.repeat > 1 && device == Device::Cpu {
-        return Err(Diagnostic::new(
-            Code::E0803,
-            "--repeat times GPU loads; on the CPU it has no effect",
-        )
-        .with_help("drop --repeat, or add --device cuda"));
-    }
+    let loader = loader_of(args)?;
     let margs = ModelArgs {
         file: None,
         model: None,
@@ -197,207 +161,96 @@ pub fn load(args: &LoadArgs) -> Outcome {
         format: Format::Human,
         color: args.color,
     };
-    let mut c = driver::compile(
-        &driver::model_source(args.model.as_deref()),
-        margs.config.as_deref(),
-    )?;
-    // A load drops what nothing claims, so it refuses unclaimed tensors unless told.
-    let bound = driver::bind(&mut c, &args.dir, !args.allow_unclaimed);
-    if !c.diags.is_empty() {
-        emit(&c, &c.diags, &margs);
-    }
-    let Some(b) = bound else {
-        return Ok(ExitCode::from(1));
+    let bound = match loader.bind() {
+        Ok(b) => b,
+        Err(f) => return failed(f, &margs),
     };
-    let format = args.quant.as_deref().and_then(crate::quant::Format::parse);
-    if let Device::Cuda(ordinal) = device {
-        let offload = args
-            .offload_budget
-            .map(|budget| (budget, args.offload_policy.offload()));
-        return super::gpu::load(
-            ordinal,
-            &b.plan,
-            &b.checkpoint,
-            format,
-            args.repeat,
-            offload,
+    for n in &bound.notes {
+        err!("{n}\n");
+    }
+    if args.repeat > 1 && bound.device == Device::Cpu {
+        return Err(Diagnostic::new(
+            Code::E0803,
+            "--repeat times GPU loads; on the CPU it has no effect",
+        )
+        .with_help("drop --repeat, or add --device cuda"));
+    }
+    if !bound.diags.is_empty() {
+        err!(
+            "{}",
+            diag::render_human(&bound.sources, &bound.diags, color(&margs))
         );
     }
-    let progress = Progress::new(
-        format!("loading {}", b.plan.model),
-        b.checkpoint.data_bytes(),
+    if let Device::Cuda(ordinal) = bound.device {
+        // The GPU summary times `--repeat` loads with kernels and staging prepared once.
+        return super::gpu::load(
+            ordinal,
+            &bound.plan,
+            &bound.checkpoint,
+            loader.quant,
+            args.repeat,
+            loader.offload,
+        );
+    }
+    let progress = std::sync::Arc::new(Progress::new(
+        format!("loading {}", bound.plan.model),
+        bound.total_bytes(),
         args.quiet,
-    );
-    let run = Run {
-        args,
-        plan: &b.plan,
-        ckpt: &b.checkpoint,
-        options: load::Options {
-            threads: args.threads,
-            ..Default::default()
-        },
-        progress: &progress,
-    };
-    let done = match (&args.out, format) {
-        (Some(out), Some(format)) => run.export(out, format)?,
-        (Some(out), None) => run.write(out)?,
-        (None, Some(format)) => run.quantize(format)?,
-        (None, None) => run.host()?,
-    };
+    ));
+    let tick = progress.clone();
+    let mut loaded = bound
+        .with_progress(std::sync::Arc::new(move |n| tick.tick(n)))
+        .load()?;
     progress.finish();
-    print_summary(&b.plan, &done);
+    let offload = match &mut loaded.tensors {
+        Tensors::Offloaded(w) => loader
+            .offload
+            .map(|(budget, policy)| offload_sweep(w, budget, policy))
+            .transpose()?,
+        _ => None,
+    };
+    print_summary(&loaded, offload.as_deref());
     Ok(ExitCode::SUCCESS)
 }
 
-/// One CPU load: where it reads from, how, and where progress goes.
-struct Run<'a> {
-    args: &'a LoadArgs,
-    plan: &'a Plan,
-    ckpt: &'a crate::checkpoint::Checkpoint,
-    options: load::Options,
-    progress: &'a Progress,
+/// A load that could not start: notes first, then its diagnostics, as they were found.
+fn failed(f: Failure, margs: &ModelArgs) -> Outcome {
+    for n in &f.notes {
+        err!("{n}\n");
+    }
+    if let Some(d) = f.outside_inputs() {
+        return Err(d.clone());
+    }
+    if !f.diags.is_empty() {
+        err!("{}", diag::render_human(&f.sources, &f.diags, color(margs)));
+    }
+    Ok(ExitCode::from(1))
 }
 
-/// What a CPU load did, for the summary.
-struct Done {
-    stats: load::Stats,
-    /// Bytes the load produced: in memory, or written to OUT.
-    bytes_out: u64,
-    quant: Option<(crate::quant::Format, crate::quant::QuantReport)>,
-    offload: Option<String>,
-    wrote: Option<PathBuf>,
-}
-
-impl Run<'_> {
-    fn execute(&self, sink: &dyn Sink) -> Result<load::Stats, Diagnostic> {
-        let tick = |n: u64| self.progress.tick(n);
-        load::execute(self.plan, self.ckpt, sink, self.options, &tick)
-    }
-
-    fn staging(&self, out: &std::path::Path) -> Result<Staging, Diagnostic> {
-        Staging::prepare(out, &self.args.dir, self.args.force)
-    }
-
-    fn export(
-        &self,
-        out: &std::path::Path,
-        format: crate::quant::Format,
-    ) -> Result<Done, Diagnostic> {
-        let path = self.args.dir.join("config.json");
-        let shown = path.display().to_string();
-        let bytes = crate::source::read_capped(&path, crate::source::MAX_CONFIG).map_err(|e| {
-            e.diagnostic("config", &shown).unwrap_or_else(|| {
-                Diagnostic::new(Code::E0806, format!("cannot read config `{shown}`: {e}"))
-            })
-        })?;
-        let config_text = String::from_utf8(bytes).map_err(|_| {
-            Diagnostic::new(Code::E0302, format!("config `{shown}` is not UTF-8 text"))
-        })?;
-        let exporter = crate::export::Exporter::create(
-            self.staging(out)?,
-            self.plan,
-            self.ckpt,
-            format,
-            &config_text,
-        )?;
-        let stats = self.execute(&exporter)?;
-        let report = exporter.report();
-        test_delay();
-        let dir = exporter.commit()?;
-        Ok(Done {
-            stats,
-            bytes_out: folder_bytes(&dir),
-            quant: Some((format, report)),
-            offload: None,
-            wrote: Some(dir),
-        })
-    }
-
-    fn write(&self, out: &std::path::Path) -> Result<Done, Diagnostic> {
-        let writer = SafetensorsWriter::create(self.staging(out)?, self.plan)?;
-        let stats = self.execute(&writer)?;
-        test_delay();
-        let dir = writer.commit()?;
-        Ok(Done {
-            stats,
-            bytes_out: folder_bytes(&dir),
-            quant: None,
-            offload: None,
-            wrote: Some(dir),
-        })
-    }
-
-    fn quantize(&self, format: crate::quant::Format) -> Result<Done, Diagnostic> {
-        let store = crate::quant::QuantStore::new(format);
-        let stats = self.execute(&store)?;
-        let report = store.report();
-        let offload = match self.args.offload_budget {
-            Some(budget) => Some(offload_sweep(
-                self.plan,
-                store.into_tensors(),
-                budget,
-                self.args.offload_policy,
-            )?),
-            None => None,
-        };
-        Ok(Done {
-            stats,
-            bytes_out: report.bytes_after.saturating_add(report.full_bytes),
-            quant: Some((format, report)),
-            offload,
-            wrote: None,
-        })
-    }
-
-    fn host(&self) -> Result<Done, Diagnostic> {
-        let stats = self.execute(&HostStore::default())?;
-        Ok(Done {
-            bytes_out: stats.bytes_out,
-            stats,
-            quant: None,
-            offload: None,
-            wrote: None,
-        })
-    }
-}
-
-/// The bytes of the files in a written output folder (the marker included).
-fn folder_bytes(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .fold(0u64, u64::saturating_add)
-        })
-        .unwrap_or(0)
-}
-
-fn print_summary(plan: &Plan, done: &Done) {
-    let s = &done.stats;
-    let verb = if done.wrote.is_some() {
-        "written"
-    } else {
-        "out"
+fn print_summary(loaded: &Loaded, offload: Option<&str>) {
+    let s = &loaded.stats;
+    let wrote = match &loaded.tensors {
+        Tensors::Written(dir) => Some(dir),
+        _ => None,
     };
+    let verb = if wrote.is_some() { "written" } else { "out" };
     outln!(
         "loaded model `{}`: {} tensors ({} tied), {:.1} MB read, {:.1} MB {verb}, {:.3} s, {:.2} GB/s",
-        plan.model,
+        loaded.plan.model,
         s.tensors,
         s.tied,
         s.bytes_read as f64 / 1e6,
-        done.bytes_out as f64 / 1e6,
+        loaded.bytes_out as f64 / 1e6,
         s.elapsed.as_secs_f64(),
         s.gbps()
     );
-    if let Some((format, r)) = &done.quant {
+    if let Some((format, r)) = &loaded.quant {
         out!("{}", quant_summary(*format, r));
     }
-    if let Some(text) = &done.offload {
+    if let Some(text) = offload {
         out!("{text}");
     }
-    if let Some(dir) = &done.wrote {
+    if let Some(dir) = wrote {
         outln!("wrote {}", dir.join("model.safetensors").display());
     }
 }
@@ -428,19 +281,13 @@ fn quant_summary(format: crate::quant::Format, r: &crate::quant::QuantReport) ->
     )
 }
 
-/// Places the loaded tensors in a weight manager with the experts offloaded (host backend),
-/// runs one forward sweep over every tensor, and reports what moved.
+/// Runs two forward sweeps over every tensor of a weights manager whose experts are
+/// offloaded (host backend), and reports what moved.
 fn offload_sweep(
-    plan: &Plan,
-    tensors: std::collections::BTreeMap<String, crate::quant::Stored>,
+    w: &mut crate::weights::WeightsManager<crate::offload::HostBackend>,
     budget: u64,
-    policy: flags::Policy,
+    policy: crate::offload::Policy,
 ) -> Result<String, Diagnostic> {
-    use crate::offload::HostBackend;
-    let policy = policy.offload();
-    let mut w =
-        crate::weights::WeightsManager::new(HostBackend::default(), plan, tensors, budget, policy)
-            .map_err(super::gpu::coded)?;
     let names: Vec<String> = w.names().map(str::to_string).collect();
     let mut peak = 0;
     for _ in 0..2 {
@@ -460,16 +307,4 @@ fn offload_sweep(
         s.bytes_moved as f64 / 1e6,
         s.evictions
     ))
-}
-
-/// Test builds only: `WMAPC_TEST_DELAY_MS` holds the load before its commit, so process
-/// tests can signal it, race it or change OUT while the temporary folder exists.
-fn test_delay() {
-    #[cfg(debug_assertions)]
-    if let Some(ms) = std::env::var("WMAPC_TEST_DELAY_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        std::thread::sleep(std::time::Duration::from_millis(ms.min(60_000)));
-    }
 }

@@ -225,6 +225,16 @@ impl<B: Backend<Buffer = Vec<u8>>> WeightsManager<B> {
         self.homes.keys().map(String::as_str)
     }
 
+    /// A resident tensor as loaded (quantized or full precision), without a copy; `None`
+    /// for an unknown or offloaded name. Homes are fixed at construction, so the bytes
+    /// stay where they are while the manager lives.
+    pub fn resident(&self, name: &str) -> Option<&Stored> {
+        match self.homes.get(name)? {
+            Home::Resident(s) => Some(s),
+            Home::Offloaded { .. } => None,
+        }
+    }
+
     /// The group a tensor belongs to, if it is offloaded.
     pub fn group_of(&self, name: &str) -> Option<GroupId> {
         match self.homes.get(name)? {
