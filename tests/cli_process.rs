@@ -202,8 +202,21 @@ fn device_auto_says_when_it_falls_back_to_the_cpu() {
 
 #[test]
 fn progress_off_a_terminal_is_plain_labelled_lines() {
+    // A load shorter than 2 s prints no progress lines in a log.
+    let short = wmapc()
+        .args(["load", "tests/fixtures/hf/qwen3_moe"])
+        .output()
+        .unwrap();
+    assert_eq!(short.status.code(), Some(0));
+    assert!(
+        short.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&short.stderr)
+    );
+    // Lines from the start (the 2 s wait set to 0 in this test build).
     let o = wmapc()
         .args(["load", "tests/fixtures/hf/qwen3_moe"])
+        .env("WMAPC_TEST_PROGRESS_AFTER_MS", "0")
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(0));
