@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::same;
+
 use wmap::checkpoint::Dtype;
 use wmap::quant::{self, bnb4, dynamic, fp8, Format, Scales};
 
@@ -40,24 +42,6 @@ impl Golden {
         let (b, _) = self.get(&format!("case{case}.nf4.blocksize"));
         i64::from_le_bytes(b[..8].try_into().unwrap()) as usize
     }
-}
-
-/// Equal slices, or a short message: how many differ and the first few.
-fn same<T: PartialEq + std::fmt::Debug>(got: &[T], want: &[T], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    let bad: Vec<usize> = (0..got.len()).filter(|&i| got[i] != want[i]).collect();
-    let shown: Vec<String> = bad
-        .iter()
-        .take(5)
-        .map(|&i| format!("[{i}] {:?} vs {:?}", got[i], want[i]))
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "{what}: {} of {} differ: {}",
-        bad.len(),
-        got.len(),
-        shown.join(", ")
-    );
 }
 
 fn bf16_bits(v: &[f32]) -> Vec<u16> {

@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::same;
+
 use std::path::{Path, PathBuf};
 
 use wmap::checkpoint::Dtype;
@@ -55,24 +57,6 @@ fn bf16s(b: &[u8]) -> Vec<u16> {
     b.chunks_exact(2)
         .map(|c| u16::from_le_bytes([c[0], c[1]]))
         .collect()
-}
-
-/// Equal, or how many of how many differ and the first few.
-fn same<T: PartialEq + std::fmt::Debug>(got: &[T], want: &[T], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    let bad: Vec<usize> = (0..got.len()).filter(|&i| got[i] != want[i]).collect();
-    let shown: Vec<String> = bad
-        .iter()
-        .take(5)
-        .map(|&i| format!("[{i}] {:?} vs {:?}", got[i], want[i]))
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "{what}: {} of {} differ: {}",
-        bad.len(),
-        got.len(),
-        shown.join(", ")
-    );
 }
 
 fn dequant_bf16_bits(q: &quant::QuantizedTensor) -> Vec<u16> {

@@ -50,3 +50,21 @@ pub fn tempdir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// Equal slices, or a short message: how many differ and the first few.
+pub fn same<T: PartialEq + std::fmt::Debug>(got: &[T], want: &[T], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let bad: Vec<usize> = (0..got.len()).filter(|&i| got[i] != want[i]).collect();
+    let shown: Vec<String> = bad
+        .iter()
+        .take(5)
+        .map(|&i| format!("[{i}] {:?} vs {:?}", got[i], want[i]))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{what}: {} of {} differ: {}",
+        bad.len(),
+        got.len(),
+        shown.join(", ")
+    );
+}
