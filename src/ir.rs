@@ -370,6 +370,16 @@ pub enum Source {
     Tied {
         param: String,
     },
+    /// Fine-grained FP8 on disk: E4M3 codes in `name` (shape `[rows, cols]`) and the f32
+    /// dequantization multipliers in `scale_inv`, one per `block` tile
+    /// (`[⌈rows/block[0]⌉, ⌈cols/block[1]⌉]`). Loads as `codes × scale`.
+    Fp8Blocks {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        shape: Option<Vec<u64>>,
+        scale_inv: String,
+        block: [u64; 2],
+    },
 }
 
 /// Where a param was declared, and the config keys behind its shape (secondary labels

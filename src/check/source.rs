@@ -38,7 +38,7 @@ pub(super) fn stack_vars(s: &ast::Source, out: &mut Vec<String>) {
         | K::Reshape { source, .. }
         | K::Squeeze { source, .. }
         | K::Transpose { source, .. } => stack_vars(source, out),
-        K::Name { .. } | K::Tied(_) => {}
+        K::Name { .. } | K::Tied(_) | K::Fp8Blocks { .. } => {}
     }
 }
 
@@ -84,6 +84,20 @@ impl<'a> Walker<'a> {
                     },
                     shape,
                 ))
+            }
+            K::Fp8Blocks {
+                template,
+                shape,
+                scale_inv,
+                block,
+            } => {
+                let parts = super::prequant::Fp8Parts {
+                    template,
+                    shape: shape.as_ref(),
+                    scale_inv: scale_inv.as_ref(),
+                    block,
+                };
+                self.fp8_blocks(s, parts, expected, ctx)
             }
             K::Try(options) => {
                 let mut out = Vec::with_capacity(options.len());
@@ -570,7 +584,7 @@ impl<'a> Walker<'a> {
     }
 }
 
-fn mismatch(s: &ast::Source, got: &[u64], want: &[u64], what: &str) -> Diagnostic {
+pub(super) fn mismatch(s: &ast::Source, got: &[u64], want: &[u64], what: &str) -> Diagnostic {
     Diagnostic::new(
         Code::E0407,
         format!("source gives {} but {what} is {}", show(got), show(want)),

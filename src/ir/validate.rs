@@ -132,6 +132,14 @@ fn source(s: &Source) -> Result<(), String> {
             shape: Some(sh), ..
         } => shape(sh),
         Source::Tensor { shape: None, .. } | Source::Tied { .. } => Ok(()),
+        Source::Fp8Blocks { block, .. } if block.contains(&0) => {
+            Err("an FP8 block of size 0".into())
+        }
+        Source::Fp8Blocks { shape: Some(s), .. } if s.len() != 2 => {
+            Err(format!("an FP8 block source of rank {}", s.len()))
+        }
+        Source::Fp8Blocks { shape: Some(s), .. } => shape(s),
+        Source::Fp8Blocks { shape: None, .. } => Ok(()),
         Source::Try { options } if options.is_empty() => Err("an empty `try`".into()),
         Source::Try { options } => options.iter().try_for_each(source),
         Source::Fuse { parts, .. } if parts.is_empty() => Err("an empty `fuse`".into()),
@@ -217,6 +225,7 @@ pub fn tensor_count(body: &Body) -> u64 {
 fn source_tensors(s: &Source) -> u64 {
     match s {
         Source::Tensor { .. } => 1,
+        Source::Fp8Blocks { .. } => 2,
         Source::Tied { .. } => 0,
         Source::Try { options } => options.iter().map(source_tensors).max().unwrap_or(0),
         Source::Fuse { parts, .. } => parts

@@ -96,6 +96,11 @@ pub fn fill(
             transpose(&src, &src_shape, *dims, es, out);
             Ok(())
         }
+        Recipe::Fp8Blocks {
+            block,
+            weight,
+            scale_inv,
+        } => super::prequant::fill_fp8_blocks(ckpt, weight, scale_inv, *block, dtype, out),
         // Tied targets are never filled: they share their target's storage.
         Recipe::Tied { .. } => Ok(()),
     }

@@ -30,6 +30,15 @@ fn scratch(recipe: &Recipe, dtype: Dtype) -> Option<u64> {
             acc.checked_add(bytes_of(&p.shape(), dtype)?)?
                 .checked_add(scratch(p, dtype)?)
         }),
+        // The codes (a byte each) and the scales are read whole; the scales are widened
+        // to f32 and rows go through f32 (at most 4 bytes per code in flight).
+        Recipe::Fp8Blocks {
+            weight, scale_inv, ..
+        } => {
+            let codes = bytes_of(&weight.shape(), Dtype::U8)?;
+            let scales = bytes_of(&scale_inv.shape(), Dtype::F32)?;
+            codes.checked_mul(5)?.checked_add(scales.checked_mul(2)?)
+        }
         Recipe::Slice { source, .. } | Recipe::Transpose { source, .. } => {
             bytes_of(&source.shape(), dtype)?.checked_add(scratch(source, dtype)?)
         }

@@ -14,6 +14,7 @@ mod assemble;
 mod convert;
 mod memory;
 pub mod output;
+mod prequant;
 mod sink;
 mod write;
 

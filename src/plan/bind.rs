@@ -9,6 +9,10 @@ use crate::checkpoint::{Checkpoint, Dtype};
 use crate::diag::Diagnostics;
 use crate::ir;
 
+mod prequant;
+
+pub(crate) use prequant::scale_grid;
+
 /// Binds `ir` to `ckpt`. The plan is `Some` exactly when there is no error; with
 /// `strict`, unclaimed tensors are errors rather than warnings.
 pub fn bind(
@@ -229,6 +233,9 @@ impl Binder<'_> {
         use ir::Source as S;
         match s {
             S::Tensor { name, .. } => out.push(expand(name, env)),
+            S::Fp8Blocks {
+                name, scale_inv, ..
+            } => out.extend([expand(name, env), expand(scale_inv, env)]),
             // A fallback list needs only its first viable option; count the first.
             S::Try { options } => {
                 if let Some(o) = options.first() {
@@ -266,6 +273,15 @@ impl Binder<'_> {
         use ir::Source as S;
         match s {
             S::Tensor { name, shape } => self.read(&expand(name, env), shape.as_deref(), ctx),
+            S::Fp8Blocks {
+                name,
+                shape,
+                scale_inv,
+                block,
+            } => {
+                let names = [expand(name, env), expand(scale_inv, env)];
+                self.fp8_blocks(&names, shape.as_deref(), *block, ctx)
+            }
             S::Try { options } => {
                 let mut first_missing = None;
                 let mut alternatives = Vec::new();
@@ -278,10 +294,7 @@ impl Binder<'_> {
                         .cloned()
                         .collect();
                     if missing.is_empty() {
-                        ctx.fallbacks.push(Fallback {
-                            chosen: i,
-                            of: options.len(),
-                        });
+                        ctx.fallbacks.extend(prequant::fallback(options, i));
                         return self.source(o, env, ctx);
                     }
                     if first_missing.is_none() {
@@ -443,7 +456,24 @@ impl Binder<'_> {
     }
 
     fn read(&mut self, name: &str, expected: Option<&[u64]>, ctx: &mut ParamCtx) -> Bound {
-        let Some((key, entry)) = self.ckpt.tensors.get_key_value(name) else {
+        let entry = self.entry(name, expected)?;
+        if !crate::load::convertible(entry.dtype, ctx.target_dtype) {
+            return Err(IssueKind::Dtype {
+                tensor: name.to_string(),
+                dtype: entry.dtype,
+                target: ctx.target_dtype,
+            });
+        }
+        Ok(raw_read(name, entry, ctx))
+    }
+
+    /// The checkpoint entry of `name`, of the `expected` shape where one is known.
+    fn entry(
+        &self,
+        name: &str,
+        expected: Option<&[u64]>,
+    ) -> Result<&crate::checkpoint::TensorEntry, IssueKind> {
+        let Some(entry) = self.ckpt.tensors.get(name) else {
             return Err(IssueKind::Missing {
                 tensors: vec![name.to_string()],
                 alternatives: Vec::new(),
@@ -458,22 +488,7 @@ impl Binder<'_> {
                 });
             }
         }
-        if !crate::load::convertible(entry.dtype, ctx.target_dtype) {
-            return Err(IssueKind::Dtype {
-                tensor: name.to_string(),
-                dtype: entry.dtype,
-                target: ctx.target_dtype,
-            });
-        }
-        ctx.reads.push(key.clone());
-        Ok(Recipe::Read {
-            file: entry.shard,
-            tensor: key.clone(),
-            offset: entry.offset,
-            length: entry.len,
-            dtype: entry.dtype,
-            shape: entry.shape.clone(),
-        })
+        Ok(entry)
     }
 
     /// Every `tied` target must be loaded, with the same shape.
@@ -516,6 +531,19 @@ impl Binder<'_> {
             }
         }
         self.issues.extend(issues);
+    }
+}
+
+/// A read of `entry` as stored, claimed for this param.
+fn raw_read(name: &str, entry: &crate::checkpoint::TensorEntry, ctx: &mut ParamCtx) -> Recipe {
+    ctx.reads.push(name.to_string());
+    Recipe::Read {
+        file: entry.shard,
+        tensor: name.to_string(),
+        offset: entry.offset,
+        length: entry.len,
+        dtype: entry.dtype,
+        shape: entry.shape.clone(),
     }
 }
 
@@ -568,7 +596,11 @@ mod tests {
     #[test]
     fn stack_ends_never_wrap() {
         assert_eq!(stack_end(3, 2), 5);
-        assert_eq!(stack_end(i64::MAX - 1, 5), i64::MAX - 1, "overflow binds nothing");
+        assert_eq!(
+            stack_end(i64::MAX - 1, 5),
+            i64::MAX - 1,
+            "overflow binds nothing"
+        );
         assert_eq!(stack_end(0, u64::MAX), 0);
     }
 

@@ -13,6 +13,7 @@ mod groups;
 mod report;
 
 pub use bind::bind;
+pub(crate) use bind::scale_grid;
 pub use report::templatize;
 
 use serde::Serialize;
@@ -99,6 +100,14 @@ pub enum Recipe {
     },
     /// The same tensor as another target: no second read, no second copy.
     Tied { target: String },
+    /// Fine-grained FP8: E4M3 codes (`weight`, `[rows, cols]`) times the scale of their
+    /// `block` tile (`scale_inv`), in f32, then rounded to the target dtype. Both are
+    /// [`Recipe::Read`]s of the tensors as stored.
+    Fp8Blocks {
+        block: [u64; 2],
+        weight: Box<Recipe>,
+        scale_inv: Box<Recipe>,
+    },
 }
 
 impl Recipe {
@@ -106,6 +115,7 @@ impl Recipe {
     pub fn shape(&self) -> Vec<u64> {
         match self {
             Recipe::Read { shape, .. } | Recipe::Reshape { shape, .. } => shape.clone(),
+            Recipe::Fp8Blocks { weight, .. } => weight.shape(),
             Recipe::Fuse { dim, parts } => {
                 let mut s = parts.first().map(Recipe::shape).unwrap_or_default();
                 if let Some(d) = s.get_mut(*dim) {
@@ -156,6 +166,12 @@ impl Recipe {
             Recipe::Read { .. } => f(self),
             Recipe::Fuse { parts, .. } | Recipe::Stack { parts } => {
                 parts.iter().for_each(|p| p.visit_reads(f))
+            }
+            Recipe::Fp8Blocks {
+                weight, scale_inv, ..
+            } => {
+                weight.visit_reads(f);
+                scale_inv.visit_reads(f);
             }
             Recipe::Slice { source, .. }
             | Recipe::Reshape { source, .. }

@@ -142,6 +142,15 @@ pub enum SourceKind {
         b: Expr,
     },
     Tied(Spanned<Vec<String>>),
+    /// Fine-grained FP8 stored on disk: E4M3 codes in `template` and their f32
+    /// dequantization multipliers in `scale_inv`, one per `block` tile (`[rows, cols]`).
+    Fp8Blocks {
+        template: Spanned<String>,
+        shape: Option<Shape>,
+        /// `None`: the name with `_scale_inv` appended (transformers' convention).
+        scale_inv: Option<Spanned<String>>,
+        block: Expr,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]

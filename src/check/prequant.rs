@@ -1,0 +1,112 @@
+//! Pre-quantized sources: a stored quantized tensor and its companions (scales), checked
+//! before a byte is read.
+//!
+//! Input: an `fp8_blocks(...)` source and the shape its param expects. Output: an
+//! [`ir::Source::Fp8Blocks`] whose block is two positive integers (E0440) and whose shape,
+//! where known, is a `[rows, cols]` matrix (E0441). The scale grid's shape follows from
+//! the two (`[⌈rows/block[0]⌉, ⌈cols/block[1]⌉]`); binding checks it against the
+//! checkpoint, since the checker never reads headers.
+
+use super::eval::Scope;
+use super::value::Value;
+use super::{Ctx, Walker};
+use crate::diag::{Code, Diagnostic};
+use crate::ir;
+use crate::source::Spanned;
+use crate::syntax::ast;
+
+/// The name transformers gives a weight's FP8 scales: `x.weight` → `x.weight_scale_inv`.
+fn default_scale_name(weight: &str) -> String {
+    format!("{weight}_scale_inv")
+}
+
+impl<'a> Walker<'a> {
+    /// Checks `fp8_blocks(template: shape, scale_inv = …, block = …)`.
+    pub(super) fn fp8_blocks(
+        &mut self,
+        s: &'a ast::Source,
+        parts: Fp8Parts<'a>,
+        expected: Option<&[u64]>,
+        ctx: &Ctx<'a, '_>,
+    ) -> Option<(ir::Source, Option<Vec<u64>>)> {
+        let names_ok = self.template(parts.template, ctx.scope)
+            & parts.scale_inv.is_none_or(|t| self.template(t, ctx.scope));
+        let block = self.block(parts.block, ctx.scope);
+        let declared = match parts.shape {
+            Some(sh) => Some(self.shape(sh, ctx.scope)?),
+            None => None,
+        };
+        if let (Some(d), Some(e)) = (&declared, expected) {
+            if d.as_slice() != e {
+                self.shape_error(super::source::mismatch(s, d, e, "the param"));
+                return None;
+            }
+        }
+        let shape = declared.or_else(|| expected.map(<[u64]>::to_vec));
+        if let Some(sh) = shape.as_ref().filter(|sh| sh.len() != 2) {
+            self.shape_error(
+                Diagnostic::new(
+                    Code::E0441,
+                    format!(
+                        "an FP8 block source must be a [rows, cols] matrix, not rank {}",
+                        sh.len()
+                    ),
+                )
+                .at(s.span, "this source is quantized per 2-D tile")
+                .with_help("stack or reshape around `fp8_blocks(...)`, one matrix per call"),
+            );
+            return None;
+        }
+        let (block, true) = (block?, names_ok) else {
+            return None;
+        };
+        let name = crate::check::join_name(ctx.prefix, &parts.template.node);
+        let scale_inv = match parts.scale_inv {
+            Some(t) => crate::check::join_name(ctx.prefix, &t.node),
+            None => default_scale_name(&name),
+        };
+        let node = ir::Source::Fp8Blocks {
+            name,
+            shape: shape.clone(),
+            scale_inv,
+            block,
+        };
+        Some((node, shape))
+    }
+
+    /// A block size: a list of two positive integers (`[128, 128]`), E0440 otherwise.
+    fn block(&mut self, e: &ast::Expr, scope: &Scope<'a>) -> Option<[u64; 2]> {
+        let v = self.evaluate(e, scope);
+        let v = self.report(v, scope)?;
+        if let Value::List(items) = &v.value {
+            if let [Value::Int(r), Value::Int(c)] = items.as_slice() {
+                if let (Ok(r @ 1..), Ok(c @ 1..)) = (u64::try_from(*r), u64::try_from(*c)) {
+                    return Some([r, c]);
+                }
+            }
+        }
+        self.diags.push(
+            Diagnostic::new(
+                Code::E0440,
+                format!(
+                    "an FP8 block must be two positive integers, not {}",
+                    v.value
+                ),
+            )
+            .at(e.span, "the tile is [rows, cols]")
+            .with_labels(v.labels())
+            .with_help(
+                "write `block = [128, 128]`, or read `quantization_config.weight_block_size`",
+            ),
+        );
+        None
+    }
+}
+
+/// The pieces of an `fp8_blocks(...)` source, borrowed from the AST.
+pub(super) struct Fp8Parts<'a> {
+    pub template: &'a Spanned<String>,
+    pub shape: Option<&'a ast::Shape>,
+    pub scale_inv: Option<&'a Spanned<String>>,
+    pub block: &'a ast::Expr,
+}

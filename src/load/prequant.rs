@@ -1,0 +1,109 @@
+//! Dequantizing pre-quantized sources on the host, exactly as the reference tools do.
+//!
+//! Input: a [`Recipe::Fp8Blocks`]'s two reads (E4M3 codes `[rows, cols]`, scales
+//! `[⌈rows/br⌉, ⌈cols/bc⌉]` in F32 or BF16) and the target dtype. Output: the target's
+//! bytes, each element `f32(code) × f32(scale)` (one f32 rounding, as transformers'
+//! `Fp8Dequantize` computes it) rounded to nearest even into the target dtype. Binding
+//! checked the dtypes and the scale grid; a recipe that breaks them (one read from JSON)
+//! is an error here, never an out-of-bounds index.
+
+use rayon::prelude::*;
+
+use super::convert::{convert, e4m3_to_f32};
+use crate::checkpoint::{Checkpoint, Dtype, TensorEntry};
+use crate::diag::{Code, Diagnostic};
+use crate::plan::Recipe;
+
+/// The bytes of a [`Recipe::Read`] as stored.
+fn read_raw(ckpt: &Checkpoint, r: &Recipe) -> Result<(Vec<u8>, Dtype, Vec<u64>), Diagnostic> {
+    let Recipe::Read {
+        file,
+        offset,
+        length,
+        dtype,
+        shape,
+        tensor,
+    } = r
+    else {
+        return Err(bad("a pre-quantized source reads whole tensors"));
+    };
+    let n = usize::try_from(*length).map_err(|_| bad("a tensor does not fit in memory"))?;
+    let mut buf = super::memory::try_alloc(n, tensor)?;
+    let entry = TensorEntry {
+        shard: *file,
+        dtype: *dtype,
+        shape: shape.clone(),
+        offset: *offset,
+        len: *length,
+    };
+    ckpt.read_into(&entry, &mut buf)?;
+    Ok((buf, *dtype, shape.clone()))
+}
+
+fn bad(what: &str) -> Diagnostic {
+    Diagnostic::new(
+        Code::E0531,
+        format!("an FP8 block recipe is inconsistent: {what}"),
+    )
+}
+
+/// Scales widened to f32.
+fn scales_f32(bytes: &[u8], dtype: Dtype) -> Result<Vec<f32>, Diagnostic> {
+    match dtype {
+        Dtype::F32 => Ok(bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()),
+        Dtype::Bf16 => Ok(bytes
+            .chunks_exact(2)
+            .map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16))
+            .collect()),
+        other => Err(Diagnostic::new(
+            Code::E0530,
+            format!("FP8 scales are {}, not F32 or BF16", other.name()),
+        )),
+    }
+}
+
+/// Fills `out` (`rows × cols` elements of `dtype`) from FP8 codes and block scales.
+pub fn fill_fp8_blocks(
+    ckpt: &Checkpoint,
+    weight: &Recipe,
+    scale_inv: &Recipe,
+    block: [u64; 2],
+    dtype: Dtype,
+    out: &mut [u8],
+) -> Result<(), Diagnostic> {
+    let (codes, wdt, wshape) = read_raw(ckpt, weight)?;
+    let (sbytes, sdt, sshape) = read_raw(ckpt, scale_inv)?;
+    let scales = scales_f32(&sbytes, sdt)?;
+    let grid = crate::plan::scale_grid(&wshape, block);
+    let ([rows, cols], Some(grid)) = (wshape.as_slice(), grid) else {
+        return Err(bad("the codes are not a matrix"));
+    };
+    let (rows, cols) = (*rows as usize, *cols as usize);
+    let es = dtype.size();
+    let fits = wdt == Dtype::F8E4M3
+        && grid == sshape
+        && scales.len() as u64 == grid[0] * grid[1]
+        && codes.len() == rows * cols
+        && out.len() == rows * cols * es
+        && super::convert::is_training_float(dtype);
+    if !fits {
+        return Err(bad("codes, scales and output disagree"));
+    }
+    let (br, bc, gc) = (block[0] as usize, block[1] as usize, grid[1] as usize);
+    out.par_chunks_mut(cols * es)
+        .zip(codes.par_chunks(cols))
+        .enumerate()
+        .for_each(|(r, (dst, q))| {
+            let srow = &scales[(r / br) * gc..(r / br + 1) * gc];
+            let row: Vec<u8> = q
+                .iter()
+                .enumerate()
+                .flat_map(|(c, &b)| (e4m3_to_f32(b) * srow[c / bc]).to_le_bytes())
+                .collect();
+            convert(Dtype::F32, &row, dtype, dst);
+        });
+    Ok(())
+}
