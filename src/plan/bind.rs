@@ -297,6 +297,11 @@ impl Binder<'_> {
                         ctx.fallbacks.extend(prequant::fallback(options, i));
                         return self.source(o, env, ctx);
                     }
+                    // A pre-quantized form is how a param *may* be stored: what is
+                    // missing from it matters only when every option is one.
+                    if prequant::prequantized(o) && !prequant::all_prequantized(options) {
+                        continue;
+                    }
                     if first_missing.is_none() {
                         first_missing = Some(missing);
                     } else {

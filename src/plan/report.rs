@@ -203,7 +203,8 @@ pub fn diagnostics(
             .with_help(match dtype {
                 Dtype::Other(_) => "the loader reads F32, F16, BF16, F8_E4M3, F8_E5M2, U8, I8, I32 and I64",
                 _ if crate::load::is_training_float(*dtype) => "declare the param with an integer dtype only if the tensor holds integers",
-                _ => "a pre-quantized source needs an explicit dequantization (with its scale) in the mapping, which wmap does not have yet; or declare the param with the tensor's own dtype",
+                Dtype::F8E4M3 => "a fine-grained FP8 tensor loads through `fp8_blocks(...)` with its `weight_scale_inv`; the stdlib takes that form only where every scale it needs exists; or declare the param with the tensor's own dtype",
+                _ => "a pre-quantized tensor loads only through a source form that names its scales; or declare the param with the tensor's own dtype",
             }),
             IssueKind::Tie { what, missing } => {
                 let code = if *missing { Code::E0508 } else { Code::E0509 };

@@ -9,7 +9,7 @@ use crate::plan::report::IssueKind;
 use crate::plan::{Fallback, Recipe};
 
 /// Whether a source reads a pre-quantized form anywhere.
-fn prequantized(s: &ir::Source) -> bool {
+pub(super) fn prequantized(s: &ir::Source) -> bool {
     use ir::Source as S;
     match s {
         S::Fp8Blocks { .. } => true,
@@ -22,6 +22,11 @@ fn prequantized(s: &ir::Source) -> bool {
         | S::Squeeze { source: inner, .. }
         | S::Transpose { source: inner, .. } => prequantized(inner),
     }
+}
+
+/// Whether every option of a fallback list is pre-quantized.
+pub(super) fn all_prequantized(options: &[ir::Source]) -> bool {
+    options.iter().all(prequantized)
 }
 
 /// The fallback to record for taking option `chosen` of `options`. Pre-quantized options

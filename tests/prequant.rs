@@ -1,0 +1,150 @@
+//! Pre-quantized sources: a fine-grained FP8 release written by transformers'
+//! `Fp8Quantize` (`tests/fixtures/hf/qwen3_fp8`, made by `scripts/make_fp8_checkpoint.py`)
+//! loads through the stdlib with no user file, each param bit-identical to what
+//! transformers' `Fp8Dequantize` gives (`tests/fixtures/golden/qwen3_fp8_dequant.safetensors`),
+//! and can be requantized on the way.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use wmap::checkpoint::Dtype;
+use wmap::driver::{self, ModelSource};
+use wmap::load::{self, HostStore, HostTensor};
+use wmap::plan::{Plan, Recipe};
+
+fn fp8_dir() -> std::path::PathBuf {
+    common::root().join("tests/fixtures/hf/qwen3_fp8")
+}
+
+/// Compiles and binds `dir` with the stdlib model for its config; panics on a diagnostic.
+fn plan(dir: &std::path::Path) -> (Plan, wmap::checkpoint::Checkpoint) {
+    let mut c = driver::compile(&ModelSource::Detect, Some(&dir.join("config.json"))).unwrap();
+    let bound = driver::bind(&mut c, dir, true);
+    let rendered = wmap::diag::render_human(&c.sources, &c.diags, wmap::diag::Color::Never);
+    assert!(c.diags.is_empty(), "{rendered}");
+    let b = bound.unwrap();
+    (b.plan, b.checkpoint)
+}
+
+fn load_all(plan: &Plan, ckpt: &wmap::checkpoint::Checkpoint) -> BTreeMap<String, HostTensor> {
+    let store = HostStore::default();
+    load::execute(plan, ckpt, &store, load::Options::default(), &|_| {}).unwrap();
+    store.into_tensors()
+}
+
+/// The golden dequantizations, by checkpoint name.
+fn golden() -> BTreeMap<String, Vec<u8>> {
+    let path = common::root().join("tests/fixtures/golden/qwen3_fp8_dequant.safetensors");
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(name, t)| (name, t.data().to_vec()))
+        .collect()
+}
+
+#[test]
+fn fp8_release_loads_bit_identical_to_transformers_dequantization() {
+    let (plan, ckpt) = plan(&fp8_dir());
+    assert!(plan.unclaimed.is_empty(), "{:?}", plan.unclaimed);
+    let out = load_all(&plan, &ckpt);
+    let g = golden();
+    let cat = |names: &[&str], layer: usize| -> Vec<u8> {
+        let p = format!("model.layers.{layer}");
+        names
+            .iter()
+            .flat_map(|n| g[&format!("{p}.{n}.weight")].clone())
+            .collect()
+    };
+    for layer in 0..2 {
+        let expect = [
+            (
+                "attention.qkv",
+                cat(
+                    &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+                    layer,
+                ),
+            ),
+            ("attention.out", cat(&["self_attn.o_proj"], layer)),
+            ("mlp.gate_up", cat(&["mlp.gate_proj", "mlp.up_proj"], layer)),
+            ("mlp.down", cat(&["mlp.down_proj"], layer)),
+        ];
+        for (param, want) in expect {
+            let t = &out[&format!("layers.{layer}.{param}")];
+            assert_eq!(t.dtype, Dtype::Bf16);
+            assert!(
+                *t.data == want,
+                "layers.{layer}.{param} differs from transformers"
+            );
+        }
+    }
+}
+
+/// Every quantized linear binds to the FP8 form; the BF16 tensors (norms, embeddings,
+/// lm_head) stay plain reads, and no fallback is taken for either.
+#[test]
+fn fp8_release_plans_fp8_reads_for_linears_only() {
+    let (plan, _) = plan(&fp8_dir());
+    let fp8: Vec<&str> = plan
+        .targets
+        .iter()
+        .filter(|t| {
+            t.recipe.reads().iter().any(|r| {
+                matches!(
+                    r,
+                    Recipe::Read {
+                        dtype: Dtype::F8E4M3,
+                        ..
+                    }
+                )
+            })
+        })
+        .map(|t| t.name.as_str())
+        .collect();
+    assert_eq!(fp8.len(), 8, "{fp8:?}");
+    assert!(fp8.iter().all(|n| n.ends_with("qkv")
+        || n.ends_with("out")
+        || n.ends_with("gate_up")
+        || n.ends_with("down")));
+    assert!(plan
+        .targets
+        .iter()
+        .all(|t| t.fallbacks.iter().all(|f| f.chosen == 0)));
+    let qkv = plan
+        .targets
+        .iter()
+        .find(|t| t.name == "layers.0.attention.qkv")
+        .unwrap();
+    let Recipe::Fuse { parts, .. } = &qkv.recipe else {
+        panic!("{:?}", qkv.recipe)
+    };
+    let Recipe::Fp8Blocks {
+        block, scale_inv, ..
+    } = &parts[1]
+    else {
+        panic!("{:?}", parts[1])
+    };
+    assert_eq!(*block, [128, 128]);
+    assert_eq!(
+        scale_inv.shape(),
+        [1, 2],
+        "k_proj [128, 256] in 128×128 tiles"
+    );
+}
+
+/// FP8 release → NF4 (QLoRA): the dequantized bf16 is what gets quantized, so the
+/// result equals NF4 of transformers' dequantization.
+#[test]
+fn fp8_release_requantizes_from_the_exact_dequantization() {
+    use wmap::quant::{self, Format};
+    let (plan, ckpt) = plan(&fp8_dir());
+    let out = load_all(&plan, &ckpt);
+    let g = golden();
+    let down = &out["layers.1.mlp.down"];
+    let want = &g["model.layers.1.mlp.down_proj.weight"];
+    let format = Format::Nf4 { blocksize: 64 };
+    let from_load = quant::quantize(format, &quant::to_f32(Dtype::Bf16, &down.data), &down.shape);
+    let from_golden = quant::quantize(format, &quant::to_f32(Dtype::Bf16, want), &down.shape);
+    assert_eq!(from_load, from_golden);
+}
