@@ -148,3 +148,58 @@ fn fp8_release_requantizes_from_the_exact_dequantization() {
     let from_golden = quant::quantize(format, &quant::to_f32(Dtype::Bf16, want), &down.shape);
     assert_eq!(from_load, from_golden);
 }
+
+/// Raw bytes of checkpoint tensors, concatenated.
+fn raw_cat(names: &[String]) -> Vec<u8> {
+    let bytes = std::fs::read(fp8_dir().join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    names
+        .iter()
+        .flat_map(|n| st.tensor(n).unwrap().data().to_vec())
+        .collect()
+}
+
+/// `--quant fp8-block` on an FP8 release: the stored codes and scales pass through
+/// untouched (fused q/k/v too, their parts ending on tile boundaries); nothing is
+/// dequantized and requantized.
+#[test]
+fn fp8_release_loaded_as_fp8_block_keeps_the_stored_bytes() {
+    use wmap::quant::{Format, QuantStore, Scales, Stored};
+    let (plan, ckpt) = plan(&fp8_dir());
+    let store = QuantStore::new(Format::Fp8Block { block: 128 });
+    load::execute(&plan, &ckpt, &store, load::Options::default(), &|_| {}).unwrap();
+    // Requantizing would measure a reconstruction error; passing through measures none.
+    // (On this data wmap's fp8-block quantizer happens to give the stored codes back, so
+    // the bytes alone would not tell the two apart.)
+    let report = store.report();
+    assert_eq!((report.quantized, report.error.count), (8, 0));
+    let out = store.into_tensors();
+    let cases = [
+        (
+            "layers.0.attention.qkv",
+            vec!["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+        ),
+        ("layers.1.mlp.gate_up", vec!["mlp.gate_proj", "mlp.up_proj"]),
+        ("layers.1.mlp.down", vec!["mlp.down_proj"]),
+    ];
+    for (target, parts) in cases {
+        let layer = &target[7..8];
+        let names = |suffix: &str| -> Vec<String> {
+            parts
+                .iter()
+                .map(|p| format!("model.layers.{layer}.{p}.{suffix}"))
+                .collect()
+        };
+        let Stored::Quantized(q) = &out[target] else {
+            panic!("{target} is not quantized")
+        };
+        assert_eq!(q.data, raw_cat(&names("weight")), "{target} codes");
+        let Scales::F32(s) = &q.scales else {
+            panic!("{target}: f32 scales")
+        };
+        let s: Vec<u8> = s.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(s, raw_cat(&names("weight_scale_inv")), "{target} scales");
+    }
+    // Norms and embeddings stay full precision.
+    assert!(matches!(out["layers.0.input_norm.weight"], Stored::Full(_)));
+}

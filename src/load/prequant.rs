@@ -6,13 +6,17 @@
 //! `Fp8Dequantize` computes it) rounded to nearest even into the target dtype. Binding
 //! checked the dtypes and the scale grid; a recipe that breaks them (one read from JSON)
 //! is an error here, never an out-of-bounds index.
+//!
+//! When the load quantizes to the very format a target is stored in, [`stored_as`] hands
+//! over the stored codes and scales instead: same bytes out as in.
 
 use rayon::prelude::*;
 
 use super::convert::{convert, e4m3_to_f32};
 use crate::checkpoint::{Checkpoint, Dtype, TensorEntry};
 use crate::diag::{Code, Diagnostic};
-use crate::plan::Recipe;
+use crate::plan::{Recipe, Target};
+use crate::quant::{Format, QuantizedTensor, Scales};
 
 /// The bytes of a [`Recipe::Read`] as stored.
 fn read_raw(ckpt: &Checkpoint, r: &Recipe) -> Result<(Vec<u8>, Dtype, Vec<u64>), Diagnostic> {
@@ -106,4 +110,60 @@ pub fn fill_fp8_blocks(
             convert(Dtype::F32, &row, dtype, dst);
         });
     Ok(())
+}
+
+/// `target` as the checkpoint stores it, when that is exactly `format`: a `quantizable`
+/// FP8 block source (or a fuse of them on dim 0 whose parts end on tile boundaries) in
+/// square tiles of the format's block. The codes concatenate along rows, and so do the
+/// scales. `None`: the target is assembled and quantized as usual.
+pub fn stored_as(
+    ckpt: &Checkpoint,
+    target: &Target,
+    format: Option<Format>,
+) -> Result<Option<QuantizedTensor>, Diagnostic> {
+    let Some(Format::Fp8Block { block }) = format.filter(|_| target.quantizable) else {
+        return Ok(None);
+    };
+    let parts: Vec<&Recipe> = match &target.recipe {
+        r @ Recipe::Fp8Blocks { .. } => vec![r],
+        Recipe::Fuse { dim: 0, parts } => parts.iter().collect(),
+        _ => return Ok(None),
+    };
+    let b = block as u64;
+    let mut pieces = Vec::with_capacity(parts.len());
+    for (i, p) in parts.iter().enumerate() {
+        let Recipe::Fp8Blocks {
+            block: [br, bc],
+            weight,
+            scale_inv,
+        } = p
+        else {
+            return Ok(None);
+        };
+        let rows = weight.shape().first().copied().unwrap_or(0);
+        // A part that ends mid-tile would share its last tile with the next part.
+        let aligned = i + 1 == parts.len() || rows % b == 0;
+        if [*br, *bc] != [b, b] || !aligned {
+            return Ok(None);
+        }
+        pieces.push((weight, scale_inv));
+    }
+    let (mut data, mut scales, mut grid_rows, mut grid_cols) = (Vec::new(), Vec::new(), 0, 0);
+    for (weight, scale_inv) in pieces {
+        let (codes, _, _) = read_raw(ckpt, weight)?;
+        let (sbytes, sdt, sshape) = read_raw(ckpt, scale_inv)?;
+        data.extend_from_slice(&codes);
+        scales.extend(scales_f32(&sbytes, sdt)?);
+        grid_rows += sshape.first().copied().unwrap_or(0);
+        grid_cols = sshape.get(1).copied().unwrap_or(0);
+    }
+    Ok(Some(QuantizedTensor {
+        format: Format::Fp8Block { block },
+        shape: target.shape.clone(),
+        data,
+        scales: Scales::F32(scales),
+        scale_shape: vec![grid_rows, grid_cols],
+        nested: None,
+        tensor_scale: None,
+    }))
 }
