@@ -203,3 +203,39 @@ fn fp8_release_loaded_as_fp8_block_keeps_the_stored_bytes() {
     // Norms and embeddings stay full precision.
     assert!(matches!(out["layers.0.input_norm.weight"], Stored::Full(_)));
 }
+
+/// FP8 release → NF4 checkpoint in HF naming (QLoRA): each linear is cut back into its
+/// checkpoint tensors and quantized from the exact dequantization.
+#[test]
+fn fp8_release_exports_as_nf4_in_hf_naming() {
+    let out = common::tempdir("prequant-nf4-export").join("out");
+    let dir = fp8_dir();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_wmapc"))
+        .args([
+            "load",
+            dir.to_str().unwrap(),
+            "--quant",
+            "nf4",
+            "--quiet",
+            "--force",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let bytes = std::fs::read(out.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let names: Vec<String> = st.names().into_iter().cloned().collect();
+    let k = "model.layers.0.self_attn.k_proj.weight";
+    assert_eq!(st.tensor(k).unwrap().dtype(), safetensors::Dtype::U8);
+    assert!(names.contains(&format!("{k}.absmax")));
+    assert!(
+        !names.iter().any(|n| n.ends_with("weight_scale_inv")),
+        "{names:?}"
+    );
+}

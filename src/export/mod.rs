@@ -36,7 +36,8 @@ pub struct Part {
 }
 
 /// Cuts a recipe back into whole checkpoint tensors, when it is only reads, reshapes,
-/// fuses on dim 0 and stacks (contiguous concatenations); `None` otherwise.
+/// fuses on dim 0, stacks (contiguous concatenations) and pre-quantized sources; `None`
+/// otherwise.
 pub fn parts(recipe: &Recipe) -> Option<Vec<Part>> {
     fn walk(r: &Recipe, at: &mut usize, out: &mut Vec<Part>) -> bool {
         match r {
@@ -60,6 +61,9 @@ pub fn parts(recipe: &Recipe) -> Option<Vec<Part>> {
                 true
             }
             Recipe::Reshape { source, .. } => walk(source, at, out),
+            // A pre-quantized tensor is one part: its codes' name and shape, its
+            // elements dequantized (the scales travel with it).
+            Recipe::Fp8Blocks { weight, .. } => walk(weight, at, out),
             Recipe::Fuse { dim: 0, parts } | Recipe::Stack { parts } => {
                 parts.iter().all(|p| walk(p, at, out))
             }

@@ -20,6 +20,9 @@ pub enum Stored {
 #[derive(Clone, Debug, Default)]
 pub struct QuantReport {
     pub quantized: usize,
+    /// Of `quantized`, the targets stored in the format already: their codes passed
+    /// through, with no error to measure.
+    pub passed_through: usize,
     pub full: usize,
     /// Bytes of the quantizable targets before (in their dtype) and after.
     pub bytes_before: u64,
@@ -99,6 +102,7 @@ impl Sink for QuantStore {
         {
             let mut r = self.report.lock().unwrap_or_else(|p| p.into_inner());
             r.quantized += 1;
+            r.passed_through += 1;
             r.bytes_before += crate::load::bytes_of(&target.shape, target.dtype).unwrap_or(0);
             r.bytes_after += q.byte_size();
         }
