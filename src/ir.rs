@@ -380,6 +380,17 @@ pub enum Source {
         scale_inv: String,
         block: [u64; 2],
     },
+    /// bitsandbytes 4-bit on disk: packed codes in `name` (two per byte), one absmax per
+    /// `blocksize` elements, and the companions transformers saves beside it
+    /// (`name.absmax`, `name.quant_map`, `name.quant_state.bitsandbytes__<type>`, and with
+    /// double quant `name.nested_absmax`, `name.nested_quant_map`). Loads as bitsandbytes'
+    /// dequantization.
+    Bnb4 {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        shape: Option<Vec<u64>>,
+        blocksize: u64,
+    },
 }
 
 /// Where a param was declared, and the config keys behind its shape (secondary labels

@@ -239,3 +239,44 @@ fn fp8_release_exports_as_nf4_in_hf_naming() {
         "{names:?}"
     );
 }
+
+fn bnb_dir(name: &str) -> std::path::PathBuf {
+    common::root().join("tests/fixtures/hf").join(name)
+}
+
+/// transformers + bitsandbytes' NF4 checkpoints of the `llama` fixture (with and without
+/// double quant) load through the stdlib's `bnb4(...)` forms into exactly the bf16 that
+/// bitsandbytes' dequantization gives: our quantizer is byte-identical to bitsandbytes
+/// (tests/quant.rs, tests/export.rs), so dequantizing our NF4 of the original weights is
+/// the reference.
+#[test]
+fn bnb_checkpoints_load_as_their_exact_dequantization() {
+    use wmap::quant::{self, Format};
+    let (plain, ckpt) = plan(&bnb_dir("llama"));
+    let original = load_all(&plain, &ckpt);
+    for (dir, format) in [
+        ("llama_bnb_nf4", Format::Nf4 { blocksize: 64 }),
+        ("llama_bnb_nf4_dq", Format::Nf4Dq { blocksize: 64 }),
+    ] {
+        let (p, ckpt) = plan(&bnb_dir(dir));
+        assert!(p.unclaimed.is_empty(), "{dir}: {:?}", p.unclaimed);
+        let out = load_all(&p, &ckpt);
+        for t in plain.targets.iter().filter(|t| t.quantizable) {
+            // bitsandbytes quantized each checkpoint tensor on its own (a double-quant
+            // offset per tensor), so the reference does too, part by part.
+            let x = quant::to_f32(Dtype::Bf16, &original[&t.name].data);
+            let mut want = Vec::new();
+            for part in wmap::export::parts(&t.recipe).unwrap() {
+                let q = quant::quantize(
+                    format,
+                    &x[part.offset..part.offset + part.numel],
+                    &part.shape,
+                );
+                let mut d = vec![half::bf16::ZERO; part.numel];
+                q.dequantize_bf16(&mut d);
+                want.extend(d.iter().flat_map(|v| v.to_le_bytes()));
+            }
+            assert!(*out[&t.name].data == want, "{dir}: {}", t.name);
+        }
+    }
+}

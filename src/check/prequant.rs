@@ -5,7 +5,8 @@
 //! [`ir::Source::Fp8Blocks`] whose block is two positive integers (E0440) and whose shape,
 //! where known, is a `[rows, cols]` matrix (E0441). The scale grid's shape follows from
 //! the two (`[⌈rows/block[0]⌉, ⌈cols/block[1]⌉]`); binding checks it against the
-//! checkpoint, since the checker never reads headers.
+//! checkpoint, since the checker never reads headers. `bnb4(...)` is checked the same
+//! way: a positive blocksize (E0440) and the shape; its companions are binding's.
 
 use super::eval::Scope;
 use super::value::Value;
@@ -14,6 +15,9 @@ use crate::diag::{Code, Diagnostic};
 use crate::ir;
 use crate::source::Spanned;
 use crate::syntax::ast;
+
+/// bitsandbytes' (and transformers') default 4-bit blocksize.
+const BNB_DEFAULT_BLOCKSIZE: u64 = 64;
 
 /// The name transformers gives a weight's FP8 scales: `x.weight` → `x.weight_scale_inv`.
 fn default_scale_name(weight: &str) -> String {
@@ -32,17 +36,7 @@ impl<'a> Walker<'a> {
         let names_ok = self.template(parts.template, ctx.scope)
             & parts.scale_inv.is_none_or(|t| self.template(t, ctx.scope));
         let block = self.block(parts.block, ctx.scope);
-        let declared = match parts.shape {
-            Some(sh) => Some(self.shape(sh, ctx.scope)?),
-            None => None,
-        };
-        if let (Some(d), Some(e)) = (&declared, expected) {
-            if d.as_slice() != e {
-                self.shape_error(super::source::mismatch(s, d, e, "the param"));
-                return None;
-            }
-        }
-        let shape = declared.or_else(|| expected.map(<[u64]>::to_vec));
+        let shape = self.stored_shape(s, parts.shape, expected, ctx)?;
         if let Some(sh) = shape.as_ref().filter(|sh| sh.len() != 2) {
             self.shape_error(
                 Diagnostic::new(
@@ -72,6 +66,75 @@ impl<'a> Walker<'a> {
             block,
         };
         Some((node, shape))
+    }
+
+    /// The shape a stored tensor is declared (`"name": [shape]`) or expected to have;
+    /// `None` after reporting a disagreement between the two.
+    fn stored_shape(
+        &mut self,
+        s: &'a ast::Source,
+        declared: Option<&'a ast::Shape>,
+        expected: Option<&[u64]>,
+        ctx: &Ctx<'a, '_>,
+    ) -> Option<Option<Vec<u64>>> {
+        let declared = match declared {
+            Some(sh) => Some(self.shape(sh, ctx.scope)?),
+            None => None,
+        };
+        if let (Some(d), Some(e)) = (&declared, expected) {
+            if d.as_slice() != e {
+                self.shape_error(super::source::mismatch(s, d, e, "the param"));
+                return None;
+            }
+        }
+        Some(declared.or_else(|| expected.map(<[u64]>::to_vec)))
+    }
+
+    /// Checks `bnb4(template: shape, blocksize = …)`: the blocksize is a positive
+    /// integer (E0440); the companions are found and checked by binding.
+    pub(super) fn bnb4(
+        &mut self,
+        s: &'a ast::Source,
+        (template, declared): (&'a Spanned<String>, Option<&'a ast::Shape>),
+        blocksize: Option<&'a ast::Expr>,
+        expected: Option<&[u64]>,
+        ctx: &Ctx<'a, '_>,
+    ) -> Option<(ir::Source, Option<Vec<u64>>)> {
+        let name_ok = self.template(template, ctx.scope);
+        let blocksize = match blocksize {
+            None => Some(BNB_DEFAULT_BLOCKSIZE),
+            Some(e) => self.blocksize(e, ctx.scope),
+        };
+        let shape = self.stored_shape(s, declared, expected, ctx)?;
+        let (blocksize, true) = (blocksize?, name_ok) else {
+            return None;
+        };
+        let name = crate::check::join_name(ctx.prefix, &template.node);
+        let node = ir::Source::Bnb4 {
+            name,
+            shape: shape.clone(),
+            blocksize,
+        };
+        Some((node, shape))
+    }
+
+    fn blocksize(&mut self, e: &ast::Expr, scope: &Scope<'a>) -> Option<u64> {
+        let (v, val) = self.int(e, scope)?;
+        match u64::try_from(v) {
+            Ok(b @ 1..) => Some(b),
+            _ => {
+                self.diags.push(
+                    Diagnostic::new(
+                        Code::E0440,
+                        format!("a bnb4 blocksize must be a positive integer, not {v}"),
+                    )
+                    .at(e.span, "elements per absmax")
+                    .with_labels(val.labels())
+                    .with_help("bitsandbytes uses 64 unless told otherwise"),
+                );
+                None
+            }
+        }
     }
 
     /// A block size: a list of two positive integers (`[128, 128]`), E0440 otherwise.

@@ -38,7 +38,7 @@ pub(super) fn stack_vars(s: &ast::Source, out: &mut Vec<String>) {
         | K::Reshape { source, .. }
         | K::Squeeze { source, .. }
         | K::Transpose { source, .. } => stack_vars(source, out),
-        K::Name { .. } | K::Tied(_) | K::Fp8Blocks { .. } => {}
+        K::Name { .. } | K::Tied(_) | K::Fp8Blocks { .. } | K::Bnb4 { .. } => {}
     }
 }
 
@@ -99,6 +99,17 @@ impl<'a> Walker<'a> {
                 };
                 self.fp8_blocks(s, parts, expected, ctx)
             }
+            K::Bnb4 {
+                template,
+                shape,
+                blocksize,
+            } => self.bnb4(
+                s,
+                (template, shape.as_ref()),
+                blocksize.as_ref(),
+                expected,
+                ctx,
+            ),
             K::Try(options) => {
                 let mut out = Vec::with_capacity(options.len());
                 let mut known = expected.map(<[u64]>::to_vec);

@@ -140,6 +140,9 @@ fn source(s: &Source) -> Result<(), String> {
         }
         Source::Fp8Blocks { shape: Some(s), .. } => shape(s),
         Source::Fp8Blocks { shape: None, .. } => Ok(()),
+        Source::Bnb4 { blocksize: 0, .. } => Err("a bnb4 blocksize of 0".into()),
+        Source::Bnb4 { shape: Some(s), .. } => shape(s),
+        Source::Bnb4 { shape: None, .. } => Ok(()),
         Source::Try { options } if options.is_empty() => Err("an empty `try`".into()),
         Source::Try { options } => options.iter().try_for_each(source),
         Source::Fuse { parts, .. } if parts.is_empty() => Err("an empty `fuse`".into()),
@@ -226,6 +229,7 @@ fn source_tensors(s: &Source) -> u64 {
     match s {
         Source::Tensor { .. } => 1,
         Source::Fp8Blocks { .. } => 2,
+        Source::Bnb4 { .. } => 6,
         Source::Tied { .. } => 0,
         Source::Try { options } => options.iter().map(source_tensors).max().unwrap_or(0),
         Source::Fuse { parts, .. } => parts

@@ -101,6 +101,28 @@ pub fn fill(
             weight,
             scale_inv,
         } => super::prequant::fill_fp8_blocks(ckpt, weight, scale_inv, *block, dtype, out),
+        Recipe::Bnb4 {
+            shape,
+            blocksize,
+            fp4,
+            packed,
+            absmax,
+            quant_map,
+            quant_state,
+            nested,
+        } => {
+            let parts = super::prequant::Bnb4Parts {
+                shape,
+                blocksize: *blocksize,
+                fp4: *fp4,
+                packed,
+                absmax,
+                quant_map,
+                quant_state,
+                nested: nested.as_ref(),
+            };
+            super::prequant::fill_bnb4(ckpt, &parts, dtype, out)
+        }
         // Tied targets are never filled: they share their target's storage.
         Recipe::Tied { .. } => Ok(()),
     }

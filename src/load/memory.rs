@@ -39,6 +39,12 @@ fn scratch(recipe: &Recipe, dtype: Dtype) -> Option<u64> {
             let scales = bytes_of(&scale_inv.shape(), Dtype::F32)?;
             codes.checked_mul(5)?.checked_add(scales.checked_mul(2)?)
         }
+        // The codes and companions are read whole; the values go through f32 and its
+        // bytes (8 bytes per element), beside the absmax and its codes.
+        Recipe::Bnb4 { shape, .. } => {
+            let f32s = bytes_of(shape, Dtype::F32)?;
+            f32s.checked_mul(3)
+        }
         Recipe::Slice { source, .. } | Recipe::Transpose { source, .. } => {
             bytes_of(&source.shape(), dtype)?.checked_add(scratch(source, dtype)?)
         }

@@ -167,3 +167,145 @@ pub fn stored_as(
         tensor_scale: None,
     }))
 }
+
+/// The parts of a [`Recipe::Bnb4`], borrowed.
+pub struct Bnb4Parts<'r> {
+    pub shape: &'r [u64],
+    pub blocksize: u64,
+    pub fp4: bool,
+    pub packed: &'r Recipe,
+    pub absmax: &'r Recipe,
+    pub quant_map: &'r Recipe,
+    pub quant_state: &'r Recipe,
+    pub nested: Option<&'r [Box<Recipe>; 2]>,
+}
+
+/// What transformers writes in `quant_state.bitsandbytes__<type>` (a JSON blob, U8).
+#[derive(serde::Deserialize)]
+struct QuantState {
+    quant_type: String,
+    blocksize: u64,
+    shape: Vec<u64>,
+    #[serde(default)]
+    nested_blocksize: Option<u64>,
+    #[serde(default)]
+    nested_offset: Option<f32>,
+}
+
+fn state_mismatch(what: String) -> Diagnostic {
+    Diagnostic::new(Code::E0531, what)
+        .with_help("the mapping's `bnb4(..., blocksize = …)` and shape must be the ones the checkpoint was quantized with")
+}
+
+/// bitsandbytes' absmax per block, from the stored F32 values or (double quant) the U8
+/// codes, their nested absmax and the quant state's offset. The stored maps must be
+/// bitsandbytes' own tables, which the dequantization uses.
+fn bnb_absmax(
+    ckpt: &Checkpoint,
+    p: &Bnb4Parts,
+    state: &QuantState,
+) -> Result<Vec<f32>, Diagnostic> {
+    use crate::quant::{bnb4, dynamic};
+    let kind = if p.fp4 {
+        bnb4::Kind::Fp4
+    } else {
+        bnb4::Kind::Nf4
+    };
+    let (map, _, _) = read_raw(ckpt, p.quant_map)?;
+    if !same_f32s(&map, &kind.table()) {
+        return Err(state_mismatch(format!(
+            "the stored `quant_map` is not bitsandbytes' {} table",
+            kind.name()
+        )));
+    }
+    let (absmax, _, _) = read_raw(ckpt, p.absmax)?;
+    let Some([nested_absmax, nested_map]) = p.nested else {
+        return scales_f32(&absmax, Dtype::F32);
+    };
+    let (nmap, _, _) = read_raw(ckpt, nested_map)?;
+    if !same_f32s(&nmap, &dynamic::signed_map()) {
+        return Err(state_mismatch(
+            "the stored `nested_quant_map` is not bitsandbytes' dynamic map".into(),
+        ));
+    }
+    let (Some(offset), Some(nbs @ 1..)) = (state.nested_offset, state.nested_blocksize) else {
+        return Err(state_mismatch(
+            "the quant state lacks `nested_offset` or `nested_blocksize`".into(),
+        ));
+    };
+    let (nabs, _, _) = read_raw(ckpt, nested_absmax)?;
+    let nested = bnb4::Nested {
+        absmax: scales_f32(&nabs, Dtype::F32)?,
+        codes: absmax,
+        offset,
+        blocksize: nbs as usize,
+    };
+    if nested.absmax.len() < nested.codes.len().div_ceil(nested.blocksize) {
+        return Err(state_mismatch(
+            "`nested_absmax` is too short for its codes".into(),
+        ));
+    }
+    Ok(bnb4::undo_double(&nested))
+}
+
+fn same_f32s(bytes: &[u8], table: &[f32]) -> bool {
+    bytes.len() == 4 * table.len()
+        && bytes
+            .chunks_exact(4)
+            .zip(table)
+            .all(|(b, t)| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) == t.to_bits())
+}
+
+/// The quant state blob, checked against the recipe (type, blocksize, shape).
+fn bnb_state(ckpt: &Checkpoint, p: &Bnb4Parts) -> Result<QuantState, Diagnostic> {
+    let (blob, _, _) = read_raw(ckpt, p.quant_state)?;
+    let state: QuantState = serde_json::from_slice(&blob).map_err(|e| {
+        state_mismatch(format!(
+            "the bnb quant state is not the JSON transformers writes: {e}"
+        ))
+    })?;
+    let kind = if p.fp4 { "fp4" } else { "nf4" };
+    if state.quant_type != kind || state.blocksize != p.blocksize || state.shape != p.shape {
+        return Err(state_mismatch(format!(
+            "the bnb quant state says {} in blocks of {} for shape {:?}; the mapping reads {kind} in blocks of {} for {:?}",
+            state.quant_type, state.blocksize, state.shape, p.blocksize, p.shape
+        )));
+    }
+    Ok(state)
+}
+
+/// Fills `out` with bitsandbytes' dequantization (`table[code] × absmax`, f32) rounded
+/// to nearest even into `dtype`.
+pub fn fill_bnb4(
+    ckpt: &Checkpoint,
+    p: &Bnb4Parts,
+    dtype: Dtype,
+    out: &mut [u8],
+) -> Result<(), Diagnostic> {
+    use crate::quant::bnb4;
+    let state = bnb_state(ckpt, p)?;
+    let absmax = bnb_absmax(ckpt, p, &state)?;
+    let (packed, _, _) = read_raw(ckpt, p.packed)?;
+    let n = crate::ir::numel(p.shape)
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| bad("a bnb4 shape does not fit in memory"))?;
+    let bs = p.blocksize as usize;
+    if packed.len() != n.div_ceil(2)
+        || absmax.len() != n.div_ceil(bs)
+        || out.len() != n * dtype.size()
+    {
+        return Err(state_mismatch(
+            "bnb4 codes, absmax and output disagree".into(),
+        ));
+    }
+    let kind = if p.fp4 {
+        bnb4::Kind::Fp4
+    } else {
+        bnb4::Kind::Nf4
+    };
+    let mut f = vec![0f32; n];
+    bnb4::dequantize(kind, &packed, &absmax, bs, n, &mut f);
+    let bytes: Vec<u8> = f.iter().flat_map(|v| v.to_le_bytes()).collect();
+    convert(Dtype::F32, &bytes, dtype, out);
+    Ok(())
+}

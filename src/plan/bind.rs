@@ -236,6 +236,12 @@ impl Binder<'_> {
             S::Fp8Blocks {
                 name, scale_inv, ..
             } => out.extend([expand(name, env), expand(scale_inv, env)]),
+            // The codes and their absmax decide whether this form is stored; the other
+            // companions are checked when it binds.
+            S::Bnb4 { name, .. } => {
+                let name = expand(name, env);
+                out.extend([format!("{name}.absmax"), name]);
+            }
             // A fallback list needs only its first viable option; count the first.
             S::Try { options } => {
                 if let Some(o) = options.first() {
@@ -282,6 +288,11 @@ impl Binder<'_> {
                 let names = [expand(name, env), expand(scale_inv, env)];
                 self.fp8_blocks(&names, shape.as_deref(), *block, ctx)
             }
+            S::Bnb4 {
+                name,
+                shape,
+                blocksize,
+            } => self.bnb4(&expand(name, env), shape.as_deref(), *blocksize, ctx),
             S::Try { options } => {
                 let mut first_missing = None;
                 let mut alternatives = Vec::new();

@@ -108,13 +108,28 @@ pub enum Recipe {
         weight: Box<Recipe>,
         scale_inv: Box<Recipe>,
     },
+    /// bitsandbytes 4-bit: `table[code] × absmax` per `blocksize` elements, in f32, then
+    /// rounded to the target dtype. `nested` = [`nested_absmax`, `nested_quant_map`] with
+    /// double quant (the absmax are then U8 codes). All are reads as stored.
+    Bnb4 {
+        shape: Vec<u64>,
+        blocksize: u64,
+        fp4: bool,
+        packed: Box<Recipe>,
+        absmax: Box<Recipe>,
+        quant_map: Box<Recipe>,
+        quant_state: Box<Recipe>,
+        nested: Option<[Box<Recipe>; 2]>,
+    },
 }
 
 impl Recipe {
     /// The shape this recipe produces (`Tied` takes the shape of its target).
     pub fn shape(&self) -> Vec<u64> {
         match self {
-            Recipe::Read { shape, .. } | Recipe::Reshape { shape, .. } => shape.clone(),
+            Recipe::Read { shape, .. }
+            | Recipe::Reshape { shape, .. }
+            | Recipe::Bnb4 { shape, .. } => shape.clone(),
             Recipe::Fp8Blocks { weight, .. } => weight.shape(),
             Recipe::Fuse { dim, parts } => {
                 let mut s = parts.first().map(Recipe::shape).unwrap_or_default();
@@ -172,6 +187,21 @@ impl Recipe {
             } => {
                 weight.visit_reads(f);
                 scale_inv.visit_reads(f);
+            }
+            Recipe::Bnb4 {
+                packed,
+                absmax,
+                quant_map,
+                quant_state,
+                nested,
+                ..
+            } => {
+                for r in [packed, absmax, quant_map, quant_state]
+                    .into_iter()
+                    .chain(nested.iter().flatten())
+                {
+                    r.visit_reads(f);
+                }
             }
             Recipe::Slice { source, .. }
             | Recipe::Reshape { source, .. }

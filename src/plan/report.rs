@@ -49,7 +49,7 @@ pub enum IssueKind {
     QuantDtype {
         tensor: String,
         dtype: Dtype,
-        want: &'static str,
+        want: String,
     },
     /// A pre-quantized source's scales do not tile its codes by the declared block.
     ScaleShape {

@@ -151,6 +151,14 @@ pub enum SourceKind {
         scale_inv: Option<Spanned<String>>,
         block: Expr,
     },
+    /// bitsandbytes 4-bit stored on disk: packed codes in `template`, the companions
+    /// (`absmax`, `quant_map`, `quant_state.*`, `nested_*`) beside it.
+    Bnb4 {
+        template: Spanned<String>,
+        shape: Option<Shape>,
+        /// `None`: bitsandbytes' default, 64.
+        blocksize: Option<Expr>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -207,7 +207,8 @@ fn rule_name(rule: Rule) -> Option<&'static str> {
         | Rule::src_squeeze
         | Rule::src_transpose
         | Rule::src_tied
-        | Rule::src_fp8_blocks => "a source",
+        | Rule::src_fp8_blocks
+        | Rule::src_bnb4 => "a source",
         Rule::fp8_scale_inv => "`scale_inv =`",
         Rule::op_or
         | Rule::op_and
@@ -517,6 +518,19 @@ impl Builder<'_> {
                 SourceKind::Tied(Spanned::new(parts, pspan))
             }
             Rule::src_fp8_blocks => self.fp8_blocks(inner, span),
+            Rule::src_bnb4 => {
+                let mut name = nx(&mut inner).into_inner();
+                let template = self
+                    .string(nx(&mut name))
+                    .unwrap_or_else(|| Spanned::new(String::new(), span));
+                let shape = name.next().map(|s| self.shape(s));
+                let blocksize = inner.next().map(|e| self.expr(e));
+                SourceKind::Bnb4 {
+                    template,
+                    shape,
+                    blocksize,
+                }
+            }
             _ => unreachable!("grammar: {rule:?} is not a source"),
         };
         Spanned::new(kind, span)

@@ -12,7 +12,7 @@ use crate::plan::{Fallback, Recipe};
 pub(super) fn prequantized(s: &ir::Source) -> bool {
     use ir::Source as S;
     match s {
-        S::Fp8Blocks { .. } => true,
+        S::Fp8Blocks { .. } | S::Bnb4 { .. } => true,
         S::Tensor { .. } | S::Tied { .. } => false,
         S::Try { options: v } | S::Fuse { parts: v, .. } => v.iter().any(prequantized),
         S::Stack { part: inner, .. }
@@ -105,10 +105,145 @@ impl Binder<'_> {
     }
 }
 
-fn quant_dtype(tensor: &str, dtype: Dtype, want: &'static str) -> IssueKind {
+/// A companion tensor of a pre-quantized source: its name, the dtype it must have, and
+/// the element count it must have (`None`: any).
+struct Companion<'n> {
+    name: &'n str,
+    dtype: Dtype,
+    numel: Option<u64>,
+}
+
+impl Binder<'_> {
+    /// `bnb4(name)`: packed U8 codes (`⌈n/2⌉` bytes for the param's `n` elements), one
+    /// absmax per `blocksize` elements (F32, or U8 codes with double quant, whose
+    /// `nested_absmax` F32 and `nested_quant_map` F32 [256] are then beside it), the
+    /// `quant_map` F32 [16], and the `quant_state.bitsandbytes__nf4` (or `__fp4`) blob.
+    pub(super) fn bnb4(
+        &mut self,
+        name: &str,
+        expected: Option<&[u64]>,
+        blocksize: u64,
+        ctx: &mut ParamCtx,
+    ) -> Bound {
+        let Some(n) = expected.and_then(crate::ir::numel) else {
+            return Err(IssueKind::Parts {
+                what: format!("`bnb4(\"{name}\")` needs the param's shape to find its blocks"),
+                shapes: Vec::new(),
+            });
+        };
+        let nblocks = n.div_ceil(blocksize);
+        let nested = self
+            .ckpt
+            .tensors
+            .contains_key(&format!("{name}.nested_absmax"));
+        let state_nf4 = format!("{name}.quant_state.bitsandbytes__nf4");
+        let state_fp4 = format!("{name}.quant_state.bitsandbytes__fp4");
+        let fp4 = !self.ckpt.tensors.contains_key(&state_nf4)
+            && self.ckpt.tensors.contains_key(&state_fp4);
+        let state = if fp4 { state_fp4 } else { state_nf4 };
+        let (absmax, quant_map) = (format!("{name}.absmax"), format!("{name}.quant_map"));
+        let (nested_absmax, nested_map) = (
+            format!("{name}.nested_absmax"),
+            format!("{name}.nested_quant_map"),
+        );
+        let absmax_dtype = if nested { Dtype::U8 } else { Dtype::F32 };
+        let mut wanted = vec![
+            Companion {
+                name,
+                dtype: Dtype::U8,
+                numel: Some(n.div_ceil(2)),
+            },
+            Companion {
+                name: &absmax,
+                dtype: absmax_dtype,
+                numel: Some(nblocks),
+            },
+            Companion {
+                name: &quant_map,
+                dtype: Dtype::F32,
+                numel: Some(16),
+            },
+            Companion {
+                name: &state,
+                dtype: Dtype::U8,
+                numel: None,
+            },
+        ];
+        if nested {
+            let nested_blocks = nblocks.div_ceil(crate::quant::bnb4::NESTED_BLOCKSIZE as u64);
+            wanted.push(Companion {
+                name: &nested_absmax,
+                dtype: Dtype::F32,
+                numel: Some(nested_blocks),
+            });
+            wanted.push(Companion {
+                name: &nested_map,
+                dtype: Dtype::F32,
+                numel: Some(256),
+            });
+        }
+        if !crate::load::is_training_float(ctx.target_dtype) {
+            return Err(IssueKind::Dtype {
+                tensor: name.to_string(),
+                dtype: Dtype::U8,
+                target: ctx.target_dtype,
+            });
+        }
+        let mut reads = Vec::with_capacity(wanted.len());
+        for c in &wanted {
+            reads.push(self.companion(c)?);
+        }
+        let reads: Vec<Recipe> = reads
+            .into_iter()
+            .map(|e| raw_read(e.0, &e.1, ctx))
+            .collect();
+        let mut it = reads.into_iter().map(Box::new);
+        let mut next = || {
+            it.next().ok_or_else(|| IssueKind::Parts {
+                what: "bnb4 companions".into(),
+                shapes: Vec::new(),
+            })
+        };
+        Ok(Recipe::Bnb4 {
+            shape: expected.map(<[u64]>::to_vec).unwrap_or_default(),
+            blocksize,
+            fp4,
+            packed: next()?,
+            absmax: next()?,
+            quant_map: next()?,
+            quant_state: next()?,
+            nested: if nested {
+                Some([next()?, next()?])
+            } else {
+                None
+            },
+        })
+    }
+
+    /// A companion's entry, held to its dtype (E0530) and element count (E0509).
+    fn companion<'n>(
+        &self,
+        c: &Companion<'n>,
+    ) -> Result<(&'n str, crate::checkpoint::TensorEntry), IssueKind> {
+        let e = self.entry(c.name, None)?;
+        if e.dtype != c.dtype {
+            return Err(quant_dtype(c.name, e.dtype, c.dtype.name()));
+        }
+        match c.numel {
+            Some(want) if crate::ir::numel(&e.shape) != Some(want) => Err(IssueKind::Shape {
+                tensor: Some(c.name.to_string()),
+                expected: vec![want],
+                actual: e.shape.clone(),
+            }),
+            _ => Ok((c.name, e.clone())),
+        }
+    }
+}
+
+fn quant_dtype(tensor: &str, dtype: Dtype, want: &str) -> IssueKind {
     IssueKind::QuantDtype {
         tensor: tensor.to_string(),
         dtype,
-        want,
+        want: want.to_string(),
     }
 }
