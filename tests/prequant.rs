@@ -280,3 +280,51 @@ fn bnb_checkpoints_load_as_their_exact_dequantization() {
         }
     }
 }
+
+/// `--quant nf4` on transformers' NF4 checkpoint: every linear's packed codes and absmax
+/// pass through (fused q/k/v and gate/up too: their parts end on block boundaries), with
+/// nothing requantized. With double quant the stored tensors pass through one by one; a
+/// fuse of them (one offset per stored tensor) is requantized.
+#[test]
+fn bnb_checkpoint_loaded_as_its_own_format_keeps_the_stored_bytes() {
+    use wmap::quant::{Format, QuantStore, Scales, Stored};
+    for (dir, format, through) in [
+        ("llama_bnb_nf4", Format::Nf4 { blocksize: 64 }, 8),
+        ("llama_bnb_nf4_dq", Format::Nf4Dq { blocksize: 64 }, 4),
+    ] {
+        let dir_path = bnb_dir(dir);
+        let (plan, ckpt) = plan(&dir_path);
+        let store = QuantStore::new(format);
+        load::execute(&plan, &ckpt, &store, load::Options::default(), &|_| {}).unwrap();
+        assert_eq!(store.report().passed_through, through, "{dir}");
+        let out = store.into_tensors();
+        let bytes = std::fs::read(dir_path.join("model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let raw = |names: &[String]| -> Vec<u8> {
+            names
+                .iter()
+                .flat_map(|n| st.tensor(n).unwrap().data().to_vec())
+                .collect()
+        };
+        for t in plan.targets.iter().filter(|t| t.quantizable) {
+            let parts: Vec<String> = wmap::export::parts(&t.recipe)
+                .unwrap()
+                .into_iter()
+                .map(|p| p.name)
+                .collect();
+            if matches!(format, Format::Nf4Dq { .. }) && parts.len() > 1 {
+                continue;
+            }
+            let Stored::Quantized(q) = &out[&t.name] else {
+                panic!("{}", t.name)
+            };
+            assert_eq!(q.data, raw(&parts), "{dir}: {} codes", t.name);
+            let absmax: Vec<String> = parts.iter().map(|p| format!("{p}.absmax")).collect();
+            let got = match &q.scales {
+                Scales::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                Scales::U8(v) => v.clone(),
+            };
+            assert_eq!(got, raw(&absmax), "{dir}: {} absmax", t.name);
+        }
+    }
+}

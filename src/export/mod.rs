@@ -64,6 +64,21 @@ pub fn parts(recipe: &Recipe) -> Option<Vec<Part>> {
             // A pre-quantized tensor is one part: its codes' name and shape, its
             // elements dequantized (the scales travel with it).
             Recipe::Fp8Blocks { weight, .. } => walk(weight, at, out),
+            // bnb 4-bit: the packed tensor's name, the logical shape.
+            Recipe::Bnb4 { packed, shape, .. } => {
+                let Recipe::Read { tensor, .. } = packed.as_ref() else {
+                    return false;
+                };
+                let logical = Recipe::Read {
+                    file: 0,
+                    tensor: tensor.clone(),
+                    offset: 0,
+                    length: 0,
+                    dtype: crate::checkpoint::Dtype::U8,
+                    shape: shape.clone(),
+                };
+                walk(&logical, at, out)
+            }
             Recipe::Fuse { dim: 0, parts } | Recipe::Stack { parts } => {
                 parts.iter().all(|p| walk(p, at, out))
             }

@@ -114,15 +114,23 @@ pub fn fill_fp8_blocks(
 
 /// `target` as the checkpoint stores it, when that is exactly `format`: a `quantizable`
 /// FP8 block source (or a fuse of them on dim 0 whose parts end on tile boundaries) in
-/// square tiles of the format's block. The codes concatenate along rows, and so do the
-/// scales. `None`: the target is assembled and quantized as usual.
+/// square tiles of the format's block, or a bnb 4-bit one ([`stored_as_bnb4`]). The codes
+/// concatenate along rows, and so do the scales. `None`: the target is assembled and
+/// quantized as usual.
 pub fn stored_as(
     ckpt: &Checkpoint,
     target: &Target,
     format: Option<Format>,
 ) -> Result<Option<QuantizedTensor>, Diagnostic> {
-    let Some(Format::Fp8Block { block }) = format.filter(|_| target.quantizable) else {
+    let Some(format) = format.filter(|_| target.quantizable) else {
         return Ok(None);
+    };
+    let block = match format {
+        Format::Fp8Block { block } => block,
+        Format::Nf4 { .. } | Format::Fp4 { .. } | Format::Nf4Dq { .. } => {
+            return stored_as_bnb4(ckpt, target, format)
+        }
+        _ => return Ok(None),
     };
     let parts: Vec<&Recipe> = match &target.recipe {
         r @ Recipe::Fp8Blocks { .. } => vec![r],
@@ -308,4 +316,93 @@ pub fn fill_bnb4(
     let bytes: Vec<u8> = f.iter().flat_map(|v| v.to_le_bytes()).collect();
     convert(Dtype::F32, &bytes, dtype, out);
     Ok(())
+}
+
+/// bnb 4-bit stored as `format` (type, blocksize and double quant alike): one `bnb4`
+/// source, or (without double quant, whose offset is per stored tensor) a fuse on dim 0
+/// of several whose parts end on block boundaries. Codes and absmax concatenate.
+fn stored_as_bnb4(
+    ckpt: &Checkpoint,
+    target: &Target,
+    format: Format,
+) -> Result<Option<QuantizedTensor>, Diagnostic> {
+    let (fp4, double, bs) = match format {
+        Format::Nf4 { blocksize } => (false, false, blocksize),
+        Format::Fp4 { blocksize } => (true, false, blocksize),
+        Format::Nf4Dq { blocksize } => (false, true, blocksize),
+        _ => return Ok(None),
+    };
+    let parts: Vec<&Recipe> = match &target.recipe {
+        r @ Recipe::Bnb4 { .. } => vec![r],
+        Recipe::Fuse { dim: 0, parts } if !double => parts.iter().collect(),
+        _ => return Ok(None),
+    };
+    let mut list = Vec::with_capacity(parts.len());
+    for (i, r) in parts.iter().enumerate() {
+        let p = match r {
+            Recipe::Bnb4 {
+                shape,
+                blocksize,
+                fp4: f,
+                packed,
+                absmax,
+                quant_map,
+                quant_state,
+                nested,
+            } => Bnb4Parts {
+                shape,
+                blocksize: *blocksize,
+                fp4: *f,
+                packed,
+                absmax,
+                quant_map,
+                quant_state,
+                nested: nested.as_ref(),
+            },
+            _ => return Ok(None),
+        };
+        let n = crate::ir::numel(p.shape).unwrap_or(0);
+        // A part that ends mid-block (or mid-byte) would share it with the next part.
+        let aligned = i + 1 == parts.len() || n % (bs as u64) == 0 && n % 2 == 0;
+        if p.fp4 != fp4 || p.nested.is_some() != double || p.blocksize != bs as u64 || !aligned {
+            return Ok(None);
+        }
+        list.push(p);
+    }
+    let mut q = QuantizedTensor {
+        format,
+        shape: target.shape.clone(),
+        data: Vec::new(),
+        scales: Scales::F32(Vec::new()),
+        scale_shape: Vec::new(),
+        nested: None,
+        tensor_scale: None,
+    };
+    let mut absmax = Vec::new();
+    for p in &list {
+        let state = bnb_state(ckpt, p)?;
+        // Checks the stored maps are bitsandbytes' own, as the dequantization would.
+        let values = bnb_absmax(ckpt, p, &state)?;
+        q.data.extend(read_raw(ckpt, p.packed)?.0);
+        match (p.nested, state.nested_offset, state.nested_blocksize) {
+            (Some([nested_absmax, _]), Some(offset), Some(nbs)) => {
+                let codes = read_raw(ckpt, p.absmax)?.0;
+                let nabs = scales_f32(&read_raw(ckpt, nested_absmax)?.0, Dtype::F32)?;
+                q.scale_shape = vec![codes.len() as u64];
+                q.scales = Scales::U8(codes.clone());
+                q.nested = Some(crate::quant::bnb4::Nested {
+                    codes,
+                    absmax: nabs,
+                    offset,
+                    blocksize: nbs as usize,
+                });
+            }
+            _ => absmax.extend(values),
+        }
+    }
+    if !double {
+        q.scale_shape = vec![absmax.len() as u64];
+        q.scales = Scales::F32(absmax);
+    }
+    Ok(Some(q))
 }
