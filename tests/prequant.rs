@@ -328,3 +328,44 @@ fn bnb_checkpoint_loaded_as_its_own_format_keeps_the_stored_bytes() {
         }
     }
 }
+
+/// `wmapc load --quant F --out` of a checkpoint stored in F writes every tensor back with
+/// the bytes it was read with (transformers' NF4 checkpoint; the FP8 release).
+#[test]
+fn loading_a_quantized_checkpoint_into_its_own_format_writes_the_same_tensors() {
+    for (dir, format) in [("llama_bnb_nf4", "nf4"), ("qwen3_fp8", "fp8-block")] {
+        let out = common::tempdir(&format!("prequant-same-{format}")).join("out");
+        let input = bnb_dir(dir);
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_wmapc"))
+            .args(["load", input.to_str().unwrap(), "--quant", format, "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        assert!(stdout.contains("passed through untouched"), "{stdout}");
+        let a = std::fs::read(input.join("model.safetensors")).unwrap();
+        let b = std::fs::read(out.join("model.safetensors")).unwrap();
+        let (a, b) = (
+            safetensors::SafeTensors::deserialize(&a).unwrap(),
+            safetensors::SafeTensors::deserialize(&b).unwrap(),
+        );
+        let mut names = a.names();
+        names.sort();
+        let mut theirs = b.names();
+        theirs.sort();
+        assert_eq!(names, theirs, "{dir}");
+        for n in names {
+            let (x, y) = (a.tensor(n).unwrap(), b.tensor(n).unwrap());
+            assert_eq!(
+                (x.dtype(), x.shape(), x.data()),
+                (y.dtype(), y.shape(), y.data()),
+                "{dir}: {n}"
+            );
+        }
+    }
+}
