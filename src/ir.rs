@@ -301,7 +301,7 @@ impl OffloadGroup {
     /// param's own stack when its source is one, else its leading dim from 0.
     pub fn slices(source: &Source, shape: &[u64]) -> (i64, u64) {
         let start = match source {
-            Source::Stack { start, .. } => *start,
+            Source::Stack { start, .. } | Source::Stacked { start, .. } => *start,
             _ => 0,
         };
         (start, shape.first().copied().unwrap_or(0))
@@ -341,6 +341,14 @@ pub enum Source {
         start: i64,
         count: u64,
         part: Box<Source>,
+    },
+    /// Already stacked on disk: `source` is the whole `[count, …]` tensor, read as it is;
+    /// `var` (from `start`) names its slices along dim 0 for per-slice offload groups.
+    Stacked {
+        var: String,
+        start: i64,
+        count: u64,
+        source: Box<Source>,
     },
     Slice {
         dim: usize,

@@ -26,7 +26,10 @@ fn show(s: &[u64]) -> String {
 /// Stack variables bound anywhere in a source tree.
 pub(super) fn stack_vars(s: &ast::Source, out: &mut Vec<String>) {
     match &s.node {
-        K::Stack { var, part, .. } => {
+        K::Stack { var, part, .. }
+        | K::Stacked {
+            var, source: part, ..
+        } => {
             out.push(var.node.clone());
             stack_vars(part, out);
         }
@@ -52,6 +55,44 @@ impl<'a> Walker<'a> {
         ctx: &Ctx<'a, '_>,
     ) -> Option<ir::Source> {
         self.source_shaped(s, expected, ctx).map(|(src, _)| src)
+    }
+
+    /// A stack's range: non-empty (E0401), within the caps, and as long as the param's
+    /// leading dim where that is known (E0404). Returns (start, count).
+    pub(super) fn stack_range(
+        &mut self,
+        range: &'a ast::Range,
+        expected: Option<&[u64]>,
+        ctx: &Ctx<'a, '_>,
+    ) -> Option<(i64, u64)> {
+        let (start, _) = self.int(&range.start, ctx.scope)?;
+        let (end, end_val) = self.int(&range.end, ctx.scope)?;
+        if end <= start {
+            self.diags.push(
+                Diagnostic::new(Code::E0401, format!("stack over {start}..{end} is empty"))
+                    .at(range.end.span, format!("this is {end}"))
+                    .with_labels(end_val.labels()),
+            );
+            return None;
+        }
+        let count = self.count(start, end, range, &end_val, "stack", ir::limits::MAX_STACK)?;
+        if let Some(e) = expected {
+            if e.first() != Some(&count) {
+                let have = e
+                    .first()
+                    .map_or("no leading dim".to_string(), u64::to_string);
+                self.shape_error(
+                    Diagnostic::new(
+                        Code::E0404,
+                        format!("stack makes {count} slices but the param's leading dim is {have}"),
+                    )
+                    .at(range.end.span, format!("{count} slices"))
+                    .with_labels(end_val.labels()),
+                );
+                return None;
+            }
+        }
+        Some((start, count))
     }
 
     fn source_shaped(
@@ -121,35 +162,21 @@ impl<'a> Walker<'a> {
                 Some((ir::Source::Try { options: out }, known))
             }
             K::Fuse { dim, parts } => self.fuse(s, dim, parts, expected, ctx),
+            K::Stacked { var, range, source } => {
+                // The source is the whole [count, …] tensor: the variable names its
+                // slices (for offload groups) and is not in scope for its names.
+                let (start, count) = self.stack_range(range, expected, ctx)?;
+                let (inner, shape) = self.source_shaped(source, expected, ctx)?;
+                let node = ir::Source::Stacked {
+                    var: var.node.clone(),
+                    start,
+                    count,
+                    source: Box::new(inner),
+                };
+                Some((node, shape))
+            }
             K::Stack { var, range, part } => {
-                let (start, _) = self.int(&range.start, ctx.scope)?;
-                let (end, end_val) = self.int(&range.end, ctx.scope)?;
-                if end <= start {
-                    self.diags.push(
-                        Diagnostic::new(Code::E0401, format!("stack over {start}..{end} is empty"))
-                            .at(range.end.span, format!("this is {end}"))
-                            .with_labels(end_val.labels()),
-                    );
-                    return None;
-                }
-                let count =
-                    self.count(start, end, range, &end_val, "stack", ir::limits::MAX_STACK)?;
-                if let Some(e) = expected {
-                    if e.first() != Some(&count) {
-                        let have = e
-                            .first()
-                            .map_or("no leading dim".to_string(), u64::to_string);
-                        self.shape_error(
-                            Diagnostic::new(
-                                Code::E0404,
-                                format!("stack makes {count} slices but the param's leading dim is {have}"),
-                            )
-                            .at(range.end.span, format!("{count} slices"))
-                            .with_labels(end_val.labels()),
-                        );
-                        return None;
-                    }
-                }
+                let (start, count) = self.stack_range(range, expected, ctx)?;
                 let scope = ctx.scope.with_var(&var.node, Binding::Stack);
                 let inner = Ctx {
                     scope: &scope,

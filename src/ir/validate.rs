@@ -149,6 +149,12 @@ fn source(s: &Source) -> Result<(), String> {
         Source::Fuse { parts, .. } => parts.iter().try_for_each(source),
         Source::Stack {
             start, count, part, ..
+        }
+        | Source::Stacked {
+            start,
+            count,
+            source: part,
+            ..
         } => {
             let end = i64::try_from(*count)
                 .ok()
@@ -236,6 +242,7 @@ fn source_tensors(s: &Source) -> u64 {
             .iter()
             .fold(0u64, |n, p| n.saturating_add(source_tensors(p))),
         Source::Stack { count, part, .. } => count.saturating_mul(source_tensors(part)),
+        Source::Stacked { source, .. } => source_tensors(source),
         Source::Slice { source, .. }
         | Source::Split { source, .. }
         | Source::Reshape { source, .. }

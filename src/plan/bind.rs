@@ -262,6 +262,7 @@ impl Binder<'_> {
                 }
             }
             S::Slice { source, .. }
+            | S::Stacked { source, .. }
             | S::Split { source, .. }
             | S::Reshape { source, .. }
             | S::Squeeze { source, .. }
@@ -374,6 +375,9 @@ impl Binder<'_> {
                 }
                 Ok(Recipe::Stack { parts: bound })
             }
+            // Read as it is: the slices are only named (the param's shape check holds
+            // the leading dim to the count).
+            S::Stacked { source, .. } => self.source(source, env, ctx),
             S::Slice {
                 dim,
                 start,

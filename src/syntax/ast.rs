@@ -153,6 +153,13 @@ pub enum SourceKind {
     },
     /// bitsandbytes 4-bit stored on disk: packed codes in `template`, the companions
     /// (`absmax`, `quant_map`, `quant_state.*`, `nested_*`) beside it.
+    /// A tensor already stacked on disk: `source` gives the whole `[count, …]` tensor and
+    /// `var` names its slices along dim 0 (for per-slice offload groups).
+    Stacked {
+        var: Ident,
+        range: Range,
+        source: Box<Source>,
+    },
     Bnb4 {
         template: Spanned<String>,
         shape: Option<Shape>,

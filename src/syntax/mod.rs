@@ -208,7 +208,8 @@ fn rule_name(rule: Rule) -> Option<&'static str> {
         | Rule::src_transpose
         | Rule::src_tied
         | Rule::src_fp8_blocks
-        | Rule::src_bnb4 => "a source",
+        | Rule::src_bnb4
+        | Rule::src_stacked => "a source",
         Rule::fp8_scale_inv => "`scale_inv =`",
         Rule::op_or
         | Rule::op_and
@@ -518,6 +519,13 @@ impl Builder<'_> {
                 SourceKind::Tied(Spanned::new(parts, pspan))
             }
             Rule::src_fp8_blocks => self.fp8_blocks(inner, span),
+            Rule::src_stacked => {
+                let var = self.ident(nx(&mut inner));
+                let _in = nx(&mut inner);
+                let range = self.range(nx(&mut inner));
+                let source = Box::new(self.source(nx(&mut inner)));
+                SourceKind::Stacked { var, range, source }
+            }
             Rule::src_bnb4 => {
                 let mut name = nx(&mut inner).into_inner();
                 let template = self

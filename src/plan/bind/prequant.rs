@@ -16,6 +16,7 @@ pub(super) fn prequantized(s: &ir::Source) -> bool {
         S::Tensor { .. } | S::Tied { .. } => false,
         S::Try { options: v } | S::Fuse { parts: v, .. } => v.iter().any(prequantized),
         S::Stack { part: inner, .. }
+        | S::Stacked { source: inner, .. }
         | S::Slice { source: inner, .. }
         | S::Split { source: inner, .. }
         | S::Reshape { source: inner, .. }
