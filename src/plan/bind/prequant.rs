@@ -3,7 +3,7 @@
 //! the declared block. The load dequantizes them ([`Recipe::Fp8Blocks`]).
 
 use super::{raw_read, Binder, Bound, ParamCtx};
-use crate::checkpoint::Dtype;
+use crate::checkpoint::{Checkpoint, Dtype};
 use crate::ir;
 use crate::plan::report::IssueKind;
 use crate::plan::{Fallback, Recipe};
@@ -108,10 +108,58 @@ impl Binder<'_> {
 
 /// A companion tensor of a pre-quantized source: its name, the dtype it must have, and
 /// the element count it must have (`None`: any).
-struct Companion<'n> {
-    name: &'n str,
+struct Companion {
+    name: String,
     dtype: Dtype,
     numel: Option<u64>,
+}
+
+fn companion(name: String, dtype: Dtype, numel: Option<u64>) -> Companion {
+    Companion { name, dtype, numel }
+}
+
+/// What `bnb4(name)` of `n` elements needs, in [`Recipe::Bnb4`]'s order: codes, absmax,
+/// quant map, quant state, then with double quant the nested absmax and map. FP4 and
+/// double quant are told by the companions' names, so headers decide them.
+fn bnb4_companions(
+    ckpt: &Checkpoint,
+    name: &str,
+    n: u64,
+    blocksize: u64,
+) -> (Vec<Companion>, bool) {
+    let has = |suffix: &str| ckpt.tensors.contains_key(&format!("{name}.{suffix}"));
+    let nested = has("nested_absmax");
+    let fp4 = !has("quant_state.bitsandbytes__nf4") && has("quant_state.bitsandbytes__fp4");
+    let nblocks = n.div_ceil(blocksize);
+    let at = |suffix: &str| format!("{name}.{suffix}");
+    let mut out = vec![
+        companion(name.to_string(), Dtype::U8, Some(n.div_ceil(2))),
+        companion(
+            at("absmax"),
+            if nested { Dtype::U8 } else { Dtype::F32 },
+            Some(nblocks),
+        ),
+        companion(at("quant_map"), Dtype::F32, Some(16)),
+        companion(
+            at(if fp4 {
+                "quant_state.bitsandbytes__fp4"
+            } else {
+                "quant_state.bitsandbytes__nf4"
+            }),
+            Dtype::U8,
+            None,
+        ),
+    ];
+    if nested {
+        let nested_blocks = nblocks.div_ceil(crate::quant::bnb4::NESTED_BLOCKSIZE as u64);
+        out.push(companion(
+            at("nested_absmax"),
+            Dtype::F32,
+            Some(nested_blocks),
+        ));
+        out.push(companion(at("nested_quant_map"), Dtype::F32, Some(256)));
+    }
+    (out, fp4)
 }
 
 impl Binder<'_> {
@@ -132,57 +180,6 @@ impl Binder<'_> {
                 shapes: Vec::new(),
             });
         };
-        let nblocks = n.div_ceil(blocksize);
-        let nested = self
-            .ckpt
-            .tensors
-            .contains_key(&format!("{name}.nested_absmax"));
-        let state_nf4 = format!("{name}.quant_state.bitsandbytes__nf4");
-        let state_fp4 = format!("{name}.quant_state.bitsandbytes__fp4");
-        let fp4 = !self.ckpt.tensors.contains_key(&state_nf4)
-            && self.ckpt.tensors.contains_key(&state_fp4);
-        let state = if fp4 { state_fp4 } else { state_nf4 };
-        let (absmax, quant_map) = (format!("{name}.absmax"), format!("{name}.quant_map"));
-        let (nested_absmax, nested_map) = (
-            format!("{name}.nested_absmax"),
-            format!("{name}.nested_quant_map"),
-        );
-        let absmax_dtype = if nested { Dtype::U8 } else { Dtype::F32 };
-        let mut wanted = vec![
-            Companion {
-                name,
-                dtype: Dtype::U8,
-                numel: Some(n.div_ceil(2)),
-            },
-            Companion {
-                name: &absmax,
-                dtype: absmax_dtype,
-                numel: Some(nblocks),
-            },
-            Companion {
-                name: &quant_map,
-                dtype: Dtype::F32,
-                numel: Some(16),
-            },
-            Companion {
-                name: &state,
-                dtype: Dtype::U8,
-                numel: None,
-            },
-        ];
-        if nested {
-            let nested_blocks = nblocks.div_ceil(crate::quant::bnb4::NESTED_BLOCKSIZE as u64);
-            wanted.push(Companion {
-                name: &nested_absmax,
-                dtype: Dtype::F32,
-                numel: Some(nested_blocks),
-            });
-            wanted.push(Companion {
-                name: &nested_map,
-                dtype: Dtype::F32,
-                numel: Some(256),
-            });
-        }
         if !crate::load::is_training_float(ctx.target_dtype) {
             return Err(IssueKind::Dtype {
                 tensor: name.to_string(),
@@ -190,45 +187,47 @@ impl Binder<'_> {
                 target: ctx.target_dtype,
             });
         }
-        let mut reads = Vec::with_capacity(wanted.len());
+        let (wanted, fp4) = bnb4_companions(self.ckpt, name, n, blocksize);
+        let mut entries = Vec::with_capacity(wanted.len());
         for c in &wanted {
-            reads.push(self.companion(c)?);
+            entries.push(self.companion(c)?);
         }
-        let reads: Vec<Recipe> = reads
-            .into_iter()
-            .map(|e| raw_read(e.0, &e.1, ctx))
-            .collect();
-        let mut it = reads.into_iter().map(Box::new);
-        let mut next = || {
-            it.next().ok_or_else(|| IssueKind::Parts {
+        let mut reads = wanted
+            .iter()
+            .zip(entries)
+            .map(|(c, e)| Box::new(raw_read(&c.name, &e, ctx)))
+            .collect::<Vec<_>>()
+            .into_iter();
+        // `bnb4_companions` gave four reads, six with double quant.
+        let (Some(packed), Some(absmax), Some(quant_map), Some(quant_state)) =
+            (reads.next(), reads.next(), reads.next(), reads.next())
+        else {
+            return Err(IssueKind::Parts {
                 what: "bnb4 companions".into(),
                 shapes: Vec::new(),
-            })
+            });
+        };
+        let nested = match (reads.next(), reads.next()) {
+            (Some(a), Some(m)) => Some([a, m]),
+            _ => None,
         };
         Ok(Recipe::Bnb4 {
             shape: expected.map(<[u64]>::to_vec).unwrap_or_default(),
             blocksize,
             fp4,
-            packed: next()?,
-            absmax: next()?,
-            quant_map: next()?,
-            quant_state: next()?,
-            nested: if nested {
-                Some([next()?, next()?])
-            } else {
-                None
-            },
+            packed,
+            absmax,
+            quant_map,
+            quant_state,
+            nested,
         })
     }
 
     /// A companion's entry, held to its dtype (E0530) and element count (E0509).
-    fn companion<'n>(
-        &self,
-        c: &Companion<'n>,
-    ) -> Result<(&'n str, crate::checkpoint::TensorEntry), IssueKind> {
-        let e = self.entry(c.name, None)?;
+    fn companion(&self, c: &Companion) -> Result<crate::checkpoint::TensorEntry, IssueKind> {
+        let e = self.entry(&c.name, None)?;
         if e.dtype != c.dtype {
-            return Err(quant_dtype(c.name, e.dtype, c.dtype.name()));
+            return Err(quant_dtype(&c.name, e.dtype, c.dtype.name()));
         }
         match c.numel {
             Some(want) if crate::ir::numel(&e.shape) != Some(want) => Err(IssueKind::Shape {
@@ -236,7 +235,7 @@ impl Binder<'_> {
                 expected: vec![want],
                 actual: e.shape.clone(),
             }),
-            _ => Ok((c.name, e.clone())),
+            _ => Ok(e.clone()),
         }
     }
 }
