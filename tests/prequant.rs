@@ -369,3 +369,50 @@ fn loading_a_quantized_checkpoint_into_its_own_format_writes_the_same_tensors() 
         }
     }
 }
+
+/// A matrix that does not fill its last tiles (DeepSeek's `[576, 7168]` has a 4.5-tile
+/// height): the scale grid rounds up, and each element takes its own tile's scale.
+#[test]
+fn fp8_partial_tiles_take_their_own_scale() {
+    use safetensors::tensor::TensorView;
+    let (rows, cols) = (130usize, 129usize);
+    let codes: Vec<u8> = (0..rows * cols)
+        .map(|i| (i * 37 % 251) as u8 & 0x7E) // no NaN codes
+        .collect();
+    let scales: [f32; 4] = [0.5, 0.25, 3.0, 0.125];
+    let sbytes: Vec<u8> = scales.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let dir = common::tempdir("prequant-partial");
+    let file = safetensors::serialize(
+        [
+            (
+                "w",
+                TensorView::new(safetensors::Dtype::F8_E4M3, vec![rows, cols], &codes).unwrap(),
+            ),
+            (
+                "w_scale_inv",
+                TensorView::new(safetensors::Dtype::F32, vec![2, 2], &sbytes).unwrap(),
+            ),
+        ],
+        &None,
+    )
+    .unwrap();
+    std::fs::write(dir.join("model.safetensors"), file).unwrap();
+    std::fs::write(dir.join("config.json"), r#"{"architectures": ["X"]}"#).unwrap();
+    let model = ModelSource::Text {
+        name: "m.wmap".into(),
+        text: r#"model M for "X" { param w: [130, 129] from fp8_blocks("w", block = [128, 128]) }"#
+            .into(),
+    };
+    let mut c = driver::compile(&model, Some(&dir.join("config.json"))).unwrap();
+    let b = driver::bind(&mut c, &dir, true).unwrap();
+    let out = load_all(&b.plan, &b.checkpoint);
+    let got = &out["w"].data;
+    for r in 0..rows {
+        for c in 0..cols {
+            let i = r * cols + c;
+            let want = wmap::load::e4m3_to_f32(codes[i]) * scales[(r / 128) * 2 + c / 128];
+            let want = half::bf16::from_f32(want).to_le_bytes();
+            assert_eq!(got[2 * i..2 * i + 2], want, "({r}, {c})");
+        }
+    }
+}
