@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// Bumped on every change to the JSON shape of the IR.
-pub const IR_VERSION: u32 = 2;
+pub const IR_VERSION: u32 = 3;
 
 /// Limits on what a config may ask for. Config values are untrusted numbers: without
 /// caps, `num_hidden_layers = 1e9` would have the checker and the planner allocate per

@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::checkpoint::Dtype;
 
 /// Bumped on every change to the plan's JSON shape.
-pub const PLAN_VERSION: u32 = 1;
+pub const PLAN_VERSION: u32 = 2;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Plan {
