@@ -393,6 +393,14 @@ pub enum Source {
     /// (`name.absmax`, `name.quant_map`, `name.quant_state.bitsandbytes__<type>`, and with
     /// double quant `name.nested_absmax`, `name.nested_quant_map`). Loads as bitsandbytes'
     /// dequantization.
+    /// MXFP4 on disk (GPT-OSS): `blocks` U8 `[..., rows, cols/32, 16]` (two E2M1 codes a
+    /// byte, low nibble first) and `scales` U8 E8M0 `[..., rows, cols/32]` for a
+    /// `[..., rows, cols]` tensor. Loads as `e2m1 × 2^(e − 127)`.
+    Mxfp4 {
+        blocks: String,
+        scales: String,
+        shape: Vec<u64>,
+    },
     Bnb4 {
         name: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -416,3 +416,52 @@ fn fp8_partial_tiles_take_their_own_scale() {
         }
     }
 }
+
+/// GPT-OSS's MXFP4 experts (made by `scripts/make_mxfp4_checkpoint.py`) mapped in plain
+/// `.wmap`: `mxfp4(...)` names the blocks and their E8M0 scales, `stacked(...)` keeps one
+/// offload group per expert, `transpose` gives GPT-OSS's `[E, in, out]`. Every value is
+/// bit-identical to transformers' `convert_moe_packed_tensors`.
+#[test]
+fn gpt_oss_mxfp4_experts_load_as_transformers_dequantizes_them() {
+    let dir = common::root().join("tests/fixtures/prequant/gpt_oss_mxfp4");
+    let text = r#"
+model GptOss for "GptOssForCausalLM" {
+    layers: Layer[layer in 0..num_hidden_layers] at "model.layers.{layer}.mlp.experts"
+}
+block Layer {
+    param gate_up: [num_local_experts, hidden_size, 2 * intermediate_size]
+        quantizable
+        offload_group = expert
+        from stacked(expert in 0..num_local_experts,
+                     transpose(mxfp4("gate_up_proj_blocks", scales = "gate_up_proj_scales"), 1, 2))
+    param down: [num_local_experts, intermediate_size, hidden_size]
+        quantizable
+        offload_group = expert
+        from stacked(expert in 0..num_local_experts,
+                     transpose(mxfp4("down_proj_blocks", scales = "down_proj_scales"), 1, 2))
+}
+"#;
+    let model = ModelSource::Text {
+        name: "gpt_oss.wmap".into(),
+        text: text.into(),
+    };
+    let mut c = driver::compile(&model, Some(&dir.join("config.json"))).unwrap();
+    let b = driver::bind(&mut c, &dir, true).unwrap();
+    let rendered = wmap::diag::render_human(&c.sources, &c.diags, wmap::diag::Color::Never);
+    assert!(c.diags.is_empty(), "{rendered}");
+    let out = load_all(&b.plan, &b.checkpoint);
+    let golden = std::fs::read(
+        common::root().join("tests/fixtures/golden/gpt_oss_mxfp4_dequant.safetensors"),
+    )
+    .unwrap();
+    let golden = safetensors::SafeTensors::deserialize(&golden).unwrap();
+    for layer in 0..2 {
+        for (param, name) in [("gate_up", "gate_up_proj"), ("down", "down_proj")] {
+            let want = golden
+                .tensor(&format!("model.layers.{layer}.mlp.experts.{name}"))
+                .unwrap();
+            let got = &out[&format!("layers.{layer}.{param}")];
+            assert!(*got.data == want.data(), "layers.{layer}.{param}");
+        }
+    }
+}

@@ -118,6 +118,41 @@ impl<'a> Walker<'a> {
         Some((node, shape))
     }
 
+    /// Checks `mxfp4("blocks", scales = "scales")`: the param's shape is needed (the
+    /// stored tensors are shaped by it) and its last dim must be whole 32-element blocks.
+    pub(super) fn mxfp4(
+        &mut self,
+        s: &'a ast::Source,
+        [blocks, scales]: [&'a Spanned<String>; 2],
+        expected: Option<&[u64]>,
+        ctx: &Ctx<'a, '_>,
+    ) -> Option<(ir::Source, Option<Vec<u64>>)> {
+        let names_ok = self.template(blocks, ctx.scope) & self.template(scales, ctx.scope);
+        let shape = match expected {
+            Some(e) if e.len() >= 2 && e.last().is_some_and(|c| c % 32 == 0) => e.to_vec(),
+            _ => {
+                let shown = expected.map_or("unknown".to_string(), |e| format!("{e:?}"));
+                self.shape_error(
+                    Diagnostic::new(
+                        Code::E0440,
+                        format!("an MXFP4 source needs a [.., rows, cols] shape with cols in whole 32-element blocks, not {shown}"),
+                    )
+                    .at(s.span, "MXFP4 scales one block of 32 elements per byte"),
+                );
+                return None;
+            }
+        };
+        let (true, prefix) = (names_ok, ctx.prefix) else {
+            return None;
+        };
+        let node = ir::Source::Mxfp4 {
+            blocks: crate::check::join_name(prefix, &blocks.node),
+            scales: crate::check::join_name(prefix, &scales.node),
+            shape: shape.clone(),
+        };
+        Some((node, Some(shape)))
+    }
+
     fn blocksize(&mut self, e: &ast::Expr, scope: &Scope<'a>) -> Option<u64> {
         let (v, val) = self.int(e, scope)?;
         match u64::try_from(v) {

@@ -41,7 +41,7 @@ pub(super) fn stack_vars(s: &ast::Source, out: &mut Vec<String>) {
         | K::Reshape { source, .. }
         | K::Squeeze { source, .. }
         | K::Transpose { source, .. } => stack_vars(source, out),
-        K::Name { .. } | K::Tied(_) | K::Fp8Blocks { .. } | K::Bnb4 { .. } => {}
+        K::Name { .. } | K::Tied(_) | K::Fp8Blocks { .. } | K::Bnb4 { .. } | K::Mxfp4 { .. } => {}
     }
 }
 
@@ -140,6 +140,7 @@ impl<'a> Walker<'a> {
                 };
                 self.fp8_blocks(s, parts, expected, ctx)
             }
+            K::Mxfp4 { blocks, scales } => self.mxfp4(s, [blocks, scales], expected, ctx),
             K::Bnb4 {
                 template,
                 shape,

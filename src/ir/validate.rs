@@ -140,6 +140,10 @@ fn source(s: &Source) -> Result<(), String> {
         }
         Source::Fp8Blocks { shape: Some(s), .. } => shape(s),
         Source::Fp8Blocks { shape: None, .. } => Ok(()),
+        Source::Mxfp4 { shape: s, .. } if s.len() < 2 || s.last().is_some_and(|c| c % 32 != 0) => {
+            Err(format!("an MXFP4 source of shape {s:?}"))
+        }
+        Source::Mxfp4 { shape: s, .. } => shape(s),
         Source::Bnb4 { blocksize: 0, .. } => Err("a bnb4 blocksize of 0".into()),
         Source::Bnb4 { shape: Some(s), .. } => shape(s),
         Source::Bnb4 { shape: None, .. } => Ok(()),
@@ -236,6 +240,7 @@ fn source_tensors(s: &Source) -> u64 {
         Source::Tensor { .. } => 1,
         Source::Fp8Blocks { .. } => 2,
         Source::Bnb4 { .. } => 6,
+        Source::Mxfp4 { .. } => 2,
         Source::Tied { .. } => 0,
         Source::Try { options } => options.iter().map(source_tensors).max().unwrap_or(0),
         Source::Fuse { parts, .. } => parts

@@ -101,6 +101,11 @@ pub fn fill(
             weight,
             scale_inv,
         } => super::prequant::fill_fp8_blocks(ckpt, weight, scale_inv, *block, dtype, out),
+        Recipe::Mxfp4 {
+            shape,
+            blocks,
+            scales,
+        } => super::prequant::fill_mxfp4(ckpt, shape, [blocks, scales], dtype, out),
         Recipe::Bnb4 {
             shape,
             blocksize,

@@ -406,3 +406,33 @@ fn stored_as_bnb4(
     }
     Ok(Some(q))
 }
+
+/// Fills `out` from MXFP4 `[blocks, scales]` of a `[.., rows, cols]` tensor: each value
+/// `e2m1 × 2^(e − 127)` in f32 (exact), rounded to nearest even into `dtype`, as
+/// transformers' `convert_moe_packed_tensors` computes it.
+pub fn fill_mxfp4(
+    ckpt: &Checkpoint,
+    shape: &[u64],
+    [blocks, scales]: [&Recipe; 2],
+    dtype: Dtype,
+    out: &mut [u8],
+) -> Result<(), Diagnostic> {
+    let (packed, _, _) = read_raw(ckpt, blocks)?;
+    let (e8m0, _, _) = read_raw(ckpt, scales)?;
+    let n = crate::ir::numel(shape)
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| bad("an MXFP4 shape does not fit in memory"))?;
+    let cols = shape.last().copied().unwrap_or(0) as usize;
+    let fits = cols % 32 == 0
+        && packed.len() * 2 == n
+        && e8m0.len() * 32 == n
+        && out.len() == n * dtype.size();
+    if !fits {
+        return Err(bad("MXFP4 blocks, scales and output disagree"));
+    }
+    let mut f = vec![0f32; n];
+    crate::quant::fp4::mxfp4_dequantize(&packed, &e8m0, cols, &mut f);
+    let bytes: Vec<u8> = f.iter().flat_map(|v| v.to_le_bytes()).collect();
+    convert(Dtype::F32, &bytes, dtype, out);
+    Ok(())
+}

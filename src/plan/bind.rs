@@ -236,6 +236,9 @@ impl Binder<'_> {
             S::Fp8Blocks {
                 name, scale_inv, ..
             } => out.extend([expand(name, env), expand(scale_inv, env)]),
+            S::Mxfp4 { blocks, scales, .. } => {
+                out.extend([expand(blocks, env), expand(scales, env)])
+            }
             // The codes and their absmax decide whether this form is stored; the other
             // companions are checked when it binds.
             S::Bnb4 { name, .. } => {
@@ -289,6 +292,11 @@ impl Binder<'_> {
                 let names = [expand(name, env), expand(scale_inv, env)];
                 self.fp8_blocks(&names, shape.as_deref(), *block, ctx)
             }
+            S::Mxfp4 {
+                blocks,
+                scales,
+                shape,
+            } => self.mxfp4([&expand(blocks, env), &expand(scales, env)], shape, ctx),
             S::Bnb4 {
                 name,
                 shape,

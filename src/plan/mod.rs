@@ -111,6 +111,13 @@ pub enum Recipe {
     /// bitsandbytes 4-bit: `table[code] × absmax` per `blocksize` elements, in f32, then
     /// rounded to the target dtype. `nested` = [`nested_absmax`, `nested_quant_map`] with
     /// double quant (the absmax are then U8 codes). All are reads as stored.
+    /// MXFP4: `e2m1 × 2^(e − 127)` per 32 elements of a row, in f32, then rounded to the
+    /// target dtype. `blocks` and `scales` are reads as stored.
+    Mxfp4 {
+        shape: Vec<u64>,
+        blocks: Box<Recipe>,
+        scales: Box<Recipe>,
+    },
     Bnb4 {
         shape: Vec<u64>,
         blocksize: u64,
@@ -129,7 +136,8 @@ impl Recipe {
         match self {
             Recipe::Read { shape, .. }
             | Recipe::Reshape { shape, .. }
-            | Recipe::Bnb4 { shape, .. } => shape.clone(),
+            | Recipe::Bnb4 { shape, .. }
+            | Recipe::Mxfp4 { shape, .. } => shape.clone(),
             Recipe::Fp8Blocks { weight, .. } => weight.shape(),
             Recipe::Fuse { dim, parts } => {
                 let mut s = parts.first().map(Recipe::shape).unwrap_or_default();
@@ -183,10 +191,17 @@ impl Recipe {
                 parts.iter().for_each(|p| p.visit_reads(f))
             }
             Recipe::Fp8Blocks {
-                weight, scale_inv, ..
+                weight: a,
+                scale_inv: b,
+                ..
+            }
+            | Recipe::Mxfp4 {
+                blocks: a,
+                scales: b,
+                ..
             } => {
-                weight.visit_reads(f);
-                scale_inv.visit_reads(f);
+                a.visit_reads(f);
+                b.visit_reads(f);
             }
             Recipe::Bnb4 {
                 packed,

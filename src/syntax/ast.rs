@@ -160,6 +160,11 @@ pub enum SourceKind {
         range: Range,
         source: Box<Source>,
     },
+    /// MXFP4 stored on disk: E2M1 codes in `blocks`, E8M0 scales in `scales`.
+    Mxfp4 {
+        blocks: Spanned<String>,
+        scales: Spanned<String>,
+    },
     Bnb4 {
         template: Spanned<String>,
         shape: Option<Shape>,

@@ -209,7 +209,8 @@ fn rule_name(rule: Rule) -> Option<&'static str> {
         | Rule::src_tied
         | Rule::src_fp8_blocks
         | Rule::src_bnb4
-        | Rule::src_stacked => "a source",
+        | Rule::src_stacked
+        | Rule::src_mxfp4 => "a source",
         Rule::fp8_scale_inv => "`scale_inv =`",
         Rule::op_or
         | Rule::op_and
@@ -525,6 +526,15 @@ impl Builder<'_> {
                 let range = self.range(nx(&mut inner));
                 let source = Box::new(self.source(nx(&mut inner)));
                 SourceKind::Stacked { var, range, source }
+            }
+            Rule::src_mxfp4 => {
+                let blocks = self.string(nx(&mut inner));
+                let scales = self.string(nx(&mut inner));
+                let empty = || Spanned::new(String::new(), span);
+                SourceKind::Mxfp4 {
+                    blocks: blocks.unwrap_or_else(empty),
+                    scales: scales.unwrap_or_else(empty),
+                }
             }
             Rule::src_bnb4 => {
                 let mut name = nx(&mut inner).into_inner();

@@ -12,7 +12,7 @@ use crate::plan::{Fallback, Recipe};
 pub(super) fn prequantized(s: &ir::Source) -> bool {
     use ir::Source as S;
     match s {
-        S::Fp8Blocks { .. } | S::Bnb4 { .. } => true,
+        S::Fp8Blocks { .. } | S::Bnb4 { .. } | S::Mxfp4 { .. } => true,
         S::Tensor { .. } | S::Tied { .. } => false,
         S::Try { options: v } | S::Fuse { parts: v, .. } => v.iter().any(prequantized),
         S::Stack { part: inner, .. }
@@ -237,6 +237,48 @@ impl Binder<'_> {
             }),
             _ => Ok(e.clone()),
         }
+    }
+}
+
+impl Binder<'_> {
+    /// `mxfp4(blocks, scales)` for a `[.., rows, cols]` param: U8 blocks
+    /// `[.., rows, cols/32, 16]` and U8 E8M0 scales `[.., rows, cols/32]`.
+    pub(super) fn mxfp4(&mut self, names: [&str; 2], shape: &[u64], ctx: &mut ParamCtx) -> Bound {
+        let Some((cols, lead)) = shape.split_last() else {
+            return Err(IssueKind::Parts {
+                what: "an MXFP4 source needs its shape".into(),
+                shapes: Vec::new(),
+            });
+        };
+        let grid = [lead, &[cols / 32]].concat();
+        let want = [[grid.clone(), vec![16]].concat(), grid];
+        if !crate::load::is_training_float(ctx.target_dtype) {
+            return Err(IssueKind::Dtype {
+                tensor: names[0].to_string(),
+                dtype: Dtype::U8,
+                target: ctx.target_dtype,
+            });
+        }
+        let mut reads = Vec::with_capacity(2);
+        for (name, want) in names.iter().zip(want) {
+            let e = self.entry(name, Some(&want))?;
+            if e.dtype != Dtype::U8 {
+                return Err(quant_dtype(name, e.dtype, "U8"));
+            }
+            let e = e.clone();
+            reads.push(Box::new(raw_read(name, &e, ctx)));
+        }
+        let (Some(scales), Some(blocks)) = (reads.pop(), reads.pop()) else {
+            return Err(IssueKind::Parts {
+                what: "MXFP4 reads".into(),
+                shapes: Vec::new(),
+            });
+        };
+        Ok(Recipe::Mxfp4 {
+            shape: shape.to_vec(),
+            blocks,
+            scales,
+        })
     }
 }
 
