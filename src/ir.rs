@@ -401,6 +401,13 @@ pub enum Source {
         scales: String,
         shape: Vec<u64>,
     },
+    /// ModelOpt NVFP4 on disk: packed E2M1 codes in `name` `[.., rows, cols/2]`, E4M3
+    /// block scales `weight_scale` `[.., rows, cols/16]` and the f32 tensor scale
+    /// `weight_scale_2` beside it (ModelOpt's names). Loads as `e2m1 × (scale × scale_2)`.
+    Nvfp4 {
+        name: String,
+        shape: Vec<u64>,
+    },
     Bnb4 {
         name: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]

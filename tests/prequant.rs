@@ -465,3 +465,51 @@ block Layer {
         }
     }
 }
+
+/// ModelOpt's NVFP4 as it stores it (`weight` packed E2M1, `weight_scale` E4M3,
+/// `weight_scale_2` f32; the four golden cases of `tests/fixtures/golden/scales.safetensors`,
+/// quantized by nvidia-modelopt) loads through `nvfp4(...)` bit-identical to ModelOpt's
+/// own dequantization.
+#[test]
+fn modelopt_nvfp4_loads_as_modelopt_dequantizes_it() {
+    let golden =
+        std::fs::read(common::root().join("tests/fixtures/golden/scales.safetensors")).unwrap();
+    let golden = safetensors::SafeTensors::deserialize(&golden).unwrap();
+    let mut tensors = Vec::new();
+    let mut params = String::new();
+    for case in 0..4 {
+        let shape = golden
+            .tensor(&format!("nvfp4.case{case}.input"))
+            .unwrap()
+            .shape()
+            .to_vec();
+        for part in ["weight", "weight_scale", "weight_scale_2"] {
+            let t = golden.tensor(&format!("nvfp4.case{case}.{part}")).unwrap();
+            tensors.push((format!("c{case}.{part}"), t));
+        }
+        params += &format!(
+            "    param c{case}: [{}, {}] from nvfp4(\"c{case}.weight\")\n",
+            shape[0], shape[1]
+        );
+    }
+    let dir = common::tempdir("prequant-nvfp4");
+    std::fs::write(
+        dir.join("model.safetensors"),
+        safetensors::serialize(tensors, &None).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(dir.join("config.json"), r#"{"architectures": ["X"]}"#).unwrap();
+    let model = ModelSource::Text {
+        name: "nvfp4.wmap".into(),
+        text: format!("model M for \"X\" {{\n{params}}}\n"),
+    };
+    let mut c = driver::compile(&model, Some(&dir.join("config.json"))).unwrap();
+    let b = driver::bind(&mut c, &dir, true).unwrap();
+    let rendered = wmap::diag::render_human(&c.sources, &c.diags, wmap::diag::Color::Never);
+    assert!(c.diags.is_empty(), "{rendered}");
+    let out = load_all(&b.plan, &b.checkpoint);
+    for case in 0..4 {
+        let want = golden.tensor(&format!("nvfp4.case{case}.dequant")).unwrap();
+        assert!(*out[&format!("c{case}")].data == want.data(), "case {case}");
+    }
+}

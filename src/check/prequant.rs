@@ -153,6 +153,40 @@ impl<'a> Walker<'a> {
         Some((node, Some(shape)))
     }
 
+    /// Checks `nvfp4("name")`: the param's shape is needed and its last dim must be whole
+    /// 16-element blocks (E0440).
+    pub(super) fn nvfp4(
+        &mut self,
+        s: &'a ast::Source,
+        name: &'a Spanned<String>,
+        expected: Option<&[u64]>,
+        ctx: &Ctx<'a, '_>,
+    ) -> Option<(ir::Source, Option<Vec<u64>>)> {
+        let name_ok = self.template(name, ctx.scope);
+        let shape = match expected {
+            Some(e) if e.len() >= 2 && e.last().is_some_and(|c| c % 16 == 0) => e.to_vec(),
+            _ => {
+                let shown = expected.map_or("unknown".to_string(), |e| format!("{e:?}"));
+                self.shape_error(
+                    Diagnostic::new(
+                        Code::E0440,
+                        format!("an NVFP4 source needs a [.., rows, cols] shape with cols in whole 16-element blocks, not {shown}"),
+                    )
+                    .at(s.span, "NVFP4 scales one block of 16 elements per E4M3 byte"),
+                );
+                return None;
+            }
+        };
+        if !name_ok {
+            return None;
+        }
+        let node = ir::Source::Nvfp4 {
+            name: crate::check::join_name(ctx.prefix, &name.node),
+            shape: shape.clone(),
+        };
+        Some((node, Some(shape)))
+    }
+
     fn blocksize(&mut self, e: &ast::Expr, scope: &Scope<'a>) -> Option<u64> {
         let (v, val) = self.int(e, scope)?;
         match u64::try_from(v) {

@@ -41,7 +41,12 @@ pub(super) fn stack_vars(s: &ast::Source, out: &mut Vec<String>) {
         | K::Reshape { source, .. }
         | K::Squeeze { source, .. }
         | K::Transpose { source, .. } => stack_vars(source, out),
-        K::Name { .. } | K::Tied(_) | K::Fp8Blocks { .. } | K::Bnb4 { .. } | K::Mxfp4 { .. } => {}
+        K::Name { .. }
+        | K::Tied(_)
+        | K::Fp8Blocks { .. }
+        | K::Bnb4 { .. }
+        | K::Mxfp4 { .. }
+        | K::Nvfp4(_) => {}
     }
 }
 
@@ -140,6 +145,7 @@ impl<'a> Walker<'a> {
                 };
                 self.fp8_blocks(s, parts, expected, ctx)
             }
+            K::Nvfp4(name) => self.nvfp4(s, name, expected, ctx),
             K::Mxfp4 { blocks, scales } => self.mxfp4(s, [blocks, scales], expected, ctx),
             K::Bnb4 {
                 template,

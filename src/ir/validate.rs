@@ -144,6 +144,10 @@ fn source(s: &Source) -> Result<(), String> {
             Err(format!("an MXFP4 source of shape {s:?}"))
         }
         Source::Mxfp4 { shape: s, .. } => shape(s),
+        Source::Nvfp4 { shape: s, .. } if s.len() < 2 || s.last().is_some_and(|c| c % 16 != 0) => {
+            Err(format!("an NVFP4 source of shape {s:?}"))
+        }
+        Source::Nvfp4 { shape: s, .. } => shape(s),
         Source::Bnb4 { blocksize: 0, .. } => Err("a bnb4 blocksize of 0".into()),
         Source::Bnb4 { shape: Some(s), .. } => shape(s),
         Source::Bnb4 { shape: None, .. } => Ok(()),
@@ -241,6 +245,7 @@ fn source_tensors(s: &Source) -> u64 {
         Source::Fp8Blocks { .. } => 2,
         Source::Bnb4 { .. } => 6,
         Source::Mxfp4 { .. } => 2,
+        Source::Nvfp4 { .. } => 3,
         Source::Tied { .. } => 0,
         Source::Try { options } => options.iter().map(source_tensors).max().unwrap_or(0),
         Source::Fuse { parts, .. } => parts

@@ -106,6 +106,12 @@ pub fn fill(
             blocks,
             scales,
         } => super::prequant::fill_mxfp4(ckpt, shape, [blocks, scales], dtype, out),
+        Recipe::Nvfp4 {
+            shape,
+            weight,
+            scale,
+            scale_2,
+        } => super::prequant::fill_nvfp4(ckpt, shape, [weight, scale, scale_2], dtype, out),
         Recipe::Bnb4 {
             shape,
             blocksize,

@@ -41,7 +41,7 @@ fn scratch(recipe: &Recipe, dtype: Dtype) -> Option<u64> {
         }
         // The codes and companions are read whole; the values go through f32 and its
         // bytes (8 bytes per element), beside the absmax and its codes.
-        Recipe::Bnb4 { shape, .. } | Recipe::Mxfp4 { shape, .. } => {
+        Recipe::Bnb4 { shape, .. } | Recipe::Mxfp4 { shape, .. } | Recipe::Nvfp4 { shape, .. } => {
             let f32s = bytes_of(shape, Dtype::F32)?;
             f32s.checked_mul(3)
         }

@@ -436,3 +436,36 @@ pub fn fill_mxfp4(
     convert(Dtype::F32, &bytes, dtype, out);
     Ok(())
 }
+
+/// Fills `out` from ModelOpt NVFP4 `[codes, weight_scale, weight_scale_2]` of a
+/// `[.., rows, cols]` tensor: `e2m1 × (e4m3 scale × tensor scale)` in f32, as ModelOpt's
+/// `NVFP4QTensor.dequantize` associates it, rounded to nearest even into `dtype`.
+pub fn fill_nvfp4(
+    ckpt: &Checkpoint,
+    shape: &[u64],
+    [weight, scale, scale_2]: [&Recipe; 3],
+    dtype: Dtype,
+    out: &mut [u8],
+) -> Result<(), Diagnostic> {
+    let (packed, _, _) = read_raw(ckpt, weight)?;
+    let (scales, _, _) = read_raw(ckpt, scale)?;
+    let (ws2, _, _) = read_raw(ckpt, scale_2)?;
+    let n = crate::ir::numel(shape)
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| bad("an NVFP4 shape does not fit in memory"))?;
+    let cols = shape.last().copied().unwrap_or(0) as usize;
+    let fits = cols % 16 == 0
+        && packed.len() * 2 == n
+        && scales.len() * 16 == n
+        && ws2.len() == 4
+        && out.len() == n * dtype.size();
+    if !fits {
+        return Err(bad("NVFP4 codes, scales and output disagree"));
+    }
+    let ws2 = f32::from_le_bytes([ws2[0], ws2[1], ws2[2], ws2[3]]);
+    let mut f = vec![0f32; n];
+    crate::quant::fp4::nvfp4_dequantize(&packed, &scales, ws2, cols, &mut f);
+    let bytes: Vec<u8> = f.iter().flat_map(|v| v.to_le_bytes()).collect();
+    convert(Dtype::F32, &bytes, dtype, out);
+    Ok(())
+}

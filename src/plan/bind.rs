@@ -236,6 +236,7 @@ impl Binder<'_> {
             S::Fp8Blocks {
                 name, scale_inv, ..
             } => out.extend([expand(name, env), expand(scale_inv, env)]),
+            S::Nvfp4 { name, .. } => out.extend(prequant::nvfp4_names(&expand(name, env))),
             S::Mxfp4 { blocks, scales, .. } => {
                 out.extend([expand(blocks, env), expand(scales, env)])
             }
@@ -292,6 +293,7 @@ impl Binder<'_> {
                 let names = [expand(name, env), expand(scale_inv, env)];
                 self.fp8_blocks(&names, shape.as_deref(), *block, ctx)
             }
+            S::Nvfp4 { name, shape } => self.nvfp4(&expand(name, env), shape, ctx),
             S::Mxfp4 {
                 blocks,
                 scales,

@@ -118,6 +118,14 @@ pub enum Recipe {
         blocks: Box<Recipe>,
         scales: Box<Recipe>,
     },
+    /// ModelOpt NVFP4: `e2m1 × (block scale × tensor scale)`, in f32, then rounded to the
+    /// target dtype. All three are reads as stored.
+    Nvfp4 {
+        shape: Vec<u64>,
+        weight: Box<Recipe>,
+        scale: Box<Recipe>,
+        scale_2: Box<Recipe>,
+    },
     Bnb4 {
         shape: Vec<u64>,
         blocksize: u64,
@@ -137,7 +145,8 @@ impl Recipe {
             Recipe::Read { shape, .. }
             | Recipe::Reshape { shape, .. }
             | Recipe::Bnb4 { shape, .. }
-            | Recipe::Mxfp4 { shape, .. } => shape.clone(),
+            | Recipe::Mxfp4 { shape, .. }
+            | Recipe::Nvfp4 { shape, .. } => shape.clone(),
             Recipe::Fp8Blocks { weight, .. } => weight.shape(),
             Recipe::Fuse { dim, parts } => {
                 let mut s = parts.first().map(Recipe::shape).unwrap_or_default();
@@ -203,6 +212,14 @@ impl Recipe {
                 a.visit_reads(f);
                 b.visit_reads(f);
             }
+            Recipe::Nvfp4 {
+                weight,
+                scale,
+                scale_2,
+                ..
+            } => [weight, scale, scale_2]
+                .iter()
+                .for_each(|r| r.visit_reads(f)),
             Recipe::Bnb4 {
                 packed,
                 absmax,

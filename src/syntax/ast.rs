@@ -165,6 +165,8 @@ pub enum SourceKind {
         blocks: Spanned<String>,
         scales: Spanned<String>,
     },
+    /// ModelOpt NVFP4 stored on disk: packed codes in `template`, the scales beside it.
+    Nvfp4(Spanned<String>),
     Bnb4 {
         template: Spanned<String>,
         shape: Option<Shape>,

@@ -210,7 +210,8 @@ fn rule_name(rule: Rule) -> Option<&'static str> {
         | Rule::src_fp8_blocks
         | Rule::src_bnb4
         | Rule::src_stacked
-        | Rule::src_mxfp4 => "a source",
+        | Rule::src_mxfp4
+        | Rule::src_nvfp4 => "a source",
         Rule::fp8_scale_inv => "`scale_inv =`",
         Rule::op_or
         | Rule::op_and
@@ -536,6 +537,10 @@ impl Builder<'_> {
                     scales: scales.unwrap_or_else(empty),
                 }
             }
+            Rule::src_nvfp4 => SourceKind::Nvfp4(
+                self.string(nx(&mut inner))
+                    .unwrap_or_else(|| Spanned::new(String::new(), span)),
+            ),
             Rule::src_bnb4 => {
                 let mut name = nx(&mut inner).into_inner();
                 let template = self

@@ -12,7 +12,7 @@ use crate::plan::{Fallback, Recipe};
 pub(super) fn prequantized(s: &ir::Source) -> bool {
     use ir::Source as S;
     match s {
-        S::Fp8Blocks { .. } | S::Bnb4 { .. } | S::Mxfp4 { .. } => true,
+        S::Fp8Blocks { .. } | S::Bnb4 { .. } | S::Mxfp4 { .. } | S::Nvfp4 { .. } => true,
         S::Tensor { .. } | S::Tied { .. } => false,
         S::Try { options: v } | S::Fuse { parts: v, .. } => v.iter().any(prequantized),
         S::Stack { part: inner, .. }
@@ -278,6 +278,76 @@ impl Binder<'_> {
             shape: shape.to_vec(),
             blocks,
             scales,
+        })
+    }
+}
+
+/// ModelOpt's names for the scales of `x.weight`: `x.weight_scale`, `x.weight_scale_2`.
+pub(super) fn nvfp4_names(name: &str) -> [String; 3] {
+    [
+        name.to_string(),
+        format!("{name}_scale"),
+        format!("{name}_scale_2"),
+    ]
+}
+
+impl Binder<'_> {
+    /// `nvfp4(name)` for a `[.., rows, cols]` param: U8 codes `[.., rows, cols/2]`, E4M3
+    /// `weight_scale` `[.., rows, cols/16]`, and one f32 `weight_scale_2`.
+    pub(super) fn nvfp4(&mut self, name: &str, shape: &[u64], ctx: &mut ParamCtx) -> Bound {
+        let Some((cols, lead)) = shape.split_last() else {
+            return Err(IssueKind::Parts {
+                what: "an NVFP4 source needs its shape".into(),
+                shapes: Vec::new(),
+            });
+        };
+        if !crate::load::is_training_float(ctx.target_dtype) {
+            return Err(IssueKind::Dtype {
+                tensor: name.to_string(),
+                dtype: Dtype::U8,
+                target: ctx.target_dtype,
+            });
+        }
+        let names = nvfp4_names(name);
+        let wanted = [
+            (Dtype::U8, [lead, &[cols / 2]].concat()),
+            (Dtype::F8E4M3, [lead, &[cols / 16]].concat()),
+            (Dtype::F32, Vec::new()),
+        ];
+        let mut reads = Vec::with_capacity(3);
+        for (n, (dtype, want)) in names.iter().zip(wanted) {
+            let e = self.entry(n, None)?;
+            if e.dtype != dtype {
+                return Err(quant_dtype(n, e.dtype, dtype.name()));
+            }
+            // `weight_scale_2` is a scalar, stored as `[]` or `[1]`.
+            let fits = if want.is_empty() {
+                crate::ir::numel(&e.shape) == Some(1)
+            } else {
+                e.shape == want
+            };
+            if !fits {
+                return Err(IssueKind::Shape {
+                    tensor: Some(n.clone()),
+                    expected: want,
+                    actual: e.shape.clone(),
+                });
+            }
+            let e = e.clone();
+            reads.push(Box::new(raw_read(n, &e, ctx)));
+        }
+        let mut it = reads.into_iter();
+        let (Some(weight), Some(scale), Some(scale_2)) = (it.next(), it.next(), it.next()) else {
+            return Err(IssueKind::Parts {
+                what: "NVFP4 reads".into(),
+                shapes: Vec::new(),
+            });
+        };
+        Ok(Recipe::Nvfp4 {
+            shape: shape.to_vec(),
+            weight,
+            scale,
+            scale_2,
         })
     }
 }
