@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// Bumped on every change to the JSON shape of the IR.
-pub const IR_VERSION: u32 = 2;
+pub const IR_VERSION: u32 = 3;
 
 /// Limits on what a config may ask for. Config values are untrusted numbers: without
 /// caps, `num_hidden_layers = 1e9` would have the checker and the planner allocate per
@@ -301,7 +301,7 @@ impl OffloadGroup {
     /// param's own stack when its source is one, else its leading dim from 0.
     pub fn slices(source: &Source, shape: &[u64]) -> (i64, u64) {
         let start = match source {
-            Source::Stack { start, .. } => *start,
+            Source::Stack { start, .. } | Source::Stacked { start, .. } => *start,
             _ => 0,
         };
         (start, shape.first().copied().unwrap_or(0))
@@ -342,6 +342,14 @@ pub enum Source {
         count: u64,
         part: Box<Source>,
     },
+    /// Already stacked on disk: `source` is the whole `[count, …]` tensor, read as it is;
+    /// `var` (from `start`) names its slices along dim 0 for per-slice offload groups.
+    Stacked {
+        var: String,
+        start: i64,
+        count: u64,
+        source: Box<Source>,
+    },
     Slice {
         dim: usize,
         start: u64,
@@ -369,6 +377,42 @@ pub enum Source {
     },
     Tied {
         param: String,
+    },
+    /// Fine-grained FP8 on disk: E4M3 codes in `name` (shape `[rows, cols]`) and the f32
+    /// dequantization multipliers in `scale_inv`, one per `block` tile
+    /// (`[⌈rows/block[0]⌉, ⌈cols/block[1]⌉]`). Loads as `codes × scale`.
+    Fp8Blocks {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        shape: Option<Vec<u64>>,
+        scale_inv: String,
+        block: [u64; 2],
+    },
+    /// bitsandbytes 4-bit on disk: packed codes in `name` (two per byte), one absmax per
+    /// `blocksize` elements, and the companions transformers saves beside it
+    /// (`name.absmax`, `name.quant_map`, `name.quant_state.bitsandbytes__<type>`, and with
+    /// double quant `name.nested_absmax`, `name.nested_quant_map`). Loads as bitsandbytes'
+    /// dequantization.
+    /// MXFP4 on disk (GPT-OSS): `blocks` U8 `[..., rows, cols/32, 16]` (two E2M1 codes a
+    /// byte, low nibble first) and `scales` U8 E8M0 `[..., rows, cols/32]` for a
+    /// `[..., rows, cols]` tensor. Loads as `e2m1 × 2^(e − 127)`.
+    Mxfp4 {
+        blocks: String,
+        scales: String,
+        shape: Vec<u64>,
+    },
+    /// ModelOpt NVFP4 on disk: packed E2M1 codes in `name` `[.., rows, cols/2]`, E4M3
+    /// block scales `weight_scale` `[.., rows, cols/16]` and the f32 tensor scale
+    /// `weight_scale_2` beside it (ModelOpt's names). Loads as `e2m1 × (scale × scale_2)`.
+    Nvfp4 {
+        name: String,
+        shape: Vec<u64>,
+    },
+    Bnb4 {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        shape: Option<Vec<u64>>,
+        blocksize: u64,
     },
 }
 

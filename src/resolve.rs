@@ -317,10 +317,10 @@ fn visit_tied(s: &ast::Source, f: &mut dyn FnMut(&crate::source::Spanned<Vec<Str
     use ast::SourceKind as K;
     match &s.node {
         K::Tied(path) => f(path),
-        K::Name { .. } => {}
+        K::Name { .. } | K::Fp8Blocks { .. } | K::Bnb4 { .. } | K::Mxfp4 { .. } | K::Nvfp4(_) => {}
         K::Try(items) => items.iter().for_each(|i| visit_tied(i, f)),
         K::Fuse { parts, .. } => parts.iter().for_each(|i| visit_tied(i, f)),
-        K::Stack { part, .. } => visit_tied(part, f),
+        K::Stack { part, .. } | K::Stacked { source: part, .. } => visit_tied(part, f),
         K::Slice { source, .. }
         | K::Split { source, .. }
         | K::Reshape { source, .. }

@@ -14,6 +14,7 @@ macro_rules! stdlib_files {
 
 stdlib_files![
     "modules/norm.wmap",
+    "modules/quantized.wmap",
     "modules/attention.wmap",
     "modules/mlp.wmap",
     "modules/moe.wmap",

@@ -214,17 +214,32 @@ fn plan_reports_fallbacks_and_prints_json() {
     assert_eq!(parts[1]["read"]["length"], 64 * 128 * 2);
 }
 
+/// A bnb NF4 checkpoint binds through the stdlib's `bnb4(...)` forms: the codes and
+/// every companion are claimed, nothing is left over.
 #[test]
-fn plan_of_a_quantized_checkpoint_fails_with_codes() {
-    let (code, _, stderr) = wmapc(&[
+fn plan_of_a_bnb_checkpoint_binds_its_companions() {
+    let (code, stdout, stderr) = wmapc(&[
         "plan",
         "--checkpoint",
-        "tests/fixtures/hf/llama_bnb_nf4",
-        "--color",
-        "never",
+        "tests/fixtures/hf/llama_bnb_nf4_dq",
+        "--format",
+        "json",
     ]);
-    assert_eq!(code, 1);
-    assert!(stderr.contains("E0509"), "{stderr}");
+    assert_eq!(code, 0, "{stderr}");
+    let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(plan["unclaimed"].as_array().unwrap().len(), 0);
+    let down = plan["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "layers.1.mlp.down")
+        .unwrap();
+    let bnb = &down["recipe"]["bnb4"];
+    assert_eq!(bnb["blocksize"], 64);
+    assert_eq!(
+        bnb["nested"][0]["read"]["tensor"],
+        "model.layers.1.mlp.down_proj.weight.nested_absmax"
+    );
 }
 
 #[test]

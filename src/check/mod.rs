@@ -20,6 +20,7 @@
 mod eval;
 mod offload;
 mod ops;
+mod prequant;
 mod repeat;
 mod source;
 mod value;

@@ -26,7 +26,10 @@ fn show(s: &[u64]) -> String {
 /// Stack variables bound anywhere in a source tree.
 pub(super) fn stack_vars(s: &ast::Source, out: &mut Vec<String>) {
     match &s.node {
-        K::Stack { var, part, .. } => {
+        K::Stack { var, part, .. }
+        | K::Stacked {
+            var, source: part, ..
+        } => {
             out.push(var.node.clone());
             stack_vars(part, out);
         }
@@ -38,7 +41,12 @@ pub(super) fn stack_vars(s: &ast::Source, out: &mut Vec<String>) {
         | K::Reshape { source, .. }
         | K::Squeeze { source, .. }
         | K::Transpose { source, .. } => stack_vars(source, out),
-        K::Name { .. } | K::Tied(_) => {}
+        K::Name { .. }
+        | K::Tied(_)
+        | K::Fp8Blocks { .. }
+        | K::Bnb4 { .. }
+        | K::Mxfp4 { .. }
+        | K::Nvfp4(_) => {}
     }
 }
 
@@ -52,6 +60,44 @@ impl<'a> Walker<'a> {
         ctx: &Ctx<'a, '_>,
     ) -> Option<ir::Source> {
         self.source_shaped(s, expected, ctx).map(|(src, _)| src)
+    }
+
+    /// A stack's range: non-empty (E0401), within the caps, and as long as the param's
+    /// leading dim where that is known (E0404). Returns (start, count).
+    pub(super) fn stack_range(
+        &mut self,
+        range: &'a ast::Range,
+        expected: Option<&[u64]>,
+        ctx: &Ctx<'a, '_>,
+    ) -> Option<(i64, u64)> {
+        let (start, _) = self.int(&range.start, ctx.scope)?;
+        let (end, end_val) = self.int(&range.end, ctx.scope)?;
+        if end <= start {
+            self.diags.push(
+                Diagnostic::new(Code::E0401, format!("stack over {start}..{end} is empty"))
+                    .at(range.end.span, format!("this is {end}"))
+                    .with_labels(end_val.labels()),
+            );
+            return None;
+        }
+        let count = self.count(start, end, range, &end_val, "stack", ir::limits::MAX_STACK)?;
+        if let Some(e) = expected {
+            if e.first() != Some(&count) {
+                let have = e
+                    .first()
+                    .map_or("no leading dim".to_string(), u64::to_string);
+                self.shape_error(
+                    Diagnostic::new(
+                        Code::E0404,
+                        format!("stack makes {count} slices but the param's leading dim is {have}"),
+                    )
+                    .at(range.end.span, format!("{count} slices"))
+                    .with_labels(end_val.labels()),
+                );
+                return None;
+            }
+        }
+        Some((start, count))
     }
 
     fn source_shaped(
@@ -85,6 +131,33 @@ impl<'a> Walker<'a> {
                     shape,
                 ))
             }
+            K::Fp8Blocks {
+                template,
+                shape,
+                scale_inv,
+                block,
+            } => {
+                let parts = super::prequant::Fp8Parts {
+                    template,
+                    shape: shape.as_ref(),
+                    scale_inv: scale_inv.as_ref(),
+                    block,
+                };
+                self.fp8_blocks(s, parts, expected, ctx)
+            }
+            K::Nvfp4(name) => self.nvfp4(s, name, expected, ctx),
+            K::Mxfp4 { blocks, scales } => self.mxfp4(s, [blocks, scales], expected, ctx),
+            K::Bnb4 {
+                template,
+                shape,
+                blocksize,
+            } => self.bnb4(
+                s,
+                (template, shape.as_ref()),
+                blocksize.as_ref(),
+                expected,
+                ctx,
+            ),
             K::Try(options) => {
                 let mut out = Vec::with_capacity(options.len());
                 let mut known = expected.map(<[u64]>::to_vec);
@@ -96,35 +169,21 @@ impl<'a> Walker<'a> {
                 Some((ir::Source::Try { options: out }, known))
             }
             K::Fuse { dim, parts } => self.fuse(s, dim, parts, expected, ctx),
+            K::Stacked { var, range, source } => {
+                // The source is the whole [count, …] tensor: the variable names its
+                // slices (for offload groups) and is not in scope for its names.
+                let (start, count) = self.stack_range(range, expected, ctx)?;
+                let (inner, shape) = self.source_shaped(source, expected, ctx)?;
+                let node = ir::Source::Stacked {
+                    var: var.node.clone(),
+                    start,
+                    count,
+                    source: Box::new(inner),
+                };
+                Some((node, shape))
+            }
             K::Stack { var, range, part } => {
-                let (start, _) = self.int(&range.start, ctx.scope)?;
-                let (end, end_val) = self.int(&range.end, ctx.scope)?;
-                if end <= start {
-                    self.diags.push(
-                        Diagnostic::new(Code::E0401, format!("stack over {start}..{end} is empty"))
-                            .at(range.end.span, format!("this is {end}"))
-                            .with_labels(end_val.labels()),
-                    );
-                    return None;
-                }
-                let count =
-                    self.count(start, end, range, &end_val, "stack", ir::limits::MAX_STACK)?;
-                if let Some(e) = expected {
-                    if e.first() != Some(&count) {
-                        let have = e
-                            .first()
-                            .map_or("no leading dim".to_string(), u64::to_string);
-                        self.shape_error(
-                            Diagnostic::new(
-                                Code::E0404,
-                                format!("stack makes {count} slices but the param's leading dim is {have}"),
-                            )
-                            .at(range.end.span, format!("{count} slices"))
-                            .with_labels(end_val.labels()),
-                        );
-                        return None;
-                    }
-                }
+                let (start, count) = self.stack_range(range, expected, ctx)?;
                 let scope = ctx.scope.with_var(&var.node, Binding::Stack);
                 let inner = Ctx {
                     scope: &scope,
@@ -570,7 +629,7 @@ impl<'a> Walker<'a> {
     }
 }
 
-fn mismatch(s: &ast::Source, got: &[u64], want: &[u64], what: &str) -> Diagnostic {
+pub(super) fn mismatch(s: &ast::Source, got: &[u64], want: &[u64], what: &str) -> Diagnostic {
     Diagnostic::new(
         Code::E0407,
         format!("source gives {} but {what} is {}", show(got), show(want)),

@@ -113,9 +113,15 @@ struct Piece {
 }
 
 /// How a target's bytes are produced: straight from checkpoint ranges (same dtype,
-/// concatenation recipes), or assembled by the CPU path.
+/// concatenation recipes), or assembled by the CPU path (conversions, slices, and
+/// pre-quantized sources, dequantized on the host).
 fn pieces(t: &Target, ckpt: &Checkpoint) -> Option<Vec<Piece>> {
     let parts = export::parts(&t.recipe)?;
+    // A pre-quantized source is one part but several reads (codes and scales): the CPU
+    // path dequantizes it on the host, and the bf16 result is uploaded.
+    if t.recipe.reads().len() != parts.len() {
+        return None;
+    }
     let es = t.dtype.size() as u64;
     parts
         .iter()

@@ -75,6 +75,8 @@ codes! {
     E0411 "integer-overflow" "an expression overflows 64-bit integers";
     E0412 "limit-exceeded" "a repeat, stack, tensor or model is larger than wmapc's caps";
     E0413 "invalid-ir" "an IR read from JSON breaks the invariants the checker guarantees";
+    E0440 "invalid-quant-block" "a pre-quantized source's `block =` is not two positive integers";
+    E0441 "quantized-source-not-2d" "a pre-quantized source is not a [rows, cols] matrix";
     E0501 "checkpoint-not-found" "the folder holds no safetensors checkpoint";
     E0502 "pickle-checkpoint" "the folder holds only pickle weights, which are never read";
     E0503 "invalid-header" "a safetensors header is truncated, oversized, not UTF-8 or not valid JSON";
@@ -96,6 +98,8 @@ codes! {
     E0523 "inexact-narrowing" "a runtime value does not fit the checkpoint's narrower dtype exactly";
     E0524 "conflicting-values" "params read from the same checkpoint elements (or tied) hold different values";
     E0525 "runtime-store-mismatch" "the runtime store was written for another model than --like binds";
+    E0530 "quantized-dtype-mismatch" "a pre-quantized tensor or its scale is stored in a dtype its format does not use";
+    E0531 "quant-scale-shape-mismatch" "a pre-quantized tensor's scales do not tile it by the declared block";
     W0501 "unclaimed-tensor" "the checkpoint has tensors nothing loads or ignores";
     E0601 "output-exists" "`--out` names a path that exists and `--force` was not given";
     E0602 "output-not-wmapc" "`--force` would replace a folder that is not an unchanged earlier wmapc output";

@@ -36,7 +36,8 @@ pub struct Part {
 }
 
 /// Cuts a recipe back into whole checkpoint tensors, when it is only reads, reshapes,
-/// fuses on dim 0 and stacks (contiguous concatenations); `None` otherwise.
+/// fuses on dim 0, stacks (contiguous concatenations) and pre-quantized sources; `None`
+/// otherwise.
 pub fn parts(recipe: &Recipe) -> Option<Vec<Part>> {
     fn walk(r: &Recipe, at: &mut usize, out: &mut Vec<Part>) -> bool {
         match r {
@@ -60,6 +61,24 @@ pub fn parts(recipe: &Recipe) -> Option<Vec<Part>> {
                 true
             }
             Recipe::Reshape { source, .. } => walk(source, at, out),
+            // A pre-quantized tensor is one part: its codes' name and shape, its
+            // elements dequantized (the scales travel with it).
+            Recipe::Fp8Blocks { weight, .. } => walk(weight, at, out),
+            // bnb 4-bit: the packed tensor's name, the logical shape.
+            Recipe::Bnb4 { packed, shape, .. } => {
+                let Recipe::Read { tensor, .. } = packed.as_ref() else {
+                    return false;
+                };
+                let logical = Recipe::Read {
+                    file: 0,
+                    tensor: tensor.clone(),
+                    offset: 0,
+                    length: 0,
+                    dtype: crate::checkpoint::Dtype::U8,
+                    shape: shape.clone(),
+                };
+                walk(&logical, at, out)
+            }
             Recipe::Fuse { dim: 0, parts } | Recipe::Stack { parts } => {
                 parts.iter().all(|p| walk(p, at, out))
             }
@@ -260,9 +279,89 @@ impl Sink for Exporter<'_> {
         Ok(Some(data))
     }
 
+    fn quantizes_to(&self) -> Option<Format> {
+        Some(self.format)
+    }
+
+    /// A target stored in the export's format already: each part's stored codes and
+    /// scales are written back under its own name, untouched.
+    fn stored_quantized(
+        &self,
+        target: &Target,
+        q: quant::QuantizedTensor,
+    ) -> Result<(), Diagnostic> {
+        let Some(Plan1::Quantized(ps)) = self.what.get(&target.name) else {
+            return Ok(());
+        };
+        for p in ps {
+            let part = cut(&q, p).ok_or_else(|| {
+                Diagnostic::new(
+                    Code::E0610,
+                    format!(
+                        "`{}`: its stored blocks do not split at `{}`",
+                        target.name, p.name
+                    ),
+                )
+            })?;
+            {
+                let mut r = self.report.lock().unwrap_or_else(|p| p.into_inner());
+                r.quantized += 1;
+                r.passed_through += 1;
+                r.bytes_before += (p.numel * target.dtype.size()) as u64;
+                r.bytes_after += part.byte_size();
+            }
+            for (name, bytes) in layouts::tensors(self.layout, &part, p, target.dtype) {
+                self.file.write(&name, &bytes)?;
+            }
+        }
+        Ok(())
+    }
+
     fn tied(&self, _: &Target, _: &str) -> Result<(), Diagnostic> {
         Ok(())
     }
+}
+
+/// The blocks of `q` that hold part `p` (elements `p.offset..p.offset + p.numel`), when
+/// the part starts and ends on block boundaries: bnb 4-bit without double quant, FP8 in
+/// square tiles, or the whole tensor. `None` otherwise.
+fn cut(q: &quant::QuantizedTensor, p: &Part) -> Option<quant::QuantizedTensor> {
+    if p.offset == 0 && p.numel == q.numel() {
+        let mut whole = q.clone();
+        whole.shape = p.shape.clone();
+        return Some(whole);
+    }
+    let (end, mut out) = (p.offset.checked_add(p.numel)?, q.clone());
+    out.shape = p.shape.clone();
+    match (q.format, &q.scales) {
+        (Format::Nf4 { blocksize } | Format::Fp4 { blocksize }, quant::Scales::F32(a)) => {
+            if p.offset % blocksize != 0 || p.offset % 2 != 0 {
+                return None;
+            }
+            out.data = q.data.get(p.offset / 2..end.div_ceil(2))?.to_vec();
+            let absmax = a
+                .get(p.offset / blocksize..end.div_ceil(blocksize))?
+                .to_vec();
+            out.scale_shape = vec![absmax.len() as u64];
+            out.scales = quant::Scales::F32(absmax);
+        }
+        (Format::Fp8Block { block }, quant::Scales::F32(s)) => {
+            let cols = *q.shape.last()? as usize;
+            let gcols = cols.div_ceil(block);
+            let (r0, r1) = (p.offset / cols, end / cols);
+            if p.offset % cols != 0 || r0 % block != 0 {
+                return None;
+            }
+            out.data = q.data.get(p.offset..end)?.to_vec();
+            let scales = s
+                .get(r0 / block * gcols..r1.div_ceil(block) * gcols)?
+                .to_vec();
+            out.scale_shape = vec![(r1.div_ceil(block) - r0 / block) as u64, gcols as u64];
+            out.scales = quant::Scales::F32(scales);
+        }
+        _ => return None,
+    }
+    Some(out)
 }
 
 /// The compute dtype bitsandbytes records in its quant state.

@@ -132,12 +132,37 @@ fn source(s: &Source) -> Result<(), String> {
             shape: Some(sh), ..
         } => shape(sh),
         Source::Tensor { shape: None, .. } | Source::Tied { .. } => Ok(()),
+        Source::Fp8Blocks { block, .. } if block.contains(&0) => {
+            Err("an FP8 block of size 0".into())
+        }
+        Source::Fp8Blocks { shape: Some(s), .. } if s.len() != 2 => {
+            Err(format!("an FP8 block source of rank {}", s.len()))
+        }
+        Source::Fp8Blocks { shape: Some(s), .. } => shape(s),
+        Source::Fp8Blocks { shape: None, .. } => Ok(()),
+        Source::Mxfp4 { shape: s, .. } if s.len() < 2 || s.last().is_some_and(|c| c % 32 != 0) => {
+            Err(format!("an MXFP4 source of shape {s:?}"))
+        }
+        Source::Mxfp4 { shape: s, .. } => shape(s),
+        Source::Nvfp4 { shape: s, .. } if s.len() < 2 || s.last().is_some_and(|c| c % 16 != 0) => {
+            Err(format!("an NVFP4 source of shape {s:?}"))
+        }
+        Source::Nvfp4 { shape: s, .. } => shape(s),
+        Source::Bnb4 { blocksize: 0, .. } => Err("a bnb4 blocksize of 0".into()),
+        Source::Bnb4 { shape: Some(s), .. } => shape(s),
+        Source::Bnb4 { shape: None, .. } => Ok(()),
         Source::Try { options } if options.is_empty() => Err("an empty `try`".into()),
         Source::Try { options } => options.iter().try_for_each(source),
         Source::Fuse { parts, .. } if parts.is_empty() => Err("an empty `fuse`".into()),
         Source::Fuse { parts, .. } => parts.iter().try_for_each(source),
         Source::Stack {
             start, count, part, ..
+        }
+        | Source::Stacked {
+            start,
+            count,
+            source: part,
+            ..
         } => {
             let end = i64::try_from(*count)
                 .ok()
@@ -217,12 +242,17 @@ pub fn tensor_count(body: &Body) -> u64 {
 fn source_tensors(s: &Source) -> u64 {
     match s {
         Source::Tensor { .. } => 1,
+        Source::Fp8Blocks { .. } => 2,
+        Source::Bnb4 { .. } => 6,
+        Source::Mxfp4 { .. } => 2,
+        Source::Nvfp4 { .. } => 3,
         Source::Tied { .. } => 0,
         Source::Try { options } => options.iter().map(source_tensors).max().unwrap_or(0),
         Source::Fuse { parts, .. } => parts
             .iter()
             .fold(0u64, |n, p| n.saturating_add(source_tensors(p))),
         Source::Stack { count, part, .. } => count.saturating_mul(source_tensors(part)),
+        Source::Stacked { source, .. } => source_tensors(source),
         Source::Slice { source, .. }
         | Source::Split { source, .. }
         | Source::Reshape { source, .. }

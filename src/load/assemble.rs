@@ -96,6 +96,44 @@ pub fn fill(
             transpose(&src, &src_shape, *dims, es, out);
             Ok(())
         }
+        Recipe::Fp8Blocks {
+            block,
+            weight,
+            scale_inv,
+        } => super::prequant::fill_fp8_blocks(ckpt, weight, scale_inv, *block, dtype, out),
+        Recipe::Mxfp4 {
+            shape,
+            blocks,
+            scales,
+        } => super::prequant::fill_mxfp4(ckpt, shape, [blocks, scales], dtype, out),
+        Recipe::Nvfp4 {
+            shape,
+            weight,
+            scale,
+            scale_2,
+        } => super::prequant::fill_nvfp4(ckpt, shape, [weight, scale, scale_2], dtype, out),
+        Recipe::Bnb4 {
+            shape,
+            blocksize,
+            fp4,
+            packed,
+            absmax,
+            quant_map,
+            quant_state,
+            nested,
+        } => {
+            let parts = super::prequant::Bnb4Parts {
+                shape,
+                blocksize: *blocksize,
+                fp4: *fp4,
+                packed,
+                absmax,
+                quant_map,
+                quant_state,
+                nested: nested.as_ref(),
+            };
+            super::prequant::fill_bnb4(ckpt, &parts, dtype, out)
+        }
         // Tied targets are never filled: they share their target's storage.
         Recipe::Tied { .. } => Ok(()),
     }

@@ -30,6 +30,21 @@ fn scratch(recipe: &Recipe, dtype: Dtype) -> Option<u64> {
             acc.checked_add(bytes_of(&p.shape(), dtype)?)?
                 .checked_add(scratch(p, dtype)?)
         }),
+        // The codes (a byte each) and the scales are read whole; the scales are widened
+        // to f32 and rows go through f32 (at most 4 bytes per code in flight).
+        Recipe::Fp8Blocks {
+            weight, scale_inv, ..
+        } => {
+            let codes = bytes_of(&weight.shape(), Dtype::U8)?;
+            let scales = bytes_of(&scale_inv.shape(), Dtype::F32)?;
+            codes.checked_mul(5)?.checked_add(scales.checked_mul(2)?)
+        }
+        // The codes and companions are read whole; the values go through f32 and its
+        // bytes (8 bytes per element), beside the absmax and its codes.
+        Recipe::Bnb4 { shape, .. } | Recipe::Mxfp4 { shape, .. } | Recipe::Nvfp4 { shape, .. } => {
+            let f32s = bytes_of(shape, Dtype::F32)?;
+            f32s.checked_mul(3)
+        }
         Recipe::Slice { source, .. } | Recipe::Transpose { source, .. } => {
             bytes_of(&source.shape(), dtype)?.checked_add(scratch(source, dtype)?)
         }

@@ -14,6 +14,7 @@ mod assemble;
 mod convert;
 mod memory;
 pub mod output;
+mod prequant;
 mod sink;
 mod write;
 
@@ -147,6 +148,11 @@ pub fn execute(
             .zip(&sizes)
             .with_max_len(1)
             .map(|(t, &n)| {
+                if let Some(q) = prequant::stored_as(ckpt, t, sink.quantizes_to())? {
+                    sink.stored_quantized(t, q)?;
+                    progress(read_bytes(t));
+                    return Ok(());
+                }
                 let mut data = take_buffer(&pool, n, &t.name)?;
                 assemble::fill(ckpt, &t.recipe, t.dtype, &mut data)?;
                 if let Some(back) = sink.tensor(t, data)? {

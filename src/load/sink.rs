@@ -13,6 +13,27 @@ pub trait Sink: Sync {
     /// the buffer hands it back, so the loader can reuse it (fresh allocations cost a
     /// page fault per 4 KiB, which dominates a load from the page cache).
     fn tensor(&self, target: &Target, data: Vec<u8>) -> Result<Option<Vec<u8>>, Diagnostic>;
+    /// The format this sink quantizes `quantizable` targets to, if any. A target the
+    /// checkpoint already stores in exactly that format is delivered as its stored codes
+    /// ([`Sink::stored_quantized`]), never dequantized and requantized.
+    fn quantizes_to(&self) -> Option<crate::quant::Format> {
+        None
+    }
+    /// A `quantizable` target's codes and scales as the checkpoint stores them, in the
+    /// format of [`Sink::quantizes_to`]. Only a sink that names a format receives this.
+    fn stored_quantized(
+        &self,
+        target: &Target,
+        _q: crate::quant::QuantizedTensor,
+    ) -> Result<(), Diagnostic> {
+        Err(Diagnostic::new(
+            Code::E0901,
+            format!(
+                "`{}` arrived quantized at a sink that does not quantize",
+                target.name
+            ),
+        ))
+    }
     /// `target` is the same tensor as the already delivered `to`.
     fn tied(&self, target: &Target, to: &str) -> Result<(), Diagnostic>;
     /// Called once after the last target.

@@ -9,6 +9,10 @@ use crate::checkpoint::{Checkpoint, Dtype};
 use crate::diag::Diagnostics;
 use crate::ir;
 
+mod prequant;
+
+pub(crate) use prequant::scale_grid;
+
 /// Binds `ir` to `ckpt`. The plan is `Some` exactly when there is no error; with
 /// `strict`, unclaimed tensors are errors rather than warnings.
 pub fn bind(
@@ -229,6 +233,19 @@ impl Binder<'_> {
         use ir::Source as S;
         match s {
             S::Tensor { name, .. } => out.push(expand(name, env)),
+            S::Fp8Blocks {
+                name, scale_inv, ..
+            } => out.extend([expand(name, env), expand(scale_inv, env)]),
+            S::Nvfp4 { name, .. } => out.extend(prequant::nvfp4_names(&expand(name, env))),
+            S::Mxfp4 { blocks, scales, .. } => {
+                out.extend([expand(blocks, env), expand(scales, env)])
+            }
+            // The codes and their absmax decide whether this form is stored; the other
+            // companions are checked when it binds.
+            S::Bnb4 { name, .. } => {
+                let name = expand(name, env);
+                out.extend([format!("{name}.absmax"), name]);
+            }
             // A fallback list needs only its first viable option; count the first.
             S::Try { options } => {
                 if let Some(o) = options.first() {
@@ -249,6 +266,7 @@ impl Binder<'_> {
                 }
             }
             S::Slice { source, .. }
+            | S::Stacked { source, .. }
             | S::Split { source, .. }
             | S::Reshape { source, .. }
             | S::Squeeze { source, .. }
@@ -266,6 +284,26 @@ impl Binder<'_> {
         use ir::Source as S;
         match s {
             S::Tensor { name, shape } => self.read(&expand(name, env), shape.as_deref(), ctx),
+            S::Fp8Blocks {
+                name,
+                shape,
+                scale_inv,
+                block,
+            } => {
+                let names = [expand(name, env), expand(scale_inv, env)];
+                self.fp8_blocks(&names, shape.as_deref(), *block, ctx)
+            }
+            S::Nvfp4 { name, shape } => self.nvfp4(&expand(name, env), shape, ctx),
+            S::Mxfp4 {
+                blocks,
+                scales,
+                shape,
+            } => self.mxfp4([&expand(blocks, env), &expand(scales, env)], shape, ctx),
+            S::Bnb4 {
+                name,
+                shape,
+                blocksize,
+            } => self.bnb4(&expand(name, env), shape.as_deref(), *blocksize, ctx),
             S::Try { options } => {
                 let mut first_missing = None;
                 let mut alternatives = Vec::new();
@@ -278,11 +316,13 @@ impl Binder<'_> {
                         .cloned()
                         .collect();
                     if missing.is_empty() {
-                        ctx.fallbacks.push(Fallback {
-                            chosen: i,
-                            of: options.len(),
-                        });
+                        ctx.fallbacks.extend(prequant::fallback(options, i));
                         return self.source(o, env, ctx);
+                    }
+                    // A pre-quantized form is how a param *may* be stored: what is
+                    // missing from it matters only when every option is one.
+                    if prequant::prequantized(o) && !prequant::all_prequantized(options) {
+                        continue;
                     }
                     if first_missing.is_none() {
                         first_missing = Some(missing);
@@ -345,6 +385,9 @@ impl Binder<'_> {
                 }
                 Ok(Recipe::Stack { parts: bound })
             }
+            // Read as it is: the slices are only named (the param's shape check holds
+            // the leading dim to the count).
+            S::Stacked { source, .. } => self.source(source, env, ctx),
             S::Slice {
                 dim,
                 start,
@@ -443,7 +486,24 @@ impl Binder<'_> {
     }
 
     fn read(&mut self, name: &str, expected: Option<&[u64]>, ctx: &mut ParamCtx) -> Bound {
-        let Some((key, entry)) = self.ckpt.tensors.get_key_value(name) else {
+        let entry = self.entry(name, expected)?;
+        if !crate::load::convertible(entry.dtype, ctx.target_dtype) {
+            return Err(IssueKind::Dtype {
+                tensor: name.to_string(),
+                dtype: entry.dtype,
+                target: ctx.target_dtype,
+            });
+        }
+        Ok(raw_read(name, entry, ctx))
+    }
+
+    /// The checkpoint entry of `name`, of the `expected` shape where one is known.
+    fn entry(
+        &self,
+        name: &str,
+        expected: Option<&[u64]>,
+    ) -> Result<&crate::checkpoint::TensorEntry, IssueKind> {
+        let Some(entry) = self.ckpt.tensors.get(name) else {
             return Err(IssueKind::Missing {
                 tensors: vec![name.to_string()],
                 alternatives: Vec::new(),
@@ -458,22 +518,7 @@ impl Binder<'_> {
                 });
             }
         }
-        if !crate::load::convertible(entry.dtype, ctx.target_dtype) {
-            return Err(IssueKind::Dtype {
-                tensor: name.to_string(),
-                dtype: entry.dtype,
-                target: ctx.target_dtype,
-            });
-        }
-        ctx.reads.push(key.clone());
-        Ok(Recipe::Read {
-            file: entry.shard,
-            tensor: key.clone(),
-            offset: entry.offset,
-            length: entry.len,
-            dtype: entry.dtype,
-            shape: entry.shape.clone(),
-        })
+        Ok(entry)
     }
 
     /// Every `tied` target must be loaded, with the same shape.
@@ -516,6 +561,19 @@ impl Binder<'_> {
             }
         }
         self.issues.extend(issues);
+    }
+}
+
+/// A read of `entry` as stored, claimed for this param.
+fn raw_read(name: &str, entry: &crate::checkpoint::TensorEntry, ctx: &mut ParamCtx) -> Recipe {
+    ctx.reads.push(name.to_string());
+    Recipe::Read {
+        file: entry.shard,
+        tensor: name.to_string(),
+        offset: entry.offset,
+        length: entry.len,
+        dtype: entry.dtype,
+        shape: entry.shape.clone(),
     }
 }
 

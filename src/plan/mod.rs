@@ -13,6 +13,7 @@ mod groups;
 mod report;
 
 pub use bind::bind;
+pub(crate) use bind::scale_grid;
 pub use report::templatize;
 
 use serde::Serialize;
@@ -20,7 +21,7 @@ use serde::Serialize;
 use crate::checkpoint::Dtype;
 
 /// Bumped on every change to the plan's JSON shape.
-pub const PLAN_VERSION: u32 = 1;
+pub const PLAN_VERSION: u32 = 2;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Plan {
@@ -99,13 +100,54 @@ pub enum Recipe {
     },
     /// The same tensor as another target: no second read, no second copy.
     Tied { target: String },
+    /// Fine-grained FP8: E4M3 codes (`weight`, `[rows, cols]`) times the scale of their
+    /// `block` tile (`scale_inv`), in f32, then rounded to the target dtype. Both are
+    /// [`Recipe::Read`]s of the tensors as stored.
+    Fp8Blocks {
+        block: [u64; 2],
+        weight: Box<Recipe>,
+        scale_inv: Box<Recipe>,
+    },
+    /// bitsandbytes 4-bit: `table[code] × absmax` per `blocksize` elements, in f32, then
+    /// rounded to the target dtype. `nested` = [`nested_absmax`, `nested_quant_map`] with
+    /// double quant (the absmax are then U8 codes). All are reads as stored.
+    /// MXFP4: `e2m1 × 2^(e − 127)` per 32 elements of a row, in f32, then rounded to the
+    /// target dtype. `blocks` and `scales` are reads as stored.
+    Mxfp4 {
+        shape: Vec<u64>,
+        blocks: Box<Recipe>,
+        scales: Box<Recipe>,
+    },
+    /// ModelOpt NVFP4: `e2m1 × (block scale × tensor scale)`, in f32, then rounded to the
+    /// target dtype. All three are reads as stored.
+    Nvfp4 {
+        shape: Vec<u64>,
+        weight: Box<Recipe>,
+        scale: Box<Recipe>,
+        scale_2: Box<Recipe>,
+    },
+    Bnb4 {
+        shape: Vec<u64>,
+        blocksize: u64,
+        fp4: bool,
+        packed: Box<Recipe>,
+        absmax: Box<Recipe>,
+        quant_map: Box<Recipe>,
+        quant_state: Box<Recipe>,
+        nested: Option<[Box<Recipe>; 2]>,
+    },
 }
 
 impl Recipe {
     /// The shape this recipe produces (`Tied` takes the shape of its target).
     pub fn shape(&self) -> Vec<u64> {
         match self {
-            Recipe::Read { shape, .. } | Recipe::Reshape { shape, .. } => shape.clone(),
+            Recipe::Read { shape, .. }
+            | Recipe::Reshape { shape, .. }
+            | Recipe::Bnb4 { shape, .. }
+            | Recipe::Mxfp4 { shape, .. }
+            | Recipe::Nvfp4 { shape, .. } => shape.clone(),
+            Recipe::Fp8Blocks { weight, .. } => weight.shape(),
             Recipe::Fuse { dim, parts } => {
                 let mut s = parts.first().map(Recipe::shape).unwrap_or_default();
                 if let Some(d) = s.get_mut(*dim) {
@@ -156,6 +198,42 @@ impl Recipe {
             Recipe::Read { .. } => f(self),
             Recipe::Fuse { parts, .. } | Recipe::Stack { parts } => {
                 parts.iter().for_each(|p| p.visit_reads(f))
+            }
+            Recipe::Fp8Blocks {
+                weight: a,
+                scale_inv: b,
+                ..
+            }
+            | Recipe::Mxfp4 {
+                blocks: a,
+                scales: b,
+                ..
+            } => {
+                a.visit_reads(f);
+                b.visit_reads(f);
+            }
+            Recipe::Nvfp4 {
+                weight,
+                scale,
+                scale_2,
+                ..
+            } => [weight, scale, scale_2]
+                .iter()
+                .for_each(|r| r.visit_reads(f)),
+            Recipe::Bnb4 {
+                packed,
+                absmax,
+                quant_map,
+                quant_state,
+                nested,
+                ..
+            } => {
+                for r in [packed, absmax, quant_map, quant_state]
+                    .into_iter()
+                    .chain(nested.iter().flatten())
+                {
+                    r.visit_reads(f);
+                }
             }
             Recipe::Slice { source, .. }
             | Recipe::Reshape { source, .. }

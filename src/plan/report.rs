@@ -45,6 +45,20 @@ pub enum IssueKind {
     Offload {
         message: String,
     },
+    /// A pre-quantized source's codes or scales are not in its format's dtype.
+    QuantDtype {
+        tensor: String,
+        dtype: Dtype,
+        want: String,
+    },
+    /// A pre-quantized source's scales do not tile its codes by the declared block.
+    ScaleShape {
+        tensor: String,
+        weight: Vec<u64>,
+        block: [u64; 2],
+        expected: Vec<u64>,
+        actual: Vec<u64>,
+    },
 }
 
 /// Replaces every all-digit dotted segment with `{n}`; returns the numbers too.
@@ -70,7 +84,9 @@ fn subject(issue: &Issue) -> &str {
         IssueKind::Shape {
             tensor: Some(t), ..
         }
-        | IssueKind::Dtype { tensor: t, .. } => t,
+        | IssueKind::Dtype { tensor: t, .. }
+        | IssueKind::QuantDtype { tensor: t, .. }
+        | IssueKind::ScaleShape { tensor: t, .. } => t,
         _ => &issue.target,
     }
 }
@@ -187,7 +203,8 @@ pub fn diagnostics(
             .with_help(match dtype {
                 Dtype::Other(_) => "the loader reads F32, F16, BF16, F8_E4M3, F8_E5M2, U8, I8, I32 and I64",
                 _ if crate::load::is_training_float(*dtype) => "declare the param with an integer dtype only if the tensor holds integers",
-                _ => "a pre-quantized source needs an explicit dequantization (with its scale) in the mapping, which wmap does not have yet; or declare the param with the tensor's own dtype",
+                Dtype::F8E4M3 => "a fine-grained FP8 tensor loads through `fp8_blocks(...)` with its `weight_scale_inv`; the stdlib takes that form only where every scale it needs exists; or declare the param with the tensor's own dtype",
+                _ => "a pre-quantized tensor loads only through a source form that names its scales; or declare the param with the tensor's own dtype",
             }),
             IssueKind::Tie { what, missing } => {
                 let code = if *missing { Code::E0508 } else { Code::E0509 };
@@ -197,6 +214,19 @@ pub fn diagnostics(
                 Code::E0410,
                 format!("the offload group of `{}` fails: {message}", issue.target),
             ),
+            IssueKind::QuantDtype { dtype, want, .. } => Diagnostic::new(
+                Code::E0530,
+                format!("tensor `{pattern}` is {}, but its pre-quantized source stores {want}{where_}", dtype.name()),
+            )
+            .with_help("check that the checkpoint is the quantized release the mapping expects; a full-precision tensor is a plain source"),
+            IssueKind::ScaleShape { weight, block, expected, actual, .. } => Diagnostic::new(
+                Code::E0531,
+                format!(
+                    "scales `{pattern}` are {} but a {} tensor in {} blocks needs {}{where_}",
+                    show(actual), show(weight), show(block), show(expected)
+                ),
+            )
+            .with_help("set the block the checkpoint was quantized with (`quantization_config.weight_block_size`)"),
         };
         if let Some(site) = site {
             d = d.at(site.span, "declared here");

@@ -20,6 +20,9 @@ pub enum Stored {
 #[derive(Clone, Debug, Default)]
 pub struct QuantReport {
     pub quantized: usize,
+    /// Of `quantized`, the targets stored in the format already: their codes passed
+    /// through, with no error to measure.
+    pub passed_through: usize,
     pub full: usize,
     /// Bytes of the quantizable targets before (in their dtype) and after.
     pub bytes_before: u64,
@@ -87,6 +90,27 @@ impl Sink for QuantStore {
             .unwrap_or_else(|p| p.into_inner())
             .insert(target.name.clone(), Stored::Quantized(q));
         Ok(Some(data))
+    }
+
+    fn quantizes_to(&self) -> Option<Format> {
+        Some(self.format)
+    }
+
+    /// The stored codes pass through: no reconstruction error to measure, since they are
+    /// the checkpoint's own.
+    fn stored_quantized(&self, target: &Target, q: QuantizedTensor) -> Result<(), Diagnostic> {
+        {
+            let mut r = self.report.lock().unwrap_or_else(|p| p.into_inner());
+            r.quantized += 1;
+            r.passed_through += 1;
+            r.bytes_before += crate::load::bytes_of(&target.shape, target.dtype).unwrap_or(0);
+            r.bytes_after += q.byte_size();
+        }
+        self.tensors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(target.name.clone(), Stored::Quantized(q));
+        Ok(())
     }
 
     fn tied(&self, target: &Target, to: &str) -> Result<(), Diagnostic> {

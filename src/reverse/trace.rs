@@ -270,6 +270,15 @@ fn walk(r: &Recipe, leaves: &mut Vec<Leaf>) -> Result<Traced, Diagnostic> {
             transpose(*dims, traced)
         }
         Recipe::Tied { target } => Err(bug(format!("a tie to `{target}` inside a recipe"))),
+        // The store holds dequantized values; the stored codes and scales cannot be
+        // recovered from them exactly, so a pre-quantized source is not written back.
+        Recipe::Fp8Blocks { .. } | Recipe::Bnb4 { .. } | Recipe::Mxfp4 { .. } | Recipe::Nvfp4 { .. } => {
+            Err(Diagnostic::new(
+                Code::E0520,
+                "the mapping is not invertible: a param is read from a pre-quantized source, and its dequantized values do not give back the stored codes and scales",
+            )
+            .with_help("save from a load of the full-precision checkpoint, or export with `wmapc load --quant … --out`, which writes stored codes through"))
+        }
     }
 }
 

@@ -142,6 +142,37 @@ pub enum SourceKind {
         b: Expr,
     },
     Tied(Spanned<Vec<String>>),
+    /// Fine-grained FP8 stored on disk: E4M3 codes in `template` and their f32
+    /// dequantization multipliers in `scale_inv`, one per `block` tile (`[rows, cols]`).
+    Fp8Blocks {
+        template: Spanned<String>,
+        shape: Option<Shape>,
+        /// `None`: the name with `_scale_inv` appended (transformers' convention).
+        scale_inv: Option<Spanned<String>>,
+        block: Expr,
+    },
+    /// bitsandbytes 4-bit stored on disk: packed codes in `template`, the companions
+    /// (`absmax`, `quant_map`, `quant_state.*`, `nested_*`) beside it.
+    /// A tensor already stacked on disk: `source` gives the whole `[count, …]` tensor and
+    /// `var` names its slices along dim 0 (for per-slice offload groups).
+    Stacked {
+        var: Ident,
+        range: Range,
+        source: Box<Source>,
+    },
+    /// MXFP4 stored on disk: E2M1 codes in `blocks`, E8M0 scales in `scales`.
+    Mxfp4 {
+        blocks: Spanned<String>,
+        scales: Spanned<String>,
+    },
+    /// ModelOpt NVFP4 stored on disk: packed codes in `template`, the scales beside it.
+    Nvfp4(Spanned<String>),
+    Bnb4 {
+        template: Spanned<String>,
+        shape: Option<Shape>,
+        /// `None`: bitsandbytes' default, 64.
+        blocksize: Option<Expr>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]

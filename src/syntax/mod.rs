@@ -206,7 +206,13 @@ fn rule_name(rule: Rule) -> Option<&'static str> {
         | Rule::src_reshape
         | Rule::src_squeeze
         | Rule::src_transpose
-        | Rule::src_tied => "a source",
+        | Rule::src_tied
+        | Rule::src_fp8_blocks
+        | Rule::src_bnb4
+        | Rule::src_stacked
+        | Rule::src_mxfp4
+        | Rule::src_nvfp4 => "a source",
+        Rule::fp8_scale_inv => "`scale_inv =`",
         Rule::op_or
         | Rule::op_and
         | Rule::op_eq
@@ -514,8 +520,64 @@ impl Builder<'_> {
                 let parts = path.into_inner().map(|p| p.as_str().to_string()).collect();
                 SourceKind::Tied(Spanned::new(parts, pspan))
             }
+            Rule::src_fp8_blocks => self.fp8_blocks(inner, span),
+            Rule::src_stacked => {
+                let var = self.ident(nx(&mut inner));
+                let _in = nx(&mut inner);
+                let range = self.range(nx(&mut inner));
+                let source = Box::new(self.source(nx(&mut inner)));
+                SourceKind::Stacked { var, range, source }
+            }
+            Rule::src_mxfp4 => {
+                let blocks = self.string(nx(&mut inner));
+                let scales = self.string(nx(&mut inner));
+                let empty = || Spanned::new(String::new(), span);
+                SourceKind::Mxfp4 {
+                    blocks: blocks.unwrap_or_else(empty),
+                    scales: scales.unwrap_or_else(empty),
+                }
+            }
+            Rule::src_nvfp4 => SourceKind::Nvfp4(
+                self.string(nx(&mut inner))
+                    .unwrap_or_else(|| Spanned::new(String::new(), span)),
+            ),
+            Rule::src_bnb4 => {
+                let mut name = nx(&mut inner).into_inner();
+                let template = self
+                    .string(nx(&mut name))
+                    .unwrap_or_else(|| Spanned::new(String::new(), span));
+                let shape = name.next().map(|s| self.shape(s));
+                let blocksize = inner.next().map(|e| self.expr(e));
+                SourceKind::Bnb4 {
+                    template,
+                    shape,
+                    blocksize,
+                }
+            }
             _ => unreachable!("grammar: {rule:?} is not a source"),
         };
         Spanned::new(kind, span)
+    }
+
+    /// `fp8_blocks("name": [shape], scale_inv = "name", block = expr)`.
+    fn fp8_blocks(&mut self, mut inner: pest::iterators::Pairs<Rule>, span: Span) -> SourceKind {
+        let mut name = nx(&mut inner).into_inner();
+        let template = self
+            .string(nx(&mut name))
+            .unwrap_or_else(|| Spanned::new(String::new(), span));
+        let shape = name.next().map(|s| self.shape(s));
+        let mut next = nx(&mut inner);
+        let mut scale_inv = None;
+        if next.as_rule() == Rule::fp8_scale_inv {
+            scale_inv = next.into_inner().next().and_then(|s| self.string(s));
+            next = nx(&mut inner);
+        }
+        let block = self.expr(next);
+        SourceKind::Fp8Blocks {
+            template,
+            shape,
+            scale_inv,
+            block,
+        }
     }
 }
