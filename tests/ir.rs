@@ -263,3 +263,60 @@ fn hostile_irs_are_refused_with_e0413() {
         "E0413"
     );
 }
+
+/// `if … then … else`, `is` and `ceil_div`: Mamba's `time_step_rank: "auto"` gives
+/// ⌈hidden / 16⌉, and `q_lora_rank` absent, `null` or set picks the query params.
+#[test]
+fn conditionals_choose_by_type_and_null() {
+    let file = common::root().join("tests/fixtures/lang/conditionals.wmap");
+    let source = ModelSource::File(common::rel(&file));
+    let real = common::root().join("tests/fixtures/hf/mamba2/config.json");
+    let (ir, c) = lower(&source, &real);
+    assert!(c.diags.is_empty());
+    insta::with_settings!({ snapshot_path => "snapshots/ir", prepend_module_to_snapshot => false }, {
+        insta::assert_json_snapshot!("lang_conditionals", ir);
+    });
+    let text = std::fs::read_to_string(&real).unwrap();
+    let dir = common::tempdir("conditionals");
+    let variant = |name: &str, from: &str, to: &str| {
+        let path = dir.join(format!("{name}.json"));
+        std::fs::write(&path, text.replace(from, to)).unwrap();
+        let (ir, _) = lower(&source, &path);
+        serde_json::to_value(&ir.root.instances[0]).unwrap()
+    };
+    let layer_params = |v: &serde_json::Value| -> Vec<String> {
+        let mixer = &v["variants"][0]["body"]["instances"][0]["variants"][0]["body"]["params"];
+        let names = mixer.as_array().unwrap().iter();
+        names
+            .map(|p| format!("{}{}", p["name"], p["shape"]))
+            .collect()
+    };
+    // hidden_size 128: "auto" is ⌈128 / 16⌉ = 8, as the written value; 200 → ⌈12.5⌉ = 13.
+    let auto = variant(
+        "auto",
+        "\"time_step_rank\": 8",
+        "\"time_step_rank\": \"auto\"",
+    );
+    assert!(layer_params(&auto).contains(&"\"dt_proj\"[256,8]".to_string()));
+    let wide = variant(
+        "wide",
+        "\"time_step_rank\": 8,",
+        "\"time_step_rank\": \"auto\", \"hidden_size\": 200,",
+    );
+    let wide = layer_params(&wide);
+    assert!(
+        wide.contains(&"\"dt_proj\"[400,13]".to_string()),
+        "{wide:?}"
+    );
+    let null = variant(
+        "null",
+        "\"use_bias\"",
+        "\"q_lora_rank\": null, \"use_bias\"",
+    );
+    let set = variant("set", "\"use_bias\"", "\"q_lora_rank\": 64, \"use_bias\"");
+    assert!(layer_params(&null).contains(&"\"q_proj\"[128,128]".to_string()));
+    assert!(layer_params(&set).contains(&"\"q_a_proj\"[64,128]".to_string()));
+    assert!(!layer_params(&set)
+        .iter()
+        .any(|p| p.starts_with("\"q_proj\"")));
+}

@@ -214,7 +214,37 @@ impl<'a> Evaluator<'a> {
             ExprKind::Binary(op, a, b) => self.binary(*op, a, b, e.span, scope),
             ExprKind::Call(func, args) => self.call(func, args, e.span, scope),
             ExprKind::Index(base, index) => self.index(base, index, e.span, scope),
+            ExprKind::Cond(c, yes, no) => self.cond(c, yes, no, scope),
+            ExprKind::Is(inner, test) => self.is(inner, *test, scope),
         }
+    }
+
+    /// `if c then yes else no`: the branch not taken is never evaluated, so it may
+    /// name keys the config does not have.
+    fn cond(
+        &mut self,
+        c: &ast::Expr,
+        yes: &ast::Expr,
+        no: &ast::Expr,
+        scope: &Scope<'a>,
+    ) -> EvalResult {
+        let v = self.eval(c, scope)?;
+        let Value::Bool(b) = v.value else {
+            return Err(type_error(c.span, "a boolean condition", &v).into());
+        };
+        let chosen = self.eval(if b { yes } else { no }, scope)?;
+        Ok(chosen.with_origins(&v.origins))
+    }
+
+    /// `x is [not] type`. A name with no definition tests as `null`: config.json
+    /// writes an absent optional key either way (`q_lora_rank: null` or no key).
+    fn is(&mut self, inner: &ast::Expr, test: ast::TypeTest, scope: &Scope<'a>) -> EvalResult {
+        let (holds, origins) = match self.eval(inner, scope) {
+            Ok(v) => (type_matches(&v.value, test.ty), v.origins),
+            Err(Stop::Missing { .. }) => (test.ty == ast::TypeName::Null, Vec::new()),
+            Err(e) => return Err(e),
+        };
+        Ok(Val::plain(Value::Bool(holds != test.negated)).with_origins(&origins))
     }
 
     fn unary(&mut self, op: UnOp, inner: &ast::Expr, span: Span, scope: &Scope<'a>) -> EvalResult {
@@ -336,12 +366,15 @@ impl<'a> Evaluator<'a> {
         use_span: Span,
         scope: &Scope<'a>,
     ) -> EvalResult {
+        // Whether the first alternative was a `null` rather than absent: the warning
+        // must not say "no key" for a key that is there.
+        let mut first_null = false;
         for (i, alt) in item.alternatives.iter().enumerate() {
             match self.eval(alt, scope) {
-                Ok(v) if v.value == Value::Null => continue,
+                Ok(v) if v.value == Value::Null => first_null |= i == 0,
                 Ok(v) => {
                     if i > 0 {
-                        self.note_default(item, alt, &v);
+                        self.note_default(item, alt, &v, first_null);
                     }
                     return Ok(v);
                 }
@@ -357,7 +390,7 @@ impl<'a> Evaluator<'a> {
 
     /// Records that `item` fell back to its `alt`ernative: a note for the stdlib's own
     /// schema defaults, a warning (once per item) for a user's.
-    fn note_default(&mut self, item: &'a ast::ConfigItem, alt: &ast::Expr, v: &Val) {
+    fn note_default(&mut self, item: &'a ast::ConfigItem, alt: &ast::Expr, v: &Val, null: bool) {
         let first_is_key = matches!(item.alternatives[0].node, ExprKind::Name(_));
         let is_key = matches!(alt.node, ExprKind::Name(_));
         if !first_is_key || is_key {
@@ -375,16 +408,16 @@ impl<'a> Evaluator<'a> {
             } else {
                 format!("`{}` = {}", alt.node, v.value)
             };
+            let key = &item.alternatives[0].node;
+            let what = if null {
+                format!("`{key}` is null in config.json")
+            } else {
+                format!("config.json has no `{key}`")
+            };
             self.defaults.push(
-                Diagnostic::new(
-                    Code::W0301,
-                    format!(
-                        "config.json has no `{}`; using the default {shown}",
-                        item.alternatives[0].node
-                    ),
-                )
-                .at(alt.span, "default used")
-                .with_labels(v.labels()),
+                Diagnostic::new(Code::W0301, format!("{what}; using the default {shown}"))
+                    .at(alt.span, "default used")
+                    .with_labels(v.labels()),
             );
         }
     }
@@ -436,11 +469,18 @@ impl<'a> Evaluator<'a> {
                     _ => return Err(type_error(args[0].span, "an integer", &vals[0]).into()),
                 }
             }
+            "ceil_div" => {
+                arity(2)?;
+                ceil_div(&vals[0], &vals[1], args[0].span, args[1].span)?
+            }
             other => {
                 return Err(
                     Diagnostic::new(Code::E0405, format!("unknown function `{other}`"))
-                        .at(func.span, "built-in functions are `len`, `min` and `max`")
-                        .suggest(other, ["len", "min", "max"])
+                        .at(
+                            func.span,
+                            "built-in functions are `len`, `min`, `max` and `ceil_div`",
+                        )
+                        .suggest(other, ["len", "min", "max", "ceil_div"])
                         .into(),
                 )
             }
@@ -487,10 +527,44 @@ impl<'a> Evaluator<'a> {
     }
 }
 
+fn type_matches(v: &Value, ty: ast::TypeName) -> bool {
+    use ast::TypeName as T;
+    matches!(
+        (v, ty),
+        (Value::Null, T::Null)
+            | (Value::Int(_), T::Int)
+            | (Value::Float(_), T::Float)
+            | (Value::Str(_), T::String)
+            | (Value::Bool(_), T::Bool)
+            | (Value::List(_), T::List)
+            | (Value::Object, T::Object)
+    )
+}
+
 fn combine(op: BinOp, x: Val, y: Val, sa: Span, sb: Span, span: Span) -> EvalResult {
     let origins: Vec<Origin> = x.origins.iter().chain(&y.origins).cloned().collect();
     let value = super::ops::apply(op, &x, &y, sa, sb, span)?;
     Ok(Val::plain(value).with_origins(&origins))
+}
+
+/// `ceil_div(a, b)`: ⌈a / b⌉ for a ≥ 0 and b > 0, as Mamba's `"auto"` dt rank
+/// (⌈hidden / 16⌉) needs; `/` itself only divides exactly.
+fn ceil_div(a: &Val, b: &Val, sa: Span, sb: Span) -> Result<Value, Stop> {
+    let Value::Int(x) = a.value else {
+        return Err(type_error(sa, "an integer", a).into());
+    };
+    let Value::Int(y) = b.value else {
+        return Err(type_error(sb, "an integer", b).into());
+    };
+    if x < 0 || y <= 0 {
+        let d = Diagnostic::new(Code::E0405, "`ceil_div` takes a ≥ 0 and b > 0")
+            .at(if x < 0 { sa } else { sb }, "out of range")
+            .with_labels(a.labels())
+            .with_labels(b.labels());
+        return Err(d.into());
+    }
+    // x ≥ 0 and y ≥ 1, so x / y + (x % y != 0) cannot overflow.
+    Ok(Value::Int(x / y + i64::from(x % y != 0)))
 }
 
 fn too_long(span: Span) -> Stop {

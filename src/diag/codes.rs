@@ -43,6 +43,7 @@ codes! {
     E0103 "duplicate-attribute" "a param or instance states the same attribute twice";
     E0104 "nesting-too-deep" "brackets or an expression nest deeper than the parser allows";
     E0105 "invalid-utf8" "a .wmap file is not UTF-8 text";
+    E0106 "unknown-type" "`is` names a type that config values do not have";
     E0201 "unknown-declaration" "an instance names a module, block or model that does not exist";
     E0202 "duplicate-declaration" "two declarations or two members share one name";
     E0203 "use-not-found" "a `use` names a file that is neither beside the source nor in the stdlib";

@@ -568,7 +568,11 @@ mod tests {
     #[test]
     fn stack_ends_never_wrap() {
         assert_eq!(stack_end(3, 2), 5);
-        assert_eq!(stack_end(i64::MAX - 1, 5), i64::MAX - 1, "overflow binds nothing");
+        assert_eq!(
+            stack_end(i64::MAX - 1, 5),
+            i64::MAX - 1,
+            "overflow binds nothing"
+        );
         assert_eq!(stack_end(0, u64::MAX), 0);
     }
 

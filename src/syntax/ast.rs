@@ -157,8 +157,59 @@ pub enum ExprKind {
     Unary(UnOp, Box<Expr>),
     Binary(BinOp, Box<Expr>, Box<Expr>),
     Index(Box<Expr>, Box<Expr>),
-    /// A built-in function: `len`, `min`, `max`.
+    /// A built-in function: `len`, `min`, `max`, `ceil_div`.
     Call(Ident, Vec<Expr>),
+    /// `if cond then yes else no`: only the chosen branch is evaluated.
+    Cond(Box<Expr>, Box<Expr>, Box<Expr>),
+    /// `value is [not] type`.
+    Is(Box<Expr>, TypeTest),
+}
+
+/// The right side of `is`: a type, possibly negated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TypeTest {
+    pub negated: bool,
+    pub ty: TypeName,
+}
+
+/// The types a config value can have, as `is` names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TypeName {
+    /// `null`, or a key config.json does not have.
+    Null,
+    Int,
+    Float,
+    String,
+    Bool,
+    List,
+    Object,
+}
+
+impl TypeName {
+    /// Every type name with its spelling, for parsing and suggestions.
+    pub const ALL: [(&'static str, TypeName); 7] = [
+        ("null", TypeName::Null),
+        ("int", TypeName::Int),
+        ("float", TypeName::Float),
+        ("string", TypeName::String),
+        ("bool", TypeName::Bool),
+        ("list", TypeName::List),
+        ("object", TypeName::Object),
+    ];
+
+    pub fn from_name(name: &str) -> Option<TypeName> {
+        TypeName::ALL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, t)| *t)
+    }
+
+    pub fn name(self) -> &'static str {
+        TypeName::ALL
+            .iter()
+            .find(|(_, t)| *t == self)
+            .map_or("null", |(n, _)| n)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -235,6 +286,10 @@ impl fmt::Display for ExprKind {
                 {
                     write!(f, "({e})")
                 }
+                // `is` binds between comparisons (4) and `+` (5).
+                ExprKind::Is(..) if outer > 4 || (right && outer == 4) => write!(f, "({e})"),
+                // The `else` branch would swallow whatever follows.
+                ExprKind::Cond(..) if outer > 0 => write!(f, "({e})"),
                 _ => write!(f, "{e}"),
             }
         }
@@ -275,6 +330,14 @@ impl fmt::Display for ExprKind {
             ExprKind::Index(a, i) => {
                 operand(f, &a.node, 8, false)?;
                 write!(f, "[{}]", i.node)
+            }
+            ExprKind::Cond(c, a, b) => {
+                write!(f, "if {} then {} else {}", c.node, a.node, b.node)
+            }
+            ExprKind::Is(e, test) => {
+                operand(f, &e.node, 5, false)?;
+                let not = if test.negated { "not " } else { "" };
+                write!(f, " is {not}{}", test.ty.name())
             }
         }
     }
