@@ -243,3 +243,40 @@ impl Builder<'_> {
         (Spanned::new(kind, span), depth)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::source::FileId;
+    use crate::syntax::ast::ExprKind;
+
+    /// The canonical text of `config x = <text>`, and its outermost node.
+    fn shown(text: &str) -> (String, ExprKind) {
+        let file = crate::syntax::parse(FileId(0), &format!("config x = {text}")).unwrap();
+        let e = file.configs[0].alternatives[0].node.clone();
+        (e.to_string(), e)
+    }
+
+    #[test]
+    fn is_binds_between_comparison_and_sum() {
+        let (text, e) = shown("a + 1 is not int");
+        assert_eq!(text, "a + 1 is not int");
+        assert!(matches!(e, ExprKind::Is(..)));
+        let (text, e) = shown("a is null == false");
+        assert_eq!(text, "a is null == false");
+        assert!(matches!(e, ExprKind::Binary(..)));
+        assert_eq!(shown("not a is null").0, "not a is null");
+        assert_eq!(shown("-(a is int)").0, "-(a is int)");
+    }
+
+    #[test]
+    fn else_branch_extends_and_display_brackets_it() {
+        let (text, e) = shown("if a then b else c + 1");
+        assert_eq!(text, "if a then b else c + 1");
+        assert!(matches!(e, ExprKind::Cond(..)));
+        let (text, e) = shown("(if a then b else c) + 1");
+        assert_eq!(text, "(if a then b else c) + 1");
+        assert!(matches!(e, ExprKind::Binary(..)));
+        let nested = "if if a then b else c then d else if e then f else g";
+        assert_eq!(shown(nested).0, nested);
+    }
+}
