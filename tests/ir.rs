@@ -320,3 +320,21 @@ fn conditionals_choose_by_type_and_null() {
         .iter()
         .any(|p| p.starts_with("\"q_proj\"")));
 }
+
+/// `ignore` holes: config symbols are written in, index variables stay holes.
+#[test]
+fn ignore_patterns_take_config_values() {
+    let file = common::root().join("tests/fixtures/lang/patterns.wmap");
+    let config = common::root().join("tests/fixtures/hf/llama/config.json");
+    let (ir, c) = lower(&ModelSource::File(common::rel(&file)), &config);
+    assert!(c.diags.is_empty());
+    assert_eq!(ir.root.ignore, ["model.layers.2.*", "lm_head.llama"]);
+    let layer = &ir.root.instances[0].variants[0].body;
+    assert_eq!(
+        layer.ignore,
+        [
+            "model.layers.{layer}.{layer}_rotary.inv_freq",
+            "model.layers.{layer}.*"
+        ]
+    );
+}

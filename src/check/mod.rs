@@ -20,6 +20,7 @@
 mod eval;
 mod offload;
 mod ops;
+mod pattern;
 mod repeat;
 mod source;
 mod value;
@@ -245,8 +246,8 @@ impl<'a> Walker<'a> {
                 }
                 ast::Member::Ignore(patterns) => {
                     for pat in patterns {
-                        if self.template(pat, scope) {
-                            body.ignore.push(join_name(prefix, &pat.node));
+                        if let Some(filled) = self.ignore_pattern(pat, scope) {
+                            body.ignore.push(join_name(prefix, &filled));
                         }
                     }
                 }
