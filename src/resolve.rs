@@ -9,6 +9,8 @@
 //! (that is how users adapt a stdlib model); any other duplicate is an error.
 //! Index variables are dynamically scoped, so they are checked in [`crate::check`].
 
+mod imports;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -97,7 +99,10 @@ pub fn resolve(
     let root = sources.add(root_name, root_text);
     let mut files: Vec<(ast::File, bool)> = Vec::new();
     let mut queue = vec![(root, origin)];
-    let mut seen: BTreeSet<String> = BTreeSet::from([root_name.to_string()]);
+    // Every loaded file by the name `load_use` gives it: a second `use` of one file
+    // finds the first's id.
+    let mut seen: BTreeMap<String, FileId> = BTreeMap::from([(root_name.to_string(), root)]);
+    let mut selective = Vec::new();
     while let Some((id, origin)) = queue.pop() {
         let parsed = match syntax::parse(id, &sources.get(id).text.clone()) {
             Ok(f) => f,
@@ -110,10 +115,17 @@ pub fn resolve(
             match load_use(&origin, &u.node) {
                 Err(d) => diags.push(d.at(u.span, "imported here")),
                 Ok(Some((name, text, o))) => {
-                    if seen.insert(name.clone()) {
+                    let fid = *seen.entry(name.clone()).or_insert_with(|| {
                         let fid = sources.add(name, text);
                         queue.push((fid, o));
-                    }
+                        fid
+                    });
+                    let lists = parsed.use_lists.iter().filter(|l| l.path.span == u.span);
+                    selective.extend(lists.map(|list| imports::Selective {
+                        importer: id,
+                        file: fid,
+                        list: list.clone(),
+                    }));
                 }
                 Ok(None) => diags.push(
                     Diagnostic::new(Code::E0203, format!("cannot find `{}`", u.node))
@@ -131,6 +143,7 @@ pub fn resolve(
     files.sort_by_key(|(f, _)| f.id);
     let program = collect(root, files, &mut diags);
     check_members(&program, &mut diags);
+    imports::check(&program, &selective, &mut diags);
     check_cycles(&program, &mut diags);
     warn_unused(&program, &mut diags);
     let program = (!diags.has_errors()).then_some(program);
@@ -466,7 +479,10 @@ fn warn_unused(program: &Program, diags: &mut Diagnostics) {
     }
     for (i, info) in program.decls.iter().enumerate() {
         let d = &info.decl;
-        if !info.from_stdlib && d.kind != ast::DeclKind::Model && !used.contains(&DeclId(i)) {
+        // Only the root file's own declarations: an imported file is a library, and
+        // the importer may want one block of it.
+        let own = d.span.file == program.root;
+        if own && d.kind != ast::DeclKind::Model && !used.contains(&DeclId(i)) {
             diags.push(
                 Diagnostic::new(
                     Code::W0201,

@@ -338,3 +338,17 @@ fn ignore_patterns_take_config_values() {
         ]
     );
 }
+
+/// `use "file" { A }` brings `A` (and what it needs); an imported file's unused
+/// declarations do not warn.
+#[test]
+fn selective_imports_check_clean() {
+    let file = common::root().join("tests/fixtures/lang/imports.wmap");
+    let config = common::root().join("tests/fixtures/hf/llama/config.json");
+    let (ir, c) = lower(&ModelSource::File(common::rel(&file)), &config);
+    let rendered = wmap::diag::render_human(&c.sources, &c.diags, wmap::diag::Color::Never);
+    assert!(c.diags.is_empty(), "{rendered}");
+    let layer = &ir.root.instances[0].variants[0].body;
+    let modules: Vec<&str> = layer.instances.iter().map(|i| i.module.as_str()).collect();
+    assert_eq!(modules, ["Norm", "Attention", "GatedMlp"]);
+}

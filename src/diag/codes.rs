@@ -55,6 +55,8 @@ codes! {
     E0209 "no-model" "the file declares no model, or several where one was needed";
     E0210 "misplaced-member" "a declaration holds a member its kind does not allow";
     E0211 "instances-too-deep" "instances nest deeper than the checker allows";
+    E0230 "unknown-import" "a `use` list names a declaration the imported file does not have";
+    E0231 "not-imported" "a file instantiates a declaration its `use` list leaves out";
     W0201 "unused-declaration" "a module or block is declared but never instantiated";
     E0301 "unknown-config-symbol" "an expression names a config key that config.json does not have";
     E0302 "invalid-config" "config.json is not valid JSON or not an object";

@@ -17,6 +17,15 @@ pub struct File {
     /// `config` items at the top level: visible to every declaration.
     pub configs: Vec<ConfigItem>,
     pub decls: Vec<Decl>,
+    /// The `use`s that name what they import, in source order (a subset of `uses`).
+    pub use_lists: Vec<UseList>,
+}
+
+/// `use "path" { A, B }`: the path as in [`File::uses`] and the names it imports.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UseList {
+    pub path: Spanned<String>,
+    pub names: Vec<Ident>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

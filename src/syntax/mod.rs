@@ -51,14 +51,21 @@ pub fn parse(file: FileId, text: &str) -> Result<ast::File, Diagnostics> {
         uses: Vec::new(),
         configs: Vec::new(),
         decls: Vec::new(),
+        use_lists: Vec::new(),
     };
     for pair in pairs.flatten().take(1) {
         for item in pair.into_inner() {
             match item.as_rule() {
                 Rule::use_decl => {
-                    let s = item.into_inner().next().expect("grammar: use has a string");
-                    if let Some(s) = b.string(s) {
-                        out.uses.push(s);
+                    let mut inner = item.into_inner();
+                    let s = inner.next().expect("grammar: use has a string");
+                    if let Some(path) = b.string(s) {
+                        if let Some(list) = inner.next() {
+                            let names = list.into_inner().map(|n| b.ident(n)).collect();
+                            let path = path.clone();
+                            out.use_lists.push(ast::UseList { path, names });
+                        }
+                        out.uses.push(path);
                     }
                 }
                 Rule::config_decl => out.configs.push(b.config(item)),
