@@ -83,7 +83,8 @@ pub fn member_name(m: &ast::Member) -> Option<&str> {
     match m {
         ast::Member::Param(p) => Some(&p.name.node),
         ast::Member::Instance(i) => Some(&i.name.node),
-        ast::Member::Config(_) | ast::Member::Ignore(_) => None,
+        // A match declares one of several instances: no single member to follow.
+        ast::Member::Config(_) | ast::Member::Ignore(_) | ast::Member::Match(_) => None,
     }
 }
 
@@ -256,6 +257,20 @@ fn check_members(program: &Program, diags: &mut Diagnostics) {
                     continue;
                 }
                 ast::Member::Ignore(_) => continue,
+                ast::Member::Match(mm) => {
+                    // Arms may share a name (`mixer`); it clashes only with other members.
+                    let arm_names: BTreeMap<&str, Span> = mm
+                        .arms
+                        .iter()
+                        .map(|a| (a.instance.name.node.as_str(), a.instance.name.span))
+                        .collect();
+                    for (name, span) in arm_names {
+                        if let Some(prev) = names.insert(name, span) {
+                            diags.push(duplicate_member(name, span, prev));
+                        }
+                    }
+                    continue;
+                }
             };
             if let Some(prev) = names.insert(name, span) {
                 diags.push(duplicate_member(name, span, prev));
@@ -264,7 +279,11 @@ fn check_members(program: &Program, diags: &mut Diagnostics) {
         for m in &decl.members {
             match m {
                 ast::Member::Param(p) => check_param(program, decl, p, diags),
-                ast::Member::Instance(i) => check_instance(program, i, diags),
+                ast::Member::Instance(_) | ast::Member::Match(_) => {
+                    for i in m.instances() {
+                        check_instance(program, i, diags);
+                    }
+                }
                 _ => {}
             }
         }
@@ -385,10 +404,8 @@ fn edges(program: &Program, id: DeclId) -> Vec<(DeclId, Span)> {
         .decl(id)
         .members
         .iter()
-        .filter_map(|m| match m {
-            ast::Member::Instance(i) => program.lookup(&i.decl.node).map(|d| (d, i.decl.span)),
-            _ => None,
-        })
+        .flat_map(|m| m.instances())
+        .filter_map(|i| program.lookup(&i.decl.node).map(|d| (d, i.decl.span)))
         .collect()
 }
 

@@ -352,3 +352,54 @@ fn selective_imports_check_clean() {
     let modules: Vec<&str> = layer.instances.iter().map(|i| i.module.as_str()).collect();
     assert_eq!(modules, ["Norm", "Attention", "GatedMlp"]);
 }
+
+/// A `match` picks each layer's module by kind; the IR names the module per variant.
+#[test]
+fn match_picks_the_module_per_layer_kind() {
+    let file = common::root().join("tests/fixtures/lang/layer_kinds.wmap");
+    let config = common::root().join("tests/fixtures/hf/nemotron_h/config.json");
+    let (ir, c) = lower(&ModelSource::File(common::rel(&file)), &config);
+    assert!(c.diags.is_empty());
+    let layers = &ir.root.instances[0];
+    let mut modules: Vec<(i64, &str)> = Vec::new();
+    for v in &layers.variants {
+        for [a, b] in &v.indices {
+            let module = v.body.instances[0].module.as_str();
+            modules.extend((*a..*b).map(|i| (i, module)));
+        }
+    }
+    modules.sort();
+    let want = [
+        (0, "Mamba2Mixer"),
+        (1, "ReluSquaredMlp"),
+        (2, "Mamba2Mixer"),
+        (3, "Attention"),
+        (4, "ReluSquaredMlp"),
+    ];
+    assert_eq!(modules, want);
+    insta::with_settings!({ snapshot_path => "snapshots/ir", prepend_module_to_snapshot => false }, {
+        insta::assert_json_snapshot!("lang_layer_kinds", ir);
+    });
+}
+
+/// Nemotron-H with a kind the stdlib does not know: E0430 at `check`, naming the key,
+/// the layer and the value, once for the two layers that have it.
+#[test]
+fn unknown_layer_kind_is_an_error_not_a_missing_mixer() {
+    let real = common::root().join("tests/fixtures/hf/nemotron_h/config.json");
+    let text = std::fs::read_to_string(real).unwrap();
+    let bad = text.replacen("\"mlp\"", "\"X\"", 2);
+    assert_ne!(bad, text);
+    let dir = common::tempdir("layer-kind");
+    let path = dir.join("config.json");
+    std::fs::write(&path, bad).unwrap();
+    let c = driver::compile(&ModelSource::Detect, Some(&path)).expect("no I/O error");
+    let rendered = wmap::diag::render_human(&c.sources, &c.diags, wmap::diag::Color::Never);
+    let errors: Vec<String> = c.diags.items.iter().map(|d| d.message.clone()).collect();
+    assert_eq!(
+        errors,
+        ["`layer_kind[layer]` is \"X\" at layer = 1, which no arm matches"],
+        "{rendered}"
+    );
+    assert!(c.lowered.is_none());
+}

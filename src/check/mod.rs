@@ -18,6 +18,7 @@
 //! [`crate::resolve`], so every recursion here fits a 2 MiB stack in a debug build.
 
 mod eval;
+mod matching;
 mod offload;
 mod ops;
 mod pattern;
@@ -251,6 +252,11 @@ impl<'a> Walker<'a> {
                         }
                     }
                 }
+                ast::Member::Match(mm) => {
+                    if let Some(inst) = self.match_instance(mm, &ctx) {
+                        body.instances.push(inst);
+                    }
+                }
                 ast::Member::Config(_) => {}
             }
         }
@@ -263,18 +269,20 @@ impl<'a> Walker<'a> {
             body.params.iter().any(|p| p.name == name)
                 || body.instances.iter().any(|i| i.name == name)
         };
-        self.program()
-            .decl(decl)
-            .members
-            .iter()
-            .filter_map(|m| match m {
-                ast::Member::Param(p) if p.when.is_some() => Some(p.name.node.as_str()),
-                ast::Member::Instance(i) if i.when.is_some() => Some(i.name.node.as_str()),
-                _ => None,
-            })
-            .filter(|n| present(n))
-            .collect::<Vec<_>>()
-            .join("+")
+        let mut kinds: Vec<String> = Vec::new();
+        for m in &self.program().decl(decl).members {
+            let names = match m {
+                ast::Member::Param(p) if p.when.is_some() => vec![p.name.node.as_str()],
+                ast::Member::Instance(i) if i.when.is_some() => vec![i.name.node.as_str()],
+                ast::Member::Match(mm) => {
+                    kinds.extend(matching::kind(mm, body));
+                    continue;
+                }
+                _ => Vec::new(),
+            };
+            kinds.extend(names.into_iter().filter(|n| present(n)).map(String::from));
+        }
+        kinds.join("+")
     }
 
     fn instance(&mut self, i: &'a ast::Instance, ctx: &Ctx<'a, '_>) -> Option<ir::Instance> {

@@ -44,6 +44,7 @@ codes! {
     E0104 "nesting-too-deep" "brackets or an expression nest deeper than the parser allows";
     E0105 "invalid-utf8" "a .wmap file is not UTF-8 text";
     E0106 "unknown-type" "`is` names a type that config values do not have";
+    E0107 "unnamed-match-arm" "a `match` arm declares an instance with no name";
     E0201 "unknown-declaration" "an instance names a module, block or model that does not exist";
     E0202 "duplicate-declaration" "two declarations or two members share one name";
     E0203 "use-not-found" "a `use` names a file that is neither beside the source nor in the stdlib";
@@ -78,6 +79,7 @@ codes! {
     E0411 "integer-overflow" "an expression overflows 64-bit integers";
     E0412 "limit-exceeded" "a repeat, stack, tensor or model is larger than wmapc's caps";
     E0413 "invalid-ir" "an IR read from JSON breaks the invariants the checker guarantees";
+    E0430 "no-match-arm" "a `match` meets a config value none of its arms matches";
     E0501 "checkpoint-not-found" "the folder holds no safetensors checkpoint";
     E0502 "pickle-checkpoint" "the folder holds only pickle weights, which are never read";
     E0503 "invalid-header" "a safetensors header is truncated, oversized, not UTF-8 or not valid JSON";

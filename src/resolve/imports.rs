@@ -69,10 +69,7 @@ fn check_unlisted(program: &Program, s: &Selective, all: &[Selective], diags: &m
         .map(|info| &info.decl)
         .filter(|d| d.span.file == s.importer);
     for d in importer_decls {
-        for m in &d.members {
-            let ast::Member::Instance(inst) = m else {
-                continue;
-            };
+        for inst in d.members.iter().flat_map(ast::Member::instances) {
             let Some(id) = program.lookup(&inst.decl.node) else {
                 continue; // E0201, reported by the caller.
             };

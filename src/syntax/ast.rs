@@ -61,6 +61,42 @@ pub enum Member {
     Param(Box<Param>),
     Instance(Box<Instance>),
     Ignore(Vec<Spanned<String>>),
+    /// `match expr { pattern => Decl at "x", … }`: one instance chosen by value.
+    Match(Box<Match>),
+}
+
+impl Member {
+    /// The instances a member may declare: an instance's one, every arm of a match.
+    pub fn instances(&self) -> Vec<&Instance> {
+        match self {
+            Member::Instance(i) => vec![i],
+            Member::Match(m) => m.arms.iter().map(|a| &a.instance).collect(),
+            Member::Config(_) | Member::Param(_) | Member::Ignore(_) => Vec::new(),
+        }
+    }
+}
+
+/// A `match` member. Every arm's instance carries its name (the match's, or the arm's
+/// own), so checking an arm is checking an instance.
+#[derive(Clone, Debug)]
+pub struct Match {
+    pub scrutinee: Expr,
+    pub arms: Vec<MatchArm>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug)]
+pub struct MatchArm {
+    pub patterns: Vec<Spanned<Pattern>>,
+    pub instance: Instance,
+}
+
+/// What one arm matches: a string, an integer, or anything (`_`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Pattern {
+    Str(String),
+    Int(i64),
+    Any,
 }
 
 /// `config name = alt | alt | …`: the first alternative whose config keys are all present wins.

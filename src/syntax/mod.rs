@@ -8,6 +8,7 @@
 
 pub mod ast;
 mod expr;
+mod matching;
 
 use pest::iterators::Pair;
 use pest::Parser as _;
@@ -190,6 +191,8 @@ fn rule_name(rule: Rule) -> Option<&'static str> {
         Rule::param_decl => "`param`",
         Rule::ignore_decl => "`ignore`",
         Rule::instance_decl => "an instance (`name: Module`)",
+        Rule::match_decl => "`match`",
+        Rule::match_arm => "a match arm (`\"value\" => Module`)",
         Rule::ident | Rule::key_path | Rule::path => "a name",
         Rule::string => "a string",
         Rule::int | Rule::float => "a number",
@@ -322,6 +325,7 @@ impl Builder<'_> {
                     let pats = p.into_inner().filter_map(|s| self.string(s)).collect();
                     decl.members.push(Member::Ignore(pats));
                 }
+                Rule::match_decl => decl.members.push(Member::Match(Box::new(self.matching(p)))),
                 _ => {}
             }
         }
