@@ -9,6 +9,7 @@
 //! (that is how users adapt a stdlib model); any other duplicate is an error.
 //! Index variables are dynamically scoped, so they are checked in [`crate::check`].
 
+mod args;
 mod imports;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -317,7 +318,7 @@ fn check_instance(program: &Program, inst: &ast::Instance, diags: &mut Diagnosti
             .at(inst.decl.span, "a model is a root, not a part")
             .with_help("declare the shared part as a `module` or `block`"),
         ),
-        Some(_) => {}
+        Some(id) => args::check(program.decl(id), inst, diags),
     }
 }
 

@@ -403,3 +403,70 @@ fn unknown_layer_kind_is_an_error_not_a_missing_mixer() {
     );
     assert!(c.lowered.is_none());
 }
+
+/// Module parameters: names written into tensor names, a flag switching a param per
+/// layer, a size, and the defaults when nothing is passed.
+#[test]
+fn module_parameters_bind_names_sizes_and_flags() {
+    let file = common::root().join("tests/fixtures/lang/params.wmap");
+    let config = common::root().join("tests/fixtures/hf/qwen3_moe/config.json");
+    let (ir, c) = lower(&ModelSource::File(common::rel(&file)), &config);
+    let rendered = wmap::diag::render_human(&c.sources, &c.diags, wmap::diag::Color::Never);
+    assert!(c.diags.is_empty(), "{rendered}");
+    let json = serde_json::to_string(&ir).unwrap();
+    for name in [
+        "experts.{expert}.w1.weight",
+        "experts.{expert}.w3.weight",
+        "experts.{expert}.w2.weight",
+    ] {
+        assert!(json.contains(name), "{name}");
+    }
+    assert!(!json.contains("{gate}") && !json.contains("gate_proj"));
+    // Even layers have the mixer's norm, odd ones do not: two variants.
+    let layers = &ir.root.instances[0];
+    let mut mixers: Vec<(i64, Vec<String>)> = Vec::new();
+    for v in &layers.variants {
+        let mixer = v.body.instances.iter().find(|i| i.name == "mixer").unwrap();
+        let params = &mixer.variants[0].body.params;
+        let shown: Vec<String> = params
+            .iter()
+            .map(|p| format!("{}{:?}", p.name, p.shape))
+            .collect();
+        for [a, b] in &v.indices {
+            mixers.extend((*a..*b).map(|i| (i, shown.clone())));
+        }
+    }
+    mixers.sort();
+    let even = vec!["in_proj[256, 128]".to_string(), "norm[256]".to_string()];
+    let odd = vec!["in_proj[256, 128]".to_string()];
+    let want: Vec<(i64, Vec<String>)> = (0..mixers.len() as i64)
+        .map(|i| {
+            (
+                i,
+                if i % 2 == 0 {
+                    even.clone()
+                } else {
+                    odd.clone()
+                },
+            )
+        })
+        .collect();
+    assert_eq!(mixers, want);
+    // `plain` takes every default: a norm, and the model's width.
+    let plain = ir
+        .root
+        .instances
+        .iter()
+        .find(|i| i.name == "plain")
+        .unwrap();
+    let params: Vec<String> = plain.variants[0]
+        .body
+        .params
+        .iter()
+        .map(|p| format!("{}{:?}", p.name, p.shape))
+        .collect();
+    assert_eq!(params, ["in_proj[128, 128]", "norm[128]"]);
+    insta::with_settings!({ snapshot_path => "snapshots/ir", prepend_module_to_snapshot => false }, {
+        insta::assert_json_snapshot!("lang_params", ir);
+    });
+}

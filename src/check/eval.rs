@@ -33,6 +33,9 @@ pub struct Frame<'p> {
     pub owner: &'p str,
     pub configs: Vec<&'p ast::ConfigItem>,
     pub vars: Vec<(String, Binding)>,
+    /// The declaration's parameters with their values (arguments or defaults): seen
+    /// by this frame's own expressions only, never by the frames it instantiates.
+    pub params: Vec<(String, Val)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -48,6 +51,12 @@ impl<'p> Scope<'p> {
             .flat_map(|f| f.vars.iter().rev())
             .find(|(n, _)| n == name)
             .map(|(_, b)| *b)
+    }
+
+    /// A parameter of the innermost declaration: parameters are lexical.
+    pub fn param(&self, name: &str) -> Option<&Val> {
+        let frame = self.frames.last()?;
+        frame.params.iter().find(|(n, _)| n == name).map(|(_, v)| v)
     }
 
     pub fn var_names(&self) -> Vec<&str> {
@@ -277,6 +286,9 @@ impl<'a> Evaluator<'a> {
 
     fn name(&mut self, path: &[String], span: Span, scope: &Scope<'a>) -> EvalResult {
         if let [name] = path {
+            if let Some(v) = scope.param(name) {
+                return Ok(v.clone());
+            }
             match scope.var(name) {
                 Some(Binding::Index(i)) => {
                     if !self.index_reads.contains(name) {

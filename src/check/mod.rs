@@ -21,6 +21,7 @@ mod eval;
 mod matching;
 mod offload;
 mod ops;
+mod params;
 mod pattern;
 mod repeat;
 mod source;
@@ -111,6 +112,7 @@ fn frame(decl: &ast::Decl, vars: Vec<(String, Binding)>) -> Frame<'_> {
             })
             .collect(),
         vars,
+        params: Vec::new(),
     }
 }
 
@@ -297,17 +299,20 @@ impl<'a> Walker<'a> {
             variants: Vec::new(),
             kinds: Vec::new(),
         };
-        let at = i.at.as_ref().map_or("", |a| a.node.as_str());
-        inst.prefix = join_name(ctx.prefix, at);
+        // The prefix is the caller's text: its parameter holes take the caller's values.
+        let at = match &i.at {
+            Some(a) => Some(self.fill_params(a, ctx.scope)?),
+            None => None,
+        };
+        inst.prefix = join_name(ctx.prefix, at.as_ref().map_or("", |a| a.node.as_str()));
+        let params = self.module_args(i, child_decl, ctx.scope)?;
         let Some(rep) = &i.repeat else {
+            let mut child_frame = frame(child_decl, Vec::new());
+            child_frame.params = params;
             let scope = Scope {
-                frames: [
-                    ctx.scope.frames.clone(),
-                    vec![frame(child_decl, Vec::new())],
-                ]
-                .concat(),
+                frames: [ctx.scope.frames.clone(), vec![child_frame]].concat(),
             };
-            if let Some(at) = &i.at {
+            if let Some(at) = &at {
                 self.template(at, &scope);
             }
             let on = match &i.when {
@@ -326,7 +331,11 @@ impl<'a> Walker<'a> {
             });
             return Some(inst);
         };
-        self.repeat(i, rep, ctx, child, inst)
+        let call = repeat::Call {
+            at: at.as_ref(),
+            params,
+        };
+        self.repeat(i, rep, ctx, child, inst, call)
     }
 
     /// Checks the `{var}` holes of a name template against the scope.

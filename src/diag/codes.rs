@@ -58,6 +58,8 @@ codes! {
     E0211 "instances-too-deep" "instances nest deeper than the checker allows";
     E0230 "unknown-import" "a `use` list names a declaration the imported file does not have";
     E0231 "not-imported" "a file instantiates a declaration its `use` list leaves out";
+    E0232 "unknown-module-argument" "an instance passes an argument its declaration has no parameter for";
+    E0233 "missing-module-argument" "an instance leaves out a parameter that has no default";
     W0201 "unused-declaration" "a module or block is declared but never instantiated";
     E0301 "unknown-config-symbol" "an expression names a config key that config.json does not have";
     E0302 "invalid-config" "config.json is not valid JSON or not an object";
@@ -80,6 +82,7 @@ codes! {
     E0412 "limit-exceeded" "a repeat, stack, tensor or model is larger than wmapc's caps";
     E0413 "invalid-ir" "an IR read from JSON breaks the invariants the checker guarantees";
     E0430 "no-match-arm" "a `match` meets a config value none of its arms matches";
+    E0431 "module-argument-type" "a module argument's type differs from its parameter's default";
     E0501 "checkpoint-not-found" "the folder holds no safetensors checkpoint";
     E0502 "pickle-checkpoint" "the folder holds only pickle weights, which are never read";
     E0503 "invalid-header" "a safetensors header is truncated, oversized, not UTF-8 or not valid JSON";

@@ -51,8 +51,24 @@ pub struct Decl {
     pub name: Ident,
     /// The HF `architectures` a model serves (`model Llama for "LlamaForCausalLM"`).
     pub serves: Vec<Spanned<String>>,
+    /// Lexical parameters, in order: `module GatedExperts(gate = "gate_proj")`.
+    pub params: Vec<DeclParam>,
     pub members: Vec<Member>,
     pub span: Span,
+}
+
+/// A declaration's parameter: a name and, unless every instance must give it, a default.
+#[derive(Clone, Debug)]
+pub struct DeclParam {
+    pub name: Ident,
+    pub default: Option<Expr>,
+}
+
+/// `name = value` at an instantiation.
+#[derive(Clone, Debug)]
+pub struct Arg {
+    pub name: Ident,
+    pub value: Expr,
 }
 
 #[derive(Clone, Debug)]
@@ -124,6 +140,8 @@ pub struct Param {
 pub struct Instance {
     pub name: Ident,
     pub decl: Ident,
+    /// Arguments for the declaration's parameters, by name.
+    pub args: Vec<Arg>,
     pub repeat: Option<Repeat>,
     pub at: Option<Spanned<String>>,
     pub when: Option<Expr>,

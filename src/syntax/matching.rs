@@ -38,6 +38,7 @@ impl Builder<'_> {
         let mut own = None;
         let mut decl = None;
         let mut at = None;
+        let mut args = Vec::new();
         for p in pair.into_inner() {
             let pspan = self.span(&p);
             match p.as_rule() {
@@ -49,6 +50,7 @@ impl Builder<'_> {
                 Rule::wildcard => patterns.push(Spanned::new(Pattern::Any, pspan)),
                 Rule::arm_name => own = p.into_inner().next().map(|n| self.ident(n)),
                 Rule::ident => decl = Some(self.ident(p)),
+                Rule::inst_args => args = self.args(p),
                 Rule::attr_at => at = p.into_inner().nth(1).and_then(|s| self.string(s)),
                 _ => {}
             }
@@ -68,6 +70,7 @@ impl Builder<'_> {
         let instance = Instance {
             name,
             decl,
+            args,
             repeat: None,
             at,
             when: None,

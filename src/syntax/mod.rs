@@ -9,6 +9,7 @@
 pub mod ast;
 mod expr;
 mod matching;
+mod params;
 
 use pest::iterators::Pair;
 use pest::Parser as _;
@@ -304,6 +305,7 @@ impl Builder<'_> {
             kind,
             name,
             serves: Vec::new(),
+            params: Vec::new(),
             members: Vec::new(),
             span,
         };
@@ -316,6 +318,7 @@ impl Builder<'_> {
                         }
                     }
                 }
+                Rule::decl_params => decl.params = self.decl_params(p),
                 Rule::config_decl => decl.members.push(Member::Config(self.config(p))),
                 Rule::param_decl => decl.members.push(Member::Param(Box::new(self.param(p)))),
                 Rule::instance_decl => decl
@@ -409,6 +412,7 @@ impl Builder<'_> {
         let mut inst = Instance {
             name,
             decl,
+            args: Vec::new(),
             repeat: None,
             at: None,
             when: None,
@@ -417,6 +421,7 @@ impl Builder<'_> {
         for attr in inner {
             let aspan = self.span(&attr);
             match attr.as_rule() {
+                Rule::inst_args => inst.args = self.args(attr),
                 Rule::repeat => {
                     let mut r = attr.into_inner();
                     let var = self.ident(r.next().expect("grammar: repeat var"));
