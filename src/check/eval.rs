@@ -117,6 +117,8 @@ pub struct Evaluator<'a> {
     /// so reported as notes (`key = value`) rather than warnings.
     pub schema_defaults: BTreeMap<String, String>,
     defaults_seen: BTreeSet<Span>,
+    /// (rebinding item, reading declaration) pairs already reported as W0202.
+    rebinds_seen: BTreeSet<(Span, String)>,
     /// `config` items being evaluated: they do not see themselves.
     active: Vec<Span>,
     /// Expression levels being evaluated, through `config` items: see [`MAX_EVAL_DEPTH`].
@@ -148,6 +150,7 @@ impl<'a> Evaluator<'a> {
             defaults: Vec::new(),
             schema_defaults: BTreeMap::new(),
             defaults_seen: BTreeSet::new(),
+            rebinds_seen: BTreeSet::new(),
             active: Vec::new(),
             depth: 0,
             steps: 0,
@@ -300,10 +303,71 @@ impl<'a> Evaluator<'a> {
                 None => {}
             }
             if let Some((depth, item)) = self.find_item(name, scope) {
+                self.note_inherited(item, depth, span, scope);
                 return self.scoped_item(item, depth, span, scope);
             }
         }
         self.config_key(path, span)
+    }
+
+    /// W0202: an expression of one declaration reads a `config` item that an enclosing
+    /// declaration rebinds (one that shadows a top-level item or a config key). The
+    /// rebinding reaches it by dynamic scope, not because it asked: pass a module
+    /// parameter instead. Reported once per item and reading declaration.
+    fn note_inherited(
+        &mut self,
+        item: &'a ast::ConfigItem,
+        depth: usize,
+        span: Span,
+        scope: &Scope<'a>,
+    ) {
+        let Some(owner) = depth.checked_sub(1).and_then(|d| scope.frames.get(d)) else {
+            return; // A top-level item: visible everywhere by design.
+        };
+        // The reader is the declaration whose text holds the name: an instance's `when`
+        // is evaluated with the child's frame innermost but written in the parent.
+        let program = self.program;
+        let holds = |f: &&Frame| {
+            program.lookup(f.owner).is_some_and(|id| {
+                let d = program.decl(id).span;
+                d.file == span.file && d.start <= span.start && span.end <= d.end
+            })
+        };
+        let Some(at) = scope.frames.iter().rposition(|f| holds(&f)) else {
+            return;
+        };
+        let reader = &scope.frames[at];
+        if at < depth || owner.owner == reader.owner {
+            return; // The declaration's own item, or an outer one reading it.
+        }
+        let name = item.name.node.as_str();
+        let shadows = self.config.lookup(&[name.to_string()]).is_some()
+            || self.program.globals.iter().any(|g| g.name.node == name);
+        if !shadows
+            || !self
+                .rebinds_seen
+                .insert((item.span, reader.owner.to_string()))
+        {
+            return;
+        }
+        self.defaults.push(
+            Diagnostic::new(
+                Code::W0202,
+                format!(
+                    "`{}` reads `{name}` as rebound by `{}`, not the config's",
+                    reader.owner, owner.owner
+                ),
+            )
+            .at(
+                span,
+                format!("`{name}` here is `{}`'s rebinding", owner.owner),
+            )
+            .with_label(item.name.span, "rebound here, for everything below")
+            .with_help(format!(
+                "give `{}` a parameter and pass the value (`{}({name} = …)`), or rename the item",
+                reader.owner, reader.owner
+            )),
+        );
     }
 
     /// A `config` item that sees the first `depth` frames of `scope`.
