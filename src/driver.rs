@@ -241,13 +241,26 @@ fn detect(cfg: &Config) -> Result<&'static str, Diagnostic> {
         Code::E0304,
         "no stdlib model serves this config's architectures",
     );
+    // No "did you mean": architecture names that are close in spelling are not close
+    // in structure (Gemma2 is no Mamba2); structure is compared where a checkpoint is.
+    // Only a difference of case is taken for a typo.
     d = match archs.first() {
-        Some((a, span)) => d
-            .at(*span, format!("`{a}` is not served by the stdlib"))
-            .suggest(a, all.iter().copied()),
+        Some((a, span)) => {
+            let d = d.at(*span, format!("`{a}` is not served by the stdlib"));
+            match all.iter().find(|s| s.eq_ignore_ascii_case(a)) {
+                Some(s) => d.with_help(format!("did you mean `{s}`?")),
+                None => d,
+            }
+        }
         None => d.at(cfg.root.span, "config has no `architectures` list"),
     };
-    Err(d.with_note(format!("stdlib architectures: {}", all.join(", "))))
+    Err(d
+        .with_note(format!("stdlib architectures: {}", all.join(", ")))
+        .with_note(
+            "to go on, write a .wmap mapping for it (start from the stdlib model nearest in structure, \
+             `wmapc stdlib` lists them) and pass it: `wmapc check my.wmap --config config.json`, \
+             `wmapc load DIR --model my.wmap`",
+        ))
 }
 
 /// The model to check: the root file's only model, or the one serving the config; a
