@@ -470,3 +470,37 @@ fn module_parameters_bind_names_sizes_and_flags() {
         insta::assert_json_snapshot!("lang_params", ir);
     });
 }
+
+/// `let` is a name for a source: the IR is the one of the file written out in full.
+#[test]
+fn lets_expand_to_the_written_out_sources() {
+    let file = common::root().join("tests/fixtures/lang/lets.wmap");
+    let config = common::root().join("tests/fixtures/hf/phi3/config.json");
+    let (with_lets, c) = lower(&ModelSource::File(common::rel(&file)), &config);
+    assert!(c.diags.is_empty());
+    let text = std::fs::read_to_string(&file).unwrap();
+    let qkv = r#""qkv_proj.weight": [q_rows + 2 * kv_rows, hidden_size]"#;
+    let by_head = format!("reshape({qkv}, [heads, head_dim, hidden_size])");
+    let written: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("let "))
+        .map(|l| {
+            l.replace("by_head", &by_head)
+                .replace("(qkv,", &format!("({qkv},"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(!written.contains("let "), "{written}");
+    let source = ModelSource::Text {
+        name: "written.wmap".into(),
+        text: written,
+    };
+    let (plain, _) = lower(&source, &config);
+    assert_eq!(
+        serde_json::to_value(&with_lets.root).unwrap(),
+        serde_json::to_value(&plain.root).unwrap()
+    );
+    assert!(serde_json::to_string(&with_lets)
+        .unwrap()
+        .contains("reshape"));
+}

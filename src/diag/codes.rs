@@ -45,6 +45,8 @@ codes! {
     E0105 "invalid-utf8" "a .wmap file is not UTF-8 text";
     E0106 "unknown-type" "`is` names a type that config values do not have";
     E0107 "unnamed-match-arm" "a `match` arm declares an instance with no name";
+    E0108 "unknown-let" "a source names a `let` that its declaration does not define before it";
+    E0109 "let-too-large" "a `let` expands deeper or larger than the parser allows";
     E0201 "unknown-declaration" "an instance names a module, block or model that does not exist";
     E0202 "duplicate-declaration" "two declarations or two members share one name";
     E0203 "use-not-found" "a `use` names a file that is neither beside the source nor in the stdlib";

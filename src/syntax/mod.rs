@@ -8,6 +8,7 @@
 
 pub mod ast;
 mod expr;
+mod lets;
 mod matching;
 mod params;
 
@@ -47,6 +48,8 @@ pub fn parse(file: FileId, text: &str) -> Result<ast::File, Diagnostics> {
         file,
         diags: &mut diags,
         too_deep_reported: false,
+        lets: Vec::new(),
+        let_nodes: 0,
     };
     let mut out = ast::File {
         id: file,
@@ -193,6 +196,7 @@ fn rule_name(rule: Rule) -> Option<&'static str> {
         Rule::ignore_decl => "`ignore`",
         Rule::instance_decl => "an instance (`name: Module`)",
         Rule::match_decl => "`match`",
+        Rule::let_decl => "`let`",
         Rule::match_arm => "a match arm (`\"value\" => Module`)",
         Rule::ident | Rule::key_path | Rule::path => "a name",
         Rule::string => "a string",
@@ -217,7 +221,8 @@ fn rule_name(rule: Rule) -> Option<&'static str> {
         | Rule::src_reshape
         | Rule::src_squeeze
         | Rule::src_transpose
-        | Rule::src_tied => "a source",
+        | Rule::src_tied
+        | Rule::src_let => "a source",
         Rule::op_or
         | Rule::op_and
         | Rule::op_eq
@@ -249,6 +254,10 @@ struct Builder<'d> {
     diags: &'d mut Diagnostics,
     /// E0104 is reported once: past the limit every further fold would repeat it.
     too_deep_reported: bool,
+    /// The `let`s of the declaration being built, in order, already expanded.
+    lets: Vec<(String, Source)>,
+    /// Source nodes copied in by `let` references in this file: see `lets.rs`.
+    let_nodes: usize,
 }
 
 impl Builder<'_> {
@@ -301,6 +310,8 @@ impl Builder<'_> {
             _ => DeclKind::Module,
         };
         let name = self.ident(inner.next().expect("grammar: decl has a name"));
+        // `let`s are the declaration's own.
+        self.lets.clear();
         let mut decl = Decl {
             kind,
             name,
@@ -319,6 +330,7 @@ impl Builder<'_> {
                     }
                 }
                 Rule::decl_params => decl.params = self.decl_params(p),
+                Rule::let_decl => self.let_decl(p),
                 Rule::config_decl => decl.members.push(Member::Config(self.config(p))),
                 Rule::param_decl => decl.members.push(Member::Param(Box::new(self.param(p)))),
                 Rule::instance_decl => decl
@@ -396,6 +408,7 @@ impl Builder<'_> {
                 }
                 Rule::attr_from => {
                     let s = self.source(attr.into_inner().nth(1).expect("grammar: from"));
+                    let s = self.bounded(s, &p.name);
                     self.once(&mut p.source, s, aspan, "from");
                 }
                 _ => {}
@@ -460,6 +473,9 @@ impl Builder<'_> {
     fn source(&mut self, pair: Pair<Rule>) -> Source {
         let span = self.span(&pair);
         let rule = pair.as_rule();
+        if rule == Rule::src_let {
+            return self.let_ref(pair);
+        }
         let mut inner = pair.into_inner();
         let kind = match rule {
             Rule::src_name => {
