@@ -504,3 +504,24 @@ fn lets_expand_to_the_written_out_sources() {
         .unwrap()
         .contains("reshape"));
 }
+
+/// One string-typed config key read by nine shapes is one error, with the count.
+#[test]
+fn one_bad_config_value_is_one_error() {
+    let real = common::root().join("tests/fixtures/hf/llama/config.json");
+    let text = std::fs::read_to_string(real).unwrap();
+    let bad = text.replace("\"hidden_size\": 128", "\"hidden_size\": \"128\"");
+    assert_ne!(bad, text);
+    let dir = common::tempdir("string-key");
+    let path = dir.join("config.json");
+    std::fs::write(&path, bad).unwrap();
+    let c = driver::compile(&ModelSource::Detect, Some(&path)).expect("no I/O error");
+    let rendered = wmap::diag::render_human(&c.sources, &c.diags, wmap::diag::Color::Never);
+    assert_eq!(c.diags.items.len(), 1, "{rendered}");
+    let d = &c.diags.items[0];
+    assert_eq!(d.code, wmap::diag::Code::E0303);
+    assert_eq!(
+        d.notes,
+        ["8 more use(s) of the same value fail the same way; fixing config.json fixes them all"]
+    );
+}

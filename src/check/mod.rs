@@ -86,7 +86,9 @@ pub fn check(program: &Program, model: DeclId, config: &Config) -> (Option<Check
             );
         }
     }
-    let mut diags = w.diags;
+    let mut diags = Diagnostics {
+        items: merge_repeats(w.diags.items),
+    };
     for d in w.ev.defaults {
         diags.push(d);
     }
@@ -114,6 +116,38 @@ fn frame(decl: &ast::Decl, vars: Vec<(String, Binding)>) -> Frame<'_> {
         vars,
         params: Vec::new(),
     }
+}
+
+/// One mistake, one error: identical diagnostics (one expression reached twice) are
+/// dropped, and E0303s about the same config value (a string `hidden_size` read by nine
+/// shapes) become the first with a count, since fixing config.json fixes them all.
+fn merge_repeats(items: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    let mut out: Vec<Diagnostic> = Vec::with_capacity(items.len());
+    let mut uses: Vec<usize> = Vec::new();
+    for d in items {
+        let same_value = |o: &Diagnostic| {
+            o.code == Code::E0303
+                && d.code == Code::E0303
+                && o.message == d.message
+                && o.secondary == d.secondary
+        };
+        match out.iter().position(|o| *o == d || same_value(o)) {
+            Some(at) if out[at] != d => uses[at] += 1,
+            Some(_) => {}
+            None => {
+                out.push(d);
+                uses.push(0);
+            }
+        }
+    }
+    for (d, n) in out.iter_mut().zip(uses) {
+        if n > 0 {
+            d.notes.push(format!(
+                "{n} more use(s) of the same value fail the same way; fixing config.json fixes them all"
+            ));
+        }
+    }
+    out
 }
 
 /// Joins checkpoint-name pieces with `.`; a piece starting with `/` is absolute.
