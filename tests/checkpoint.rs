@@ -236,7 +236,7 @@ fn a_missing_tensor_is_reported_by_pattern_with_a_suggestion() {
     let d = missing[0];
     assert!(
         d.message
-            .contains("model.layers.{n}.self_attn.k_proj.weight` for n = 0–1"),
+            .contains("missing tensor `model.layers.{0…1}.self_attn.k_proj.weight`"),
         "{}",
         d.message
     );
@@ -475,4 +475,35 @@ fn an_index_naming_too_many_shards_is_refused() {
         "{}",
         d.message
     );
+}
+
+/// Tensors of layers the config does not count are grouped into one pattern with
+/// ranges, and the warning says they lie past `num_hidden_layers`.
+#[test]
+fn unclaimed_layers_past_the_count_are_grouped_and_explained() {
+    let dir = corrupted("one-layer", |_| {});
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let config = config.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 1");
+    std::fs::write(dir.join("config.json"), config).unwrap();
+    let mut c = driver::compile(&ModelSource::Detect, Some(&dir.join("config.json"))).unwrap();
+    assert!(driver::bind(&mut c, &dir, false).is_some());
+    let unclaimed: Vec<&wmap::diag::Diagnostic> = c
+        .diags
+        .items
+        .iter()
+        .filter(|d| d.code.as_str() == "W0501")
+        .collect();
+    let rendered = wmap::diag::render_human(&c.sources, &c.diags, wmap::diag::Color::Never);
+    assert!(!unclaimed.is_empty(), "{rendered}");
+    for d in &unclaimed {
+        assert!(
+            d.message.starts_with("checkpoint tensor `model.layers.1."),
+            "{}",
+            d.message
+        );
+        assert_eq!(
+            d.notes,
+            ["layer 1 ≥ num_hidden_layers = 1: a layer the model does not have (a multi-token-prediction head?); `ignore \"model.layers.{num_hidden_layers}.*\"` says so"]
+        );
+    }
 }

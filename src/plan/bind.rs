@@ -39,7 +39,11 @@ pub fn bind(
             unclaimed.push(name.clone());
         }
     }
-    let diags = super::report::diagnostics(&b.issues, &unclaimed, spans, strict);
+    let layers = ir
+        .config
+        .get("num_hidden_layers")
+        .and_then(serde_json::Value::as_u64);
+    let diags = super::report::diagnostics(&b.issues, &unclaimed, spans, strict, layers);
     let plan = (!diags.has_errors()).then(|| Plan {
         plan_version: PLAN_VERSION,
         model: ir.model.clone(),

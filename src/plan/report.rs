@@ -75,42 +75,14 @@ fn subject(issue: &Issue) -> &str {
     }
 }
 
-/// "n = 0–3, 7" for the first number of each name, or a count when names hold several.
-fn spread(members: &[Vec<u64>]) -> String {
-    if members.is_empty() {
-        return String::new();
-    }
-    if let [one] = members {
-        return match one.as_slice() {
-            [] => String::new(),
-            [n] => format!(" for n = {n}"),
-            ns => format!(
-                " for n = {}",
-                ns.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
-            ),
-        };
-    }
-    if members.iter().all(|m| m.len() == 1) {
-        let mut ns: Vec<u64> = members.iter().map(|m| m[0]).collect();
-        ns.sort_unstable();
-        ns.dedup();
-        let mut ranges: Vec<String> = Vec::new();
-        let mut i = 0;
-        while i < ns.len() {
-            let mut j = i;
-            while j + 1 < ns.len() && ns[j + 1] == ns[j] + 1 {
-                j += 1;
-            }
-            ranges.push(if i == j {
-                ns[i].to_string()
-            } else {
-                format!("{}–{}", ns[i], ns[j])
-            });
-            i = j + 1;
-        }
-        return format!(" for n = {}", ranges.join(", "));
-    }
-    format!(" ({} tensors)", members.len())
+/// A group of names as one pattern with ranges, and the true count when the ranges
+/// over-cover: `model.layers.{0…47}.self_attn.k_proj.weight`.
+fn grouped(pattern: &str, members: &[Vec<u64>]) -> (String, String) {
+    let (name, count) = super::ranges::compact(pattern, members);
+    (
+        name,
+        count.map_or(String::new(), |n| format!(" ({n} tensors)")),
+    )
 }
 
 fn show(s: &[u64]) -> String {
@@ -128,6 +100,7 @@ pub fn diagnostics(
     unclaimed: &[String],
     spans: &ir::Spans,
     strict: bool,
+    layers: Option<u64>,
 ) -> Diagnostics {
     let mut diags = Diagnostics::default();
     // Group issues by (param, problem text with indices templated), keeping first order.
@@ -147,7 +120,7 @@ pub fn diagnostics(
         // One occurrence reads best as its real name; several as a pattern and indices.
         let (pattern, where_) = match members.len() {
             1 => (subject(issue).to_string(), String::new()),
-            _ => (pattern, spread(&members)),
+            _ => grouped(&pattern, &members),
         };
         let mut d = match &issue.kind {
             IssueKind::Missing { tensors, alternatives } => {
@@ -215,20 +188,23 @@ pub fn diagnostics(
     let code = if strict { Code::E0510 } else { Code::W0501 };
     let total = by_pattern.len();
     for (pattern, (members, first)) in by_pattern.into_iter().take(MAX_UNCLAIMED_PATTERNS) {
-        let (pattern, members) = match members.len() {
-            1 => (first.to_string(), Vec::new()),
-            _ => (pattern, members),
+        let past = layers.and_then(|n| super::ranges::beyond_layers(&pattern, &members, n));
+        let (pattern, count) = match members.len() {
+            1 => (first.to_string(), String::new()),
+            _ => grouped(&pattern, &members),
         };
         let mut d = Diagnostic::new(
             code,
-            format!(
-                "checkpoint tensor `{pattern}`{} is not loaded",
-                spread(&members)
-            ),
+            format!("checkpoint tensor `{pattern}`{count} is not loaded"),
         )
         .with_help(
             "map it to a param, or add `ignore \"<pattern>\"` if leaving it out is deliberate",
         );
+        if let (Some(top), Some(n)) = (past, layers) {
+            d = d.with_note(format!(
+                "layer {top} ≥ num_hidden_layers = {n}: a layer the model does not have (a multi-token-prediction head?); `ignore \"model.layers.{{num_hidden_layers}}.*\"` says so"
+            ));
+        }
         if strict {
             d = d.with_note(
                 "`load` refuses to drop tensors silently; `--allow-unclaimed` loads without them",
@@ -260,8 +236,9 @@ mod tests {
     }
 
     #[test]
-    fn spread_compresses_ranges() {
+    fn grouped_compresses_ranges() {
         let members = vec![vec![0], vec![1], vec![2], vec![5]];
-        assert_eq!(spread(&members), " for n = 0–2, 5");
+        let want = ("x.{0…2, 5}.w".to_string(), String::new());
+        assert_eq!(grouped("x.{n}.w", &members), want);
     }
 }
