@@ -507,3 +507,32 @@ fn unclaimed_layers_past_the_count_are_grouped_and_explained() {
         );
     }
 }
+
+/// A typo in a user's prefix over stdlib blocks: one error, at the user's line.
+#[test]
+fn a_prefix_typo_is_one_error_at_the_users_line() {
+    let text = r#"
+use "models/llama.wmap"
+model MyLlama for "LlamaForCausalLM" {
+    param embed: [vocab_size, hidden_size] from "model.embed_tokens.weight"
+    layers: DecoderBlock[layer in 0..num_hidden_layers] at "model.layer.{layer}"
+}
+"#;
+    let source = ModelSource::Text {
+        name: "my.wmap".into(),
+        text: text.into(),
+    };
+    let mut c = driver::compile(&source, Some(&llama().join("config.json"))).unwrap();
+    assert!(driver::bind(&mut c, &llama(), false).is_none());
+    let errors: Vec<&wmap::diag::Diagnostic> = c
+        .diags
+        .items
+        .iter()
+        .filter(|d| d.severity() == wmap::diag::Severity::Error)
+        .collect();
+    let rendered = wmap::diag::render_human(&c.sources, &c.diags, wmap::diag::Color::Never);
+    assert_eq!(errors.len(), 1, "{rendered}");
+    let primary = errors[0].primary.as_ref().unwrap();
+    assert_eq!(c.sources.get(primary.span.file).name, "my.wmap");
+    assert!(rendered.contains("5 other param(s) under this prefix miss their tensors too"));
+}

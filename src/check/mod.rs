@@ -62,6 +62,7 @@ pub fn check(program: &Program, model: DeclId, config: &Config) -> (Option<Check
         traces: Vec::new(),
         visits: 0,
         walks: 0,
+        prefixes: Vec::new(),
     };
     let scope = Scope {
         frames: vec![frame(program.decl(model), Vec::new())],
@@ -175,6 +176,8 @@ struct Walker<'a> {
     visits: u64,
     /// Full walks of repeated bodies so far: see [`MAX_WALKS`].
     walks: u64,
+    /// The `at` prefixes of the instances being walked, outermost first.
+    prefixes: Vec<Span>,
 }
 
 /// Where the walk is: the declaration, the scope, the checkpoint prefix and the IR path.
@@ -322,6 +325,16 @@ impl<'a> Walker<'a> {
     }
 
     fn instance(&mut self, i: &'a ast::Instance, ctx: &Ctx<'a, '_>) -> Option<ir::Instance> {
+        let at = i.at.as_ref().map(|a| a.span);
+        self.prefixes.extend(at);
+        let inst = self.instance_body(i, ctx);
+        if at.is_some() {
+            self.prefixes.pop();
+        }
+        inst
+    }
+
+    fn instance_body(&mut self, i: &'a ast::Instance, ctx: &Ctx<'a, '_>) -> Option<ir::Instance> {
         let program = self.program();
         let child = program.lookup(&i.decl.node)?;
         let child_decl = program.decl(child);
@@ -370,6 +383,19 @@ impl<'a> Walker<'a> {
             params,
         };
         self.repeat(i, rep, ctx, child, inst, call)
+    }
+
+    /// The innermost prefix written in a user's file, for a param declared in the stdlib.
+    fn user_prefix(&self, param: Span) -> Option<Span> {
+        let stdlib = &self.program().stdlib_files;
+        if !stdlib.contains(&param.file) {
+            return None;
+        }
+        self.prefixes
+            .iter()
+            .rev()
+            .find(|s| !stdlib.contains(&s.file))
+            .copied()
     }
 
     /// Checks the `{var}` holes of a name template against the scope.
@@ -426,6 +452,7 @@ impl<'a> Walker<'a> {
             ir::ParamSite {
                 span: p.name.span,
                 shape_labels: self.shape_labels.clone(),
+                user_prefix: self.user_prefix(p.name.span),
             },
         );
         Some(ir::Param {

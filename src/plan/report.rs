@@ -85,6 +85,18 @@ fn grouped(pattern: &str, members: &[Vec<u64>]) -> (String, String) {
     )
 }
 
+/// Counts one more param missing its tensors under the same prefix.
+fn bump_count(d: &mut Diagnostic) {
+    const TAIL: &str = " other param(s) under this prefix miss their tensors too";
+    let n = d
+        .notes
+        .iter()
+        .find_map(|n| n.strip_suffix(TAIL)?.parse::<usize>().ok())
+        .unwrap_or(0);
+    d.notes.retain(|n| !n.ends_with(TAIL));
+    d.notes.push(format!("{}{TAIL}", n + 1));
+}
+
 fn show(s: &[u64]) -> String {
     format!(
         "[{}]",
@@ -171,10 +183,33 @@ pub fn diagnostics(
                 format!("the offload group of `{}` fails: {message}", issue.target),
             ),
         };
-        if let Some(site) = site {
-            d = d.at(site.span, "declared here");
+        let missing = matches!(issue.kind, IssueKind::Missing { .. });
+        match site {
+            // A stdlib param missing its tensor under a user's prefix: the typo is most
+            // likely in the user's line, so that is where the error points.
+            Some(site) if missing && site.user_prefix.is_some() => {
+                if let Some(prefix) = site.user_prefix {
+                    d = d
+                        .at(prefix, "the missing name starts with this prefix")
+                        .with_label(site.span, "the param, declared here");
+                }
+            }
+            Some(site) => d = d.at(site.span, "declared here"),
+            None => {}
         }
-        diags.push(d);
+        // Every param under one mistyped prefix of the user's: one error, with a count.
+        let same_prefix = |o: &Diagnostic| {
+            missing && o.code == Code::E0508 && o.primary == d.primary && o.primary.is_some()
+        };
+        let user_prefix = site.is_some_and(|s| s.user_prefix.is_some());
+        match diags
+            .items
+            .iter_mut()
+            .find(|o| user_prefix && same_prefix(o))
+        {
+            Some(first) => bump_count(first),
+            None => diags.push(d),
+        }
     }
     let mut by_pattern: BTreeMap<String, (Vec<Vec<u64>>, &str)> = BTreeMap::new();
     for name in unclaimed {
