@@ -536,3 +536,42 @@ model MyLlama for "LlamaForCausalLM" {
     assert_eq!(c.sources.get(primary.span.file).name, "my.wmap");
     assert!(rendered.contains("5 other param(s) under this prefix miss their tensors too"));
 }
+
+/// A stack missing every expert in every layer counts them all: layers × experts.
+#[test]
+fn missing_stacked_tensors_are_counted_in_full() {
+    let text = r#"
+use "modules/moe.wmap"
+block Block {
+    experts: GatedExperts(gate = "gate_prj") at "mlp"
+}
+model Moe for "Qwen3MoeForCausalLM" {
+    layers: Block[layer in 0..num_hidden_layers] at "model.layers.{layer}"
+}
+"#;
+    let source = ModelSource::Text {
+        name: "moe.wmap".into(),
+        text: text.into(),
+    };
+    let dir = common::root().join("tests/fixtures/hf/qwen3_moe");
+    let mut c = driver::compile(&source, Some(&dir.join("config.json"))).unwrap();
+    assert!(driver::bind(&mut c, &dir, false).is_none());
+    let missing: Vec<&wmap::diag::Diagnostic> = c
+        .diags
+        .items
+        .iter()
+        .filter(|d| d.code.as_str() == "E0508")
+        .collect();
+    let rendered = wmap::diag::render_human(&c.sources, &c.diags, wmap::diag::Color::Never);
+    assert_eq!(missing.len(), 1, "{rendered}");
+    assert_eq!(
+        missing[0].message,
+        "missing tensor `model.layers.{0…1}.mlp.experts.0.gate_prj.weight`"
+    );
+    assert!(
+        missing[0]
+            .notes
+            .contains(&"16 tensors of this param are missing; the first is shown".to_string()),
+        "{rendered}"
+    );
+}

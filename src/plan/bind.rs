@@ -201,11 +201,26 @@ impl Binder<'_> {
             }
             // An optional param whose tensors are absent is simply not loaded.
             Err(IssueKind::Missing { .. }) if p.optional => {}
-            Err(kind) => {
+            Err(mut kind) => {
                 // The tensors this param names are its, even though binding failed: do
                 // not report them a second time as unclaimed.
                 let mut named = Vec::new();
                 self.all_named(&p.source, env, &mut named);
+                // Reading stops at the first absent tensor; without fallbacks, report
+                // every absent one (a stack misses all its experts, not one).
+                if let IssueKind::Missing {
+                    tensors,
+                    alternatives,
+                } = &mut kind
+                {
+                    if alternatives.is_empty() && tensors.len() == 1 {
+                        let absent = named.iter().filter(|n| !self.ckpt.tensors.contains_key(*n));
+                        let all: Vec<String> = absent.cloned().collect();
+                        if all.first() == tensors.first() {
+                            *tensors = all;
+                        }
+                    }
+                }
                 self.claimed.extend(
                     named
                         .into_iter()

@@ -85,6 +85,9 @@ fn grouped(pattern: &str, members: &[Vec<u64>]) -> (String, String) {
     )
 }
 
+/// (IR path, templated subject, index members, first issue, absent tensors in all).
+type Group<'i> = (String, String, Vec<Vec<u64>>, &'i Issue, usize);
+
 /// Counts one more param missing its tensors under the same prefix.
 fn bump_count(d: &mut Diagnostic) {
     const TAIL: &str = " other param(s) under this prefix miss their tensors too";
@@ -116,18 +119,27 @@ pub fn diagnostics(
 ) -> Diagnostics {
     let mut diags = Diagnostics::default();
     // Group issues by (param, problem text with indices templated), keeping first order.
-    let mut groups: Vec<(String, String, Vec<Vec<u64>>, &Issue)> = Vec::new();
+    // The last field counts the missing tensors of every issue in the group: a stack
+    // missing 4 experts in each of 3 layers misses 12, not 4 or 3.
+    let mut groups: Vec<Group> = Vec::new();
     for issue in issues {
         let (key, nums) = templatize(subject(issue));
+        let missing = match &issue.kind {
+            IssueKind::Missing { tensors, .. } => tensors.len(),
+            _ => 0,
+        };
         match groups
             .iter_mut()
             .find(|g| g.0 == issue.ir_path && g.1 == key)
         {
-            Some(g) => g.2.push(nums),
-            None => groups.push((issue.ir_path.clone(), key, vec![nums], issue)),
+            Some(g) => {
+                g.2.push(nums);
+                g.4 = g.4.saturating_add(missing);
+            }
+            None => groups.push((issue.ir_path.clone(), key, vec![nums], issue, missing)),
         }
     }
-    for (ir_path, pattern, members, issue) in groups {
+    for (ir_path, pattern, members, issue, missing_total) in groups {
         let site = spans.get(&ir_path);
         // One occurrence reads best as its real name; several as a pattern and indices.
         let (pattern, where_) = match members.len() {
@@ -137,8 +149,8 @@ pub fn diagnostics(
         let mut d = match &issue.kind {
             IssueKind::Missing { tensors, alternatives } => {
                 let mut d = Diagnostic::new(Code::E0508, format!("missing tensor `{pattern}`{where_}"));
-                if tensors.len() > 1 {
-                    d = d.with_note(format!("{} tensors of this param are missing; the first is shown", tensors.len()));
+                if missing_total > 1 {
+                    d = d.with_note(format!("{missing_total} tensors of this param are missing; the first is shown"));
                 }
                 if let Some(alt) = alternatives.first() {
                     d = d.with_note(format!("the fallback `{}` is missing too", templatize(alt).0));
