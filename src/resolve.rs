@@ -10,6 +10,7 @@
 //! Index variables are dynamically scoped, so they are checked in [`crate::check`].
 
 mod args;
+mod arms;
 mod imports;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -281,6 +282,9 @@ fn check_members(program: &Program, diags: &mut Diagnostics) {
             match m {
                 ast::Member::Param(p) => check_param(program, decl, p, diags),
                 ast::Member::Instance(_) | ast::Member::Match(_) => {
+                    if let ast::Member::Match(mm) = m {
+                        arms::check(mm, diags);
+                    }
                     for i in m.instances() {
                         check_instance(program, i, diags);
                     }

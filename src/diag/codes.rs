@@ -64,6 +64,7 @@ codes! {
     E0233 "missing-module-argument" "an instance leaves out a parameter that has no default";
     W0201 "unused-declaration" "a module or block is declared but never instantiated";
     W0202 "inherited-rebinding" "a declaration reads a config name that an enclosing declaration rebinds";
+    W0203 "unreachable-match-arm" "a `match` pattern comes after `_` or repeats an earlier one";
     E0301 "unknown-config-symbol" "an expression names a config key that config.json does not have";
     E0302 "invalid-config" "config.json is not valid JSON or not an object";
     E0303 "config-type-mismatch" "a config value has the wrong type for its use";
