@@ -525,3 +525,26 @@ fn one_bad_config_value_is_one_error() {
         ["8 more use(s) of the same value fail the same way; fixing config.json fixes them all"]
     );
 }
+
+/// Parameters are lexical: an instance's own `when` (the caller's text) does not see
+/// the parameters of the declaration it instantiates.
+#[test]
+fn an_instance_when_does_not_see_the_callees_parameters() {
+    let text = r#"
+module M(flag = true) {
+    param w: [hidden_size] when flag from "w"
+}
+model T for "LlamaForCausalLM" {
+    m: M when flag
+}
+"#;
+    let source = ModelSource::Text {
+        name: "t.wmap".into(),
+        text: text.into(),
+    };
+    let config = common::root().join("tests/fixtures/hf/llama/config.json");
+    let c = driver::compile(&source, Some(&config)).expect("no I/O error");
+    let codes: Vec<&str> = c.diags.items.iter().map(|d| d.code.as_str()).collect();
+    assert_eq!(codes, ["E0301"]);
+    assert_eq!(c.diags.items[0].message, "unknown config symbol `flag`");
+}

@@ -354,10 +354,12 @@ impl<'a> Walker<'a> {
         inst.prefix = join_name(ctx.prefix, at.as_ref().map_or("", |a| a.node.as_str()));
         let params = self.module_args(i, child_decl, ctx.scope)?;
         let Some(rep) = &i.repeat else {
-            let mut child_frame = frame(child_decl, Vec::new());
-            child_frame.params = params;
-            let scope = Scope {
-                frames: [ctx.scope.frames.clone(), vec![child_frame]].concat(),
+            let mut scope = Scope {
+                frames: [
+                    ctx.scope.frames.clone(),
+                    vec![frame(child_decl, Vec::new())],
+                ]
+                .concat(),
             };
             if let Some(at) = &at {
                 self.template(at, &scope);
@@ -368,6 +370,11 @@ impl<'a> Walker<'a> {
             };
             if !on {
                 return None;
+            }
+            // The instance's own `when` is the caller's text: it does not see the
+            // parameters, which belong to the body.
+            if let Some(f) = scope.frames.last_mut() {
+                f.params = params;
             }
             let path = join_name(ctx.path, &i.name.node);
             let body = self.body(child, &scope, &inst.prefix, &path);

@@ -112,9 +112,8 @@ impl<'a> Walker<'a> {
             if !self.visit(rep, &end_val) {
                 return None;
             }
-            let mut child_frame = frame(child_decl, vec![(var.clone(), Binding::Index(idx))]);
-            child_frame.params = call.params.clone();
-            let scope = Scope {
+            let child_frame = frame(child_decl, vec![(var.clone(), Binding::Index(idx))]);
+            let mut scope = Scope {
                 frames: [ctx.scope.frames.clone(), vec![child_frame]].concat(),
             };
             if idx == start {
@@ -128,6 +127,10 @@ impl<'a> Walker<'a> {
             };
             if on != Some(true) {
                 continue;
+            }
+            // Parameters belong to the body, not to the caller's `when` above.
+            if let Some(f) = scope.frames.last_mut() {
+                f.params.clone_from(&call.params);
             }
             // A body that read no index variable is the same at every index: it is
             // checked once, not once per layer. One that did is the same as an earlier
