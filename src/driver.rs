@@ -7,6 +7,8 @@
 //! model) are the `Err` [`Diagnostic`] of [`compile`]; everything wrong *in* the inputs is
 //! a coded diagnostic in the [`Compilation`].
 
+mod structure;
+
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
@@ -241,13 +243,26 @@ fn detect(cfg: &Config) -> Result<&'static str, Diagnostic> {
         Code::E0304,
         "no stdlib model serves this config's architectures",
     );
+    // No "did you mean": architecture names that are close in spelling are not close
+    // in structure (Gemma2 is no Mamba2); structure is compared where a checkpoint is.
+    // Only a difference of case is taken for a typo.
     d = match archs.first() {
-        Some((a, span)) => d
-            .at(*span, format!("`{a}` is not served by the stdlib"))
-            .suggest(a, all.iter().copied()),
+        Some((a, span)) => {
+            let d = d.at(*span, format!("`{a}` is not served by the stdlib"));
+            match all.iter().find(|s| s.eq_ignore_ascii_case(a)) {
+                Some(s) => d.with_help(format!("did you mean `{s}`?")),
+                None => d,
+            }
+        }
         None => d.at(cfg.root.span, "config has no `architectures` list"),
     };
-    Err(d.with_note(format!("stdlib architectures: {}", all.join(", "))))
+    Err(d
+        .with_note(format!("stdlib architectures: {}", all.join(", ")))
+        .with_note(
+            "to go on, write a .wmap mapping for it (start from the stdlib model nearest in structure, \
+             `wmapc stdlib` lists them) and pass it: `wmapc check my.wmap --config config.json`, \
+             `wmapc load DIR --model my.wmap`",
+        ))
 }
 
 /// The model to check: the root file's only model, or the one serving the config; a
@@ -303,6 +318,9 @@ pub struct Bound {
 /// Opens `dir` and binds the compiled IR to it, adding findings to `c.diags`.
 /// `None` when the checkpoint is unusable or binding found errors.
 pub fn bind(c: &mut Compilation, dir: &Path, strict: bool) -> Option<Bound> {
+    if c.lowered.is_none() {
+        suggest_by_structure(c, dir);
+    }
     let (ir, spans) = c.lowered.as_ref()?;
     let checkpoint = match crate::checkpoint::Checkpoint::open(dir) {
         Ok(ck) => ck,
@@ -314,6 +332,27 @@ pub fn bind(c: &mut Compilation, dir: &Path, strict: bool) -> Option<Bound> {
     let (plan, diags) = crate::plan::bind(ir, spans, &checkpoint, strict);
     c.diags.extend(diags);
     plan.map(|plan| Bound { checkpoint, plan })
+}
+
+/// With a checkpoint at hand, E0304 names the stdlib models whose tensor names the
+/// checkpoint's resemble. A checkpoint that cannot be opened adds nothing here: the
+/// caller reports it when it binds.
+fn suggest_by_structure(c: &mut Compilation, dir: &Path) {
+    let Some(d) = c.diags.items.iter_mut().find(|d| d.code == Code::E0304) else {
+        return;
+    };
+    let Ok(ck) = crate::checkpoint::Checkpoint::open(dir) else {
+        return;
+    };
+    let names: Vec<&str> = ck.tensors.keys().map(String::as_str).collect();
+    let ranked = structure::nearest(&names);
+    if !ranked.is_empty() {
+        let shown: Vec<String> = ranked.iter().map(|(m, p)| format!("{m} ({p}%)")).collect();
+        d.notes.push(format!(
+            "by tensor names, the checkpoint looks most like: {} (`--model NAME` tries one)",
+            shown.join(", ")
+        ));
+    }
 }
 
 /// `--model` takes a file when it names one (or ends in `.wmap`), else a stdlib model.

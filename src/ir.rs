@@ -422,6 +422,9 @@ pub enum Source {
 pub struct ParamSite {
     pub span: crate::source::Span,
     pub shape_labels: Vec<crate::diag::Label>,
+    /// For a param declared in the stdlib: the innermost `at` prefix the user wrote on
+    /// the way to it, where a typo in a name most likely is.
+    pub user_prefix: Option<crate::source::Span>,
 }
 
 /// The side table, keyed by IR path (`layers.{layer}.attention.qkv`).

@@ -9,6 +9,10 @@
 //! (that is how users adapt a stdlib model); any other duplicate is an error.
 //! Index variables are dynamically scoped, so they are checked in [`crate::check`].
 
+mod args;
+mod arms;
+mod imports;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -81,7 +85,8 @@ pub fn member_name(m: &ast::Member) -> Option<&str> {
     match m {
         ast::Member::Param(p) => Some(&p.name.node),
         ast::Member::Instance(i) => Some(&i.name.node),
-        ast::Member::Config(_) | ast::Member::Ignore(_) => None,
+        // A match declares one of several instances: no single member to follow.
+        ast::Member::Config(_) | ast::Member::Ignore(_) | ast::Member::Match(_) => None,
     }
 }
 
@@ -97,7 +102,10 @@ pub fn resolve(
     let root = sources.add(root_name, root_text);
     let mut files: Vec<(ast::File, bool)> = Vec::new();
     let mut queue = vec![(root, origin)];
-    let mut seen: BTreeSet<String> = BTreeSet::from([root_name.to_string()]);
+    // Every loaded file by the name `load_use` gives it: a second `use` of one file
+    // finds the first's id.
+    let mut seen: BTreeMap<String, FileId> = BTreeMap::from([(root_name.to_string(), root)]);
+    let mut selective = Vec::new();
     while let Some((id, origin)) = queue.pop() {
         let parsed = match syntax::parse(id, &sources.get(id).text.clone()) {
             Ok(f) => f,
@@ -110,10 +118,17 @@ pub fn resolve(
             match load_use(&origin, &u.node) {
                 Err(d) => diags.push(d.at(u.span, "imported here")),
                 Ok(Some((name, text, o))) => {
-                    if seen.insert(name.clone()) {
+                    let fid = *seen.entry(name.clone()).or_insert_with(|| {
                         let fid = sources.add(name, text);
                         queue.push((fid, o));
-                    }
+                        fid
+                    });
+                    let lists = parsed.use_lists.iter().filter(|l| l.path.span == u.span);
+                    selective.extend(lists.map(|list| imports::Selective {
+                        importer: id,
+                        file: fid,
+                        list: list.clone(),
+                    }));
                 }
                 Ok(None) => diags.push(
                     Diagnostic::new(Code::E0203, format!("cannot find `{}`", u.node))
@@ -131,6 +146,7 @@ pub fn resolve(
     files.sort_by_key(|(f, _)| f.id);
     let program = collect(root, files, &mut diags);
     check_members(&program, &mut diags);
+    imports::check(&program, &selective, &mut diags);
     check_cycles(&program, &mut diags);
     warn_unused(&program, &mut diags);
     let program = (!diags.has_errors()).then_some(program);
@@ -243,6 +259,20 @@ fn check_members(program: &Program, diags: &mut Diagnostics) {
                     continue;
                 }
                 ast::Member::Ignore(_) => continue,
+                ast::Member::Match(mm) => {
+                    // Arms may share a name (`mixer`); it clashes only with other members.
+                    let arm_names: BTreeMap<&str, Span> = mm
+                        .arms
+                        .iter()
+                        .map(|a| (a.instance.name.node.as_str(), a.instance.name.span))
+                        .collect();
+                    for (name, span) in arm_names {
+                        if let Some(prev) = names.insert(name, span) {
+                            diags.push(duplicate_member(name, span, prev));
+                        }
+                    }
+                    continue;
+                }
             };
             if let Some(prev) = names.insert(name, span) {
                 diags.push(duplicate_member(name, span, prev));
@@ -251,7 +281,14 @@ fn check_members(program: &Program, diags: &mut Diagnostics) {
         for m in &decl.members {
             match m {
                 ast::Member::Param(p) => check_param(program, decl, p, diags),
-                ast::Member::Instance(i) => check_instance(program, i, diags),
+                ast::Member::Instance(_) | ast::Member::Match(_) => {
+                    if let ast::Member::Match(mm) = m {
+                        arms::check(mm, diags);
+                    }
+                    for i in m.instances() {
+                        check_instance(program, i, diags);
+                    }
+                }
                 _ => {}
             }
         }
@@ -285,7 +322,7 @@ fn check_instance(program: &Program, inst: &ast::Instance, diags: &mut Diagnosti
             .at(inst.decl.span, "a model is a root, not a part")
             .with_help("declare the shared part as a `module` or `block`"),
         ),
-        Some(_) => {}
+        Some(id) => args::check(program.decl(id), inst, diags),
     }
 }
 
@@ -372,10 +409,8 @@ fn edges(program: &Program, id: DeclId) -> Vec<(DeclId, Span)> {
         .decl(id)
         .members
         .iter()
-        .filter_map(|m| match m {
-            ast::Member::Instance(i) => program.lookup(&i.decl.node).map(|d| (d, i.decl.span)),
-            _ => None,
-        })
+        .flat_map(|m| m.instances())
+        .filter_map(|i| program.lookup(&i.decl.node).map(|d| (d, i.decl.span)))
         .collect()
 }
 
@@ -466,7 +501,10 @@ fn warn_unused(program: &Program, diags: &mut Diagnostics) {
     }
     for (i, info) in program.decls.iter().enumerate() {
         let d = &info.decl;
-        if !info.from_stdlib && d.kind != ast::DeclKind::Model && !used.contains(&DeclId(i)) {
+        // Only the root file's own declarations: an imported file is a library, and
+        // the importer may want one block of it.
+        let own = d.span.file == program.root;
+        if own && d.kind != ast::DeclKind::Model && !used.contains(&DeclId(i)) {
             diags.push(
                 Diagnostic::new(
                     Code::W0201,

@@ -236,7 +236,7 @@ fn a_missing_tensor_is_reported_by_pattern_with_a_suggestion() {
     let d = missing[0];
     assert!(
         d.message
-            .contains("model.layers.{n}.self_attn.k_proj.weight` for n = 0–1"),
+            .contains("missing tensor `model.layers.{0…1}.self_attn.k_proj.weight`"),
         "{}",
         d.message
     );
@@ -474,5 +474,104 @@ fn an_index_naming_too_many_shards_is_refused() {
         d.message.ends_with("names more than 10000 shard files"),
         "{}",
         d.message
+    );
+}
+
+/// Tensors of layers the config does not count are grouped into one pattern with
+/// ranges, and the warning says they lie past `num_hidden_layers`.
+#[test]
+fn unclaimed_layers_past_the_count_are_grouped_and_explained() {
+    let dir = corrupted("one-layer", |_| {});
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let config = config.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 1");
+    std::fs::write(dir.join("config.json"), config).unwrap();
+    let mut c = driver::compile(&ModelSource::Detect, Some(&dir.join("config.json"))).unwrap();
+    assert!(driver::bind(&mut c, &dir, false).is_some());
+    let unclaimed: Vec<&wmap::diag::Diagnostic> = c
+        .diags
+        .items
+        .iter()
+        .filter(|d| d.code.as_str() == "W0501")
+        .collect();
+    let rendered = wmap::diag::render_human(&c.sources, &c.diags, wmap::diag::Color::Never);
+    assert!(!unclaimed.is_empty(), "{rendered}");
+    for d in &unclaimed {
+        assert!(
+            d.message.starts_with("checkpoint tensor `model.layers.1."),
+            "{}",
+            d.message
+        );
+        assert_eq!(
+            d.notes,
+            ["layer 1 ≥ num_hidden_layers = 1: a layer the model does not have (a multi-token-prediction head?); `ignore \"model.layers.{num_hidden_layers}.*\"` says so"]
+        );
+    }
+}
+
+/// A typo in a user's prefix over stdlib blocks: one error, at the user's line.
+#[test]
+fn a_prefix_typo_is_one_error_at_the_users_line() {
+    let text = r#"
+use "models/llama.wmap"
+model MyLlama for "LlamaForCausalLM" {
+    param embed: [vocab_size, hidden_size] from "model.embed_tokens.weight"
+    layers: DecoderBlock[layer in 0..num_hidden_layers] at "model.layer.{layer}"
+}
+"#;
+    let source = ModelSource::Text {
+        name: "my.wmap".into(),
+        text: text.into(),
+    };
+    let mut c = driver::compile(&source, Some(&llama().join("config.json"))).unwrap();
+    assert!(driver::bind(&mut c, &llama(), false).is_none());
+    let errors: Vec<&wmap::diag::Diagnostic> = c
+        .diags
+        .items
+        .iter()
+        .filter(|d| d.severity() == wmap::diag::Severity::Error)
+        .collect();
+    let rendered = wmap::diag::render_human(&c.sources, &c.diags, wmap::diag::Color::Never);
+    assert_eq!(errors.len(), 1, "{rendered}");
+    let primary = errors[0].primary.as_ref().unwrap();
+    assert_eq!(c.sources.get(primary.span.file).name, "my.wmap");
+    assert!(rendered.contains("5 other param(s) under this prefix miss their tensors too"));
+}
+
+/// A stack missing every expert in every layer counts them all: layers × experts.
+#[test]
+fn missing_stacked_tensors_are_counted_in_full() {
+    let text = r#"
+use "modules/moe.wmap"
+block Block {
+    experts: GatedExperts(gate = "gate_prj") at "mlp"
+}
+model Moe for "Qwen3MoeForCausalLM" {
+    layers: Block[layer in 0..num_hidden_layers] at "model.layers.{layer}"
+}
+"#;
+    let source = ModelSource::Text {
+        name: "moe.wmap".into(),
+        text: text.into(),
+    };
+    let dir = common::root().join("tests/fixtures/hf/qwen3_moe");
+    let mut c = driver::compile(&source, Some(&dir.join("config.json"))).unwrap();
+    assert!(driver::bind(&mut c, &dir, false).is_none());
+    let missing: Vec<&wmap::diag::Diagnostic> = c
+        .diags
+        .items
+        .iter()
+        .filter(|d| d.code.as_str() == "E0508")
+        .collect();
+    let rendered = wmap::diag::render_human(&c.sources, &c.diags, wmap::diag::Color::Never);
+    assert_eq!(missing.len(), 1, "{rendered}");
+    assert_eq!(
+        missing[0].message,
+        "missing tensor `model.layers.{0…1}.mlp.experts.0.gate_prj.weight`"
+    );
+    assert!(
+        missing[0]
+            .notes
+            .contains(&"16 tensors of this param are missing; the first is shown".to_string()),
+        "{rendered}"
     );
 }

@@ -321,3 +321,288 @@ fn hostile_irs_are_refused_with_e0413() {
         "E0413"
     );
 }
+
+/// `if … then … else`, `is` and `ceil_div`: Mamba's `time_step_rank: "auto"` gives
+/// ⌈hidden / 16⌉, and `q_lora_rank` absent, `null` or set picks the query params.
+#[test]
+fn conditionals_choose_by_type_and_null() {
+    let file = common::root().join("tests/fixtures/lang/conditionals.wmap");
+    let source = ModelSource::File(common::rel(&file));
+    let real = common::root().join("tests/fixtures/hf/mamba2/config.json");
+    let (ir, c) = lower(&source, &real);
+    assert!(c.diags.is_empty());
+    insta::with_settings!({ snapshot_path => "snapshots/ir", prepend_module_to_snapshot => false }, {
+        insta::assert_json_snapshot!("lang_conditionals", ir);
+    });
+    let text = std::fs::read_to_string(&real).unwrap();
+    let dir = common::tempdir("conditionals");
+    let variant = |name: &str, from: &str, to: &str| {
+        let path = dir.join(format!("{name}.json"));
+        std::fs::write(&path, text.replace(from, to)).unwrap();
+        let (ir, _) = lower(&source, &path);
+        serde_json::to_value(&ir.root.instances[0]).unwrap()
+    };
+    let layer_params = |v: &serde_json::Value| -> Vec<String> {
+        let mixer = &v["variants"][0]["body"]["instances"][0]["variants"][0]["body"]["params"];
+        let names = mixer.as_array().unwrap().iter();
+        names
+            .map(|p| format!("{}{}", p["name"], p["shape"]))
+            .collect()
+    };
+    // hidden_size 128: "auto" is ⌈128 / 16⌉ = 8, as the written value; 200 → ⌈12.5⌉ = 13.
+    let auto = variant(
+        "auto",
+        "\"time_step_rank\": 8",
+        "\"time_step_rank\": \"auto\"",
+    );
+    assert!(layer_params(&auto).contains(&"\"dt_proj\"[256,8]".to_string()));
+    let wide = variant(
+        "wide",
+        "\"time_step_rank\": 8,",
+        "\"time_step_rank\": \"auto\", \"hidden_size\": 200,",
+    );
+    let wide = layer_params(&wide);
+    assert!(
+        wide.contains(&"\"dt_proj\"[400,13]".to_string()),
+        "{wide:?}"
+    );
+    let null = variant(
+        "null",
+        "\"use_bias\"",
+        "\"q_lora_rank\": null, \"use_bias\"",
+    );
+    let set = variant("set", "\"use_bias\"", "\"q_lora_rank\": 64, \"use_bias\"");
+    assert!(layer_params(&null).contains(&"\"q_proj\"[128,128]".to_string()));
+    assert!(layer_params(&set).contains(&"\"q_a_proj\"[64,128]".to_string()));
+    assert!(!layer_params(&set)
+        .iter()
+        .any(|p| p.starts_with("\"q_proj\"")));
+}
+
+/// `ignore` holes: config symbols are written in, index variables stay holes.
+#[test]
+fn ignore_patterns_take_config_values() {
+    let file = common::root().join("tests/fixtures/lang/patterns.wmap");
+    let config = common::root().join("tests/fixtures/hf/llama/config.json");
+    let (ir, c) = lower(&ModelSource::File(common::rel(&file)), &config);
+    assert!(c.diags.is_empty());
+    assert_eq!(ir.root.ignore, ["model.layers.2.*", "lm_head.llama"]);
+    let layer = &ir.root.instances[0].variants[0].body;
+    assert_eq!(
+        layer.ignore,
+        [
+            "model.layers.{layer}.{layer}_rotary.inv_freq",
+            "model.layers.{layer}.*"
+        ]
+    );
+}
+
+/// `use "file" { A }` brings `A` (and what it needs); an imported file's unused
+/// declarations do not warn.
+#[test]
+fn selective_imports_check_clean() {
+    let file = common::root().join("tests/fixtures/lang/imports.wmap");
+    let config = common::root().join("tests/fixtures/hf/llama/config.json");
+    let (ir, c) = lower(&ModelSource::File(common::rel(&file)), &config);
+    let rendered = wmap::diag::render_human(&c.sources, &c.diags, wmap::diag::Color::Never);
+    assert!(c.diags.is_empty(), "{rendered}");
+    let layer = &ir.root.instances[0].variants[0].body;
+    let modules: Vec<&str> = layer.instances.iter().map(|i| i.module.as_str()).collect();
+    assert_eq!(modules, ["Norm", "Attention", "GatedMlp"]);
+}
+
+/// A `match` picks each layer's module by kind; the IR names the module per variant.
+#[test]
+fn match_picks_the_module_per_layer_kind() {
+    let file = common::root().join("tests/fixtures/lang/layer_kinds.wmap");
+    let config = common::root().join("tests/fixtures/hf/nemotron_h/config.json");
+    let (ir, c) = lower(&ModelSource::File(common::rel(&file)), &config);
+    assert!(c.diags.is_empty());
+    let layers = &ir.root.instances[0];
+    let mut modules: Vec<(i64, &str)> = Vec::new();
+    for v in &layers.variants {
+        for [a, b] in &v.indices {
+            let module = v.body.instances[0].module.as_str();
+            modules.extend((*a..*b).map(|i| (i, module)));
+        }
+    }
+    modules.sort();
+    let want = [
+        (0, "Mamba2Mixer"),
+        (1, "ReluSquaredMlp"),
+        (2, "Mamba2Mixer"),
+        (3, "Attention"),
+        (4, "ReluSquaredMlp"),
+    ];
+    assert_eq!(modules, want);
+    insta::with_settings!({ snapshot_path => "snapshots/ir", prepend_module_to_snapshot => false }, {
+        insta::assert_json_snapshot!("lang_layer_kinds", ir);
+    });
+}
+
+/// Nemotron-H with a kind the stdlib does not know: E0430 at `check`, naming the key,
+/// the layer and the value, once for the two layers that have it.
+#[test]
+fn unknown_layer_kind_is_an_error_not_a_missing_mixer() {
+    let real = common::root().join("tests/fixtures/hf/nemotron_h/config.json");
+    let text = std::fs::read_to_string(real).unwrap();
+    let bad = text.replacen("\"mlp\"", "\"X\"", 2);
+    assert_ne!(bad, text);
+    let dir = common::tempdir("layer-kind");
+    let path = dir.join("config.json");
+    std::fs::write(&path, bad).unwrap();
+    let c = driver::compile(&ModelSource::Detect, Some(&path)).expect("no I/O error");
+    let rendered = wmap::diag::render_human(&c.sources, &c.diags, wmap::diag::Color::Never);
+    let errors: Vec<String> = c.diags.items.iter().map(|d| d.message.clone()).collect();
+    assert_eq!(
+        errors,
+        ["`layer_kind[layer]` is \"X\" at layer = 1, which no arm matches"],
+        "{rendered}"
+    );
+    assert!(c.lowered.is_none());
+}
+
+/// Module parameters: names written into tensor names, a flag switching a param per
+/// layer, a size, and the defaults when nothing is passed.
+#[test]
+fn module_parameters_bind_names_sizes_and_flags() {
+    let file = common::root().join("tests/fixtures/lang/params.wmap");
+    let config = common::root().join("tests/fixtures/hf/qwen3_moe/config.json");
+    let (ir, c) = lower(&ModelSource::File(common::rel(&file)), &config);
+    let rendered = wmap::diag::render_human(&c.sources, &c.diags, wmap::diag::Color::Never);
+    assert!(c.diags.is_empty(), "{rendered}");
+    let json = serde_json::to_string(&ir).unwrap();
+    for name in [
+        "experts.{expert}.w1.weight",
+        "experts.{expert}.w3.weight",
+        "experts.{expert}.w2.weight",
+    ] {
+        assert!(json.contains(name), "{name}");
+    }
+    assert!(!json.contains("{gate}") && !json.contains("gate_proj"));
+    // Even layers have the mixer's norm, odd ones do not: two variants.
+    let layers = &ir.root.instances[0];
+    let mut mixers: Vec<(i64, Vec<String>)> = Vec::new();
+    for v in &layers.variants {
+        let mixer = v.body.instances.iter().find(|i| i.name == "mixer").unwrap();
+        let params = &mixer.variants[0].body.params;
+        let shown: Vec<String> = params
+            .iter()
+            .map(|p| format!("{}{:?}", p.name, p.shape))
+            .collect();
+        for [a, b] in &v.indices {
+            mixers.extend((*a..*b).map(|i| (i, shown.clone())));
+        }
+    }
+    mixers.sort();
+    let even = vec!["in_proj[256, 128]".to_string(), "norm[256]".to_string()];
+    let odd = vec!["in_proj[256, 128]".to_string()];
+    let want: Vec<(i64, Vec<String>)> = (0..mixers.len() as i64)
+        .map(|i| {
+            (
+                i,
+                if i % 2 == 0 {
+                    even.clone()
+                } else {
+                    odd.clone()
+                },
+            )
+        })
+        .collect();
+    assert_eq!(mixers, want);
+    // `plain` takes every default: a norm, and the model's width.
+    let plain = ir
+        .root
+        .instances
+        .iter()
+        .find(|i| i.name == "plain")
+        .unwrap();
+    let params: Vec<String> = plain.variants[0]
+        .body
+        .params
+        .iter()
+        .map(|p| format!("{}{:?}", p.name, p.shape))
+        .collect();
+    assert_eq!(params, ["in_proj[128, 128]", "norm[128]"]);
+    insta::with_settings!({ snapshot_path => "snapshots/ir", prepend_module_to_snapshot => false }, {
+        insta::assert_json_snapshot!("lang_params", ir);
+    });
+}
+
+/// `let` is a name for a source: the IR is the one of the file written out in full.
+#[test]
+fn lets_expand_to_the_written_out_sources() {
+    let file = common::root().join("tests/fixtures/lang/lets.wmap");
+    let config = common::root().join("tests/fixtures/hf/phi3/config.json");
+    let (with_lets, c) = lower(&ModelSource::File(common::rel(&file)), &config);
+    assert!(c.diags.is_empty());
+    let text = std::fs::read_to_string(&file).unwrap();
+    let qkv = r#""qkv_proj.weight": [q_rows + 2 * kv_rows, hidden_size]"#;
+    let by_head = format!("reshape({qkv}, [heads, head_dim, hidden_size])");
+    let written: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("let "))
+        .map(|l| {
+            l.replace("by_head", &by_head)
+                .replace("(qkv,", &format!("({qkv},"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(!written.contains("let "), "{written}");
+    let source = ModelSource::Text {
+        name: "written.wmap".into(),
+        text: written,
+    };
+    let (plain, _) = lower(&source, &config);
+    assert_eq!(
+        serde_json::to_value(&with_lets.root).unwrap(),
+        serde_json::to_value(&plain.root).unwrap()
+    );
+    assert!(serde_json::to_string(&with_lets)
+        .unwrap()
+        .contains("reshape"));
+}
+
+/// One string-typed config key read by nine shapes is one error, with the count.
+#[test]
+fn one_bad_config_value_is_one_error() {
+    let real = common::root().join("tests/fixtures/hf/llama/config.json");
+    let text = std::fs::read_to_string(real).unwrap();
+    let bad = text.replace("\"hidden_size\": 128", "\"hidden_size\": \"128\"");
+    assert_ne!(bad, text);
+    let dir = common::tempdir("string-key");
+    let path = dir.join("config.json");
+    std::fs::write(&path, bad).unwrap();
+    let c = driver::compile(&ModelSource::Detect, Some(&path)).expect("no I/O error");
+    let rendered = wmap::diag::render_human(&c.sources, &c.diags, wmap::diag::Color::Never);
+    assert_eq!(c.diags.items.len(), 1, "{rendered}");
+    let d = &c.diags.items[0];
+    assert_eq!(d.code, wmap::diag::Code::E0303);
+    assert_eq!(
+        d.notes,
+        ["8 more use(s) of the same value fail the same way; fixing config.json fixes them all"]
+    );
+}
+
+/// Parameters are lexical: an instance's own `when` (the caller's text) does not see
+/// the parameters of the declaration it instantiates.
+#[test]
+fn an_instance_when_does_not_see_the_callees_parameters() {
+    let text = r#"
+module M(flag = true) {
+    param w: [hidden_size] when flag from "w"
+}
+model T for "LlamaForCausalLM" {
+    m: M when flag
+}
+"#;
+    let source = ModelSource::Text {
+        name: "t.wmap".into(),
+        text: text.into(),
+    };
+    let config = common::root().join("tests/fixtures/hf/llama/config.json");
+    let c = driver::compile(&source, Some(&config)).expect("no I/O error");
+    let codes: Vec<&str> = c.diags.items.iter().map(|d| d.code.as_str()).collect();
+    assert_eq!(codes, ["E0301"]);
+    assert_eq!(c.diags.items[0].message, "unknown config symbol `flag`");
+}

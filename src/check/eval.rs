@@ -33,6 +33,9 @@ pub struct Frame<'p> {
     pub owner: &'p str,
     pub configs: Vec<&'p ast::ConfigItem>,
     pub vars: Vec<(String, Binding)>,
+    /// The declaration's parameters with their values (arguments or defaults): seen
+    /// by this frame's own expressions only, never by the frames it instantiates.
+    pub params: Vec<(String, Val)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -48,6 +51,12 @@ impl<'p> Scope<'p> {
             .flat_map(|f| f.vars.iter().rev())
             .find(|(n, _)| n == name)
             .map(|(_, b)| *b)
+    }
+
+    /// A parameter of the innermost declaration: parameters are lexical.
+    pub fn param(&self, name: &str) -> Option<&Val> {
+        let frame = self.frames.last()?;
+        frame.params.iter().find(|(n, _)| n == name).map(|(_, v)| v)
     }
 
     pub fn var_names(&self) -> Vec<&str> {
@@ -108,6 +117,8 @@ pub struct Evaluator<'a> {
     /// so reported as notes (`key = value`) rather than warnings.
     pub schema_defaults: BTreeMap<String, String>,
     defaults_seen: BTreeSet<Span>,
+    /// (rebinding item, reading declaration) pairs already reported as W0202.
+    rebinds_seen: BTreeSet<(Span, String)>,
     /// `config` items being evaluated: they do not see themselves.
     active: Vec<Span>,
     /// Expression levels being evaluated, through `config` items: see [`MAX_EVAL_DEPTH`].
@@ -139,6 +150,7 @@ impl<'a> Evaluator<'a> {
             defaults: Vec::new(),
             schema_defaults: BTreeMap::new(),
             defaults_seen: BTreeSet::new(),
+            rebinds_seen: BTreeSet::new(),
             active: Vec::new(),
             depth: 0,
             steps: 0,
@@ -214,7 +226,37 @@ impl<'a> Evaluator<'a> {
             ExprKind::Binary(op, a, b) => self.binary(*op, a, b, e.span, scope),
             ExprKind::Call(func, args) => self.call(func, args, e.span, scope),
             ExprKind::Index(base, index) => self.index(base, index, e.span, scope),
+            ExprKind::Cond(c, yes, no) => self.cond(c, yes, no, scope),
+            ExprKind::Is(inner, test) => self.is(inner, *test, scope),
         }
+    }
+
+    /// `if c then yes else no`: the branch not taken is never evaluated, so it may
+    /// name keys the config does not have.
+    fn cond(
+        &mut self,
+        c: &ast::Expr,
+        yes: &ast::Expr,
+        no: &ast::Expr,
+        scope: &Scope<'a>,
+    ) -> EvalResult {
+        let v = self.eval(c, scope)?;
+        let Value::Bool(b) = v.value else {
+            return Err(type_error(c.span, "a boolean condition", &v).into());
+        };
+        let chosen = self.eval(if b { yes } else { no }, scope)?;
+        Ok(chosen.with_origins(&v.origins))
+    }
+
+    /// `x is [not] type`. A name with no definition tests as `null`: config.json
+    /// writes an absent optional key either way (`q_lora_rank: null` or no key).
+    fn is(&mut self, inner: &ast::Expr, test: ast::TypeTest, scope: &Scope<'a>) -> EvalResult {
+        let (holds, origins) = match self.eval(inner, scope) {
+            Ok(v) => (type_matches(&v.value, test.ty), v.origins),
+            Err(Stop::Missing { .. }) => (test.ty == ast::TypeName::Null, Vec::new()),
+            Err(e) => return Err(e),
+        };
+        Ok(Val::plain(Value::Bool(holds != test.negated)).with_origins(&origins))
     }
 
     fn unary(&mut self, op: UnOp, inner: &ast::Expr, span: Span, scope: &Scope<'a>) -> EvalResult {
@@ -247,6 +289,9 @@ impl<'a> Evaluator<'a> {
 
     fn name(&mut self, path: &[String], span: Span, scope: &Scope<'a>) -> EvalResult {
         if let [name] = path {
+            if let Some(v) = scope.param(name) {
+                return Ok(v.clone());
+            }
             match scope.var(name) {
                 Some(Binding::Index(i)) => {
                     if !self.index_reads.contains(name) {
@@ -258,10 +303,71 @@ impl<'a> Evaluator<'a> {
                 None => {}
             }
             if let Some((depth, item)) = self.find_item(name, scope) {
+                self.note_inherited(item, depth, span, scope);
                 return self.scoped_item(item, depth, span, scope);
             }
         }
         self.config_key(path, span)
+    }
+
+    /// W0202: an expression of one declaration reads a `config` item that an enclosing
+    /// declaration rebinds (one that shadows a top-level item or a config key). The
+    /// rebinding reaches it by dynamic scope, not because it asked: pass a module
+    /// parameter instead. Reported once per item and reading declaration.
+    fn note_inherited(
+        &mut self,
+        item: &'a ast::ConfigItem,
+        depth: usize,
+        span: Span,
+        scope: &Scope<'a>,
+    ) {
+        let Some(owner) = depth.checked_sub(1).and_then(|d| scope.frames.get(d)) else {
+            return; // A top-level item: visible everywhere by design.
+        };
+        // The reader is the declaration whose text holds the name: an instance's `when`
+        // is evaluated with the child's frame innermost but written in the parent.
+        let program = self.program;
+        let holds = |f: &&Frame| {
+            program.lookup(f.owner).is_some_and(|id| {
+                let d = program.decl(id).span;
+                d.file == span.file && d.start <= span.start && span.end <= d.end
+            })
+        };
+        let Some(at) = scope.frames.iter().rposition(|f| holds(&f)) else {
+            return;
+        };
+        let reader = &scope.frames[at];
+        if at < depth || owner.owner == reader.owner {
+            return; // The declaration's own item, or an outer one reading it.
+        }
+        let name = item.name.node.as_str();
+        let shadows = self.config.lookup(&[name.to_string()]).is_some()
+            || self.program.globals.iter().any(|g| g.name.node == name);
+        if !shadows
+            || !self
+                .rebinds_seen
+                .insert((item.span, reader.owner.to_string()))
+        {
+            return;
+        }
+        self.defaults.push(
+            Diagnostic::new(
+                Code::W0202,
+                format!(
+                    "`{}` reads `{name}` as rebound by `{}`, not the config's",
+                    reader.owner, owner.owner
+                ),
+            )
+            .at(
+                span,
+                format!("`{name}` here is `{}`'s rebinding", owner.owner),
+            )
+            .with_label(item.name.span, "rebound here, for everything below")
+            .with_help(format!(
+                "give `{}` a parameter and pass the value (`{}({name} = …)`), or rename the item",
+                reader.owner, reader.owner
+            )),
+        );
     }
 
     /// A `config` item that sees the first `depth` frames of `scope`.
@@ -336,12 +442,15 @@ impl<'a> Evaluator<'a> {
         use_span: Span,
         scope: &Scope<'a>,
     ) -> EvalResult {
+        // Whether the first alternative was a `null` rather than absent: the warning
+        // must not say "no key" for a key that is there.
+        let mut first_null = false;
         for (i, alt) in item.alternatives.iter().enumerate() {
             match self.eval(alt, scope) {
-                Ok(v) if v.value == Value::Null => continue,
+                Ok(v) if v.value == Value::Null => first_null |= i == 0,
                 Ok(v) => {
                     if i > 0 {
-                        self.note_default(item, alt, &v);
+                        self.note_default(item, alt, &v, first_null);
                     }
                     return Ok(v);
                 }
@@ -357,7 +466,7 @@ impl<'a> Evaluator<'a> {
 
     /// Records that `item` fell back to its `alt`ernative: a note for the stdlib's own
     /// schema defaults, a warning (once per item) for a user's.
-    fn note_default(&mut self, item: &'a ast::ConfigItem, alt: &ast::Expr, v: &Val) {
+    fn note_default(&mut self, item: &'a ast::ConfigItem, alt: &ast::Expr, v: &Val, null: bool) {
         let first_is_key = matches!(item.alternatives[0].node, ExprKind::Name(_));
         let is_key = matches!(alt.node, ExprKind::Name(_));
         if !first_is_key || is_key {
@@ -375,16 +484,16 @@ impl<'a> Evaluator<'a> {
             } else {
                 format!("`{}` = {}", alt.node, v.value)
             };
+            let key = &item.alternatives[0].node;
+            let what = if null {
+                format!("`{key}` is null in config.json")
+            } else {
+                format!("config.json has no `{key}`")
+            };
             self.defaults.push(
-                Diagnostic::new(
-                    Code::W0301,
-                    format!(
-                        "config.json has no `{}`; using the default {shown}",
-                        item.alternatives[0].node
-                    ),
-                )
-                .at(alt.span, "default used")
-                .with_labels(v.labels()),
+                Diagnostic::new(Code::W0301, format!("{what}; using the default {shown}"))
+                    .at(alt.span, "default used")
+                    .with_labels(v.labels()),
             );
         }
     }
@@ -436,11 +545,18 @@ impl<'a> Evaluator<'a> {
                     _ => return Err(type_error(args[0].span, "an integer", &vals[0]).into()),
                 }
             }
+            "ceil_div" => {
+                arity(2)?;
+                ceil_div(&vals[0], &vals[1], args[0].span, args[1].span)?
+            }
             other => {
                 return Err(
                     Diagnostic::new(Code::E0405, format!("unknown function `{other}`"))
-                        .at(func.span, "built-in functions are `len`, `min` and `max`")
-                        .suggest(other, ["len", "min", "max"])
+                        .at(
+                            func.span,
+                            "built-in functions are `len`, `min`, `max` and `ceil_div`",
+                        )
+                        .suggest(other, ["len", "min", "max", "ceil_div"])
                         .into(),
                 )
             }
@@ -487,10 +603,44 @@ impl<'a> Evaluator<'a> {
     }
 }
 
+fn type_matches(v: &Value, ty: ast::TypeName) -> bool {
+    use ast::TypeName as T;
+    matches!(
+        (v, ty),
+        (Value::Null, T::Null)
+            | (Value::Int(_), T::Int)
+            | (Value::Float(_), T::Float)
+            | (Value::Str(_), T::String)
+            | (Value::Bool(_), T::Bool)
+            | (Value::List(_), T::List)
+            | (Value::Object, T::Object)
+    )
+}
+
 fn combine(op: BinOp, x: Val, y: Val, sa: Span, sb: Span, span: Span) -> EvalResult {
     let origins: Vec<Origin> = x.origins.iter().chain(&y.origins).cloned().collect();
     let value = super::ops::apply(op, &x, &y, sa, sb, span)?;
     Ok(Val::plain(value).with_origins(&origins))
+}
+
+/// `ceil_div(a, b)`: ⌈a / b⌉ for a ≥ 0 and b > 0, as Mamba's `"auto"` dt rank
+/// (⌈hidden / 16⌉) needs; `/` itself only divides exactly.
+fn ceil_div(a: &Val, b: &Val, sa: Span, sb: Span) -> Result<Value, Stop> {
+    let Value::Int(x) = a.value else {
+        return Err(type_error(sa, "an integer", a).into());
+    };
+    let Value::Int(y) = b.value else {
+        return Err(type_error(sb, "an integer", b).into());
+    };
+    if x < 0 || y <= 0 {
+        let d = Diagnostic::new(Code::E0405, "`ceil_div` takes a ≥ 0 and b > 0")
+            .at(if x < 0 { sa } else { sb }, "out of range")
+            .with_labels(a.labels())
+            .with_labels(b.labels());
+        return Err(d.into());
+    }
+    // x ≥ 0 and y ≥ 1, so x / y + (x % y != 0) cannot overflow.
+    Ok(Value::Int(x / y + i64::from(x % y != 0)))
 }
 
 fn too_long(span: Span) -> Stop {

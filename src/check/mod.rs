@@ -18,8 +18,11 @@
 //! [`crate::resolve`], so every recursion here fits a 2 MiB stack in a debug build.
 
 mod eval;
+mod matching;
 mod offload;
 mod ops;
+mod params;
+mod pattern;
 mod prequant;
 mod repeat;
 mod source;
@@ -60,6 +63,7 @@ pub fn check(program: &Program, model: DeclId, config: &Config) -> (Option<Check
         traces: Vec::new(),
         visits: 0,
         walks: 0,
+        prefixes: Vec::new(),
     };
     let scope = Scope {
         frames: vec![frame(program.decl(model), Vec::new())],
@@ -84,7 +88,9 @@ pub fn check(program: &Program, model: DeclId, config: &Config) -> (Option<Check
             );
         }
     }
-    let mut diags = w.diags;
+    let mut diags = Diagnostics {
+        items: merge_repeats(w.diags.items),
+    };
     for d in w.ev.defaults {
         diags.push(d);
     }
@@ -110,7 +116,40 @@ fn frame(decl: &ast::Decl, vars: Vec<(String, Binding)>) -> Frame<'_> {
             })
             .collect(),
         vars,
+        params: Vec::new(),
     }
+}
+
+/// One mistake, one error: identical diagnostics (one expression reached twice) are
+/// dropped, and E0303s about the same config value (a string `hidden_size` read by nine
+/// shapes) become the first with a count, since fixing config.json fixes them all.
+fn merge_repeats(items: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    let mut out: Vec<Diagnostic> = Vec::with_capacity(items.len());
+    let mut uses: Vec<usize> = Vec::new();
+    for d in items {
+        let same_value = |o: &Diagnostic| {
+            o.code == Code::E0303
+                && d.code == Code::E0303
+                && o.message == d.message
+                && o.secondary == d.secondary
+        };
+        match out.iter().position(|o| *o == d || same_value(o)) {
+            Some(at) if out[at] != d => uses[at] += 1,
+            Some(_) => {}
+            None => {
+                out.push(d);
+                uses.push(0);
+            }
+        }
+    }
+    for (d, n) in out.iter_mut().zip(uses) {
+        if n > 0 {
+            d.notes.push(format!(
+                "{n} more use(s) of the same value fail the same way; fixing config.json fixes them all"
+            ));
+        }
+    }
+    out
 }
 
 /// Joins checkpoint-name pieces with `.`; a piece starting with `/` is absolute.
@@ -138,6 +177,8 @@ struct Walker<'a> {
     visits: u64,
     /// Full walks of repeated bodies so far: see [`MAX_WALKS`].
     walks: u64,
+    /// The `at` prefixes of the instances being walked, outermost first.
+    prefixes: Vec<Span>,
 }
 
 /// Where the walk is: the declaration, the scope, the checkpoint prefix and the IR path.
@@ -246,9 +287,14 @@ impl<'a> Walker<'a> {
                 }
                 ast::Member::Ignore(patterns) => {
                     for pat in patterns {
-                        if self.template(pat, scope) {
-                            body.ignore.push(join_name(prefix, &pat.node));
+                        if let Some(filled) = self.ignore_pattern(pat, scope) {
+                            body.ignore.push(join_name(prefix, &filled));
                         }
+                    }
+                }
+                ast::Member::Match(mm) => {
+                    if let Some(inst) = self.match_instance(mm, &ctx) {
+                        body.instances.push(inst);
                     }
                 }
                 ast::Member::Config(_) => {}
@@ -263,21 +309,33 @@ impl<'a> Walker<'a> {
             body.params.iter().any(|p| p.name == name)
                 || body.instances.iter().any(|i| i.name == name)
         };
-        self.program()
-            .decl(decl)
-            .members
-            .iter()
-            .filter_map(|m| match m {
-                ast::Member::Param(p) if p.when.is_some() => Some(p.name.node.as_str()),
-                ast::Member::Instance(i) if i.when.is_some() => Some(i.name.node.as_str()),
-                _ => None,
-            })
-            .filter(|n| present(n))
-            .collect::<Vec<_>>()
-            .join("+")
+        let mut kinds: Vec<String> = Vec::new();
+        for m in &self.program().decl(decl).members {
+            let names = match m {
+                ast::Member::Param(p) if p.when.is_some() => vec![p.name.node.as_str()],
+                ast::Member::Instance(i) if i.when.is_some() => vec![i.name.node.as_str()],
+                ast::Member::Match(mm) => {
+                    kinds.extend(matching::kind(mm, body));
+                    continue;
+                }
+                _ => Vec::new(),
+            };
+            kinds.extend(names.into_iter().filter(|n| present(n)).map(String::from));
+        }
+        kinds.join("+")
     }
 
     fn instance(&mut self, i: &'a ast::Instance, ctx: &Ctx<'a, '_>) -> Option<ir::Instance> {
+        let at = i.at.as_ref().map(|a| a.span);
+        self.prefixes.extend(at);
+        let inst = self.instance_body(i, ctx);
+        if at.is_some() {
+            self.prefixes.pop();
+        }
+        inst
+    }
+
+    fn instance_body(&mut self, i: &'a ast::Instance, ctx: &Ctx<'a, '_>) -> Option<ir::Instance> {
         let program = self.program();
         let child = program.lookup(&i.decl.node)?;
         let child_decl = program.decl(child);
@@ -289,17 +347,22 @@ impl<'a> Walker<'a> {
             variants: Vec::new(),
             kinds: Vec::new(),
         };
-        let at = i.at.as_ref().map_or("", |a| a.node.as_str());
-        inst.prefix = join_name(ctx.prefix, at);
+        // The prefix is the caller's text: its parameter holes take the caller's values.
+        let at = match &i.at {
+            Some(a) => Some(self.fill_params(a, ctx.scope)?),
+            None => None,
+        };
+        inst.prefix = join_name(ctx.prefix, at.as_ref().map_or("", |a| a.node.as_str()));
+        let params = self.module_args(i, child_decl, ctx.scope)?;
         let Some(rep) = &i.repeat else {
-            let scope = Scope {
+            let mut scope = Scope {
                 frames: [
                     ctx.scope.frames.clone(),
                     vec![frame(child_decl, Vec::new())],
                 ]
                 .concat(),
             };
-            if let Some(at) = &i.at {
+            if let Some(at) = &at {
                 self.template(at, &scope);
             }
             let on = match &i.when {
@@ -308,6 +371,11 @@ impl<'a> Walker<'a> {
             };
             if !on {
                 return None;
+            }
+            // The instance's own `when` is the caller's text: it does not see the
+            // parameters, which belong to the body.
+            if let Some(f) = scope.frames.last_mut() {
+                f.params = params;
             }
             let path = join_name(ctx.path, &i.name.node);
             let body = self.body(child, &scope, &inst.prefix, &path);
@@ -318,7 +386,24 @@ impl<'a> Walker<'a> {
             });
             return Some(inst);
         };
-        self.repeat(i, rep, ctx, child, inst)
+        let call = repeat::Call {
+            at: at.as_ref(),
+            params,
+        };
+        self.repeat(i, rep, ctx, child, inst, call)
+    }
+
+    /// The innermost prefix written in a user's file, for a param declared in the stdlib.
+    fn user_prefix(&self, param: Span) -> Option<Span> {
+        let stdlib = &self.program().stdlib_files;
+        if !stdlib.contains(&param.file) {
+            return None;
+        }
+        self.prefixes
+            .iter()
+            .rev()
+            .find(|s| !stdlib.contains(&s.file))
+            .copied()
     }
 
     /// Checks the `{var}` holes of a name template against the scope.
@@ -375,6 +460,7 @@ impl<'a> Walker<'a> {
             ir::ParamSite {
                 span: p.name.span,
                 shape_labels: self.shape_labels.clone(),
+                user_prefix: self.user_prefix(p.name.span),
             },
         );
         Some(ir::Param {

@@ -42,6 +42,13 @@ pub(super) struct Reading<'a> {
     pub(super) value: Value,
 }
 
+/// What the caller's side of a repeated instance gives every index: its prefix with
+/// parameter holes filled, and the values of the declaration's parameters.
+pub(super) struct Call<'s> {
+    pub(super) at: Option<&'s crate::source::Spanned<String>>,
+    pub(super) params: Vec<(String, value::Val)>,
+}
+
 /// The distinct bodies of one repeated instance, built index by index: equal bodies
 /// share one variant, so memory grows with the distinct bodies, not with the count.
 #[derive(Default)]
@@ -88,6 +95,7 @@ impl<'a> Walker<'a> {
         ctx: &Ctx<'a, '_>,
         child: DeclId,
         mut inst: ir::Instance,
+        call: Call<'_>,
     ) -> Option<ir::Instance> {
         let child_decl = self.program().decl(child);
         let (start, end, count, end_val) = self.repeat_range(rep, ctx.scope)?;
@@ -104,15 +112,12 @@ impl<'a> Walker<'a> {
             if !self.visit(rep, &end_val) {
                 return None;
             }
-            let scope = Scope {
-                frames: [
-                    ctx.scope.frames.clone(),
-                    vec![frame(child_decl, vec![(var.clone(), Binding::Index(idx))])],
-                ]
-                .concat(),
+            let child_frame = frame(child_decl, vec![(var.clone(), Binding::Index(idx))]);
+            let mut scope = Scope {
+                frames: [ctx.scope.frames.clone(), vec![child_frame]].concat(),
             };
             if idx == start {
-                if let Some(at) = &i.at {
+                if let Some(at) = call.at {
                     self.template(at, &scope);
                 }
             }
@@ -122,6 +127,10 @@ impl<'a> Walker<'a> {
             };
             if on != Some(true) {
                 continue;
+            }
+            // Parameters belong to the body, not to the caller's `when` above.
+            if let Some(f) = scope.frames.last_mut() {
+                f.params.clone_from(&call.params);
             }
             // A body that read no index variable is the same at every index: it is
             // checked once, not once per layer. One that did is the same as an earlier

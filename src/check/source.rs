@@ -108,6 +108,7 @@ impl<'a> Walker<'a> {
     ) -> Option<(ir::Source, Option<Shape>)> {
         match &s.node {
             K::Name { template, shape } => {
+                let template = &self.fill_params(template, ctx.scope)?;
                 if !self.template(template, ctx.scope) {
                     return None;
                 }

@@ -43,6 +43,10 @@ codes! {
     E0103 "duplicate-attribute" "a param or instance states the same attribute twice";
     E0104 "nesting-too-deep" "brackets or an expression nest deeper than the parser allows";
     E0105 "invalid-utf8" "a .wmap file is not UTF-8 text";
+    E0106 "unknown-type" "`is` names a type that config values do not have";
+    E0107 "unnamed-match-arm" "a `match` arm declares an instance with no name";
+    E0108 "unknown-let" "a source names a `let` that its declaration does not define before it";
+    E0109 "let-too-large" "a `let` expands deeper or larger than the parser allows";
     E0201 "unknown-declaration" "an instance names a module, block or model that does not exist";
     E0202 "duplicate-declaration" "two declarations or two members share one name";
     E0203 "use-not-found" "a `use` names a file that is neither beside the source nor in the stdlib";
@@ -54,7 +58,13 @@ codes! {
     E0209 "no-model" "the file declares no model, or several where one was needed";
     E0210 "misplaced-member" "a declaration holds a member its kind does not allow";
     E0211 "instances-too-deep" "instances nest deeper than the checker allows";
+    E0230 "unknown-import" "a `use` list names a declaration the imported file does not have";
+    E0231 "not-imported" "a file instantiates a declaration its `use` list leaves out";
+    E0232 "unknown-module-argument" "an instance passes an argument its declaration has no parameter for";
+    E0233 "missing-module-argument" "an instance leaves out a parameter that has no default";
     W0201 "unused-declaration" "a module or block is declared but never instantiated";
+    W0202 "inherited-rebinding" "a declaration reads a config name that an enclosing declaration rebinds";
+    W0203 "unreachable-match-arm" "a `match` pattern comes after `_` or repeats an earlier one";
     E0301 "unknown-config-symbol" "an expression names a config key that config.json does not have";
     E0302 "invalid-config" "config.json is not valid JSON or not an object";
     E0303 "config-type-mismatch" "a config value has the wrong type for its use";
@@ -75,6 +85,8 @@ codes! {
     E0411 "integer-overflow" "an expression overflows 64-bit integers";
     E0412 "limit-exceeded" "a repeat, stack, tensor or model is larger than wmapc's caps";
     E0413 "invalid-ir" "an IR read from JSON breaks the invariants the checker guarantees";
+    E0430 "no-match-arm" "a `match` meets a config value none of its arms matches";
+    E0431 "module-argument-type" "a module argument's type differs from its parameter's default";
     E0440 "invalid-quant-block" "a pre-quantized source's `block =` is not two positive integers";
     E0441 "quantized-source-not-2d" "a pre-quantized source is not a [rows, cols] matrix";
     E0501 "checkpoint-not-found" "the folder holds no safetensors checkpoint";

@@ -43,7 +43,11 @@ pub fn bind(
             unclaimed.push(name.clone());
         }
     }
-    let diags = super::report::diagnostics(&b.issues, &unclaimed, spans, strict);
+    let layers = ir
+        .config
+        .get("num_hidden_layers")
+        .and_then(serde_json::Value::as_u64);
+    let diags = super::report::diagnostics(&b.issues, &unclaimed, spans, strict, layers);
     let plan = (!diags.has_errors()).then(|| Plan {
         plan_version: PLAN_VERSION,
         model: ir.model.clone(),
@@ -201,11 +205,26 @@ impl Binder<'_> {
             }
             // An optional param whose tensors are absent is simply not loaded.
             Err(IssueKind::Missing { .. }) if p.optional => {}
-            Err(kind) => {
+            Err(mut kind) => {
                 // The tensors this param names are its, even though binding failed: do
                 // not report them a second time as unclaimed.
                 let mut named = Vec::new();
                 self.all_named(&p.source, env, &mut named);
+                // Reading stops at the first absent tensor; without fallbacks, report
+                // every absent one (a stack misses all its experts, not one).
+                if let IssueKind::Missing {
+                    tensors,
+                    alternatives,
+                } = &mut kind
+                {
+                    if alternatives.is_empty() && tensors.len() == 1 {
+                        let absent = named.iter().filter(|n| !self.ckpt.tensors.contains_key(*n));
+                        let all: Vec<String> = absent.cloned().collect();
+                        if all.first() == tensors.first() {
+                            *tensors = all;
+                        }
+                    }
+                }
                 self.claimed.extend(
                     named
                         .into_iter()

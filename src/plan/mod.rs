@@ -10,6 +10,7 @@
 
 mod bind;
 mod groups;
+mod ranges;
 mod report;
 
 pub use bind::bind;

@@ -91,42 +91,29 @@ fn subject(issue: &Issue) -> &str {
     }
 }
 
-/// "n = 0–3, 7" for the first number of each name, or a count when names hold several.
-fn spread(members: &[Vec<u64>]) -> String {
-    if members.is_empty() {
-        return String::new();
-    }
-    if let [one] = members {
-        return match one.as_slice() {
-            [] => String::new(),
-            [n] => format!(" for n = {n}"),
-            ns => format!(
-                " for n = {}",
-                ns.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
-            ),
-        };
-    }
-    if members.iter().all(|m| m.len() == 1) {
-        let mut ns: Vec<u64> = members.iter().map(|m| m[0]).collect();
-        ns.sort_unstable();
-        ns.dedup();
-        let mut ranges: Vec<String> = Vec::new();
-        let mut i = 0;
-        while i < ns.len() {
-            let mut j = i;
-            while j + 1 < ns.len() && ns[j + 1] == ns[j] + 1 {
-                j += 1;
-            }
-            ranges.push(if i == j {
-                ns[i].to_string()
-            } else {
-                format!("{}–{}", ns[i], ns[j])
-            });
-            i = j + 1;
-        }
-        return format!(" for n = {}", ranges.join(", "));
-    }
-    format!(" ({} tensors)", members.len())
+/// A group of names as one pattern with ranges, and the true count when the ranges
+/// over-cover: `model.layers.{0…47}.self_attn.k_proj.weight`.
+fn grouped(pattern: &str, members: &[Vec<u64>]) -> (String, String) {
+    let (name, count) = super::ranges::compact(pattern, members);
+    (
+        name,
+        count.map_or(String::new(), |n| format!(" ({n} tensors)")),
+    )
+}
+
+/// (IR path, templated subject, index members, first issue, absent tensors in all).
+type Group<'i> = (String, String, Vec<Vec<u64>>, &'i Issue, usize);
+
+/// Counts one more param missing its tensors under the same prefix.
+fn bump_count(d: &mut Diagnostic) {
+    const TAIL: &str = " other param(s) under this prefix miss their tensors too";
+    let n = d
+        .notes
+        .iter()
+        .find_map(|n| n.strip_suffix(TAIL)?.parse::<usize>().ok())
+        .unwrap_or(0);
+    d.notes.retain(|n| !n.ends_with(TAIL));
+    d.notes.push(format!("{}{TAIL}", n + 1));
 }
 
 fn show(s: &[u64]) -> String {
@@ -144,32 +131,42 @@ pub fn diagnostics(
     unclaimed: &[String],
     spans: &ir::Spans,
     strict: bool,
+    layers: Option<u64>,
 ) -> Diagnostics {
     let mut diags = Diagnostics::default();
     // Group issues by (param, problem text with indices templated), keeping first order.
-    let mut groups: Vec<(String, String, Vec<Vec<u64>>, &Issue)> = Vec::new();
+    // The last field counts the missing tensors of every issue in the group: a stack
+    // missing 4 experts in each of 3 layers misses 12, not 4 or 3.
+    let mut groups: Vec<Group> = Vec::new();
     for issue in issues {
         let (key, nums) = templatize(subject(issue));
+        let missing = match &issue.kind {
+            IssueKind::Missing { tensors, .. } => tensors.len(),
+            _ => 0,
+        };
         match groups
             .iter_mut()
             .find(|g| g.0 == issue.ir_path && g.1 == key)
         {
-            Some(g) => g.2.push(nums),
-            None => groups.push((issue.ir_path.clone(), key, vec![nums], issue)),
+            Some(g) => {
+                g.2.push(nums);
+                g.4 = g.4.saturating_add(missing);
+            }
+            None => groups.push((issue.ir_path.clone(), key, vec![nums], issue, missing)),
         }
     }
-    for (ir_path, pattern, members, issue) in groups {
+    for (ir_path, pattern, members, issue, missing_total) in groups {
         let site = spans.get(&ir_path);
         // One occurrence reads best as its real name; several as a pattern and indices.
         let (pattern, where_) = match members.len() {
             1 => (subject(issue).to_string(), String::new()),
-            _ => (pattern, spread(&members)),
+            _ => grouped(&pattern, &members),
         };
         let mut d = match &issue.kind {
             IssueKind::Missing { tensors, alternatives } => {
                 let mut d = Diagnostic::new(Code::E0508, format!("missing tensor `{pattern}`{where_}"));
-                if tensors.len() > 1 {
-                    d = d.with_note(format!("{} tensors of this param are missing; the first is shown", tensors.len()));
+                if missing_total > 1 {
+                    d = d.with_note(format!("{missing_total} tensors of this param are missing; the first is shown"));
                 }
                 if let Some(alt) = alternatives.first() {
                     d = d.with_note(format!("the fallback `{}` is missing too", templatize(alt).0));
@@ -228,10 +225,33 @@ pub fn diagnostics(
             )
             .with_help("set the block the checkpoint was quantized with (`quantization_config.weight_block_size`)"),
         };
-        if let Some(site) = site {
-            d = d.at(site.span, "declared here");
+        let missing = matches!(issue.kind, IssueKind::Missing { .. });
+        match site {
+            // A stdlib param missing its tensor under a user's prefix: the typo is most
+            // likely in the user's line, so that is where the error points.
+            Some(site) if missing && site.user_prefix.is_some() => {
+                if let Some(prefix) = site.user_prefix {
+                    d = d
+                        .at(prefix, "the missing name starts with this prefix")
+                        .with_label(site.span, "the param, declared here");
+                }
+            }
+            Some(site) => d = d.at(site.span, "declared here"),
+            None => {}
         }
-        diags.push(d);
+        // Every param under one mistyped prefix of the user's: one error, with a count.
+        let same_prefix = |o: &Diagnostic| {
+            missing && o.code == Code::E0508 && o.primary == d.primary && o.primary.is_some()
+        };
+        let user_prefix = site.is_some_and(|s| s.user_prefix.is_some());
+        match diags
+            .items
+            .iter_mut()
+            .find(|o| user_prefix && same_prefix(o))
+        {
+            Some(first) => bump_count(first),
+            None => diags.push(d),
+        }
     }
     let mut by_pattern: BTreeMap<String, (Vec<Vec<u64>>, &str)> = BTreeMap::new();
     for name in unclaimed {
@@ -245,20 +265,23 @@ pub fn diagnostics(
     let code = if strict { Code::E0510 } else { Code::W0501 };
     let total = by_pattern.len();
     for (pattern, (members, first)) in by_pattern.into_iter().take(MAX_UNCLAIMED_PATTERNS) {
-        let (pattern, members) = match members.len() {
-            1 => (first.to_string(), Vec::new()),
-            _ => (pattern, members),
+        let past = layers.and_then(|n| super::ranges::beyond_layers(&pattern, &members, n));
+        let (pattern, count) = match members.len() {
+            1 => (first.to_string(), String::new()),
+            _ => grouped(&pattern, &members),
         };
         let mut d = Diagnostic::new(
             code,
-            format!(
-                "checkpoint tensor `{pattern}`{} is not loaded",
-                spread(&members)
-            ),
+            format!("checkpoint tensor `{pattern}`{count} is not loaded"),
         )
         .with_help(
             "map it to a param, or add `ignore \"<pattern>\"` if leaving it out is deliberate",
         );
+        if let (Some(top), Some(n)) = (past, layers) {
+            d = d.with_note(format!(
+                "layer {top} ≥ num_hidden_layers = {n}: a layer the model does not have (a multi-token-prediction head?); `ignore \"model.layers.{{num_hidden_layers}}.*\"` says so"
+            ));
+        }
         if strict {
             d = d.with_note(
                 "`load` refuses to drop tensors silently; `--allow-unclaimed` loads without them",
@@ -290,8 +313,9 @@ mod tests {
     }
 
     #[test]
-    fn spread_compresses_ranges() {
+    fn grouped_compresses_ranges() {
         let members = vec![vec![0], vec![1], vec![2], vec![5]];
-        assert_eq!(spread(&members), " for n = 0–2, 5");
+        let want = ("x.{0…2, 5}.w".to_string(), String::new());
+        assert_eq!(grouped("x.{n}.w", &members), want);
     }
 }

@@ -17,6 +17,15 @@ pub struct File {
     /// `config` items at the top level: visible to every declaration.
     pub configs: Vec<ConfigItem>,
     pub decls: Vec<Decl>,
+    /// The `use`s that name what they import, in source order (a subset of `uses`).
+    pub use_lists: Vec<UseList>,
+}
+
+/// `use "path" { A, B }`: the path as in [`File::uses`] and the names it imports.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UseList {
+    pub path: Spanned<String>,
+    pub names: Vec<Ident>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,8 +51,24 @@ pub struct Decl {
     pub name: Ident,
     /// The HF `architectures` a model serves (`model Llama for "LlamaForCausalLM"`).
     pub serves: Vec<Spanned<String>>,
+    /// Lexical parameters, in order: `module GatedExperts(gate = "gate_proj")`.
+    pub params: Vec<DeclParam>,
     pub members: Vec<Member>,
     pub span: Span,
+}
+
+/// A declaration's parameter: a name and, unless every instance must give it, a default.
+#[derive(Clone, Debug)]
+pub struct DeclParam {
+    pub name: Ident,
+    pub default: Option<Expr>,
+}
+
+/// `name = value` at an instantiation.
+#[derive(Clone, Debug)]
+pub struct Arg {
+    pub name: Ident,
+    pub value: Expr,
 }
 
 #[derive(Clone, Debug)]
@@ -52,6 +77,42 @@ pub enum Member {
     Param(Box<Param>),
     Instance(Box<Instance>),
     Ignore(Vec<Spanned<String>>),
+    /// `match expr { pattern => Decl at "x", … }`: one instance chosen by value.
+    Match(Box<Match>),
+}
+
+impl Member {
+    /// The instances a member may declare: an instance's one, every arm of a match.
+    pub fn instances(&self) -> Vec<&Instance> {
+        match self {
+            Member::Instance(i) => vec![i],
+            Member::Match(m) => m.arms.iter().map(|a| &a.instance).collect(),
+            Member::Config(_) | Member::Param(_) | Member::Ignore(_) => Vec::new(),
+        }
+    }
+}
+
+/// A `match` member. Every arm's instance carries its name (the match's, or the arm's
+/// own), so checking an arm is checking an instance.
+#[derive(Clone, Debug)]
+pub struct Match {
+    pub scrutinee: Expr,
+    pub arms: Vec<MatchArm>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug)]
+pub struct MatchArm {
+    pub patterns: Vec<Spanned<Pattern>>,
+    pub instance: Instance,
+}
+
+/// What one arm matches: a string, an integer, or anything (`_`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Pattern {
+    Str(String),
+    Int(i64),
+    Any,
 }
 
 /// `config name = alt | alt | …`: the first alternative whose config keys are all present wins.
@@ -79,6 +140,8 @@ pub struct Param {
 pub struct Instance {
     pub name: Ident,
     pub decl: Ident,
+    /// Arguments for the declaration's parameters, by name.
+    pub args: Vec<Arg>,
     pub repeat: Option<Repeat>,
     pub at: Option<Spanned<String>>,
     pub when: Option<Expr>,
@@ -188,8 +251,59 @@ pub enum ExprKind {
     Unary(UnOp, Box<Expr>),
     Binary(BinOp, Box<Expr>, Box<Expr>),
     Index(Box<Expr>, Box<Expr>),
-    /// A built-in function: `len`, `min`, `max`.
+    /// A built-in function: `len`, `min`, `max`, `ceil_div`.
     Call(Ident, Vec<Expr>),
+    /// `if cond then yes else no`: only the chosen branch is evaluated.
+    Cond(Box<Expr>, Box<Expr>, Box<Expr>),
+    /// `value is [not] type`.
+    Is(Box<Expr>, TypeTest),
+}
+
+/// The right side of `is`: a type, possibly negated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TypeTest {
+    pub negated: bool,
+    pub ty: TypeName,
+}
+
+/// The types a config value can have, as `is` names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TypeName {
+    /// `null`, or a key config.json does not have.
+    Null,
+    Int,
+    Float,
+    String,
+    Bool,
+    List,
+    Object,
+}
+
+impl TypeName {
+    /// Every type name with its spelling, for parsing and suggestions.
+    pub const ALL: [(&'static str, TypeName); 7] = [
+        ("null", TypeName::Null),
+        ("int", TypeName::Int),
+        ("float", TypeName::Float),
+        ("string", TypeName::String),
+        ("bool", TypeName::Bool),
+        ("list", TypeName::List),
+        ("object", TypeName::Object),
+    ];
+
+    pub fn from_name(name: &str) -> Option<TypeName> {
+        TypeName::ALL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, t)| *t)
+    }
+
+    pub fn name(self) -> &'static str {
+        TypeName::ALL
+            .iter()
+            .find(|(_, t)| *t == self)
+            .map_or("null", |(n, _)| n)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -266,6 +380,10 @@ impl fmt::Display for ExprKind {
                 {
                     write!(f, "({e})")
                 }
+                // `is` binds between comparisons (4) and `+` (5).
+                ExprKind::Is(..) if outer > 4 || (right && outer == 4) => write!(f, "({e})"),
+                // The `else` branch would swallow whatever follows.
+                ExprKind::Cond(..) if outer > 0 => write!(f, "({e})"),
                 _ => write!(f, "{e}"),
             }
         }
@@ -306,6 +424,14 @@ impl fmt::Display for ExprKind {
             ExprKind::Index(a, i) => {
                 operand(f, &a.node, 8, false)?;
                 write!(f, "[{}]", i.node)
+            }
+            ExprKind::Cond(c, a, b) => {
+                write!(f, "if {} then {} else {}", c.node, a.node, b.node)
+            }
+            ExprKind::Is(e, test) => {
+                operand(f, &e.node, 5, false)?;
+                let not = if test.negated { "not " } else { "" };
+                write!(f, " is {not}{}", test.ty.name())
             }
         }
     }

@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 use pest::iterators::Pair;
 use pest::pratt_parser::{Assoc, Op, PrattParser};
 
-use super::ast::{BinOp, Expr, ExprKind, UnOp};
+use super::ast::{BinOp, Expr, ExprKind, TypeName, TypeTest, UnOp};
 use super::{Builder, Rule};
 use crate::diag::{Code, Diagnostic};
 use crate::source::Spanned;
@@ -25,6 +25,8 @@ fn pratt() -> &'static PrattParser<Rule> {
                 | Op::infix(Rule::op_ge, Assoc::Left)
                 | Op::infix(Rule::op_in, Assoc::Left)
                 | Op::infix(Rule::op_not_in, Assoc::Left))
+            // `a + 1 is int` tests the sum; `x is null == false` compares the test.
+            .op(Op::postfix(Rule::type_test))
             .op(Op::infix(Rule::op_add, Assoc::Left) | Op::infix(Rule::op_sub, Assoc::Left))
             .op(Op::infix(Rule::op_mul, Assoc::Left)
                 | Op::infix(Rule::op_div, Assoc::Left)
@@ -86,6 +88,10 @@ impl Builder<'_> {
             })
             .map_postfix(|(e, d), op| {
                 let span = e.span.join(span_of(op.as_span()));
+                if op.as_rule() == Rule::type_test {
+                    let test = me.borrow_mut().type_test(op);
+                    return grow(ExprKind::Is(Box::new(e), test), span, d + 1);
+                }
                 let inner = op
                     .into_inner()
                     .next()
@@ -123,6 +129,28 @@ impl Builder<'_> {
         built
     }
 
+    /// `is [not] type`; an unknown type name is E0106 and reads as `null`.
+    fn type_test(&mut self, pair: Pair<Rule>) -> TypeTest {
+        let negated = pair
+            .clone()
+            .into_inner()
+            .any(|p| p.as_rule() == Rule::kw_not);
+        let Some(name) = pair.into_inner().find(|p| p.as_rule() == Rule::type_name) else {
+            unreachable!("grammar: `is` names a type")
+        };
+        let ty = TypeName::from_name(name.as_str()).unwrap_or_else(|| {
+            let span = self.span(&name);
+            self.diags.push(
+                Diagnostic::new(Code::E0106, format!("unknown type `{}`", name.as_str()))
+                    .at(span, "not a type `is` can test")
+                    .with_note("the types are null, int, float, string, bool, list and object")
+                    .suggest(name.as_str(), TypeName::ALL.iter().map(|(n, _)| *n)),
+            );
+            TypeName::Null
+        });
+        TypeTest { negated, ty }
+    }
+
     /// Reports E0104 (once per file) and returns a leaf in place of the subtree.
     fn too_deep(&mut self, span: crate::source::Span, what: &str) -> Deep {
         if !self.too_deep_reported {
@@ -140,7 +168,7 @@ impl Builder<'_> {
     }
 
     /// Builds each child expression; the result is one deeper than the deepest child.
-    fn exprs(&mut self, pairs: pest::iterators::Pairs<Rule>) -> (Vec<Expr>, u32) {
+    fn exprs<'i>(&mut self, pairs: impl Iterator<Item = Pair<'i, Rule>>) -> (Vec<Expr>, u32) {
         let mut depth = 0;
         let items = pairs
             .map(|e| {
@@ -195,6 +223,17 @@ impl Builder<'_> {
                 depth = d;
                 ExprKind::Call(name, args)
             }
+            Rule::cond => {
+                let parts = pair.into_inner().filter(|p| p.as_rule() == Rule::expr);
+                let (mut parts, d) = self.exprs(parts);
+                depth = d;
+                match (parts.pop(), parts.pop(), parts.pop()) {
+                    (Some(no), Some(yes), Some(c)) => {
+                        ExprKind::Cond(Box::new(c), Box::new(yes), Box::new(no))
+                    }
+                    _ => unreachable!("grammar: `if` has three expressions"),
+                }
+            }
             Rule::key_path => {
                 ExprKind::Name(pair.into_inner().map(|p| p.as_str().to_string()).collect())
             }
@@ -202,5 +241,42 @@ impl Builder<'_> {
             r => unreachable!("grammar: {r:?} is not a primary"),
         };
         (Spanned::new(kind, span), depth)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::source::FileId;
+    use crate::syntax::ast::ExprKind;
+
+    /// The canonical text of `config x = <text>`, and its outermost node.
+    fn shown(text: &str) -> (String, ExprKind) {
+        let file = crate::syntax::parse(FileId(0), &format!("config x = {text}")).unwrap();
+        let e = file.configs[0].alternatives[0].node.clone();
+        (e.to_string(), e)
+    }
+
+    #[test]
+    fn is_binds_between_comparison_and_sum() {
+        let (text, e) = shown("a + 1 is not int");
+        assert_eq!(text, "a + 1 is not int");
+        assert!(matches!(e, ExprKind::Is(..)));
+        let (text, e) = shown("a is null == false");
+        assert_eq!(text, "a is null == false");
+        assert!(matches!(e, ExprKind::Binary(..)));
+        assert_eq!(shown("not a is null").0, "not a is null");
+        assert_eq!(shown("-(a is int)").0, "-(a is int)");
+    }
+
+    #[test]
+    fn else_branch_extends_and_display_brackets_it() {
+        let (text, e) = shown("if a then b else c + 1");
+        assert_eq!(text, "if a then b else c + 1");
+        assert!(matches!(e, ExprKind::Cond(..)));
+        let (text, e) = shown("(if a then b else c) + 1");
+        assert_eq!(text, "(if a then b else c) + 1");
+        assert!(matches!(e, ExprKind::Binary(..)));
+        let nested = "if if a then b else c then d else if e then f else g";
+        assert_eq!(shown(nested).0, nested);
     }
 }

@@ -8,6 +8,9 @@
 
 pub mod ast;
 mod expr;
+mod lets;
+mod matching;
+mod params;
 
 use pest::iterators::Pair;
 use pest::Parser as _;
@@ -45,20 +48,29 @@ pub fn parse(file: FileId, text: &str) -> Result<ast::File, Diagnostics> {
         file,
         diags: &mut diags,
         too_deep_reported: false,
+        lets: Vec::new(),
+        let_nodes: 0,
     };
     let mut out = ast::File {
         id: file,
         uses: Vec::new(),
         configs: Vec::new(),
         decls: Vec::new(),
+        use_lists: Vec::new(),
     };
     for pair in pairs.flatten().take(1) {
         for item in pair.into_inner() {
             match item.as_rule() {
                 Rule::use_decl => {
-                    let s = item.into_inner().next().expect("grammar: use has a string");
-                    if let Some(s) = b.string(s) {
-                        out.uses.push(s);
+                    let mut inner = item.into_inner();
+                    let s = inner.next().expect("grammar: use has a string");
+                    if let Some(path) = b.string(s) {
+                        if let Some(list) = inner.next() {
+                            let names = list.into_inner().map(|n| b.ident(n)).collect();
+                            let path = path.clone();
+                            out.use_lists.push(ast::UseList { path, names });
+                        }
+                        out.uses.push(path);
                     }
                 }
                 Rule::config_decl => out.configs.push(b.config(item)),
@@ -183,6 +195,9 @@ fn rule_name(rule: Rule) -> Option<&'static str> {
         Rule::param_decl => "`param`",
         Rule::ignore_decl => "`ignore`",
         Rule::instance_decl => "an instance (`name: Module`)",
+        Rule::match_decl => "`match`",
+        Rule::let_decl => "`let`",
+        Rule::match_arm => "a match arm (`\"value\" => Module`)",
         Rule::ident | Rule::key_path | Rule::path => "a name",
         Rule::string => "a string",
         Rule::int | Rule::float => "a number",
@@ -211,7 +226,8 @@ fn rule_name(rule: Rule) -> Option<&'static str> {
         | Rule::src_bnb4
         | Rule::src_stacked
         | Rule::src_mxfp4
-        | Rule::src_nvfp4 => "a source",
+        | Rule::src_nvfp4
+        | Rule::src_let => "a source",
         Rule::fp8_scale_inv => "`scale_inv =`",
         Rule::op_or
         | Rule::op_and
@@ -244,6 +260,10 @@ struct Builder<'d> {
     diags: &'d mut Diagnostics,
     /// E0104 is reported once: past the limit every further fold would repeat it.
     too_deep_reported: bool,
+    /// The `let`s of the declaration being built, in order, already expanded.
+    lets: Vec<(String, Source)>,
+    /// Source nodes copied in by `let` references in this file: see `lets.rs`.
+    let_nodes: usize,
 }
 
 impl Builder<'_> {
@@ -296,10 +316,13 @@ impl Builder<'_> {
             _ => DeclKind::Module,
         };
         let name = self.ident(inner.next().expect("grammar: decl has a name"));
+        // `let`s are the declaration's own.
+        self.lets.clear();
         let mut decl = Decl {
             kind,
             name,
             serves: Vec::new(),
+            params: Vec::new(),
             members: Vec::new(),
             span,
         };
@@ -312,6 +335,8 @@ impl Builder<'_> {
                         }
                     }
                 }
+                Rule::decl_params => decl.params = self.decl_params(p),
+                Rule::let_decl => self.let_decl(p),
                 Rule::config_decl => decl.members.push(Member::Config(self.config(p))),
                 Rule::param_decl => decl.members.push(Member::Param(Box::new(self.param(p)))),
                 Rule::instance_decl => decl
@@ -321,6 +346,7 @@ impl Builder<'_> {
                     let pats = p.into_inner().filter_map(|s| self.string(s)).collect();
                     decl.members.push(Member::Ignore(pats));
                 }
+                Rule::match_decl => decl.members.push(Member::Match(Box::new(self.matching(p)))),
                 _ => {}
             }
         }
@@ -388,6 +414,7 @@ impl Builder<'_> {
                 }
                 Rule::attr_from => {
                     let s = self.source(attr.into_inner().nth(1).expect("grammar: from"));
+                    let s = self.bounded(s, &p.name);
                     self.once(&mut p.source, s, aspan, "from");
                 }
                 _ => {}
@@ -404,6 +431,7 @@ impl Builder<'_> {
         let mut inst = Instance {
             name,
             decl,
+            args: Vec::new(),
             repeat: None,
             at: None,
             when: None,
@@ -412,6 +440,7 @@ impl Builder<'_> {
         for attr in inner {
             let aspan = self.span(&attr);
             match attr.as_rule() {
+                Rule::inst_args => inst.args = self.args(attr),
                 Rule::repeat => {
                     let mut r = attr.into_inner();
                     let var = self.ident(r.next().expect("grammar: repeat var"));
@@ -450,6 +479,9 @@ impl Builder<'_> {
     fn source(&mut self, pair: Pair<Rule>) -> Source {
         let span = self.span(&pair);
         let rule = pair.as_rule();
+        if rule == Rule::src_let {
+            return self.let_ref(pair);
+        }
         let mut inner = pair.into_inner();
         let kind = match rule {
             Rule::src_name => {
