@@ -43,6 +43,8 @@ pub struct Layout<'a> {
     /// Tensors outside the layers, and stdlib-ignored buffers among all tensors.
     top: Vec<String>,
     ignored: Vec<String>,
+    /// `config symbol = key` lines for symbols the stdlib reads but the config lacks.
+    pub bindings: Vec<(String, String)>,
 }
 
 impl<'a> Layout<'a> {
@@ -75,6 +77,7 @@ impl<'a> Layout<'a> {
             groups: Vec::new(),
             top,
             ignored,
+            bindings: Vec::new(),
         };
         layout.group_layers(per_layer);
         layout
@@ -122,22 +125,29 @@ impl<'a> Layout<'a> {
             .unwrap_or_default()
     }
 
-    /// A config expression for `value`: the key holding it that the stdlib uses most.
-    fn key_for(&self, value: u64) -> String {
-        let mut keys: Vec<&String> = self
-            .ints
-            .iter()
-            .filter(|(_, v)| u64::try_from(*v).ok() == Some(value))
-            .map(|(k, _)| k)
-            .collect();
+    /// The config's integer keys, those the stdlib uses most first.
+    pub fn ranked_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.ints.iter().map(|(k, _)| k.clone()).collect();
         keys.sort_by_key(|k| {
             (
-                std::cmp::Reverse(self.catalog.key_rank.get(*k).copied().unwrap_or(0)),
-                (*k).clone(),
+                std::cmp::Reverse(self.catalog.key_rank.get(k).copied().unwrap_or(0)),
+                k.clone(),
             )
         });
-        keys.first()
-            .map_or_else(|| value.to_string(), |k| (*k).clone())
+        keys.dedup();
+        keys
+    }
+
+    /// A config expression for `value`: the key holding it that the stdlib uses most.
+    fn key_for(&self, value: u64) -> String {
+        self.ranked_keys()
+            .into_iter()
+            .find(|k| {
+                self.ints
+                    .iter()
+                    .any(|(name, v)| name == k && u64::try_from(*v).ok() == Some(value))
+            })
+            .unwrap_or_else(|| value.to_string())
     }
 
     /// The scaffold text for the current choices.
@@ -163,6 +173,9 @@ impl<'a> Layout<'a> {
                 let _ = writeln!(out, "model Scaffold for \"{a}\" {{");
             }
             None => out.push_str("model Scaffold {\n"),
+        }
+        for (symbol, key) in &self.bindings {
+            let _ = writeln!(out, "    config {symbol} = {key}");
         }
         for (flag, want) in &flags {
             let has = matches!(

@@ -32,14 +32,21 @@ pub fn scaffold(dir: &Path, hidden: &[String]) -> Result<String, Diagnostic> {
     let config = read_config(&config_path)?;
     let catalog = Catalog::new(hidden);
     let mut layout = Layout::new(&checkpoint, &config, &catalog);
-    let verify = |text: &str| errors_of(text, &config_path, dir);
-    // Coordinate descent: each layer kind in turn takes its option with the fewest
-    // errors while the others stay put.
+    // Choices decided before a missing symbol was bound all failed alike: decide again.
+    choose(&mut layout, &config_path, dir);
+    bind_missing(&mut layout, &config_path, dir);
+    choose(&mut layout, &config_path, dir);
+    Ok(layout.emit())
+}
+
+/// Coordinate descent: each layer kind in turn takes its option with the fewest errors
+/// while the others stay put.
+fn choose(layout: &mut Layout, config: &Path, dir: &Path) {
     for g in 0..layout.groups.len() {
         let mut best = (usize::MAX, 0);
         for o in 0..layout.groups[g].options.len().min(MAX_OPTIONS) {
             layout.groups[g].chosen = o;
-            let errors = verify(&layout.emit());
+            let errors = errors_of(&layout.emit(), config, dir);
             if errors < best.0 {
                 best = (errors, o);
             }
@@ -49,7 +56,49 @@ pub fn scaffold(dir: &Path, hidden: &[String]) -> Result<String, Diagnostic> {
         }
         layout.groups[g].chosen = best.1;
     }
-    Ok(layout.emit())
+}
+
+/// How many config symbols the stdlib modules use but the config lacks may be bound.
+const MAX_BINDINGS: usize = 4;
+
+/// Binds symbols the chosen modules read but the config lacks (E0301) to the config
+/// key whose binding plans with the fewest errors (`moe_intermediate_size =
+/// intermediate_size` where a family names its expert width differently).
+fn bind_missing(layout: &mut Layout, config: &Path, dir: &Path) {
+    let keys: Vec<String> = layout.ranked_keys();
+    for _ in 0..MAX_BINDINGS {
+        let Some(symbol) = unknown_symbol(&layout.emit(), config) else {
+            return;
+        };
+        let mut best: Option<(usize, &String)> = None;
+        for k in &keys {
+            layout.bindings.push((symbol.clone(), k.clone()));
+            let errors = errors_of(&layout.emit(), config, dir);
+            layout.bindings.pop();
+            if best.is_none_or(|(e, _)| errors < e) {
+                best = Some((errors, k));
+            }
+        }
+        match best {
+            Some((_, k)) => layout.bindings.push((symbol, k.clone())),
+            None => return,
+        }
+    }
+}
+
+/// The first config symbol a candidate reads that nothing defines.
+fn unknown_symbol(text: &str, config: &Path) -> Option<String> {
+    let source = ModelSource::Text {
+        name: "<scaffold>".into(),
+        text: text.into(),
+    };
+    let c = driver::compile(&source, Some(config)).ok()?;
+    c.diags.items.iter().find_map(|d| {
+        // E0301's message names the symbol in backticks.
+        (d.code == Code::E0301)
+            .then(|| d.message.split('`').nth(1).map(str::to_string))
+            .flatten()
+    })
 }
 
 /// The number of errors a candidate earns when compiled and bound with `--strict`.
