@@ -345,13 +345,18 @@ fn options(catalog: &Catalog, names: &[String]) -> Vec<Choice> {
     }
     let mut combos = vec![Choice::default()];
     for (seg, rest) in segs {
-        let covers = covers(catalog, &rest);
+        let mut covers = covers(catalog, &rest);
         if covers.is_empty() {
+            // No exact cover: place what the largest disjoint claims take, list the rest.
+            let (cover, left) = partial_cover(catalog, &rest);
             for c in &mut combos {
                 c.unplaced
-                    .extend(rest.iter().map(|r| catalog::join(seg, r)));
+                    .extend(left.iter().map(|r| catalog::join(seg, r)));
             }
-            continue;
+            if cover.is_empty() {
+                continue;
+            }
+            covers.push(cover);
         }
         combos = combos
             .iter()
@@ -381,17 +386,42 @@ type Fit = (usize, Vec<String>, catalog::Flags);
 
 /// Exact covers of `names` by disjoint module claims, a few at most.
 fn covers(catalog: &Catalog, names: &[String]) -> Vec<Cover> {
-    let fits: Vec<Fit> = catalog
+    let fits = module_fits(catalog, names);
+    let mut out = Vec::new();
+    let mut chosen = Vec::new();
+    search(&fits, names, &mut BTreeSet::new(), &mut chosen, &mut out);
+    out
+}
+
+/// Every module that claims part of `names`, with its claim.
+fn module_fits(catalog: &Catalog, names: &[String]) -> Vec<Fit> {
+    catalog
         .entries
         .iter()
         .enumerate()
         .filter(|(_, e)| e.kind == crate::syntax::ast::DeclKind::Module)
         .filter_map(|(i, e)| catalog::claim(e, names).map(|(c, f)| (i, c, f)))
+        .collect()
+}
+
+/// Greedy disjoint claims, largest first; the names none of them take.
+fn partial_cover(catalog: &Catalog, names: &[String]) -> (Cover, Vec<String>) {
+    let mut fits = module_fits(catalog, names);
+    fits.sort_by_key(|(i, claimed, _)| (std::cmp::Reverse(claimed.len()), *i));
+    let mut covered = BTreeSet::new();
+    let mut cover = Cover::new();
+    for (entry, claimed, flags) in fits {
+        if claimed.iter().all(|c| !covered.contains(c)) {
+            covered.extend(claimed);
+            cover.push((entry, flags));
+        }
+    }
+    let left = names
+        .iter()
+        .filter(|n| !covered.contains(*n))
+        .cloned()
         .collect();
-    let mut out = Vec::new();
-    let mut chosen = Vec::new();
-    search(&fits, names, &mut BTreeSet::new(), &mut chosen, &mut out);
-    out
+    (cover, left)
 }
 
 fn search(
