@@ -112,3 +112,45 @@ fn scaffold_covers_a_segment_with_two_modules() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/gemma3_text");
     insta::assert_snapshot!(scaffold(&dir).1);
 }
+
+fn wmapc(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_wmapc"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn cli_prints_the_scaffold_and_hiding_changes_it() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/gpt_neox");
+    let dir = dir.to_str().unwrap();
+    let shown = wmapc(&["new", "--checkpoint", dir]);
+    assert!(shown.status.success());
+    // The family's own block answers when visible, and cannot when hidden.
+    assert!(String::from_utf8(shown.stdout)
+        .unwrap()
+        .contains("neox_block: NeoxBlock\n"));
+    let hidden = wmapc(&["new", "--checkpoint", dir, "--hide-stdlib-model", "GptNeox"]);
+    assert!(hidden.status.success());
+    let hidden = String::from_utf8(hidden.stdout).unwrap();
+    assert!(!hidden.contains("Neox"), "{hidden}");
+    assert_eq!(
+        hidden,
+        wmap::scaffold::scaffold(Path::new(dir), &["GptNeox".into()]).unwrap()
+    );
+}
+
+#[test]
+fn cli_refuses_to_hide_a_model_the_stdlib_lacks() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/llama");
+    let out = wmapc(&[
+        "new",
+        "--checkpoint",
+        dir.to_str().unwrap(),
+        "--hide-stdlib-model",
+        "Lama",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("[E0805/"), "{stderr}");
+}

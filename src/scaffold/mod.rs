@@ -27,6 +27,20 @@ const MAX_OPTIONS: usize = 16;
 /// Scaffolds a mapping for the checkpoint in `dir`, hiding the stdlib models named in
 /// `hidden` (so a family's own model cannot answer for it).
 pub fn scaffold(dir: &Path, hidden: &[String]) -> Result<String, Diagnostic> {
+    let known: Vec<String> = driver::stdlib_models()
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    if let Some(h) = hidden
+        .iter()
+        .find(|h| !known.iter().any(|k| k.eq_ignore_ascii_case(h)))
+    {
+        // Hiding a model that does not exist would measure nothing; say so.
+        return Err(
+            Diagnostic::new(Code::E0805, format!("no stdlib model is called `{h}`"))
+                .suggest(h, known.iter().map(String::as_str)),
+        );
+    }
     let checkpoint = Checkpoint::open(dir)?;
     let config_path = dir.join("config.json");
     let config = read_config(&config_path)?;
