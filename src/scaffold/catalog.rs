@@ -299,3 +299,33 @@ fn hit_nonempty(slot: &Slot, names: &[String]) -> bool {
         .iter()
         .any(|alt| !alt.is_empty() && alt.iter().all(|t| names.iter().any(|n| fits(t, n))))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holes_match_indices_only() {
+        assert!(fits("experts.{e}.w1.weight", "experts.12.w1.weight"));
+        assert!(!fits("experts.{e}.w1.weight", "experts.x.w1.weight"));
+        assert!(!fits("experts.{e}.w1.weight", "experts.1.w1.weight.absmax"));
+        assert!(fits("gate.weight", "gate.weight"));
+    }
+
+    #[test]
+    fn a_module_claims_the_first_alternative_that_is_all_present() {
+        let catalog = Catalog::new(&[]);
+        let attention = catalog
+            .entries
+            .iter()
+            .find(|e| e.name == "Attention")
+            .unwrap();
+        let names: Vec<String> = ["qkv_proj.weight", "o_proj.weight", "q_norm.weight"]
+            .map(String::from)
+            .into();
+        let (claimed, _) = claim(attention, &names).unwrap();
+        assert_eq!(claimed, ["o_proj.weight", "qkv_proj.weight"]);
+        // Without an output projection a required param is missing: no claim.
+        assert!(claim(attention, &names[..1]).is_none());
+    }
+}
