@@ -199,8 +199,43 @@ impl<'a> Layout<'a> {
         let Some(prefix) = &self.layer_prefix else {
             return String::new();
         };
-        // (segment, entry) → the layers using it, in first-use order.
-        let mut uses: Vec<((String, usize), Vec<u64>)> = Vec::new();
+        let (uses, unplaced) = self.uses(flags);
+        let all: usize = self.groups.iter().map(|g| g.layers.len()).sum();
+        let mut out = String::from("block Layer {\n");
+        for ((seg, entry), layers) in &uses {
+            let e = &self.catalog.entries[*entry];
+            files.insert(e.file);
+            let shared = uses.iter().filter(|((s, _), _)| s == seg).count() > 1;
+            let name = instance_name(seg, &e.name, shared);
+            let mut line = format!("    {name}: {}", e.name);
+            if !seg.is_empty() {
+                let _ = write!(line, " at \"{seg}\"");
+            }
+            if layers.len() != all {
+                let mut sorted = layers.clone();
+                sorted.sort_unstable();
+                let _ = write!(line, " when layer in {sorted:?}");
+            }
+            out.push_str(&line);
+            out.push('\n');
+        }
+        out.push_str(&unplaced);
+        let ignored: BTreeSet<&str> = self
+            .ignored
+            .iter()
+            .filter_map(|n| split_layer(prefix, n).map(|(_, rel)| rel))
+            .collect();
+        for rel in ignored {
+            let _ = writeln!(out, "    ignore \"{rel}\"");
+        }
+        out.push_str("}\n\n");
+        out
+    }
+
+    /// The chosen placements as (segment, entry) → the layers using it, in first-use
+    /// order, and the `# unplaced` comment lines; records the flags placements need.
+    fn uses(&self, flags: &mut BTreeMap<String, bool>) -> (Vec<Use>, String) {
+        let mut uses: Vec<Use> = Vec::new();
         let mut unplaced = String::new();
         for g in &self.groups {
             let Some(choice) = g.options.get(g.chosen) else {
@@ -228,31 +263,7 @@ impl<'a> Layout<'a> {
                 );
             }
         }
-        let all: usize = self.groups.iter().map(|g| g.layers.len()).sum();
-        let mut out = String::from("block Layer {\n");
-        for ((seg, entry), layers) in &uses {
-            let e = &self.catalog.entries[*entry];
-            files.insert(e.file);
-            let shared = uses.iter().filter(|((s, _), _)| s == seg).count() > 1;
-            let name = instance_name(seg, &e.name, shared);
-            let mut line = format!("    {name}: {}", e.name);
-            if !seg.is_empty() {
-                let _ = write!(line, " at \"{seg}\"");
-            }
-            if layers.len() != all {
-                let mut sorted = layers.clone();
-                sorted.sort_unstable();
-                let _ = write!(line, " when layer in {sorted:?}");
-            }
-            out.push_str(&line);
-            out.push('\n');
-        }
-        out.push_str(&unplaced);
-        for n in self.ignored.iter().filter_map(|n| split_layer(prefix, n)) {
-            let _ = writeln!(out, "    ignore \"{}\"", n.1);
-        }
-        out.push_str("}\n\n");
-        out
+        (uses, unplaced)
     }
 
     fn emit_top(&self, out: &mut String) {
@@ -380,6 +391,9 @@ fn options(catalog: &Catalog, names: &[String]) -> Vec<Choice> {
 }
 
 type Cover = Vec<(usize, catalog::Flags)>;
+
+/// A (segment, entry) placement and the layers using it.
+type Use = ((String, usize), Vec<u64>);
 
 /// A module entry and what it claims.
 type Fit = (usize, Vec<String>, catalog::Flags);
