@@ -23,7 +23,8 @@
 //!
 //! After a compile, [`plan`] binds the IR to a checkpoint's headers, [`load`] executes
 //! the plan, [`export`] writes a quantized load in HF naming, and [`reverse`] writes a
-//! runtime-layout store back as the checkpoint it came from.
+//! runtime-layout store back as the checkpoint it came from. [`scaffold`] writes a
+//! starting `.wmap` for a checkpoint no stdlib model serves (`wmapc new`).
 
 // Diagnostics are the error values of a compiler: built rarely, off the hot path, and
 // richer than a pointer. Boxing them everywhere would buy nothing.
@@ -46,6 +47,7 @@ pub mod plan;
 pub mod quant;
 pub mod resolve;
 pub mod reverse;
+pub mod scaffold;
 pub mod source;
 pub mod stdlib;
 pub mod syntax;

@@ -9,6 +9,7 @@ mod flags;
 mod front;
 mod gpu;
 mod load;
+mod new;
 pub(crate) mod out;
 mod progress;
 mod save;
@@ -93,6 +94,8 @@ enum Command {
     },
     /// List the stdlib models and the architectures they serve.
     Stdlib,
+    /// Print a starting .wmap for a checkpoint, built from its headers and config.json.
+    New(new::NewArgs),
     /// GPU: a forward sweep over offloaded experts with stand-in compute (P9).
     BenchOffload(gpu::BenchOffloadArgs),
 }
@@ -219,6 +222,7 @@ fn run() -> ExitCode {
         Command::Save(args) => save::save(&args),
         Command::Explain { code } => front::explain(code.as_deref()),
         Command::Stdlib => front::stdlib(),
+        Command::New(args) => new::new(&args),
         Command::BenchOffload(args) => gpu::bench_offload(&args),
     };
     match result {
