@@ -69,7 +69,7 @@ impl Catalog {
         for (name, (file, decl)) in &decls {
             cat.learn(decl);
             if decl.kind != DeclKind::Model {
-                let slots = slots_of(&decls, decl, "", false, 0);
+                let slots = slots_of(&decls, decl, "", false, 0, &string_params(decl, &[]));
                 cat.entries.push(Entry {
                     name: name.clone(),
                     kind: decl.kind,
@@ -105,7 +105,7 @@ impl Catalog {
                         self.rank(&r.range.end);
                     }
                 }
-                ast::Member::Config(_) => {}
+                ast::Member::Config(_) | ast::Member::Match(_) => {}
             }
         }
     }
@@ -154,6 +154,34 @@ fn model_param_source(decl: &ast::Decl, name: &str) -> Option<String> {
     })
 }
 
+/// A declaration's string parameters (`module GatedExperts(gate = "gate_proj")`) with the
+/// values an instance gives (`GatedExperts(gate = "w1")`) over the defaults: what their
+/// `{gate}` holes in tensor names read.
+fn string_params(decl: &ast::Decl, args: &[ast::Arg]) -> Vec<(String, String)> {
+    let literal = |e: &ast::Expr| match &e.node {
+        ast::ExprKind::Str(s) => Some(s.clone()),
+        _ => None,
+    };
+    decl.params
+        .iter()
+        .filter_map(|p| {
+            let given = args.iter().find(|a| a.name.node == p.name.node);
+            let value = match given {
+                Some(a) => literal(&a.value)?,
+                None => literal(p.default.as_ref()?)?,
+            };
+            Some((p.name.node.clone(), value))
+        })
+        .collect()
+}
+
+/// `name` with each `{param}` hole of a string parameter filled.
+fn fill(name: &str, params: &[(String, String)]) -> String {
+    params.iter().fold(name.to_string(), |n, (k, v)| {
+        n.replace(&format!("{{{k}}}"), v)
+    })
+}
+
 /// The slots of `decl` with every template under `prefix`.
 fn slots_of(
     decls: &BTreeMap<String, (&'static str, ast::Decl)>,
@@ -161,6 +189,7 @@ fn slots_of(
     prefix: &str,
     optional: bool,
     depth: usize,
+    params: &[(String, String)],
 ) -> Vec<Slot> {
     let mut out = Vec::new();
     if depth > MAX_DEPTH {
@@ -176,7 +205,7 @@ fn slots_of(
                 };
                 let alternatives = alternatives(src)
                     .into_iter()
-                    .map(|alt| alt.iter().map(|n| join(prefix, n)).collect())
+                    .map(|alt| alt.iter().map(|n| join(prefix, &fill(n, params))).collect())
                     .collect();
                 out.push(Slot {
                     optional: optional || p.when.is_some() || p.optional.is_some(),
@@ -195,6 +224,7 @@ fn slots_of(
                     &join(prefix, at),
                     optional || i.when.is_some(),
                     depth + 1,
+                    &string_params(sub, &i.args),
                 ));
             }
             _ => {}
@@ -228,6 +258,25 @@ fn alternatives(src: &ast::Source) -> Vec<Vec<String>> {
             acc
         }
         SourceKind::Stack { part, .. } => alternatives(part),
+        SourceKind::Stacked { source, .. } => alternatives(source),
+        // Pre-quantized forms read their codes and scales together.
+        SourceKind::Fp8Blocks {
+            template,
+            scale_inv,
+            ..
+        } => {
+            let scale = scale_inv.as_ref().map_or_else(
+                || format!("{}_scale_inv", template.node),
+                |s| s.node.clone(),
+            );
+            vec![vec![template.node.clone(), scale]]
+        }
+        SourceKind::Mxfp4 { blocks, scales } => {
+            vec![vec![blocks.node.clone(), scales.node.clone()]]
+        }
+        SourceKind::Nvfp4(template) | SourceKind::Bnb4 { template, .. } => {
+            vec![vec![template.node.clone()]]
+        }
         SourceKind::Slice { source, .. }
         | SourceKind::Split { source, .. }
         | SourceKind::Reshape { source, .. }
