@@ -192,19 +192,52 @@ pub fn quantize_bytes(
     bytes: &[u8],
     shape: &[u64],
 ) -> (QuantizedTensor, ErrorStats) {
-    let size = dtype.size().max(1);
-    let n = bytes.len() / size;
-    let (Some(widen), Some((kind, blocksize))) = (widener(dtype), bnb_params(format)) else {
+    let (Some(_), Some((kind, blocksize))) = (widener(dtype), bnb_params(format)) else {
         let x = to_f32(dtype, bytes);
         let q = quantize(format, &x, shape);
         let err = q.error_against(&x);
         return (q, err);
     };
-    let fill = |start: usize, out: &mut [f32]| {
-        for (o, b) in out.iter_mut().zip(bytes[start * size..].chunks_exact(size)) {
-            *o = widen(b);
-        }
+    // One monomorphic widening loop per dtype: through a function pointer, the call per
+    // element cost more than the quantization itself.
+    let bnb = |fill: &(dyn Fn(usize, &mut [f32]) + Sync)| {
+        quantize_bnb(
+            format,
+            kind,
+            blocksize,
+            bytes.len() / dtype.size(),
+            shape,
+            fill,
+        )
     };
+    match dtype {
+        Dtype::Bf16 => bnb(&|start, out: &mut [f32]| {
+            for (o, c) in out.iter_mut().zip(bytes[2 * start..].chunks_exact(2)) {
+                *o = f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16);
+            }
+        }),
+        Dtype::F16 => bnb(&|start, out: &mut [f32]| {
+            for (o, c) in out.iter_mut().zip(bytes[2 * start..].chunks_exact(2)) {
+                *o = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
+            }
+        }),
+        _ => bnb(&|start, out: &mut [f32]| {
+            for (o, c) in out.iter_mut().zip(bytes[4 * start..].chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }),
+    }
+}
+
+/// A bnb 4-bit format over `n` values that `fill` widens a run at a time, and its error.
+fn quantize_bnb(
+    format: Format,
+    kind: bnb4::Kind,
+    blocksize: usize,
+    n: usize,
+    shape: &[u64],
+    fill: &(dyn Fn(usize, &mut [f32]) + Sync),
+) -> (QuantizedTensor, ErrorStats) {
     let (packed, absmax) = bnb4::quantize_with(kind, n, blocksize, fill);
     let mut q = QuantizedTensor {
         format,
