@@ -259,9 +259,9 @@ fn detect(cfg: &Config) -> Result<&'static str, Diagnostic> {
     Err(d
         .with_note(format!("stdlib architectures: {}", all.join(", ")))
         .with_note(
-            "to go on, write a .wmap mapping for it (start from the stdlib model nearest in structure, \
-             `wmapc stdlib` lists them) and pass it: `wmapc check my.wmap --config config.json`, \
-             `wmapc load DIR --model my.wmap`",
+            "to go on, start a mapping from the checkpoint itself: `wmapc new --checkpoint DIR > my.wmap` \
+             (or from the stdlib model nearest in structure, `wmapc stdlib` lists them), review it, \
+             then `wmapc plan my.wmap --checkpoint DIR --strict` and `wmapc load DIR --model my.wmap`",
         ))
 }
 
