@@ -1,6 +1,8 @@
 //! Bad input never panics: a bounded, deterministic corpus of mutated `.wmap` files and
 //! configs goes through the whole front end. Every run sees the same cases (a fixed
-//! seed), so a failure reproduces; the case index is in the message.
+//! seed), so a failure reproduces; the case index is in the message. Time limits here are
+//! generous (a minute for a debug build on a shared 2-core machine): they tell "bounded"
+//! from "runs for hours", not fast from slow; BENCHMARKS.md has the timings.
 
 // `driver::compile`'s error is a `Diagnostic`, as everywhere in the library.
 #![allow(clippy::result_large_err)]
@@ -271,7 +273,7 @@ fn with_dim(expr: &str) -> String {
 fn assert_code(what: &str, text: String, config: &str, code: &str) {
     let (first, took) = first_code(text, config.to_string());
     assert_eq!(first.as_deref(), Some(code), "{what}");
-    assert!(took.as_secs() < 20, "{what}: took {took:?}");
+    assert!(took.as_secs() < 60, "{what}: took {took:?}");
 }
 
 #[test]
@@ -453,7 +455,7 @@ fn huge_layer_counts_are_capped_in_bounded_time() {
     for (value, want) in cases {
         let (got, took) = with_config_values("llama", &[("num_hidden_layers", value)]);
         assert_eq!(got.as_deref(), want, "num_hidden_layers = {value}");
-        assert!(took.as_secs() < 10, "num_hidden_layers = {value}: {took:?}");
+        assert!(took.as_secs() < 60, "num_hidden_layers = {value}: {took:?}");
     }
 }
 
@@ -471,13 +473,13 @@ fn huge_expert_counts_are_capped_in_bounded_time() {
     ] {
         let (got, took) = with_config_values("qwen3_moe", &[("num_experts", value)]);
         assert_eq!(got.as_deref(), want, "num_experts = {value}");
-        assert!(took.as_secs() < 10, "num_experts = {value}: {took:?}");
+        assert!(took.as_secs() < 60, "num_experts = {value}: {took:?}");
     }
     // Each count within its cap, their product is not: the model as a whole is refused.
     let both = [("num_experts", "1000"), ("num_hidden_layers", "65536")];
     let (got, took) = with_config_values("qwen3_moe", &both);
     assert_eq!(got.as_deref(), Some("E0412"));
-    assert!(took.as_secs() < 10, "{took:?}");
+    assert!(took.as_secs() < 60, "{took:?}");
 }
 
 /// `catch_unwind` cannot see a stack overflow or an allocation failure: they abort the
@@ -550,7 +552,7 @@ fn assert_exit_1(args: &[&std::ffi::OsStr], code: &str) {
     );
     assert!(stderr.contains(&format!("[{code}/")), "{args:?}:\n{stderr}");
     assert!(
-        started.elapsed().as_secs() < 20,
+        started.elapsed().as_secs() < 60,
         "{args:?}: {:?}",
         started.elapsed()
     );
@@ -587,7 +589,7 @@ model M for "X" { layers: Block[layer in 0..num_hidden_layers] at "l.{layer}" }"
     let config = r#"{"num_hidden_layers": 65536, "num_experts": 2}"#;
     let (first, took) = first_code(per_layer.to_string(), config.to_string());
     assert_eq!(first, None, "65 536 distinct layers are allowed");
-    assert!(took.as_secs() < 30, "{took:?}");
+    assert!(took.as_secs() < 90, "{took:?}");
     let nested = r#"module Expert { param w: [layer + e + 1] from "w" }
 module Block { experts: Expert[e in 0..num_experts] at "e.{e}" }
 model M for "X" { layers: Block[layer in 0..num_hidden_layers] at "l.{layer}" }"#;
