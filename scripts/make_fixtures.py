@@ -216,6 +216,14 @@ FAMILIES = {
         num_attention_heads=16, num_key_value_heads=2, head_dim=128, vocab_size=103424,
         max_position_embeddings=131072, rms_norm_eps=1e-5, use_bias=False,
         tie_word_embeddings=True), 1125),
+    # state-spaces/mamba-2.8b-hf (tiny: `time_step_rank: "auto"`, resolved by the config
+    # class to ⌈hidden/16⌉ = 2 before it is saved)
+    "mamba": ("MambaConfig", "MambaForCausalLM", dict(
+        hidden_size=32, intermediate_size=64, state_size=4, num_hidden_layers=2,
+        vocab_size=128, expand=2, conv_kernel=4, time_step_rank="auto"), dict(
+        hidden_size=2560, intermediate_size=5120, state_size=16, num_hidden_layers=64,
+        vocab_size=50280, expand=2, conv_kernel=4, time_step_rank=160, use_bias=False,
+        use_conv_bias=True, layer_norm_epsilon=1e-5, tie_word_embeddings=True), 1131),
     # CohereForAI/c4ai-command-r-v01
     "cohere": ("CohereConfig", "CohereForCausalLM", dict(TINY, tie_word_embeddings=True), dict(
         hidden_size=8192, intermediate_size=22528, num_hidden_layers=40,

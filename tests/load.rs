@@ -90,7 +90,7 @@ fn every_fixture_plans_clean_with_nothing_unclaimed() {
 }
 
 /// The fixtures of `scripts/make_fixtures.py` (one per stdlib family, plus config variants).
-const FAMILIES: [&str; 25] = [
+const FAMILIES: [&str; 26] = [
     "qwen2",
     "qwen2_moe",
     "granite",
@@ -116,6 +116,7 @@ const FAMILIES: [&str; 25] = [
     "exaone4",
     "arcee",
     "ernie4_5",
+    "mamba",
 ];
 
 /// (fixture, target, checkpoint tensors whose bytes, concatenated, the target must be).
@@ -264,6 +265,14 @@ const EXPECTED: &[(&str, &str, &[&str])] = &[
         "model.layers.{l}.mlp.up_proj.weight",
     ]),
     ("ernie4_5", "lm_head", &["model.embed_tokens.weight"]),
+    ("mamba", "layers.{l}.norm", &["backbone.layers.{l}.norm.weight"]),
+    ("mamba", "layers.{l}.mixer.in_proj", &["backbone.layers.{l}.mixer.in_proj.weight"]),
+    ("mamba", "layers.{l}.mixer.conv_weight", &["backbone.layers.{l}.mixer.conv1d.weight"]),
+    ("mamba", "layers.{l}.mixer.conv_bias", &["backbone.layers.{l}.mixer.conv1d.bias"]),
+    ("mamba", "layers.{l}.mixer.x_proj", &["backbone.layers.{l}.mixer.x_proj.weight"]),
+    ("mamba", "layers.{l}.mixer.dt_proj", &["backbone.layers.{l}.mixer.dt_proj.weight"]),
+    ("mamba", "layers.{l}.mixer.out_proj", &["backbone.layers.{l}.mixer.out_proj.weight"]),
+    ("mamba", "lm_head", &["backbone.embeddings.weight"]),
 ];
 
 /// The source names of one EXPECTED part for layer `l`: a part with `{e}` is one name per
@@ -305,7 +314,9 @@ fn family_fixtures_load_bit_identical_to_their_sources() {
 /// group per (layer, expert) while everything else stays resident.
 #[test]
 fn family_fixtures_quantize_matrices_and_offload_experts() {
-    const MATRICES: [&str; 5] = ["qkv", "out", "gate_up", "up", "down"];
+    const MATRICES: [&str; 8] = [
+        "qkv", "out", "gate_up", "up", "down", "in_proj", "x_proj", "out_proj",
+    ];
     for name in FAMILIES {
         let (plan, _) = load_dir(&fixture(name), &ModelSource::Detect);
         for t in &plan.targets {
@@ -528,6 +539,31 @@ fn mamba2_squeezes_conv_and_keeps_f32_params() {
         .flat_map(|p| ((u16::from_le_bytes([p[0], p[1]]) as u32) << 16).to_le_bytes())
         .collect();
     assert_eq!(t.data.to_vec(), widened);
+}
+
+/// Mamba (v1): `A_log` is 2-D [inner, state] and, with `D` and the `dt_proj` bias, widened
+/// exactly from bf16 to f32; the conv is squeezed from [C, 1, K] to [C, K].
+#[test]
+fn mamba_keeps_its_state_space_params_f32() {
+    let dir = fixture("mamba");
+    let (_, store) = load_dir(&dir, &ModelSource::Detect);
+    let widen = |b: Vec<u8>| -> Vec<u8> {
+        b.chunks(2)
+            .flat_map(|p| ((u16::from_le_bytes([p[0], p[1]]) as u32) << 16).to_le_bytes())
+            .collect()
+    };
+    for (target, source, shape) in [
+        ("A_log", "A_log", vec![64, 4]),
+        ("D", "D", vec![64]),
+        ("dt_bias", "dt_proj.bias", vec![64]),
+    ] {
+        let t = &store[&format!("layers.1.mixer.{target}")];
+        assert_eq!(t.dtype.name(), "F32", "{target}");
+        assert_eq!(t.shape, shape, "{target}");
+        let (raw_bytes, _) = raw(&dir, &format!("backbone.layers.1.mixer.{source}"));
+        assert_eq!(t.data.to_vec(), widen(raw_bytes), "{target}");
+    }
+    assert_eq!(store["layers.0.mixer.conv_weight"].shape, vec![64, 4]);
 }
 
 #[test]
