@@ -49,6 +49,7 @@ stdlib_files![
     "models/arcee.wmap",
     "models/ernie4_5.wmap",
     "models/mamba.wmap",
+    "models/jamba.wmap",
 ];
 
 /// The text of a stdlib file.

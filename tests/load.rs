@@ -90,7 +90,7 @@ fn every_fixture_plans_clean_with_nothing_unclaimed() {
 }
 
 /// The fixtures of `scripts/make_fixtures.py` (one per stdlib family, plus config variants).
-const FAMILIES: [&str; 26] = [
+const FAMILIES: [&str; 27] = [
     "qwen2",
     "qwen2_moe",
     "granite",
@@ -117,6 +117,7 @@ const FAMILIES: [&str; 26] = [
     "arcee",
     "ernie4_5",
     "mamba",
+    "jamba",
 ];
 
 /// (fixture, target, checkpoint tensors whose bytes, concatenated, the target must be).
@@ -273,6 +274,9 @@ const EXPECTED: &[(&str, &str, &[&str])] = &[
     ("mamba", "layers.{l}.mixer.dt_proj", &["backbone.layers.{l}.mixer.dt_proj.weight"]),
     ("mamba", "layers.{l}.mixer.out_proj", &["backbone.layers.{l}.mixer.out_proj.weight"]),
     ("mamba", "lm_head", &["backbone.embeddings.weight"]),
+    ("jamba", "layers.{l}.input_norm.weight", &["model.layers.{l}.input_layernorm.weight"]),
+    ("jamba", "layers.{l}.pre_ff_norm.weight", &["model.layers.{l}.pre_ff_layernorm.weight"]),
+    ("jamba", "lm_head", &["lm_head.weight"]),
 ];
 
 /// The source names of one EXPECTED part for layer `l`: a part with `{e}` is one name per
@@ -564,6 +568,56 @@ fn mamba_keeps_its_state_space_params_f32() {
         assert_eq!(t.data.to_vec(), widen(raw_bytes), "{target}");
     }
     assert_eq!(store["layers.0.mixer.conv_weight"].shape, vec![64, 4]);
+}
+
+/// Jamba (4 layers; attention and MoE at period 2, offset 1): layers 0 and 2 bind a Mamba
+/// mixer with its dt/B/C norms and a dense MLP, layers 1 and 3 attention and routed
+/// experts, each byte-identical to its sources; no layer binds the other kind.
+#[test]
+fn jamba_binds_mamba_attention_and_moe_by_period() {
+    let dir = fixture("jamba");
+    let (_, store) = load_dir(&dir, &ModelSource::Detect);
+    let src = |l: usize, name: &str| raw(&dir, &format!("model.layers.{l}.{name}")).0;
+    for l in [0, 2] {
+        let x_proj = bytes(&store, &format!("layers.{l}.mamba.x_proj"));
+        assert_eq!(x_proj, src(l, "mamba.x_proj.weight"));
+        let dt_norm = bytes(&store, &format!("layers.{l}.mamba_norms.dt_norm"));
+        assert_eq!(dt_norm, src(l, "mamba.dt_layernorm.weight"));
+        let gate_up = bytes(&store, &format!("layers.{l}.mlp.gate_up"));
+        let want = cat(&[
+            src(l, "feed_forward.gate_proj.weight"),
+            src(l, "feed_forward.up_proj.weight"),
+        ]);
+        assert_eq!(gate_up, want);
+        assert_eq!(store[&format!("layers.{l}.mamba.A_log")].shape, vec![64, 4]);
+        assert!(!store.contains_key(&format!("layers.{l}.attention.qkv")));
+        assert!(!store.contains_key(&format!("layers.{l}.moe.router")));
+    }
+    for l in [1, 3] {
+        let qkv = bytes(&store, &format!("layers.{l}.attention.qkv"));
+        let want = cat(&[
+            src(l, "self_attn.q_proj.weight"),
+            src(l, "self_attn.k_proj.weight"),
+            src(l, "self_attn.v_proj.weight"),
+        ]);
+        assert_eq!(qkv, want);
+        let router = bytes(&store, &format!("layers.{l}.moe.router"));
+        assert_eq!(router, src(l, "feed_forward.router.weight"));
+        let experts: Vec<Vec<u8>> = (0..4)
+            .flat_map(|e| {
+                [
+                    src(l, &format!("feed_forward.experts.{e}.gate_proj.weight")),
+                    src(l, &format!("feed_forward.experts.{e}.up_proj.weight")),
+                ]
+            })
+            .collect();
+        assert_eq!(
+            bytes(&store, &format!("layers.{l}.moe.experts.gate_up")),
+            cat(&experts)
+        );
+        assert!(!store.contains_key(&format!("layers.{l}.mamba.in_proj")));
+        assert!(!store.contains_key(&format!("layers.{l}.mlp.gate_up")));
+    }
 }
 
 #[test]
