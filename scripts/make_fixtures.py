@@ -238,6 +238,16 @@ FAMILIES = {
         mamba_expand=2, mamba_dt_rank=256, mamba_conv_bias=True, mamba_proj_bias=False,
         max_position_embeddings=262144, rms_norm_eps=1e-6, tie_word_embeddings=False,
         use_mamba_kernels=True), 1132),
+    # ibm-ai-platform/Bamba-9B-v1 (tiny: 3 layers, attention at layer 1)
+    "bamba": ("BambaConfig", "BambaForCausalLM", dict(
+        TINY, num_hidden_layers=3, mamba_n_heads=4, mamba_d_head=16, mamba_n_groups=1,
+        mamba_d_state=4, mamba_d_conv=4, mamba_expand=2, attn_layer_indices=[1]), dict(
+        hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+        attn_layer_indices=[9, 18, 27], mamba_n_heads=128, mamba_d_head=64,
+        mamba_n_groups=1, mamba_d_state=128, mamba_d_conv=4, mamba_expand=2,
+        mamba_conv_bias=True, mamba_proj_bias=False, max_position_embeddings=4096,
+        rms_norm_eps=1e-5, tie_word_embeddings=False), 1133),
     # CohereForAI/c4ai-command-r-v01
     "cohere": ("CohereConfig", "CohereForCausalLM", dict(TINY, tie_word_embeddings=True), dict(
         hidden_size=8192, intermediate_size=22528, num_hidden_layers=40,

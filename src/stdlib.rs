@@ -50,6 +50,7 @@ stdlib_files![
     "models/ernie4_5.wmap",
     "models/mamba.wmap",
     "models/jamba.wmap",
+    "models/bamba.wmap",
 ];
 
 /// The text of a stdlib file.

@@ -90,7 +90,7 @@ fn every_fixture_plans_clean_with_nothing_unclaimed() {
 }
 
 /// The fixtures of `scripts/make_fixtures.py` (one per stdlib family, plus config variants).
-const FAMILIES: [&str; 27] = [
+const FAMILIES: [&str; 28] = [
     "qwen2",
     "qwen2_moe",
     "granite",
@@ -118,6 +118,7 @@ const FAMILIES: [&str; 27] = [
     "ernie4_5",
     "mamba",
     "jamba",
+    "bamba",
 ];
 
 /// (fixture, target, checkpoint tensors whose bytes, concatenated, the target must be).
@@ -277,6 +278,12 @@ const EXPECTED: &[(&str, &str, &[&str])] = &[
     ("jamba", "layers.{l}.input_norm.weight", &["model.layers.{l}.input_layernorm.weight"]),
     ("jamba", "layers.{l}.pre_ff_norm.weight", &["model.layers.{l}.pre_ff_layernorm.weight"]),
     ("jamba", "lm_head", &["lm_head.weight"]),
+    ("bamba", "layers.{l}.input_norm.weight", &["model.layers.{l}.input_layernorm.weight"]),
+    ("bamba", "layers.{l}.mlp.gate_up", &[
+        "model.layers.{l}.feed_forward.gate_proj.weight",
+        "model.layers.{l}.feed_forward.up_proj.weight",
+    ]),
+    ("bamba", "lm_head", &["lm_head.weight"]),
 ];
 
 /// The source names of one EXPECTED part for layer `l`: a part with `{e}` is one name per
@@ -618,6 +625,36 @@ fn jamba_binds_mamba_attention_and_moe_by_period() {
         assert!(!store.contains_key(&format!("layers.{l}.mamba.in_proj")));
         assert!(!store.contains_key(&format!("layers.{l}.mlp.gate_up")));
     }
+}
+
+/// Bamba (3 layers, `attn_layer_indices = [1]`): layers 0 and 2 bind a Mamba2 mixer sized
+/// by Bamba's `mamba_*` keys, layer 1 attention, each byte-identical to its sources.
+#[test]
+fn bamba_binds_attention_at_its_indices() {
+    let dir = fixture("bamba");
+    let (_, store) = load_dir(&dir, &ModelSource::Detect);
+    let src = |l: usize, name: &str| raw(&dir, &format!("model.layers.{l}.{name}")).0;
+    for l in [0, 2] {
+        let in_proj = bytes(&store, &format!("layers.{l}.mamba.in_proj"));
+        assert_eq!(in_proj, src(l, "mamba.in_proj.weight"));
+        assert_eq!(
+            store[&format!("layers.{l}.mamba.conv_weight")].shape,
+            vec![72, 4]
+        );
+        assert_eq!(
+            store[&format!("layers.{l}.mamba.A_log")].dtype.name(),
+            "F32"
+        );
+        assert!(!store.contains_key(&format!("layers.{l}.attention.qkv")));
+    }
+    let qkv = bytes(&store, "layers.1.attention.qkv");
+    let want = cat(&[
+        src(1, "self_attn.q_proj.weight"),
+        src(1, "self_attn.k_proj.weight"),
+        src(1, "self_attn.v_proj.weight"),
+    ]);
+    assert_eq!(qkv, want);
+    assert!(!store.contains_key("layers.1.mamba.in_proj"));
 }
 
 #[test]
