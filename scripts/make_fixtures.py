@@ -248,6 +248,11 @@ FAMILIES = {
         mamba_n_groups=1, mamba_d_state=128, mamba_d_conv=4, mamba_expand=2,
         mamba_conv_bias=True, mamba_proj_bias=False, max_position_embeddings=4096,
         rms_norm_eps=1e-5, tie_word_embeddings=False), 1133),
+    # Falcon-H1 (full size: the config class defaults, 4096 wide; tiny: `mamba_rms_norm`
+    # on, so the mixer's gated norm is present)
+    "falcon_h1": ("FalconH1Config", "FalconH1ForCausalLM", dict(
+        TINY, mamba_n_heads=4, mamba_d_head=16, mamba_d_ssm=64, mamba_n_groups=1,
+        mamba_d_state=4, mamba_d_conv=4, mamba_expand=2, mamba_rms_norm=True), dict(), 1134),
     # CohereForAI/c4ai-command-r-v01
     "cohere": ("CohereConfig", "CohereForCausalLM", dict(TINY, tie_word_embeddings=True), dict(
         hidden_size=8192, intermediate_size=22528, num_hidden_layers=40,

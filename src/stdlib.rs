@@ -51,6 +51,7 @@ stdlib_files![
     "models/mamba.wmap",
     "models/jamba.wmap",
     "models/bamba.wmap",
+    "models/falcon_h1.wmap",
 ];
 
 /// The text of a stdlib file.

@@ -90,7 +90,7 @@ fn every_fixture_plans_clean_with_nothing_unclaimed() {
 }
 
 /// The fixtures of `scripts/make_fixtures.py` (one per stdlib family, plus config variants).
-const FAMILIES: [&str; 28] = [
+const FAMILIES: [&str; 29] = [
     "qwen2",
     "qwen2_moe",
     "granite",
@@ -119,6 +119,7 @@ const FAMILIES: [&str; 28] = [
     "mamba",
     "jamba",
     "bamba",
+    "falcon_h1",
 ];
 
 /// (fixture, target, checkpoint tensors whose bytes, concatenated, the target must be).
@@ -284,6 +285,16 @@ const EXPECTED: &[(&str, &str, &[&str])] = &[
         "model.layers.{l}.feed_forward.up_proj.weight",
     ]),
     ("bamba", "lm_head", &["lm_head.weight"]),
+    // Falcon-H1 runs attention and the mixer side by side in every layer.
+    ("falcon_h1", "layers.{l}.attention.qkv", &[
+        "model.layers.{l}.self_attn.q_proj.weight",
+        "model.layers.{l}.self_attn.k_proj.weight",
+        "model.layers.{l}.self_attn.v_proj.weight",
+    ]),
+    ("falcon_h1", "layers.{l}.mamba.in_proj", &["model.layers.{l}.mamba.in_proj.weight"]),
+    ("falcon_h1", "layers.{l}.mamba.norm", &["model.layers.{l}.mamba.norm.weight"]),
+    ("falcon_h1", "layers.{l}.mlp.down", &["model.layers.{l}.feed_forward.down_proj.weight"]),
+    ("falcon_h1", "lm_head", &["lm_head.weight"]),
 ];
 
 /// The source names of one EXPECTED part for layer `l`: a part with `{e}` is one name per
