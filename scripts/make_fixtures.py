@@ -216,6 +216,43 @@ FAMILIES = {
         num_attention_heads=16, num_key_value_heads=2, head_dim=128, vocab_size=103424,
         max_position_embeddings=131072, rms_norm_eps=1e-5, use_bias=False,
         tie_word_embeddings=True), 1125),
+    # state-spaces/mamba-2.8b-hf (tiny: `time_step_rank: "auto"`, resolved by the config
+    # class to ⌈hidden/16⌉ = 2 before it is saved)
+    "mamba": ("MambaConfig", "MambaForCausalLM", dict(
+        hidden_size=32, intermediate_size=64, state_size=4, num_hidden_layers=2,
+        vocab_size=128, expand=2, conv_kernel=4, time_step_rank="auto"), dict(
+        hidden_size=2560, intermediate_size=5120, state_size=16, num_hidden_layers=64,
+        vocab_size=50280, expand=2, conv_kernel=4, time_step_rank=160, use_bias=False,
+        use_conv_bias=True, layer_norm_epsilon=1e-5, tie_word_embeddings=True), 1131),
+    # ai21labs/Jamba-v0.1 (tiny: 4 layers, attention at 1 and 3 (period 2, offset 1), MoE
+    # at 1 and 3 (period 2, offset 1), `mamba_dt_rank: "auto"` resolved to 2 on save)
+    "jamba": ("JambaConfig", "JambaForCausalLM", dict(
+        TINY, num_hidden_layers=4, num_experts=4, num_experts_per_tok=2, mamba_d_state=4,
+        mamba_d_conv=4, mamba_expand=2, mamba_dt_rank="auto", attn_layer_period=2,
+        attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1,
+        use_mamba_kernels=False), dict(
+        hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=8, vocab_size=65536, num_experts=16,
+        num_experts_per_tok=2, expert_layer_period=2, expert_layer_offset=1,
+        attn_layer_period=8, attn_layer_offset=4, mamba_d_state=16, mamba_d_conv=4,
+        mamba_expand=2, mamba_dt_rank=256, mamba_conv_bias=True, mamba_proj_bias=False,
+        max_position_embeddings=262144, rms_norm_eps=1e-6, tie_word_embeddings=False,
+        use_mamba_kernels=True), 1132),
+    # ibm-ai-platform/Bamba-9B-v1 (tiny: 3 layers, attention at layer 1)
+    "bamba": ("BambaConfig", "BambaForCausalLM", dict(
+        TINY, num_hidden_layers=3, mamba_n_heads=4, mamba_d_head=16, mamba_n_groups=1,
+        mamba_d_state=4, mamba_d_conv=4, mamba_expand=2, attn_layer_indices=[1]), dict(
+        hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+        attn_layer_indices=[9, 18, 27], mamba_n_heads=128, mamba_d_head=64,
+        mamba_n_groups=1, mamba_d_state=128, mamba_d_conv=4, mamba_expand=2,
+        mamba_conv_bias=True, mamba_proj_bias=False, max_position_embeddings=4096,
+        rms_norm_eps=1e-5, tie_word_embeddings=False), 1133),
+    # Falcon-H1 (full size: the config class defaults, 4096 wide; tiny: `mamba_rms_norm`
+    # on, so the mixer's gated norm is present)
+    "falcon_h1": ("FalconH1Config", "FalconH1ForCausalLM", dict(
+        TINY, mamba_n_heads=4, mamba_d_head=16, mamba_d_ssm=64, mamba_n_groups=1,
+        mamba_d_state=4, mamba_d_conv=4, mamba_expand=2, mamba_rms_norm=True), dict(), 1134),
     # CohereForAI/c4ai-command-r-v01
     "cohere": ("CohereConfig", "CohereForCausalLM", dict(TINY, tie_word_embeddings=True), dict(
         hidden_size=8192, intermediate_size=22528, num_hidden_layers=40,

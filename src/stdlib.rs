@@ -18,6 +18,7 @@ stdlib_files![
     "modules/attention.wmap",
     "modules/mlp.wmap",
     "modules/moe.wmap",
+    "modules/mamba.wmap",
     "modules/mamba2.wmap",
     "modules/decoder.wmap",
     "models/llama.wmap",
@@ -47,6 +48,10 @@ stdlib_files![
     "models/exaone4.wmap",
     "models/arcee.wmap",
     "models/ernie4_5.wmap",
+    "models/mamba.wmap",
+    "models/jamba.wmap",
+    "models/bamba.wmap",
+    "models/falcon_h1.wmap",
 ];
 
 /// The text of a stdlib file.

@@ -18,7 +18,7 @@ fn lower(source: &ModelSource, config: &std::path::Path) -> (wmap::ir::Ir, drive
 #[test]
 fn fixture_configs_check_clean_and_lower_to_snapshots() {
     let configs = common::hf_configs();
-    assert_eq!(configs.len(), 41, "fixture configs: {configs:?}");
+    assert_eq!(configs.len(), 45, "fixture configs: {configs:?}");
     for (name, config) in configs {
         let (ir, c) = lower(&ModelSource::Detect, &config);
         let rendered = wmap::diag::render_human(&c.sources, &c.diags, wmap::diag::Color::Never);
@@ -64,6 +64,10 @@ fn detection_picks_the_model_serving_the_architecture() {
         ("exaone4", "Exaone4"),
         ("arcee", "Arcee"),
         ("ernie4_5", "Ernie45"),
+        ("mamba", "Mamba"),
+        ("jamba", "Jamba"),
+        ("bamba", "Bamba"),
+        ("falcon_h1", "FalconH1"),
     ];
     for (dir, model) in expect {
         let config = common::root().join(format!("tests/fixtures/hf/{dir}/config.json"));
@@ -102,7 +106,32 @@ fn full_size_configs_check_clean() {
         );
         seen += 1;
     }
-    assert_eq!(seen, 25, "fixtures with a config.full.json");
+    assert_eq!(seen, 29, "fixtures with a config.full.json");
+}
+
+/// Mamba configs write `time_step_rank` as a number or as `"auto"` (⌈hidden_size / 16⌉);
+/// both forms bind the same model, and a wrong number does not.
+#[test]
+fn mamba_time_step_rank_auto_is_ceil_of_hidden_over_16() {
+    let real = common::root().join("tests/fixtures/hf/mamba/config.json");
+    let text = std::fs::read_to_string(&real).unwrap();
+    assert!(
+        text.contains("\"time_step_rank\": 2,"),
+        "the fixture has hidden 32"
+    );
+    let dir = common::tempdir("mamba_auto");
+    let root = |name: &str, rank: &str| {
+        let path = dir.join(format!("{name}.json"));
+        let replaced = text.replace(
+            "\"time_step_rank\": 2,",
+            &format!("\"time_step_rank\": {rank},"),
+        );
+        std::fs::write(&path, replaced).unwrap();
+        serde_json::to_value(&lower(&ModelSource::Detect, &path).0.root).unwrap()
+    };
+    let number = root("number", "2");
+    assert_eq!(root("auto", "\"auto\""), number);
+    assert_ne!(root("three", "3"), number);
 }
 
 #[test]

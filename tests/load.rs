@@ -90,7 +90,7 @@ fn every_fixture_plans_clean_with_nothing_unclaimed() {
 }
 
 /// The fixtures of `scripts/make_fixtures.py` (one per stdlib family, plus config variants).
-const FAMILIES: [&str; 25] = [
+const FAMILIES: [&str; 29] = [
     "qwen2",
     "qwen2_moe",
     "granite",
@@ -116,6 +116,10 @@ const FAMILIES: [&str; 25] = [
     "exaone4",
     "arcee",
     "ernie4_5",
+    "mamba",
+    "jamba",
+    "bamba",
+    "falcon_h1",
 ];
 
 /// (fixture, target, checkpoint tensors whose bytes, concatenated, the target must be).
@@ -264,6 +268,33 @@ const EXPECTED: &[(&str, &str, &[&str])] = &[
         "model.layers.{l}.mlp.up_proj.weight",
     ]),
     ("ernie4_5", "lm_head", &["model.embed_tokens.weight"]),
+    ("mamba", "layers.{l}.norm", &["backbone.layers.{l}.norm.weight"]),
+    ("mamba", "layers.{l}.mixer.in_proj", &["backbone.layers.{l}.mixer.in_proj.weight"]),
+    ("mamba", "layers.{l}.mixer.conv_weight", &["backbone.layers.{l}.mixer.conv1d.weight"]),
+    ("mamba", "layers.{l}.mixer.conv_bias", &["backbone.layers.{l}.mixer.conv1d.bias"]),
+    ("mamba", "layers.{l}.mixer.x_proj", &["backbone.layers.{l}.mixer.x_proj.weight"]),
+    ("mamba", "layers.{l}.mixer.dt_proj", &["backbone.layers.{l}.mixer.dt_proj.weight"]),
+    ("mamba", "layers.{l}.mixer.out_proj", &["backbone.layers.{l}.mixer.out_proj.weight"]),
+    ("mamba", "lm_head", &["backbone.embeddings.weight"]),
+    ("jamba", "layers.{l}.input_norm.weight", &["model.layers.{l}.input_layernorm.weight"]),
+    ("jamba", "layers.{l}.pre_ff_norm.weight", &["model.layers.{l}.pre_ff_layernorm.weight"]),
+    ("jamba", "lm_head", &["lm_head.weight"]),
+    ("bamba", "layers.{l}.input_norm.weight", &["model.layers.{l}.input_layernorm.weight"]),
+    ("bamba", "layers.{l}.mlp.gate_up", &[
+        "model.layers.{l}.feed_forward.gate_proj.weight",
+        "model.layers.{l}.feed_forward.up_proj.weight",
+    ]),
+    ("bamba", "lm_head", &["lm_head.weight"]),
+    // Falcon-H1 runs attention and the mixer side by side in every layer.
+    ("falcon_h1", "layers.{l}.attention.qkv", &[
+        "model.layers.{l}.self_attn.q_proj.weight",
+        "model.layers.{l}.self_attn.k_proj.weight",
+        "model.layers.{l}.self_attn.v_proj.weight",
+    ]),
+    ("falcon_h1", "layers.{l}.mamba.in_proj", &["model.layers.{l}.mamba.in_proj.weight"]),
+    ("falcon_h1", "layers.{l}.mamba.norm", &["model.layers.{l}.mamba.norm.weight"]),
+    ("falcon_h1", "layers.{l}.mlp.down", &["model.layers.{l}.feed_forward.down_proj.weight"]),
+    ("falcon_h1", "lm_head", &["lm_head.weight"]),
 ];
 
 /// The source names of one EXPECTED part for layer `l`: a part with `{e}` is one name per
@@ -305,7 +336,9 @@ fn family_fixtures_load_bit_identical_to_their_sources() {
 /// group per (layer, expert) while everything else stays resident.
 #[test]
 fn family_fixtures_quantize_matrices_and_offload_experts() {
-    const MATRICES: [&str; 5] = ["qkv", "out", "gate_up", "up", "down"];
+    const MATRICES: [&str; 8] = [
+        "qkv", "out", "gate_up", "up", "down", "in_proj", "x_proj", "out_proj",
+    ];
     for name in FAMILIES {
         let (plan, _) = load_dir(&fixture(name), &ModelSource::Detect);
         for t in &plan.targets {
@@ -528,6 +561,111 @@ fn mamba2_squeezes_conv_and_keeps_f32_params() {
         .flat_map(|p| ((u16::from_le_bytes([p[0], p[1]]) as u32) << 16).to_le_bytes())
         .collect();
     assert_eq!(t.data.to_vec(), widened);
+}
+
+/// Mamba (v1): `A_log` is 2-D [inner, state] and, with `D` and the `dt_proj` bias, widened
+/// exactly from bf16 to f32; the conv is squeezed from [C, 1, K] to [C, K].
+#[test]
+fn mamba_keeps_its_state_space_params_f32() {
+    let dir = fixture("mamba");
+    let (_, store) = load_dir(&dir, &ModelSource::Detect);
+    let widen = |b: Vec<u8>| -> Vec<u8> {
+        b.chunks(2)
+            .flat_map(|p| ((u16::from_le_bytes([p[0], p[1]]) as u32) << 16).to_le_bytes())
+            .collect()
+    };
+    for (target, source, shape) in [
+        ("A_log", "A_log", vec![64, 4]),
+        ("D", "D", vec![64]),
+        ("dt_bias", "dt_proj.bias", vec![64]),
+    ] {
+        let t = &store[&format!("layers.1.mixer.{target}")];
+        assert_eq!(t.dtype.name(), "F32", "{target}");
+        assert_eq!(t.shape, shape, "{target}");
+        let (raw_bytes, _) = raw(&dir, &format!("backbone.layers.1.mixer.{source}"));
+        assert_eq!(t.data.to_vec(), widen(raw_bytes), "{target}");
+    }
+    assert_eq!(store["layers.0.mixer.conv_weight"].shape, vec![64, 4]);
+}
+
+/// Jamba (4 layers; attention and MoE at period 2, offset 1): layers 0 and 2 bind a Mamba
+/// mixer with its dt/B/C norms and a dense MLP, layers 1 and 3 attention and routed
+/// experts, each byte-identical to its sources; no layer binds the other kind.
+#[test]
+fn jamba_binds_mamba_attention_and_moe_by_period() {
+    let dir = fixture("jamba");
+    let (_, store) = load_dir(&dir, &ModelSource::Detect);
+    let src = |l: usize, name: &str| raw(&dir, &format!("model.layers.{l}.{name}")).0;
+    for l in [0, 2] {
+        let x_proj = bytes(&store, &format!("layers.{l}.mamba.x_proj"));
+        assert_eq!(x_proj, src(l, "mamba.x_proj.weight"));
+        let dt_norm = bytes(&store, &format!("layers.{l}.mamba_norms.dt_norm"));
+        assert_eq!(dt_norm, src(l, "mamba.dt_layernorm.weight"));
+        let gate_up = bytes(&store, &format!("layers.{l}.mlp.gate_up"));
+        let want = cat(&[
+            src(l, "feed_forward.gate_proj.weight"),
+            src(l, "feed_forward.up_proj.weight"),
+        ]);
+        assert_eq!(gate_up, want);
+        assert_eq!(store[&format!("layers.{l}.mamba.A_log")].shape, vec![64, 4]);
+        assert!(!store.contains_key(&format!("layers.{l}.attention.qkv")));
+        assert!(!store.contains_key(&format!("layers.{l}.moe.router")));
+    }
+    for l in [1, 3] {
+        let qkv = bytes(&store, &format!("layers.{l}.attention.qkv"));
+        let want = cat(&[
+            src(l, "self_attn.q_proj.weight"),
+            src(l, "self_attn.k_proj.weight"),
+            src(l, "self_attn.v_proj.weight"),
+        ]);
+        assert_eq!(qkv, want);
+        let router = bytes(&store, &format!("layers.{l}.moe.router"));
+        assert_eq!(router, src(l, "feed_forward.router.weight"));
+        let experts: Vec<Vec<u8>> = (0..4)
+            .flat_map(|e| {
+                [
+                    src(l, &format!("feed_forward.experts.{e}.gate_proj.weight")),
+                    src(l, &format!("feed_forward.experts.{e}.up_proj.weight")),
+                ]
+            })
+            .collect();
+        assert_eq!(
+            bytes(&store, &format!("layers.{l}.moe.experts.gate_up")),
+            cat(&experts)
+        );
+        assert!(!store.contains_key(&format!("layers.{l}.mamba.in_proj")));
+        assert!(!store.contains_key(&format!("layers.{l}.mlp.gate_up")));
+    }
+}
+
+/// Bamba (3 layers, `attn_layer_indices = [1]`): layers 0 and 2 bind a Mamba2 mixer sized
+/// by Bamba's `mamba_*` keys, layer 1 attention, each byte-identical to its sources.
+#[test]
+fn bamba_binds_attention_at_its_indices() {
+    let dir = fixture("bamba");
+    let (_, store) = load_dir(&dir, &ModelSource::Detect);
+    let src = |l: usize, name: &str| raw(&dir, &format!("model.layers.{l}.{name}")).0;
+    for l in [0, 2] {
+        let in_proj = bytes(&store, &format!("layers.{l}.mamba.in_proj"));
+        assert_eq!(in_proj, src(l, "mamba.in_proj.weight"));
+        assert_eq!(
+            store[&format!("layers.{l}.mamba.conv_weight")].shape,
+            vec![72, 4]
+        );
+        assert_eq!(
+            store[&format!("layers.{l}.mamba.A_log")].dtype.name(),
+            "F32"
+        );
+        assert!(!store.contains_key(&format!("layers.{l}.attention.qkv")));
+    }
+    let qkv = bytes(&store, "layers.1.attention.qkv");
+    let want = cat(&[
+        src(1, "self_attn.q_proj.weight"),
+        src(1, "self_attn.k_proj.weight"),
+        src(1, "self_attn.v_proj.weight"),
+    ]);
+    assert_eq!(qkv, want);
+    assert!(!store.contains_key("layers.1.mamba.in_proj"));
 }
 
 #[test]

@@ -84,6 +84,12 @@ fn bind_missing(layout: &mut Layout, config: &Path, dir: &Path) {
         let Some(symbol) = unknown_symbol(&layout.emit(), config) else {
             return;
         };
+        // A symbol still unknown after it was bound is read where the model's configs do
+        // not reach (a module parameter's default); binding it again would only declare
+        // it twice (E0202).
+        if layout.bindings.iter().any(|(bound, _)| *bound == symbol) {
+            return;
+        }
         let mut best: Option<(usize, &String)> = None;
         for k in &keys {
             layout.bindings.push((symbol.clone(), k.clone()));
