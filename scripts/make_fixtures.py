@@ -222,6 +222,16 @@ FAMILIES = {
         num_attention_heads=64, num_key_value_heads=64, vocab_size=256000,
         max_position_embeddings=8192, layer_norm_eps=1e-5, logit_scale=0.0625,
         tie_word_embeddings=True, use_qk_norm=False), 1112),
+    # openai/gpt-oss-20b (bf16 layout: experts stacked on disk, gate/up interleaved)
+    # Experts 32 wide: the MXFP4 alternative needs whole 32-element blocks on both dims.
+    "gpt_oss": ("GptOssConfig", "GptOssForCausalLM", dict(
+        TINY, intermediate_size=32, num_local_experts=4, num_experts_per_tok=2,
+        sliding_window=16, tie_word_embeddings=False), dict(
+        hidden_size=2880, intermediate_size=2880, num_hidden_layers=24,
+        num_attention_heads=64, num_key_value_heads=8, head_dim=64, vocab_size=201088,
+        max_position_embeddings=131072, rms_norm_eps=1e-5, tie_word_embeddings=False,
+        num_local_experts=32, num_experts_per_tok=4, sliding_window=128,
+        attention_bias=True), 1113),
 }
 
 

@@ -47,6 +47,7 @@ stdlib_files![
     "models/exaone4.wmap",
     "models/arcee.wmap",
     "models/ernie4_5.wmap",
+    "models/gpt_oss.wmap",
 ];
 
 /// The text of a stdlib file.

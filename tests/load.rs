@@ -90,7 +90,7 @@ fn every_fixture_plans_clean_with_nothing_unclaimed() {
 }
 
 /// The fixtures of `scripts/make_fixtures.py` (one per stdlib family, plus config variants).
-const FAMILIES: [&str; 25] = [
+const FAMILIES: [&str; 26] = [
     "qwen2",
     "qwen2_moe",
     "granite",
@@ -116,6 +116,7 @@ const FAMILIES: [&str; 25] = [
     "exaone4",
     "arcee",
     "ernie4_5",
+    "gpt_oss",
 ];
 
 /// (fixture, target, checkpoint tensors whose bytes, concatenated, the target must be).
@@ -264,6 +265,14 @@ const EXPECTED: &[(&str, &str, &[&str])] = &[
         "model.layers.{l}.mlp.up_proj.weight",
     ]),
     ("ernie4_5", "lm_head", &["model.embed_tokens.weight"]),
+    // Stacked on disk: each expert param is the whole [E, …] tensor, gate/up still interleaved.
+    ("gpt_oss", "layers.{l}.experts.gate_up", &["model.layers.{l}.mlp.experts.gate_up_proj"]),
+    ("gpt_oss", "layers.{l}.experts.gate_up_bias", &["model.layers.{l}.mlp.experts.gate_up_proj_bias"]),
+    ("gpt_oss", "layers.{l}.experts.down", &["model.layers.{l}.mlp.experts.down_proj"]),
+    ("gpt_oss", "layers.{l}.experts.down_bias", &["model.layers.{l}.mlp.experts.down_proj_bias"]),
+    ("gpt_oss", "layers.{l}.router_bias", &["model.layers.{l}.mlp.router.bias"]),
+    ("gpt_oss", "layers.{l}.sinks", &["model.layers.{l}.self_attn.sinks"]),
+    ("gpt_oss", "layers.{l}.attention.out_bias", &["model.layers.{l}.self_attn.o_proj.bias"]),
 ];
 
 /// The source names of one EXPECTED part for layer `l`: a part with `{e}` is one name per
