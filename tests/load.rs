@@ -266,12 +266,12 @@ const EXPECTED: &[(&str, &str, &[&str])] = &[
     ]),
     ("ernie4_5", "lm_head", &["model.embed_tokens.weight"]),
     // Stacked on disk: each expert param is the whole [E, …] tensor, gate/up still interleaved.
-    ("gpt_oss", "layers.{l}.experts.gate_up", &["model.layers.{l}.mlp.experts.gate_up_proj"]),
-    ("gpt_oss", "layers.{l}.experts.gate_up_bias", &["model.layers.{l}.mlp.experts.gate_up_proj_bias"]),
-    ("gpt_oss", "layers.{l}.experts.down", &["model.layers.{l}.mlp.experts.down_proj"]),
-    ("gpt_oss", "layers.{l}.experts.down_bias", &["model.layers.{l}.mlp.experts.down_proj_bias"]),
-    ("gpt_oss", "layers.{l}.router_bias", &["model.layers.{l}.mlp.router.bias"]),
-    ("gpt_oss", "layers.{l}.sinks", &["model.layers.{l}.self_attn.sinks"]),
+    ("gpt_oss", "layers.{l}.moe.experts.gate_up", &["model.layers.{l}.mlp.experts.gate_up_proj"]),
+    ("gpt_oss", "layers.{l}.moe.experts.gate_up_bias", &["model.layers.{l}.mlp.experts.gate_up_proj_bias"]),
+    ("gpt_oss", "layers.{l}.moe.experts.down", &["model.layers.{l}.mlp.experts.down_proj"]),
+    ("gpt_oss", "layers.{l}.moe.experts.down_bias", &["model.layers.{l}.mlp.experts.down_proj_bias"]),
+    ("gpt_oss", "layers.{l}.moe.router_bias", &["model.layers.{l}.mlp.router.bias"]),
+    ("gpt_oss", "layers.{l}.sinks.sinks", &["model.layers.{l}.self_attn.sinks"]),
     ("gpt_oss", "layers.{l}.attention.out_bias", &["model.layers.{l}.self_attn.o_proj.bias"]),
 ];
 

@@ -539,14 +539,17 @@ fn gpt_oss_release_layout_loads_through_the_stdlib_model() {
             let want = golden
                 .tensor(&format!("{prefix}.mlp.experts.{name}"))
                 .unwrap();
-            let got = &out[&format!("layers.{layer}.experts.{param}")];
-            assert!(*got.data == want.data(), "layers.{layer}.experts.{param}");
+            let got = &out[&format!("layers.{layer}.moe.experts.{param}")];
+            assert!(
+                *got.data == want.data(),
+                "layers.{layer}.moe.experts.{param}"
+            );
         }
         for (param, name) in [
-            ("experts.gate_up_bias", "mlp.experts.gate_up_proj_bias"),
-            ("experts.down_bias", "mlp.experts.down_proj_bias"),
-            ("router", "mlp.router.weight"),
-            ("sinks", "self_attn.sinks"),
+            ("moe.experts.gate_up_bias", "mlp.experts.gate_up_proj_bias"),
+            ("moe.experts.down_bias", "mlp.experts.down_proj_bias"),
+            ("moe.router", "mlp.router.weight"),
+            ("sinks.sinks", "self_attn.sinks"),
             ("attention.out", "self_attn.o_proj.weight"),
         ] {
             let want = stored.tensor(&format!("{prefix}.{name}")).unwrap();
