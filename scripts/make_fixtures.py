@@ -232,6 +232,19 @@ FAMILIES = {
         max_position_embeddings=131072, rms_norm_eps=1e-5, tie_word_embeddings=False,
         num_local_experts=32, num_experts_per_tok=4, sliding_window=128,
         attention_bias=True), 1113),
+    # deepseek-ai/DeepSeek-V3 (bf16 layout): MLA, first_k_dense_replace dense layers, shared experts
+    "deepseek_v3": ("DeepseekV3Config", "DeepseekV3ForCausalLM", dict(
+        TINY, num_hidden_layers=3, moe_intermediate_size=16, n_routed_experts=4,
+        num_experts_per_tok=2, n_shared_experts=1, first_k_dense_replace=1, n_group=2,
+        topk_group=1, q_lora_rank=16, kv_lora_rank=16, qk_nope_head_dim=8,
+        qk_rope_head_dim=4, v_head_dim=8, tie_word_embeddings=False), dict(
+        hidden_size=7168, intermediate_size=18432, moe_intermediate_size=2048,
+        num_hidden_layers=61, num_attention_heads=128, num_key_value_heads=128,
+        vocab_size=129280, max_position_embeddings=163840, rms_norm_eps=1e-6,
+        n_routed_experts=256, n_shared_experts=1, num_experts_per_tok=8,
+        first_k_dense_replace=3, n_group=8, topk_group=4, q_lora_rank=1536,
+        kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
+        tie_word_embeddings=False), 1114),
 }
 
 

@@ -48,6 +48,7 @@ stdlib_files![
     "models/arcee.wmap",
     "models/ernie4_5.wmap",
     "models/gpt_oss.wmap",
+    "models/deepseek_v3.wmap",
 ];
 
 /// The text of a stdlib file.
