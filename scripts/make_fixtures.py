@@ -245,6 +245,23 @@ FAMILIES = {
         first_k_dense_replace=3, n_group=8, topk_group=4, q_lora_rank=1536,
         kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
         tie_word_embeddings=False), 1114),
+    # ibm-granite/granite-4.0-h-tiny: Mamba2 and attention layers by `layer_types`,
+    # experts stacked on disk (`input_linear [E, 2I, H]`), a shared MLP in every layer
+    "granitemoehybrid": ("GraniteMoeHybridConfig", "GraniteMoeHybridForCausalLM", dict(
+        TINY, num_hidden_layers=2, intermediate_size=16, num_local_experts=4,
+        num_experts_per_tok=2, shared_intermediate_size=32,
+        layer_types=["mamba", "attention"], mamba_n_heads=4, mamba_d_head=16,
+        mamba_d_state=8, mamba_n_groups=1, mamba_d_conv=4, mamba_expand=2,
+        tie_word_embeddings=True), dict(
+        hidden_size=1536, intermediate_size=512, shared_intermediate_size=1024,
+        num_hidden_layers=40, num_attention_heads=12, num_key_value_heads=4,
+        vocab_size=100352, max_position_embeddings=131072, rms_norm_eps=1e-5,
+        num_local_experts=64, num_experts_per_tok=6, mamba_n_heads=48, mamba_d_head=64,
+        mamba_d_state=128, mamba_n_groups=1, mamba_d_conv=4, mamba_expand=2,
+        layer_types=(["mamba"] * 5 + ["attention"] + ["mamba"] * 9 + ["attention"]
+                     + ["mamba"] * 9 + ["attention"] + ["mamba"] * 9 + ["attention"]
+                     + ["mamba"] * 4),
+        tie_word_embeddings=True), 1115),
 }
 
 

@@ -49,6 +49,7 @@ stdlib_files![
     "models/ernie4_5.wmap",
     "models/gpt_oss.wmap",
     "models/deepseek_v3.wmap",
+    "models/granitemoehybrid.wmap",
 ];
 
 /// The text of a stdlib file.

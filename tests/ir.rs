@@ -18,7 +18,7 @@ fn lower(source: &ModelSource, config: &std::path::Path) -> (wmap::ir::Ir, drive
 #[test]
 fn fixture_configs_check_clean_and_lower_to_snapshots() {
     let configs = common::hf_configs();
-    assert_eq!(configs.len(), 43, "fixture configs: {configs:?}");
+    assert_eq!(configs.len(), 44, "fixture configs: {configs:?}");
     for (name, config) in configs {
         let (ir, c) = lower(&ModelSource::Detect, &config);
         let rendered = wmap::diag::render_human(&c.sources, &c.diags, wmap::diag::Color::Never);
@@ -66,6 +66,7 @@ fn detection_picks_the_model_serving_the_architecture() {
         ("ernie4_5", "Ernie45"),
         ("gpt_oss", "GptOss"),
         ("deepseek_v3", "DeepseekV3"),
+        ("granitemoehybrid", "GraniteMoeHybrid"),
     ];
     for (dir, model) in expect {
         let config = common::root().join(format!("tests/fixtures/hf/{dir}/config.json"));
@@ -104,7 +105,7 @@ fn full_size_configs_check_clean() {
         );
         seen += 1;
     }
-    assert_eq!(seen, 27, "fixtures with a config.full.json");
+    assert_eq!(seen, 28, "fixtures with a config.full.json");
 }
 
 #[test]

@@ -90,7 +90,7 @@ fn every_fixture_plans_clean_with_nothing_unclaimed() {
 }
 
 /// The fixtures of `scripts/make_fixtures.py` (one per stdlib family, plus config variants).
-const FAMILIES: [&str; 27] = [
+const FAMILIES: [&str; 28] = [
     "qwen2",
     "qwen2_moe",
     "granite",
@@ -118,6 +118,7 @@ const FAMILIES: [&str; 27] = [
     "ernie4_5",
     "gpt_oss",
     "deepseek_v3",
+    "granitemoehybrid",
 ];
 
 /// (fixture, target, checkpoint tensors whose bytes, concatenated, the target must be).
@@ -291,6 +292,25 @@ const EXPECTED: &[(&str, &str, &[&str])] = &[
         "model.layers.1.mlp.experts.{e}.gate_proj.weight+model.layers.1.mlp.experts.{e}.up_proj.weight",
     ]),
     ("deepseek_v3", "layers.1.moe.router", &["model.layers.1.mlp.gate.weight"]),
+    // Layer 0 is Mamba2, layer 1 attention; experts stacked on disk in both.
+    ("granitemoehybrid", "layers.{l}.moe.experts.gate_up", &[
+        "model.layers.{l}.block_sparse_moe.input_linear.weight",
+    ]),
+    ("granitemoehybrid", "layers.{l}.moe.experts.down", &[
+        "model.layers.{l}.block_sparse_moe.output_linear.weight",
+    ]),
+    ("granitemoehybrid", "layers.{l}.moe.router", &[
+        "model.layers.{l}.block_sparse_moe.router.layer.weight",
+    ]),
+    ("granitemoehybrid", "layers.{l}.shared_mlp.gate_up", &[
+        "model.layers.{l}.shared_mlp.input_linear.weight",
+    ]),
+    ("granitemoehybrid", "layers.0.mamba.in_proj", &["model.layers.0.mamba.in_proj.weight"]),
+    ("granitemoehybrid", "layers.1.attention.qkv", &[
+        "model.layers.1.self_attn.q_proj.weight",
+        "model.layers.1.self_attn.k_proj.weight",
+        "model.layers.1.self_attn.v_proj.weight",
+    ]),
     ("deepseek_v3", "layers.1.moe.shared.gate_up", &[
         "model.layers.1.mlp.shared_experts.gate_proj.weight",
         "model.layers.1.mlp.shared_experts.up_proj.weight",
@@ -336,8 +356,9 @@ fn family_fixtures_load_bit_identical_to_their_sources() {
 /// group per (layer, expert) while everything else stays resident.
 #[test]
 fn family_fixtures_quantize_matrices_and_offload_experts() {
-    const MATRICES: [&str; 10] = [
-        "qkv", "out", "gate_up", "up", "down", "q_a", "q_b", "kv_a", "k_b", "v_b",
+    const MATRICES: [&str; 12] = [
+        "qkv", "out", "gate_up", "up", "down", "q_a", "q_b", "kv_a", "k_b", "v_b", "in_proj",
+        "out_proj",
     ];
     for name in FAMILIES {
         let (plan, _) = load_dir(&fixture(name), &ModelSource::Detect);
