@@ -259,6 +259,46 @@ FAMILIES = {
         num_attention_heads=64, num_key_value_heads=64, vocab_size=256000,
         max_position_embeddings=8192, layer_norm_eps=1e-5, logit_scale=0.0625,
         tie_word_embeddings=True, use_qk_norm=False), 1112),
+    # openai/gpt-oss-20b (bf16 layout: experts stacked on disk, gate/up interleaved)
+    # Experts 32 wide: the MXFP4 alternative needs whole 32-element blocks on both dims.
+    "gpt_oss": ("GptOssConfig", "GptOssForCausalLM", dict(
+        TINY, intermediate_size=32, num_local_experts=4, num_experts_per_tok=2,
+        sliding_window=16, tie_word_embeddings=False), dict(
+        hidden_size=2880, intermediate_size=2880, num_hidden_layers=24,
+        num_attention_heads=64, num_key_value_heads=8, head_dim=64, vocab_size=201088,
+        max_position_embeddings=131072, rms_norm_eps=1e-5, tie_word_embeddings=False,
+        num_local_experts=32, num_experts_per_tok=4, sliding_window=128,
+        attention_bias=True), 1113),
+    # deepseek-ai/DeepSeek-V3 (bf16 layout): MLA, first_k_dense_replace dense layers, shared experts
+    "deepseek_v3": ("DeepseekV3Config", "DeepseekV3ForCausalLM", dict(
+        TINY, num_hidden_layers=3, moe_intermediate_size=16, n_routed_experts=4,
+        num_experts_per_tok=2, n_shared_experts=1, first_k_dense_replace=1, n_group=2,
+        topk_group=1, q_lora_rank=16, kv_lora_rank=16, qk_nope_head_dim=8,
+        qk_rope_head_dim=4, v_head_dim=8, tie_word_embeddings=False), dict(
+        hidden_size=7168, intermediate_size=18432, moe_intermediate_size=2048,
+        num_hidden_layers=61, num_attention_heads=128, num_key_value_heads=128,
+        vocab_size=129280, max_position_embeddings=163840, rms_norm_eps=1e-6,
+        n_routed_experts=256, n_shared_experts=1, num_experts_per_tok=8,
+        first_k_dense_replace=3, n_group=8, topk_group=4, q_lora_rank=1536,
+        kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
+        tie_word_embeddings=False), 1114),
+    # ibm-granite/granite-4.0-h-tiny: Mamba2 and attention layers by `layer_types`,
+    # experts stacked on disk (`input_linear [E, 2I, H]`), a shared MLP in every layer
+    "granitemoehybrid": ("GraniteMoeHybridConfig", "GraniteMoeHybridForCausalLM", dict(
+        TINY, num_hidden_layers=2, intermediate_size=16, num_local_experts=4,
+        num_experts_per_tok=2, shared_intermediate_size=32,
+        layer_types=["mamba", "attention"], mamba_n_heads=4, mamba_d_head=16,
+        mamba_d_state=8, mamba_n_groups=1, mamba_d_conv=4, mamba_expand=2,
+        tie_word_embeddings=True), dict(
+        hidden_size=1536, intermediate_size=512, shared_intermediate_size=1024,
+        num_hidden_layers=40, num_attention_heads=12, num_key_value_heads=4,
+        vocab_size=100352, max_position_embeddings=131072, rms_norm_eps=1e-5,
+        num_local_experts=64, num_experts_per_tok=6, mamba_n_heads=48, mamba_d_head=64,
+        mamba_d_state=128, mamba_n_groups=1, mamba_d_conv=4, mamba_expand=2,
+        layer_types=(["mamba"] * 5 + ["attention"] + ["mamba"] * 9 + ["attention"]
+                     + ["mamba"] * 9 + ["attention"] + ["mamba"] * 9 + ["attention"]
+                     + ["mamba"] * 4),
+        tie_word_embeddings=True), 1115),
 }
 
 

@@ -52,6 +52,9 @@ stdlib_files![
     "models/jamba.wmap",
     "models/bamba.wmap",
     "models/falcon_h1.wmap",
+    "models/gpt_oss.wmap",
+    "models/deepseek_v3.wmap",
+    "models/granitemoehybrid.wmap",
 ];
 
 /// The text of a stdlib file.

@@ -18,7 +18,7 @@ fn lower(source: &ModelSource, config: &std::path::Path) -> (wmap::ir::Ir, drive
 #[test]
 fn fixture_configs_check_clean_and_lower_to_snapshots() {
     let configs = common::hf_configs();
-    assert_eq!(configs.len(), 45, "fixture configs: {configs:?}");
+    assert_eq!(configs.len(), 48, "fixture configs: {configs:?}");
     for (name, config) in configs {
         let (ir, c) = lower(&ModelSource::Detect, &config);
         let rendered = wmap::diag::render_human(&c.sources, &c.diags, wmap::diag::Color::Never);
@@ -68,6 +68,9 @@ fn detection_picks_the_model_serving_the_architecture() {
         ("jamba", "Jamba"),
         ("bamba", "Bamba"),
         ("falcon_h1", "FalconH1"),
+        ("gpt_oss", "GptOss"),
+        ("deepseek_v3", "DeepseekV3"),
+        ("granitemoehybrid", "GraniteMoeHybrid"),
     ];
     for (dir, model) in expect {
         let config = common::root().join(format!("tests/fixtures/hf/{dir}/config.json"));
@@ -106,7 +109,7 @@ fn full_size_configs_check_clean() {
         );
         seen += 1;
     }
-    assert_eq!(seen, 29, "fixtures with a config.full.json");
+    assert_eq!(seen, 32, "fixtures with a config.full.json");
 }
 
 /// Mamba configs write `time_step_rank` as a number or as `"auto"` (⌈hidden_size / 16⌉);

@@ -90,7 +90,7 @@ fn every_fixture_plans_clean_with_nothing_unclaimed() {
 }
 
 /// The fixtures of `scripts/make_fixtures.py` (one per stdlib family, plus config variants).
-const FAMILIES: [&str; 29] = [
+const FAMILIES: [&str; 32] = [
     "qwen2",
     "qwen2_moe",
     "granite",
@@ -120,6 +120,9 @@ const FAMILIES: [&str; 29] = [
     "jamba",
     "bamba",
     "falcon_h1",
+    "gpt_oss",
+    "deepseek_v3",
+    "granitemoehybrid",
 ];
 
 /// (fixture, target, checkpoint tensors whose bytes, concatenated, the target must be).
@@ -295,6 +298,54 @@ const EXPECTED: &[(&str, &str, &[&str])] = &[
     ("falcon_h1", "layers.{l}.mamba.norm", &["model.layers.{l}.mamba.norm.weight"]),
     ("falcon_h1", "layers.{l}.mlp.down", &["model.layers.{l}.feed_forward.down_proj.weight"]),
     ("falcon_h1", "lm_head", &["lm_head.weight"]),
+    // Stacked on disk: each expert param is the whole [E, …] tensor, gate/up still interleaved.
+    ("gpt_oss", "layers.{l}.moe.experts.gate_up", &["model.layers.{l}.mlp.experts.gate_up_proj"]),
+    ("gpt_oss", "layers.{l}.moe.experts.gate_up_bias", &["model.layers.{l}.mlp.experts.gate_up_proj_bias"]),
+    ("gpt_oss", "layers.{l}.moe.experts.down", &["model.layers.{l}.mlp.experts.down_proj"]),
+    ("gpt_oss", "layers.{l}.moe.experts.down_bias", &["model.layers.{l}.mlp.experts.down_proj_bias"]),
+    ("gpt_oss", "layers.{l}.moe.router_bias", &["model.layers.{l}.mlp.router.bias"]),
+    ("gpt_oss", "layers.{l}.sinks.sinks", &["model.layers.{l}.self_attn.sinks"]),
+    ("gpt_oss", "layers.{l}.attention.out_bias", &["model.layers.{l}.self_attn.o_proj.bias"]),
+    // Layer 0 is dense (`first_k_dense_replace` 1), layers 1 and 2 sparse.
+    ("deepseek_v3", "layers.{l}.attention.q_a", &["model.layers.{l}.self_attn.q_a_proj.weight"]),
+    ("deepseek_v3", "layers.{l}.attention.q_b", &["model.layers.{l}.self_attn.q_b_proj.weight"]),
+    ("deepseek_v3", "layers.{l}.attention.kv_a", &[
+        "model.layers.{l}.self_attn.kv_a_proj_with_mqa.weight",
+    ]),
+    ("deepseek_v3", "layers.{l}.attention.kv_a_norm", &[
+        "model.layers.{l}.self_attn.kv_a_layernorm.weight",
+    ]),
+    ("deepseek_v3", "layers.0.mlp.gate_up", &[
+        "model.layers.0.mlp.gate_proj.weight",
+        "model.layers.0.mlp.up_proj.weight",
+    ]),
+    ("deepseek_v3", "layers.1.moe.experts.gate_up", &[
+        "model.layers.1.mlp.experts.{e}.gate_proj.weight+model.layers.1.mlp.experts.{e}.up_proj.weight",
+    ]),
+    ("deepseek_v3", "layers.1.moe.router", &["model.layers.1.mlp.gate.weight"]),
+    // Layer 0 is Mamba2, layer 1 attention; experts stacked on disk in both.
+    ("granitemoehybrid", "layers.{l}.moe.experts.gate_up", &[
+        "model.layers.{l}.block_sparse_moe.input_linear.weight",
+    ]),
+    ("granitemoehybrid", "layers.{l}.moe.experts.down", &[
+        "model.layers.{l}.block_sparse_moe.output_linear.weight",
+    ]),
+    ("granitemoehybrid", "layers.{l}.moe.router", &[
+        "model.layers.{l}.block_sparse_moe.router.layer.weight",
+    ]),
+    ("granitemoehybrid", "layers.{l}.shared_mlp.gate_up", &[
+        "model.layers.{l}.shared_mlp.input_linear.weight",
+    ]),
+    ("granitemoehybrid", "layers.0.mamba.in_proj", &["model.layers.0.mamba.in_proj.weight"]),
+    ("granitemoehybrid", "layers.1.attention.qkv", &[
+        "model.layers.1.self_attn.q_proj.weight",
+        "model.layers.1.self_attn.k_proj.weight",
+        "model.layers.1.self_attn.v_proj.weight",
+    ]),
+    ("deepseek_v3", "layers.1.moe.shared.gate_up", &[
+        "model.layers.1.mlp.shared_experts.gate_proj.weight",
+        "model.layers.1.mlp.shared_experts.up_proj.weight",
+    ]),
 ];
 
 /// The source names of one EXPECTED part for layer `l`: a part with `{e}` is one name per
@@ -336,8 +387,9 @@ fn family_fixtures_load_bit_identical_to_their_sources() {
 /// group per (layer, expert) while everything else stays resident.
 #[test]
 fn family_fixtures_quantize_matrices_and_offload_experts() {
-    const MATRICES: [&str; 8] = [
-        "qkv", "out", "gate_up", "up", "down", "in_proj", "x_proj", "out_proj",
+    const MATRICES: [&str; 13] = [
+        "qkv", "out", "gate_up", "up", "down", "q_a", "q_b", "kv_a", "k_b", "v_b", "in_proj",
+        "x_proj", "out_proj",
     ];
     for name in FAMILIES {
         let (plan, _) = load_dir(&fixture(name), &ModelSource::Detect);
@@ -361,6 +413,31 @@ fn family_fixtures_quantize_matrices_and_offload_experts() {
                 assert!(offload.is_null(), "{name}: {} is resident", t.name);
             }
         }
+    }
+}
+
+/// DeepSeek-V3 stores `kv_b` per head, rows [heads, nope + v]; the loaded `k_b` gathers
+/// each head's first `qk_nope_head_dim` rows, `v_b` the remaining `v_head_dim`.
+#[test]
+fn deepseek_v3_splits_kv_b_per_head() {
+    let dir = fixture("deepseek_v3");
+    let (_, store) = load_dir(&dir, &ModelSource::Detect);
+    let (heads, nope, v, rank) = (4, 8, 8, 16);
+    for l in 0..3 {
+        let (src, _) = raw(
+            &dir,
+            &format!("model.layers.{l}.self_attn.kv_b_proj.weight"),
+        );
+        let rows: Vec<&[u8]> = src.chunks(rank * 2).collect();
+        let (mut k_want, mut v_want) = (Vec::new(), Vec::new());
+        for h in 0..heads {
+            for r in 0..nope + v {
+                let into = if r < nope { &mut k_want } else { &mut v_want };
+                into.extend_from_slice(rows[h * (nope + v) + r]);
+            }
+        }
+        assert_eq!(bytes(&store, &format!("layers.{l}.attention.k_b")), k_want);
+        assert_eq!(bytes(&store, &format!("layers.{l}.attention.v_b")), v_want);
     }
 }
 

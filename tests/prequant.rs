@@ -513,3 +513,48 @@ fn modelopt_nvfp4_loads_as_modelopt_dequantizes_it() {
         assert!(*out[&format!("c{case}")].data == want.data(), "case {case}");
     }
 }
+
+/// The GPT-OSS release layout of the whole tiny model (`scripts/make_mxfp4_checkpoint.py`
+/// from `tests/fixtures/hf/gpt_oss`): the stdlib model, detected from the config, takes its
+/// MXFP4 expert alternative, plans clean with `--strict`, and loads the experts as
+/// transformers dequantizes them and every other tensor as it is stored.
+#[test]
+fn gpt_oss_release_layout_loads_through_the_stdlib_model() {
+    let dir = common::root().join("tests/fixtures/prequant/gpt_oss_release");
+    let mut c = driver::compile(&ModelSource::Detect, Some(&dir.join("config.json"))).unwrap();
+    let b = driver::bind(&mut c, &dir, true).unwrap();
+    let rendered = wmap::diag::render_human(&c.sources, &c.diags, wmap::diag::Color::Never);
+    assert!(c.diags.is_empty(), "{rendered}");
+    let out = load_all(&b.plan, &b.checkpoint);
+    let golden = std::fs::read(
+        common::root().join("tests/fixtures/golden/gpt_oss_release_dequant.safetensors"),
+    )
+    .unwrap();
+    let golden = safetensors::SafeTensors::deserialize(&golden).unwrap();
+    let stored = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let stored = safetensors::SafeTensors::deserialize(&stored).unwrap();
+    for layer in 0..2 {
+        let prefix = format!("model.layers.{layer}");
+        for (param, name) in [("gate_up", "gate_up_proj"), ("down", "down_proj")] {
+            let want = golden
+                .tensor(&format!("{prefix}.mlp.experts.{name}"))
+                .unwrap();
+            let got = &out[&format!("layers.{layer}.moe.experts.{param}")];
+            assert!(
+                *got.data == want.data(),
+                "layers.{layer}.moe.experts.{param}"
+            );
+        }
+        for (param, name) in [
+            ("moe.experts.gate_up_bias", "mlp.experts.gate_up_proj_bias"),
+            ("moe.experts.down_bias", "mlp.experts.down_proj_bias"),
+            ("moe.router", "mlp.router.weight"),
+            ("sinks.sinks", "self_attn.sinks"),
+            ("attention.out", "self_attn.o_proj.weight"),
+        ] {
+            let want = stored.tensor(&format!("{prefix}.{name}")).unwrap();
+            let got = &out[&format!("layers.{layer}.{param}")];
+            assert!(*got.data == want.data(), "layers.{layer}.{param}");
+        }
+    }
+}
