@@ -129,6 +129,29 @@ fn force_replaces_an_earlier_output_and_leaves_no_siblings() {
     );
 }
 
+/// A user's files where wmapc would put its lock or its own-PID temporary folder are
+/// refused, never locked, unlinked or removed; a symlink there is not followed.
+#[test]
+fn files_in_the_way_of_the_lock_are_kept() {
+    let dir = workspace("lock-in-way");
+    std::fs::write(dir.join(".out.lock"), b"the user's notes").unwrap();
+    let before = tree(&dir);
+    let o = run(&dir, &["load", "ck", "--out", "out", "--quiet"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("[E0602/"), "{}", stderr(&o));
+    assert_eq!(tree(&dir), before, "nothing changed");
+    std::fs::remove_file(dir.join(".out.lock")).unwrap();
+    std::fs::write(dir.join("target.txt"), b"kept").unwrap();
+    std::os::unix::fs::symlink(dir.join("target.txt"), dir.join(".out.lock")).unwrap();
+    let o = run(&dir, &["load", "ck", "--out", "out", "--quiet"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        dir.join(".out.lock").symlink_metadata().is_ok(),
+        "the link is kept"
+    );
+    assert_eq!(std::fs::read(dir.join("target.txt")).unwrap(), b"kept");
+}
+
 /// Waits until a `.out.tmp-*` folder exists beside `out` (the run is past its checks).
 fn wait_for_tmp(dir: &Path) {
     let start = Instant::now();

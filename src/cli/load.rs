@@ -264,16 +264,18 @@ fn quant_summary(format: crate::quant::Format, r: &crate::quant::QuantReport) ->
         .expected_gaussian_error()
         .map(|e| format!("; {} on unit Gaussian data: {e}", format.name()))
         .unwrap_or_default();
+    let sizes = format!(
+        "quantized {} tensors to {}: {:.2} MB → {:.2} MB ({pct:.1} %); {} kept in full precision ({:.2} MB)\n",
+        r.quantized,
+        format.name(),
+        r.bytes_before as f64 / 1e6,
+        r.bytes_after as f64 / 1e6,
+        r.full,
+        r.full_bytes as f64 / 1e6,
+    );
     if r.passed_through == r.quantized && r.quantized > 0 {
         return format!(
-            "quantized {} tensors to {}: {:.2} MB → {:.2} MB ({pct:.1} %); {} kept in full precision ({:.2} MB)\n\
-             quantization: {}, {} tensors stored in this format already: codes and scales passed through untouched\n",
-            r.quantized,
-            format.name(),
-            r.bytes_before as f64 / 1e6,
-            r.bytes_after as f64 / 1e6,
-            r.full,
-            r.full_bytes as f64 / 1e6,
+            "{sizes}quantization: {}, {} tensors stored in this format already: codes and scales passed through untouched\n",
             format.name(),
             r.passed_through,
         );
@@ -283,14 +285,7 @@ fn quant_summary(format: crate::quant::Format, r: &crate::quant::QuantReport) ->
         n => format!(" ({n} passed through as stored, measured over the rest)"),
     };
     format!(
-        "quantized {} tensors to {}: {:.2} MB → {:.2} MB ({pct:.1} %); {} kept in full precision ({:.2} MB)\n\
-         quantization: {}, {} tensors{through}, mean abs reconstruction error {:.3e} ({unit:.4} × rms(w){reference}), max {:.3e}, relative {:.4}\n",
-        r.quantized,
-        format.name(),
-        r.bytes_before as f64 / 1e6,
-        r.bytes_after as f64 / 1e6,
-        r.full,
-        r.full_bytes as f64 / 1e6,
+        "{sizes}quantization: {}, {} tensors{through}, mean abs reconstruction error {:.3e} ({unit:.4} × rms(w){reference}), max {:.3e}, relative {:.4}\n",
         format.name(),
         r.quantized,
         r.error.mean_abs(),

@@ -16,7 +16,7 @@
 //!   left by a process that died (kill -9) are removed by the next run writing that OUT.
 
 use std::fs::File;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::diag::{Code, Diagnostic};
@@ -268,11 +268,27 @@ impl Lock {
         // A holder unlinks the file before it unlocks; a file locked after that is no
         // longer the one at `path`, so try again with the new one.
         for _ in 0..16 {
+            // Our lock files are empty regular files; anything else of that name (a
+            // symlink, a user's file with content) is not ours to lock, and not ours to
+            // unlink when the lock is dropped.
+            if let Ok(m) = std::fs::symlink_metadata(path) {
+                if !m.file_type().is_file() || m.len() > 0 {
+                    return Err(Diagnostic::new(
+                        Code::E0602,
+                        format!(
+                            "`{}` is in the way of the output's lock and was not written by wmapc",
+                            path.display()
+                        ),
+                    )
+                    .with_help("move it away, or choose another --out"));
+                }
+            }
             let file = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(false)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(path)
                 .map_err(write_failed(format!("cannot create `{}`", path.display())))?;
             if let Err(e) = try_flock(&file) {
