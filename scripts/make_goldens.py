@@ -68,7 +68,7 @@ def bnb_goldens():
         xc = x.cuda()
         for qt in ("nf4", "fp4"):
             packed, st = F.quantize_4bit(xc, blocksize=bs, quant_type=qt, compress_statistics=False)
-            out[f"case{i}.{qt}.input"] = x
+            out[f"case{i}.{qt}.input"] = x.clone()  # one tensor per key: safetensors refuses shared storage
             out[f"case{i}.{qt}.blocksize"] = torch.tensor([bs], dtype=torch.int64)
             out[f"case{i}.{qt}.packed"] = packed.cpu()
             out[f"case{i}.{qt}.absmax"] = st.absmax.float().cpu()
