@@ -20,3 +20,44 @@ fn every_kernel_compiles_for_sm_90() {
         Err(e) => panic!("{e}"),
     }
 }
+
+/// The kernel cache: the first process compiles every file to a CUBIN and stores it, the
+/// next reads the same images back; a damaged entry is recompiled, never loaded.
+#[test]
+fn kernels_are_compiled_once_then_read_from_the_cache() {
+    let dir = std::env::temp_dir().join(format!("wmap-kernel-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::env::set_var("WMAP_KERNEL_CACHE", &dir);
+    let first = match wmap::cuda::sources::device_code("sm_90") {
+        Ok(r) => r,
+        Err(e)
+            if e.to_string().contains("libnvrtc could not be loaded")
+                && std::env::var_os("CI").is_none() =>
+        {
+            println!("skipped: {e}");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!((first.1.cached, first.1.compiled), (0, 4));
+    let second = wmap::cuda::sources::device_code("sm_90").unwrap();
+    assert_eq!((second.1.cached, second.1.compiled), (4, 0));
+    for ((a, x), (b, y)) in first.0.iter().zip(&second.0) {
+        assert_eq!(a, b);
+        assert_eq!(x, y, "{a}: the cached image differs");
+        assert!(x.starts_with(b"\x7fELF"), "{a}: not a CUBIN");
+    }
+    let entry = std::fs::read_dir(&dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&entry).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&entry, bytes).unwrap();
+    let third = wmap::cuda::sources::device_code("sm_90").unwrap();
+    assert_eq!((third.1.cached, third.1.compiled), (3, 1));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -152,6 +152,10 @@ fn loader_of(args: &LoadArgs) -> Result<Loader, Diagnostic> {
 
 pub fn load(args: &LoadArgs) -> Outcome {
     let loader = loader_of(args)?;
+    let pending = match args.device {
+        Device::Cuda(ordinal) => super::gpu::start(ordinal),
+        Device::Cpu | Device::Auto => None,
+    };
     let margs = ModelArgs {
         file: None,
         model: None,
@@ -185,6 +189,7 @@ pub fn load(args: &LoadArgs) -> Outcome {
         // The GPU summary times `--repeat` loads with kernels and staging prepared once.
         return super::gpu::load(
             ordinal,
+            pending,
             &bound.plan,
             &bound.checkpoint,
             loader.quant,

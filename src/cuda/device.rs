@@ -34,6 +34,8 @@ pub struct Gpu {
     dynamic_map: CudaSlice<f32>,
     pub name: String,
     pub arch: String,
+    /// Where the kernels came from (the on-disk cache or NVRTC just now).
+    pub kernels: sources::KernelOrigins,
 }
 
 /// Whether a CUDA driver and a GPU are there (never panics).
@@ -62,19 +64,7 @@ impl Gpu {
         let name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
         let stream = ctx.new_stream().map_err(err("cannot create a stream"))?;
         let copy_stream = ctx.new_stream().map_err(err("cannot create a stream"))?;
-        let mut functions = BTreeMap::new();
-        for (module, ptx) in sources::compile_all(&arch)? {
-            let m = ctx
-                .load_module(ptx)
-                .map_err(err("cannot load a compiled module"))?;
-            for f in kernel_names(module) {
-                functions.insert(
-                    *f,
-                    m.load_function(f)
-                        .map_err(|e| format!("kernel {f}: {e:?}"))?,
-                );
-            }
-        }
+        let (functions, kernels) = load_kernels(&ctx, &arch)?;
         let up = |v: &[f32]| stream.clone_htod(v).map_err(err("cannot upload a table"));
         Ok(Gpu {
             nf4_mids: up(&bnb4::NF4_MIDS)?,
@@ -85,6 +75,7 @@ impl Gpu {
             stream,
             copy_stream,
             functions,
+            kernels,
             name,
             arch,
         })
@@ -97,6 +88,53 @@ impl Gpu {
     pub fn sync(&self) -> GpuResult<()> {
         self.stream.synchronize().map_err(err("stream synchronize"))
     }
+}
+
+type Functions = BTreeMap<&'static str, CudaFunction>;
+
+/// Every kernel, from cached or fresh CUBINs; when a CUBIN will not load (a driver older
+/// than the NVRTC that made it), the PTX of all files, which the driver compiles itself.
+fn load_kernels(
+    ctx: &Arc<CudaContext>,
+    arch: &str,
+) -> GpuResult<(Functions, sources::KernelOrigins)> {
+    let (images, origins) = sources::device_code(arch)?;
+    let images = images
+        .into_iter()
+        .map(|(name, image)| (name, cudarc::nvrtc::Ptx::from_binary(image)))
+        .collect();
+    match load_modules(ctx, images) {
+        Ok(functions) => Ok((functions, origins)),
+        Err(_) => {
+            let ptx = sources::compile_all(arch)?;
+            let compiled = ptx.len();
+            let origins = sources::KernelOrigins {
+                cached: 0,
+                compiled,
+            };
+            Ok((load_modules(ctx, ptx)?, origins))
+        }
+    }
+}
+
+fn load_modules(
+    ctx: &Arc<CudaContext>,
+    modules: Vec<(&'static str, cudarc::nvrtc::Ptx)>,
+) -> GpuResult<Functions> {
+    let mut functions = BTreeMap::new();
+    for (module, code) in modules {
+        let m = ctx
+            .load_module(code)
+            .map_err(err("cannot load a compiled module"))?;
+        for f in kernel_names(module) {
+            functions.insert(
+                *f,
+                m.load_function(f)
+                    .map_err(|e| format!("kernel {f}: {e:?}"))?,
+            );
+        }
+    }
+    Ok(functions)
 }
 
 fn kernel_names(module: &str) -> &'static [&'static str] {

@@ -92,6 +92,28 @@ impl Staging {
     }
 }
 
+/// An opened device with its staging ring: everything a load needs before its first byte.
+pub struct Ready {
+    pub gpu: std::sync::Arc<Gpu>,
+    pub staging: Staging,
+    /// Wall time of opening the device, loading the kernels and pinning the ring.
+    pub seconds: f64,
+}
+
+impl Ready {
+    /// Three 256 MiB buffers: enough to keep reads, copies and kernels all busy.
+    pub fn open(ordinal: usize) -> GpuResult<Ready> {
+        let t0 = std::time::Instant::now();
+        let gpu = std::sync::Arc::new(Gpu::new(ordinal)?);
+        let staging = Staging::new(&gpu, 3, 256 << 20)?;
+        Ok(Ready {
+            gpu,
+            staging,
+            seconds: t0.elapsed().as_secs_f64(),
+        })
+    }
+}
+
 /// What a GPU load did.
 #[derive(Clone, Debug, Default)]
 pub struct GpuLoadStats {

@@ -4,8 +4,10 @@
 //! byte what the CPU reference in [`crate::quant`] produces (the tests compare every
 //! kernel with it). Everything here is behind the `cuda` feature; a missing driver or
 //! GPU is a coded error at run time, never a panic. Kernels are compiled once per
-//! process for the device's architecture.
+//! machine for the device's architecture and kept in an on-disk cache.
 
+#[cfg(feature = "cuda")]
+pub mod cache;
 mod error;
 pub mod sources;
 
@@ -21,3 +23,5 @@ pub mod offload;
 pub mod weights;
 #[cfg(feature = "cuda")]
 pub use device::*;
+#[cfg(feature = "cuda")]
+pub use loader::Ready;

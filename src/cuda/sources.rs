@@ -1,5 +1,6 @@
 //! The CUDA sources, embedded; each kernel file is compiled with the shared header
-//! prepended, so NVRTC needs no include path.
+//! prepended, so NVRTC needs no include path. [`device_code`] goes through the on-disk
+//! cache ([`super::cache`]), so a machine compiles each kernel file once.
 
 const COMMON: &str = include_str!("../../kernels/common.cuh");
 
@@ -54,4 +55,51 @@ pub fn compile_all(arch: &str) -> Result<Vec<(&'static str, cudarc::nvrtc::Ptx)>
                 })
         })
         .collect()
+}
+
+/// How the kernels of one process were obtained, for the setup report.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelOrigins {
+    pub cached: usize,
+    pub compiled: usize,
+}
+
+/// A kernel file's name and its CUBIN.
+pub type DeviceCode = (&'static str, Vec<u8>);
+
+#[cfg(feature = "cuda")]
+/// Device code (CUBIN) of every kernel file for `arch`, from the kernel cache or compiled
+/// now and cached. The caller falls back to [`compile_all`]'s PTX if a CUBIN will not load.
+pub fn device_code(arch: &str) -> Result<(Vec<DeviceCode>, KernelOrigins), super::Error> {
+    use super::cache;
+    // SAFETY: probing for a shared library has no preconditions.
+    let nvrtc_present = unsafe { cudarc::nvrtc::sys::is_culib_present() };
+    // Without libnvrtc a cached image still serves; its key then names no NVRTC version.
+    let nvrtc = if nvrtc_present {
+        cache::nvrtc_version().map_err(super::Error::KernelCompile)?
+    } else {
+        "absent".to_string()
+    };
+    let folder = cache::folder();
+    let mut origins = KernelOrigins::default();
+    let mut out = Vec::with_capacity(FILES.len());
+    for (name, body) in FILES {
+        let (source, opts) = (full_source(body), options(arch));
+        let key = cache::key(name, &source, &opts, &nvrtc);
+        let (image, origin) = cache::cubin(folder.as_deref(), &key, || {
+            if !nvrtc_present {
+                return Err("libnvrtc could not be loaded (install the CUDA toolkit or the nvidia-cuda-nvrtc wheel and put it on LD_LIBRARY_PATH)".into());
+            }
+            cache::compile_cubin(&format!("{name}.cu"), &source, &opts)
+        })
+        .map_err(|e| {
+            super::Error::KernelCompile(format!("kernels/{name}.cu does not compile for {arch}: {e}"))
+        })?;
+        match origin {
+            cache::Origin::Cached => origins.cached += 1,
+            cache::Origin::Compiled => origins.compiled += 1,
+        }
+        out.push((*name, image));
+    }
+    Ok((out, origins))
 }

@@ -159,9 +159,10 @@ pub(super) fn device(_: Bound, _: usize) -> Result<Loaded, Diagnostic> {
 /// is set up per load (a caller timing repeated loads drives [`crate::cuda::loader`]).
 #[cfg(feature = "cuda")]
 pub(super) fn device(b: Bound, ordinal: usize) -> Result<Loaded, Diagnostic> {
-    use crate::cuda::{loader, Gpu};
-    let gpu = std::sync::Arc::new(Gpu::new(ordinal).map_err(Diagnostic::from)?);
-    let mut staging = loader::Staging::new(&gpu, 3, 256 << 20).map_err(Diagnostic::from)?;
+    use crate::cuda::{loader, Ready};
+    let Ready {
+        gpu, mut staging, ..
+    } = Ready::open(ordinal).map_err(Diagnostic::from)?;
     let format = b.loader.quant;
     let (store, gstats) = loader::load(&gpu, &mut staging, &b.plan, &b.checkpoint, format)
         .map_err(Diagnostic::from)?;
