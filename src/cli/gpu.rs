@@ -159,8 +159,10 @@ fn offload_to_host(
     policy: crate::offload::Policy,
 ) -> Result<(), Diagnostic> {
     let total = store.device_bytes();
+    let t_new = std::time::Instant::now();
     let mut w = crate::cuda::weights::DeviceWeights::new(gpu.clone(), plan, store, budget, policy)
         .map_err(coded)?;
+    let moved_out = t_new.elapsed().as_secs_f64();
     let names: Vec<String> = w.names().map(str::to_string).collect();
     let t = std::time::Instant::now();
     let mut peak = 0;
@@ -184,6 +186,15 @@ fn offload_to_host(
         budget as f64 / 1e9,
         w.reused,
         w.reused + w.allocated,
+    );
+    let rss = peak_rss_bytes();
+    let t_drop = std::time::Instant::now();
+    drop(w);
+    gpu.sync().map_err(coded)?;
+    outln!(
+        "offload phases: experts to host memory {moved_out:.3} s, teardown {:.3} s; host peak RSS {:.2} GB",
+        t_drop.elapsed().as_secs_f64(),
+        rss as f64 / 1e9,
     );
     Ok(())
 }

@@ -380,47 +380,62 @@ impl ErrorStats {
     }
 }
 
+/// Slice `i` of a stacked quantized tensor, as ranges into the whole one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LeadingSlice {
+    pub data: std::ops::Range<usize>,
+    /// In scale elements (f32 or u8, as the tensor's scales are).
+    pub scales: std::ops::Range<usize>,
+    pub scale_shape: Vec<u64>,
+}
+
 impl QuantizedTensor {
     /// Slice `i` along the leading dim (an expert of a stacked tensor), when the format's
     /// blocks and scales do not straddle slices: bnb blocks that divide a slice, row-scaled
     /// formats, 128-row FP8 blocks that divide the slice's rows. `None` otherwise (double
     /// quant's offset is tensor-wide, as is per-tensor FP8's scale — those stay whole).
     pub fn slice_leading(&self, i: usize) -> Option<QuantizedTensor> {
+        let r = self.leading_slice(i)?;
+        let scales = match &self.scales {
+            Scales::F32(v) => Scales::F32(v.get(r.scales.clone())?.to_vec()),
+            Scales::U8(v) => Scales::U8(v.get(r.scales.clone())?.to_vec()),
+        };
+        Some(QuantizedTensor {
+            format: self.format,
+            shape: self.shape[1..].to_vec(),
+            data: self.data.get(r.data)?.to_vec(),
+            scales,
+            scale_shape: r.scale_shape,
+            nested: None,
+            tensor_scale: self.tensor_scale,
+        })
+    }
+
+    /// Where slice `i` of [`QuantizedTensor::slice_leading`] lies: its ranges of `data`
+    /// and of the scales (in elements), without copying either.
+    pub fn leading_slice(&self, i: usize) -> Option<LeadingSlice> {
         let lead = *self.shape.first()? as usize;
         if i >= lead {
             return None;
         }
-        let inner: Vec<u64> = self.shape[1..].to_vec();
+        let inner = &self.shape[1..];
         let per = inner.iter().product::<u64>() as usize;
         let cols = inner.last().copied().unwrap_or(1).max(1) as usize;
         let rows = per / cols;
-        let f32s = |v: &[f32], a: usize, b: usize| Scales::F32(v[a..b].to_vec());
-        let u8s = |v: &[u8], a: usize, b: usize| Scales::U8(v[a..b].to_vec());
+        let at = |len: usize| i * len..(i + 1) * len;
         let (data, scales, scale_shape) = match (self.format, &self.scales) {
-            (Format::Nf4 { blocksize } | Format::Fp4 { blocksize }, Scales::F32(a))
+            (Format::Nf4 { blocksize } | Format::Fp4 { blocksize }, Scales::F32(_))
                 if per % blocksize == 0 && per % 2 == 0 =>
             {
                 let nb = per / blocksize;
-                (
-                    self.data[i * per / 2..(i + 1) * per / 2].to_vec(),
-                    f32s(a, i * nb, (i + 1) * nb),
-                    vec![nb as u64],
-                )
+                (at(per / 2), at(nb), vec![nb as u64])
             }
-            (Format::Fp8PerChannel, Scales::F32(s)) => (
-                self.data[i * per..(i + 1) * per].to_vec(),
-                f32s(s, i * rows, (i + 1) * rows),
-                vec![rows as u64, 1],
-            ),
-            (Format::Fp8Block { block }, Scales::F32(s)) if rows % block == 0 => {
+            (Format::Fp8PerChannel, Scales::F32(_)) => (at(per), at(rows), vec![rows as u64, 1]),
+            (Format::Fp8Block { block }, Scales::F32(_)) if rows % block == 0 => {
                 let (br, bc) = (rows / block, cols.div_ceil(block));
-                (
-                    self.data[i * per..(i + 1) * per].to_vec(),
-                    f32s(s, i * br * bc, (i + 1) * br * bc),
-                    vec![br as u64, bc as u64],
-                )
+                (at(per), at(br * bc), vec![br as u64, bc as u64])
             }
-            (Format::Mxfp4 | Format::Nvfp4, Scales::U8(s))
+            (Format::Mxfp4 | Format::Nvfp4, Scales::U8(_))
                 if self.format == Format::Mxfp4 || self.tensor_scale.is_some() =>
             {
                 let block = if self.format == Format::Mxfp4 {
@@ -430,21 +445,17 @@ impl QuantizedTensor {
                 };
                 let (ppr, bpr) = (cols.div_ceil(2), cols.div_ceil(block));
                 (
-                    self.data[i * rows * ppr..(i + 1) * rows * ppr].to_vec(),
-                    u8s(s, i * rows * bpr, (i + 1) * rows * bpr),
+                    at(rows * ppr),
+                    at(rows * bpr),
                     vec![rows as u64, bpr as u64],
                 )
             }
             _ => return None,
         };
-        Some(QuantizedTensor {
-            format: self.format,
-            shape: inner,
+        Some(LeadingSlice {
             data,
             scales,
             scale_shape,
-            nested: None,
-            tensor_scale: self.tensor_scale,
         })
     }
 }

@@ -120,6 +120,15 @@ pub struct WeightsManager<B: Backend<Buffer = Vec<u8>>> {
     pool: Arc<BufferPool>,
 }
 
+/// One offloaded tensor or expert slice: where its bytes come from and where they go.
+struct Place {
+    target: String,
+    key: String,
+    group: String,
+    slice: Option<usize>,
+    packed: Packed,
+}
+
 /// Loaded tensors split between the device (resident) and offload groups in host memory.
 pub struct Placement<B: Backend> {
     pub offload: Manager<B>,
@@ -138,56 +147,80 @@ pub fn place<B: Backend>(
     budget: u64,
     policy: Policy,
 ) -> Result<Placement<B>, Error> {
+    // Pass 1, layouts only: each offloaded tensor (or expert slice) and its group.
     let mut group_sizes: BTreeMap<String, usize> = BTreeMap::new();
-    let mut placed: Vec<(String, String, Packed)> = Vec::new(); // (key, group, packed)
+    let mut placed: Vec<Place> = Vec::new();
     let mut resident: BTreeMap<String, Stored> = BTreeMap::new();
     for t in &plan.targets {
-        let Some(stored) = tensors.remove(&t.name) else {
+        let Some(stored) = tensors.get(&t.name) else {
             continue;
+        };
+        let mut put = |key: String, group: &String, slice: Option<usize>, packed: Packed| {
+            *group_sizes.entry(group.clone()).or_default() += packed.len();
+            placed.push(Place {
+                target: t.name.clone(),
+                key,
+                group: group.clone(),
+                slice,
+                packed,
+            });
         };
         match &t.offload {
             None => {
-                resident.insert(t.name.clone(), stored);
+                if let Some(s) = tensors.remove(&t.name) {
+                    resident.insert(t.name.clone(), s);
+                }
             }
-            Some(Offload::Group(g)) => {
-                let p = Packed::of(&stored);
-                *group_sizes.entry(g.clone()).or_default() += p.len();
-                placed.push((t.name.clone(), g.clone(), p));
-            }
+            Some(Offload::Group(g)) => put(t.name.clone(), g, None, Packed::of(stored)),
             Some(Offload::PerSlice(groups)) => {
-                let slices: Option<Vec<Stored>> = (0..groups.len())
-                    .map(|i| pack::slice_leading(&stored, i))
+                let slices: Option<Vec<Packed>> = (0..groups.len())
+                    .map(|i| Packed::of_slice(stored, i))
                     .collect();
                 match slices {
                     Some(slices) => {
-                        for (i, (s, g)) in slices.iter().zip(groups).enumerate() {
-                            let p = Packed::of(s);
-                            *group_sizes.entry(g.clone()).or_default() += p.len();
-                            placed.push((slice_key(&t.name, i), g.clone(), p));
+                        for (i, (p, g)) in slices.into_iter().zip(groups).enumerate() {
+                            put(slice_key(&t.name, i), g, Some(i), p);
                         }
                     }
-                    None => {
-                        let p = Packed::of(&stored);
-                        *group_sizes.entry(groups[0].clone()).or_default() += p.len();
-                        placed.push((t.name.clone(), groups[0].clone(), p));
-                    }
+                    None => put(t.name.clone(), &groups[0], None, Packed::of(stored)),
                 }
             }
         }
     }
+    // Pass 2: straight into the host pool, each tensor freed once its bytes are there,
+    // so host memory peaks near the pool's size, not twice it.
     let names: Vec<(String, usize)> = group_sizes.iter().map(|(k, v)| (k.clone(), *v)).collect();
     let mut offload = Manager::new(backend, &names, budget, policy);
     let mut fill: BTreeMap<String, usize> = BTreeMap::new();
     let mut offloaded = BTreeMap::new();
-    for (key, group, packed) in placed {
+    let mut remaining: BTreeMap<&str, usize> = BTreeMap::new();
+    for p in &placed {
+        *remaining.entry(p.target.as_str()).or_default() += 1;
+    }
+    for p in &placed {
         let g = offload
-            .find(&group)
+            .find(&p.group)
             .ok_or(Error::Internal("an offload group vanished"))?;
-        let at = fill.entry(group).or_default();
-        let bytes = packed.bytes();
-        offload.host_mut(g)?[*at..*at + bytes.len()].copy_from_slice(&bytes);
-        offloaded.insert(key, (g, *at, packed.without_bytes()));
-        *at += bytes.len();
+        let at = fill.entry(p.group.clone()).or_default();
+        let len = p.packed.len();
+        let stored = tensors
+            .get(&p.target)
+            .ok_or(Error::Internal("an offloaded tensor vanished"))?;
+        let out = offload
+            .host_mut(g)?
+            .get_mut(*at..*at + len)
+            .ok_or(Error::Internal("a group's storage is too small"))?;
+        if !p.packed.write(stored, p.slice, out) {
+            return Err(Error::Internal("a tensor does not fit its packed layout"));
+        }
+        offloaded.insert(p.key.clone(), (g, *at, p.packed.clone()));
+        *at += len;
+        if let Some(n) = remaining.get_mut(p.target.as_str()) {
+            *n -= 1;
+            if *n == 0 {
+                tensors.remove(&p.target);
+            }
+        }
     }
     Ok(Placement {
         offload,

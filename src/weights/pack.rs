@@ -27,15 +27,10 @@ enum Meta {
     },
 }
 
-/// A tensor's layout, with or without its bytes.
+/// A tensor's layout in its group's host storage (the bytes live there, not here).
 #[derive(Clone, Debug)]
 pub struct Packed {
     meta: Meta,
-    bytes: Vec<u8>,
-}
-
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
 fn f32s(b: &[u8]) -> Vec<f32> {
@@ -44,23 +39,27 @@ fn f32s(b: &[u8]) -> Vec<f32> {
         .collect()
 }
 
+fn put_f32s(out: &mut [u8], v: &[f32]) {
+    for (o, x) in out.chunks_exact_mut(4).zip(v) {
+        o.copy_from_slice(&x.to_le_bytes());
+    }
+}
+
 impl Packed {
+    /// The layout of `s` as a whole.
     pub fn of(s: &Stored) -> Packed {
-        match s {
-            Stored::Full(t) => Packed {
-                meta: Meta::Full {
-                    dtype: t.dtype,
-                    shape: t.shape.clone(),
-                    len: t.data.len(),
-                },
-                bytes: t.data.to_vec(),
+        let meta = match s {
+            Stored::Full(t) => Meta::Full {
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+                len: t.data.len(),
             },
             Stored::Quantized(q) => {
                 let (f, u) = match &q.scales {
                     Scales::F32(v) => (v.len(), 0),
                     Scales::U8(v) => (0, v.len()),
                 };
-                let meta = Meta::Quant {
+                Meta::Quant {
                     format: q.format,
                     shape: q.shape.clone(),
                     scale_shape: q.scale_shape.clone(),
@@ -69,28 +68,69 @@ impl Packed {
                     scales_u8: u,
                     nested_absmax: q.nested.as_ref().map(|n| n.absmax.len()),
                     tensor_scale: q.tensor_scale,
-                };
-                let l = layout_of(&meta).unwrap_or_default();
-                let mut bytes = vec![0u8; l.total];
-                bytes[..q.data.len()].copy_from_slice(&q.data);
-                match &q.scales {
-                    Scales::F32(v) => {
-                        bytes[l.scales..l.scales + 4 * v.len()].copy_from_slice(&f32_bytes(v))
-                    }
-                    Scales::U8(v) => bytes[l.scales..l.scales + v.len()].copy_from_slice(v),
                 }
-                if let (Some(n), Some(at), Some(off)) = (&q.nested, l.nested, l.offset) {
-                    bytes[at..at + 4 * n.absmax.len()].copy_from_slice(&f32_bytes(&n.absmax));
-                    bytes[off..off + 4].copy_from_slice(&n.offset.to_le_bytes());
-                }
-                if let (Some(t), Some(at)) = (q.tensor_scale, l.tensor_scale) {
-                    bytes[at..at + 4].copy_from_slice(&t.to_le_bytes());
-                }
-                Packed { meta, bytes }
             }
-        }
+        };
+        Packed { meta }
     }
 
+    /// The layout of slice `i` along the leading dim (an expert of a stacked tensor), when
+    /// the storage allows slicing ([`QuantizedTensor::leading_slice`]).
+    pub fn of_slice(s: &Stored, i: usize) -> Option<Packed> {
+        let meta = match s {
+            Stored::Full(t) => {
+                let per = full_slice(t, i)?.len();
+                Meta::Full {
+                    dtype: t.dtype,
+                    shape: t.shape[1..].to_vec(),
+                    len: per,
+                }
+            }
+            Stored::Quantized(q) => {
+                let r = q.leading_slice(i)?;
+                let (f, u) = match &q.scales {
+                    Scales::F32(_) => (r.scales.len(), 0),
+                    Scales::U8(_) => (0, r.scales.len()),
+                };
+                Meta::Quant {
+                    format: q.format,
+                    shape: q.shape[1..].to_vec(),
+                    scale_shape: r.scale_shape,
+                    data_len: r.data.len(),
+                    scales_f32: f,
+                    scales_u8: u,
+                    nested_absmax: None,
+                    tensor_scale: q.tensor_scale,
+                }
+            }
+        };
+        Some(Packed { meta })
+    }
+
+    /// Writes `s` (or its leading slice `slice`) in this layout into `out`, which is
+    /// exactly [`Packed::len`] bytes; `false` when `s` does not have this layout.
+    pub fn write(&self, s: &Stored, slice: Option<usize>, out: &mut [u8]) -> bool {
+        if out.len() != self.len() {
+            return false;
+        }
+        match (s, layout_of(&self.meta)) {
+            (Stored::Full(t), None) => {
+                let src = match slice {
+                    Some(i) => full_slice(t, i),
+                    None => Some(&t.data[..]),
+                };
+                match src {
+                    Some(src) if src.len() == out.len() => {
+                        out.copy_from_slice(src);
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            (Stored::Quantized(q), Some(l)) => write_quantized(q, slice, &l, out).is_some(),
+            _ => false,
+        }
+    }
     /// Where each piece of a quantized tensor sits in its bytes (`None` for a full tensor).
     pub fn layout(&self) -> Option<QuantLayout> {
         layout_of(&self.meta)
@@ -126,16 +166,6 @@ impl Packed {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    pub fn bytes(&self) -> Vec<u8> {
-        self.bytes.clone()
-    }
-
-    /// The layout alone (the bytes live in the group's storage).
-    pub fn without_bytes(mut self) -> Packed {
-        self.bytes = Vec::new();
-        self
     }
 
     /// Rebuilds the tensor from `bytes` (exactly [`Packed::len`] long).
@@ -255,22 +285,53 @@ pub fn shape_of(s: &Stored) -> Vec<u64> {
     }
 }
 
-/// Slice `i` along the leading dim, when the storage allows it.
-pub fn slice_leading(s: &Stored, i: usize) -> Option<Stored> {
-    match s {
-        Stored::Quantized(q) => q.slice_leading(i).map(Stored::Quantized),
-        Stored::Full(t) => {
-            let lead = *t.shape.first()? as usize;
-            let per = t.data.len() / lead.max(1);
-            (i < lead).then(|| {
-                Stored::Full(HostTensor {
-                    dtype: t.dtype,
-                    shape: t.shape[1..].to_vec(),
-                    data: Arc::new(t.data[i * per..(i + 1) * per].to_vec()),
-                })
-            })
+/// Bytes of slice `i` of a full-precision tensor along its leading dim.
+fn full_slice(t: &HostTensor, i: usize) -> Option<&[u8]> {
+    let lead = *t.shape.first()? as usize;
+    let per = t.data.len() / lead.max(1);
+    (i < lead).then(|| &t.data[i * per..(i + 1) * per])
+}
+
+/// The pieces of `q` (or of its slice) at their layout offsets in `out`.
+fn write_quantized(
+    q: &QuantizedTensor,
+    slice: Option<usize>,
+    l: &QuantLayout,
+    out: &mut [u8],
+) -> Option<()> {
+    let (data, scales) = match slice {
+        Some(i) => {
+            let r = q.leading_slice(i)?;
+            (r.data, r.scales)
         }
+        None => {
+            let n = match &q.scales {
+                Scales::F32(v) => v.len(),
+                Scales::U8(v) => v.len(),
+            };
+            (0..q.data.len(), 0..n)
+        }
+    };
+    out.get_mut(..l.data_len)?
+        .copy_from_slice(q.data.get(data)?);
+    match &q.scales {
+        Scales::F32(v) => put_f32s(
+            out.get_mut(l.scales..l.scales + 4 * l.scales_f32)?,
+            v.get(scales)?,
+        ),
+        Scales::U8(v) => out
+            .get_mut(l.scales..l.scales + l.scales_u8)?
+            .copy_from_slice(v.get(scales)?),
     }
+    if let (None, Some(n), Some(at), Some(off)) = (slice, &q.nested, l.nested, l.offset) {
+        put_f32s(out.get_mut(at..at + 4 * n.absmax.len())?, &n.absmax);
+        out.get_mut(off..off + 4)?
+            .copy_from_slice(&n.offset.to_le_bytes());
+    }
+    if let (Some(t), Some(at)) = (q.tensor_scale, l.tensor_scale) {
+        out.get_mut(at..at + 4)?.copy_from_slice(&t.to_le_bytes());
+    }
+    Some(())
 }
 
 /// The tensor as bf16: dequantized, or converted from its dtype.
