@@ -290,12 +290,15 @@ fn quant_summary(format: crate::quant::Format, r: &crate::quant::QuantReport) ->
         n => format!(" ({n} passed through as stored, measured over the rest)"),
     };
     format!(
-        "{sizes}quantization: {}, {} tensors{through}, mean abs reconstruction error {:.3e} ({unit:.4} × rms(w){reference}), max {:.3e}, relative {:.4}\n",
+        "{sizes}quantization: {}, {} tensors{through}, mean abs reconstruction error {:.3e} ({unit:.4} × rms(w){reference}), max {:.3e}, relative {:.4}; \
+         measured on {} elements (one 16 Ki-element run in {})\n",
         format.name(),
         r.quantized,
         r.error.mean_abs(),
         r.error.max_abs,
         r.error.relative(),
+        r.error.count,
+        crate::quant::dequant::ERROR_SAMPLE,
     )
 }
 

@@ -8,7 +8,7 @@
 //! this code to bitsandbytes' and torch's own bytes. Work is spread over all cores.
 
 pub mod bnb4;
-mod dequant;
+pub mod dequant;
 pub mod dynamic;
 pub mod fp4;
 pub mod fp8;
