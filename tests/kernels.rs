@@ -8,7 +8,17 @@ fn every_kernel_compiles_for_sm_90() {
     match wmap::cuda::sources::compile_all("sm_90") {
         Ok(ptx) => {
             let names: Vec<&str> = ptx.iter().map(|(n, _)| *n).collect();
-            assert_eq!(names, ["bnb4", "fp8", "fp4", "convert"]);
+            assert_eq!(names, ["bnb4", "fp8", "fp4", "convert", "prequant"]);
+            // Every kernel the device loads by name is an entry of its file's PTX.
+            for (module, code) in &ptx {
+                let src = code.to_src();
+                for f in wmap::cuda::kernel_names(module) {
+                    assert!(
+                        src.contains(&format!(".entry {f}(")),
+                        "kernels/{module}.cu defines no kernel `{f}`"
+                    );
+                }
+            }
             println!("compiled {} kernel files for sm_90", ptx.len());
         }
         Err(e)

@@ -8,12 +8,15 @@
 //! offset inside the target, so every byte crosses PCIe once. Targets that slice,
 //! transpose or convert are assembled by the CPU path into staging first.
 //! Device memory in use: the final tensors plus two scratch buffers of the largest
-//! quantizable target.
+//! quantizable target. Pre-quantized sources travel as stored and are decoded (or passed
+//! through) on the device ([`prequant`]).
+
+mod prequant;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use cudarc::driver::{CudaEvent, CudaSlice, DevicePtrMut, PinnedHostSlice};
+use cudarc::driver::{CudaEvent, CudaSlice, CudaViewMut, DevicePtrMut, PinnedHostSlice};
 use rayon::prelude::*;
 
 use super::{DeviceQuantized, Gpu, GpuResult};
@@ -51,14 +54,16 @@ impl DeviceStore {
 
     /// Bytes held on the device (tied tensors once).
     pub fn device_bytes(&self) -> u64 {
-        self.tensors
-            .values()
-            .map(|t| match t {
-                DeviceTensor::Quantized(q) => q.byte_size(),
-                DeviceTensor::Full { data, .. } => data.len() as u64,
-                DeviceTensor::Tied(_) => 0,
-            })
-            .sum()
+        self.tensors.values().map(device_size).sum()
+    }
+}
+
+/// Bytes a tensor holds on the device (a tie none).
+fn device_size(t: &DeviceTensor) -> u64 {
+    match t {
+        DeviceTensor::Quantized(q) => q.byte_size(),
+        DeviceTensor::Full { data, .. } => data.len() as u64,
+        DeviceTensor::Tied(_) => 0,
     }
 }
 
@@ -114,11 +119,11 @@ struct Piece {
 
 /// How a target's bytes are produced: straight from checkpoint ranges (same dtype,
 /// concatenation recipes), or assembled by the CPU path (conversions, slices, and
-/// pre-quantized sources, dequantized on the host).
+/// pre-quantized sources that [`prequant`] does not decode on the device).
 fn pieces(t: &Target, ckpt: &Checkpoint) -> Option<Vec<Piece>> {
     let parts = export::parts(&t.recipe)?;
-    // A pre-quantized source is one part but several reads (codes and scales): the CPU
-    // path dequantizes it on the host, and the bf16 result is uploaded.
+    // A pre-quantized source is one part but several reads (codes and scales): never
+    // pieces of the target's own bytes.
     if t.recipe.reads().len() != parts.len() {
         return None;
     }
@@ -165,7 +170,7 @@ impl Stager<'_> {
         src: &Source,
         from: usize,
         to: usize,
-        dst: &mut CudaSlice<u8>,
+        dst: &mut CudaViewMut<'_, u8>,
     ) -> GpuResult<()> {
         let nbuf = self.staging.buffers.len();
         let mut done = from;
@@ -212,6 +217,14 @@ impl Stager<'_> {
     }
 }
 
+/// `n` device bytes (at least one), on the compute stream.
+fn alloc_bytes(gpu: &Gpu, n: usize) -> GpuResult<CudaSlice<u8>> {
+    // SAFETY: every caller overwrites the bytes it reads (host-to-device copies, or the
+    // kernels that write each element) before they are read; u8 has no invalid values.
+    unsafe { gpu.stream.alloc::<u8>(n.max(1)) }
+        .map_err(|e| format!("device allocation of {n} bytes: {e:?}").into())
+}
+
 /// Loads `plan` onto the GPU, quantizing `quantizable` targets into `format` (or keeping
 /// everything in full precision with `None`).
 pub fn load(
@@ -239,12 +252,7 @@ pub fn load(
         })
         .max()
         .unwrap_or(0);
-    // SAFETY: each buffer is fully overwritten by host-to-device copies (targets) or by a
-    // chunk's bytes before its quantize reads them (scratch); u8 has no invalid values.
-    let alloc = |n: usize| {
-        unsafe { gpu.stream.alloc::<u8>(n.max(1)) }
-            .map_err(|e| format!("device allocation of {n} bytes: {e:?}"))
-    };
+    let alloc = |n: usize| alloc_bytes(gpu, n);
     let mut scratch = [alloc(scratch_bytes)?, alloc(scratch_bytes)?];
     let mut scratch_free: [Option<CudaEvent>; 2] = [None, None];
     let mut which = 0usize;
@@ -267,84 +275,93 @@ pub fn load(
             stats.tensors += 1;
             continue;
         }
-        let bytes = target_bytes(t) as usize;
-        let list = pieces(t, ckpt);
-        let assembled = match list {
-            Some(_) => None,
-            None => {
-                let mut buf = vec![0u8; bytes];
-                crate::load::fill_target(ckpt, t, &mut buf).map_err(|d| d.message)?;
-                Some(buf)
-            }
-        };
-        let src = match (&list, &assembled) {
-            (Some(l), _) => Source::Pieces(l),
-            (None, Some(b)) => Source::Assembled(b),
-            (None, None) => return Err(super::Error::Internal("no source for a target".into())),
-        };
-        let tensor = match format.filter(|_| t.quantizable) {
-            None => {
-                let mut data = alloc(bytes)?;
-                stager.stage(gpu, ckpt, &src, 0, bytes, &mut data)?;
-                DeviceTensor::Full {
-                    dtype: t.dtype,
-                    shape: t.shape.clone(),
-                    data,
+        let decoded = prequant::target(gpu, &mut stager, ckpt, t, format)?;
+        let tensor = if let Some((tensor, transient)) = decoded {
+            peak = peak.max(held + transient + device_size(&tensor));
+            tensor
+        } else {
+            let bytes = target_bytes(t) as usize;
+            let list = pieces(t, ckpt);
+            let assembled = match list {
+                Some(_) => None,
+                None => {
+                    let mut buf = vec![0u8; bytes];
+                    crate::load::fill_target(ckpt, t, &mut buf).map_err(|d| d.message)?;
+                    Some(buf)
                 }
-            }
-            Some(f) => {
-                let n = bytes / 2;
-                let chunked = super::chunk_elems(f, &t.shape, stager.staging.chunk_elems);
-                let step = chunked.unwrap_or(n).clamp(1, n.max(1));
-                let mut q = match chunked {
-                    Some(_) => Some(gpu.alloc_quantized(f, &t.shape)?),
-                    None => None,
-                };
-                let mut whole = None;
-                let mut c0 = 0usize;
-                while c0 < n {
-                    let c1 = (c0 + step).min(n);
-                    // The scratch buffer may still be read by the quantize before last.
-                    if let Some(ev) = &scratch_free[which] {
-                        gpu.copy_stream.wait(ev).map_err(|e| format!("{e:?}"))?;
+            };
+            let src = match (&list, &assembled) {
+                (Some(l), _) => Source::Pieces(l),
+                (None, Some(b)) => Source::Assembled(b),
+                (None, None) => {
+                    return Err(super::Error::Internal("no source for a target".into()))
+                }
+            };
+            match format.filter(|_| t.quantizable) {
+                None => {
+                    let mut data = alloc(bytes)?;
+                    stager.stage(gpu, ckpt, &src, 0, bytes, &mut data.as_view_mut())?;
+                    DeviceTensor::Full {
+                        dtype: t.dtype,
+                        shape: t.shape.clone(),
+                        data,
                     }
-                    stager.stage(gpu, ckpt, &src, 2 * c0, 2 * c1, &mut scratch[which])?;
-                    let copied = gpu
-                        .copy_stream
-                        .record_event(None)
-                        .map_err(|e| format!("{e:?}"))?;
-                    gpu.stream.wait(&copied).map_err(|e| format!("{e:?}"))?;
-                    let view = scratch[which].slice(..2 * (c1 - c0));
-                    // SAFETY: bf16 bytes reinterpreted as u16 elements.
-                    let x = unsafe { view.transmute::<u16>(c1 - c0) }.ok_or_else(|| {
-                        super::Error::Internal("scratch is not u16-aligned".into())
-                    })?;
-                    match q.as_mut() {
-                        Some(q) => gpu.quantize_chunk(&x, q, c0)?,
-                        None => whole = Some(gpu.quantize(f, &x, &t.shape)?),
-                    }
-                    scratch_free[which] = Some(
-                        gpu.stream
+                }
+                Some(f) => {
+                    let n = bytes / 2;
+                    let chunked = super::chunk_elems(f, &t.shape, stager.staging.chunk_elems);
+                    let step = chunked.unwrap_or(n).clamp(1, n.max(1));
+                    let mut q = match chunked {
+                        Some(_) => Some(gpu.alloc_quantized(f, &t.shape)?),
+                        None => None,
+                    };
+                    let mut whole = None;
+                    let mut c0 = 0usize;
+                    while c0 < n {
+                        let c1 = (c0 + step).min(n);
+                        // The scratch buffer may still be read by the quantize before last.
+                        if let Some(ev) = &scratch_free[which] {
+                            gpu.copy_stream.wait(ev).map_err(|e| format!("{e:?}"))?;
+                        }
+                        let mut dst = scratch[which].as_view_mut();
+                        stager.stage(gpu, ckpt, &src, 2 * c0, 2 * c1, &mut dst)?;
+                        let copied = gpu
+                            .copy_stream
                             .record_event(None)
-                            .map_err(|e| format!("{e:?}"))?,
-                    );
-                    which ^= 1;
-                    c0 = c1;
+                            .map_err(|e| format!("{e:?}"))?;
+                        gpu.stream.wait(&copied).map_err(|e| format!("{e:?}"))?;
+                        let view = scratch[which].slice(..2 * (c1 - c0));
+                        // SAFETY: bf16 bytes reinterpreted as u16 elements.
+                        let x = unsafe { view.transmute::<u16>(c1 - c0) }.ok_or_else(|| {
+                            super::Error::Internal("scratch is not u16-aligned".into())
+                        })?;
+                        match q.as_mut() {
+                            Some(q) => gpu.quantize_chunk(&x, q, c0)?,
+                            None => whole = Some(gpu.quantize(f, &x, &t.shape)?),
+                        }
+                        scratch_free[which] = Some(
+                            gpu.stream
+                                .record_event(None)
+                                .map_err(|e| format!("{e:?}"))?,
+                        );
+                        which ^= 1;
+                        c0 = c1;
+                    }
+                    let q = match (q, whole) {
+                        (Some(mut q), _) => {
+                            gpu.finish_quantized(&mut q)?;
+                            q
+                        }
+                        (None, Some(w)) => w,
+                        (None, None) => {
+                            return Err(super::Error::Unsupported(format!(
+                                "`{}` has no elements",
+                                t.name
+                            )))
+                        }
+                    };
+                    DeviceTensor::Quantized(Box::new(q))
                 }
-                let q = match (q, whole) {
-                    (Some(mut q), _) => {
-                        gpu.finish_quantized(&mut q)?;
-                        q
-                    }
-                    (None, Some(w)) => w,
-                    (None, None) => {
-                        return Err(super::Error::Unsupported(format!(
-                            "`{}` has no elements",
-                            t.name
-                        )))
-                    }
-                };
-                DeviceTensor::Quantized(Box::new(q))
             }
         };
         stats.bytes_read += t
@@ -356,11 +373,7 @@ pub fn load(
                 _ => 0,
             })
             .sum::<u64>();
-        held += match &tensor {
-            DeviceTensor::Quantized(q) => q.byte_size(),
-            DeviceTensor::Full { data, .. } => data.len() as u64,
-            DeviceTensor::Tied(_) => 0,
-        };
+        held += device_size(&tensor);
         peak = peak.max(held);
         store.tensors.insert(t.name.clone(), tensor);
         stats.tensors += 1;
