@@ -194,9 +194,7 @@ impl Stager<'_> {
             self.cursor += len;
             match src {
                 Source::Assembled(buf) => chunk.copy_from_slice(&buf[done..done + len]),
-                Source::Pieces(list) => {
-                    fill_chunk(ckpt, list, done as u64, chunk).map_err(|d| d.message)?
-                }
+                Source::Pieces(list) => fill_chunk(ckpt, list, done as u64, chunk)?,
             }
             let mut view = dst.slice_mut(done - from..done - from + len);
             let (ptr, _guard) = view.device_ptr_mut(&gpu.copy_stream);
@@ -286,7 +284,7 @@ pub fn load(
                 Some(_) => None,
                 None => {
                     let mut buf = vec![0u8; bytes];
-                    crate::load::fill_target(ckpt, t, &mut buf).map_err(|d| d.message)?;
+                    crate::load::fill_target(ckpt, t, &mut buf)?;
                     Some(buf)
                 }
             };

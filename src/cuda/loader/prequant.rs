@@ -174,6 +174,12 @@ fn decode_stored(
     })?;
     wait_for_copies(gpu)?;
     let n = dst.len() / 2;
+    // The kernels write every element of the layout: exactly the view, never past it.
+    if stored.numel() != Some(n as u64) {
+        return Err(Error::Internal(
+            "a stored source's size differs from its place".into(),
+        ));
+    }
     // SAFETY: bf16 bytes, an even count, as u16 elements.
     let mut out = unsafe { dst.transmute_mut::<u16>(n) }
         .ok_or_else(|| Error::Internal("a bf16 view".into()))?;
@@ -289,5 +295,76 @@ impl Upload<'_> {
         let src = Source::Assembled(&bytes);
         stager.stage(self.gpu, self.ckpt, &src, 0, bytes.len(), &mut view)?;
         Ok(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(fixture: &str) -> crate::plan::Plan {
+        use crate::driver::{self, ModelSource};
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(fixture);
+        let mut c = driver::compile(&ModelSource::Detect, Some(&dir.join("config.json")));
+        let Ok(c) = c.as_mut() else {
+            panic!("the fixture compiles")
+        };
+        driver::bind(c, &dir, true).expect("the fixture binds").plan
+    }
+
+    /// Every target of the pre-quantized fixtures with a stored source is decoded on the
+    /// device, none is left to the host: FP8 and bnb fuses (double quant too) and
+    /// GPT-OSS's transposed MXFP4 experts.
+    #[test]
+    fn the_prequant_fixtures_decode_on_the_device() {
+        for (fixture, stored) in [
+            ("hf/qwen3_fp8", 8),
+            ("hf/llama_bnb_nf4", 8),
+            ("hf/llama_bnb_nf4_dq", 8),
+            ("prequant/gpt_oss_release", 4),
+        ] {
+            let plan = plan(fixture);
+            let with: Vec<&Target> = plan
+                .targets
+                .iter()
+                .filter(|t| has_stored(&t.recipe))
+                .collect();
+            assert_eq!(with.len(), stored, "{fixture}");
+            for t in with {
+                assert!(
+                    t.dtype == Dtype::Bf16 && decodable(&t.recipe),
+                    "{fixture}: {}",
+                    t.name
+                );
+            }
+        }
+    }
+
+    /// A slice or an interleaving fuse of a stored source is the host's to assemble.
+    #[test]
+    fn slices_and_interleaving_fuses_stay_on_the_host() {
+        let plan = plan("hf/qwen3_fp8");
+        let t = plan
+            .targets
+            .iter()
+            .find(|t| t.name == "layers.0.attention.out")
+            .unwrap();
+        let slice = Recipe::Slice {
+            dim: 0,
+            start: 0,
+            end: 128,
+            step: 1,
+            source: Box::new(t.recipe.clone()),
+        };
+        let interleave = Recipe::Fuse {
+            dim: 1,
+            parts: vec![t.recipe.clone(), t.recipe.clone()],
+        };
+        for r in [slice, interleave] {
+            assert!(has_stored(&r) && !decodable(&r), "{r:?}");
+        }
+        assert!(decodable(&t.recipe) && !has_transpose(&t.recipe));
     }
 }

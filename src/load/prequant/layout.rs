@@ -127,6 +127,18 @@ impl<T> Layout<T> {
     }
 }
 
+impl<T> Layout<T> {
+    /// The elements the source decodes to (`None` past 64 bits).
+    pub fn numel(&self) -> Option<u64> {
+        match self {
+            Layout::Fp8Blocks { rows, cols, .. } | Layout::Fp4 { rows, cols, .. } => {
+                rows.checked_mul(*cols)
+            }
+            Layout::Bnb4 { n, .. } => Some(*n),
+        }
+    }
+}
+
 /// A read's dtype, shape and byte length.
 pub(super) fn meta(r: &Recipe) -> Result<(Dtype, &[u64], u64), Diagnostic> {
     match r {
@@ -333,5 +345,110 @@ pub(super) fn tensor_scale(ckpt: &Checkpoint, scale_2: &Recipe) -> Result<f32, D
     match ws2[..] {
         [a, b, c, d] => Ok(f32::from_le_bytes([a, b, c, d])),
         _ => Err(bad("NVFP4 codes, scales and output disagree")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::{self, Bound, ModelSource};
+
+    fn bind(fixture: &str) -> Bound {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(fixture);
+        let mut c = driver::compile(&ModelSource::Detect, Some(&dir.join("config.json")));
+        let Ok(c) = c.as_mut() else {
+            panic!("the fixture compiles")
+        };
+        driver::bind(c, &dir, true).expect("the fixture binds")
+    }
+
+    /// The first stored source of `target`, its reads replaced by their tensor names.
+    fn named(b: &Bound, target: &str) -> Layout<String> {
+        let t = b.plan.targets.iter().find(|t| t.name == target).unwrap();
+        let mut r = &t.recipe;
+        while let Recipe::Fuse { parts, .. } | Recipe::Stack { parts } = r {
+            r = &parts[0];
+        }
+        if let Recipe::Transpose { source, .. } = r {
+            r = source;
+        }
+        let l = layout(&b.checkpoint, r, Dtype::Bf16).unwrap().unwrap();
+        l.try_map(|read| match read {
+            Recipe::Read { tensor, .. } => Ok::<_, ()>(tensor.clone()),
+            _ => Err(()),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn fp8_blocks_name_codes_and_tile_scales() {
+        let b = bind("hf/qwen3_fp8");
+        let p = "model.layers.0.self_attn.o_proj";
+        let want = Layout::Fp8Blocks {
+            codes: format!("{p}.weight"),
+            scales: format!("{p}.weight_scale_inv"),
+            scales_bf16: false,
+            rows: 256,
+            cols: 256,
+            block: [128, 128],
+        };
+        assert_eq!(named(&b, "layers.0.attention.out"), want);
+    }
+
+    #[test]
+    fn bnb_double_quant_names_codes_nested_absmax_and_the_state_offset() {
+        let b = bind("hf/llama_bnb_nf4_dq");
+        let Layout::Bnb4 {
+            kind,
+            packed,
+            absmax,
+            n,
+            blocksize,
+        } = named(&b, "layers.0.attention.out")
+        else {
+            panic!("not bnb4");
+        };
+        let p = "model.layers.0.self_attn.o_proj.weight";
+        assert_eq!(
+            (kind, packed.as_str(), n, blocksize),
+            (bnb4::Kind::Nf4, p, 128 * 128, 64)
+        );
+        let Absmax::Double {
+            codes,
+            nested,
+            offset,
+            blocksize,
+        } = absmax
+        else {
+            panic!("not double quant");
+        };
+        assert_eq!(
+            (codes, nested, blocksize),
+            (format!("{p}.absmax"), format!("{p}.nested_absmax"), 256)
+        );
+        assert!(offset.is_finite() && offset > 0.0, "{offset}");
+    }
+
+    #[test]
+    fn gpt_oss_mxfp4_names_blocks_and_scales_in_rows_of_the_param() {
+        let b = bind("prequant/gpt_oss_release");
+        let Layout::Fp4 {
+            nvfp4,
+            packed,
+            tensor_scale,
+            rows,
+            cols,
+            ..
+        } = named(&b, "layers.0.moe.experts.gate_up")
+        else {
+            panic!("not fp4");
+        };
+        assert!(
+            !nvfp4 && packed.ends_with("gate_up_proj_blocks"),
+            "{packed}"
+        );
+        assert_eq!((tensor_scale, rows, cols), (1.0, 4 * 64, 32));
     }
 }
