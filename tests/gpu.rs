@@ -491,7 +491,7 @@ fn fp8_partial_tiles_checkpoint() -> (std::path::PathBuf, String) {
 /// on the device, the stored codes passed through when the format is the stored one, and
 /// requantization (an FP8 release → NF4) — each equal to the CPU loader byte for byte.
 /// Covers fused parts, double quant's nested absmax, GPT-OSS's transposed MXFP4 experts,
-/// NaN codes and BF16 scales.
+/// MXFP4 and NVFP4 passed through, NaN codes and BF16 scales.
 #[test]
 #[ignore = "needs a CUDA device: scripts/gpu-test.sh runs it with --include-ignored"]
 fn pre_quantized_sources_load_on_the_gpu_as_on_the_cpu() {
@@ -540,9 +540,29 @@ block Layer {
     }
     // NaN codes in the partial tiles: decoded and passed through, never requantized (the
     // quantizers' NaN handling is not what this compares).
+    // MXFP4 in its stored orientation passes through to `--quant mxfp4`.
+    let mxfp4_rows = (
+        common::root().join("tests/fixtures/prequant/gpt_oss_mxfp4"),
+        r#"
+model GptOss for "GptOssForCausalLM" {
+    layers: Layer[layer in 0..num_hidden_layers] at "model.layers.{layer}.mlp.experts"
+}
+block Layer {
+    param gate_up: [num_local_experts, 2 * intermediate_size, hidden_size]
+        quantizable
+        from mxfp4("gate_up_proj_blocks", scales = "gate_up_proj_scales")
+    param down: [num_local_experts, hidden_size, intermediate_size]
+        quantizable
+        from mxfp4("down_proj_blocks", scales = "down_proj_scales")
+}
+"#
+        .to_string(),
+    );
     let nvfp4: &[Option<Format>] = &[None, Some(nf4), Some(Format::Nvfp4)];
+    let mxfp4: &[Option<Format>] = &[None, Some(nf4), Some(Format::Mxfp4)];
     for (what, (dir, text), formats) in [
         ("nvfp4", nvfp4_checkpoint(), nvfp4),
+        ("mxfp4 stored rows", mxfp4_rows, mxfp4),
         (
             "fp8 partial tiles",
             fp8_partial_tiles_checkpoint(),

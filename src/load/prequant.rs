@@ -12,6 +12,7 @@
 //! source and names its stored tensors without reading them, for a loader that decodes
 //! them elsewhere (the GPU); the host decode here runs the same checks first.
 
+mod fp4;
 mod layout;
 
 use rayon::prelude::*;
@@ -115,8 +116,9 @@ pub fn fill_fp8_blocks(
 
 /// `target` as the checkpoint stores it, when that is exactly `format`: a `quantizable`
 /// FP8 block source (or a fuse of them on dim 0 whose parts end on tile boundaries) in
-/// square tiles of the format's block, or a bnb 4-bit one ([`stored_as_bnb4`]). The codes
-/// concatenate along rows, and so do the scales. `None`: the target is assembled and
+/// square tiles of the format's block, a bnb 4-bit one ([`stored_as_bnb4`]), or an MXFP4
+/// or NVFP4 one ([`fp4::stored_as_fp4`]). The codes concatenate along rows, and so do the
+/// scales. `None`: the target is assembled and
 /// quantized as usual.
 pub fn stored_as(
     ckpt: &Checkpoint,
@@ -131,6 +133,7 @@ pub fn stored_as(
         Format::Nf4 { .. } | Format::Fp4 { .. } | Format::Nf4Dq { .. } => {
             return stored_as_bnb4(ckpt, target, format)
         }
+        Format::Mxfp4 | Format::Nvfp4 => return fp4::stored_as_fp4(ckpt, target, format),
         _ => return Ok(None),
     };
     let parts: Vec<&Recipe> = match &target.recipe {
