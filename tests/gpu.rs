@@ -371,22 +371,31 @@ fn gpu_load_equals_cpu_load(
 ) -> usize {
     use wmap::cuda::loader::{self, DeviceTensor, Staging};
     use wmap::quant::Stored;
-    let cpu: std::collections::BTreeMap<String, Stored> = match format {
+    let (cpu, through): (std::collections::BTreeMap<String, Stored>, usize) = match format {
         Some(f) => {
             let store = wmap::quant::QuantStore::new(f);
             wmap::load::execute(plan, ckpt, &store, Default::default(), &|_| {}).unwrap();
-            store.into_tensors()
+            let through = store.report().passed_through;
+            (store.into_tensors(), through)
         }
         None => {
             let store = wmap::load::HostStore::default();
             wmap::load::execute(plan, ckpt, &store, Default::default(), &|_| {}).unwrap();
             let t = store.into_tensors().into_iter();
-            t.map(|(k, v)| (k, Stored::Full(v))).collect()
+            (t.map(|(k, v)| (k, Stored::Full(v))).collect(), 0)
         }
     };
     let mut staging = Staging::new(gpu, 3, 4096).unwrap();
-    let (store, _) = loader::load(gpu, &mut staging, plan, ckpt, format).unwrap();
+    let (store, stats) = loader::load(gpu, &mut staging, plan, ckpt, format).unwrap();
     let name = format.map_or("bf16", |f| f.name());
+    assert_eq!(
+        stats.passed_through, through,
+        "{what} --quant {name}: passed through"
+    );
+    assert!(
+        stats.passed_through + stats.decoded > 0,
+        "{what} --quant {name}: no pre-quantized source on the device"
+    );
     for t in &plan.targets {
         let what = format!("{what} --quant {name}: {}", t.name);
         match (store.get(&t.name).unwrap(), &cpu[&t.name]) {

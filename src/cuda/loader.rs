@@ -106,6 +106,10 @@ pub struct GpuLoadStats {
     pub seconds: f64,
     /// Peak of the loader's own device allocations: the tensors so far plus the scratch.
     pub peak_device_bytes: u64,
+    /// Targets stored in the load's format already: codes and scales passed through.
+    pub passed_through: usize,
+    /// Targets with a pre-quantized source decoded on the device.
+    pub decoded: usize,
 }
 
 /// One piece of source data for a target: a checkpoint byte range, placed at `at` bytes
@@ -274,9 +278,14 @@ pub fn load(
             continue;
         }
         let decoded = prequant::target(gpu, &mut stager, ckpt, t, format)?;
-        let tensor = if let Some((tensor, transient)) = decoded {
-            peak = peak.max(held + transient + device_size(&tensor));
-            tensor
+        let tensor = if let Some(p) = decoded {
+            peak = peak.max(held + p.transient + device_size(&p.tensor));
+            if p.passed_through {
+                stats.passed_through += 1;
+            } else {
+                stats.decoded += 1;
+            }
+            p.tensor
         } else {
             let bytes = target_bytes(t) as usize;
             let list = pieces(t, ckpt);

@@ -26,20 +26,32 @@ use crate::cuda::{DeviceQuantized, Error, Gpu, GpuResult};
 use crate::plan::{Recipe, Target};
 use crate::quant::{bnb4, Format, QuantizedTensor, Scales};
 
-/// The device tensor for `t` when it has a pre-quantized source the GPU path serves, with
-/// the bytes it held on the device for a while on top of the result (the stored tensors,
-/// and the bf16 buffer a quantized or transposed target passes through); `None`: the
-/// target is not one (the caller loads it as any other).
+/// What [`target`] made of a target with a pre-quantized source.
+pub(super) struct Prequant {
+    pub tensor: DeviceTensor,
+    /// Bytes held on the device for a while on top of the result: the stored tensors,
+    /// and the bf16 buffer a quantized or transposed target passes through.
+    pub transient: u64,
+    /// The stored codes were passed through (else decoded on the device).
+    pub passed_through: bool,
+}
+
+/// The device tensor for `t` when it has a pre-quantized source the GPU path serves;
+/// `None`: the target is not one (the caller loads it as any other).
 pub(super) fn target(
     gpu: &Gpu,
     stager: &mut Stager,
     ckpt: &Checkpoint,
     t: &Target,
     format: Option<Format>,
-) -> GpuResult<Option<(DeviceTensor, u64)>> {
+) -> GpuResult<Option<Prequant>> {
     if let Some(q) = crate::load::prequant::stored_as(ckpt, t, format)? {
         let q = upload(gpu, stager, ckpt, &q)?;
-        return Ok(Some((DeviceTensor::Quantized(Box::new(q)), 0)));
+        return Ok(Some(Prequant {
+            tensor: DeviceTensor::Quantized(Box::new(q)),
+            transient: 0,
+            passed_through: true,
+        }));
     }
     if t.dtype != Dtype::Bf16 || !has_stored(&t.recipe) || !decodable(&t.recipe) {
         return Ok(None);
@@ -59,14 +71,22 @@ pub(super) fn target(
             shape: t.shape.clone(),
             data,
         };
-        return Ok(Some((tensor, transient)));
+        return Ok(Some(Prequant {
+            tensor,
+            transient,
+            passed_through: false,
+        }));
     };
     // SAFETY: bf16 bytes, an even count, read as u16 elements.
     let x = unsafe { data.transmute::<u16>(bytes / 2) }
         .ok_or_else(|| Error::Internal("a bf16 target is not u16-sized".into()))?;
     let q = gpu.quantize(f, &x, &t.shape)?;
     let tensor = DeviceTensor::Quantized(Box::new(q));
-    Ok(Some((tensor, transient + bytes as u64)))
+    Ok(Some(Prequant {
+        tensor,
+        transient: transient + bytes as u64,
+        passed_through: false,
+    }))
 }
 
 /// Whether a transpose is in `r`: it decodes into a buffer of its own first.
