@@ -49,7 +49,9 @@ extern "C" __global__ void bnb4_stored_dequant(const u8* packed, const float* ab
     if (i >= n) return;
     u8 byte = packed[i / 2];
     u8 c = (i & 1) ? (byte & 0xF) : (byte >> 4);
-    out[i] = f32_to_bf16(host_mul(table[c], absmax[i / bs]));
+    i64 b, within;
+    divmod(i, bs, b, within);
+    out[i] = f32_to_bf16(host_mul(table[c], absmax[b]));
 }
 
 // Double quant undone with the stored nested block size: absmax = map[code] * nested[i / nbs]
@@ -90,11 +92,12 @@ extern "C" __global__ void swap_axes_bf16(const u16* in, u16* out, i64 outer, i6
     i64 n = outer * da * mid * db * inner;
     i64 t = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= n) return;
-    // t indexes the output [outer, db, mid, da, inner].
-    i64 k = t % inner, rest = t / inner;
-    i64 i = rest % da; rest /= da;
-    i64 m = rest % mid; rest /= mid;
-    i64 j = rest % db;
-    i64 o = rest / db;
+    // t indexes the output [outer, db, mid, da, inner] (divmod's outputs never alias
+    // its inputs).
+    i64 r0, k, r1, i, r2, m, o, j;
+    divmod(t, inner, r0, k);
+    divmod(r0, da, r1, i);
+    divmod(r1, mid, r2, m);
+    divmod(r2, db, o, j);
     out[t] = in[(((o * da + i) * mid + m) * db + j) * inner + k];
 }
