@@ -219,6 +219,13 @@ impl Stager<'_> {
     }
 }
 
+/// A target's bytes in its dtype, checked.
+fn target_len(t: &Target) -> GpuResult<usize> {
+    crate::load::bytes_of(&t.shape, t.dtype)
+        .and_then(|b| usize::try_from(b).ok())
+        .ok_or_else(|| super::Error::Unsupported(format!("`{}` is too large", t.name)))
+}
+
 /// `n` device bytes (at least one), on the compute stream.
 fn alloc_bytes(gpu: &Gpu, n: usize) -> GpuResult<CudaSlice<u8>> {
     // SAFETY: every caller overwrites the bytes it reads (host-to-device copies, or the
@@ -237,7 +244,6 @@ pub fn load(
     format: Option<Format>,
 ) -> GpuResult<(DeviceStore, GpuLoadStats)> {
     let start = Instant::now();
-    let target_bytes = |t: &Target| t.shape.iter().product::<u64>() * t.dtype.size() as u64;
     // Scratch: two chunks for chunkable formats, two whole targets otherwise.
     let scratch_bytes = plan
         .targets
@@ -254,10 +260,14 @@ pub fn load(
         })
         .max()
         .unwrap_or(0);
-    let alloc = |n: usize| alloc_bytes(gpu, n);
-    let mut scratch = [alloc(scratch_bytes)?, alloc(scratch_bytes)?];
-    let mut scratch_free: [Option<CudaEvent>; 2] = [None, None];
-    let mut which = 0usize;
+    let mut scratch = Scratch {
+        bufs: [
+            alloc_bytes(gpu, scratch_bytes)?,
+            alloc_bytes(gpu, scratch_bytes)?,
+        ],
+        free: [None, None],
+        which: 0,
+    };
     let mut held = 2 * scratch_bytes as u64;
     let mut peak = held;
     let mut store = DeviceStore {
@@ -287,99 +297,9 @@ pub fn load(
             }
             p.tensor
         } else {
-            let bytes = target_bytes(t) as usize;
-            let list = pieces(t, ckpt);
-            let assembled = match list {
-                Some(_) => None,
-                None => {
-                    let mut buf = vec![0u8; bytes];
-                    crate::load::fill_target(ckpt, t, &mut buf)?;
-                    Some(buf)
-                }
-            };
-            let src = match (&list, &assembled) {
-                (Some(l), _) => Source::Pieces(l),
-                (None, Some(b)) => Source::Assembled(b),
-                (None, None) => {
-                    return Err(super::Error::Internal("no source for a target".into()))
-                }
-            };
-            match format.filter(|_| t.quantizable) {
-                None => {
-                    let mut data = alloc(bytes)?;
-                    stager.stage(gpu, ckpt, &src, 0, bytes, &mut data.as_view_mut())?;
-                    DeviceTensor::Full {
-                        dtype: t.dtype,
-                        shape: t.shape.clone(),
-                        data,
-                    }
-                }
-                Some(f) => {
-                    let n = bytes / 2;
-                    let chunked = super::chunk_elems(f, &t.shape, stager.staging.chunk_elems);
-                    let step = chunked.unwrap_or(n).clamp(1, n.max(1));
-                    let mut q = match chunked {
-                        Some(_) => Some(gpu.alloc_quantized(f, &t.shape)?),
-                        None => None,
-                    };
-                    let mut whole = None;
-                    let mut c0 = 0usize;
-                    while c0 < n {
-                        let c1 = (c0 + step).min(n);
-                        // The scratch buffer may still be read by the quantize before last.
-                        if let Some(ev) = &scratch_free[which] {
-                            gpu.copy_stream.wait(ev).map_err(|e| format!("{e:?}"))?;
-                        }
-                        let mut dst = scratch[which].as_view_mut();
-                        stager.stage(gpu, ckpt, &src, 2 * c0, 2 * c1, &mut dst)?;
-                        let copied = gpu
-                            .copy_stream
-                            .record_event(None)
-                            .map_err(|e| format!("{e:?}"))?;
-                        gpu.stream.wait(&copied).map_err(|e| format!("{e:?}"))?;
-                        let view = scratch[which].slice(..2 * (c1 - c0));
-                        // SAFETY: bf16 bytes reinterpreted as u16 elements.
-                        let x = unsafe { view.transmute::<u16>(c1 - c0) }.ok_or_else(|| {
-                            super::Error::Internal("scratch is not u16-aligned".into())
-                        })?;
-                        match q.as_mut() {
-                            Some(q) => gpu.quantize_chunk(&x, q, c0)?,
-                            None => whole = Some(gpu.quantize(f, &x, &t.shape)?),
-                        }
-                        scratch_free[which] = Some(
-                            gpu.stream
-                                .record_event(None)
-                                .map_err(|e| format!("{e:?}"))?,
-                        );
-                        which ^= 1;
-                        c0 = c1;
-                    }
-                    let q = match (q, whole) {
-                        (Some(mut q), _) => {
-                            gpu.finish_quantized(&mut q)?;
-                            q
-                        }
-                        (None, Some(w)) => w,
-                        (None, None) => {
-                            return Err(super::Error::Unsupported(format!(
-                                "`{}` has no elements",
-                                t.name
-                            )))
-                        }
-                    };
-                    DeviceTensor::Quantized(Box::new(q))
-                }
-            }
+            plain_target(gpu, &mut stager, ckpt, t, format, &mut scratch)?
         };
-        stats.bytes_read += t
-            .recipe
-            .reads()
-            .iter()
-            .map(|r| match r {
-                Recipe::Read { length, .. } => *length,
-                _ => 0,
-            })
-            .sum::<u64>();
+        stats.bytes_read += crate::load::read_bytes(t);
         held += device_size(&tensor);
         peak = peak.max(held);
         store.tensors.insert(t.name.clone(), tensor);
@@ -394,6 +314,113 @@ pub fn load(
     stats.device_bytes = store.device_bytes();
     stats.peak_device_bytes = peak;
     Ok((store, stats))
+}
+
+/// Two device buffers quantizable targets stream through, and the quantize that last read
+/// each: a buffer is refilled only after that quantize.
+struct Scratch {
+    bufs: [CudaSlice<u8>; 2],
+    free: [Option<CudaEvent>; 2],
+    /// The buffer the next chunk goes to.
+    which: usize,
+}
+
+/// A target no pre-quantized source of which the device decodes: straight from checkpoint
+/// pieces, or assembled by the CPU path; staged, and quantized on the way if `format`.
+fn plain_target(
+    gpu: &Gpu,
+    stager: &mut Stager<'_>,
+    ckpt: &Checkpoint,
+    t: &Target,
+    format: Option<Format>,
+    scratch: &mut Scratch,
+) -> GpuResult<DeviceTensor> {
+    let bytes = target_len(t)?;
+    let list = pieces(t, ckpt);
+    let assembled = match list {
+        Some(_) => None,
+        None => {
+            let mut buf = vec![0u8; bytes];
+            crate::load::fill_target(ckpt, t, &mut buf)?;
+            Some(buf)
+        }
+    };
+    let src = match (&list, &assembled) {
+        (Some(l), _) => Source::Pieces(l),
+        (None, Some(b)) => Source::Assembled(b),
+        (None, None) => return Err(super::Error::Internal("no source for a target".into())),
+    };
+    let Some(f) = format.filter(|_| t.quantizable) else {
+        let mut data = alloc_bytes(gpu, bytes)?;
+        stager.stage(gpu, ckpt, &src, 0, bytes, &mut data.as_view_mut())?;
+        return Ok(DeviceTensor::Full {
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+            data,
+        });
+    };
+    let q = quantize_streamed(gpu, stager, ckpt, &src, t, f, scratch)?;
+    Ok(DeviceTensor::Quantized(Box::new(q)))
+}
+
+/// Streams a bf16 target's bytes through the scratch buffers into `f`: chunk by chunk
+/// where the format allows, each chunk copied while the one before is quantized.
+fn quantize_streamed(
+    gpu: &Gpu,
+    stager: &mut Stager<'_>,
+    ckpt: &Checkpoint,
+    src: &Source,
+    t: &Target,
+    f: Format,
+    scratch: &mut Scratch,
+) -> GpuResult<DeviceQuantized> {
+    let n = target_len(t)? / 2;
+    let chunked = super::chunk_elems(f, &t.shape, stager.staging.chunk_elems);
+    let step = chunked.unwrap_or(n).clamp(1, n.max(1));
+    let mut q = match chunked {
+        Some(_) => Some(gpu.alloc_quantized(f, &t.shape)?),
+        None => None,
+    };
+    let mut whole = None;
+    let mut c0 = 0usize;
+    while c0 < n {
+        let c1 = (c0 + step).min(n);
+        let which = scratch.which;
+        // The scratch buffer may still be read by the quantize before last.
+        if let Some(ev) = &scratch.free[which] {
+            gpu.copy_stream.wait(ev).map_err(|e| format!("{e:?}"))?;
+        }
+        let mut dst = scratch.bufs[which].as_view_mut();
+        stager.stage(gpu, ckpt, src, 2 * c0, 2 * c1, &mut dst)?;
+        let copied = gpu
+            .copy_stream
+            .record_event(None)
+            .map_err(|e| format!("{e:?}"))?;
+        gpu.stream.wait(&copied).map_err(|e| format!("{e:?}"))?;
+        let view = scratch.bufs[which].slice(..2 * (c1 - c0));
+        // SAFETY: bf16 bytes reinterpreted as u16 elements.
+        let x = unsafe { view.transmute::<u16>(c1 - c0) }
+            .ok_or_else(|| super::Error::Internal("scratch is not u16-aligned".into()))?;
+        match q.as_mut() {
+            Some(q) => gpu.quantize_chunk(&x, q, c0)?,
+            None => whole = Some(gpu.quantize(f, &x, &t.shape)?),
+        }
+        let read = gpu.stream.record_event(None);
+        scratch.free[which] = Some(read.map_err(|e| format!("{e:?}"))?);
+        scratch.which ^= 1;
+        c0 = c1;
+    }
+    match (q, whole) {
+        (Some(mut q), _) => {
+            gpu.finish_quantized(&mut q)?;
+            Ok(q)
+        }
+        (None, Some(w)) => Ok(w),
+        (None, None) => Err(super::Error::Unsupported(format!(
+            "`{}` has no elements",
+            t.name
+        ))),
+    }
 }
 
 /// Fills `chunk` with target bytes `from..from + chunk.len()` from the pieces, reading in

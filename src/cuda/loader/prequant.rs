@@ -56,9 +56,7 @@ pub(super) fn target(
     if t.dtype != Dtype::Bf16 || !has_stored(&t.recipe) || !decodable(&t.recipe) {
         return Ok(None);
     }
-    let bytes = crate::load::bytes_of(&t.shape, t.dtype)
-        .and_then(|b| usize::try_from(b).ok())
-        .ok_or_else(|| Error::Unsupported(format!("`{}` is too large", t.name)))?;
+    let bytes = super::target_len(t)?;
     let mut data = alloc_bytes(gpu, bytes)?;
     decode(gpu, stager, ckpt, &t.recipe, &mut data.as_view_mut())?;
     let mut transient = crate::load::read_bytes(t);
