@@ -488,7 +488,7 @@ fn modelopt_nvfp4_loads_as_modelopt_dequantizes_it() {
             tensors.push((format!("c{case}.{part}"), t));
         }
         params += &format!(
-            "    param c{case}: [{}, {}] from nvfp4(\"c{case}.weight\")\n",
+            "    param c{case}: [{}, {}] quantizable from nvfp4(\"c{case}.weight\")\n",
             shape[0], shape[1]
         );
     }
@@ -511,6 +511,25 @@ fn modelopt_nvfp4_loads_as_modelopt_dequantizes_it() {
     for case in 0..4 {
         let want = golden.tensor(&format!("nvfp4.case{case}.dequant")).unwrap();
         assert!(*out[&format!("c{case}")].data == want.data(), "case {case}");
+    }
+    // `--quant nvfp4` hands ModelOpt's codes, scales and tensor scale over untouched.
+    let store = wmap::quant::QuantStore::new(wmap::quant::Format::Nvfp4);
+    load::execute(&b.plan, &b.checkpoint, &store, Default::default(), &|_| {}).unwrap();
+    assert_eq!(store.report().passed_through, 4);
+    let stored = store.into_tensors();
+    for case in 0..4 {
+        let part = |p: &str| golden.tensor(&format!("nvfp4.case{case}.{p}")).unwrap();
+        let wmap::quant::Stored::Quantized(q) = &stored[&format!("c{case}")] else {
+            panic!("case {case} is not quantized")
+        };
+        assert_eq!(q.data, part("weight").data(), "case {case}");
+        let scales = wmap::quant::Scales::U8(part("weight_scale").data().to_vec());
+        assert_eq!(q.scales, scales, "case {case}");
+        let ws2 = part("weight_scale_2")
+            .data()
+            .try_into()
+            .map(f32::from_le_bytes);
+        assert_eq!(q.tensor_scale, ws2.ok(), "case {case}");
     }
 }
 
@@ -556,5 +575,49 @@ fn gpt_oss_release_layout_loads_through_the_stdlib_model() {
             let got = &out[&format!("layers.{layer}.{param}")];
             assert!(*got.data == want.data(), "layers.{layer}.{param}");
         }
+    }
+}
+
+/// `--quant mxfp4` / `nvfp4` on a source stored in that format hands the stored codes,
+/// scales and (NVFP4) tensor scale over untouched: MXFP4 experts in their stored
+/// orientation, and ModelOpt's NVFP4 golden cases.
+#[test]
+fn fp4_sources_loaded_as_their_own_format_keep_the_stored_bytes() {
+    use wmap::quant::{Format, QuantStore, Scales, Stored};
+    let dir = common::root().join("tests/fixtures/prequant/gpt_oss_mxfp4");
+    let text = r#"
+model GptOss for "GptOssForCausalLM" {
+    layers: Layer[layer in 0..num_hidden_layers] at "model.layers.{layer}.mlp.experts"
+}
+block Layer {
+    param down: [num_local_experts, hidden_size, intermediate_size]
+        quantizable
+        from mxfp4("down_proj_blocks", scales = "down_proj_scales")
+}
+"#;
+    let model = ModelSource::Text {
+        name: "gpt_oss.wmap".into(),
+        text: text.into(),
+    };
+    let mut c = driver::compile(&model, Some(&dir.join("config.json"))).unwrap();
+    let b = driver::bind(&mut c, &dir, false).unwrap();
+    let store = QuantStore::new(Format::Mxfp4);
+    load::execute(&b.plan, &b.checkpoint, &store, Default::default(), &|_| {}).unwrap();
+    assert_eq!(store.report().passed_through, 2);
+    let stored = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let stored = safetensors::SafeTensors::deserialize(&stored).unwrap();
+    let raw = |name: &str| stored.tensor(name).unwrap().data().to_vec();
+    for (layer, t) in store.into_tensors() {
+        let Stored::Quantized(q) = t else {
+            panic!("{layer} is not quantized")
+        };
+        let p = format!(
+            "model.{}.mlp.experts.down_proj",
+            layer.trim_end_matches(".down")
+        );
+        assert_eq!(q.data, raw(&format!("{p}_blocks")), "{layer}");
+        assert_eq!(q.scales, Scales::U8(raw(&format!("{p}_scales"))), "{layer}");
+        let rows = q.shape[..2].iter().product::<u64>();
+        assert_eq!(q.scale_shape, [rows, q.shape[2] / 32], "{layer}");
     }
 }

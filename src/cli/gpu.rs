@@ -132,6 +132,13 @@ pub fn load(
     if let Some(f) = format {
         outln!("quantized to {} on the device", f.name());
     }
+    if stats.passed_through + stats.decoded > 0 {
+        outln!(
+            "pre-quantized sources: {} passed through as stored, {} decoded on the device",
+            stats.passed_through,
+            stats.decoded,
+        );
+    }
     if let Some((budget, policy)) = offload {
         offload_to_host(&gpu, plan, _store, budget, policy)?;
     }

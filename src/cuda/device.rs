@@ -1,5 +1,7 @@
 //! The device: context, streams, compiled kernels, and quantization on the GPU.
 
+mod prequant;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -137,7 +139,9 @@ fn load_modules(
     Ok(functions)
 }
 
-fn kernel_names(module: &str) -> &'static [&'static str] {
+/// The kernels each file defines, as [`Gpu::new`] loads them (`tests/kernels.rs` checks
+/// every one is an entry of its compiled PTX, so a misspelt name fails without a GPU).
+pub fn kernel_names(module: &str) -> &'static [&'static str] {
     match module {
         "bnb4" => &[
             "bnb4_quantize_small",
@@ -157,6 +161,13 @@ fn kernel_names(module: &str) -> &'static [&'static str] {
         ],
         "fp4" => &["nvfp4_quantize", "mxfp4_quantize", "fp4_dequantize"],
         "convert" => &["to_bf16", "fuse_copy", "spin"],
+        "prequant" => &[
+            "fp8_blocks_dequant",
+            "bnb4_stored_dequant",
+            "bnb4_stored_absmax",
+            "fp4_stored_dequant",
+            "swap_axes_bf16",
+        ],
         _ => &[],
     }
 }

@@ -24,6 +24,9 @@ pub enum Error {
     Offload(crate::offload::Error),
     /// A state the GPU path should never reach.
     Internal(String),
+    /// The checkpoint failed a check the GPU path shares with the host (a pre-quantized
+    /// source's quant state, say): its own diagnostic, code included.
+    Input(Box<Diagnostic>),
 }
 
 impl Error {
@@ -37,6 +40,7 @@ impl Error {
             Error::UnknownTensor(_) => Code::E0703,
             Error::Offload(e) => e.code(),
             Error::Internal(_) => Code::E0901,
+            Error::Input(d) => d.code,
         }
     }
 }
@@ -46,6 +50,12 @@ impl Error {
 impl From<String> for Error {
     fn from(what: String) -> Error {
         Error::Call(what)
+    }
+}
+
+impl From<Diagnostic> for Error {
+    fn from(d: Diagnostic) -> Error {
+        Error::Input(Box::new(d))
     }
 }
 
@@ -79,6 +89,7 @@ impl std::fmt::Display for Error {
             Error::UnknownTensor(name) => write!(f, "the weight store holds no tensor `{name}`"),
             Error::Offload(e) => write!(f, "{e}"),
             Error::Internal(what) => write!(f, "{what}; this is a bug in wmapc"),
+            Error::Input(d) => write!(f, "{}", d.message),
         }
     }
 }
@@ -89,6 +100,7 @@ impl From<Error> for Diagnostic {
     fn from(e: Error) -> Diagnostic {
         let d = Diagnostic::new(e.code(), e.to_string());
         match e {
+            Error::Input(d) => *d,
             Error::Offload(e) => e.into(),
             Error::NotBuilt => d.with_help(
                 "rebuild with `cargo build --release --features cuda`, or load with `--device cpu`",
@@ -142,6 +154,11 @@ mod tests {
                 Error::from(crate::offload::Error::Copy("stream".into())),
                 "E0702",
                 "copying an offload group to the device failed: stream",
+            ),
+            (
+                Error::from(Diagnostic::new(Code::E0531, "bad quant state")),
+                "E0531",
+                "bad quant state",
             ),
         ];
         for (e, code, text) in cases {

@@ -8,12 +8,15 @@
 //! offset inside the target, so every byte crosses PCIe once. Targets that slice,
 //! transpose or convert are assembled by the CPU path into staging first.
 //! Device memory in use: the final tensors plus two scratch buffers of the largest
-//! quantizable target.
+//! quantizable target. Pre-quantized sources travel as stored and are decoded (or passed
+//! through) on the device ([`prequant`]).
+
+mod prequant;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use cudarc::driver::{CudaEvent, CudaSlice, DevicePtrMut, PinnedHostSlice};
+use cudarc::driver::{CudaEvent, CudaSlice, CudaViewMut, DevicePtrMut, PinnedHostSlice};
 use rayon::prelude::*;
 
 use super::{DeviceQuantized, Gpu, GpuResult};
@@ -51,14 +54,16 @@ impl DeviceStore {
 
     /// Bytes held on the device (tied tensors once).
     pub fn device_bytes(&self) -> u64 {
-        self.tensors
-            .values()
-            .map(|t| match t {
-                DeviceTensor::Quantized(q) => q.byte_size(),
-                DeviceTensor::Full { data, .. } => data.len() as u64,
-                DeviceTensor::Tied(_) => 0,
-            })
-            .sum()
+        self.tensors.values().map(device_size).sum()
+    }
+}
+
+/// Bytes a tensor holds on the device (a tie none).
+fn device_size(t: &DeviceTensor) -> u64 {
+    match t {
+        DeviceTensor::Quantized(q) => q.byte_size(),
+        DeviceTensor::Full { data, .. } => data.len() as u64,
+        DeviceTensor::Tied(_) => 0,
     }
 }
 
@@ -123,6 +128,10 @@ pub struct GpuLoadStats {
     pub seconds: f64,
     /// Peak of the loader's own device allocations: the tensors so far plus the scratch.
     pub peak_device_bytes: u64,
+    /// Targets stored in the load's format already: codes and scales passed through.
+    pub passed_through: usize,
+    /// Targets with a pre-quantized source decoded on the device.
+    pub decoded: usize,
 }
 
 /// One piece of source data for a target: a checkpoint byte range, placed at `at` bytes
@@ -136,11 +145,11 @@ struct Piece {
 
 /// How a target's bytes are produced: straight from checkpoint ranges (same dtype,
 /// concatenation recipes), or assembled by the CPU path (conversions, slices, and
-/// pre-quantized sources, dequantized on the host).
+/// pre-quantized sources that [`prequant`] does not decode on the device).
 fn pieces(t: &Target, ckpt: &Checkpoint) -> Option<Vec<Piece>> {
     let parts = export::parts(&t.recipe)?;
-    // A pre-quantized source is one part but several reads (codes and scales): the CPU
-    // path dequantizes it on the host, and the bf16 result is uploaded.
+    // A pre-quantized source is one part but several reads (codes and scales): never
+    // pieces of the target's own bytes.
     if t.recipe.reads().len() != parts.len() {
         return None;
     }
@@ -187,7 +196,7 @@ impl Stager<'_> {
         src: &Source,
         from: usize,
         to: usize,
-        dst: &mut CudaSlice<u8>,
+        dst: &mut CudaViewMut<'_, u8>,
     ) -> GpuResult<()> {
         let nbuf = self.staging.buffers.len();
         let mut done = from;
@@ -211,9 +220,7 @@ impl Stager<'_> {
             self.cursor += len;
             match src {
                 Source::Assembled(buf) => chunk.copy_from_slice(&buf[done..done + len]),
-                Source::Pieces(list) => {
-                    fill_chunk(ckpt, list, done as u64, chunk).map_err(|d| d.message)?
-                }
+                Source::Pieces(list) => fill_chunk(ckpt, list, done as u64, chunk)?,
             }
             let mut view = dst.slice_mut(done - from..done - from + len);
             let (ptr, _guard) = view.device_ptr_mut(&gpu.copy_stream);
@@ -234,6 +241,21 @@ impl Stager<'_> {
     }
 }
 
+/// A target's bytes in its dtype, checked.
+fn target_len(t: &Target) -> GpuResult<usize> {
+    crate::load::bytes_of(&t.shape, t.dtype)
+        .and_then(|b| usize::try_from(b).ok())
+        .ok_or_else(|| super::Error::Unsupported(format!("`{}` is too large", t.name)))
+}
+
+/// `n` device bytes (at least one), on the compute stream.
+fn alloc_bytes(gpu: &Gpu, n: usize) -> GpuResult<CudaSlice<u8>> {
+    // SAFETY: every caller overwrites the bytes it reads (host-to-device copies, or the
+    // kernels that write each element) before they are read; u8 has no invalid values.
+    unsafe { gpu.stream.alloc::<u8>(n.max(1)) }
+        .map_err(|e| format!("device allocation of {n} bytes: {e:?}").into())
+}
+
 /// Loads `plan` onto the GPU, quantizing `quantizable` targets into `format` (or keeping
 /// everything in full precision with `None`).
 pub fn load(
@@ -244,7 +266,6 @@ pub fn load(
     format: Option<Format>,
 ) -> GpuResult<(DeviceStore, GpuLoadStats)> {
     let start = Instant::now();
-    let target_bytes = |t: &Target| t.shape.iter().product::<u64>() * t.dtype.size() as u64;
     // Scratch: two chunks for chunkable formats, two whole targets otherwise.
     let scratch_bytes = plan
         .targets
@@ -261,15 +282,14 @@ pub fn load(
         })
         .max()
         .unwrap_or(0);
-    // SAFETY: each buffer is fully overwritten by host-to-device copies (targets) or by a
-    // chunk's bytes before its quantize reads them (scratch); u8 has no invalid values.
-    let alloc = |n: usize| {
-        unsafe { gpu.stream.alloc::<u8>(n.max(1)) }
-            .map_err(|e| format!("device allocation of {n} bytes: {e:?}"))
+    let mut scratch = Scratch {
+        bufs: [
+            alloc_bytes(gpu, scratch_bytes)?,
+            alloc_bytes(gpu, scratch_bytes)?,
+        ],
+        free: [None, None],
+        which: 0,
     };
-    let mut scratch = [alloc(scratch_bytes)?, alloc(scratch_bytes)?];
-    let mut scratch_free: [Option<CudaEvent>; 2] = [None, None];
-    let mut which = 0usize;
     let mut held = 2 * scratch_bytes as u64;
     let mut peak = held;
     let mut store = DeviceStore {
@@ -289,100 +309,20 @@ pub fn load(
             stats.tensors += 1;
             continue;
         }
-        let bytes = target_bytes(t) as usize;
-        let list = pieces(t, ckpt);
-        let assembled = match list {
-            Some(_) => None,
-            None => {
-                let mut buf = vec![0u8; bytes];
-                crate::load::fill_target(ckpt, t, &mut buf).map_err(|d| d.message)?;
-                Some(buf)
+        let decoded = prequant::target(gpu, &mut stager, ckpt, t, format)?;
+        let tensor = if let Some(p) = decoded {
+            peak = peak.max(held + p.transient + device_size(&p.tensor));
+            if p.passed_through {
+                stats.passed_through += 1;
+            } else {
+                stats.decoded += 1;
             }
+            p.tensor
+        } else {
+            plain_target(gpu, &mut stager, ckpt, t, format, &mut scratch)?
         };
-        let src = match (&list, &assembled) {
-            (Some(l), _) => Source::Pieces(l),
-            (None, Some(b)) => Source::Assembled(b),
-            (None, None) => return Err(super::Error::Internal("no source for a target".into())),
-        };
-        let tensor = match format.filter(|_| t.quantizable) {
-            None => {
-                let mut data = alloc(bytes)?;
-                stager.stage(gpu, ckpt, &src, 0, bytes, &mut data)?;
-                DeviceTensor::Full {
-                    dtype: t.dtype,
-                    shape: t.shape.clone(),
-                    data,
-                }
-            }
-            Some(f) => {
-                let n = bytes / 2;
-                let chunked = super::chunk_elems(f, &t.shape, stager.staging.chunk_elems);
-                let step = chunked.unwrap_or(n).clamp(1, n.max(1));
-                let mut q = match chunked {
-                    Some(_) => Some(gpu.alloc_quantized(f, &t.shape)?),
-                    None => None,
-                };
-                let mut whole = None;
-                let mut c0 = 0usize;
-                while c0 < n {
-                    let c1 = (c0 + step).min(n);
-                    // The scratch buffer may still be read by the quantize before last.
-                    if let Some(ev) = &scratch_free[which] {
-                        gpu.copy_stream.wait(ev).map_err(|e| format!("{e:?}"))?;
-                    }
-                    stager.stage(gpu, ckpt, &src, 2 * c0, 2 * c1, &mut scratch[which])?;
-                    let copied = gpu
-                        .copy_stream
-                        .record_event(None)
-                        .map_err(|e| format!("{e:?}"))?;
-                    gpu.stream.wait(&copied).map_err(|e| format!("{e:?}"))?;
-                    let view = scratch[which].slice(..2 * (c1 - c0));
-                    // SAFETY: bf16 bytes reinterpreted as u16 elements.
-                    let x = unsafe { view.transmute::<u16>(c1 - c0) }.ok_or_else(|| {
-                        super::Error::Internal("scratch is not u16-aligned".into())
-                    })?;
-                    match q.as_mut() {
-                        Some(q) => gpu.quantize_chunk(&x, q, c0)?,
-                        None => whole = Some(gpu.quantize(f, &x, &t.shape)?),
-                    }
-                    scratch_free[which] = Some(
-                        gpu.stream
-                            .record_event(None)
-                            .map_err(|e| format!("{e:?}"))?,
-                    );
-                    which ^= 1;
-                    c0 = c1;
-                }
-                let q = match (q, whole) {
-                    (Some(mut q), _) => {
-                        gpu.finish_quantized(&mut q)?;
-                        q
-                    }
-                    (None, Some(w)) => w,
-                    (None, None) => {
-                        return Err(super::Error::Unsupported(format!(
-                            "`{}` has no elements",
-                            t.name
-                        )))
-                    }
-                };
-                DeviceTensor::Quantized(Box::new(q))
-            }
-        };
-        stats.bytes_read += t
-            .recipe
-            .reads()
-            .iter()
-            .map(|r| match r {
-                Recipe::Read { length, .. } => *length,
-                _ => 0,
-            })
-            .sum::<u64>();
-        held += match &tensor {
-            DeviceTensor::Quantized(q) => q.byte_size(),
-            DeviceTensor::Full { data, .. } => data.len() as u64,
-            DeviceTensor::Tied(_) => 0,
-        };
+        stats.bytes_read += crate::load::read_bytes(t);
+        held += device_size(&tensor);
         peak = peak.max(held);
         store.tensors.insert(t.name.clone(), tensor);
         stats.tensors += 1;
@@ -396,6 +336,113 @@ pub fn load(
     stats.device_bytes = store.device_bytes();
     stats.peak_device_bytes = peak;
     Ok((store, stats))
+}
+
+/// Two device buffers quantizable targets stream through, and the quantize that last read
+/// each: a buffer is refilled only after that quantize.
+struct Scratch {
+    bufs: [CudaSlice<u8>; 2],
+    free: [Option<CudaEvent>; 2],
+    /// The buffer the next chunk goes to.
+    which: usize,
+}
+
+/// A target no pre-quantized source of which the device decodes: straight from checkpoint
+/// pieces, or assembled by the CPU path; staged, and quantized on the way if `format`.
+fn plain_target(
+    gpu: &Gpu,
+    stager: &mut Stager<'_>,
+    ckpt: &Checkpoint,
+    t: &Target,
+    format: Option<Format>,
+    scratch: &mut Scratch,
+) -> GpuResult<DeviceTensor> {
+    let bytes = target_len(t)?;
+    let list = pieces(t, ckpt);
+    let assembled = match list {
+        Some(_) => None,
+        None => {
+            let mut buf = vec![0u8; bytes];
+            crate::load::fill_target(ckpt, t, &mut buf)?;
+            Some(buf)
+        }
+    };
+    let src = match (&list, &assembled) {
+        (Some(l), _) => Source::Pieces(l),
+        (None, Some(b)) => Source::Assembled(b),
+        (None, None) => return Err(super::Error::Internal("no source for a target".into())),
+    };
+    let Some(f) = format.filter(|_| t.quantizable) else {
+        let mut data = alloc_bytes(gpu, bytes)?;
+        stager.stage(gpu, ckpt, &src, 0, bytes, &mut data.as_view_mut())?;
+        return Ok(DeviceTensor::Full {
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+            data,
+        });
+    };
+    let q = quantize_streamed(gpu, stager, ckpt, &src, t, f, scratch)?;
+    Ok(DeviceTensor::Quantized(Box::new(q)))
+}
+
+/// Streams a bf16 target's bytes through the scratch buffers into `f`: chunk by chunk
+/// where the format allows, each chunk copied while the one before is quantized.
+fn quantize_streamed(
+    gpu: &Gpu,
+    stager: &mut Stager<'_>,
+    ckpt: &Checkpoint,
+    src: &Source,
+    t: &Target,
+    f: Format,
+    scratch: &mut Scratch,
+) -> GpuResult<DeviceQuantized> {
+    let n = target_len(t)? / 2;
+    let chunked = super::chunk_elems(f, &t.shape, stager.staging.chunk_elems);
+    let step = chunked.unwrap_or(n).clamp(1, n.max(1));
+    let mut q = match chunked {
+        Some(_) => Some(gpu.alloc_quantized(f, &t.shape)?),
+        None => None,
+    };
+    let mut whole = None;
+    let mut c0 = 0usize;
+    while c0 < n {
+        let c1 = (c0 + step).min(n);
+        let which = scratch.which;
+        // The scratch buffer may still be read by the quantize before last.
+        if let Some(ev) = &scratch.free[which] {
+            gpu.copy_stream.wait(ev).map_err(|e| format!("{e:?}"))?;
+        }
+        let mut dst = scratch.bufs[which].as_view_mut();
+        stager.stage(gpu, ckpt, src, 2 * c0, 2 * c1, &mut dst)?;
+        let copied = gpu
+            .copy_stream
+            .record_event(None)
+            .map_err(|e| format!("{e:?}"))?;
+        gpu.stream.wait(&copied).map_err(|e| format!("{e:?}"))?;
+        let view = scratch.bufs[which].slice(..2 * (c1 - c0));
+        // SAFETY: bf16 bytes reinterpreted as u16 elements.
+        let x = unsafe { view.transmute::<u16>(c1 - c0) }
+            .ok_or_else(|| super::Error::Internal("scratch is not u16-aligned".into()))?;
+        match q.as_mut() {
+            Some(q) => gpu.quantize_chunk(&x, q, c0)?,
+            None => whole = Some(gpu.quantize(f, &x, &t.shape)?),
+        }
+        let read = gpu.stream.record_event(None);
+        scratch.free[which] = Some(read.map_err(|e| format!("{e:?}"))?);
+        scratch.which ^= 1;
+        c0 = c1;
+    }
+    match (q, whole) {
+        (Some(mut q), _) => {
+            gpu.finish_quantized(&mut q)?;
+            Ok(q)
+        }
+        (None, Some(w)) => Ok(w),
+        (None, None) => Err(super::Error::Unsupported(format!(
+            "`{}` has no elements",
+            t.name
+        ))),
+    }
 }
 
 /// Fills `chunk` with target bytes `from..from + chunk.len()` from the pieces, reading in

@@ -10,6 +10,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("fp8", include_str!("../../kernels/fp8.cu")),
     ("fp4", include_str!("../../kernels/fp4.cu")),
     ("convert", include_str!("../../kernels/convert.cu")),
+    ("prequant", include_str!("../../kernels/prequant.cu")),
 ];
 
 /// A kernel file with the shared header in front.

@@ -112,28 +112,10 @@ pub fn fill(
             scale,
             scale_2,
         } => super::prequant::fill_nvfp4(ckpt, shape, [weight, scale, scale_2], dtype, out),
-        Recipe::Bnb4 {
-            shape,
-            blocksize,
-            fp4,
-            packed,
-            absmax,
-            quant_map,
-            quant_state,
-            nested,
-        } => {
-            let parts = super::prequant::Bnb4Parts {
-                shape,
-                blocksize: *blocksize,
-                fp4: *fp4,
-                packed,
-                absmax,
-                quant_map,
-                quant_state,
-                nested: nested.as_ref(),
-            };
-            super::prequant::fill_bnb4(ckpt, &parts, dtype, out)
-        }
+        Recipe::Bnb4 { .. } => match super::prequant::bnb4_parts(recipe) {
+            Some(parts) => super::prequant::fill_bnb4(ckpt, &parts, dtype, out),
+            None => Ok(()),
+        },
         // Tied targets are never filled: they share their target's storage.
         Recipe::Tied { .. } => Ok(()),
     }

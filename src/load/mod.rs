@@ -14,7 +14,7 @@ mod assemble;
 mod convert;
 mod memory;
 pub mod output;
-mod prequant;
+pub mod prequant;
 mod sink;
 mod write;
 
@@ -64,7 +64,8 @@ fn target_bytes(t: &Target) -> u64 {
     bytes_of(&t.shape, t.dtype).unwrap_or(u64::MAX)
 }
 
-fn read_bytes(t: &Target) -> u64 {
+/// Checkpoint bytes a target's recipe reads.
+pub fn read_bytes(t: &Target) -> u64 {
     t.recipe
         .reads()
         .iter()

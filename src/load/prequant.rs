@@ -8,9 +8,16 @@
 //! is an error here, never an out-of-bounds index.
 //!
 //! When the load quantizes to the very format a target is stored in, [`stored_as`] hands
-//! over the stored codes and scales instead: same bytes out as in.
+//! over the stored codes and scales instead: same bytes out as in. [`layout`] checks a
+//! source and names its stored tensors without reading them, for a loader that decodes
+//! them elsewhere (the GPU); the host decode here runs the same checks first.
+
+mod fp4;
+mod layout;
 
 use rayon::prelude::*;
+
+pub use layout::{layout, Absmax, Layout};
 
 use super::convert::{convert, e4m3_to_f32};
 use crate::checkpoint::{Checkpoint, Dtype, TensorEntry};
@@ -78,25 +85,20 @@ pub fn fill_fp8_blocks(
     dtype: Dtype,
     out: &mut [u8],
 ) -> Result<(), Diagnostic> {
-    let (codes, wdt, wshape) = read_raw(ckpt, weight)?;
-    let (sbytes, sdt, sshape) = read_raw(ckpt, scale_inv)?;
-    let scales = scales_f32(&sbytes, sdt)?;
-    let grid = crate::plan::scale_grid(&wshape, block);
-    let ([rows, cols], Some(grid)) = (wshape.as_slice(), grid) else {
-        return Err(bad("the codes are not a matrix"));
+    let Layout::Fp8Blocks { rows, cols, .. } = layout::fp8_layout(weight, scale_inv, block, dtype)?
+    else {
+        return Err(bad("codes, scales and output disagree"));
     };
-    let (rows, cols) = (*rows as usize, *cols as usize);
+    let (codes, _, _) = read_raw(ckpt, weight)?;
+    let (sbytes, sdt, _) = read_raw(ckpt, scale_inv)?;
+    let scales = scales_f32(&sbytes, sdt)?;
+    let (rows, cols) = (rows as usize, cols as usize);
     let es = dtype.size();
-    let fits = wdt == Dtype::F8E4M3
-        && grid == sshape
-        && scales.len() as u64 == grid[0] * grid[1]
-        && codes.len() == rows * cols
-        && out.len() == rows * cols * es
-        && super::convert::is_training_float(dtype);
-    if !fits {
+    if codes.len() != rows * cols || out.len() != rows * cols * es {
         return Err(bad("codes, scales and output disagree"));
     }
-    let (br, bc, gc) = (block[0] as usize, block[1] as usize, grid[1] as usize);
+    let (br, bc) = (block[0] as usize, block[1] as usize);
+    let gc = cols.div_ceil(bc);
     out.par_chunks_mut(cols * es)
         .zip(codes.par_chunks(cols))
         .enumerate()
@@ -114,8 +116,9 @@ pub fn fill_fp8_blocks(
 
 /// `target` as the checkpoint stores it, when that is exactly `format`: a `quantizable`
 /// FP8 block source (or a fuse of them on dim 0 whose parts end on tile boundaries) in
-/// square tiles of the format's block, or a bnb 4-bit one ([`stored_as_bnb4`]). The codes
-/// concatenate along rows, and so do the scales. `None`: the target is assembled and
+/// square tiles of the format's block, a bnb 4-bit one ([`stored_as_bnb4`]), or an MXFP4
+/// or NVFP4 one ([`fp4::stored_as_fp4`]). The codes concatenate along rows, and so do the
+/// scales. `None`: the target is assembled and
 /// quantized as usual.
 pub fn stored_as(
     ckpt: &Checkpoint,
@@ -130,6 +133,7 @@ pub fn stored_as(
         Format::Nf4 { .. } | Format::Fp4 { .. } | Format::Nf4Dq { .. } => {
             return stored_as_bnb4(ckpt, target, format)
         }
+        Format::Mxfp4 | Format::Nvfp4 => return fp4::stored_as_fp4(ckpt, target, format),
         _ => return Ok(None),
     };
     let parts: Vec<&Recipe> = match &target.recipe {
@@ -213,47 +217,62 @@ fn bnb_absmax(
     p: &Bnb4Parts,
     state: &QuantState,
 ) -> Result<Vec<f32>, Diagnostic> {
-    use crate::quant::{bnb4, dynamic};
-    let kind = if p.fp4 {
-        bnb4::Kind::Fp4
+    absmax_values(ckpt, &layout::bnb4_absmax(ckpt, p, state)?)
+}
+
+/// The absmax values a (checked) stored absmax decodes to.
+fn absmax_values(ckpt: &Checkpoint, absmax: &Absmax<&Recipe>) -> Result<Vec<f32>, Diagnostic> {
+    match *absmax {
+        Absmax::F32(a) => scales_f32(&read_raw(ckpt, a)?.0, Dtype::F32),
+        Absmax::Double {
+            codes,
+            nested,
+            offset,
+            blocksize,
+        } => {
+            let nested = crate::quant::bnb4::Nested {
+                absmax: scales_f32(&read_raw(ckpt, nested)?.0, Dtype::F32)?,
+                codes: read_raw(ckpt, codes)?.0,
+                offset,
+                blocksize: blocksize as usize,
+            };
+            Ok(crate::quant::bnb4::undo_double(&nested))
+        }
+    }
+}
+
+fn bnb_kind(p: &Bnb4Parts) -> crate::quant::bnb4::Kind {
+    if p.fp4 {
+        crate::quant::bnb4::Kind::Fp4
     } else {
-        bnb4::Kind::Nf4
-    };
-    let (map, _, _) = read_raw(ckpt, p.quant_map)?;
-    if !same_f32s(&map, &kind.table()) {
-        return Err(state_mismatch(format!(
-            "the stored `quant_map` is not bitsandbytes' {} table",
-            kind.name()
-        )));
+        crate::quant::bnb4::Kind::Nf4
     }
-    let (absmax, _, _) = read_raw(ckpt, p.absmax)?;
-    let Some([nested_absmax, nested_map]) = p.nested else {
-        return scales_f32(&absmax, Dtype::F32);
-    };
-    let (nmap, _, _) = read_raw(ckpt, nested_map)?;
-    if !same_f32s(&nmap, &dynamic::signed_map()) {
-        return Err(state_mismatch(
-            "the stored `nested_quant_map` is not bitsandbytes' dynamic map".into(),
-        ));
+}
+
+/// The parts of a [`Recipe::Bnb4`], borrowed; `None` for any other recipe.
+pub fn bnb4_parts(r: &Recipe) -> Option<Bnb4Parts<'_>> {
+    match r {
+        Recipe::Bnb4 {
+            shape,
+            blocksize,
+            fp4,
+            packed,
+            absmax,
+            quant_map,
+            quant_state,
+            nested,
+        } => Some(Bnb4Parts {
+            shape,
+            blocksize: *blocksize,
+            fp4: *fp4,
+            packed,
+            absmax,
+            quant_map,
+            quant_state,
+            nested: nested.as_ref(),
+        }),
+        _ => None,
     }
-    let (Some(offset), Some(nbs @ 1..)) = (state.nested_offset, state.nested_blocksize) else {
-        return Err(state_mismatch(
-            "the quant state lacks `nested_offset` or `nested_blocksize`".into(),
-        ));
-    };
-    let (nabs, _, _) = read_raw(ckpt, nested_absmax)?;
-    let nested = bnb4::Nested {
-        absmax: scales_f32(&nabs, Dtype::F32)?,
-        codes: absmax,
-        offset,
-        blocksize: nbs as usize,
-    };
-    if nested.absmax.len() < nested.codes.len().div_ceil(nested.blocksize) {
-        return Err(state_mismatch(
-            "`nested_absmax` is too short for its codes".into(),
-        ));
-    }
-    Ok(bnb4::undo_double(&nested))
 }
 
 fn same_f32s(bytes: &[u8], table: &[f32]) -> bool {
@@ -290,13 +309,17 @@ pub fn fill_bnb4(
     dtype: Dtype,
     out: &mut [u8],
 ) -> Result<(), Diagnostic> {
-    use crate::quant::bnb4;
-    let state = bnb_state(ckpt, p)?;
-    let absmax = bnb_absmax(ckpt, p, &state)?;
+    let Layout::Bnb4 {
+        kind, n, absmax, ..
+    } = layout::bnb4_layout(ckpt, p)?
+    else {
+        return Err(state_mismatch(
+            "bnb4 codes, absmax and output disagree".into(),
+        ));
+    };
+    let absmax = absmax_values(ckpt, &absmax)?;
     let (packed, _, _) = read_raw(ckpt, p.packed)?;
-    let n = crate::ir::numel(p.shape)
-        .and_then(|n| usize::try_from(n).ok())
-        .ok_or_else(|| bad("a bnb4 shape does not fit in memory"))?;
+    let n = usize::try_from(n).map_err(|_| bad("a bnb4 shape does not fit in memory"))?;
     let bs = p.blocksize as usize;
     if packed.len() != n.div_ceil(2)
         || absmax.len() != n.div_ceil(bs)
@@ -306,13 +329,8 @@ pub fn fill_bnb4(
             "bnb4 codes, absmax and output disagree".into(),
         ));
     }
-    let kind = if p.fp4 {
-        bnb4::Kind::Fp4
-    } else {
-        bnb4::Kind::Nf4
-    };
     let mut f = vec![0f32; n];
-    bnb4::dequantize(kind, &packed, &absmax, bs, n, &mut f);
+    crate::quant::bnb4::dequantize(kind, &packed, &absmax, bs, n, &mut f);
     let bytes: Vec<u8> = f.iter().flat_map(|v| v.to_le_bytes()).collect();
     convert(Dtype::F32, &bytes, dtype, out);
     Ok(())
@@ -339,27 +357,8 @@ fn stored_as_bnb4(
     };
     let mut list = Vec::with_capacity(parts.len());
     for (i, r) in parts.iter().enumerate() {
-        let p = match r {
-            Recipe::Bnb4 {
-                shape,
-                blocksize,
-                fp4: f,
-                packed,
-                absmax,
-                quant_map,
-                quant_state,
-                nested,
-            } => Bnb4Parts {
-                shape,
-                blocksize: *blocksize,
-                fp4: *f,
-                packed,
-                absmax,
-                quant_map,
-                quant_state,
-                nested: nested.as_ref(),
-            },
-            _ => return Ok(None),
+        let Some(p) = bnb4_parts(r) else {
+            return Ok(None);
         };
         let n = crate::ir::numel(p.shape).unwrap_or(0);
         // A part that ends mid-block (or mid-byte) would share it with the next part.
@@ -417,6 +416,7 @@ pub fn fill_mxfp4(
     dtype: Dtype,
     out: &mut [u8],
 ) -> Result<(), Diagnostic> {
+    layout::fp4_layout(shape, blocks, scales, None)?;
     let (packed, _, _) = read_raw(ckpt, blocks)?;
     let (e8m0, _, _) = read_raw(ckpt, scales)?;
     let n = crate::ir::numel(shape)
@@ -447,9 +447,10 @@ pub fn fill_nvfp4(
     dtype: Dtype,
     out: &mut [u8],
 ) -> Result<(), Diagnostic> {
+    let ws2 = layout::tensor_scale(ckpt, scale_2)?;
+    layout::fp4_layout(shape, weight, scale, Some(ws2))?;
     let (packed, _, _) = read_raw(ckpt, weight)?;
     let (scales, _, _) = read_raw(ckpt, scale)?;
-    let (ws2, _, _) = read_raw(ckpt, scale_2)?;
     let n = crate::ir::numel(shape)
         .and_then(|n| usize::try_from(n).ok())
         .ok_or_else(|| bad("an NVFP4 shape does not fit in memory"))?;
@@ -457,12 +458,10 @@ pub fn fill_nvfp4(
     let fits = cols % 16 == 0
         && packed.len() * 2 == n
         && scales.len() * 16 == n
-        && ws2.len() == 4
         && out.len() == n * dtype.size();
     if !fits {
         return Err(bad("NVFP4 codes, scales and output disagree"));
     }
-    let ws2 = f32::from_le_bytes([ws2[0], ws2[1], ws2[2], ws2[3]]);
     let mut f = vec![0f32; n];
     crate::quant::fp4::nvfp4_dequantize(&packed, &scales, ws2, cols, &mut f);
     let bytes: Vec<u8> = f.iter().flat_map(|v| v.to_le_bytes()).collect();
