@@ -87,6 +87,12 @@ def used_bytes(device):
 
 
 def warm(path):
+    """Reads the checkpoint into the page cache, and builds its model once on the meta
+    device, so neither side's first timed run pays for disk reads or imports."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
     for f in sorted(os.listdir(path)):
         if f.endswith(".safetensors"):
             with open(os.path.join(path, f), "rb") as h:

@@ -8,14 +8,17 @@
 
 :func:`load_into` loads the checkpoint with wmap (quantizing on load), cuts every
 runtime tensor back into the checkpoint tensors it was assembled from (a fused ``qkv``
-into ``q_proj`` / ``k_proj`` / ``v_proj``, stacked experts into one tensor each), and
-puts them into the model under their HF names: quantized params as
-``bitsandbytes.nn.Linear4bit`` layers whose ``Params4bit`` carry wmap's packed codes and
-a ``QuantState`` built from wmap's absmax (no re-quantization), everything else as
-ordinary parameters. The result is the module tree ``from_pretrained(...,
-quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4"))``
-builds, for Linear layers; MoE experts held as fused 3-D parameters in transformers are
-not Linear layers and get their dequantized bf16 weights.
+into ``q_proj`` / ``k_proj`` / ``v_proj``), and puts them into the model under their HF
+names: quantized params as ``bitsandbytes.nn.Linear4bit`` layers whose ``Params4bit``
+carry wmap's packed codes and a ``QuantState`` built from wmap's absmax (no
+re-quantization), everything else as ordinary parameters. The result is the module tree
+``from_pretrained(..., quantization_config=BitsAndBytesConfig(load_in_4bit=True,
+bnb_4bit_quant_type="nf4"))`` builds, with the same attributes (``is_loaded_in_4bit``,
+``config.quantization_config``), in eval mode. Where the model holds stacked experts as
+one 3-D parameter (transformers 5's ``experts.gate_up_proj`` / ``down_proj``, wmap's own
+``[E, …]`` layout), the runtime tensor fills it whole: quantized, as an
+:func:`Experts4bit` module that ``experts[e]`` dequantizes (transformers' bnb path leaves
+these bf16; ``quantize_experts=False`` does too).
 
 Why the cut is exact: bitsandbytes quantizes each Linear weight on its own, in blocks of
 ``blocksize`` consecutive elements. A runtime tensor fused on dim 0 or stacked is the
@@ -26,8 +29,9 @@ refused. Double quantization (``nf4-dq``) nests the absmax across the whole fuse
 tensor, which bitsandbytes does per layer, so it is refused here too.
 
 Importing this module needs neither torch nor bitsandbytes; :func:`load_into` imports
-them when called. Unproven without a GPU: the logits equality with ``from_pretrained``
-and the bitsandbytes matmul on wmap's state (see README, "What is not proven here").
+them when called. On the CPU (bitsandbytes' CPU backend) the logits equal
+``from_pretrained``'s bit for bit (``python/tests/test_load_into.py``); the CUDA run is
+``scripts/gpu_python.py``.
 """
 
 from __future__ import annotations
@@ -231,6 +235,8 @@ def load_into(
     quantized_experts = 0
     for place in places:
         quantized_experts += _fill(model, place, store, device)
+    if quant is not None:
+        _mark_quantized(model, quant)
     if hasattr(model, "tie_weights"):
         model.tie_weights()
     if quantized_experts and hasattr(model, "set_experts_implementation"):
@@ -253,6 +259,7 @@ def _fill(model: Any, place: Placement, store: Any, device: str) -> int:
         module_name, attr = place.whole
         if isinstance(value, wmap.Quantized):
             _replace(model, module_name, attr, _experts4bit(value, device))
+            _follow_input_dtype(modules[module_name])
             return 1
         _put_dense(modules[module_name], attr, value, Part(name, 0, _numel(place.target["shape"]), tuple(place.target["shape"])), device)
         return 0
@@ -285,6 +292,26 @@ def _replace(model: Any, module_name: str, attr: str, new: Any) -> None:
     if attr in module._parameters:
         del module._parameters[attr]
     setattr(module, attr, new)
+
+
+def _follow_input_dtype(parent: Any) -> None:
+    """Makes the :func:`Experts4bit` children of ``parent`` dequantize to the dtype of the
+    hidden states ``parent`` is called with, as ``Linear4bit`` computes in its input's
+    dtype (after peft's ``prepare_model_for_kbit_training`` the activations are fp32)."""
+    import torch
+
+    if getattr(parent, "_wmap_follows_input_dtype", False):
+        return
+
+    def hook(module: Any, args: Any, kwargs: Any) -> None:
+        x = args[0] if args else next(iter(kwargs.values()), None)
+        if isinstance(x, torch.Tensor) and x.is_floating_point():
+            for child in module.children():
+                if hasattr(child, "compute_dtype"):
+                    child.compute_dtype = x.dtype
+
+    parent.register_forward_pre_hook(hook, with_kwargs=True)
+    parent._wmap_follows_input_dtype = True
 
 
 def _dequantized(store: Any, name: str, q: Any, device: str) -> Any:
@@ -345,6 +372,28 @@ def _put_linear4bit(model: Any, name: str, linear: Any, q: Any, part: Part, devi
     _replace(model, *_split(name), new)
 
 
+def _mark_quantized(model: Any, quant: str) -> None:
+    """The attributes ``from_pretrained`` with ``BitsAndBytesConfig(load_in_4bit=True)``
+    sets, which peft reads to wrap ``Linear4bit`` layers with its 4-bit LoRA layer and
+    ``save_pretrained`` to write the quantization config."""
+    import torch
+
+    model.is_quantized = True
+    model.is_loaded_in_4bit = True
+    model.quantization_method = "bitsandbytes"
+    config = getattr(model, "config", None)
+    if config is None:
+        return
+    try:
+        from transformers import BitsAndBytesConfig
+    except ImportError:
+        return
+    dtype = getattr(model, "dtype", torch.bfloat16)
+    config.quantization_config = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type=quant, bnb_4bit_compute_dtype=dtype
+    )
+
+
 def _materialize_buffers(model: Any, device: str) -> None:
     """Buffers still on the meta device are not in the checkpoint (rotary tables):
     allocated on ``device`` and recomputed by the model's own ``_init_weights``, as
@@ -378,7 +427,8 @@ def Experts4bit(*args: Any, **kwargs: Any) -> Any:  # noqa: N802 (a class, made 
     experts ``[E, R, C]`` in 4 bits, a ``torch.nn.Module`` that ``experts[e]`` dequantizes
     to ``[R, C]`` with bitsandbytes (so the eager experts forward runs unchanged). Each
     expert must span whole blocks. The class is built on first use, so that importing
-    ``wmap.torch`` needs no torch."""
+    ``wmap.torch`` needs no torch. ``compute_dtype`` (default ``None``: the quantized
+    param's dtype) is the dtype ``experts[e]`` is returned in."""
     global _EXPERTS4BIT
     if _EXPERTS4BIT is None:
         _EXPERTS4BIT = _experts4bit_class()
@@ -399,6 +449,9 @@ def _experts4bit_class() -> Any:
             self.register_buffer("code", code)
             self.shape = torch.Size((e, r, c))
             self.blocksize, self.quant_type, self.dtype = blocksize, quant_type, dtype
+            # The dtype experts[e] is returned in; set from the caller's input by
+            # _follow_input_dtype (None: the dequantized dtype).
+            self.compute_dtype = None
 
         def __len__(self) -> int:
             return self.shape[0]
@@ -419,7 +472,8 @@ def _experts4bit_class() -> Any:
                 quant_type=self.quant_type,
                 dtype=self.dtype,
             )
-            return F.dequantize_4bit(self.codes[e * n // 2 : (e + 1) * n // 2], state)
+            w = F.dequantize_4bit(self.codes[e * n // 2 : (e + 1) * n // 2], state)
+            return w if self.compute_dtype in (None, w.dtype) else w.to(self.compute_dtype)
 
         def dequantize(self) -> Any:
             """All experts, ``[E, R, C]``."""
