@@ -25,24 +25,25 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 import torch  # noqa: E402
 
 
-def wmap_model(path, device, quantize_experts=True):
+def wmap_model(path, device, attn, quantize_experts=True):
     import wmap.torch as wt
     from transformers import AutoConfig, AutoModelForCausalLM
 
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), attn_implementation=attn)
     store = wt.load_into(model, path, quant="nf4", device=device, quantize_experts=quantize_experts)
     model._wmap_store = store  # the bytes the model's tensors view stay owned by it
     return model
 
 
-def reference_model(path, device):
+def reference_model(path, device, attn):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     return AutoModelForCausalLM.from_pretrained(
         path,
         dtype=torch.bfloat16,
         device_map=device,
+        attn_implementation=attn,
         quantization_config=BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
         ),
@@ -98,7 +99,7 @@ def run(build, args, device, label):
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
-    model = build(args.path, device)
+    model = build(args.path, device, args.attn)
     print(f"{label}: loaded in {time.perf_counter() - t:.2f} s")
     model = with_lora(model, args.seed, args.rank)
     losses = train(model, args, device)
@@ -120,11 +121,22 @@ def main():
     ap.add_argument("--compare", action="store_true", help="also train on from_pretrained's model and compare losses")
     ap.add_argument("--bf16-experts", action="store_true",
                     help="keep MoE experts bf16, as from_pretrained does (so --compare can be equal on an MoE)")
+    ap.add_argument("--attn", default=None,
+                    help="attention implementation (default: eager with --compare, whose backward is "
+                         "deterministic, else sdpa)")
     args = ap.parse_args()
+    args.attn = args.attn or ("eager" if args.compare else "sdpa")
     torch.use_deterministic_algorithms(True, warn_only=True)
+    # Imports and the model class's first build, outside the timed loads.
+    import bitsandbytes  # noqa: F401
+    import peft  # noqa: F401
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    def build(path, device):
-        return wmap_model(path, device, quantize_experts=not args.bf16_experts)
+    with torch.device("meta"):
+        AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(args.path))
+
+    def build(path, device, attn):
+        return wmap_model(path, device, attn, quantize_experts=not args.bf16_experts)
 
     ours = run(build, args, args.device, "wmap load_into")
     ok = ours[-1] < ours[0]
