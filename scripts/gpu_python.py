@@ -17,6 +17,9 @@ failure prints its traceback and the others still report; a short table comes la
              `bnb.matmul_4bit` runs on them.
 
 usage: gpu_python.py [--device cuda:0] [--runs 3] [--skip-large]
+On the GPU machine, with the CUDA wheel installed (`MATURIN_PEP517_ARGS="--features cuda"
+pip install .` here, then `pip install --no-deps` of that wheel there):
+    PYTHONPATH=$PWD/.gpu/bnb OUT=/tmp/wmap-py python3 scripts/gpu_python.py
 Env: CKPT (default /tmp/llama8b), MOE (default /tmp/qwen3moe12), OUT (logs, optional).
 The large checkpoints are made with scripts/bench_peers.py when absent (GPU only).
 `--device cpu --skip-large` runs every section on the fixtures without a GPU.
@@ -131,7 +134,7 @@ def ours(path, device, **kw):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
     try:
         store = wt.load_into(model, path, quant="nf4", device=device, **kw)
-        via = kw.get("via") or ("device" if device.startswith("cuda") and __import__("wmap").cuda_available() else "host")
+        via = "device" if type(store).__name__ == "DeviceStore" else "host"
     except Exception:
         if kw.get("via") or not device.startswith("cuda"):
             raise

@@ -178,11 +178,30 @@ def _whole_param(modules: Dict[str, Any], target: Dict[str, Any], parts: List[Pa
     return prefix, found[0]
 
 
+def _renamer(model: Any) -> Any:
+    """Checkpoint key → the model's key, by the ``WeightRenaming`` rules transformers
+    applies when loading (``block_sparse_moe`` → ``mlp`` for Mixtral in transformers 5);
+    the identity without them. Its ``WeightConverter``s (the experts' fusing) are not
+    applied: :func:`placements` finds the fused parameter by shape instead."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, rename_source_key
+    except ImportError:
+        return lambda key: key
+    try:
+        renamings = [t for t in get_model_conversion_mapping(model) if not isinstance(t, WeightConverter)]
+    except Exception:  # noqa: BLE001 (a model transformers has no mapping for: names as on disk)
+        return lambda key: key
+    return lambda key: rename_source_key(key, renamings, [])[0]
+
+
 def placements(model: Any, plan: Dict[str, Any]) -> List[Placement]:
-    """Where each (untied) target of ``plan`` goes in ``model``. Raises ``ValueError`` for
-    a target whose recipe slices or transposes (it has no HF tensor to fill) and
-    ``KeyError`` when the model has no place for it."""
+    """Where each (untied) target of ``plan`` goes in ``model``, with its parts named as
+    the model names them. Raises ``ValueError`` for a target whose recipe slices or
+    transposes (it has no HF tensor to fill) and ``KeyError`` when the model has no
+    place for it."""
     modules = dict(model.named_modules())
+    rename = _renamer(model)
     out = []
     for t in plan["targets"]:
         if "tied" in t["recipe"]:
@@ -190,6 +209,7 @@ def placements(model: Any, plan: Dict[str, Any]) -> List[Placement]:
         parts = hf_parts(t)
         if parts is None:
             raise ValueError(f"`{t['name']}` slices or transposes its sources; it has no HF name to fill")
+        parts = [Part(rename(p.name), p.offset, p.numel, p.shape) for p in parts]
         own = all(_split(p.name)[0] in modules for p in parts)
         out.append(Placement(t, parts) if own else Placement(t, parts, _whole_param(modules, t, parts)))
     return out
@@ -395,21 +415,27 @@ def _mark_quantized(model: Any, quant: str) -> None:
 
 
 def _materialize_buffers(model: Any, device: str) -> None:
-    """Buffers still on the meta device are not in the checkpoint (rotary tables):
-    allocated on ``device`` and recomputed by the model's own ``_init_weights``, as
-    ``from_pretrained`` does. Only modules without parameters of their own are
-    re-initialized, so no loaded weight is touched."""
+    """Buffers still on the meta device are not in the checkpoint (rotary tables, Gemma's
+    ``embed_scale``): allocated on ``device`` and recomputed by the model's own
+    ``_init_weights``, as ``from_pretrained`` does. The loaded parameters are marked
+    ``_is_hf_initialized`` first, which transformers' init functions respect; a module's
+    parameters are compared before and after all the same, and a change is an error."""
     import torch
 
+    for p in model.parameters():
+        p._is_hf_initialized = True
     for name, module in model.named_modules():
         metas = [k for k, b in module._buffers.items() if b is not None and b.is_meta]
         if not metas:
             continue
-        if any(True for _ in module.parameters(recurse=False)) or not hasattr(model, "_init_weights"):
+        if not hasattr(model, "_init_weights"):
             raise ValueError(f"cannot recompute the buffers {metas} of `{name}`")
         for k in metas:
             module._buffers[k] = torch.empty_like(module._buffers[k], device=device)
+        before = [(p, p.detach().clone()) for p in module.parameters(recurse=False) if not p.is_meta]
         model._init_weights(module)
+        if any(not torch.equal(p.detach(), old) for p, old in before):
+            raise ValueError(f"recomputing the buffers {metas} of `{name}` changed its loaded weights")
 
 
 def _refuse_meta(model: Any) -> None:
