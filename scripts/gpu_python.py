@@ -55,13 +55,14 @@ def row(section, subject, ok, figures):
     say(f"[{section}] {subject}: {ROWS[-1][2]}  {figures}")
 
 
-def section(name, fn, *args):
+def section(name, fn, *args, subject=None):
     """Runs one section; a failure is a row, its traceback in the log."""
     try:
         fn(*args)
     except Exception as e:  # noqa: BLE001 (report and go on: the other sections' figures matter)
         say(traceback.format_exc())
-        row(name, " ".join(os.path.basename(str(a)) for a in args[:1]), "ERROR", f"{type(e).__name__}: {e}"[:160])
+        subject = subject or " ".join(os.path.basename(str(a)) for a in args[:1])
+        row(name, subject, "ERROR", f"{type(e).__name__}: {e}"[:160])
     finally:
         free()
 
@@ -218,21 +219,43 @@ def compare_logits(path, device, runs):
 
 
 def compare_moe(path, device, runs):
-    """Section 2: one MoE checkpoint."""
-    import bitsandbytes.functional as F
-
+    """Section 2: one MoE checkpoint. Its three comparisons fail separately."""
     warm(path)
     name = os.path.basename(path.rstrip("/"))
     b, tb, rb, held_b, peak_b = timed(lambda: reference(path, device), runs, device)
     state_b = linear4bit_state(b)
     lb = logits(b, device, b.config.vocab_size)
-    (a, _, via), ta, ra, held_a, _ = timed(lambda: ours(path, device), runs, device)
-    la = logits(a, device, a.config.vocab_size)
-    row("moe", f"{name} memory", "info",
-        f"experts NF4 (wmap, {via}): held {gb(held_a)}, load {ta:.2f} s [{', '.join(f'{x:.2f}' for x in ra)}]  vs  "
-        f"experts bf16 (transformers+bnb): held {gb(held_b)}, torch peak {gb(peak_b)}, load {tb:.2f} s "
-        f"[{', '.join(f'{x:.2f}' for x in rb)}]")
-    # The quantized experts against bitsandbytes' own quantization of the same weights.
+    say(f"  from_pretrained: held {gb(held_b)}, torch peak {gb(peak_b)}, load {tb:.2f} s")
+
+    def quantized_experts():
+        (a, _, via), ta, ra, held_a, _ = timed(lambda: ours(path, device), runs, device)
+        la = logits(a, device, a.config.vocab_size)
+        row("moe", f"{name} memory", "info",
+            f"experts NF4 (wmap, {via}): held {gb(held_a)}, load {ta:.2f} s [{', '.join(f'{x:.2f}' for x in ra)}]  vs  "
+            f"experts bf16 (transformers+bnb): held {gb(held_b)}, torch peak {gb(peak_b)}, load {tb:.2f} s "
+            f"[{', '.join(f'{x:.2f}' for x in rb)}]")
+        row("moe", f"{name} logits, NF4 experts", "info",
+            f"max |Δ| vs bf16 experts {(la - lb).abs().max().item():.3g} (experts quantized only on our side)")
+        expert_codes(name, a, b)
+
+    def bf16_experts():
+        a, _, via = ours(path, device, quantize_experts=False)
+        layers, weights, codes, absmax, types = linear4bit_diff(linear4bit_state(a), state_b)
+        la = logits(a, device, a.config.vocab_size)
+        equal = torch.equal(la, lb)
+        row("moe", f"{name} bf16 experts", equal and codes == 0 and absmax == 0 and types == 0,
+            f"quantize_experts=False ({via}): {layers} Linear4bit, codes≠ {codes}, absmax≠ {absmax}, types≠ {types}, "
+            f"logits torch.equal {equal}, max |Δ| {(la - lb).abs().max().item():.3g}")
+
+    section("moe", quantized_experts, subject=f"{name} NF4 experts")
+    section("moe", bf16_experts, subject=f"{name} bf16 experts")
+
+
+def expert_codes(name, a, b):
+    """wmap's quantized experts against bitsandbytes' own quantize_4bit of the same bf16
+    experts (the reference model keeps them bf16), 16 experts of the first 4 tensors."""
+    import bitsandbytes.functional as F
+
     checked = differing = 0
     ea = [(n, m) for n, m in a.named_modules() if type(m).__name__ == "_Experts4bit"]
     pb = dict(b.named_parameters())
@@ -247,17 +270,6 @@ def compare_moe(path, device, runs):
             checked += 1
     row("moe", f"{name} expert codes", differing == 0 and checked > 0,
         f"{len(ea)} Experts4bit tensors; {checked} experts checked against bnb quantize_4bit, {differing} bytes/absmax differ")
-    row("moe", f"{name} logits, NF4 experts", "info",
-        f"max |Δ| vs bf16 experts {(la - lb).abs().max().item():.3g} (experts quantized only on our side)")
-    del a, la
-    free()
-    a, _, via = ours(path, device, quantize_experts=False)
-    layers, weights, codes, absmax, types = linear4bit_diff(linear4bit_state(a), state_b)
-    la = logits(a, device, a.config.vocab_size)
-    equal = torch.equal(la, lb)
-    row("moe", f"{name} bf16 experts", equal and codes == 0 and absmax == 0 and types == 0,
-        f"quantize_experts=False: {layers} Linear4bit, codes≠ {codes}, absmax≠ {absmax}, types≠ {types}, "
-        f"logits torch.equal {equal}, max |Δ| {(la - lb).abs().max().item():.3g}")
 
 
 def no_copy(path, device):
@@ -345,8 +357,11 @@ def main():
     import wmap
 
     dev = args.device
+    name = dev
+    if dev.startswith("cuda") and torch.cuda.is_available():
+        name = torch.cuda.get_device_name(torch.device(dev))
     say(f"torch {torch.__version__}, transformers {transformers.__version__}, bitsandbytes {bnb.__version__}, "
-        f"wmap cuda_available {wmap.cuda_available()}, device {torch.cuda.get_device_name(0) if dev.startswith('cuda') else dev}")
+        f"wmap cuda_available {wmap.cuda_available()}, device {name}")
     ckpt, moe = os.environ.get("CKPT", "/tmp/llama8b"), os.environ.get("MOE", "/tmp/qwen3moe12")
     t0 = time.time()
     section("nocopy", no_copy, os.path.join(FIX, "llama"), dev)
