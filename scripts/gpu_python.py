@@ -5,7 +5,8 @@ failure prints its traceback and the others still report; a short table comes la
 
   1. logits  Llama fixture and the Llama-3.1-8B shape ($CKPT): `wmap.torch.load_into(...,
              quant="nf4")` against `from_pretrained(..., BitsAndBytesConfig(nf4))`: every
-             Linear4bit's codes and absmax, the logits (`torch.equal`), both load times.
+             Linear4bit's codes and absmax, the logits (`torch.equal`), both load times;
+             when wmap loaded onto the GPU, once more through host memory (`via="host"`).
   2. moe     Qwen3-MoE fixture and the 12-layer Qwen3-30B-A3B shape ($MOE): transformers
              leaves the 3-D experts bf16; ours quantizes them (Experts4bit). Memory side by
              side; logits bit-equal with `quantize_experts=False` (same experts on both
@@ -205,7 +206,8 @@ def compare_logits(path, device, runs):
     name = os.path.basename(path.rstrip("/"))
     (a, store, via), ta, ra, held_a, _ = timed(lambda: ours(path, device), runs, device)
     b, tb, rb, held_b, peak_b = timed(lambda: reference(path, device), runs, device)
-    layers, weights, codes, absmax, types = linear4bit_diff(linear4bit_state(a), linear4bit_state(b))
+    state_b = linear4bit_state(b)
+    layers, weights, codes, absmax, types = linear4bit_diff(linear4bit_state(a), state_b)
     la, lb = logits(a, device, a.config.vocab_size), logits(b, device, b.config.vocab_size)
     equal = torch.equal(la, lb)
     row("logits", f"{name} Linear4bit", codes == 0 and absmax == 0 and types == 0 and layers > 0,
@@ -216,6 +218,20 @@ def compare_logits(path, device, runs):
         f"from_pretrained {tb:.2f} [{', '.join(f'{x:.2f}' for x in rb)}]; device memory held {gb(held_a)} vs {gb(held_b)}")
     if hasattr(store, "stats"):
         say(f"  wmap store stats: {json.dumps(store.stats())}")
+    if via != "device":
+        return
+    del a, store, la
+    free()
+
+    def via_host():
+        """The same through host memory (CPU quantizer, then a copy), once."""
+        (h, _, _), th, _, held_h, _ = timed(lambda: ours(path, device, via="host"), 1, device)
+        _, _, codes, absmax, types = linear4bit_diff(linear4bit_state(h), state_b)
+        same = torch.equal(logits(h, device, h.config.vocab_size), lb)
+        row("logits", f"{name} via host", codes == 0 and absmax == 0 and types == 0 and same,
+            f"load_into(via='host') {th:.2f} s, held {gb(held_h)}; codes≠ {codes}, absmax≠ {absmax}, logits equal {same}")
+
+    section("logits", via_host, subject=f"{name} via host")
 
 
 def compare_moe(path, device, runs):
