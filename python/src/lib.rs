@@ -183,7 +183,7 @@ fn loader_of(
 
 /// `wmap.load`: reads a checkpoint into a [`store::Store`].
 #[pyfunction]
-#[pyo3(signature = (path, model=None, quant=None, device="cpu", offload_budget=None, offload_policy="order", threads=0, allow_unclaimed=false, progress=None))]
+#[pyo3(signature = (path, model=None, quant=None, device="cpu", offload_budget=None, offload_policy="order", threads=0, allow_unclaimed=false, progress=None, keep=None))]
 #[allow(clippy::too_many_arguments)]
 fn load(
     py: Python<'_>,
@@ -196,6 +196,7 @@ fn load(
     threads: usize,
     allow_unclaimed: bool,
     progress: Option<PyObject>,
+    keep: Option<Vec<String>>,
 ) -> PyResult<PyObject> {
     let loader = loader_of(
         path,
@@ -207,8 +208,10 @@ fn load(
         threads,
         allow_unclaimed,
     )?;
+    let keep = keep.unwrap_or_default();
     let loaded = py.allow_threads(|| {
-        let bound = loader.bind()?;
+        let mut bound = loader.bind()?;
+        keep_full_precision(&mut bound.plan, &keep).map_err(Failure::from)?;
         let total = bound.total_bytes();
         let bound = match progress {
             Some(cb) => bound.with_progress(progress_fn(cb, total)),
@@ -234,15 +237,37 @@ fn load(
     into_store(py, loaded)
 }
 
+/// Marks the targets named in `keep` not quantizable, so they load in full precision
+/// (e.g. experts a model holds as plain 3-D parameters). A name the plan lacks is E0802.
+fn keep_full_precision(plan: &mut wmap::plan::Plan, keep: &[String]) -> Result<(), Diagnostic> {
+    for name in keep {
+        let target = plan.targets.iter_mut().find(|t| &t.name == name);
+        match target {
+            Some(t) => t.quantizable = false,
+            None => {
+                return Err(Diagnostic::new(
+                    Code::E0802,
+                    format!(
+                        "invalid value `{name}` for `keep`: the plan has no target of that name"
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Calls `cb(done, total)` under the GIL after each tensor; an exception in it is
-/// reported as unraisable (a progress bar must not abort a load half-way).
+/// reported as unraisable (a progress bar must not abort a load half-way). The count
+/// is advanced while the GIL is held, so calls from several reader threads reach the
+/// callback in increasing order and the last one reports the total.
 fn progress_fn(cb: PyObject, total: u64) -> wmap::loader::ProgressFn {
     let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
     Arc::new(move |n| {
-        let now = done
-            .fetch_add(n, std::sync::atomic::Ordering::Relaxed)
-            .saturating_add(n);
         Python::with_gil(|py| {
+            let now = done
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed)
+                .saturating_add(n);
             if let Err(e) = cb.call1(py, (now, total)) {
                 e.write_unraisable(py, None);
             }

@@ -90,3 +90,19 @@ def test_get_buffers_return_to_the_pool_when_arrays_are_gone(hf):
     del a, b
     c = np.from_dlpack(store.get(name).as_uint8())
     assert store.stats()["buffers_reused"] == 1
+
+
+def test_keep_loads_named_targets_in_full_precision(hf):
+    store = wmap.load(hf / "qwen3_moe", quant="nf4", keep=["layers.0.attention.qkv"])
+    assert isinstance(store["layers.0.attention.qkv"], wmap.Tensor)
+    assert isinstance(store["layers.1.attention.qkv"], wmap.Quantized)
+    assert store.stats()["quantized"] == 7
+    with pytest.raises(wmap.WmapError) as e:
+        wmap.load(hf / "qwen3_moe", quant="nf4", keep=["no.such.target"])
+    assert e.value.code == "E0802" and "no.such.target" in e.value.rendered
+
+
+def test_progress_calls_come_in_increasing_order(hf):
+    seen = []
+    wmap.load(hf / "qwen3_moe", threads=4, progress=lambda done, total: seen.append(done))
+    assert seen == sorted(seen) and len(seen) > 1

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from ._wmap import Quantized, Store, Tensor, WmapError
 from ._wmap import check as _check
@@ -149,6 +149,7 @@ def load(
     threads: int = 0,
     allow_unclaimed: bool = False,
     progress: Optional[Callable[[int, int], None]] = None,
+    keep: Optional[Sequence[str]] = None,
 ) -> "Union[Store, Any]":
     """Loads a checkpoint folder (config.json + safetensors) into a :class:`Store`.
 
@@ -158,7 +159,10 @@ def load(
     a ``DeviceStore`` of device tensors; a CPU build raises E0711). ``offload_budget``
     (bytes, with ``quant``): the params with an offload group (MoE experts) stay in the
     weights manager's host pool and are brought in by ``store.get`` / ``store.prefetch``
-    within the budget. ``progress(done_bytes, total_bytes)`` is called as tensors land.
+    within the budget. ``progress(done_bytes, total_bytes)`` is called as tensors land,
+    in increasing order, the last call with the total. ``keep``: runtime names loaded in
+    full precision although the mapping marks them quantizable (a name the plan lacks is
+    E0802).
     """
     if offload_budget is not None and offload_budget < 0:
         raise ValueError("offload_budget must be a byte count >= 0")
@@ -174,4 +178,5 @@ def load(
         threads,
         allow_unclaimed,
         progress,
+        None if keep is None else [str(k) for k in keep],
     )
