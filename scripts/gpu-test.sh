@@ -33,6 +33,11 @@ for f in ("bnb_4bit", "scales"):
         print(f"golden {f}: NOT MADE ({type(e).__name__})"); continue
     bad = [k for k in old if k not in new or not new[k].equal(old[k])] + [k for k in new if k not in old]
     print(f"golden {f}: identical ({len(old)} tensors)" if not bad else f"golden {f}: DIFFERS in {len(bad)} of {len(old)}: {bad[:6]}")
+    for k in bad[:4]:
+        if k in new and k in old:
+            a, b = new[k], old[k]
+            d = (a.double() - b.double()).abs().max().item() if a.shape == b.shape else "shape"
+            print(f"  {k}: new {a.dtype} {tuple(a.shape)} {a.flatten()[:3].tolist()}, committed {b.dtype} {tuple(b.shape)} {b.flatten()[:3].tolist()}, max |diff| {d}")
 PY
 
 echo "== library example"

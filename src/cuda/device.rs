@@ -40,6 +40,24 @@ pub struct Gpu {
     pub kernels: sources::KernelOrigins,
 }
 
+/// `n` uninitialized elements from `stream`'s memory pool, marked as written at this
+/// point of `stream`. The pool may hand back memory that work still queued on `stream`
+/// uses (freed there, reused in stream order); cudarc records no event on allocation, so
+/// without the mark a copy on another stream could land before that work is done.
+///
+/// # Safety
+/// As [`CudaStream::alloc`]: the elements are uninitialized until written.
+pub unsafe fn fresh<T: cudarc::driver::DeviceRepr>(
+    stream: &Arc<CudaStream>,
+    n: usize,
+) -> Result<CudaSlice<T>, cudarc::driver::DriverError> {
+    let mut slice = stream.alloc::<T>(n)?;
+    drop(cudarc::driver::DevicePtrMut::device_ptr_mut(
+        &mut slice, stream,
+    ));
+    Ok(slice)
+}
+
 /// Whether a CUDA driver and a GPU are there (never panics).
 pub fn available() -> bool {
     // SAFETY: probing for a shared library has no preconditions.
@@ -292,8 +310,9 @@ impl Gpu {
         let rows = n / cols;
         // SAFETY: u8/f32 have no invalid bit patterns, and every byte is written by the
         // chunk kernels (the tests compare every byte with the CPU) before it is read.
-        let u8s = |k: usize| unsafe { s.alloc::<u8>(k.max(1)) }.map_err(err("device allocation"));
-        let f32s = |k: usize| unsafe { s.alloc::<f32>(k.max(1)) }.map_err(err("device allocation"));
+        let u8s = |k: usize| unsafe { fresh::<u8>(s, k.max(1)) }.map_err(err("device allocation"));
+        let f32s =
+            |k: usize| unsafe { fresh::<f32>(s, k.max(1)) }.map_err(err("device allocation"));
         let (data, scales_f32, scales_u8, scale_shape) = match format {
             Format::Nf4 { blocksize } | Format::Nf4Dq { blocksize } | Format::Fp4 { blocksize } => {
                 if !blocksize.is_power_of_two() || !(32..=4096).contains(&blocksize) {

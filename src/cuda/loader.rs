@@ -248,11 +248,12 @@ fn target_len(t: &Target) -> GpuResult<usize> {
         .ok_or_else(|| super::Error::Unsupported(format!("`{}` is too large", t.name)))
 }
 
-/// `n` device bytes (at least one), on the compute stream.
+/// `n` device bytes (at least one), on the compute stream, ordered for the copy stream
+/// ([`super::fresh`]).
 fn alloc_bytes(gpu: &Gpu, n: usize) -> GpuResult<CudaSlice<u8>> {
     // SAFETY: every caller overwrites the bytes it reads (host-to-device copies, or the
     // kernels that write each element) before they are read; u8 has no invalid values.
-    unsafe { gpu.stream.alloc::<u8>(n.max(1)) }
+    unsafe { super::fresh::<u8>(&gpu.stream, n.max(1)) }
         .map_err(|e| format!("device allocation of {n} bytes: {e:?}").into())
 }
 
