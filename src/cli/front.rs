@@ -49,9 +49,14 @@ pub(super) fn status(c: &Compilation) -> ExitCode {
 }
 
 pub fn check(args: &ModelArgs) -> Outcome {
+    let ranks = args.ranks.ranks()?;
     let mut c = driver::compile(&source_of(args), config_of(args).as_deref())?;
     let bound = match &args.checkpoint {
-        Some(dir) => driver::bind(&mut c, dir, args.strict),
+        Some(dir) => driver::bind_rank(&mut c, dir, args.strict, ranks),
+        None if !ranks.is_whole() => {
+            driver::check_ranks(&mut c, ranks);
+            None
+        }
         None => None,
     };
     emit(&c, &c.diags, args);
@@ -109,6 +114,13 @@ fn count_params(b: &crate::ir::Body) -> usize {
 }
 
 pub fn lower(args: &ModelArgs, spans: bool) -> Outcome {
+    if !args.ranks.ranks()?.is_whole() {
+        return Err(Diagnostic::new(
+            Code::E0803,
+            "lower prints the whole model's IR; --tp-size and --ep-size have no effect",
+        )
+        .with_help("use them with check, plan or load"));
+    }
     if args.config.is_none() {
         return Err(Diagnostic::new(Code::E0803, "lower needs --config")
             .with_help("wmapc lower FILE --config config.json"));

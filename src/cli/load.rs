@@ -64,6 +64,8 @@ pub struct LoadArgs {
     /// staging are prepared once, as a training run would).
     #[arg(long, default_value = "1", value_parser = flags::repeat, allow_hyphen_values = true)]
     pub repeat: usize,
+    #[command(flatten)]
+    pub ranks: super::RankArgs,
 }
 
 pub fn plan(args: &ModelArgs) -> Outcome {
@@ -71,8 +73,9 @@ pub fn plan(args: &ModelArgs) -> Outcome {
         return Err(Diagnostic::new(Code::E0803, "plan needs --checkpoint")
             .with_help("wmapc plan [FILE] --checkpoint DIR"));
     };
+    let ranks = args.ranks.ranks()?;
     let mut c = driver::compile(&source_of(args), config_of(args).as_deref())?;
-    let bound = driver::bind(&mut c, dir, args.strict);
+    let bound = driver::bind_rank(&mut c, dir, args.strict, ranks);
     match (&bound, args.format) {
         (Some(b), Format::Json) => {
             if !c.diags.is_empty() {
@@ -140,7 +143,8 @@ fn loader_of(args: &LoadArgs) -> Result<Loader, Diagnostic> {
     let mut loader = Loader::new(&args.dir)
         .device(args.device)
         .threads(args.threads)
-        .allow_unclaimed(args.allow_unclaimed);
+        .allow_unclaimed(args.allow_unclaimed)
+        .ranks(args.ranks.ranks()?);
     loader.model = args.model.clone();
     loader.quant = args.quant.as_deref().and_then(crate::quant::Format::parse);
     loader.offload = args
@@ -153,6 +157,7 @@ fn loader_of(args: &LoadArgs) -> Result<Loader, Diagnostic> {
 pub fn load(args: &LoadArgs) -> Outcome {
     let loader = loader_of(args)?;
     let margs = ModelArgs {
+        ranks: args.ranks,
         file: None,
         model: None,
         config: Some(args.dir.join("config.json")),
