@@ -69,10 +69,11 @@ impl<'a> Walker<'a> {
             );
             return self.bad_rule(rule.kind.span, &msg);
         };
-        let (mut parts, mut unit) = (vec![len], 1u64);
+        let (mut parts, mut heads, mut unit) = (None, None, 1u64);
         for a in &rule.args {
             match a.name.node.as_str() {
-                "parts" => parts = self.positive_list(&a.value, scope)?,
+                "parts" => parts = Some(self.positive_list(&a.value, scope)?),
+                "heads" => heads = Some(self.positive_list(&a.value, scope)?),
                 "unit" => match self.positive_list(&a.value, scope)?.as_slice() {
                     [one] => unit = *one,
                     _ => return self.bad_rule(a.value.span, "`unit` is one integer"),
@@ -83,6 +84,18 @@ impl<'a> Walker<'a> {
                 }
             }
         }
+        // `heads = [h, kv, kv]` counts the parts in units: `parts = [h·unit, kv·unit, …]`.
+        let parts = match (parts, heads) {
+            (Some(_), Some(_)) => {
+                return self.bad_rule(rule.kind.span, "give `parts` or `heads`, not both");
+            }
+            (Some(p), None) => p,
+            (None, Some(h)) => match h.iter().map(|n| n.checked_mul(unit)).collect() {
+                Some(p) => p,
+                None => return self.bad_rule(rule.kind.span, "`heads` × `unit` overflows"),
+            },
+            (None, None) => vec![len],
+        };
         let sum = parts.iter().try_fold(0u64, |a, &p| a.checked_add(p));
         if sum != Some(len) {
             let msg = format!("the parts {parts:?} do not add up to dim {dim}, {len}");

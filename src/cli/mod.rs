@@ -192,14 +192,14 @@ fn install_panic_hook() {
 }
 
 /// The exit status a failure earns: 1 for errors in the input (.wmap, config,
-/// checkpoint), 2 for usage, I/O, runtime (offload, CUDA), resource (a tensor larger
-/// than this machine's memory) and internal failures.
+/// checkpoint), 2 for usage (a rank out of range among them), I/O, runtime (offload,
+/// CUDA), resource (a tensor larger than this machine's memory) and internal failures.
 fn exit_status(code: Code) -> ExitCode {
     let s = code.as_str();
     let usage_or_io = ["E06", "E07", "E08", "E09"]
         .iter()
         .any(|p| s.starts_with(p))
-        || matches!(code, Code::E0511 | Code::E0515);
+        || matches!(code, Code::E0511 | Code::E0515 | Code::E0540);
     ExitCode::from(if usage_or_io { 2 } else { 1 })
 }
 

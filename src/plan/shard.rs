@@ -82,14 +82,16 @@ pub fn split_error(name: &str, e: &SplitError) -> Diagnostic {
                 format!("{units}")
             };
             let replicate = match kind {
-                TpKind::Column => ", nor does the size divide by them",
-                TpKind::Row => "",
+                TpKind::Column => {
+                    format!(", nor is {size} a multiple of them (which would replicate them)")
+                }
+                TpKind::Row => String::new(),
             };
             Diagnostic::new(
                 Code::E0450,
                 format!(
-                    "`{name}` splits {} on dim {dim}: part {part} has {what}, \
-                     which do not divide by the TP size {size}{replicate}",
+                    "`{name}` splits {} on dim {dim}: part {part} holds {what}, which do \
+                     not divide by the TP size {size}{replicate}",
                     kind.name()
                 ),
             )
