@@ -149,6 +149,10 @@ def load(
     threads: int = 0,
     allow_unclaimed: bool = False,
     progress: Optional[Callable[[int, int], None]] = None,
+    tp_rank: int = 0,
+    tp_size: int = 1,
+    ep_rank: int = 0,
+    ep_size: int = 1,
 ) -> "Union[Store, Any]":
     """Loads a checkpoint folder (config.json + safetensors) into a :class:`Store`.
 
@@ -159,7 +163,17 @@ def load(
     (bytes, with ``quant``): the params with an offload group (MoE experts) stay in the
     weights manager's host pool and are brought in by ``store.get`` / ``store.prefetch``
     within the budget. ``progress(done_bytes, total_bytes)`` is called as tensors land.
+
+    ``tp_rank`` of ``tp_size`` (and ``ep_rank`` of ``ep_size``): load only this rank's
+    shards, each param cut by its ``shard`` rule (column-parallel on dim 0, row-parallel
+    on dim 1, experts in contiguous blocks; the rest replicated), reading only those
+    bytes. Inside ``torchrun``, pass ``RANK`` / ``WORLD_SIZE`` and wrap each local shard
+    with ``DTensor.from_local``; wmap only reads, the ranks never talk. A size that does
+    not divide a param raises E0450 / E0451, a rank out of range E0540.
     """
+    for what, rank, size in (("tp", tp_rank, tp_size), ("ep", ep_rank, ep_size)):
+        if rank < 0 or size < 1:
+            raise ValueError(f"{what}_rank must be >= 0 and {what}_size >= 1")
     if offload_budget is not None and offload_budget < 0:
         raise ValueError("offload_budget must be a byte count >= 0")
     if threads < 0:
@@ -174,4 +188,8 @@ def load(
         threads,
         allow_unclaimed,
         progress,
+        tp_rank,
+        tp_size,
+        ep_rank,
+        ep_size,
     )

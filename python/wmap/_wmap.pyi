@@ -87,6 +87,10 @@ def load(
     threads: int,
     allow_unclaimed: bool,
     progress: Optional[Callable[[int, int], None]],
+    tp_rank: int,
+    tp_size: int,
+    ep_rank: int,
+    ep_size: int,
 ) -> Union[Store, DeviceStore]: ...
 def cuda_available() -> bool: ...
 def stdlib_models() -> List[Tuple[str, str, List[str]]]: ...

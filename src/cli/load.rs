@@ -130,6 +130,34 @@ fn summary(plan: &Plan) -> String {
             plan.ignored.len()
         ));
     }
+    if let Some(r) = &plan.rank {
+        out.push_str(&rank_summary(plan, r));
+    }
+    out
+}
+
+/// What one rank reads: totals beside the whole load's, then per shard file.
+fn rank_summary(plan: &Plan, r: &crate::plan::shard::RankSummary) -> String {
+    let pct = 100.0 * r.read_bytes as f64 / (r.whole_read_bytes as f64).max(1.0);
+    let mut out = format!(
+        "rank: tp {} of {}, ep {} of {}: reads {} bytes in {} ranges, {pct:.1} % of the whole load's {} bytes; {} targets split, {} replicated\n",
+        r.tp_rank,
+        r.tp_size,
+        r.ep_rank,
+        r.ep_size,
+        r.read_bytes,
+        r.read_ranges,
+        r.whole_read_bytes,
+        r.split_targets,
+        plan.targets.len() - r.split_targets,
+    );
+    for f in r.files.iter().filter(|f| f.ranges > 0) {
+        let name = plan.files.get(f.file).map_or("?", String::as_str);
+        out.push_str(&format!(
+            "  {name}: {} bytes in {} ranges\n",
+            f.bytes, f.ranges
+        ));
+    }
     out
 }
 

@@ -382,9 +382,13 @@ impl Bound {
         self
     }
 
-    /// Bytes the load will read, for a progress total.
+    /// Bytes the load will read, for a progress total: a rank's own bytes, or the
+    /// whole checkpoint's.
     pub fn total_bytes(&self) -> u64 {
-        self.checkpoint.data_bytes()
+        match &self.plan.rank {
+            Some(r) => r.read_bytes,
+            None => self.checkpoint.data_bytes(),
+        }
     }
 
     /// Reads the checkpoint into the sink the options call for.

@@ -143,6 +143,16 @@ pub struct RankSummary {
     pub target_bytes: u64,
     /// Targets cut to a slice; the rest are replicated.
     pub split_targets: usize,
+    /// Per shard file (in [`Plan::files`] order): what this rank reads of it.
+    pub files: Vec<FileReads>,
+}
+
+/// One shard file's share of a rank's reads.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FileReads {
+    pub file: usize,
+    pub bytes: u64,
+    pub ranges: u64,
 }
 
 impl RankSummary {
@@ -151,11 +161,24 @@ impl RankSummary {
             ts.iter()
                 .fold(0u64, |a, t| a.saturating_add(t.recipe.read_bytes()))
         };
-        let ranges = targets
+        let mut files: Vec<FileReads> = (0..whole.files.len())
+            .map(|file| FileReads {
+                file,
+                bytes: 0,
+                ranges: 0,
+            })
+            .collect();
+        let runs = targets
             .iter()
             .flat_map(|t| t.recipe.reads())
-            .map(|r| r.runs().len() as u64)
-            .sum();
+            .flat_map(|r| r.runs());
+        for (file, _, n) in runs {
+            if let Some(f) = files.get_mut(file) {
+                f.bytes = f.bytes.saturating_add(n);
+                f.ranges += 1;
+            }
+        }
+        let ranges = files.iter().map(|f| f.ranges).sum();
         let local = Plan {
             targets: targets.to_vec(),
             ..whole.clone()
@@ -170,6 +193,7 @@ impl RankSummary {
             whole_read_bytes: sum(&whole.targets),
             target_bytes: local.target_bytes(),
             split_targets: targets.iter().filter(|t| t.shard.is_some()).count(),
+            files,
         }
     }
 }
