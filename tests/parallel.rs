@@ -355,3 +355,42 @@ fn measure_column_slice_reads() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `wmapc load --tp-size 2 --tp-rank R --out` writes exactly rank R's shards, the
+/// tensors the library's rank load holds, in the runtime layout.
+#[test]
+fn the_cli_writes_each_ranks_shard() {
+    let ck = common::root().join("tests/fixtures/hf/qwen3_moe");
+    let mut c = driver::compile(&ModelSource::Detect, Some(&ck.join("config.json"))).unwrap();
+    let b = driver::bind(&mut c, &ck, true).unwrap();
+    let dir = common::tempdir("cli-ranks");
+    for (tp_rank, ep_rank) in [(0, 0), (1, 1)] {
+        let ranks = Ranks {
+            tp_rank,
+            tp_size: 2,
+            ep_rank,
+            ep_size: 2,
+        };
+        let (want, _) = run(&shard::for_rank(&b.plan, ranks).unwrap(), &b.checkpoint);
+        let out = dir.join(format!("rank{tp_rank}"));
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_wmapc"))
+            .arg("load")
+            .arg(&ck)
+            .args(["--tp-size", "2", "--tp-rank", &tp_rank.to_string()])
+            .args(["--ep-size", "2", "--ep-rank", &ep_rank.to_string()])
+            .arg("--out")
+            .arg(&out)
+            .arg("--quiet")
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let written = Checkpoint::open(&out).unwrap();
+        assert_eq!(written.tensors.len(), want.len());
+        for (name, e) in &written.tensors {
+            let mut got = vec![0u8; e.len as usize];
+            written.read_into(e, &mut got).unwrap();
+            assert!(got == want[name], "rank {tp_rank}: `{name}` differs");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -263,41 +263,13 @@ fn narrow_ranges(recipe: &Recipe, dim: usize, ranges: &[[u64; 2]]) -> Recipe {
 
 /// `recipe` cut to `start..end` of `dim`, pushed as far down as the recipe allows.
 pub fn narrow(recipe: &Recipe, dim: usize, start: u64, end: u64) -> Recipe {
-    let shape = recipe.shape();
-    if shape.get(dim) == Some(&(end - start)) && start == 0 {
+    if start == 0 && recipe.shape().get(dim) == Some(&end) {
         return recipe.clone();
     }
     match recipe {
-        Recipe::Read {
-            file,
-            tensor,
-            offset,
-            dtype,
-            shape,
-            ..
-        } => {
-            let mut from = vec![0; shape.len()];
-            from[dim] = start;
-            let mut local = shape.clone();
-            local[dim] = end - start;
-            window(*file, tensor, *offset, *dtype, shape, from, local)
-        }
-        Recipe::Window {
-            file,
-            tensor,
-            offset,
-            dtype,
-            stored,
-            start: from,
-            shape,
-        } => {
-            let mut from = from.clone();
-            from[dim] += start;
-            let mut local = shape.clone();
-            local[dim] = end - start;
-            window(*file, tensor, *offset, *dtype, stored, from, local)
-        }
+        Recipe::Read { .. } | Recipe::Window { .. } => narrow_read(recipe, dim, start, end),
         Recipe::Fuse { dim: fd, parts } if *fd == dim => {
+            // Only the parts the range meets, each cut to its share.
             let mut cut = Vec::new();
             let mut at = 0u64;
             for p in parts {
@@ -323,38 +295,7 @@ pub fn narrow(recipe: &Recipe, dim: usize, start: u64, end: u64) -> Recipe {
                 .map(|p| narrow(p, dim - 1, start, end))
                 .collect(),
         },
-        Recipe::Slice {
-            dim: sd,
-            start: s0,
-            step,
-            source,
-            ..
-        } if *sd == dim => {
-            // Elements start..end of the slice sit at s0 + k·step of the source.
-            let first = s0 + start * step;
-            let last = s0 + (end - 1) * step;
-            let source = Box::new(narrow(source, dim, first, last + 1));
-            Recipe::Slice {
-                dim,
-                start: 0,
-                end: last + 1 - first,
-                step: *step,
-                source,
-            }
-        }
-        Recipe::Slice {
-            dim: sd,
-            start: s0,
-            end: e0,
-            step,
-            source,
-        } => Recipe::Slice {
-            dim: *sd,
-            start: *s0,
-            end: *e0,
-            step: *step,
-            source: Box::new(narrow(source, dim, start, end)),
-        },
+        Recipe::Slice { .. } => narrow_slice(recipe, dim, start, end),
         Recipe::Transpose { dims, source } => {
             let inner = match dim {
                 d if d == dims[0] => dims[1],
@@ -366,10 +307,10 @@ pub fn narrow(recipe: &Recipe, dim: usize, start: u64, end: u64) -> Recipe {
                 source: Box::new(narrow(source, inner, start, end)),
             }
         }
-        Recipe::Reshape { shape: out, source } => {
-            match through_reshape(out, &source.shape(), dim, start, end) {
+        Recipe::Reshape { shape, source } => {
+            match through_reshape(shape, &source.shape(), dim, start, end) {
                 Some((k, a, b)) => {
-                    let mut local = out.clone();
+                    let mut local = shape.clone();
                     local[dim] = end - start;
                     Recipe::Reshape {
                         shape: local,
@@ -384,6 +325,83 @@ pub fn narrow(recipe: &Recipe, dim: usize, start: u64, end: u64) -> Recipe {
         | Recipe::Mxfp4 { .. }
         | Recipe::Nvfp4 { .. }
         | Recipe::Tied { .. } => in_memory(recipe, dim, start, end),
+    }
+}
+
+/// A read or window cut to a smaller window (a plain read when it stays contiguous).
+fn narrow_read(recipe: &Recipe, dim: usize, start: u64, end: u64) -> Recipe {
+    let (file, tensor, offset, dtype, stored, mut from, mut local) = match recipe {
+        Recipe::Read {
+            file,
+            tensor,
+            offset,
+            dtype,
+            shape,
+            ..
+        } => (
+            file,
+            tensor,
+            offset,
+            dtype,
+            shape,
+            vec![0; shape.len()],
+            shape.clone(),
+        ),
+        Recipe::Window {
+            file,
+            tensor,
+            offset,
+            dtype,
+            stored,
+            start,
+            shape,
+        } => (
+            file,
+            tensor,
+            offset,
+            dtype,
+            stored,
+            start.clone(),
+            shape.clone(),
+        ),
+        _ => return in_memory(recipe, dim, start, end),
+    };
+    from[dim] += start;
+    local[dim] = end - start;
+    window(*file, tensor, *offset, *dtype, stored, from, local)
+}
+
+/// A slice cut again: along its own dim, elements `start..end` of the slice sit at
+/// `s0 + k·step` of the source, so the source is cut to that span; along another dim
+/// the cut passes through.
+fn narrow_slice(recipe: &Recipe, dim: usize, start: u64, end: u64) -> Recipe {
+    let Recipe::Slice {
+        dim: sd,
+        start: s0,
+        end: e0,
+        step,
+        source,
+    } = recipe
+    else {
+        return in_memory(recipe, dim, start, end);
+    };
+    if *sd != dim {
+        return Recipe::Slice {
+            dim: *sd,
+            start: *s0,
+            end: *e0,
+            step: *step,
+            source: Box::new(narrow(source, dim, start, end)),
+        };
+    }
+    let first = s0 + start * step;
+    let last = s0 + (end - 1) * step;
+    Recipe::Slice {
+        dim,
+        start: 0,
+        end: last + 1 - first,
+        step: *step,
+        source: Box::new(narrow(source, dim, first, last + 1)),
     }
 }
 
