@@ -394,3 +394,44 @@ fn the_cli_writes_each_ranks_shard() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// FP8 checkpoints split on tile edges pass their codes through per rank: rank 1 of the
+/// row-parallel `out` of `qwen3_fp8` ([256, 256] in 128×128 tiles) holds the stored codes
+/// of columns 128..256 and the scales of that tile column, untouched.
+#[test]
+fn fp8_tiles_pass_through_per_rank() {
+    use wmap::loader::{Loader, Tensors};
+    use wmap::quant::{Format, Scales, Stored};
+    let ck = common::root().join("tests/fixtures/hf/qwen3_fp8");
+    let format = Format::Fp8Block { block: 128 };
+    let quantized = |ranks| {
+        let loaded = Loader::new(&ck).quant(format).ranks(ranks).load().unwrap();
+        let Tensors::Host(mut t) = loaded.tensors else {
+            panic!("a host load")
+        };
+        match t.remove("layers.0.attention.out") {
+            Some(Stored::Quantized(q)) => q,
+            _ => panic!("`out` is quantized"),
+        }
+    };
+    let whole = quantized(Ranks::default());
+    let rank = quantized(Ranks {
+        tp_rank: 1,
+        tp_size: 2,
+        ..Ranks::default()
+    });
+    assert_eq!(
+        (whole.shape.as_slice(), rank.shape.as_slice()),
+        (&[256, 256][..], &[256, 128][..])
+    );
+    let want: Vec<u8> = whole
+        .data
+        .chunks(256)
+        .flat_map(|row| row[128..].to_vec())
+        .collect();
+    assert!(rank.data == want, "codes");
+    let (Scales::F32(w), Scales::F32(r)) = (&whole.scales, &rank.scales) else {
+        panic!("f32 scales")
+    };
+    assert_eq!(r, &vec![w[1], w[3]]);
+}

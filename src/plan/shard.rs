@@ -320,11 +320,10 @@ pub fn narrow(recipe: &Recipe, dim: usize, start: u64, end: u64) -> Recipe {
                 None => in_memory(recipe, dim, start, end),
             }
         }
-        Recipe::Fp8Blocks { .. }
-        | Recipe::Bnb4 { .. }
-        | Recipe::Mxfp4 { .. }
-        | Recipe::Nvfp4 { .. }
-        | Recipe::Tied { .. } => in_memory(recipe, dim, start, end),
+        Recipe::Fp8Blocks { .. } => narrow_fp8(recipe, dim, start, end),
+        Recipe::Bnb4 { .. } | Recipe::Mxfp4 { .. } | Recipe::Nvfp4 { .. } | Recipe::Tied { .. } => {
+            in_memory(recipe, dim, start, end)
+        }
     }
 }
 
@@ -369,6 +368,35 @@ fn narrow_read(recipe: &Recipe, dim: usize, start: u64, end: u64) -> Recipe {
     from[dim] += start;
     local[dim] = end - start;
     window(*file, tensor, *offset, *dtype, stored, from, local)
+}
+
+/// FP8 blocks cut to the tiles that cover `start..end` (codes and their scales alike),
+/// then, when the range does not start and end on tile edges, sliced in memory: a rank
+/// reads at most one partial tile more on each side.
+fn narrow_fp8(recipe: &Recipe, dim: usize, start: u64, end: u64) -> Recipe {
+    let Recipe::Fp8Blocks {
+        block,
+        weight,
+        scale_inv,
+    } = recipe
+    else {
+        return in_memory(recipe, dim, start, end);
+    };
+    let (Some(&b), Some(&len)) = (block.get(dim), weight.shape().get(dim)) else {
+        return in_memory(recipe, dim, start, end);
+    };
+    let first = start / b * b;
+    let last = end.div_ceil(b).saturating_mul(b).min(len);
+    let tiles = Recipe::Fp8Blocks {
+        block: *block,
+        weight: Box::new(narrow(weight, dim, first, last)),
+        scale_inv: Box::new(narrow(scale_inv, dim, first / b, last.div_ceil(b))),
+    };
+    if (first, last) == (start, end) {
+        tiles
+    } else {
+        in_memory(&tiles, dim, start - first, end - first)
+    }
 }
 
 /// A slice cut again: along its own dim, elements `start..end` of the slice sit at
