@@ -22,8 +22,9 @@ use serde::Serialize;
 
 use crate::checkpoint::Dtype;
 
-/// Bumped on every change to the plan's JSON shape.
-pub const PLAN_VERSION: u32 = 2;
+/// Bumped on every change to the plan's JSON shape (3: `window` reads and a rank's
+/// `rank` summary).
+pub const PLAN_VERSION: u32 = 3;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Plan {

@@ -365,6 +365,9 @@ fn narrow_read(recipe: &Recipe, dim: usize, start: u64, end: u64) -> Recipe {
         ),
         _ => return in_memory(recipe, dim, start, end),
     };
+    if dim >= local.len() {
+        return in_memory(recipe, dim, start, end);
+    }
     from[dim] += start;
     local[dim] = end - start;
     window(*file, tensor, *offset, *dtype, stored, from, local)
