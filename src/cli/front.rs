@@ -69,6 +69,7 @@ pub fn check(args: &ModelArgs) -> Outcome {
             b.checkpoint.tensors.len(),
             b.checkpoint.shards.len()
         );
+        print_ranks(ranks);
         print_defaults(&c);
         return Ok(status(&c));
     }
@@ -80,6 +81,7 @@ pub fn check(args: &ModelArgs) -> Outcome {
                     "ok: model `{}` checks against the config ({n} param declarations bound)",
                     ir.model
                 );
+                print_ranks(ranks);
                 print_defaults(&c);
             }
             (None, Some(_)) => outln!("ok: names resolve (pass --config to check shapes)"),
@@ -87,6 +89,17 @@ pub fn check(args: &ModelArgs) -> Outcome {
         }
     }
     Ok(status(&c))
+}
+
+/// With TP or EP sizes: that every sharded param divides by them.
+fn print_ranks(r: crate::ir::shard::Ranks) {
+    if !r.is_whole() {
+        outln!(
+            "ok: every sharded param divides by tp size {} and ep size {}",
+            r.tp_size,
+            r.ep_size
+        );
+    }
 }
 
 /// The stdlib defaults the config relied on, as one note line.
