@@ -294,12 +294,17 @@ impl Recipe {
 impl Plan {
     /// Bytes of all targets in their target dtypes (tied targets count once).
     pub fn target_bytes(&self) -> u64 {
-        self.targets
-            .iter()
-            .filter(|t| !matches!(t.recipe, Recipe::Tied { .. }))
-            .map(|t| crate::ir::byte_size(&t.shape, t.dtype.size() as u64).unwrap_or(u64::MAX))
-            .fold(0, u64::saturating_add)
+        bytes_of_targets(&self.targets)
     }
+}
+
+/// Bytes of `targets` in their target dtypes (tied targets count once).
+fn bytes_of_targets(targets: &[Target]) -> u64 {
+    targets
+        .iter()
+        .filter(|t| !matches!(t.recipe, Recipe::Tied { .. }))
+        .map(|t| crate::ir::byte_size(&t.shape, t.dtype.size() as u64).unwrap_or(u64::MAX))
+        .fold(0, u64::saturating_add)
 }
 
 /// The checkpoint [`Dtype`] a param of IR dtype `d` is loaded as.

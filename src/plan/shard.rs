@@ -7,10 +7,10 @@
 //! rank's bytes. A slice is pushed down the recipe to the reads: a read cut along its
 //! leading dim stays one contiguous [`Recipe::Read`]; cut along an inner dim it becomes a
 //! [`Recipe::Window`] (one run a row). Fused parts are cut one by one (rank r of
-//! `[q; k; v]` is `[q_r; k_r; v_r]`). Where a slice cannot be pushed further (through a
-//! pre-quantized decoder, or a reshape that does not keep the split's rows together),
-//! the recipe below is read whole and sliced in memory: correct, but more bytes, which
-//! the per-rank totals show. No rank talks to another: every rank computes its plan.
+//! `[q; k; v]` is `[q_r; k_r; v_r]`). FP8 block sources are cut to the tiles that cover
+//! the slice. Where a slice cannot be pushed further (bnb 4-bit, MXFP4 and NVFP4 decoders,
+//! a reshape that does not keep the split's rows together), the recipe below is read
+//! whole and sliced in memory: correct, but more bytes, which the per-rank totals show. No rank talks to another: every rank computes its plan.
 //! Sizes that do not divide are E0450 / E0451 ([`check_sizes`] reports them at `check`).
 
 use std::collections::BTreeSet;
@@ -179,10 +179,6 @@ impl RankSummary {
             }
         }
         let ranges = files.iter().map(|f| f.ranges).sum();
-        let local = Plan {
-            targets: targets.to_vec(),
-            ..whole.clone()
-        };
         RankSummary {
             tp_rank: ranks.tp_rank,
             tp_size: ranks.tp_size,
@@ -191,7 +187,7 @@ impl RankSummary {
             read_bytes: sum(targets),
             read_ranges: ranges,
             whole_read_bytes: sum(&whole.targets),
-            target_bytes: local.target_bytes(),
+            target_bytes: super::bytes_of_targets(targets),
             split_targets: targets.iter().filter(|t| t.shard.is_some()).count(),
             files,
         }
