@@ -270,11 +270,12 @@ pub fn narrow(recipe: &Recipe, dim: usize, start: u64, end: u64) -> Recipe {
             let mut at = 0u64;
             for p in parts {
                 let n = p.shape().get(dim).copied().unwrap_or(0);
-                let (a, b) = (start.max(at), end.min(at + n));
+                let next = at.saturating_add(n);
+                let (a, b) = (start.max(at), end.min(next));
                 if a < b {
                     cut.push(narrow(p, dim, a - at, b - at));
                 }
-                at += n;
+                at = next;
             }
             one_or_fuse(dim, cut)
         }
@@ -361,10 +362,10 @@ fn narrow_read(recipe: &Recipe, dim: usize, start: u64, end: u64) -> Recipe {
         ),
         _ => return in_memory(recipe, dim, start, end),
     };
-    if dim >= local.len() {
+    let Some(moved) = from.get(dim).and_then(|f| f.checked_add(start)) else {
         return in_memory(recipe, dim, start, end);
-    }
-    from[dim] += start;
+    };
+    from[dim] = moved;
     local[dim] = end - start;
     window(*file, tensor, *offset, *dtype, stored, from, local)
 }
@@ -421,8 +422,11 @@ fn narrow_slice(recipe: &Recipe, dim: usize, start: u64, end: u64) -> Recipe {
             source: Box::new(narrow(source, dim, start, end)),
         };
     }
-    let first = s0 + start * step;
-    let last = s0 + (end - 1) * step;
+    // Inside a checked slice these stay below the source's dim; checked all the same.
+    let at = |k: u64| k.checked_mul(*step).and_then(|o| o.checked_add(*s0));
+    let (Some(first), Some(last)) = (at(start), end.checked_sub(1).and_then(at)) else {
+        return in_memory(recipe, dim, start, end);
+    };
     Recipe::Slice {
         dim,
         start: 0,
@@ -560,5 +564,53 @@ pub fn window_runs(w: &Recipe) -> Option<Vec<(u64, u64)>> {
             }
             idx[d] = 0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::Dtype;
+
+    fn read(shape: &[u64]) -> Recipe {
+        Recipe::Read {
+            file: 0,
+            tensor: "w".into(),
+            offset: 100,
+            length: ir::numel(shape).unwrap() * 2,
+            dtype: Dtype::Bf16,
+            shape: shape.to_vec(),
+        }
+    }
+
+    #[test]
+    fn leading_rows_stay_one_read_and_columns_become_a_window() {
+        // Rows 2..4 of a [4, 8] bf16 tensor: bytes 32..64 after the tensor's start.
+        let rows = narrow(&read(&[4, 8]), 0, 2, 4);
+        assert!(
+            matches!(
+                rows,
+                Recipe::Read {
+                    offset: 132,
+                    length: 32,
+                    ..
+                }
+            ),
+            "{rows:?}"
+        );
+        // Columns 4..8: one 8-byte run per row, 16 bytes apart.
+        let cols = narrow(&read(&[4, 8]), 1, 4, 8);
+        let runs = window_runs(&cols).unwrap();
+        assert_eq!(runs, vec![(108, 8), (124, 8), (140, 8), (156, 8)]);
+    }
+
+    #[test]
+    fn a_reshape_passes_whole_heads_through_and_nothing_else() {
+        // [heads · 3, 5] from [heads, 3, 5]: rows 3..6 are head 1; rows 1..2 cross rows.
+        assert_eq!(
+            through_reshape(&[12, 5], &[4, 3, 5], 0, 3, 6),
+            Some((0, 1, 2))
+        );
+        assert_eq!(through_reshape(&[12, 5], &[4, 3, 5], 0, 1, 2), None);
     }
 }
