@@ -334,6 +334,43 @@ pub fn bind(c: &mut Compilation, dir: &Path, strict: bool) -> Option<Bound> {
     plan.map(|plan| Bound { checkpoint, plan })
 }
 
+/// Checks the compiled model's shard rules against a load's TP / EP sizes (E0450,
+/// E0451), adding findings to `c.diags`; `false` when one does not divide.
+pub fn check_ranks(c: &mut Compilation, ranks: crate::ir::shard::Ranks) -> bool {
+    let Some((ir, spans)) = c.lowered.as_ref() else {
+        return false;
+    };
+    let diags = crate::plan::shard::check_sizes(ir, spans, ranks);
+    let ok = !diags.has_errors();
+    c.diags.extend(diags);
+    ok
+}
+
+/// [`bind`], then the plan cut to one rank's shards ([`crate::plan::shard::for_rank`]);
+/// with TP and EP size 1, exactly [`bind`].
+pub fn bind_rank(
+    c: &mut Compilation,
+    dir: &Path,
+    strict: bool,
+    ranks: crate::ir::shard::Ranks,
+) -> Option<Bound> {
+    if ranks.is_whole() {
+        return bind(c, dir, strict);
+    }
+    if c.lowered.is_some() && !check_ranks(c, ranks) {
+        return None;
+    }
+    let mut b = bind(c, dir, strict)?;
+    match crate::plan::shard::for_rank(&b.plan, ranks) {
+        Ok(plan) => b.plan = plan,
+        Err(d) => {
+            c.diags.push(d);
+            return None;
+        }
+    }
+    Some(b)
+}
+
 /// With a checkpoint at hand, E0304 names the stdlib models whose tensor names the
 /// checkpoint's resemble. A checkpoint that cannot be opened adds nothing here: the
 /// caller reports it when it binds.

@@ -11,6 +11,7 @@
 //! checked [`numel`] / [`byte_size`]; [`limits`] holds the caps the checker enforces,
 //! and [`validate`] re-establishes them for an IR read from JSON.
 
+pub mod shard;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -18,7 +19,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// Bumped on every change to the JSON shape of the IR.
-pub const IR_VERSION: u32 = 3;
+pub const IR_VERSION: u32 = 4;
 
 /// Limits on what a config may ask for. Config values are untrusted numbers: without
 /// caps, `num_hidden_layers = 1e9` would have the checker and the planner allocate per
@@ -114,6 +115,9 @@ pub struct Param {
     pub optional: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offload_group: Option<OffloadGroup>,
+    /// How the param splits across TP / EP ranks; `None`: replicated (version 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<shard::Shard>,
     pub source: Source,
 }
 

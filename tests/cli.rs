@@ -216,6 +216,36 @@ fn plan_reports_fallbacks_and_prints_json() {
 
 /// A bnb NF4 checkpoint binds through the stdlib's `bnb4(...)` forms: the codes and
 /// every companion are claimed, nothing is left over.
+/// One rank of a TP × EP load: its byte totals beside the whole load's, per shard file.
+#[test]
+fn plan_of_one_rank_reports_its_bytes() {
+    let run = wmapc(&[
+        "plan",
+        "--checkpoint",
+        "tests/fixtures/hf/qwen3_moe",
+        "--tp-size",
+        "2",
+        "--tp-rank",
+        "1",
+        "--ep-size",
+        "2",
+        "--ep-rank",
+        "1",
+    ]);
+    assert_eq!(run.0, 0);
+    snapshot("plan_rank", run);
+    // `check` needs only the sizes; 3 divides no head count of the fixture.
+    let run = wmapc(&[
+        "check",
+        "--checkpoint",
+        "tests/fixtures/hf/qwen3_moe",
+        "--tp-size",
+        "3",
+    ]);
+    assert_eq!(run.0, 1);
+    assert!(run.2.contains("[E0450/"), "{}", run.2);
+}
+
 #[test]
 fn plan_of_a_bnb_checkpoint_binds_its_companions() {
     let (code, stdout, stderr) = wmapc(&[

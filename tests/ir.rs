@@ -327,6 +327,22 @@ fn hostile_irs_are_refused_with_e0413() {
             serde_json::json!([[0, 2], [1, 2]]),
         ),
         ("not an IR", String::new(), serde_json::json!("nope")),
+        // `embed` splits by vocabulary: its rule must fit its shape.
+        (
+            "shard parts",
+            "/root/params/0/shard/tp/parts".into(),
+            serde_json::json!([1]),
+        ),
+        (
+            "shard unit",
+            "/root/params/0/shard/tp/unit".into(),
+            serde_json::json!(0),
+        ),
+        (
+            "column on dim 1",
+            "/root/params/0/shard/tp/dim".into(),
+            serde_json::json!(1),
+        ),
     ];
     for (what, pointer, value) in cases {
         let mut v = good.clone();

@@ -183,7 +183,7 @@ fn loader_of(
 
 /// `wmap.load`: reads a checkpoint into a [`store::Store`].
 #[pyfunction]
-#[pyo3(signature = (path, model=None, quant=None, device="cpu", offload_budget=None, offload_policy="order", threads=0, allow_unclaimed=false, progress=None, keep=None))]
+#[pyo3(signature = (path, model=None, quant=None, device="cpu", offload_budget=None, offload_policy="order", threads=0, allow_unclaimed=false, progress=None, keep=None, tp_rank=0, tp_size=1, ep_rank=0, ep_size=1))]
 #[allow(clippy::too_many_arguments)]
 fn load(
     py: Python<'_>,
@@ -197,6 +197,10 @@ fn load(
     allow_unclaimed: bool,
     progress: Option<PyObject>,
     keep: Option<Vec<String>>,
+    tp_rank: u64,
+    tp_size: u64,
+    ep_rank: u64,
+    ep_size: u64,
 ) -> PyResult<PyObject> {
     let loader = loader_of(
         path,
@@ -207,7 +211,14 @@ fn load(
         offload_policy,
         threads,
         allow_unclaimed,
-    )?;
+    )?
+    // One rank's shards: each param cut by its `shard` rule, only its bytes read.
+    .ranks(wmap::loader::Ranks {
+        tp_rank,
+        tp_size,
+        ep_rank,
+        ep_size,
+    });
     let keep = keep.unwrap_or_default();
     let loaded = py.allow_threads(|| {
         let mut bound = loader.bind()?;

@@ -150,6 +150,10 @@ def load(
     allow_unclaimed: bool = False,
     progress: Optional[Callable[[int, int], None]] = None,
     keep: Optional[Sequence[str]] = None,
+    tp_rank: int = 0,
+    tp_size: int = 1,
+    ep_rank: int = 0,
+    ep_size: int = 1,
 ) -> "Union[Store, Any]":
     """Loads a checkpoint folder (config.json + safetensors) into a :class:`Store`.
 
@@ -163,7 +167,17 @@ def load(
     in increasing order, the last call with the total. ``keep``: runtime names loaded in
     full precision although the mapping marks them quantizable (a name the plan lacks is
     E0802).
+
+    ``tp_rank`` of ``tp_size`` (and ``ep_rank`` of ``ep_size``): load only this rank's
+    shards, each param cut by its ``shard`` rule (column-parallel on dim 0, row-parallel
+    on dim 1, experts in contiguous blocks; the rest replicated), reading only those
+    bytes. Inside ``torchrun``, pass ``RANK`` / ``WORLD_SIZE`` and wrap each local shard
+    with ``DTensor.from_local``; wmap only reads, the ranks never talk. A size that does
+    not divide a param raises E0450 / E0451, a rank out of range E0540.
     """
+    for what, rank, size in (("tp", tp_rank, tp_size), ("ep", ep_rank, ep_size)):
+        if rank < 0 or size < 1:
+            raise ValueError(f"{what}_rank must be >= 0 and {what}_size >= 1")
     if offload_budget is not None and offload_budget < 0:
         raise ValueError("offload_budget must be a byte count >= 0")
     if threads < 0:
@@ -179,4 +193,8 @@ def load(
         allow_unclaimed,
         progress,
         None if keep is None else [str(k) for k in keep],
+        tp_rank,
+        tp_size,
+        ep_rank,
+        ep_size,
     )

@@ -88,6 +88,10 @@ def load(
     allow_unclaimed: bool,
     progress: Optional[Callable[[int, int], None]],
     keep: Optional[List[str]] = None,
+    tp_rank: int = 0,
+    tp_size: int = 1,
+    ep_rank: int = 0,
+    ep_size: int = 1,
 ) -> Union[Store, DeviceStore]: ...
 def cuda_available() -> bool: ...
 def stdlib_models() -> List[Tuple[str, str, List[str]]]: ...

@@ -25,6 +25,7 @@ mod params;
 mod pattern;
 mod prequant;
 mod repeat;
+mod shard;
 mod source;
 mod value;
 
@@ -455,6 +456,10 @@ impl<'a> Walker<'a> {
             Some(e) => self.offload(e, ctx.scope, src, &source, &shape)?,
             None => None,
         };
+        let shard = match &p.shard {
+            Some(rules) => Some(self.shard(rules, ctx.scope, &shape)?),
+            None => None,
+        };
         self.spans.insert(
             path,
             ir::ParamSite {
@@ -475,6 +480,7 @@ impl<'a> Walker<'a> {
             quantizable: p.quantizable.is_some(),
             optional: p.optional.is_some(),
             offload_group,
+            shard,
             source,
         })
     }

@@ -111,6 +111,9 @@ pub struct Checkpoint {
     pub shards: Vec<Shard>,
     /// Every tensor by name, sorted.
     pub tensors: BTreeMap<String, TensorEntry>,
+    /// When set ([`Checkpoint::log_reads`]), every read's `(shard, offset, length)`:
+    /// how tests prove a rank reads exactly its plan's bytes.
+    read_log: Option<std::sync::Mutex<Vec<(usize, u64, u64)>>>,
 }
 
 /// A coded checkpoint error naming the file and, when known, the tensor.
@@ -247,11 +250,35 @@ impl Checkpoint {
             dir: dir.to_path_buf(),
             shards,
             tensors,
+            read_log: None,
         })
+    }
+
+    /// Starts recording every read from now on (see [`Checkpoint::take_read_log`]).
+    pub fn log_reads(&mut self) {
+        self.read_log = Some(std::sync::Mutex::new(Vec::new()));
+    }
+
+    /// The reads recorded since [`Checkpoint::log_reads`] or the last take, in the order
+    /// they were made (threads interleave); empty when not recording.
+    pub fn take_read_log(&self) -> Vec<(usize, u64, u64)> {
+        self.read_log
+            .as_ref()
+            .map(|l| std::mem::take(&mut *l.lock().unwrap_or_else(|p| p.into_inner())))
+            .unwrap_or_default()
+    }
+
+    fn record(&self, shard: usize, offset: u64, len: usize) {
+        if let Some(l) = &self.read_log {
+            l.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((shard, offset, len as u64));
+        }
     }
 
     /// Reads a tensor's raw bytes into `buf` (which must be exactly `entry.len` long).
     pub fn read_into(&self, entry: &TensorEntry, buf: &mut [u8]) -> Result<(), Diagnostic> {
+        self.record(entry.shard, entry.offset, buf.len());
         let shard = &self.shards[entry.shard];
         shard.file.read_exact_at(buf, entry.offset).map_err(|e| {
             Diagnostic::new(
@@ -269,6 +296,7 @@ impl Checkpoint {
 
     /// Reads `buf.len()` bytes at absolute `offset` of shard `shard`.
     pub fn read_at(&self, shard: usize, offset: u64, buf: &mut [u8]) -> Result<(), Diagnostic> {
+        self.record(shard, offset, buf.len());
         let s = &self.shards[shard];
         s.file.read_exact_at(buf, offset).map_err(|e| {
             Diagnostic::new(

@@ -49,9 +49,14 @@ pub(super) fn status(c: &Compilation) -> ExitCode {
 }
 
 pub fn check(args: &ModelArgs) -> Outcome {
+    let ranks = args.ranks.ranks()?;
     let mut c = driver::compile(&source_of(args), config_of(args).as_deref())?;
     let bound = match &args.checkpoint {
-        Some(dir) => driver::bind(&mut c, dir, args.strict),
+        Some(dir) => driver::bind_rank(&mut c, dir, args.strict, ranks),
+        None if !ranks.is_whole() => {
+            driver::check_ranks(&mut c, ranks);
+            None
+        }
         None => None,
     };
     emit(&c, &c.diags, args);
@@ -64,6 +69,7 @@ pub fn check(args: &ModelArgs) -> Outcome {
             b.checkpoint.tensors.len(),
             b.checkpoint.shards.len()
         );
+        print_ranks(ranks);
         print_defaults(&c);
         return Ok(status(&c));
     }
@@ -75,6 +81,7 @@ pub fn check(args: &ModelArgs) -> Outcome {
                     "ok: model `{}` checks against the config ({n} param declarations bound)",
                     ir.model
                 );
+                print_ranks(ranks);
                 print_defaults(&c);
             }
             (None, Some(_)) => outln!("ok: names resolve (pass --config to check shapes)"),
@@ -82,6 +89,17 @@ pub fn check(args: &ModelArgs) -> Outcome {
         }
     }
     Ok(status(&c))
+}
+
+/// With TP or EP sizes: that every sharded param divides by them.
+fn print_ranks(r: crate::ir::shard::Ranks) {
+    if !r.is_whole() {
+        outln!(
+            "ok: every sharded param divides by tp size {} and ep size {}",
+            r.tp_size,
+            r.ep_size
+        );
+    }
 }
 
 /// The stdlib defaults the config relied on, as one note line.
@@ -109,6 +127,13 @@ fn count_params(b: &crate::ir::Body) -> usize {
 }
 
 pub fn lower(args: &ModelArgs, spans: bool) -> Outcome {
+    if !args.ranks.ranks()?.is_whole() {
+        return Err(Diagnostic::new(
+            Code::E0803,
+            "lower prints the whole model's IR; --tp-size and --ep-size have no effect",
+        )
+        .with_help("use them with check, plan or load"));
+    }
     if args.config.is_none() {
         return Err(Diagnostic::new(Code::E0803, "lower needs --config")
             .with_help("wmapc lower FILE --config config.json"));

@@ -64,6 +64,8 @@ pub struct LoadArgs {
     /// staging are prepared once, as a training run would).
     #[arg(long, default_value = "1", value_parser = flags::repeat, allow_hyphen_values = true)]
     pub repeat: usize,
+    #[command(flatten)]
+    pub ranks: super::RankArgs,
 }
 
 pub fn plan(args: &ModelArgs) -> Outcome {
@@ -71,8 +73,9 @@ pub fn plan(args: &ModelArgs) -> Outcome {
         return Err(Diagnostic::new(Code::E0803, "plan needs --checkpoint")
             .with_help("wmapc plan [FILE] --checkpoint DIR"));
     };
+    let ranks = args.ranks.ranks()?;
     let mut c = driver::compile(&source_of(args), config_of(args).as_deref())?;
-    let bound = driver::bind(&mut c, dir, args.strict);
+    let bound = driver::bind_rank(&mut c, dir, args.strict, ranks);
     match (&bound, args.format) {
         (Some(b), Format::Json) => {
             if !c.diags.is_empty() {
@@ -127,6 +130,34 @@ fn summary(plan: &Plan) -> String {
             plan.ignored.len()
         ));
     }
+    if let Some(r) = &plan.rank {
+        out.push_str(&rank_summary(plan, r));
+    }
+    out
+}
+
+/// What one rank reads: totals beside the whole load's, then per shard file.
+fn rank_summary(plan: &Plan, r: &crate::plan::shard::RankSummary) -> String {
+    let pct = 100.0 * r.read_bytes as f64 / (r.whole_read_bytes as f64).max(1.0);
+    let mut out = format!(
+        "rank: tp {} of {}, ep {} of {}: reads {} bytes in {} ranges, {pct:.1} % of the whole load's {} bytes; {} targets split, {} replicated\n",
+        r.tp_rank,
+        r.tp_size,
+        r.ep_rank,
+        r.ep_size,
+        r.read_bytes,
+        r.read_ranges,
+        r.whole_read_bytes,
+        r.split_targets,
+        plan.targets.len() - r.split_targets,
+    );
+    for f in r.files.iter().filter(|f| f.ranges > 0) {
+        let name = plan.files.get(f.file).map_or("?", String::as_str);
+        out.push_str(&format!(
+            "  {name}: {} bytes in {} ranges\n",
+            f.bytes, f.ranges
+        ));
+    }
     out
 }
 
@@ -140,7 +171,8 @@ fn loader_of(args: &LoadArgs) -> Result<Loader, Diagnostic> {
     let mut loader = Loader::new(&args.dir)
         .device(args.device)
         .threads(args.threads)
-        .allow_unclaimed(args.allow_unclaimed);
+        .allow_unclaimed(args.allow_unclaimed)
+        .ranks(args.ranks.ranks()?);
     loader.model = args.model.clone();
     loader.quant = args.quant.as_deref().and_then(crate::quant::Format::parse);
     loader.offload = args
@@ -157,6 +189,7 @@ pub fn load(args: &LoadArgs) -> Outcome {
         Device::Cpu | Device::Auto => None,
     };
     let margs = ModelArgs {
+        ranks: args.ranks,
         file: None,
         model: None,
         config: Some(args.dir.join("config.json")),

@@ -66,6 +66,50 @@ pub struct ModelArgs {
     pub format: Format,
     #[arg(long, value_enum, default_value_t = ColorArg::Auto)]
     pub color: ColorArg,
+    #[command(flatten)]
+    pub ranks: RankArgs,
+}
+
+/// One rank of a tensor- and expert-parallel load (`check` takes the sizes only).
+#[derive(clap::Args, Debug, Clone, Copy, Default)]
+pub struct RankArgs {
+    /// Tensor-parallel size: each param splits by its `shard` rule into this many ranks.
+    #[arg(long, value_name = "N")]
+    pub tp_size: Option<u64>,
+    /// This process's tensor-parallel rank, 0 to N-1 (default 0).
+    #[arg(long, value_name = "R")]
+    pub tp_rank: Option<u64>,
+    /// Expert-parallel size: stacked experts split into this many contiguous blocks.
+    #[arg(long, value_name = "M")]
+    pub ep_size: Option<u64>,
+    /// This process's expert-parallel rank, 0 to M-1 (default 0).
+    #[arg(long, value_name = "S")]
+    pub ep_rank: Option<u64>,
+}
+
+impl RankArgs {
+    /// The ranks asked for, refused (E0540) when a rank is out of its size's range or
+    /// given without it.
+    pub fn ranks(&self) -> Result<crate::ir::shard::Ranks, Diagnostic> {
+        let pair = |what: &str, rank: Option<u64>, size: Option<u64>| match (rank, size) {
+            (Some(r), None) => Err(Diagnostic::new(
+                Code::E0540,
+                format!("--{what}-rank {r} is given without --{what}-size"),
+            )
+            .with_help(format!("add --{what}-size, the number of {what} ranks"))),
+            (r, s) => Ok((r.unwrap_or(0), s.unwrap_or(1))),
+        };
+        let (tp_rank, tp_size) = pair("tp", self.tp_rank, self.tp_size)?;
+        let (ep_rank, ep_size) = pair("ep", self.ep_rank, self.ep_size)?;
+        let ranks = crate::ir::shard::Ranks {
+            tp_rank,
+            tp_size,
+            ep_rank,
+            ep_size,
+        };
+        crate::loader::check_ranks(ranks)?;
+        Ok(ranks)
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -148,14 +192,14 @@ fn install_panic_hook() {
 }
 
 /// The exit status a failure earns: 1 for errors in the input (.wmap, config,
-/// checkpoint), 2 for usage, I/O, runtime (offload, CUDA), resource (a tensor larger
-/// than this machine's memory) and internal failures.
+/// checkpoint), 2 for usage (a rank out of range among them), I/O, runtime (offload,
+/// CUDA), resource (a tensor larger than this machine's memory) and internal failures.
 fn exit_status(code: Code) -> ExitCode {
     let s = code.as_str();
     let usage_or_io = ["E06", "E07", "E08", "E09"]
         .iter()
         .any(|p| s.starts_with(p))
-        || matches!(code, Code::E0511 | Code::E0515);
+        || matches!(code, Code::E0511 | Code::E0515 | Code::E0540);
     ExitCode::from(if usage_or_io { 2 } else { 1 })
 }
 

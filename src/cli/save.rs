@@ -35,6 +35,7 @@ pub struct SaveArgs {
 
 pub fn save(args: &SaveArgs) -> Outcome {
     let margs = ModelArgs {
+        ranks: Default::default(),
         file: None,
         model: None,
         config: Some(args.like.join("config.json")),

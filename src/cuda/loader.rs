@@ -146,24 +146,34 @@ struct Piece {
 /// How a target's bytes are produced: straight from checkpoint ranges (same dtype,
 /// concatenation recipes), or assembled by the CPU path (conversions, slices, and
 /// pre-quantized sources that [`prequant`] does not decode on the device).
-fn pieces(t: &Target, ckpt: &Checkpoint) -> Option<Vec<Piece>> {
+fn pieces(t: &Target) -> Option<Vec<Piece>> {
     let parts = export::parts(&t.recipe)?;
     // A pre-quantized source is one part but several reads (codes and scales): never
     // pieces of the target's own bytes.
-    if t.recipe.reads().len() != parts.len() {
+    let reads = t.recipe.reads();
+    if reads.len() != parts.len() {
         return None;
     }
     let es = t.dtype.size() as u64;
+    // Each read's own range, not its tensor's: a rank's plan reads part of a tensor. A
+    // window (a column slice) goes through the CPU path.
     parts
         .iter()
-        .map(|p| {
-            let e = ckpt.tensors.get(&p.name)?;
-            (e.dtype == t.dtype).then_some(Piece {
-                shard: e.shard,
-                offset: e.offset,
-                len: e.len,
+        .zip(reads)
+        .map(|(p, r)| match r {
+            Recipe::Read {
+                file,
+                offset,
+                length,
+                dtype,
+                ..
+            } => (*dtype == t.dtype).then_some(Piece {
+                shard: *file,
+                offset: *offset,
+                len: *length,
                 at: p.offset as u64 * es,
-            })
+            }),
+            _ => None,
         })
         .collect()
 }
@@ -359,7 +369,7 @@ fn plain_target(
     scratch: &mut Scratch,
 ) -> GpuResult<DeviceTensor> {
     let bytes = target_len(t)?;
-    let list = pieces(t, ckpt);
+    let list = pieces(t);
     let assembled = match list {
         Some(_) => None,
         None => {

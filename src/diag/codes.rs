@@ -89,6 +89,9 @@ codes! {
     E0431 "module-argument-type" "a module argument's type differs from its parameter's default";
     E0440 "invalid-quant-block" "a pre-quantized source's `block =` is not two positive integers";
     E0441 "quantized-source-not-2d" "a pre-quantized source is not a [rows, cols] matrix";
+    E0450 "tp-indivisible" "a param's heads or rows do not divide by the tensor-parallel size";
+    E0451 "ep-indivisible" "a param's experts do not divide by the expert-parallel size";
+    E0452 "invalid-shard-rule" "a `shard` attribute names an unknown rule or does not fit the param's shape";
     E0501 "checkpoint-not-found" "the folder holds no safetensors checkpoint";
     E0502 "pickle-checkpoint" "the folder holds only pickle weights, which are never read";
     E0503 "invalid-header" "a safetensors header is truncated, oversized, not UTF-8 or not valid JSON";
@@ -112,6 +115,8 @@ codes! {
     E0525 "runtime-store-mismatch" "the runtime store was written for another model than --like binds";
     E0530 "quantized-dtype-mismatch" "a pre-quantized tensor or its scale is stored in a dtype its format does not use";
     E0531 "quant-scale-shape-mismatch" "a pre-quantized tensor's scales do not tile it by the declared block";
+    E0540 "rank-out-of-range" "a --tp-rank or --ep-rank is not below its size, or a rank is given without a size";
+    E0541 "unshardable-param" "a param cannot be cut to a rank's slice (a tie to a param split another way)";
     W0501 "unclaimed-tensor" "the checkpoint has tensors nothing loads or ignores";
     E0601 "output-exists" "`--out` names a path that exists and `--force` was not given";
     E0602 "output-not-wmapc" "`--force` would replace a folder that is not an unchanged earlier wmapc output";

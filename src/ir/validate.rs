@@ -5,7 +5,8 @@
 //! relies on: the current [`IR_VERSION`]; positive shapes whose element counts are
 //! within [`limits::MAX_NUMEL`]; repeat and stack counts within their caps, with index
 //! ranges inside their repeat and disjoint; slices, splits and dims that make sense;
-//! offload-group variables that are bound; at most [`limits::MAX_TENSORS`] tensors.
+//! offload-group variables that are bound; shard rules that fit their shapes; at most
+//! [`limits::MAX_TENSORS`] tensors.
 //! It does not check names against a checkpoint; binding does that.
 
 use super::{limits, Body, GroupExpr, Instance, Ir, Param, Source, IR_VERSION};
@@ -107,11 +108,39 @@ fn instance(inst: &Instance, path: &str, vars: &mut Vec<String>) -> Result<(), S
 fn param(p: &Param, path: &str, vars: &[String]) -> Result<(), String> {
     shape(&p.shape).map_err(|e| format!("{path}: {e}"))?;
     source(&p.source).map_err(|e| format!("{path}: {e}"))?;
+    if let Some(sh) = &p.shard {
+        shard(sh, &p.shape).map_err(|e| format!("{path}: shard: {e}"))?;
+    }
     if let Some(g) = &p.offload_group {
         let mut bound: Vec<&str> = vars.iter().map(String::as_str).collect();
         bound.extend(g.per.iter().map(String::as_str));
         unbound(&g.expr, &bound)
             .map_err(|v| format!("{path}: offload group reads unbound `{v}`"))?;
+    }
+    Ok(())
+}
+
+/// The rule fits the shape: the split dim exists, its parts add up to it, the unit
+/// divides every part (what `check` established for a compiled IR).
+fn shard(sh: &super::shard::Shard, shape: &[u64]) -> Result<(), String> {
+    if sh.experts && shape.len() < 2 {
+        return Err("`experts` needs a stacked param".into());
+    }
+    let Some(tp) = &sh.tp else { return Ok(()) };
+    let first = usize::from(sh.experts);
+    let want = first + usize::from(tp.kind == super::shard::TpKind::Row);
+    if tp.dim != want || tp.dim >= shape.len() {
+        return Err(format!("a {} split on dim {}", tp.kind.name(), tp.dim));
+    }
+    let sum = tp.parts.iter().try_fold(0u64, |a, &p| a.checked_add(p));
+    if sum != Some(shape[tp.dim]) || tp.parts.is_empty() {
+        return Err(format!(
+            "parts {:?} for a dim of {}",
+            tp.parts, shape[tp.dim]
+        ));
+    }
+    if tp.unit == 0 || tp.parts.iter().any(|p| p % tp.unit != 0) {
+        return Err(format!("unit {} for parts {:?}", tp.unit, tp.parts));
     }
     Ok(())
 }

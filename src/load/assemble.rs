@@ -3,7 +3,7 @@
 
 use super::convert::convert;
 use crate::checkpoint::{Checkpoint, Dtype};
-use crate::diag::Diagnostic;
+use crate::diag::{Code, Diagnostic};
 use crate::plan::Recipe;
 
 fn numel(shape: &[u64]) -> usize {
@@ -40,6 +40,9 @@ pub fn fill(
                 read_converted(ckpt, &entry, dtype, out)
             }
         }
+        Recipe::Window {
+            file, dtype: src, ..
+        } => fill_window(ckpt, recipe, *file, *src, dtype, out),
         Recipe::Reshape { source, .. } => fill(ckpt, source, dtype, out),
         Recipe::Stack { parts } | Recipe::Fuse { dim: 0, parts } => {
             let mut at = 0;
@@ -140,6 +143,40 @@ fn read_converted(
         ckpt.read_at(entry.shard, offset, src)?;
         convert(entry.dtype, src, dtype, dst);
         offset += src.len() as u64;
+    }
+    Ok(())
+}
+
+/// Reads a window run by run, each straight into its place in `out` (converted when
+/// the stored dtype differs): only the window's own bytes are read.
+fn fill_window(
+    ckpt: &Checkpoint,
+    window: &Recipe,
+    file: usize,
+    src: Dtype,
+    dtype: Dtype,
+    out: &mut [u8],
+) -> Result<(), Diagnostic> {
+    let runs = crate::plan::shard::window_runs(window)
+        .ok_or_else(|| Diagnostic::new(Code::E0901, "a window past 64 bits"))?;
+    let (ss, ds) = (src.size(), dtype.size());
+    let mut at = 0usize;
+    let mut raw = Vec::new();
+    for (offset, len) in runs {
+        let len = usize::try_from(len)
+            .map_err(|_| Diagnostic::new(Code::E0901, "a window run past the address space"))?;
+        let n = len / ss * ds;
+        let dst = out
+            .get_mut(at..at + n)
+            .ok_or_else(|| Diagnostic::new(Code::E0901, "a window larger than its target"))?;
+        if src == dtype {
+            ckpt.read_at(file, offset, dst)?;
+        } else {
+            raw.resize(len, 0);
+            ckpt.read_at(file, offset, &mut raw)?;
+            convert(src, &raw, dtype, dst);
+        }
+        at += n;
     }
     Ok(())
 }

@@ -20,7 +20,7 @@ pub fn bytes_of(shape: &[u64], dtype: Dtype) -> Option<u64> {
 /// Scratch bytes a recipe allocates beyond its output while it is filled.
 fn scratch(recipe: &Recipe, dtype: Dtype) -> Option<u64> {
     match recipe {
-        Recipe::Read { .. } | Recipe::Tied { .. } => Some(0),
+        Recipe::Read { .. } | Recipe::Window { .. } | Recipe::Tied { .. } => Some(0),
         Recipe::Reshape { source, .. } => scratch(source, dtype),
         Recipe::Stack { parts } | Recipe::Fuse { dim: 0, parts } => parts
             .iter()

@@ -66,14 +66,7 @@ fn target_bytes(t: &Target) -> u64 {
 
 /// Checkpoint bytes a target's recipe reads.
 pub fn read_bytes(t: &Target) -> u64 {
-    t.recipe
-        .reads()
-        .iter()
-        .map(|r| match r {
-            Recipe::Read { length, .. } => *length,
-            _ => 0,
-        })
-        .sum()
+    t.recipe.read_bytes()
 }
 
 /// Assembles one target into `out` (its exact bytes in its dtype) on the CPU.

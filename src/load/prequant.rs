@@ -25,18 +25,31 @@ use crate::diag::{Code, Diagnostic};
 use crate::plan::{Recipe, Target};
 use crate::quant::{Format, QuantizedTensor, Scales};
 
-/// The bytes of a [`Recipe::Read`] as stored.
+/// The bytes of a [`Recipe::Read`] (or of a rank's [`Recipe::Window`]) as stored.
 fn read_raw(ckpt: &Checkpoint, r: &Recipe) -> Result<(Vec<u8>, Dtype, Vec<u64>), Diagnostic> {
-    let Recipe::Read {
-        file,
-        offset,
-        length,
-        dtype,
-        shape,
-        tensor,
-    } = r
-    else {
-        return Err(bad("a pre-quantized source reads whole tensors"));
+    let (file, offset, length, dtype, shape, tensor) = match r {
+        Recipe::Read {
+            file,
+            offset,
+            length,
+            dtype,
+            shape,
+            tensor,
+        } => (file, offset, length, dtype, shape, tensor),
+        Recipe::Window {
+            dtype,
+            shape,
+            tensor,
+            ..
+        } => {
+            let n = super::bytes_of(shape, *dtype)
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| bad("a tensor does not fit in memory"))?;
+            let mut buf = super::memory::try_alloc(n, tensor)?;
+            super::assemble::fill(ckpt, r, *dtype, &mut buf)?;
+            return Ok((buf, *dtype, shape.clone()));
+        }
+        _ => return Err(bad("a pre-quantized source reads stored tensors")),
     };
     let n = usize::try_from(*length).map_err(|_| bad("a tensor does not fit in memory"))?;
     let mut buf = super::memory::try_alloc(n, tensor)?;

@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use crate::diag::{Code, Diagnostic, Diagnostics};
 use crate::driver;
+pub use crate::ir::shard::Ranks;
 use crate::offload::{HostBackend, Policy};
 use crate::plan::Plan;
 use crate::quant::{Format, QuantReport, Stored};
@@ -77,6 +78,8 @@ pub struct Loader {
     /// `force` replaces an earlier wmapc output there.
     pub export: Option<(PathBuf, bool)>,
     pub progress: Option<ProgressFn>,
+    /// This process's tensor- and expert-parallel rank: only its shards are read.
+    pub ranks: Ranks,
 }
 
 impl Loader {
@@ -91,6 +94,7 @@ impl Loader {
             allow_unclaimed: false,
             export: None,
             progress: None,
+            ranks: Ranks::default(),
         }
     }
 
@@ -129,6 +133,13 @@ impl Loader {
         self
     }
 
+    /// Loads only rank `tp_rank` of `tp_size` (and `ep_rank` of `ep_size`): each param
+    /// cut to the rank's slice by its `shard` rule, reading only those bytes.
+    pub fn ranks(mut self, ranks: Ranks) -> Loader {
+        self.ranks = ranks;
+        self
+    }
+
     pub fn progress(mut self, progress: impl Fn(u64) + Send + Sync + 'static) -> Loader {
         self.progress = Some(Arc::new(progress));
         self
@@ -147,7 +158,7 @@ impl Loader {
         let source = driver::model_source(self.model.as_deref());
         let mut c = driver::compile(&source, Some(&config)).map_err(|d| fail(d, &notes))?;
         // A load drops what nothing claims, so it refuses unclaimed tensors unless told.
-        let bound = driver::bind(&mut c, &self.dir, !self.allow_unclaimed);
+        let bound = driver::bind_rank(&mut c, &self.dir, !self.allow_unclaimed, self.ranks);
         match bound {
             Some(b) => Ok(Bound {
                 loader: self.clone(),
@@ -179,6 +190,13 @@ impl Loader {
             return conflict(
                 "--offload-budget has no effect with --out: the export is written, not offloaded",
                 "drop one of --offload-budget and --out",
+            );
+        }
+        check_ranks(self.ranks)?;
+        if !self.ranks.is_whole() && self.export.is_some() && self.quant.is_some() {
+            return conflict(
+                "--out with --quant writes HF naming, whose tensors are whole; a rank's shard has no HF name",
+                "drop --quant to write the rank's shard in the runtime layout, or drop --tp-size/--ep-size",
             );
         }
         if matches!(self.device, Device::Cuda(_)) && self.export.is_some() {
@@ -224,6 +242,26 @@ impl Loader {
         }
         Ok(())
     }
+}
+
+/// Ranks below their sizes, sizes at least 1 (E0540).
+pub fn check_ranks(r: Ranks) -> Result<(), Diagnostic> {
+    for (what, rank, size) in [("tp", r.tp_rank, r.tp_size), ("ep", r.ep_rank, r.ep_size)] {
+        if size == 0 {
+            return Err(Diagnostic::new(
+                Code::E0540,
+                format!("--{what}-size is 0; a load has at least one rank"),
+            ));
+        }
+        if rank >= size {
+            return Err(Diagnostic::new(
+                Code::E0540,
+                format!("--{what}-rank {rank} is not below --{what}-size {size}"),
+            )
+            .with_help(format!("ranks count from 0: 0 to {}", size - 1)));
+        }
+    }
+    Ok(())
 }
 
 /// Whether a CUDA device can be used by this build on this machine.
@@ -344,9 +382,13 @@ impl Bound {
         self
     }
 
-    /// Bytes the load will read, for a progress total.
+    /// Bytes the load will read, for a progress total: a rank's own bytes, or the
+    /// whole checkpoint's.
     pub fn total_bytes(&self) -> u64 {
-        self.checkpoint.data_bytes()
+        match &self.plan.rank {
+            Some(r) => r.read_bytes,
+            None => self.checkpoint.data_bytes(),
+        }
     }
 
     /// Reads the checkpoint into the sink the options call for.

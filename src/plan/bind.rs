@@ -55,6 +55,7 @@ pub fn bind(
         targets: b.targets,
         ignored,
         unclaimed,
+        rank: None,
     });
     (plan, diags)
 }
@@ -200,6 +201,7 @@ impl Binder<'_> {
                     quantizable: p.quantizable,
                     offload,
                     fallbacks: ctx.fallbacks,
+                    shard: p.shard.clone(),
                     recipe,
                 });
             }

@@ -12,6 +12,7 @@ mod bind;
 mod groups;
 mod ranges;
 mod report;
+pub mod shard;
 
 pub use bind::bind;
 pub(crate) use bind::scale_grid;
@@ -21,8 +22,9 @@ use serde::Serialize;
 
 use crate::checkpoint::Dtype;
 
-/// Bumped on every change to the plan's JSON shape.
-pub const PLAN_VERSION: u32 = 2;
+/// Bumped on every change to the plan's JSON shape (3: `window` reads and a rank's
+/// `rank` summary).
+pub const PLAN_VERSION: u32 = 3;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Plan {
@@ -35,6 +37,9 @@ pub struct Plan {
     pub ignored: Vec<String>,
     /// Checkpoint tensors nothing claims or ignores.
     pub unclaimed: Vec<String>,
+    /// For one rank's plan ([`shard::for_rank`]): which rank, and what it reads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rank: Option<shard::RankSummary>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -50,6 +55,10 @@ pub struct Target {
     /// For each fallback list met while binding, in order, the option taken.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub fallbacks: Vec<Fallback>,
+    /// How the target splits across ranks ([`shard::for_rank`] cuts it); not in the
+    /// plan's JSON, which describes one rank's reads.
+    #[serde(skip)]
+    pub shard: Option<crate::ir::shard::Shard>,
     pub recipe: Recipe,
 }
 
@@ -76,6 +85,18 @@ pub enum Recipe {
         offset: u64,
         length: u64,
         dtype: Dtype,
+        shape: Vec<u64>,
+    },
+    /// A box of a stored tensor (`stored` at `offset`): `start[d]..start[d] + shape[d]`
+    /// on every dim, read one contiguous run at a time, so only its own bytes are read.
+    /// What a rank's slice of a [`Recipe::Read`] becomes.
+    Window {
+        file: usize,
+        tensor: String,
+        offset: u64,
+        dtype: Dtype,
+        stored: Vec<u64>,
+        start: Vec<u64>,
         shape: Vec<u64>,
     },
     /// Concatenate along `dim`.
@@ -144,6 +165,7 @@ impl Recipe {
     pub fn shape(&self) -> Vec<u64> {
         match self {
             Recipe::Read { shape, .. }
+            | Recipe::Window { shape, .. }
             | Recipe::Reshape { shape, .. }
             | Recipe::Bnb4 { shape, .. }
             | Recipe::Mxfp4 { shape, .. }
@@ -187,7 +209,32 @@ impl Recipe {
         }
     }
 
-    /// Every read, in order.
+    /// The byte runs `(file, offset, length)` a read leaf reads, in order; none for
+    /// other recipes. A window's runs are its contiguous pieces.
+    pub fn runs(&self) -> Vec<(usize, u64, u64)> {
+        match self {
+            Recipe::Read {
+                file,
+                offset,
+                length,
+                ..
+            } => vec![(*file, *offset, *length)],
+            Recipe::Window { file, .. } => shard::window_runs(self)
+                .map(|w| w.into_iter().map(|(o, n)| (*file, o, n)).collect())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Bytes this recipe's reads take from the checkpoint.
+    pub fn read_bytes(&self) -> u64 {
+        self.reads()
+            .iter()
+            .flat_map(|r| r.runs())
+            .fold(0, |a, (_, _, n)| a.saturating_add(n))
+    }
+
+    /// Every read (a [`Recipe::Read`] or [`Recipe::Window`]), in order.
     pub fn reads(&self) -> Vec<&Recipe> {
         let mut out = Vec::new();
         self.visit_reads(&mut |r| out.push(r));
@@ -196,7 +243,7 @@ impl Recipe {
 
     fn visit_reads<'a>(&'a self, f: &mut dyn FnMut(&'a Recipe)) {
         match self {
-            Recipe::Read { .. } => f(self),
+            Recipe::Read { .. } | Recipe::Window { .. } => f(self),
             Recipe::Fuse { parts, .. } | Recipe::Stack { parts } => {
                 parts.iter().for_each(|p| p.visit_reads(f))
             }
@@ -247,12 +294,17 @@ impl Recipe {
 impl Plan {
     /// Bytes of all targets in their target dtypes (tied targets count once).
     pub fn target_bytes(&self) -> u64 {
-        self.targets
-            .iter()
-            .filter(|t| !matches!(t.recipe, Recipe::Tied { .. }))
-            .map(|t| crate::ir::byte_size(&t.shape, t.dtype.size() as u64).unwrap_or(u64::MAX))
-            .fold(0, u64::saturating_add)
+        bytes_of_targets(&self.targets)
     }
+}
+
+/// Bytes of `targets` in their target dtypes (tied targets count once).
+fn bytes_of_targets(targets: &[Target]) -> u64 {
+    targets
+        .iter()
+        .filter(|t| !matches!(t.recipe, Recipe::Tied { .. }))
+        .map(|t| crate::ir::byte_size(&t.shape, t.dtype.size() as u64).unwrap_or(u64::MAX))
+        .fold(0, u64::saturating_add)
 }
 
 /// The checkpoint [`Dtype`] a param of IR dtype `d` is loaded as.

@@ -226,6 +226,8 @@ type Traced = (Vec<u64>, Vec<u64>);
 fn walk(r: &Recipe, leaves: &mut Vec<Leaf>) -> Result<Traced, Diagnostic> {
     match r {
         Recipe::Read { shape, .. } => Ok((shape.clone(), leaf(r, leaves)?.collect())),
+        // A rank's slice: a save writes whole checkpoints, from whole plans only.
+        Recipe::Window { .. } => Err(bug("a rank's window in a save".into())),
         Recipe::Reshape { shape, source } => {
             let (_, ids) = walk(source, leaves)?;
             if count(shape)? != ids.len() {

@@ -131,9 +131,19 @@ pub struct Param {
     pub optional: Option<Span>,
     pub dtype: Option<Ident>,
     pub offload_group: Option<Expr>,
+    /// `shard column(parts = […], unit = …)`, `shard experts, row`: the rules in order.
+    pub shard: Option<Vec<ShardRule>>,
     pub when: Option<Expr>,
     pub source: Option<Source>,
     pub span: Span,
+}
+
+/// One rule of a `shard` attribute: its kind (`column`, `row`, `experts`) and its
+/// arguments (`parts`, `unit`), checked by `check`.
+#[derive(Clone, Debug)]
+pub struct ShardRule {
+    pub kind: Ident,
+    pub args: Vec<Arg>,
 }
 
 #[derive(Clone, Debug)]

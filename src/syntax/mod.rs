@@ -207,6 +207,7 @@ fn rule_name(rule: Rule) -> Option<&'static str> {
         | Rule::attr_optional
         | Rule::attr_dtype
         | Rule::attr_offload
+        | Rule::attr_shard
         | Rule::attr_when
         | Rule::attr_from => "a param attribute",
         Rule::attr_at => "`at`",
@@ -389,6 +390,7 @@ impl Builder<'_> {
             optional: None,
             dtype: None,
             offload_group: None,
+            shard: None,
             when: None,
             source: None,
             span,
@@ -407,6 +409,11 @@ impl Builder<'_> {
                 Rule::attr_offload => {
                     let e = self.expr(attr.into_inner().next().expect("grammar: offload"));
                     self.once(&mut p.offload_group, e, aspan, "offload_group");
+                }
+                Rule::attr_shard => {
+                    let rules = attr.into_inner().skip(1).map(|r| self.shard_rule(r));
+                    let rules = rules.collect();
+                    self.once(&mut p.shard, rules, aspan, "shard");
                 }
                 Rule::attr_when => {
                     let e = self.expr(attr.into_inner().nth(1).expect("grammar: when"));
@@ -461,6 +468,14 @@ impl Builder<'_> {
             }
         }
         inst
+    }
+
+    /// `column(parts = [a, b], unit = u)`: a kind and its arguments.
+    fn shard_rule(&mut self, pair: Pair<Rule>) -> ShardRule {
+        let mut inner = pair.into_inner();
+        let kind = self.ident(inner.next().expect("grammar: shard rule kind"));
+        let args = inner.next().map(|a| self.args(a)).unwrap_or_default();
+        ShardRule { kind, args }
     }
 
     fn range(&mut self, pair: Pair<Rule>) -> Range {

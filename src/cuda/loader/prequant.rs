@@ -106,12 +106,16 @@ fn has_stored(r: &Recipe) -> bool {
         Recipe::Reshape { source, .. }
         | Recipe::Transpose { source, .. }
         | Recipe::Slice { source, .. } => has_stored(source),
-        Recipe::Read { .. } | Recipe::Tied { .. } => false,
+        Recipe::Read { .. } | Recipe::Window { .. } | Recipe::Tied { .. } => false,
     }
 }
 
-/// Whether [`decode`] assembles `r` into a bf16 target.
+/// Whether [`decode`] assembles `r` into a bf16 target. A rank's column window (or a
+/// tile cut of a stored tensor) is assembled by the CPU path instead.
 fn decodable(r: &Recipe) -> bool {
+    if r.reads().iter().any(|x| matches!(x, Recipe::Window { .. })) {
+        return false;
+    }
     match r {
         Recipe::Read { dtype, .. } => *dtype == Dtype::Bf16,
         Recipe::Fp8Blocks { .. } | Recipe::Bnb4 { .. } | Recipe::Mxfp4 { .. } => true,
@@ -119,6 +123,7 @@ fn decodable(r: &Recipe) -> bool {
         Recipe::Fuse { dim: 0, parts } | Recipe::Stack { parts } => parts.iter().all(decodable),
         Recipe::Reshape { source, .. } | Recipe::Transpose { source, .. } => decodable(source),
         Recipe::Fuse { .. } | Recipe::Slice { .. } | Recipe::Tied { .. } => false,
+        Recipe::Window { .. } => false,
     }
 }
 
