@@ -139,7 +139,7 @@ impl<T> Layout<T> {
     }
 }
 
-/// A read's dtype, shape and byte length.
+/// A read's dtype, shape and byte length (a rank's window: its own shape and bytes).
 pub(super) fn meta(r: &Recipe) -> Result<(Dtype, &[u64], u64), Diagnostic> {
     match r {
         Recipe::Read {
@@ -148,7 +148,12 @@ pub(super) fn meta(r: &Recipe) -> Result<(Dtype, &[u64], u64), Diagnostic> {
             length,
             ..
         } => Ok((*dtype, shape, *length)),
-        _ => Err(bad("a pre-quantized source reads whole tensors")),
+        Recipe::Window { dtype, shape, .. } => {
+            let length = super::super::bytes_of(shape, *dtype)
+                .ok_or_else(|| bad("a window's size overflows"))?;
+            Ok((*dtype, shape, length))
+        }
+        _ => Err(bad("a pre-quantized source reads stored tensors")),
     }
 }
 
