@@ -775,6 +775,35 @@ fn mamba_keeps_its_state_space_params_f32() {
     assert_eq!(store["layers.0.mixer.conv_weight"].shape, vec![64, 4]);
 }
 
+/// GPT-OSS keeps its norms in f32 (transformers' `_keep_in_fp32_modules`): the bf16
+/// checkpoint norms widen exactly; the other params stay bf16.
+#[test]
+fn gpt_oss_keeps_its_norms_f32() {
+    let dir = fixture("gpt_oss");
+    let (_, store) = load_dir(&dir, &ModelSource::Detect);
+    let widen = |b: Vec<u8>| -> Vec<u8> {
+        b.chunks(2)
+            .flat_map(|p| ((u16::from_le_bytes([p[0], p[1]]) as u32) << 16).to_le_bytes())
+            .collect()
+    };
+    for (target, source) in [
+        (
+            "layers.1.input_norm.weight",
+            "model.layers.1.input_layernorm.weight",
+        ),
+        (
+            "layers.0.post_attention_norm.weight",
+            "model.layers.0.post_attention_layernorm.weight",
+        ),
+        ("final_norm.weight", "model.norm.weight"),
+    ] {
+        let t = &store[target];
+        assert_eq!(t.dtype.name(), "F32", "{target}");
+        assert_eq!(t.data.to_vec(), widen(raw(&dir, source).0), "{target}");
+    }
+    assert_eq!(store["layers.0.sinks.sinks"].dtype.name(), "BF16");
+}
+
 /// Jamba (4 layers; attention and MoE at period 2, offset 1): layers 0 and 2 bind a Mamba
 /// mixer with its dt/B/C norms and a dense MLP, layers 1 and 3 attention and routed
 /// experts, each byte-identical to its sources; no layer binds the other kind.
