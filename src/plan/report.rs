@@ -151,20 +151,10 @@ fn show(s: &[u64]) -> String {
     )
 }
 
-/// At most this many patterns of unclaimed tensors are listed one by one.
-const MAX_UNCLAIMED_PATTERNS: usize = 20;
-
-pub fn diagnostics(
-    issues: &[Issue],
-    unclaimed: &[String],
-    spans: &ir::Spans,
-    strict: bool,
-    layers: Option<u64>,
-) -> Diagnostics {
-    let mut diags = Diagnostics::default();
-    // Group issues by (param, problem text with indices templated), keeping first order.
-    // The last field counts the missing tensors of every issue in the group: a stack
-    // missing 4 experts in each of 3 layers misses 12, not 4 or 3.
+/// Groups issues by (param, subject with its positions as holes), keeping first order.
+/// A group counts the missing tensors of every issue in it: a stack missing 4 experts in
+/// each of 3 layers misses 12, not 4 or 3.
+fn group(issues: &[Issue]) -> Vec<Group<'_>> {
     let mut groups: Vec<Group> = Vec::new();
     for issue in issues {
         // Every absent tensor of a stack is a member: the positions say which experts.
@@ -203,6 +193,21 @@ pub fn diagnostics(
             }),
         }
     }
+    groups
+}
+
+/// At most this many patterns of unclaimed tensors are listed one by one.
+const MAX_UNCLAIMED_PATTERNS: usize = 20;
+
+pub fn diagnostics(
+    issues: &[Issue],
+    unclaimed: &[String],
+    spans: &ir::Spans,
+    strict: bool,
+    layers: Option<u64>,
+) -> Diagnostics {
+    let mut diags = Diagnostics::default();
+    let groups = group(issues);
     for g in groups {
         let (issue, missing_total) = (g.first, g.missing);
         let site = spans.get(&g.ir_path);
