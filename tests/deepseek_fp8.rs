@@ -3,8 +3,9 @@
 //! `scripts/make_fp8_checkpoint.py`): the stdlib model binds it from `quantization_config`
 //! with no user file, every param loads bit-identical to transformers' `Fp8Dequantize`
 //! (`tests/fixtures/golden/deepseek_v3_fp8_dequant.safetensors`), the stored codes pass
-//! through to `fp8-block` where a param is whole stored tensors, and the rest (the per-head
-//! split of `kv_b`, stacked experts) is requantized from the exact dequantization.
+//! through to `fp8-block` where a param is whole stored tensors or whole tiles of one (the
+//! per-head split of `kv_b`), and stacked experts are requantized from the exact
+//! dequantization.
 
 mod common;
 
@@ -210,15 +211,16 @@ fn deepseek_fp8_release_plans_fp8_reads_for_the_quantized_linears() {
 }
 
 /// `fp8-block` with the release's own tile: a param made of whole stored tensors keeps the
-/// stored codes and scales, byte for byte; `k_b`/`v_b` (rows gathered from inside `kv_b`'s
-/// tiles) and the stacked experts are requantized from the exact dequantization.
+/// stored codes and scales, byte for byte, and so do `k_b`/`v_b`, whose per-head rows are
+/// whole tiles of `kv_b` here (nope = v = 8, tiles of 4 rows); only the stacked experts
+/// are requantized from the exact dequantization.
 #[test]
 fn deepseek_fp8_release_passes_whole_linears_through_to_fp8_block() {
     let (plan, ckpt) = plan();
     let store = QuantStore::new(Format::Fp8Block { block: TILE });
     load::execute(&plan, &ckpt, &store, load::Options::default(), &|_| {}).unwrap();
     let report = store.report();
-    assert_eq!((report.quantized, report.passed_through), (28, 18));
+    assert_eq!((report.quantized, report.passed_through), (28, 24));
     let out = store.into_tensors();
     let raw = tensors(dir().join("model.safetensors"));
     let cat = |names: &[String], suffix: &str| -> Vec<u8> {
@@ -239,6 +241,38 @@ fn deepseek_fp8_release_passes_whole_linears_through_to_fp8_block() {
             let s: Vec<u8> = s.iter().flat_map(|v| v.to_le_bytes()).collect();
             assert_eq!(s, cat(&names, "_scale_inv"), "{target} scales");
         }
+        let kv_b = format!("model.layers.{layer}.self_attn.kv_b_proj.weight");
+        let scales = &raw[&format!("{kv_b}_scale_inv")];
+        let scale_row = KV_RANK / TILE * 4;
+        for (part, from, len) in [("k_b", 0, NOPE), ("v_b", NOPE, V)] {
+            let target = format!("layers.{layer}.attention.{part}");
+            let Stored::Quantized(q) = &out[&target] else {
+                panic!("{target} is not quantized")
+            };
+            assert_eq!(
+                q.data,
+                per_head(&raw[&kv_b], KV_RANK, from, len),
+                "{target} codes"
+            );
+            // Scale rows: one per tile of rows, a head's tiles (nope + v) / TILE apart.
+            let want: Vec<u8> = (0..HEADS)
+                .flat_map(|h| (0..len / TILE).map(move |t| h * (NOPE + V) / TILE + from / TILE + t))
+                .flat_map(|r| scales[r * scale_row..(r + 1) * scale_row].to_vec())
+                .collect();
+            let Scales::F32(s) = &q.scales else {
+                panic!("{target}: f32 scales")
+            };
+            let s: Vec<u8> = s.iter().flat_map(|v| v.to_le_bytes()).collect();
+            assert_eq!(s, want, "{target} scales");
+            assert_eq!(
+                q.scale_shape,
+                [(HEADS * len / TILE) as u64, (KV_RANK / TILE) as u64]
+            );
+        }
+    }
+    for layer in 1..3 {
+        let t = format!("layers.{layer}.moe.experts.gate_up");
+        assert!(matches!(out[&t], Stored::Quantized(_)), "{t}: requantized");
     }
 }
 

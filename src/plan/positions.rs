@@ -1,5 +1,6 @@
 //! Where a concrete name sits in the mapping, by index variable: matched against the name
-//! templates of the param it concerns (`model.layers.{layer}.mlp.experts.{expert}.up_proj.weight`),
+//! templates of the param it concerns
+//! (`model.layers.{layer}.mlp.experts.{expert}.up_proj.weight`),
 //! `model.layers.3.mlp.experts.7.up_proj.weight` is layer = 3, expert = 7.
 //!
 //! Input: a checkpoint or target name and the templates of its param (every tensor name its
