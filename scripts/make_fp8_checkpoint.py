@@ -21,10 +21,13 @@ the golden dequantization of each quantized linear by transformers' own `Fp8Dequ
       tile here is 4×4: the largest that divides every tiny linear (kv_a has 20 rows).
   tests/fixtures/golden/deepseek_v3_fp8_dequant.safetensors
       the same golden dequantization for that release.
+  tests/fixtures/hf/qwen3_next_fp8 and tests/fixtures/golden/qwen3_next_fp8_dequant.safetensors
+      the Qwen3-Next fixture the same way (every attention, linear-attention `in_proj_qkvz` /
+      `out_proj`, MLP and expert linear; routers, gates and `in_proj_ba` in BF16), 8×8 tiles.
 
 Usage (from the repository root; CPU only; torch 2.11 and transformers 5.17):
   python3 scripts/make_fp8_checkpoint.py                # both
-  python3 scripts/make_fp8_checkpoint.py deepseek_v3    # one of qwen3, deepseek_v3
+  python3 scripts/make_fp8_checkpoint.py deepseek_v3    # one of qwen3, deepseek_v3, qwen3_next
 The Qwen3 full-precision weights come from torch.Generator seeds below, DeepSeek-V3's from
 its bf16 fixture; the versions are recorded in the files' `__metadata__` and, for the
 fixture folders, in tests/fixtures/PROVENANCE.json. tests/prequant.rs loads the checkpoints
@@ -184,8 +187,54 @@ def deepseek_v3():
         f.write(json.dumps(prov, indent=1) + "\n")
 
 
+# The linears of Qwen3-Next quantized here: every projection of the attention, the linear
+# attention's `in_proj_qkvz` and `out_proj`, the MLPs and experts; the routers
+# (`mlp.gate`, `shared_expert_gate`) and the linear attention's `in_proj_ba` (its gates)
+# stay BF16.
+QWEN3_NEXT_LINEAR = re.compile(
+    r"model\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)"
+    r"|linear_attn\.(in_proj_qkvz|out_proj)"
+    r"|mlp\.(experts\.\d+\.|shared_expert\.)?(gate_proj|up_proj|down_proj))\.weight")
+# The largest square tile dividing every tiny linear (the shared expert is 48 wide).
+QWEN3_NEXT_BLOCK = [8, 8]
+
+
+def release_of(src, out, golden_path, pattern, block, prov_name):
+    """`src` (a bf16 fixture made by make_fixtures.py) as an FP8 release: the linears
+    `pattern` names as codes + scales, everything else as it is."""
+    weights = load_file(f"{src}/model.safetensors")
+    linears = {k: v for k, v in weights.items() if pattern.fullmatch(k)}
+    plain = {k: v for k, v in weights.items() if k not in linears}
+    tensors, golden = quantize(plain, linears, block)
+    with open(f"{src}/config.json") as f:
+        config = json.load(f)
+    config["quantization_config"] = {
+        "activation_scheme": "dynamic",
+        "fmt": "e4m3",
+        "quant_method": "fp8",
+        "weight_block_size": block,
+    }
+    write(out, golden_path, config, tensors, golden)
+    prov_path = "tests/fixtures/PROVENANCE.json"
+    with open(prov_path) as f:
+        prov = json.load(f)
+    prov[prov_name] = {
+        "from": src, "quantizer": "transformers.integrations.finegrained_fp8.Fp8Quantize",
+        "weight_block_size": block, "linears": len(linears),
+        "script": "scripts/make_fp8_checkpoint.py",
+        "transformers": transformers.__version__, "torch": torch.__version__}
+    with open(prov_path, "w") as f:
+        f.write(json.dumps(prov, indent=1) + "\n")
+
+
+def qwen3_next():
+    release_of("tests/fixtures/hf/qwen3_next", "tests/fixtures/hf/qwen3_next_fp8",
+               "tests/fixtures/golden/qwen3_next_fp8_dequant.safetensors", QWEN3_NEXT_LINEAR,
+               QWEN3_NEXT_BLOCK, "qwen3_next_fp8")
+
+
 def main():
-    makers = {"qwen3": qwen3, "deepseek_v3": deepseek_v3}
+    makers = {"qwen3": qwen3, "deepseek_v3": deepseek_v3, "qwen3_next": qwen3_next}
     for name in sys.argv[1:] or list(makers):
         makers[name]()
 

@@ -18,7 +18,7 @@ fn lower(source: &ModelSource, config: &std::path::Path) -> (wmap::ir::Ir, drive
 #[test]
 fn fixture_configs_check_clean_and_lower_to_snapshots() {
     let configs = common::hf_configs();
-    assert_eq!(configs.len(), 51, "fixture configs: {configs:?}");
+    assert_eq!(configs.len(), 52, "fixture configs: {configs:?}");
     for (name, config) in configs {
         let (ir, c) = lower(&ModelSource::Detect, &config);
         let rendered = wmap::diag::render_human(&c.sources, &c.diags, wmap::diag::Color::Never);
