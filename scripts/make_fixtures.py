@@ -299,14 +299,44 @@ FAMILIES = {
                      + ["mamba"] * 9 + ["attention"] + ["mamba"] * 9 + ["attention"]
                      + ["mamba"] * 4),
         tie_word_embeddings=True), 1115),
+    # Qwen/Qwen3-Next-80B-A3B-Instruct: GatedDeltaNet linear attention in three layers of
+    # four, gated full attention in the fourth (`full_attention_interval` 4 on the hub,
+    # `layer_types` in transformers 5), a MoE with a gated shared expert; the tiny one is
+    # dense in layer 1 (`mlp_only_layers`). Full size: the class defaults plus the hub's keys.
+    "qwen3_next": ("Qwen3NextConfig", "Qwen3NextForCausalLM", dict(
+        TINY_MOE, num_hidden_layers=4, shared_expert_intermediate_size=48,
+        mlp_only_layers=[1], full_attention_interval=4, linear_num_key_heads=2,
+        linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8,
+        linear_conv_kernel_dim=4, tie_word_embeddings=False), dict(
+        hidden_size=2048, intermediate_size=5120, num_hidden_layers=48,
+        num_attention_heads=16, num_key_value_heads=2, head_dim=256, vocab_size=151936,
+        max_position_embeddings=262144, rms_norm_eps=1e-6, num_experts=512,
+        num_experts_per_tok=10, moe_intermediate_size=512,
+        shared_expert_intermediate_size=512, decoder_sparse_step=1, mlp_only_layers=[],
+        full_attention_interval=4, linear_num_key_heads=16, linear_num_value_heads=32,
+        linear_key_head_dim=128, linear_value_head_dim=128, linear_conv_kernel_dim=4,
+        tie_word_embeddings=False), 1135),
+}
+
+
+# Fixtures whose hub config.json names the layer kinds by another key than the one the
+# config class saves: `config.hub.json` is config.json in the hub's form.
+HUB_FORMS = {
+    # The hub's Qwen3-Next configs say `full_attention_interval`, not `layer_types`.
+    "qwen3_next": lambda cfg: {**{k: v for k, v in cfg.items() if k != "layer_types"},
+                               "full_attention_interval": 4},
 }
 
 
 def tiny_kwargs(cls, kwargs):
     """Drops the keys a config class does not know (head_dim on older classes), so each
     fixture's config.json has its family's keys only."""
-    known = cls().to_dict()
+    known = set(cls().to_dict()) | ACCEPTED.get(cls.__name__, set())
     return {k: v for k, v in kwargs.items() if k in known}
+
+
+# Keys a config class takes but does not save (it derives a saved key from them).
+ACCEPTED = {"Qwen3NextConfig": {"full_attention_interval"}}
 
 
 def make(name):
@@ -331,6 +361,10 @@ def make(name):
     with tempfile.TemporaryDirectory() as tmp:
         full_cfg.save_pretrained(tmp)
         shutil.copy(Path(tmp) / "config.json", out / "config.full.json")
+    if name in HUB_FORMS:
+        cfg_json = json.loads((out / "config.json").read_text())
+        hub = HUB_FORMS[name](cfg_json)
+        (out / "config.hub.json").write_text(json.dumps(hub, indent=2, sort_keys=True) + "\n")
     size = sum(f.stat().st_size for f in out.iterdir())
     print(f"{name}: {arch}, {size} bytes")
     return {"class": cls_name, "architecture": arch, "seed": seed,

@@ -328,7 +328,9 @@ fn check_instance(program: &Program, inst: &ast::Instance, diags: &mut Diagnosti
 
 fn check_param(program: &Program, decl: &ast::Decl, p: &ast::Param, diags: &mut Diagnostics) {
     if let Some(d) = &p.dtype {
-        if crate::ir::DType::from_name(&d.node).is_none() {
+        // A declaration parameter may hold the dtype's name; `check` reads its value.
+        let is_param = decl.params.iter().any(|dp| dp.name.node == d.node);
+        if crate::ir::DType::from_name(&d.node).is_none() && !is_param {
             let names: Vec<&str> = crate::ir::DType::ALL.iter().map(|d| d.name()).collect();
             diags.push(
                 Diagnostic::new(Code::E0208, format!("unknown dtype `{}`", d.node))

@@ -20,6 +20,7 @@ stdlib_files![
     "modules/moe.wmap",
     "modules/mamba.wmap",
     "modules/mamba2.wmap",
+    "modules/gated_delta_net.wmap",
     "modules/decoder.wmap",
     "models/llama.wmap",
     "models/qwen3.wmap",
@@ -55,6 +56,7 @@ stdlib_files![
     "models/gpt_oss.wmap",
     "models/deepseek_v3.wmap",
     "models/granitemoehybrid.wmap",
+    "models/qwen3_next.wmap",
 ];
 
 /// The text of a stdlib file.

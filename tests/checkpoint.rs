@@ -235,8 +235,9 @@ fn a_missing_tensor_is_reported_by_pattern_with_a_suggestion() {
     );
     let d = missing[0];
     assert!(
-        d.message
-            .contains("missing tensor `model.layers.{0…1}.self_attn.k_proj.weight`"),
+        d.message.contains(
+            "missing tensor `model.layers.{layer}.self_attn.k_proj.weight` for layer = 0…1"
+        ),
         "{}",
         d.message
     );
@@ -537,7 +538,8 @@ model MyLlama for "LlamaForCausalLM" {
     assert!(rendered.contains("5 other param(s) under this prefix miss their tensors too"));
 }
 
-/// A stack missing every expert in every layer counts them all: layers × experts.
+/// A stack missing every expert in every layer counts them all, layers × experts, and
+/// names the positions by the repeat's and the stack's variables.
 #[test]
 fn missing_stacked_tensors_are_counted_in_full() {
     let text = r#"
@@ -566,12 +568,12 @@ model Moe for "Qwen3MoeForCausalLM" {
     assert_eq!(missing.len(), 1, "{rendered}");
     assert_eq!(
         missing[0].message,
-        "missing tensor `model.layers.{0…1}.mlp.experts.0.gate_prj.weight`"
+        "missing tensor `model.layers.{layer}.mlp.experts.{expert}.gate_prj.weight` for layer = 0…1, expert = 0…7"
     );
     assert!(
         missing[0]
             .notes
-            .contains(&"16 tensors of this param are missing; the first is shown".to_string()),
+            .contains(&"16 tensors of this param are missing".to_string()),
         "{rendered}"
     );
 }

@@ -18,7 +18,7 @@ fn lower(source: &ModelSource, config: &std::path::Path) -> (wmap::ir::Ir, drive
 #[test]
 fn fixture_configs_check_clean_and_lower_to_snapshots() {
     let configs = common::hf_configs();
-    assert_eq!(configs.len(), 48, "fixture configs: {configs:?}");
+    assert_eq!(configs.len(), 52, "fixture configs: {configs:?}");
     for (name, config) in configs {
         let (ir, c) = lower(&ModelSource::Detect, &config);
         let rendered = wmap::diag::render_human(&c.sources, &c.diags, wmap::diag::Color::Never);
@@ -71,6 +71,7 @@ fn detection_picks_the_model_serving_the_architecture() {
         ("gpt_oss", "GptOss"),
         ("deepseek_v3", "DeepseekV3"),
         ("granitemoehybrid", "GraniteMoeHybrid"),
+        ("qwen3_next", "Qwen3Next"),
     ];
     for (dir, model) in expect {
         let config = common::root().join(format!("tests/fixtures/hf/{dir}/config.json"));
@@ -109,7 +110,7 @@ fn full_size_configs_check_clean() {
         );
         seen += 1;
     }
-    assert_eq!(seen, 32, "fixtures with a config.full.json");
+    assert_eq!(seen, 33, "fixtures with a config.full.json");
 }
 
 /// Mamba configs write `time_step_rank` as a number or as `"auto"` (⌈hidden_size / 16⌉);
@@ -156,6 +157,27 @@ fn both_nemotron_config_forms_give_the_same_layers() {
             "{dir}: layer_kind from either key must bind the same model"
         );
     }
+}
+
+/// Qwen3-Next's hub configs say `full_attention_interval`; transformers 5 writes the same
+/// layers as `layer_types`. Both bind the same model: full attention in every fourth layer,
+/// the dense MLP in layer 1 (`mlp_only_layers`).
+#[test]
+fn both_qwen3_next_config_forms_give_the_same_layers() {
+    let base = common::root().join("tests/fixtures/hf/qwen3_next");
+    let (a, _) = lower(&ModelSource::Detect, &base.join("config.json"));
+    let (b, _) = lower(&ModelSource::Detect, &base.join("config.hub.json"));
+    assert_eq!(a.root, b.root);
+    let layers = &b.root.instances[0];
+    assert_eq!(
+        layers.kinds,
+        [
+            "linear_attention+moe",
+            "linear_attention+mlp",
+            "linear_attention+moe",
+            "attention+moe"
+        ]
+    );
 }
 
 #[test]

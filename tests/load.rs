@@ -90,7 +90,7 @@ fn every_fixture_plans_clean_with_nothing_unclaimed() {
 }
 
 /// The fixtures of `scripts/make_fixtures.py` (one per stdlib family, plus config variants).
-const FAMILIES: [&str; 32] = [
+const FAMILIES: [&str; 33] = [
     "qwen2",
     "qwen2_moe",
     "granite",
@@ -123,6 +123,7 @@ const FAMILIES: [&str; 32] = [
     "gpt_oss",
     "deepseek_v3",
     "granitemoehybrid",
+    "qwen3_next",
 ];
 
 /// (fixture, target, checkpoint tensors whose bytes, concatenated, the target must be).
@@ -342,6 +343,27 @@ const EXPECTED: &[(&str, &str, &[&str])] = &[
         "model.layers.1.self_attn.k_proj.weight",
         "model.layers.1.self_attn.v_proj.weight",
     ]),
+    // Layers 0–2 are linear attention, 3 full attention; layer 1 is dense (`mlp_only_layers`).
+    ("qwen3_next", "layers.{l}.linear_attention.conv_weight", &[
+        "model.layers.{l}.linear_attn.conv1d.weight",
+    ]),
+    ("qwen3_next", "layers.{l}.linear_attention.norm", &["model.layers.{l}.linear_attn.norm.weight"]),
+    ("qwen3_next", "layers.{l}.linear_attention.out_proj", &[
+        "model.layers.{l}.linear_attn.out_proj.weight",
+    ]),
+    ("qwen3_next", "layers.3.attention.out", &["model.layers.3.self_attn.o_proj.weight"]),
+    ("qwen3_next", "layers.3.attention.qk_norm.q_norm", &["model.layers.3.self_attn.q_norm.weight"]),
+    ("qwen3_next", "layers.3.attention.qk_norm.k_norm", &["model.layers.3.self_attn.k_norm.weight"]),
+    ("qwen3_next", "layers.1.mlp.gate_up", &[
+        "model.layers.1.mlp.gate_proj.weight",
+        "model.layers.1.mlp.up_proj.weight",
+    ]),
+    ("qwen3_next", "layers.3.moe.experts.gate_up", &[
+        "model.layers.3.mlp.experts.{e}.gate_proj.weight+model.layers.3.mlp.experts.{e}.up_proj.weight",
+    ]),
+    ("qwen3_next", "layers.3.moe.router", &["model.layers.3.mlp.gate.weight"]),
+    ("qwen3_next", "layers.3.moe.shared_gate", &["model.layers.3.mlp.shared_expert_gate.weight"]),
+    ("qwen3_next", "layers.3.moe.shared.down", &["model.layers.3.mlp.shared_expert.down_proj.weight"]),
     ("deepseek_v3", "layers.1.moe.shared.gate_up", &[
         "model.layers.1.mlp.shared_experts.gate_proj.weight",
         "model.layers.1.mlp.shared_experts.up_proj.weight",
@@ -387,9 +409,9 @@ fn family_fixtures_load_bit_identical_to_their_sources() {
 /// group per (layer, expert) while everything else stays resident.
 #[test]
 fn family_fixtures_quantize_matrices_and_offload_experts() {
-    const MATRICES: [&str; 13] = [
+    const MATRICES: [&str; 15] = [
         "qkv", "out", "gate_up", "up", "down", "q_a", "q_b", "kv_a", "k_b", "v_b", "in_proj",
-        "x_proj", "out_proj",
+        "x_proj", "out_proj", "q_gate", "z",
     ];
     for name in FAMILIES {
         let (plan, _) = load_dir(&fixture(name), &ModelSource::Detect);
@@ -439,6 +461,94 @@ fn deepseek_v3_splits_kv_b_per_head() {
         assert_eq!(bytes(&store, &format!("layers.{l}.attention.k_b")), k_want);
         assert_eq!(bytes(&store, &format!("layers.{l}.attention.v_b")), v_want);
     }
+}
+
+/// Qwen3-Next stores the linear attention's projections grouped by key head:
+/// `in_proj_qkvz` rows [k_heads, q | k | v | z] (each group's v and z rows are those of its
+/// v_heads / k_heads value heads), `in_proj_ba` rows [k_heads, b | a]. The loaded `qkv`, `z`,
+/// `b` and `a` gather each role across groups; `A_log` and `dt_bias` are widened exactly to
+/// f32. Expected bytes are gathered here row by row.
+#[test]
+fn qwen3_next_gathers_linear_attention_rows_per_key_head() {
+    let dir = fixture("qwen3_next");
+    let (_, store) = load_dir(&dir, &ModelSource::Detect);
+    let (k_heads, k_dim, v_per_k, v_dim, row) = (2, 8, 2, 8, 32 * 2);
+    let gather = |src: &[u8], per: usize, parts: &[(usize, usize)]| -> Vec<u8> {
+        let rows: Vec<&[u8]> = src.chunks(row).collect();
+        let mut out = Vec::new();
+        for &(from, len) in parts {
+            for g in 0..k_heads {
+                for r in from..from + len {
+                    out.extend_from_slice(rows[g * per + r]);
+                }
+            }
+        }
+        out
+    };
+    let widen = |b: Vec<u8>| -> Vec<u8> {
+        b.chunks(2)
+            .flat_map(|p| ((u16::from_le_bytes([p[0], p[1]]) as u32) << 16).to_le_bytes())
+            .collect()
+    };
+    let per = 2 * k_dim + 2 * v_per_k * v_dim;
+    let z_from = 2 * k_dim + v_per_k * v_dim;
+    for l in [0, 1, 2] {
+        let src = |name: &str| raw(&dir, &format!("model.layers.{l}.linear_attn.{name}")).0;
+        let target = |name: &str| bytes(&store, &format!("layers.{l}.linear_attention.{name}"));
+        let qkvz = src("in_proj_qkvz.weight");
+        let qkv = [(0, k_dim), (k_dim, k_dim), (2 * k_dim, v_per_k * v_dim)];
+        assert_eq!(target("qkv"), gather(&qkvz, per, &qkv), "layer {l} qkv");
+        assert_eq!(
+            target("z"),
+            gather(&qkvz, per, &[(z_from, v_per_k * v_dim)]),
+            "layer {l} z"
+        );
+        let ba = src("in_proj_ba.weight");
+        assert_eq!(
+            target("b"),
+            gather(&ba, 2 * v_per_k, &[(0, v_per_k)]),
+            "layer {l} b"
+        );
+        assert_eq!(
+            target("a"),
+            gather(&ba, 2 * v_per_k, &[(v_per_k, v_per_k)]),
+            "layer {l} a"
+        );
+        for f32_param in ["A_log", "dt_bias"] {
+            let t = &store[&format!("layers.{l}.linear_attention.{f32_param}")];
+            assert_eq!(t.dtype.name(), "F32", "{f32_param}");
+            assert_eq!(
+                t.data.to_vec(),
+                widen(src(f32_param)),
+                "layer {l} {f32_param}"
+            );
+        }
+        assert!(!store.contains_key(&format!("layers.{l}.attention.qkv")));
+    }
+}
+
+/// Qwen3-Next's gated attention stores each head's query rows then its gate rows in
+/// `q_proj` ([heads, 2·head_dim, hidden]); the loaded `qkv` is [every head's q; k; v] and
+/// `q_gate` every head's gate rows.
+#[test]
+fn qwen3_next_splits_query_and_gate_per_head() {
+    let dir = fixture("qwen3_next");
+    let (_, store) = load_dir(&dir, &ModelSource::Detect);
+    let (heads, head_dim, row) = (4, 8, 32 * 2);
+    let src = |name: &str| raw(&dir, &format!("model.layers.3.self_attn.{name}.weight")).0;
+    let q_proj = src("q_proj");
+    let rows: Vec<&[u8]> = q_proj.chunks(row).collect();
+    let (mut query, mut gate) = (Vec::new(), Vec::new());
+    for h in 0..heads {
+        for r in 0..2 * head_dim {
+            let into = if r < head_dim { &mut query } else { &mut gate };
+            into.extend_from_slice(rows[h * 2 * head_dim + r]);
+        }
+    }
+    let qkv = cat(&[query, src("k_proj"), src("v_proj")]);
+    assert_eq!(bytes(&store, "layers.3.attention.qkv"), qkv);
+    assert_eq!(bytes(&store, "layers.3.attention.q_gate"), gate);
+    assert!(!store.contains_key("layers.3.linear_attention.qkv"));
 }
 
 /// GPT-NeoX stores q/k/v per head, rows [heads, 3, head_dim]; the loaded `qkv` gathers
@@ -663,6 +773,35 @@ fn mamba_keeps_its_state_space_params_f32() {
         assert_eq!(t.data.to_vec(), widen(raw_bytes), "{target}");
     }
     assert_eq!(store["layers.0.mixer.conv_weight"].shape, vec![64, 4]);
+}
+
+/// GPT-OSS keeps its norms in f32 (transformers' `_keep_in_fp32_modules`): the bf16
+/// checkpoint norms widen exactly; the other params stay bf16.
+#[test]
+fn gpt_oss_keeps_its_norms_f32() {
+    let dir = fixture("gpt_oss");
+    let (_, store) = load_dir(&dir, &ModelSource::Detect);
+    let widen = |b: Vec<u8>| -> Vec<u8> {
+        b.chunks(2)
+            .flat_map(|p| ((u16::from_le_bytes([p[0], p[1]]) as u32) << 16).to_le_bytes())
+            .collect()
+    };
+    for (target, source) in [
+        (
+            "layers.1.input_norm.weight",
+            "model.layers.1.input_layernorm.weight",
+        ),
+        (
+            "layers.0.post_attention_norm.weight",
+            "model.layers.0.post_attention_layernorm.weight",
+        ),
+        ("final_norm.weight", "model.norm.weight"),
+    ] {
+        let t = &store[target];
+        assert_eq!(t.dtype.name(), "F32", "{target}");
+        assert_eq!(t.data.to_vec(), widen(raw(&dir, source).0), "{target}");
+    }
+    assert_eq!(store["layers.0.sinks.sinks"].dtype.name(), "BF16");
 }
 
 /// Jamba (4 layers; attention and MoE at period 2, offset 1): layers 0 and 2 bind a Mamba

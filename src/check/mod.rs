@@ -450,6 +450,7 @@ impl<'a> Walker<'a> {
         self.shape_labels.clear();
         let shape = self.shape(&p.shape, ctx.scope)?;
         let path = join_name(ctx.path, &p.name.node);
+        let dtype = self.param_dtype(p, ctx.scope)?;
         let src = p.source.as_ref()?;
         let source = self.source(src, Some(&shape), ctx)?;
         let offload_group = match &p.offload_group {
@@ -471,18 +472,51 @@ impl<'a> Walker<'a> {
         Some(ir::Param {
             name: p.name.node.clone(),
             shape,
-            // `resolve` refused unknown dtype names (E0208).
-            dtype: p
-                .dtype
-                .as_ref()
-                .and_then(|d| ir::DType::from_name(&d.node))
-                .unwrap_or(ir::DType::Bf16),
+            dtype,
             quantizable: p.quantizable.is_some(),
             optional: p.optional.is_some(),
             offload_group,
             shard,
             source,
         })
+    }
+
+    /// A param's runtime dtype: a dtype name, or a declaration parameter whose value names
+    /// one (`module RmsNorm(weight_dtype = "bf16")` with `dtype = weight_dtype`), checked
+    /// per instance (E0208). `resolve` refused any other unknown name.
+    fn param_dtype(&mut self, p: &ast::Param, scope: &Scope<'a>) -> Option<ir::DType> {
+        let Some(d) = &p.dtype else {
+            return Some(ir::DType::Bf16);
+        };
+        if let Some(t) = ir::DType::from_name(&d.node) {
+            return Some(t);
+        }
+        let val = scope.param(&d.node);
+        let named = val.and_then(|v| match &v.value {
+            Value::Str(s) => ir::DType::from_name(s),
+            _ => None,
+        });
+        if named.is_none() {
+            let names: Vec<&str> = ir::DType::ALL.iter().map(|t| t.name()).collect();
+            let given = val.map_or("no value".to_string(), |v| v.value.to_string());
+            let text = match val.map(|v| &v.value) {
+                Some(Value::Str(s)) => s.as_str(),
+                _ => "",
+            };
+            self.diags.push(
+                Diagnostic::new(
+                    Code::E0208,
+                    format!(
+                        "the parameter `{}` is {given}, which names no runtime dtype",
+                        d.node
+                    ),
+                )
+                .at(d.span, format!("expected one of {}", names.join(", ")))
+                .with_labels(val.map(|v| v.labels()).unwrap_or_default())
+                .suggest(text, names.iter().copied()),
+            );
+        }
+        named
     }
 
     /// Evaluates a shape; every dimension must be a positive integer.

@@ -33,8 +33,8 @@ impl<'a> Walker<'a> {
         expected: Option<&[u64]>,
         ctx: &Ctx<'a, '_>,
     ) -> Option<(ir::Source, Option<Vec<u64>>)> {
-        let names_ok = self.template(parts.template, ctx.scope)
-            & parts.scale_inv.is_none_or(|t| self.template(t, ctx.scope));
+        let template = self.stored_name(parts.template, ctx.scope);
+        let scale_inv = parts.scale_inv.map(|t| self.stored_name(t, ctx.scope));
         let block = self.block(parts.block, ctx.scope);
         let shape = self.stored_shape(s, parts.shape, expected, ctx)?;
         if let Some(sh) = shape.as_ref().filter(|sh| sh.len() != 2) {
@@ -51,12 +51,12 @@ impl<'a> Walker<'a> {
             );
             return None;
         }
-        let (block, true) = (block?, names_ok) else {
+        let (block, Some(template)) = (block?, template) else {
             return None;
         };
-        let name = crate::check::join_name(ctx.prefix, &parts.template.node);
-        let scale_inv = match parts.scale_inv {
-            Some(t) => crate::check::join_name(ctx.prefix, &t.node),
+        let name = crate::check::join_name(ctx.prefix, &template.node);
+        let scale_inv = match scale_inv {
+            Some(t) => crate::check::join_name(ctx.prefix, &t?.node),
             None => default_scale_name(&name),
         };
         let node = ir::Source::Fp8Blocks {
@@ -100,13 +100,13 @@ impl<'a> Walker<'a> {
         expected: Option<&[u64]>,
         ctx: &Ctx<'a, '_>,
     ) -> Option<(ir::Source, Option<Vec<u64>>)> {
-        let name_ok = self.template(template, ctx.scope);
+        let template = self.stored_name(template, ctx.scope);
         let blocksize = match blocksize {
             None => Some(BNB_DEFAULT_BLOCKSIZE),
             Some(e) => self.blocksize(e, ctx.scope),
         };
         let shape = self.stored_shape(s, declared, expected, ctx)?;
-        let (blocksize, true) = (blocksize?, name_ok) else {
+        let (blocksize, Some(template)) = (blocksize?, template) else {
             return None;
         };
         let name = crate::check::join_name(ctx.prefix, &template.node);
@@ -127,7 +127,10 @@ impl<'a> Walker<'a> {
         expected: Option<&[u64]>,
         ctx: &Ctx<'a, '_>,
     ) -> Option<(ir::Source, Option<Vec<u64>>)> {
-        let names_ok = self.template(blocks, ctx.scope) & self.template(scales, ctx.scope);
+        let (blocks, scales) = (
+            self.stored_name(blocks, ctx.scope),
+            self.stored_name(scales, ctx.scope),
+        );
         let shape = match expected {
             Some(e) if e.len() >= 2 && e.last().is_some_and(|c| c % 32 == 0) => e.to_vec(),
             _ => {
@@ -142,12 +145,12 @@ impl<'a> Walker<'a> {
                 return None;
             }
         };
-        let (true, prefix) = (names_ok, ctx.prefix) else {
+        let (Some(blocks), Some(scales)) = (blocks, scales) else {
             return None;
         };
         let node = ir::Source::Mxfp4 {
-            blocks: crate::check::join_name(prefix, &blocks.node),
-            scales: crate::check::join_name(prefix, &scales.node),
+            blocks: crate::check::join_name(ctx.prefix, &blocks.node),
+            scales: crate::check::join_name(ctx.prefix, &scales.node),
             shape: shape.clone(),
         };
         Some((node, Some(shape)))
@@ -162,7 +165,7 @@ impl<'a> Walker<'a> {
         expected: Option<&[u64]>,
         ctx: &Ctx<'a, '_>,
     ) -> Option<(ir::Source, Option<Vec<u64>>)> {
-        let name_ok = self.template(name, ctx.scope);
+        let name = self.stored_name(name, ctx.scope);
         let shape = match expected {
             Some(e) if e.len() >= 2 && e.last().is_some_and(|c| c % 16 == 0) => e.to_vec(),
             _ => {
@@ -177,14 +180,20 @@ impl<'a> Walker<'a> {
                 return None;
             }
         };
-        if !name_ok {
-            return None;
-        }
+        let name = name?;
         let node = ir::Source::Nvfp4 {
             name: crate::check::join_name(ctx.prefix, &name.node),
             shape: shape.clone(),
         };
         Some((node, Some(shape)))
+    }
+
+    /// A stored tensor's name with the declaration's string and integer parameters written
+    /// into their holes (`"experts.{expert}.{gate}.weight"` in `GatedExperts(gate = "w1")`),
+    /// as for a plain name, then checked; `None` after reporting.
+    fn stored_name(&mut self, t: &Spanned<String>, scope: &Scope<'a>) -> Option<Spanned<String>> {
+        let filled = self.fill_params(t, scope)?;
+        self.template(&filled, scope).then_some(filled)
     }
 
     fn blocksize(&mut self, e: &ast::Expr, scope: &Scope<'a>) -> Option<u64> {

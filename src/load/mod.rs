@@ -12,6 +12,7 @@
 
 mod assemble;
 mod convert;
+mod fp8_rows;
 mod memory;
 pub mod output;
 pub mod prequant;

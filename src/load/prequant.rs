@@ -128,10 +128,11 @@ pub fn fill_fp8_blocks(
 }
 
 /// `target` as the checkpoint stores it, when that is exactly `format`: a `quantizable`
-/// FP8 block source (or a fuse of them on dim 0 whose parts end on tile boundaries) in
-/// square tiles of the format's block, a bnb 4-bit one ([`stored_as_bnb4`]), or an MXFP4
-/// or NVFP4 one ([`fp4::stored_as_fp4`]). The codes concatenate along rows, and so do the
-/// scales. `None`: the target is assembled and
+/// FP8 block source (or a fuse of them on dim 0 whose parts end on tile boundaries, or a
+/// gather of whole tiles of one, [`super::fp8_rows`]) in square tiles of the format's
+/// block, a bnb 4-bit one ([`stored_as_bnb4`]), or an MXFP4 or NVFP4 one
+/// ([`fp4::stored_as_fp4`]). The codes concatenate along rows, and so do the scales.
+/// `None`: the target is assembled and
 /// quantized as usual.
 pub fn stored_as(
     ckpt: &Checkpoint,
@@ -149,12 +150,18 @@ pub fn stored_as(
         Format::Mxfp4 | Format::Nvfp4 => return fp4::stored_as_fp4(ckpt, target, format),
         _ => return Ok(None),
     };
+    let b = block as u64;
     let parts: Vec<&Recipe> = match &target.recipe {
         r @ Recipe::Fp8Blocks { .. } => vec![r],
         Recipe::Fuse { dim: 0, parts } => parts.iter().collect(),
+        r @ (Recipe::Reshape { .. } | Recipe::Slice { .. }) => {
+            return match super::fp8_rows::whole_tile_rows(r, b) {
+                Some((rows, node)) => gathered(ckpt, target, block, &rows, node),
+                None => Ok(None),
+            };
+        }
         _ => return Ok(None),
     };
-    let b = block as u64;
     let mut pieces = Vec::with_capacity(parts.len());
     for (i, p) in parts.iter().enumerate() {
         let Recipe::Fp8Blocks {
@@ -188,6 +195,60 @@ pub fn stored_as(
         data,
         scales: Scales::F32(scales),
         scale_shape: vec![grid_rows, grid_cols],
+        nested: None,
+        tensor_scale: None,
+    }))
+}
+
+/// `target` as the stored tiles of one FP8 matrix it gathers whole rows of (see
+/// [`super::fp8_rows`]): each tile's code rows and its row of scales, in the target's order.
+fn gathered(
+    ckpt: &Checkpoint,
+    target: &Target,
+    block: usize,
+    rows: &[u64],
+    node: &Recipe,
+) -> Result<Option<QuantizedTensor>, Diagnostic> {
+    let Recipe::Fp8Blocks {
+        weight, scale_inv, ..
+    } = node
+    else {
+        return Ok(None);
+    };
+    let (codes, _, shape) = read_raw(ckpt, weight)?;
+    let (sbytes, sdt, sshape) = read_raw(ckpt, scale_inv)?;
+    let scales = scales_f32(&sbytes, sdt)?;
+    let cols = shape.get(1).and_then(|&c| usize::try_from(c).ok());
+    let grid_cols = sshape.get(1).and_then(|&c| usize::try_from(c).ok());
+    let (Some(cols), Some(grid_cols)) = (cols, grid_cols) else {
+        return Ok(None);
+    };
+    let row = |r: u64| usize::try_from(r).ok();
+    let mut data = Vec::with_capacity(rows.len() * cols);
+    for &r in rows {
+        let at = row(r).ok_or_else(|| bad("a row index does not fit in memory"))? * cols;
+        data.extend_from_slice(
+            codes
+                .get(at..at + cols)
+                .ok_or_else(|| bad("a row past the codes"))?,
+        );
+    }
+    // `whole_tile_rows` made every tile's first row a multiple of the block.
+    let mut gathered_scales = Vec::with_capacity(rows.len() / block * grid_cols);
+    for tile in rows.chunks(block) {
+        let at = row(tile[0]).ok_or_else(|| bad("a row index does not fit in memory"))? / block
+            * grid_cols;
+        let srow = scales
+            .get(at..at + grid_cols)
+            .ok_or_else(|| bad("a tile past the scales"))?;
+        gathered_scales.extend_from_slice(srow);
+    }
+    Ok(Some(QuantizedTensor {
+        format: Format::Fp8Block { block },
+        shape: target.shape.clone(),
+        data,
+        scales: Scales::F32(gathered_scales),
+        scale_shape: vec![(rows.len() / block) as u64, grid_cols as u64],
         nested: None,
         tensor_scale: None,
     }))

@@ -190,6 +190,7 @@ impl Binder<'_> {
                             ir_path: ir_path.to_string(),
                             target,
                             kind: IssueKind::Offload { message },
+                            templates: name_templates(p, ir_path),
                         });
                         return;
                     }
@@ -236,6 +237,7 @@ impl Binder<'_> {
                     ir_path: ir_path.to_string(),
                     target,
                     kind,
+                    templates: name_templates(p, ir_path),
                 })
             }
         }
@@ -577,12 +579,21 @@ impl Binder<'_> {
                         ir_path: t.name.clone(),
                         target: t.name.clone(),
                         kind: IssueKind::Tie { what, missing },
+                        templates: Vec::new(),
                     });
                 }
             }
         }
         self.issues.extend(issues);
     }
+}
+
+/// A param's names with their index variables: its IR path, then every tensor name its
+/// source may read.
+fn name_templates(p: &ir::Param, ir_path: &str) -> Vec<String> {
+    let mut out = vec![ir_path.to_string()];
+    super::positions::templates(&p.source, &mut out);
+    out
 }
 
 /// A read of `entry` as stored, claimed for this param.

@@ -10,6 +10,7 @@
 
 mod bind;
 mod groups;
+mod positions;
 mod ranges;
 mod report;
 pub mod shard;

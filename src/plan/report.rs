@@ -1,5 +1,8 @@
 //! Plan findings → diagnostics, aggregated by name pattern: the same problem in every
-//! layer is one diagnostic ("for n = 0–47"), not forty-eight.
+//! layer is one diagnostic, not forty-eight, and its positions are named by the mapping's
+//! index variables ("for layer = 0…47, expert = 0…127") where its templates name them;
+//! unclaimed tensors, which no template names, are grouped into ranges
+//! (`model.layers.{0…47}.…`).
 
 use std::collections::BTreeMap;
 
@@ -15,6 +18,9 @@ pub struct Issue {
     /// The concrete target name.
     pub target: String,
     pub kind: IssueKind,
+    /// The param's names with their index variables (its IR path, every tensor name its
+    /// source reads): where a concrete name is located to say `for layer = 3, expert = 7`.
+    pub templates: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -101,8 +107,30 @@ fn grouped(pattern: &str, members: &[Vec<u64>]) -> (String, String) {
     )
 }
 
-/// (IR path, templated subject, index members, first issue, absent tensors in all).
-type Group<'i> = (String, String, Vec<Vec<u64>>, &'i Issue, usize);
+/// One problem across the indices it occurs at.
+struct Group<'i> {
+    ir_path: String,
+    /// The subject with its index positions as holes: `{layer}` where the param's
+    /// templates name the variable, else `{n}`.
+    pattern: String,
+    /// The variables of the holes, when named.
+    vars: Option<Vec<String>>,
+    members: Vec<Vec<u64>>,
+    first: &'i Issue,
+    /// Absent tensors in all the group's issues.
+    missing: usize,
+}
+
+/// A name's pattern, index values and (when its param's templates name them) variables.
+fn positions(name: &str, templates: &[String]) -> (String, Vec<u64>, Option<Vec<String>>) {
+    match super::positions::locate(name, templates) {
+        Some(l) => (l.template, l.values, Some(l.vars)),
+        None => {
+            let (pattern, nums) = templatize(name);
+            (pattern, nums, None)
+        }
+    }
+}
 
 /// Counts one more param missing its tensors under the same prefix.
 fn bump_count(d: &mut Diagnostic) {
@@ -123,6 +151,51 @@ fn show(s: &[u64]) -> String {
     )
 }
 
+/// Groups issues by (param, subject with its positions as holes), keeping first order.
+/// A group counts the missing tensors of every issue in it: a stack missing 4 experts in
+/// each of 3 layers misses 12, not 4 or 3.
+fn group(issues: &[Issue]) -> Vec<Group<'_>> {
+    let mut groups: Vec<Group> = Vec::new();
+    for issue in issues {
+        // Every absent tensor of a stack is a member: the positions say which experts.
+        let names: Vec<&str> = match &issue.kind {
+            IssueKind::Missing { tensors, .. } if !tensors.is_empty() => {
+                tensors.iter().map(String::as_str).collect()
+            }
+            _ => vec![subject(issue)],
+        };
+        let (key, _, vars) = positions(names[0], &issue.templates);
+        let nums: Vec<Vec<u64>> = names
+            .iter()
+            .map(|n| positions(n, &issue.templates))
+            .filter(|(k, _, _)| *k == key)
+            .map(|(_, v, _)| v)
+            .collect();
+        let missing = match &issue.kind {
+            IssueKind::Missing { tensors, .. } => tensors.len(),
+            _ => 0,
+        };
+        match groups
+            .iter_mut()
+            .find(|g| g.ir_path == issue.ir_path && g.pattern == key)
+        {
+            Some(g) => {
+                g.members.extend(nums);
+                g.missing = g.missing.saturating_add(missing);
+            }
+            None => groups.push(Group {
+                ir_path: issue.ir_path.clone(),
+                pattern: key,
+                vars,
+                members: nums,
+                first: issue,
+                missing,
+            }),
+        }
+    }
+    groups
+}
+
 /// At most this many patterns of unclaimed tensors are listed one by one.
 const MAX_UNCLAIMED_PATTERNS: usize = 20;
 
@@ -134,42 +207,31 @@ pub fn diagnostics(
     layers: Option<u64>,
 ) -> Diagnostics {
     let mut diags = Diagnostics::default();
-    // Group issues by (param, problem text with indices templated), keeping first order.
-    // The last field counts the missing tensors of every issue in the group: a stack
-    // missing 4 experts in each of 3 layers misses 12, not 4 or 3.
-    let mut groups: Vec<Group> = Vec::new();
-    for issue in issues {
-        let (key, nums) = templatize(subject(issue));
-        let missing = match &issue.kind {
-            IssueKind::Missing { tensors, .. } => tensors.len(),
-            _ => 0,
-        };
-        match groups
-            .iter_mut()
-            .find(|g| g.0 == issue.ir_path && g.1 == key)
-        {
-            Some(g) => {
-                g.2.push(nums);
-                g.4 = g.4.saturating_add(missing);
-            }
-            None => groups.push((issue.ir_path.clone(), key, vec![nums], issue, missing)),
-        }
-    }
-    for (ir_path, pattern, members, issue, missing_total) in groups {
-        let site = spans.get(&ir_path);
-        // One occurrence reads best as its real name; several as a pattern and indices.
-        let (pattern, where_) = match members.len() {
-            1 => (subject(issue).to_string(), String::new()),
-            _ => grouped(&pattern, &members),
+    let groups = group(issues);
+    for g in groups {
+        let (issue, missing_total) = (g.first, g.missing);
+        let site = spans.get(&g.ir_path);
+        // One occurrence reads best as its real name; several as a pattern. Positions
+        // are named by their index variables where the mapping names them.
+        let (pattern, where_) = match (&g.vars, g.members.len()) {
+            (Some(vars), 1) => (
+                subject(issue).to_string(),
+                super::positions::for_vars(vars, &g.members),
+            ),
+            (Some(vars), _) => (g.pattern, super::positions::for_vars(vars, &g.members)),
+            (None, 1) => (subject(issue).to_string(), String::new()),
+            (None, _) => grouped(&g.pattern, &g.members),
         };
         let mut d = match &issue.kind {
             IssueKind::Missing { tensors, alternatives } => {
                 let mut d = Diagnostic::new(Code::E0508, format!("missing tensor `{pattern}`{where_}"));
                 if missing_total > 1 {
-                    d = d.with_note(format!("{missing_total} tensors of this param are missing; the first is shown"));
+                    let shown = if g.vars.is_some() { "" } else { "; the first is shown" };
+                    d = d.with_note(format!("{missing_total} tensors of this param are missing{shown}"));
                 }
                 if let Some(alt) = alternatives.first() {
-                    d = d.with_note(format!("the fallback `{}` is missing too", templatize(alt).0));
+                    let (alt, _, _) = positions(alt, &issue.templates);
+                    d = d.with_note(format!("the fallback `{alt}` is missing too"));
                 }
                 // Suggest only tensors nothing else loads: a name another param already
                 // uses cannot be the one this param is missing.
