@@ -585,3 +585,46 @@ block Layer {
     }
     println!("pre-quantized sources: {checks} GPU targets match the CPU loader byte for byte");
 }
+
+/// Tensor- and expert-parallel ranks on the GPU: each rank's plan (row ranges, column
+/// windows assembled on the host, FP8 tiles) loads onto the device byte for byte as the
+/// CPU loader loads it, in bf16 and quantized where the shard lands.
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu-test.sh runs it with --include-ignored"]
+fn tensor_and_expert_parallel_ranks_load_on_the_gpu_as_on_the_cpu() {
+    use wmap::ir::shard::Ranks;
+    use wmap::loader::Loader;
+    need_gpu();
+    let gpu = Gpu::new(0).expect("open the GPU");
+    let nf4 = Some(Format::Nf4 { blocksize: 64 });
+    let cases: [(&str, u64, u64); 5] = [
+        ("llama", 2, 1),
+        ("llama", 4, 1),
+        ("qwen3_moe", 2, 2),
+        ("qwen3_fp8", 2, 1),
+        ("mixtral", 2, 2),
+    ];
+    let mut checks = 0;
+    for (fixture, tp, ep) in cases {
+        let dir = common::root().join("tests/fixtures/hf").join(fixture);
+        for tp_rank in 0..tp {
+            for ep_rank in 0..ep {
+                let ranks = Ranks {
+                    tp_rank,
+                    tp_size: tp,
+                    ep_rank,
+                    ep_size: ep,
+                };
+                let b = Loader::new(&dir)
+                    .ranks(ranks)
+                    .bind()
+                    .expect("a rank's plan");
+                let what = format!("{fixture} tp {tp_rank}/{tp} ep {ep_rank}/{ep}");
+                for f in [None, nf4] {
+                    checks += gpu_load_equals_cpu_load(&gpu, &b.plan, &b.checkpoint, f, &what);
+                }
+            }
+        }
+    }
+    println!("TP/EP ranks: {checks} GPU targets match the CPU loader byte for byte");
+}
