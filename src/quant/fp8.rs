@@ -27,7 +27,10 @@ pub fn e4m3(x: f32) -> u8 {
             (r - (120 << 3)) as u8
         }
     } else {
-        (f32::from_bits(abs) * 512.0).round_ties_even() as u8
+        // In [0, 8): adding and removing 2^23 rounds to the nearest integer, ties to even,
+        // in the FPU's own rounding (`round_ties_even` is a libm call on baseline x86-64).
+        const SHIFT: f32 = 8_388_608.0;
+        ((f32::from_bits(abs) * 512.0 + SHIFT) - SHIFT) as u8
     };
     sign | code
 }
@@ -98,12 +101,22 @@ pub fn quantize_blocks(x: &[f32], rows: usize, cols: usize, block: usize) -> (Ve
                 .map(|c| {
                     let c0 = c * block;
                     let c1 = (c0 + block).min(cols);
-                    let mut amax = 0f32;
-                    for i in 0..nrows {
-                        for &v in &x[(r0 + i) * cols + c0..(r0 + i) * cols + c1] {
-                            amax = amax.max(v.abs());
-                        }
-                    }
+                    let rows_of = |i: usize| &x[(r0 + i) * cols + c0..(r0 + i) * cols + c1];
+                    // The largest |v| as the largest magnitude bit pattern: an integer
+                    // max vectorizes where float max (which skips NaN) does not; a NaN
+                    // pattern falls back to the float fold so NaN is skipped as before.
+                    let bits = (0..nrows).fold(0u32, |m, i| {
+                        rows_of(i)
+                            .iter()
+                            .fold(m, |m, v| m.max(v.to_bits() & 0x7FFF_FFFF))
+                    });
+                    let amax = if bits <= 0x7F80_0000 {
+                        f32::from_bits(bits)
+                    } else {
+                        (0..nrows)
+                            .flat_map(|i| rows_of(i).iter())
+                            .fold(0f32, |m, v| m.max(v.abs()))
+                    };
                     let s = block_scale_for(amax);
                     for i in 0..nrows {
                         for j in c0..c1 {
