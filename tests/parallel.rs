@@ -306,56 +306,6 @@ fn every_fixture_shards_exactly_or_is_refused() {
     );
 }
 
-/// How a column slice (dim 1 of a row-major tensor) is best read: one read per row of
-/// the slice (what [`Recipe::Window`] does, exactly its bytes) or one read of the whole
-/// span and a copy out (every rank reads every row). A measurement, not a check: run
-/// with `cargo test --release --test parallel -- --ignored --nocapture`.
-#[test]
-#[ignore]
-fn measure_column_slice_reads() {
-    let (rows, cols, es) = (8192u64, 8192u64, 2u64);
-    let dir = common::tempdir("column-reads");
-    let header = format!(
-        r#"{{"w":{{"dtype":"BF16","shape":[{rows},{cols}],"data_offsets":[0,{}]}}}}"#,
-        rows * cols * es
-    );
-    let header = format!("{header:<width$}", width = header.len().div_ceil(8) * 8);
-    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
-    bytes.extend(header.as_bytes());
-    bytes.extend((0..rows * cols * es).map(|i| (i % 251) as u8));
-    std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
-    let ckpt = Checkpoint::open(&dir).unwrap();
-    let e = ckpt.tensors["w"].clone();
-    for tp in [2u64, 4, 8] {
-        let width = cols / tp * es;
-        let row = cols * es;
-        let mut out = vec![0u8; (rows * width) as usize];
-        let t = std::time::Instant::now();
-        for r in 0..rows {
-            let dst = &mut out[(r * width) as usize..((r + 1) * width) as usize];
-            ckpt.read_at(e.shard, e.offset + r * row, dst).unwrap();
-        }
-        let per_row = t.elapsed();
-        let t = std::time::Instant::now();
-        let mut span = vec![0u8; (rows * row) as usize];
-        ckpt.read_at(e.shard, e.offset, &mut span).unwrap();
-        for r in 0..rows {
-            let (from, to) = ((r * row) as usize, (r * width) as usize);
-            out[to..to + width as usize].copy_from_slice(&span[from..from + width as usize]);
-        }
-        let strided = t.elapsed();
-        eprintln!(
-            "tp {tp}: {rows} rows of {width} B: per-row reads {:.1} ms ({:.2} GB/s of slice), \
-             one span read + copy {:.1} ms ({:.2} GB/s of slice)",
-            per_row.as_secs_f64() * 1e3,
-            (rows * width) as f64 / per_row.as_secs_f64() / 1e9,
-            strided.as_secs_f64() * 1e3,
-            (rows * width) as f64 / strided.as_secs_f64() / 1e9,
-        );
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
 /// `wmapc load --tp-size 2 --tp-rank R --out` writes exactly rank R's shards, the
 /// tensors the library's rank load holds, in the runtime layout.
 #[test]
