@@ -104,19 +104,25 @@ fn take_u64(b: &[u8]) -> Option<(u64, &[u8])> {
     Some((u64::from_le_bytes(head), &b[8..]))
 }
 
-/// Writes an entry beside its final name, then renames it into place.
+/// Writes an entry beside its final name, then renames it into place. Only ever removes
+/// the temporary file it created itself, and only replaces a file at the entry's name
+/// that is an entry (our magic): anything else there is left alone and nothing is cached.
 fn write_entry(folder: &Path, path: &Path, key: &str, image: &[u8]) -> std::io::Result<()> {
     std::fs::create_dir_all(folder)?;
+    if !replaceable(path) {
+        return Err(std::io::ErrorKind::AlreadyExists.into());
+    }
     let tmp = folder.join(format!(
         ".{}.{}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("entry"),
         std::process::id()
     ));
+    // `create_new`: a file already at `tmp` is not ours, so it is neither used nor removed.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)?;
     let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
         f.write_all(MAGIC)?;
         f.write_all(&(key.len() as u64).to_le_bytes())?;
         f.write_all(key.as_bytes())?;
@@ -129,6 +135,21 @@ fn write_entry(folder: &Path, path: &Path, key: &str, image: &[u8]) -> std::io::
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Nothing at `path`, or a regular file that starts as an entry does.
+fn replaceable(path: &Path) -> bool {
+    match std::fs::symlink_metadata(path) {
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        Ok(m) if m.file_type().is_file() => {
+            let mut head = [0u8; 8];
+            std::fs::File::open(path)
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+                .is_ok()
+                && &head == MAGIC
+        }
+        Ok(_) => false,
+    }
 }
 
 /// FNV-1a, 64 bits: names entries and checks images (the key itself is compared whole).
@@ -263,6 +284,33 @@ mod tests {
             cubin(Some(&dir), "k", || Ok(vec![9; 64])).unwrap(),
             (vec![9; 64], Origin::Compiled)
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn files_not_written_by_the_cache_are_never_replaced_or_removed() {
+        let dir = scratch("foreign");
+        std::fs::create_dir_all(&dir).unwrap();
+        let entry = dir.join(format!("{:016x}.cubin", fnv64(b"k")));
+        let tmp = dir.join(format!(
+            ".{}.{}.tmp",
+            entry.file_name().unwrap().to_str().unwrap(),
+            std::process::id()
+        ));
+        std::fs::write(&entry, b"a user's file").unwrap();
+        assert_eq!(
+            cubin(Some(&dir), "k", || Ok(vec![1])).unwrap().1,
+            Origin::Compiled
+        );
+        assert_eq!(std::fs::read(&entry).unwrap(), b"a user's file");
+        std::fs::remove_file(&entry).unwrap();
+        std::fs::write(&tmp, b"not ours either").unwrap();
+        assert_eq!(
+            cubin(Some(&dir), "k", || Ok(vec![1])).unwrap().1,
+            Origin::Compiled
+        );
+        assert_eq!(std::fs::read(&tmp).unwrap(), b"not ours either");
+        assert!(!entry.exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
