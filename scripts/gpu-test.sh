@@ -62,7 +62,7 @@ cat "$MOE"/*.safetensors > /dev/null
 .gpu/bin/wmapc load "$MOE" --device cuda --quant nf4 --repeat 3 --quiet 2>&1 | tee "$OUT/wmap-moe.log"
 python3 -c 'import resource, subprocess, sys, time
 t = time.monotonic(); r = subprocess.run(sys.argv[1:])
-print(f"offload run: wall {time.monotonic() - t:.2f} s, max RSS {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6:.2f} GB"); sys.exit(r.returncode)' .gpu/bin/wmapc load "$MOE" --device cuda --quant nf4 --offload-budget 1GiB --quiet 2>&1 | tee "$OUT/wmap-moe-offload.log"
+print(f"offload run: wall {time.monotonic() - t:.2f} s, max RSS {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9:.2f} GB"); sys.exit(r.returncode)' .gpu/bin/wmapc load "$MOE" --device cuda --quant nf4 --offload-budget 1GiB --quiet 2>&1 | tee "$OUT/wmap-moe-offload.log"
 python3 scripts/bench_peers.py load "$MOE" 2>&1 | grep -E "^peer" | tee "$OUT/peer-moe.log"
 .gpu/bin/wmapc bench-offload --trace cyclic 2>&1 | tee "$OUT/offload-cyclic.log"
 .gpu/bin/wmapc bench-offload --trace routed 2>&1 | tee "$OUT/offload-routed.log"
