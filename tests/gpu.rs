@@ -274,6 +274,7 @@ fn the_gpu_weight_manager_serves_exact_bf16() {
         ("qwen3_moe", Format::Nf4Dq { blocksize: 64 }),
         ("nemotron_h_moe", Format::Mxfp4),
         ("nemotron_h_moe", Format::Fp8Block { block: 128 }),
+        ("qwen3_moe", Format::Nvfp4),
     ] {
         let dir = common::root().join("tests/fixtures/hf").join(fixture);
         let mut c = driver::compile(&ModelSource::Detect, Some(&dir.join("config.json"))).unwrap();
@@ -314,7 +315,7 @@ fn the_gpu_weight_manager_serves_exact_bf16() {
         }
         assert!(w.reused > 0, "same-shape buffers are reused");
     }
-    println!("GPU weight manager: nf4, nf4-dq, mxfp4, fp8-block gets match the CPU");
+    println!("GPU weight manager: nf4, nf4-dq, mxfp4, fp8-block, nvfp4 gets match the CPU");
 }
 
 /// Dropping an offload manager while prefetches are still copying: the backend drains

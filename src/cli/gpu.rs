@@ -140,6 +140,9 @@ pub fn load(
         );
     }
     if let Some((budget, policy)) = offload {
+        // The staging ring's page-locked buffers are done with: give them back before the
+        // offload pool is page-locked, so host memory peaks at one of the two, not both.
+        drop(staging);
         offload_to_host(&gpu, plan, _store, budget, policy)?;
     }
     Ok(ExitCode::SUCCESS)

@@ -64,6 +64,10 @@ impl Backend for CudaBackend {
     type Buffer = CudaSlice<u8>;
     type Ticket = CudaTicket;
 
+    fn prepare(&self, host: &Arc<Vec<u8>>) -> Result<(), Error> {
+        self.register(host)
+    }
+
     fn start_copy(
         &self,
         host: &Arc<Vec<u8>>,

@@ -5,16 +5,21 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::CudaSlice;
+use std::ops::Range;
 
+use cudarc::driver::{CudaSlice, DevicePtr};
+
+use super::device::DeviceQuantized;
 use super::loader::{DeviceStore, DeviceTensor};
 use super::offload::CudaBackend;
 use super::{Gpu, GpuResult, Parts};
 use crate::checkpoint::Dtype;
 use crate::offload::{GroupId, Manager, Policy};
 use crate::plan::Plan;
-use crate::quant::Stored;
-use crate::weights::{homes, place, Home};
+use crate::quant::LeadingSlice;
+use crate::weights::{
+    homes, place, Error as WError, Home, Packed, Placeable, QuantDesc, QuantLayout,
+};
 
 type Pool = Arc<Mutex<BTreeMap<Vec<u64>, Vec<CudaSlice<u16>>>>>;
 
@@ -45,34 +50,30 @@ pub struct DeviceWeights {
 
 impl DeviceWeights {
     /// Moves the targets with an offload group from the GPU store into page-locked host
-    /// groups (experts one per (layer, expert)); everything else stays on the device.
+    /// groups (experts one per (layer, expert)); everything else stays on the device. The
+    /// pool is page-locked first and filled by DMA from the device on the load's stream,
+    /// piece by piece at each layout offset, with one wait at the end.
     pub fn new(
         gpu: Arc<Gpu>,
         plan: &Plan,
-        mut store: DeviceStore,
+        store: DeviceStore,
         budget: u64,
         policy: Policy,
     ) -> GpuResult<DeviceWeights> {
-        let mut host = BTreeMap::new();
-        for t in plan.targets.iter().filter(|t| t.offload.is_some()) {
-            let stored = match store.tensors.remove(&t.name) {
-                Some(DeviceTensor::Quantized(q)) => Stored::Quantized(q.to_host(&gpu)?),
-                Some(DeviceTensor::Full { dtype, shape, data }) => {
-                    Stored::Full(crate::load::HostTensor {
-                        dtype,
-                        shape,
-                        data: Arc::new(gpu.stream.clone_dtoh(&data).map_err(|e| format!("{e:?}"))?),
-                    })
-                }
-                _ => continue,
-            };
-            host.insert(t.name.clone(), stored);
-        }
-        let p = place(CudaBackend::new(gpu.clone()), plan, host, budget, policy)?;
+        let tensors: BTreeMap<String, OnDevice> = store
+            .tensors
+            .into_iter()
+            .map(|(k, t)| (k, OnDevice { gpu: &gpu, t }))
+            .collect();
+        let p = place(CudaBackend::new(gpu.clone()), plan, tensors, budget, policy)?;
+        // The copies write the pool; nothing reads it (or frees the device pieces, which
+        // stream order already covers) before they land.
+        gpu.sync()?;
+        let resident = p.resident.into_iter().map(|(k, d)| (k, d.t));
         Ok(DeviceWeights {
-            gpu,
+            gpu: gpu.clone(),
             offload: p.offload,
-            homes: homes(store.tensors, p.offloaded),
+            homes: homes(resident, p.offloaded),
             pool: Arc::default(),
             reused: 0,
             allocated: 0,
@@ -197,4 +198,158 @@ fn convert(
         }
     };
     gpu.to_bf16(src, code, out)
+}
+
+/// A device tensor as [`place`] sees it: its layout from its description, and its pieces
+/// copied into the page-locked pool by asynchronous DMA on the load's stream.
+struct OnDevice<'g> {
+    gpu: &'g Arc<Gpu>,
+    t: DeviceTensor,
+}
+
+impl OnDevice<'_> {
+    fn desc(q: &DeviceQuantized) -> QuantDesc<'_> {
+        let (f32_scales, scales_len) = match (&q.scales_f32, &q.scales_u8) {
+            (Some(f), _) => (true, f.len()),
+            (None, Some(u)) => (false, u.len()),
+            (None, None) => (false, 0),
+        };
+        QuantDesc {
+            format: q.format,
+            shape: &q.shape,
+            scale_shape: &q.scale_shape,
+            data_len: q.data.len(),
+            f32_scales,
+            scales_len,
+            nested_absmax: q.nested_absmax.as_ref().map(CudaSlice::len),
+            tensor_scale: q.tensor_scale.is_some(),
+        }
+    }
+
+    /// Enqueues a copy of elements `range` of `src` into `out` (exactly their bytes).
+    fn copy<T>(
+        &self,
+        src: &CudaSlice<T>,
+        range: Range<usize>,
+        out: &mut [u8],
+    ) -> Result<(), WError> {
+        let size = std::mem::size_of::<T>();
+        let bytes = range.len().checked_mul(size);
+        if range.end > src.len() || bytes != Some(out.len()) {
+            return Err(WError::Internal(
+                "a device piece does not fit its packed layout",
+            ));
+        }
+        if out.is_empty() {
+            return Ok(());
+        }
+        let stream = &self.gpu.stream;
+        let (base, _read) = src.device_ptr(stream);
+        let at = base + (range.start * size) as u64;
+        // SAFETY: `out` lies in the offload pool, page-locked by `prepare_host` before the
+        // fill, owned by the manager and neither read nor freed before `DeviceWeights::new`
+        // synchronizes the stream; `at..at + out.len()` lies within `src`.
+        unsafe { cudarc::driver::result::memcpy_dtoh_async(out, at, stream.cu_stream()) }.map_err(
+            |e| {
+                WError::Offload(crate::offload::Error::Copy(format!(
+                    "device to host: {e:?}"
+                )))
+            },
+        )
+    }
+
+    fn write_quantized(
+        &self,
+        q: &DeviceQuantized,
+        l: &QuantLayout,
+        slice: Option<&LeadingSlice>,
+        out: &mut [u8],
+    ) -> Result<(), WError> {
+        let too_small = WError::Internal("a packed layout overruns its storage");
+        let data = slice.map_or(0..q.data.len(), |r| r.data.clone());
+        self.copy(
+            &q.data,
+            data,
+            out.get_mut(..l.data_len).ok_or(too_small.clone())?,
+        )?;
+        if let Some(s) = &q.scales_f32 {
+            let r = slice.map_or(0..s.len(), |r| r.scales.clone());
+            let o = out.get_mut(l.scales..l.scales + 4 * l.scales_f32);
+            self.copy(s, r, o.ok_or(too_small.clone())?)?;
+        } else if let Some(s) = &q.scales_u8 {
+            let r = slice.map_or(0..s.len(), |r| r.scales.clone());
+            let o = out.get_mut(l.scales..l.scales + l.scales_u8);
+            self.copy(s, r, o.ok_or(too_small.clone())?)?;
+        }
+        let tensor_wide = [
+            (
+                slice.is_none().then_some(()).and(q.nested_absmax.as_ref()),
+                l.nested,
+                l.nested_len,
+            ),
+            (
+                slice.is_none().then_some(()).and(q.offset.as_ref()),
+                l.offset,
+                1,
+            ),
+            (q.tensor_scale.as_ref(), l.tensor_scale, 1),
+        ];
+        for (src, at, n) in tensor_wide {
+            if let (Some(src), Some(at)) = (src, at) {
+                self.copy(
+                    src,
+                    0..n,
+                    out.get_mut(at..at + 4 * n).ok_or(too_small.clone())?,
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Placeable for OnDevice<'_> {
+    fn packed(&self, slice: Option<usize>) -> Option<Packed> {
+        match (&self.t, slice) {
+            (DeviceTensor::Quantized(q), None) => Some(Packed::quantized(Self::desc(q))),
+            (DeviceTensor::Quantized(q), Some(i)) => {
+                Some(Packed::quantized_slice(Self::desc(q), i)?.0)
+            }
+            (DeviceTensor::Full { dtype, shape, data }, None) => {
+                Some(Packed::full(*dtype, shape.clone(), data.len()))
+            }
+            (DeviceTensor::Full { dtype, shape, data }, Some(i)) => {
+                let per = full_slice(shape, data.len(), i)?;
+                Some(Packed::full(*dtype, shape.get(1..)?.to_vec(), per.len()))
+            }
+            (DeviceTensor::Tied(_), _) => None,
+        }
+    }
+
+    fn write(&self, packed: &Packed, slice: Option<usize>, out: &mut [u8]) -> Result<(), WError> {
+        let mismatch = WError::Internal("a device tensor does not match its packed layout");
+        match (&self.t, packed.layout()) {
+            (DeviceTensor::Quantized(q), Some(l)) => {
+                let r = match slice {
+                    Some(i) => Some(Packed::quantized_slice(Self::desc(q), i).ok_or(mismatch)?.1),
+                    None => None,
+                };
+                self.write_quantized(q, &l, r.as_ref(), out)
+            }
+            (DeviceTensor::Full { shape, data, .. }, None) => {
+                let range = match slice {
+                    Some(i) => full_slice(shape, data.len(), i).ok_or(mismatch)?,
+                    None => 0..data.len(),
+                };
+                self.copy(data, range, out)
+            }
+            _ => Err(mismatch),
+        }
+    }
+}
+
+/// The byte range of slice `i` along the leading dim of a full tensor of `len` bytes.
+fn full_slice(shape: &[u64], len: usize, i: usize) -> Option<Range<usize>> {
+    let lead = usize::try_from(*shape.first()?).ok()?;
+    let per = len / lead.max(1);
+    (i < lead).then(|| i * per..(i + 1) * per)
 }

@@ -25,6 +25,12 @@ pub trait Backend {
     fn wait(&self, ticket: Self::Ticket) -> Result<Self::Buffer, Error>;
     /// Bytes held by a buffer.
     fn len(&self, buffer: &Self::Buffer) -> usize;
+    /// Readies the host pool before it is filled (the CUDA backend page-locks it, so the
+    /// fill itself can be a DMA from the device). The pool is never resized or freed
+    /// while the manager that owns it lives.
+    fn prepare(&self, _host: &Arc<Vec<u8>>) -> Result<(), Error> {
+        Ok(())
+    }
 }
 
 /// Device memory simulated in host memory; copies run on one worker thread, in order, as a

@@ -389,6 +389,60 @@ pub struct LeadingSlice {
     pub scale_shape: Vec<u64>,
 }
 
+/// Where slice `i` along the leading dim of a quantized tensor lies (its ranges of codes
+/// and of scales, in elements), from the tensor's description alone: its format and
+/// shape, whether its scales are f32 (else bytes) and whether it has a tensor scale.
+/// Shared by host tensors and device tensors, which slice the same way.
+pub fn leading_slice(
+    format: Format,
+    shape: &[u64],
+    f32_scales: bool,
+    tensor_scale: bool,
+    i: usize,
+) -> Option<LeadingSlice> {
+    let lead = *shape.first()? as usize;
+    if i >= lead {
+        return None;
+    }
+    let inner = &shape[1..];
+    let per = inner.iter().product::<u64>() as usize;
+    let cols = inner.last().copied().unwrap_or(1).max(1) as usize;
+    let rows = per / cols;
+    let at = |len: usize| i * len..(i + 1) * len;
+    let (data, scales, scale_shape) = match (format, f32_scales) {
+        (Format::Nf4 { blocksize } | Format::Fp4 { blocksize }, true)
+            if per % blocksize == 0 && per % 2 == 0 =>
+        {
+            let nb = per / blocksize;
+            (at(per / 2), at(nb), vec![nb as u64])
+        }
+        (Format::Fp8PerChannel, true) => (at(per), at(rows), vec![rows as u64, 1]),
+        (Format::Fp8Block { block }, true) if rows % block == 0 => {
+            let (br, bc) = (rows / block, cols.div_ceil(block));
+            (at(per), at(br * bc), vec![br as u64, bc as u64])
+        }
+        (Format::Mxfp4 | Format::Nvfp4, false) if format == Format::Mxfp4 || tensor_scale => {
+            let block = if format == Format::Mxfp4 {
+                fp4::MXFP4_BLOCK
+            } else {
+                fp4::NVFP4_BLOCK
+            };
+            let (ppr, bpr) = (cols.div_ceil(2), cols.div_ceil(block));
+            (
+                at(rows * ppr),
+                at(rows * bpr),
+                vec![rows as u64, bpr as u64],
+            )
+        }
+        _ => return None,
+    };
+    Some(LeadingSlice {
+        data,
+        scales,
+        scale_shape,
+    })
+}
+
 impl QuantizedTensor {
     /// Slice `i` along the leading dim (an expert of a stacked tensor), when the format's
     /// blocks and scales do not straddle slices: bnb blocks that divide a slice, row-scaled
@@ -414,48 +468,12 @@ impl QuantizedTensor {
     /// Where slice `i` of [`QuantizedTensor::slice_leading`] lies: its ranges of `data`
     /// and of the scales (in elements), without copying either.
     pub fn leading_slice(&self, i: usize) -> Option<LeadingSlice> {
-        let lead = *self.shape.first()? as usize;
-        if i >= lead {
-            return None;
-        }
-        let inner = &self.shape[1..];
-        let per = inner.iter().product::<u64>() as usize;
-        let cols = inner.last().copied().unwrap_or(1).max(1) as usize;
-        let rows = per / cols;
-        let at = |len: usize| i * len..(i + 1) * len;
-        let (data, scales, scale_shape) = match (self.format, &self.scales) {
-            (Format::Nf4 { blocksize } | Format::Fp4 { blocksize }, Scales::F32(_))
-                if per % blocksize == 0 && per % 2 == 0 =>
-            {
-                let nb = per / blocksize;
-                (at(per / 2), at(nb), vec![nb as u64])
-            }
-            (Format::Fp8PerChannel, Scales::F32(_)) => (at(per), at(rows), vec![rows as u64, 1]),
-            (Format::Fp8Block { block }, Scales::F32(_)) if rows % block == 0 => {
-                let (br, bc) = (rows / block, cols.div_ceil(block));
-                (at(per), at(br * bc), vec![br as u64, bc as u64])
-            }
-            (Format::Mxfp4 | Format::Nvfp4, Scales::U8(_))
-                if self.format == Format::Mxfp4 || self.tensor_scale.is_some() =>
-            {
-                let block = if self.format == Format::Mxfp4 {
-                    fp4::MXFP4_BLOCK
-                } else {
-                    fp4::NVFP4_BLOCK
-                };
-                let (ppr, bpr) = (cols.div_ceil(2), cols.div_ceil(block));
-                (
-                    at(rows * ppr),
-                    at(rows * bpr),
-                    vec![rows as u64, bpr as u64],
-                )
-            }
-            _ => return None,
-        };
-        Some(LeadingSlice {
-            data,
-            scales,
-            scale_shape,
-        })
+        leading_slice(
+            self.format,
+            &self.shape,
+            matches!(self.scales, Scales::F32(_)),
+            self.tensor_scale.is_some(),
+            i,
+        )
     }
 }

@@ -21,7 +21,7 @@ use crate::plan::{Offload, Plan};
 use crate::quant::Stored;
 
 pub use error::Error;
-pub use pack::{dequantize_into, Packed, QuantLayout};
+pub use pack::{dequantize_into, Packed, QuantDesc, QuantLayout};
 
 /// Reusable bf16 buffers, by shape.
 #[derive(Default)]
@@ -129,28 +129,112 @@ struct Place {
     packed: Packed,
 }
 
+/// A loaded tensor as [`place`] sees it: its layout (whole, or one leading slice when its
+/// storage allows) and a way to put its bytes at that layout's offsets in the host pool.
+/// Host tensors copy; device tensors enqueue copies into the page-locked pool, which the
+/// caller waits for before the pool is read.
+pub trait Placeable {
+    /// The layout of the whole tensor (`slice` `None`) or of leading slice `i`; `None`
+    /// when the tensor cannot be packed (a tie) or sliced.
+    fn packed(&self, slice: Option<usize>) -> Option<Packed>;
+    /// Writes the tensor (or its slice) in `packed`'s layout into `out`, exactly
+    /// [`Packed::len`] bytes of the host pool.
+    fn write(&self, packed: &Packed, slice: Option<usize>, out: &mut [u8]) -> Result<(), Error>;
+}
+
+impl Placeable for Stored {
+    fn packed(&self, slice: Option<usize>) -> Option<Packed> {
+        match slice {
+            None => Some(Packed::of(self)),
+            Some(i) => Packed::of_slice(self, i),
+        }
+    }
+
+    fn write(&self, packed: &Packed, slice: Option<usize>, out: &mut [u8]) -> Result<(), Error> {
+        match packed.write(self, slice, out) {
+            true => Ok(()),
+            false => Err(Error::Internal("a tensor does not fit its packed layout")),
+        }
+    }
+}
+
 /// Loaded tensors split between the device (resident) and offload groups in host memory.
-pub struct Placement<B: Backend> {
+pub struct Placement<B: Backend, S = Stored> {
     pub offload: Manager<B>,
-    pub resident: BTreeMap<String, Stored>,
+    pub resident: BTreeMap<String, S>,
     /// key → (group, byte offset in the group, layout).
     pub offloaded: BTreeMap<String, (GroupId, usize, Packed)>,
 }
 
-/// Places every loaded tensor: targets without an offload group stay resident; the others
-/// go to their group's host storage (stacked tensors slice by slice when their format
-/// allows, else whole under the first slice's group).
-pub fn place<B: Backend>(
+/// Places every loaded tensor: targets without an offload group (or that cannot be packed,
+/// a tie) stay resident; the others go to their group's host storage (stacked tensors
+/// slice by slice when their format allows, else whole under the first slice's group).
+/// The pool is page-locked before it is filled, so a device source copies straight in.
+pub fn place<B: Backend, S: Placeable>(
     backend: B,
     plan: &Plan,
-    mut tensors: BTreeMap<String, Stored>,
+    mut tensors: BTreeMap<String, S>,
     budget: u64,
     policy: Policy,
-) -> Result<Placement<B>, Error> {
-    // Pass 1, layouts only: each offloaded tensor (or expert slice) and its group.
+) -> Result<Placement<B, S>, Error> {
+    let (placed, group_sizes, resident) = layouts(plan, &mut tensors);
+    // Pass 2: straight into the host pool, each tensor freed once its bytes are there,
+    // so host memory peaks near the pool's size, not twice it.
+    let names: Vec<(String, usize)> = group_sizes.iter().map(|(k, v)| (k.clone(), *v)).collect();
+    let mut offload = Manager::new(backend, &names, budget, policy);
+    offload.prepare_host()?;
+    let ids: BTreeMap<&str, GroupId> = names
+        .iter()
+        .filter_map(|(n, _)| Some((n.as_str(), offload.find(n)?)))
+        .collect();
+    let mut fill: BTreeMap<GroupId, usize> = BTreeMap::new();
+    let mut offloaded = BTreeMap::new();
+    let mut remaining: BTreeMap<&str, usize> = BTreeMap::new();
+    for p in &placed {
+        *remaining.entry(p.target.as_str()).or_default() += 1;
+    }
+    for p in &placed {
+        let g = *ids
+            .get(p.group.as_str())
+            .ok_or(Error::Internal("an offload group vanished"))?;
+        let at = fill.entry(g).or_default();
+        let len = p.packed.len();
+        let stored = tensors
+            .get(&p.target)
+            .ok_or(Error::Internal("an offloaded tensor vanished"))?;
+        let out = offload
+            .host_mut(g)?
+            .get_mut(*at..*at + len)
+            .ok_or(Error::Internal("a group's storage is too small"))?;
+        stored.write(&p.packed, p.slice, out)?;
+        offloaded.insert(p.key.clone(), (g, *at, p.packed.clone()));
+        *at += len;
+        if let Some(n) = remaining.get_mut(p.target.as_str()) {
+            *n -= 1;
+            if *n == 0 {
+                tensors.remove(&p.target);
+            }
+        }
+    }
+    // Whatever no target names (nothing today) stays resident rather than vanishing.
+    let mut resident = resident;
+    resident.extend(tensors);
+    Ok(Placement {
+        offload,
+        resident,
+        offloaded,
+    })
+}
+
+/// Pass 1 of [`place`], layouts only: each offloaded tensor (or expert slice) and its group,
+/// each group's size, and the resident tensors (taken out of `tensors`).
+fn layouts<S: Placeable>(
+    plan: &Plan,
+    tensors: &mut BTreeMap<String, S>,
+) -> (Vec<Place>, BTreeMap<String, usize>, BTreeMap<String, S>) {
     let mut group_sizes: BTreeMap<String, usize> = BTreeMap::new();
     let mut placed: Vec<Place> = Vec::new();
-    let mut resident: BTreeMap<String, Stored> = BTreeMap::new();
+    let mut resident: BTreeMap<String, S> = BTreeMap::new();
     for t in &plan.targets {
         let Some(stored) = tensors.get(&t.name) else {
             continue;
@@ -165,68 +249,35 @@ pub fn place<B: Backend>(
                 packed,
             });
         };
-        match &t.offload {
-            None => {
+        let whole = stored.packed(None);
+        let no_slices = matches!(&t.offload, Some(Offload::PerSlice(g)) if g.is_empty());
+        match (&t.offload, whole) {
+            (None, _) | (_, None) => {
                 if let Some(s) = tensors.remove(&t.name) {
                     resident.insert(t.name.clone(), s);
                 }
             }
-            Some(Offload::Group(g)) => put(t.name.clone(), g, None, Packed::of(stored)),
-            Some(Offload::PerSlice(groups)) => {
-                let slices: Option<Vec<Packed>> = (0..groups.len())
-                    .map(|i| Packed::of_slice(stored, i))
-                    .collect();
+            _ if no_slices => {
+                if let Some(s) = tensors.remove(&t.name) {
+                    resident.insert(t.name.clone(), s);
+                }
+            }
+            (Some(Offload::Group(g)), Some(whole)) => put(t.name.clone(), g, None, whole),
+            (Some(Offload::PerSlice(groups)), Some(whole)) => {
+                let slices: Option<Vec<Packed>> =
+                    (0..groups.len()).map(|i| stored.packed(Some(i))).collect();
                 match slices {
                     Some(slices) => {
                         for (i, (p, g)) in slices.into_iter().zip(groups).enumerate() {
                             put(slice_key(&t.name, i), g, Some(i), p);
                         }
                     }
-                    None => put(t.name.clone(), &groups[0], None, Packed::of(stored)),
+                    None => put(t.name.clone(), &groups[0], None, whole), // not empty: above
                 }
             }
         }
     }
-    // Pass 2: straight into the host pool, each tensor freed once its bytes are there,
-    // so host memory peaks near the pool's size, not twice it.
-    let names: Vec<(String, usize)> = group_sizes.iter().map(|(k, v)| (k.clone(), *v)).collect();
-    let mut offload = Manager::new(backend, &names, budget, policy);
-    let mut fill: BTreeMap<String, usize> = BTreeMap::new();
-    let mut offloaded = BTreeMap::new();
-    let mut remaining: BTreeMap<&str, usize> = BTreeMap::new();
-    for p in &placed {
-        *remaining.entry(p.target.as_str()).or_default() += 1;
-    }
-    for p in &placed {
-        let g = offload
-            .find(&p.group)
-            .ok_or(Error::Internal("an offload group vanished"))?;
-        let at = fill.entry(p.group.clone()).or_default();
-        let len = p.packed.len();
-        let stored = tensors
-            .get(&p.target)
-            .ok_or(Error::Internal("an offloaded tensor vanished"))?;
-        let out = offload
-            .host_mut(g)?
-            .get_mut(*at..*at + len)
-            .ok_or(Error::Internal("a group's storage is too small"))?;
-        if !p.packed.write(stored, p.slice, out) {
-            return Err(Error::Internal("a tensor does not fit its packed layout"));
-        }
-        offloaded.insert(p.key.clone(), (g, *at, p.packed.clone()));
-        *at += len;
-        if let Some(n) = remaining.get_mut(p.target.as_str()) {
-            *n -= 1;
-            if *n == 0 {
-                tensors.remove(&p.target);
-            }
-        }
-    }
-    Ok(Placement {
-        offload,
-        resident,
-        offloaded,
-    })
+    (placed, group_sizes, resident)
 }
 
 /// The key of slice `i` of a stacked tensor stored per slice.

@@ -6,7 +6,7 @@ use half::bf16;
 
 use crate::checkpoint::Dtype;
 use crate::load::HostTensor;
-use crate::quant::{bnb4, Format, QuantizedTensor, Scales, Stored};
+use crate::quant::{bnb4, leading_slice, Format, LeadingSlice, QuantizedTensor, Scales, Stored};
 
 #[derive(Clone, Debug)]
 enum Meta {
@@ -23,7 +23,8 @@ enum Meta {
         scales_f32: usize,
         scales_u8: usize,
         nested_absmax: Option<usize>,
-        tensor_scale: Option<f32>,
+        /// NVFP4's tensor scale: its value lives in the bytes, at the layout's offset.
+        tensor_scale: bool,
     },
 }
 
@@ -45,66 +46,103 @@ fn put_f32s(out: &mut [u8], v: &[f32]) {
     }
 }
 
+/// A quantized tensor described without its bytes: what its layout is made from. Host
+/// tensors and device tensors both describe themselves this way.
+#[derive(Clone, Copy, Debug)]
+pub struct QuantDesc<'a> {
+    pub format: Format,
+    pub shape: &'a [u64],
+    pub scale_shape: &'a [u64],
+    pub data_len: usize,
+    /// Scales as f32 values (else bytes), and how many.
+    pub f32_scales: bool,
+    pub scales_len: usize,
+    /// Double quant: the length of the absmax's own scales.
+    pub nested_absmax: Option<usize>,
+    pub tensor_scale: bool,
+}
+
+impl QuantDesc<'_> {
+    fn of(q: &QuantizedTensor) -> QuantDesc<'_> {
+        let (f32_scales, scales_len) = match &q.scales {
+            Scales::F32(v) => (true, v.len()),
+            Scales::U8(v) => (false, v.len()),
+        };
+        QuantDesc {
+            format: q.format,
+            shape: &q.shape,
+            scale_shape: &q.scale_shape,
+            data_len: q.data.len(),
+            f32_scales,
+            scales_len,
+            nested_absmax: q.nested.as_ref().map(|n| n.absmax.len()),
+            tensor_scale: q.tensor_scale.is_some(),
+        }
+    }
+}
+
 impl Packed {
+    /// The layout of a full-precision tensor of `len` bytes.
+    pub fn full(dtype: Dtype, shape: Vec<u64>, len: usize) -> Packed {
+        Packed {
+            meta: Meta::Full { dtype, shape, len },
+        }
+    }
+
+    /// The layout of a quantized tensor as a whole.
+    pub fn quantized(d: QuantDesc<'_>) -> Packed {
+        let (f, u) = match d.f32_scales {
+            true => (d.scales_len, 0),
+            false => (0, d.scales_len),
+        };
+        Packed {
+            meta: Meta::Quant {
+                format: d.format,
+                shape: d.shape.to_vec(),
+                scale_shape: d.scale_shape.to_vec(),
+                data_len: d.data_len,
+                scales_f32: f,
+                scales_u8: u,
+                nested_absmax: d.nested_absmax,
+                tensor_scale: d.tensor_scale,
+            },
+        }
+    }
+
+    /// The layout of leading slice `i` of a quantized tensor and where its pieces lie in
+    /// the whole one, when the format allows slicing ([`crate::quant::leading_slice`];
+    /// double quant's offset is tensor-wide, so slices carry no nested scales).
+    pub fn quantized_slice(d: QuantDesc<'_>, i: usize) -> Option<(Packed, LeadingSlice)> {
+        let r = leading_slice(d.format, d.shape, d.f32_scales, d.tensor_scale, i)?;
+        let packed = Packed::quantized(QuantDesc {
+            shape: d.shape.get(1..)?,
+            scale_shape: &r.scale_shape,
+            data_len: r.data.len(),
+            scales_len: r.scales.len(),
+            nested_absmax: None,
+            ..d
+        });
+        Some((packed, r))
+    }
+
     /// The layout of `s` as a whole.
     pub fn of(s: &Stored) -> Packed {
-        let meta = match s {
-            Stored::Full(t) => Meta::Full {
-                dtype: t.dtype,
-                shape: t.shape.clone(),
-                len: t.data.len(),
-            },
-            Stored::Quantized(q) => {
-                let (f, u) = match &q.scales {
-                    Scales::F32(v) => (v.len(), 0),
-                    Scales::U8(v) => (0, v.len()),
-                };
-                Meta::Quant {
-                    format: q.format,
-                    shape: q.shape.clone(),
-                    scale_shape: q.scale_shape.clone(),
-                    data_len: q.data.len(),
-                    scales_f32: f,
-                    scales_u8: u,
-                    nested_absmax: q.nested.as_ref().map(|n| n.absmax.len()),
-                    tensor_scale: q.tensor_scale,
-                }
-            }
-        };
-        Packed { meta }
+        match s {
+            Stored::Full(t) => Packed::full(t.dtype, t.shape.clone(), t.data.len()),
+            Stored::Quantized(q) => Packed::quantized(QuantDesc::of(q)),
+        }
     }
 
     /// The layout of slice `i` along the leading dim (an expert of a stacked tensor), when
     /// the storage allows slicing ([`QuantizedTensor::leading_slice`]).
     pub fn of_slice(s: &Stored, i: usize) -> Option<Packed> {
-        let meta = match s {
+        match s {
             Stored::Full(t) => {
                 let per = full_slice(t, i)?.len();
-                Meta::Full {
-                    dtype: t.dtype,
-                    shape: t.shape[1..].to_vec(),
-                    len: per,
-                }
+                Some(Packed::full(t.dtype, t.shape.get(1..)?.to_vec(), per))
             }
-            Stored::Quantized(q) => {
-                let r = q.leading_slice(i)?;
-                let (f, u) = match &q.scales {
-                    Scales::F32(_) => (r.scales.len(), 0),
-                    Scales::U8(_) => (0, r.scales.len()),
-                };
-                Meta::Quant {
-                    format: q.format,
-                    shape: q.shape[1..].to_vec(),
-                    scale_shape: r.scale_shape,
-                    data_len: r.data.len(),
-                    scales_f32: f,
-                    scales_u8: u,
-                    nested_absmax: None,
-                    tensor_scale: q.tensor_scale,
-                }
-            }
-        };
-        Some(Packed { meta })
+            Stored::Quantized(q) => Some(Packed::quantized_slice(QuantDesc::of(q), i)?.0),
+        }
     }
 
     /// Writes `s` (or its leading slice `slice`) in this layout into `out`, which is
@@ -205,6 +243,10 @@ impl Packed {
                     }),
                     _ => None,
                 };
+                let tensor_scale = match (tensor_scale, l.tensor_scale) {
+                    (true, Some(at)) => Some(f32s(&bytes[at..at + 4])[0]),
+                    _ => None,
+                };
                 Stored::Quantized(QuantizedTensor {
                     format: *format,
                     shape: shape.clone(),
@@ -212,7 +254,7 @@ impl Packed {
                     scales,
                     scale_shape: scale_shape.clone(),
                     nested,
-                    tensor_scale: *tensor_scale,
+                    tensor_scale,
                 })
             }
         }
@@ -260,7 +302,7 @@ fn layout_of(m: &Meta) -> Option<QuantLayout> {
         }
         None => (None, None),
     };
-    let ts = tensor_scale.map(|_| {
+    let ts = tensor_scale.then(|| {
         let r = at;
         at += 4;
         r
