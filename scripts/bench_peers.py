@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """The peers' side of the GPU benchmarks, on the same card and in the same run as ours:
   make    DIR                 write a Llama-3.1-8B-shaped bf16 checkpoint (random weights)
+  make-moe DIR [LAYERS]       Qwen3-30B-A3B's shapes with LAYERS (12) of its 48 layers
+  make-moe-tiny DIR           the 24-layer one's tensor count with 64-wide tensors
   load    DIR                 transformers + bitsandbytes NF4 from_pretrained onto CUDA (P1)
   kernels                     bnb quantize_4bit / dequantize_4bit, torch per-tensor FP8 (P2–P4)
 Prints one line per figure, `name: value`."""
@@ -23,10 +25,10 @@ def make(path):
     print(f"made: {n / 1e9:.2f} B params, {2 * n / 1e9:.1f} GB bf16 in {time.time() - t:.1f} s")
 
 
-def make_moe(path):
-    """Qwen3-30B-A3B's shapes with 12 of its 48 layers (16.2 GB bf16)."""
+def make_moe(path, layers=12):
+    """Qwen3-30B-A3B's shapes with `layers` of its 48 layers (12: 16.2 GB bf16; 24: ≈ 31 GB)."""
     from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
-    cfg = Qwen3MoeConfig(hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768, num_hidden_layers=12,
+    cfg = Qwen3MoeConfig(hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768, num_hidden_layers=layers,
                          num_attention_heads=32, num_key_value_heads=4, head_dim=128, num_experts=128,
                          num_experts_per_tok=8, vocab_size=151936, tie_word_embeddings=False)
     t = time.time()
@@ -35,6 +37,19 @@ def make_moe(path):
     model.save_pretrained(path, max_shard_size="5GB")
     n = sum(p.numel() for p in model.parameters())
     print(f"made: {n / 1e9:.2f} B params, {2 * n / 1e9:.1f} GB bf16 in {time.time() - t:.1f} s")
+
+
+def make_moe_tiny(path):
+    """The 24-layer Qwen3-30B-A3B tensor count (128 experts, ≈ 9.4k tensors) with 64-wide
+    tensors (≈ 0.1 GB): its load time over its tensor count is the per-tensor cost."""
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+    cfg = Qwen3MoeConfig(hidden_size=64, intermediate_size=128, moe_intermediate_size=64, num_hidden_layers=24,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=128,
+                         num_experts_per_tok=8, vocab_size=1024, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = Qwen3MoeForCausalLM(cfg).to(torch.bfloat16)
+    model.save_pretrained(path)
+    print(f"made: {len(model.state_dict())} tensors")
 
 
 def load(path, runs=3):
@@ -101,7 +116,9 @@ if __name__ == "__main__":
     if cmd == "make":
         make(sys.argv[2])
     elif cmd == "make-moe":
-        make_moe(sys.argv[2])
+        make_moe(sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 12)
+    elif cmd == "make-moe-tiny":
+        make_moe_tiny(sys.argv[2])
     elif cmd == "load":
         load(sys.argv[2])
     else:

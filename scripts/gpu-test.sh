@@ -67,6 +67,39 @@ python3 scripts/bench_peers.py load "$MOE" 2>&1 | grep -E "^peer" | tee "$OUT/pe
 .gpu/bin/wmapc bench-offload --trace cyclic 2>&1 | tee "$OUT/offload-cyclic.log"
 .gpu/bin/wmapc bench-offload --trace routed 2>&1 | tee "$OUT/offload-routed.log"
 
+echo "== many tensors: Qwen3-30B-A3B shape with 24 of its 48 layers (≈ 31 GB, ≈ 9.4k tensors)"
+MOE24=${MOE24:-/tmp/qwen3moe24}
+# The disk holds the 8B and one MoE checkpoint at a time: the 12-layer one goes if this run made it.
+[ -f "$OUT/make-moe.log" ] && rm -rf -- "$MOE"
+[ -f "$MOE24/config.json" ] || python3 scripts/bench_peers.py make-moe "$MOE24" 24 2>&1 | grep -v -i warn | tee "$OUT/make-moe24.log"
+cat "$MOE24"/*.safetensors > /dev/null
+.gpu/bin/wmapc load "$MOE24" --device cuda --quant nf4 --repeat 5 --quiet 2>&1 | tee "$OUT/wmap-moe24.log"
+# The same tensor count with 64-wide tensors: load time over tensors is the fixed per-tensor cost.
+TINY=${TINY:-/tmp/qwen3moe24-tiny}
+[ -f "$TINY/config.json" ] || python3 scripts/bench_peers.py make-moe-tiny "$TINY" 2>&1 | grep -v -i warn | tee "$OUT/make-tiny.log"
+.gpu/bin/wmapc load "$TINY" --device cuda --quant nf4 --repeat 9 --quiet 2>&1 | tee "$OUT/wmap-tiny.log"
+
+echo "== cold reads: the 8B checkpoint out of the page cache, against the disk's O_DIRECT rate"
+evict() {  # drop the files' pages: the kernel's knob when writable, else fadvise per file
+  sync; { echo 1 > /proc/sys/vm/drop_caches; } 2>/dev/null || python3 -c 'import os, sys
+for f in sys.argv[1:]:
+    fd = os.open(f, os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED); os.close(fd)' "$@"
+}
+evict "$CKPT"/*.safetensors
+python3 - "$CKPT" <<'PY' 2>&1 | tee "$OUT/cold-dd.log"
+import glob, os, subprocess, sys, time
+files = sorted(glob.glob(f"{sys.argv[1]}/*.safetensors")); n = sum(os.path.getsize(f) for f in files)
+t = time.monotonic()
+for f in files:
+    subprocess.run(["dd", f"if={f}", "of=/dev/null", "bs=64M", "iflag=direct"], check=True, capture_output=True)
+s = time.monotonic() - t
+print(f"disk O_DIRECT sequential (dd, one file at a time): {n / 1e9:.2f} GB in {s:.2f} s, {n / s / 1e9:.2f} GB/s")
+PY
+evict "$CKPT"/*.safetensors
+.gpu/bin/wmapc load "$CKPT" --device cuda --quiet 2>&1 | tee "$OUT/cold-wmap.log"
+evict "$CKPT"/*.safetensors
+.gpu/bin/wmapc load "$CKPT" --device cuda --quant nf4 --quiet 2>&1 | tee "$OUT/cold-wmap-nf4.log"
+
 echo "== export check"
 python3 scripts/verify_export.py tests/fixtures/hf/llama .gpu/exports/nf4:nf4 .gpu/exports/nf4-dq:nf4:dq \
   .gpu/exports/fp4:fp4 2>&1 | grep -v -i -E "warn|Loading weights" | tee "$OUT/verify.log"
@@ -80,4 +113,6 @@ grep -h -E "^load|loaded" "$OUT/wmap-load.log"
 cat "$OUT/peer-load.log"
 grep -h -E "^load|loaded" "$OUT/wmap-moe.log"; cat "$OUT/peer-moe.log"; tail -2 "$OUT/wmap-moe-offload.log"
 tail -3 "$OUT/offload-cyclic.log"; tail -2 "$OUT/offload-routed.log"
+grep -h -E "^load|loaded" "$OUT/wmap-moe24.log" "$OUT/wmap-tiny.log"
+grep -h "O_DIRECT" "$OUT/cold-dd.log"; grep -h -E "^load" "$OUT/cold-wmap.log" "$OUT/cold-wmap-nf4.log"
 tail -4 "$OUT/verify.log"
