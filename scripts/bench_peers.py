@@ -49,7 +49,9 @@ def make_moe_tiny(path):
     torch.manual_seed(0)
     model = Qwen3MoeForCausalLM(cfg).to(torch.bfloat16)
     model.save_pretrained(path)
-    print(f"made: {len(model.state_dict())} tensors")
+    from safetensors import safe_open
+    with safe_open(f"{path}/model.safetensors", "pt") as f:
+        print(f"made: {len(list(f.keys()))} tensors on disk (one per expert)")
 
 
 def load(path, runs=3):
