@@ -2,9 +2,16 @@
 //! NF4 quantize and dequantize, FP8 128×128-block quantize, NVFP4 and MXFP4 quantize on a
 //! bf16 [14336, 4096] tensor; device-to-device copy and pinned host-to-device bandwidth.
 //! Built with `cargo bench --features cuda --no-run`, run by `scripts/gpu-test.sh`.
+//!
+//! Each kernel line is measured for both kernel generations (`[v1]`, `[v2]`, see
+//! `KernelVersion`) three ways: "quantize" (the whole call, allocating its outputs, one
+//! synchronize per call, as a caller that waits for each tensor sees it), "queued" (the
+//! same calls ten at a time between one pair of events: what a pipelined loader, whose
+//! host runs ahead of the device, sees), and "kernel only" (outputs allocated once).
+//! `WMAP_BENCH_REPS` (default 20) sets the timed repetitions, e.g. 2 under Nsight Compute.
 
 use cudarc::driver::sys::CUevent_flags;
-use wmap::cuda::Gpu;
+use wmap::cuda::{Gpu, KernelVersion};
 use wmap::quant::Format;
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -12,8 +19,9 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Median milliseconds of `f` over `reps` timed runs after `warm` untimed ones.
-fn time(gpu: &Gpu, warm: usize, reps: usize, mut f: impl FnMut()) -> f64 {
+/// Median milliseconds per call of `f`, timed `batch` calls at a time over `reps` timed
+/// batches after `warm` untimed calls.
+fn time(gpu: &Gpu, warm: usize, (reps, batch): (usize, usize), mut f: impl FnMut()) -> f64 {
     for _ in 0..warm {
         f();
     }
@@ -24,13 +32,15 @@ fn time(gpu: &Gpu, warm: usize, reps: usize, mut f: impl FnMut()) -> f64 {
                 .stream
                 .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
                 .unwrap();
-            f();
+            for _ in 0..batch {
+                f();
+            }
             let b = gpu
                 .stream
                 .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
                 .unwrap();
             b.synchronize().unwrap();
-            a.elapsed_ms(&b).unwrap() as f64
+            a.elapsed_ms(&b).unwrap() as f64 / batch as f64
         })
         .collect();
     median(ms)
@@ -41,7 +51,7 @@ fn main() {
         println!("skipped: no CUDA device");
         return;
     }
-    let gpu = Gpu::new(0).expect("GPU");
+    let mut gpu = Gpu::new(0).expect("GPU");
     let (rows, cols) = (14336usize, 4096usize);
     let n = rows * cols;
     let mut s = 0x9E37_79B9u64;
@@ -59,54 +69,66 @@ fn main() {
         "device: {} ({}), tensor [{rows}, {cols}] bf16",
         gpu.name, gpu.arch
     );
-    println!("{:<34} {:>10} {:>14}", "kernel", "ms", "G elements/s");
-    for (name, f) in [
-        ("nf4 quantize (bs 64)", Format::Nf4 { blocksize: 64 }),
-        (
-            "fp8 128x128-block quantize",
-            Format::Fp8Block { block: 128 },
-        ),
-        ("fp8 per-tensor quantize", Format::Fp8PerTensor),
-        ("nvfp4 quantize", Format::Nvfp4),
-        ("mxfp4 quantize", Format::Mxfp4),
-    ] {
-        // Each result is dropped at once: its memory goes back to the stream-ordered pool
-        // and the next call reuses it, as a loader's steady state does.
-        let ms = time(&gpu, 3, 20, || {
-            drop(gpu.quantize(f, &x.as_view(), &shape).unwrap())
-        });
-        println!("{name:<34} {ms:>10.3} {:>14.0}", n as f64 / ms / 1e6);
+    println!("{:<44} {:>10} {:>14}", "kernel", "ms", "G elements/s");
+    let reps: usize = std::env::var("WMAP_BENCH_REPS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(20);
+    let line =
+        |name: &str, ms: f64| println!("{name:<44} {ms:>10.3} {:>14.0}", n as f64 / ms / 1e6);
+    for version in [KernelVersion::V1, KernelVersion::V2] {
+        gpu.kernels_version = version;
+        let v = if version == KernelVersion::V1 {
+            "v1"
+        } else {
+            "v2"
+        };
+        for (name, f) in [
+            ("nf4 quantize (bs 64)", Format::Nf4 { blocksize: 64 }),
+            (
+                "fp8 128x128-block quantize",
+                Format::Fp8Block { block: 128 },
+            ),
+            ("fp8 per-tensor quantize", Format::Fp8PerTensor),
+            ("nvfp4 quantize", Format::Nvfp4),
+            ("mxfp4 quantize", Format::Mxfp4),
+        ] {
+            // Each result is dropped at once: its memory goes back to the stream-ordered
+            // pool and the next call reuses it, as a loader's steady state does.
+            let call = || drop(gpu.quantize(f, &x.as_view(), &shape).unwrap());
+            line(&format!("{name} [{v}]"), time(&gpu, 3, (reps, 1), call));
+            line(
+                &format!("{name} queued [{v}]"),
+                time(&gpu, 3, (reps, 10), call),
+            );
+        }
+        // Kernels alone: outputs allocated once, each run overwrites them.
+        for (name, f) in [
+            ("nf4 quantize kernel only", Format::Nf4 { blocksize: 64 }),
+            (
+                "fp8 128x128-block kernel only",
+                Format::Fp8Block { block: 128 },
+            ),
+            ("mxfp4 quantize kernel only", Format::Mxfp4),
+        ] {
+            let mut q = gpu.alloc_quantized(f, &shape).unwrap();
+            let ms = time(&gpu, 3, (reps, 1), || {
+                gpu.quantize_chunk(&x.as_view(), &mut q, 0).unwrap()
+            });
+            line(&format!("{name} [{v}]"), ms);
+        }
+        let q = gpu
+            .quantize(Format::Nf4 { blocksize: 64 }, &x.as_view(), &shape)
+            .unwrap();
+        let mut out = gpu.stream.alloc_zeros::<u16>(n).unwrap();
+        let ms = time(&gpu, 3, (reps, 1), || gpu.dequantize(&q, &mut out).unwrap());
+        line(&format!("nf4 dequantize (bs 64) [{v}]"), ms);
     }
-    // Kernels alone: outputs allocated once, each run overwrites them.
-    for (name, f) in [
-        ("nf4 quantize kernel only", Format::Nf4 { blocksize: 64 }),
-        (
-            "fp8 128x128-block kernel only",
-            Format::Fp8Block { block: 128 },
-        ),
-        ("mxfp4 quantize kernel only", Format::Mxfp4),
-    ] {
-        let mut q = gpu.alloc_quantized(f, &shape).unwrap();
-        let ms = time(&gpu, 3, 20, || {
-            gpu.quantize_chunk(&x.as_view(), &mut q, 0).unwrap()
-        });
-        println!("{name:<34} {ms:>10.3} {:>14.0}", n as f64 / ms / 1e6);
-    }
-    let q = gpu
-        .quantize(Format::Nf4 { blocksize: 64 }, &x.as_view(), &shape)
-        .unwrap();
-    let mut out = gpu.stream.alloc_zeros::<u16>(n).unwrap();
-    let ms = time(&gpu, 3, 20, || gpu.dequantize(&q, &mut out).unwrap());
-    println!(
-        "{:<34} {ms:>10.3} {:>14.0}",
-        "nf4 dequantize (bs 64)",
-        n as f64 / ms / 1e6
-    );
     // Ceilings: device-to-device copy (bytes read + written) and pinned host-to-device.
     let bytes = 1usize << 30;
     let src = gpu.stream.alloc_zeros::<u8>(bytes).unwrap();
     let mut dst = gpu.stream.alloc_zeros::<u8>(bytes).unwrap();
-    let ms = time(&gpu, 2, 10, || {
+    let ms = time(&gpu, 2, (10, 1), || {
         gpu.stream.memcpy_dtod(&src, &mut dst).unwrap()
     });
     println!(
@@ -116,7 +138,7 @@ fn main() {
     );
     // SAFETY: a pinned buffer read only by the copies timed here.
     let pinned = unsafe { gpu.ctx.alloc_pinned::<u8>(bytes) }.unwrap();
-    let ms = time(&gpu, 2, 10, || {
+    let ms = time(&gpu, 2, (10, 1), || {
         gpu.stream.memcpy_htod(&pinned, &mut dst).unwrap()
     });
     println!(

@@ -2,34 +2,6 @@
 // Blocks of `bs` elements run over the flattened tensor; each thread owns 8 consecutive
 // elements (one 16-byte load) and writes 4 packed bytes (first element high nibble).
 
-// kind: 0 = NF4 (code = number of midpoints exceeded), 1 = bnb FP4 (decision tree).
-__device__ __forceinline__ u8 bnb4_code(int kind, float y, const float (&mids)[15]) {
-    if (kind == 0) {
-        // Binary search over the 15 sorted midpoints with selects (no dynamic register
-        // indexing, no divergence): the count of midpoints below y, NaN -> 0.
-        bool b3 = y > mids[7];
-        bool b2 = y > (b3 ? mids[11] : mids[3]);
-        float t1 = b3 ? (b2 ? mids[13] : mids[9]) : (b2 ? mids[5] : mids[1]);
-        bool b1 = y > t1;
-        float t0 = b3 ? (b2 ? (b1 ? mids[14] : mids[12]) : (b1 ? mids[10] : mids[8]))
-                      : (b2 ? (b1 ? mids[6] : mids[4]) : (b1 ? mids[2] : mids[0]));
-        bool b0 = y > t0;
-        return (u8)((b3 ? 8 : 0) | (b2 ? 4 : 0) | (b1 ? 2 : 0) | (b0 ? 1 : 0));
-    }
-    u8 sign = y < 0.0f ? 8 : 0;
-    float a = fabsf(y);
-    u8 m;
-    if (a > 0.29166667f) {
-        if (a > 0.583333f) m = a > 0.8333333f ? 3 : 2;
-        else m = a > 0.4166667f ? 5 : 4;
-    } else if (a > 0.0859375f) {
-        m = a > 0.20833333f ? 7 : 6;
-    } else {
-        m = a > 0.00260417f ? 1 : 0;
-    }
-    return sign | m;
-}
-
 __device__ __forceinline__ void bnb4_encode(int kind, const float* v, i64 i, i64 n, float inv,
                                             const float (&mids)[15], u8* packed) {
     u8 c[8];

@@ -81,6 +81,35 @@ __device__ __forceinline__ float e2m1_to_f32(u8 c) {
     return (c & 8) ? -r : r;
 }
 
+// bitsandbytes 4-bit code of y (already scaled into [-1, 1]).
+// kind: 0 = NF4 (code = number of midpoints exceeded), 1 = bnb FP4 (decision tree).
+__device__ __forceinline__ u8 bnb4_code(int kind, float y, const float (&mids)[15]) {
+    if (kind == 0) {
+        // Binary search over the 15 sorted midpoints with selects (no dynamic register
+        // indexing, no divergence): the count of midpoints below y, NaN -> 0.
+        bool b3 = y > mids[7];
+        bool b2 = y > (b3 ? mids[11] : mids[3]);
+        float t1 = b3 ? (b2 ? mids[13] : mids[9]) : (b2 ? mids[5] : mids[1]);
+        bool b1 = y > t1;
+        float t0 = b3 ? (b2 ? (b1 ? mids[14] : mids[12]) : (b1 ? mids[10] : mids[8]))
+                      : (b2 ? (b1 ? mids[6] : mids[4]) : (b1 ? mids[2] : mids[0]));
+        bool b0 = y > t0;
+        return (u8)((b3 ? 8 : 0) | (b2 ? 4 : 0) | (b1 ? 2 : 0) | (b0 ? 1 : 0));
+    }
+    u8 sign = y < 0.0f ? 8 : 0;
+    float a = fabsf(y);
+    u8 m;
+    if (a > 0.29166667f) {
+        if (a > 0.583333f) m = a > 0.8333333f ? 3 : 2;
+        else m = a > 0.4166667f ? 5 : 4;
+    } else if (a > 0.0859375f) {
+        m = a > 0.20833333f ? 7 : 6;
+    } else {
+        m = a > 0.00260417f ? 1 : 0;
+    }
+    return sign | m;
+}
+
 // max(|x|) over a warp-aligned group of `width` lanes (a power of two <= 32).
 __device__ __forceinline__ float group_max(float v, int width) {
     for (int o = width / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o, width));
@@ -113,5 +142,36 @@ __device__ __forceinline__ void divmod(i64 a, i64 b, i64& q, i64& r) {
     } else {
         q = a / b;
         r = a - q * b;
+    }
+}
+
+// Version-2 kernels ("v2": the default unless WMAP_KERNELS=v1) work in tiles of
+// TILE_UNITS units of 8 elements per 256-thread CTA: unit u of a tile is at
+// j * 256 + threadIdx.x (j < UNITS_PER_THREAD), so every load of a warp is 512
+// contiguous bytes and each thread has several 16-byte loads in flight before first use.
+#define V2_THREADS 256
+
+// Streaming 16-byte load (read once: evict first).
+__device__ __forceinline__ uint4 load16_stream(const u16* p) { return __ldcs(reinterpret_cast<const uint4*>(p)); }
+
+// The low and high bf16 of a 32-bit word, as floats.
+__device__ __forceinline__ float bf16_lo(u32 w) { return __uint_as_float(w << 16); }
+__device__ __forceinline__ float bf16_hi(u32 w) { return __uint_as_float(w & 0xffff0000u); }
+
+// Two floats to packed bf16 (a in the low half), round to nearest even, in one
+// instruction. Equals f32_to_bf16 on every non-NaN input; callers keep NaN away.
+__device__ __forceinline__ u32 bf16x2_rn(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+// Eight bf16 (one 16-byte load) as floats, element order.
+__device__ __forceinline__ void unpack8_bf16(uint4 q, float (&v)[8]) {
+    u32 w[4] = {q.x, q.y, q.z, q.w};
+    #pragma unroll
+    for (int k = 0; k < 4; k++) {
+        v[2 * k] = bf16_lo(w[k]);
+        v[2 * k + 1] = bf16_hi(w[k]);
     }
 }

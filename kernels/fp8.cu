@@ -124,3 +124,98 @@ extern "C" __global__ void fp8_dequantize(const u8* q, const float* scales, u16*
     i64 g = mode == 0 ? 0 : mode == 1 ? r : (r / 128) * ((cols + 127) / 128) + c / 128;
     out[i] = f32_to_bf16(__fmul_rn(e4m3_to_f32(q[i]), scales[g]));
 }
+
+// ---- Version 2 of the 128x128-block quantizer (the default unless WMAP_KERNELS=v1) ----
+// Same bytes as fp8_quantize_blocks. A full tile is read once into registers as raw
+// bf16 words (8 x 16 bytes in flight per thread); the amax is an integer max over the
+// magnitude bit patterns (bf16 patterns order like their values; a NaN shows as a
+// pattern above inf, and then the float fold that skips NaN decides, as the CPU does);
+// the conversion is the hardware's round-to-nearest-even, saturating E4M3 conversion,
+// two elements per instruction, with its one difference from e4m3() patched: a NaN
+// input gives 0xFF for negative NaN where the reference writes 0x7F.
+
+// max over the 256 threads of the CTA; `scratch` (8 words) serves one call.
+__device__ __forceinline__ u32 cta_max_u32(u32 v, u32* scratch) {
+    v = __reduce_max_sync(0xffffffffu, v);
+    if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
+    __syncthreads();
+    u32 m = scratch[0];
+    #pragma unroll
+    for (int k = 1; k < 8; k++) m = max(m, scratch[k]);
+    return m;
+}
+
+// Four bf16 (two words) times s, as four E4M3 bytes (element order, low byte first).
+__device__ __forceinline__ u32 e4m3x4(u32 w0, u32 w1, float s) {
+    unsigned short p0, p1;
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;"
+        : "=h"(p0) : "f"(__fmul_rn(bf16_hi(w0), s)), "f"(__fmul_rn(bf16_lo(w0), s)));
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;"
+        : "=h"(p1) : "f"(__fmul_rn(bf16_hi(w1), s)), "f"(__fmul_rn(bf16_lo(w1), s)));
+    u32 q = (u32)p0 | ((u32)p1 << 16);
+    // Bytes 0xFF (only a NaN converts to it: satfinite never makes NaN of a number)
+    // become 0x7F: bit 7 of each byte that is 0xFF, then cleared.
+    u32 nan_neg = ((q & 0x7f7f7f7fu) + 0x01010101u) & q & 0x80808080u;
+    return q ^ nan_neg;
+}
+
+// An edge tile (or cols % 8 != 0): one element per thread per step, as fp8_quantize_blocks.
+__device__ __noinline__ void fp8_tile_edge(const u16* x, i64 cols, i64 r0, i64 r1, i64 c0, i64 c1, u8* q,
+                                           float* scale_out, u32* scratch) {
+    i64 w = c1 - c0, cells = (r1 - r0) * w;
+    float m = 0.0f;
+    for (i64 k = threadIdx.x; k < cells; k += blockDim.x)
+        m = fmaxf(m, fabsf(bf16_to_f32(x[(r0 + k / w) * cols + c0 + k % w])));
+    float s = fp8_block_scale(__uint_as_float(cta_max_u32(__float_as_uint(m), scratch)));
+    if (threadIdx.x == 0) *scale_out = __fdiv_rn(1.0f, s);
+    for (i64 k = threadIdx.x; k < cells; k += blockDim.x) {
+        i64 idx = (r0 + k / w) * cols + c0 + k % w;
+        q[idx] = e4m3(__fmul_rn(bf16_to_f32(x[idx]), s));
+    }
+}
+
+// One 256-thread CTA per 128x128 tile; grid (ceil(cols/128), ceil(rows/128)). Thread t
+// owns columns 8 (t % 16) .. +8 of rows t / 16 + 16 j, j < 8.
+extern "C" __global__ void __launch_bounds__(V2_THREADS) fp8_quantize_blocks_v2(const u16* x, i64 rows, i64 cols,
+                                                                                u8* q, float* scales) {
+    __shared__ u32 scratch[2][8];  // the integer amax, and the NaN fallback's
+    const i64 r0 = (i64)blockIdx.y * 128, c0 = (i64)blockIdx.x * 128;
+    const i64 r1 = r0 + 128 < rows ? r0 + 128 : rows, c1 = c0 + 128 < cols ? c0 + 128 : cols;
+    float* scale_out = scales + (i64)blockIdx.y * gridDim.x + blockIdx.x;
+    if (r1 - r0 != 128 || c1 - c0 != 128 || cols % 8 != 0) {
+        fp8_tile_edge(x, cols, r0, r1, c0, c1, q, scale_out, scratch[0]);
+        return;
+    }
+    const i64 first = (r0 + (threadIdx.x >> 4)) * cols + c0 + 8 * (threadIdx.x & 15);
+    uint4 raw[8];
+    #pragma unroll
+    for (int j = 0; j < 8; j++) raw[j] = load16_stream(x + first + 16 * j * cols);
+    u32 m2 = 0;
+    #pragma unroll
+    for (int j = 0; j < 8; j++) {
+        m2 = __vmaxu2(m2, raw[j].x & 0x7fff7fffu);
+        m2 = __vmaxu2(m2, raw[j].y & 0x7fff7fffu);
+        m2 = __vmaxu2(m2, raw[j].z & 0x7fff7fffu);
+        m2 = __vmaxu2(m2, raw[j].w & 0x7fff7fffu);
+    }
+    u32 bits = cta_max_u32(max(m2 & 0xffffu, m2 >> 16), scratch[0]);
+    float amax = __uint_as_float(bits << 16);
+    if (bits > 0x7f80u) {  // a NaN in the tile: max |x| over the rest
+        float m = 0.0f;
+        #pragma unroll
+        for (int j = 0; j < 8; j++) {
+            float v[8];
+            unpack8_bf16(raw[j], v);
+            #pragma unroll
+            for (int k = 0; k < 8; k++) m = fmaxf(m, fabsf(v[k]));
+        }
+        amax = __uint_as_float(cta_max_u32(__float_as_uint(m), scratch[1]));
+    }
+    const float s = fp8_block_scale(amax);
+    if (threadIdx.x == 0) *scale_out = __fdiv_rn(1.0f, s);
+    #pragma unroll
+    for (int j = 0; j < 8; j++) {
+        uint2 out = make_uint2(e4m3x4(raw[j].x, raw[j].y, s), e4m3x4(raw[j].z, raw[j].w, s));
+        *reinterpret_cast<uint2*>(q + first + 16 * j * cols) = out;
+    }
+}

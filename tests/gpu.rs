@@ -7,7 +7,7 @@
 
 mod common;
 
-use wmap::cuda::Gpu;
+use wmap::cuda::{Gpu, KernelVersion};
 use wmap::quant::{self, Format, QuantizedTensor};
 
 /// Inside an ignored test: the device must be there (a skip would read as a pass).
@@ -98,8 +98,17 @@ fn check(gpu: &Gpu, format: Format, x: &[u16], shape: &[u64], what: &str) {
 #[ignore = "needs a CUDA device: scripts/gpu-test.sh runs it with --include-ignored"]
 fn kernels_match_the_cpu_reference() {
     need_gpu();
-    let gpu = Gpu::new(0).expect("open the GPU");
+    let mut gpu = Gpu::new(0).expect("open the GPU");
     println!("device: {} ({})", gpu.name, gpu.arch);
+    for version in [KernelVersion::V1, KernelVersion::V2] {
+        gpu.kernels_version = version;
+        every_format_matches(&gpu, &format!("{version:?}"));
+    }
+}
+
+fn every_format_matches(gpu: &Gpu, version: &str) {
+    // Odd tails, tiny tensors, and sizes on either side of the v2 kernels' tiles
+    // (8192 elements per quantize CTA, 16384 per dequantize CTA, 128x128 FP8 tiles).
     let shapes: &[&[u64]] = &[
         &[77],
         &[1, 33],
@@ -108,6 +117,12 @@ fn kernels_match_the_cpu_reference() {
         &[300, 257],
         &[1024, 4096],
         &[3, 131071],
+        &[8192],
+        &[8200],
+        &[2, 16376],
+        &[256, 384],
+        &[130, 136],
+        &[129, 4100],
     ];
     let mut formats: Vec<Format> = Format::NAMES
         .iter()
@@ -123,7 +138,7 @@ fn kernels_match_the_cpu_reference() {
         let n = shape.iter().product::<u64>() as usize;
         let x = bf16_random(n, 17 + i as u64);
         for &f in &formats {
-            check(&gpu, f, &x, shape, &format!("random {shape:?}"));
+            check(gpu, f, &x, shape, &format!("{version} random {shape:?}"));
             checks += 1;
         }
     }
@@ -151,7 +166,7 @@ fn kernels_match_the_cpu_reference() {
             Format::Fp4 { blocksize: bs },
             Format::Nf4Dq { blocksize: bs },
         ] {
-            check(&gpu, f, &x, &shape, &format!("golden case{case}"));
+            check(gpu, f, &x, &shape, &format!("{version} golden case{case}"));
             checks += 1;
         }
         let packed = st
@@ -163,14 +178,77 @@ fn kernels_match_the_cpu_reference() {
         let q = gpu
             .quantize(Format::Nf4 { blocksize: bs }, &dev_x.as_view(), &shape)
             .unwrap()
-            .to_host(&gpu)
+            .to_host(gpu)
             .unwrap();
         assert_eq!(
             q.data, packed,
-            "golden case{case}: GPU NF4 equals bitsandbytes"
+            "{version} golden case{case}: GPU NF4 equals bitsandbytes"
         );
     }
-    println!("{checks} format × tensor checks byte-identical");
+    println!("{version}: {checks} format × tensor checks byte-identical");
+}
+
+/// Values at the edges of every conversion: NaN of both signs, infinities, subnormals,
+/// all-zero and all-subnormal blocks (absmax 0 or flushed by the reciprocal), a lone NaN
+/// or inf in a block, E4M3 rounding ties and saturation, mixed into random data.
+fn bf16_special(n: usize, seed: u64) -> Vec<u16> {
+    let special: [u16; 16] = [
+        0x7fc0, 0xffc0, 0x7f81, 0x7f80, 0xff80, 0x0001, 0x8001, 0x007f, 0x0080, 0x8000,
+        0x43e8, // 464: an E4M3 tie at saturation
+        0x43e0, // 448
+        0x3f90, // 1.125: E4M3 tie between 1.0 and 1.25 before scaling
+        0x3c00, // 2^-7: an E4M3 subnormal after a scale of 1
+        0x7f7f, // the largest bf16
+        0xff7f,
+    ];
+    let mut x = bf16_random(n, seed);
+    let mut s = seed | 1;
+    for (i, v) in x.iter_mut().enumerate() {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        match (i / 64) % 8 {
+            0 => *v = 0,                   // an all-zero block
+            1 => *v = (s as u16) & 0x807f, // subnormals and zeros only
+            2 if s % 13 == 0 => *v = special[(s >> 8) as usize % 16],
+            3 if i % 64 == 5 => *v = 0x7fc0, // one NaN
+            4 if i % 64 == 9 => *v = 0xff80, // one -inf
+            _ => {}
+        }
+    }
+    x
+}
+
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu-test.sh runs it with --include-ignored"]
+fn special_values_match_the_cpu_reference() {
+    need_gpu();
+    let mut gpu = Gpu::new(0).expect("open the GPU");
+    let mut formats = vec![Format::Fp8Block { block: 128 }];
+    for bs in [32, 64, 128, 256, 512] {
+        formats.push(Format::Nf4 { blocksize: bs });
+        formats.push(Format::Fp4 { blocksize: bs });
+    }
+    let shapes: &[&[u64]] = &[&[256, 512], &[130, 200], &[3, 1001]];
+    let mut checks = 0;
+    for version in [KernelVersion::V1, KernelVersion::V2] {
+        gpu.kernels_version = version;
+        for (i, shape) in shapes.iter().enumerate() {
+            let n = shape.iter().product::<u64>() as usize;
+            let x = bf16_special(n, 5 + i as u64);
+            for &f in &formats {
+                check(
+                    &gpu,
+                    f,
+                    &x,
+                    shape,
+                    &format!("{version:?} special {shape:?}"),
+                );
+                checks += 1;
+            }
+        }
+    }
+    println!("{checks} special-value checks byte-identical");
 }
 
 /// One input over 2^31 bytes, so 32-bit index arithmetic would show.

@@ -34,10 +34,37 @@ pub struct Gpu {
     nf4_table: CudaSlice<f32>,
     fp4_table: CudaSlice<f32>,
     dynamic_map: CudaSlice<f32>,
+    /// The NF4 cell table of the version-2 quantizer ([`super::tables`]).
+    nf4_cells: CudaSlice<u32>,
+    /// Which quantize/dequantize kernels run; tests switch it to compare both.
+    pub kernels_version: KernelVersion,
     pub name: String,
     pub arch: String,
     /// Where the kernels came from (the on-disk cache or NVRTC just now).
     pub kernels: sources::KernelOrigins,
+}
+
+/// The generation of the NF4/FP4 and FP8-block kernels: v2 (`kernels/bnb4_v2.cu`,
+/// `fp8_quantize_blocks_v2`) is built for memory throughput; v1 is the earlier set, kept
+/// selectable (`WMAP_KERNELS=v1`) as a fallback. Both give the same bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelVersion {
+    V1,
+    V2,
+}
+
+impl KernelVersion {
+    /// From `WMAP_KERNELS` (`v1` or `v2`); unset or anything else gives the default.
+    pub fn from_env() -> KernelVersion {
+        match std::env::var("WMAP_KERNELS").as_deref() {
+            Ok("v1") => KernelVersion::V1,
+            Ok("v2") => KernelVersion::V2,
+            _ => KernelVersion::DEFAULT,
+        }
+    }
+
+    /// v1 until v2 is measured byte-identical on a device.
+    pub const DEFAULT: KernelVersion = KernelVersion::V1;
 }
 
 /// `n` uninitialized elements from `stream`'s memory pool, marked as written at this
@@ -86,7 +113,13 @@ impl Gpu {
         let copy_stream = ctx.new_stream().map_err(err("cannot create a stream"))?;
         let (functions, kernels) = load_kernels(&ctx, &arch)?;
         let up = |v: &[f32]| stream.clone_htod(v).map_err(err("cannot upload a table"));
+        let cells = super::tables::nf4_cell_table()
+            .ok_or_else(|| super::Error::Internal("two NF4 midpoints share a cell".into()))?;
         Ok(Gpu {
+            nf4_cells: stream
+                .clone_htod(&cells)
+                .map_err(err("cannot upload a table"))?,
+            kernels_version: KernelVersion::from_env(),
             nf4_mids: up(&bnb4::NF4_MIDS)?,
             nf4_table: up(&bnb4::NF4)?,
             fp4_table: up(&bnb4::fp4_table())?,
@@ -170,11 +203,13 @@ pub fn kernel_names(module: &str) -> &'static [&'static str] {
             "dq_quantize",
             "dq_absmax",
         ],
+        "bnb4_v2" => &["bnb4_quantize_v2", "bnb4_dequantize_v2"],
         "fp8" => &[
             "amax_bf16",
             "fp8_quantize_tensor",
             "fp8_quantize_rows",
             "fp8_quantize_blocks",
+            "fp8_quantize_blocks_v2",
             "fp8_dequantize",
         ],
         "fp4" => &["nvfp4_quantize", "mxfp4_quantize", "fp4_dequantize"],
@@ -188,6 +223,22 @@ pub fn kernel_names(module: &str) -> &'static [&'static str] {
         ],
         _ => &[],
     }
+}
+
+/// Elements per CTA of the version-2 kernels (`Q_UNITS`, `DQ_UNITS` × 256 threads × 8).
+const BNB4_Q_TILE: usize = 4 * 256 * 8;
+const BNB4_DQ_TILE: usize = 8 * 256 * 8;
+
+/// One 256-thread CTA per `tile` elements of `n`.
+fn tiles(n: usize, tile: usize) -> GpuResult<LaunchConfig> {
+    let ctas = u32::try_from(n.div_ceil(tile).max(1)).map_err(|_| {
+        super::Error::Unsupported(format!("{n} elements: more tiles than one launch holds"))
+    })?;
+    Ok(LaunchConfig {
+        grid_dim: (ctas, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    })
 }
 
 fn grid(threads: u64, block: u32) -> LaunchConfig {
@@ -387,7 +438,20 @@ impl Gpu {
                     .ok_or_else(|| super::Error::Internal("no absmax buffer".into()))?;
                 let mut absmax = absmax.slice_mut(offset / blocksize..);
                 let mids = &self.nf4_mids;
-                if blocksize <= 256 {
+                if blocksize <= 256 && self.kernels_version == KernelVersion::V2 {
+                    let mut b = s.launch_builder(self.f("bnb4_quantize_v2"));
+                    b.arg(x)
+                        .arg(&mut packed)
+                        .arg(&mut absmax)
+                        .arg(&n)
+                        .arg(&bs)
+                        .arg(&kind)
+                        .arg(&self.nf4_cells);
+                    // SAFETY: arguments match the kernel's signature; the views hold the
+                    // chunk's outputs (sizes from `alloc_quantized`).
+                    unsafe { b.launch(tiles(x.len(), BNB4_Q_TILE)?) }
+                        .map_err(err("bnb4_quantize_v2"))?;
+                } else if blocksize <= 256 {
                     let mut b = s.launch_builder(self.f("bnb4_quantize_small"));
                     b.arg(x)
                         .arg(&mut packed)
@@ -452,14 +516,11 @@ impl Gpu {
                     block_dim: (256, 1, 1),
                     shared_mem_bytes: 0,
                 };
-                self.launch_rows(
-                    "fp8_quantize_blocks",
-                    cfg,
-                    x,
-                    (rows, cols),
-                    &mut data,
-                    &mut scales,
-                )?;
+                let name = match self.kernels_version {
+                    KernelVersion::V2 => "fp8_quantize_blocks_v2",
+                    KernelVersion::V1 => "fp8_quantize_blocks",
+                };
+                self.launch_rows(name, cfg, x, (rows, cols), &mut data, &mut scales)?;
             }
             Format::Mxfp4 => {
                 let bpr = cols.div_ceil(fp4::MXFP4_BLOCK);
@@ -678,7 +739,6 @@ impl Gpu {
         let n = p.shape.iter().product::<u64>() as i64;
         let cols = p.shape.last().copied().unwrap_or(1).max(1) as i64;
         let rows = n / cols;
-        let threads8 = grid((n as u64).div_ceil(8), 256);
         match p.format {
             Format::Nf4 { blocksize } | Format::Fp4 { blocksize } => {
                 let table = if matches!(p.format, Format::Fp4 { .. }) {
@@ -686,20 +746,11 @@ impl Gpu {
                 } else {
                     &self.nf4_table
                 };
-                let bs = blocksize as i32;
                 let absmax = p
                     .scales_f32
                     .as_ref()
                     .ok_or_else(|| super::Error::Internal("no absmax".into()))?;
-                let mut b = s.launch_builder(self.f("bnb4_dequantize"));
-                b.arg(&p.data)
-                    .arg(absmax)
-                    .arg(out)
-                    .arg(&n)
-                    .arg(&bs)
-                    .arg(table);
-                // SAFETY: arguments match the kernel; `out` holds `n` elements.
-                unsafe { b.launch(threads8) }.map_err(err("bnb4_dequantize"))?;
+                self.bnb4_dequantize(&p.data, absmax, out, n, blocksize, table)?;
             }
             Format::Nf4Dq { blocksize } => {
                 let codes = p
@@ -727,16 +778,14 @@ impl Gpu {
                     .arg(&nb);
                 // SAFETY: as above.
                 unsafe { b.launch(grid(nb as u64, 256)) }.map_err(err("dq_absmax"))?;
-                let bs = blocksize as i32;
-                let mut b = s.launch_builder(self.f("bnb4_dequantize"));
-                b.arg(&p.data)
-                    .arg(&absmax)
-                    .arg(out)
-                    .arg(&n)
-                    .arg(&bs)
-                    .arg(&self.nf4_table);
-                // SAFETY: as above.
-                unsafe { b.launch(threads8) }.map_err(err("bnb4_dequantize"))?;
+                self.bnb4_dequantize(
+                    &p.data,
+                    &absmax.as_view(),
+                    out,
+                    n,
+                    blocksize,
+                    &self.nf4_table,
+                )?;
             }
             Format::Fp8PerTensor | Format::Fp8PerChannel | Format::Fp8Block { .. } => {
                 let mode: i32 = match p.format {
@@ -779,6 +828,31 @@ impl Gpu {
                 unsafe { b.launch(grid(n as u64, 256)) }.map_err(err("fp4_dequantize"))?;
             }
         }
+        Ok(())
+    }
+}
+
+impl Gpu {
+    /// `out = bf16(table[code] * absmax)` over the first `n` elements of `out`.
+    fn bnb4_dequantize(
+        &self,
+        data: &CudaView<'_, u8>,
+        absmax: &CudaView<'_, f32>,
+        out: &mut CudaSlice<u16>,
+        n: i64,
+        blocksize: usize,
+        table: &CudaSlice<f32>,
+    ) -> GpuResult<()> {
+        let bs = blocksize as i32;
+        let (name, cfg) = match self.kernels_version {
+            KernelVersion::V2 => ("bnb4_dequantize_v2", tiles(n as usize, BNB4_DQ_TILE)?),
+            KernelVersion::V1 => ("bnb4_dequantize", grid((n as u64).div_ceil(8), 256)),
+        };
+        let mut b = self.stream.launch_builder(self.f(name));
+        b.arg(data).arg(absmax).arg(out).arg(&n).arg(&bs).arg(table);
+        // SAFETY: both kernels take these arguments; `data` and `absmax` hold the codes
+        // and scales of `n` elements (the caller's quantized tensor), `out` holds `n`.
+        unsafe { b.launch(cfg) }.map_err(err(name))?;
         Ok(())
     }
 }

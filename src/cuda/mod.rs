@@ -10,6 +10,7 @@
 pub mod cache;
 mod error;
 pub mod sources;
+pub mod tables;
 
 pub use error::Error;
 

@@ -7,6 +7,7 @@ const COMMON: &str = include_str!("../../kernels/common.cuh");
 /// (module name, source) of every kernel file.
 pub const FILES: &[(&str, &str)] = &[
     ("bnb4", include_str!("../../kernels/bnb4.cu")),
+    ("bnb4_v2", include_str!("../../kernels/bnb4_v2.cu")),
     ("fp8", include_str!("../../kernels/fp8.cu")),
     ("fp4", include_str!("../../kernels/fp4.cu")),
     ("convert", include_str!("../../kernels/convert.cu")),

@@ -1,0 +1,189 @@
+// bitsandbytes 4-bit formats (NF4, FP4), version 2: the same bytes as bnb4.cu's
+// bnb4_quantize_small and bnb4_dequantize (and so as the CPU reference), laid out for
+// memory throughput. A 256-thread CTA owns a tile of UNITS * 256 units of 8 elements;
+// unit j * 256 + threadIdx.x of the tile belongs to the thread, so each warp access is
+// contiguous and every thread has UNITS loads in flight before it uses the first.
+// Quantization blocks of bs <= 256 elements are bs / 8 neighbouring lanes of one warp.
+
+#define Q_UNITS 4   // quantize: 4 x 16 bytes of bf16 in flight per thread
+#define DQ_UNITS 8  // dequantize: 8 x 4 bytes of codes (and absmax) in flight per thread
+
+// ---- NF4 code by table lookup instead of a four-level select tree ----
+// nf4_cell(y) = round(15 * max(y, -1)) + 15, at most 30: 31 monotone cells of width 1/15
+// over [-1, 1]; NaN and y < -1 land in cell 0, y > 1 (reciprocal slop) and inf in cell 30.
+// Neighbouring NF4 midpoints are more than 0.085 apart, so a cell holds at most one, and
+// code = (midpoints in lower cells) + (y > the cell's midpoint): the count of midpoints
+// below y, as the reference defines it. The host builds the table from the midpoints
+// with this same function (quant::bnb4::nf4_cell_table, tested against the reference).
+__device__ __forceinline__ u32 nf4_cell(float y) {
+    float c = fmaxf(y, -1.0f);
+    // 1.5 * 2^23 + 15 c lies in [2^23, 2^24), where the float's ulp is 1: its low
+    // mantissa bits are round(15 c) (c = inf gives a larger pattern, clamped below).
+    float r = __fmaf_rn(c, 15.0f, 12582912.0f);
+    return min(__float_as_uint(r) - (0x4B400000u - 15u), 30u);
+}
+
+struct Nf4Table {
+    float thr[32];  // the cell's midpoint, or inf when it holds none
+    u32 base[32];   // midpoints in lower cells
+};
+
+// Threads 0..63 copy the host's table (thr bits, then base); the caller synchronizes.
+__device__ __forceinline__ void nf4_table_load(Nf4Table& t, const u32* table_in) {
+    if (threadIdx.x < 64) reinterpret_cast<u32*>(&t)[threadIdx.x] = __ldg(table_in + threadIdx.x);
+}
+
+template <int KIND>
+__device__ __forceinline__ u32 code4(float y, const Nf4Table& t) {
+    if (KIND == 0) {
+        u32 c = nf4_cell(y);
+        return t.base[c] + (y > t.thr[c] ? 1u : 0u);
+    }
+    const float unused[15] = {};
+    return bnb4_code(1, y, unused);
+}
+
+// Codes of 8 values, packed as bnb4_encode does: byte k = code[2k] << 4 | code[2k + 1].
+template <int KIND>
+__device__ __forceinline__ u32 pack8(const float (&v)[8], float inv, const Nf4Table& t) {
+    u32 w = 0;
+    #pragma unroll
+    for (int k = 3; k >= 0; k--) {
+        w = (w << 4) + code4<KIND>(__fmul_rn(v[2 * k], inv), t);
+        w = (w << 4) + code4<KIND>(__fmul_rn(v[2 * k + 1], inv), t);
+    }
+    return w;
+}
+
+// Eight bf16 from element i on, zero past n, as raw words.
+__device__ __forceinline__ uint4 load8_raw(const u16* x, i64 i, i64 n) {
+    if (i + 8 <= n) return load16_stream(x + i);
+    u32 w[4] = {0u, 0u, 0u, 0u};
+    for (int k = 0; k < 8 && i + k < n; k++) w[k / 2] |= (u32)x[i + k] << (16 * (k & 1));
+    return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// One unit: its block's absmax (every lane takes part in the group max, in range or
+// not), then the packed codes; FULL when the whole unit is in range.
+template <int KIND, int WIDTH, bool FULL>
+__device__ __forceinline__ void quantize_unit(uint4 raw, i64 u, i64 n, float* absmax, u8* packed,
+                                              const Nf4Table& t) {
+    float v[8];
+    unpack8_bf16(raw, v);
+    float m = 0.0f;
+    #pragma unroll
+    for (int k = 0; k < 8; k++) m = fmaxf(m, fabsf(v[k]));
+    #pragma unroll
+    for (int o = WIDTH / 2; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o, WIDTH));
+    if (!FULL && u * 8 >= n) return;
+    if ((threadIdx.x & (WIDTH - 1)) == 0) absmax[u / WIDTH] = m;
+    u32 codes = pack8<KIND>(v, rcp_approx(m), t);
+    i64 nbytes = (n + 1) / 2;
+    if (FULL || u * 4 + 4 <= nbytes) {
+        *reinterpret_cast<u32*>(packed + u * 4) = codes;
+    } else {
+        for (int k = 0; k < 4 && u * 4 + k < nbytes; k++) packed[u * 4 + k] = (u8)(codes >> (8 * k));
+    }
+}
+
+// WIDTH = bs / 8: the lanes of one quantization block (4, 8, 16 or 32).
+template <int KIND, int WIDTH>
+__device__ __forceinline__ void quantize_tile(const u16* x, u8* packed, float* absmax, i64 n, const u32* cells,
+                                              Nf4Table& table) {
+    const i64 unit0 = (i64)blockIdx.x * (Q_UNITS * V2_THREADS) + threadIdx.x;
+    if (((i64)blockIdx.x + 1) * (Q_UNITS * V2_THREADS * 8) <= n) {
+        uint4 raw[Q_UNITS];
+        #pragma unroll
+        for (int j = 0; j < Q_UNITS; j++) raw[j] = load16_stream(x + (unit0 + j * V2_THREADS) * 8);
+        if (KIND == 0) {
+            nf4_table_load(table, cells);  // while the loads are in flight
+            __syncthreads();
+        }
+        #pragma unroll
+        for (int j = 0; j < Q_UNITS; j++)
+            quantize_unit<KIND, WIDTH, true>(raw[j], unit0 + j * V2_THREADS, n, absmax, packed, table);
+    } else {
+        // The last tile: plain per-unit loop.
+        if (KIND == 0) {
+            nf4_table_load(table, cells);
+            __syncthreads();
+        }
+        #pragma unroll 1
+        for (int j = 0; j < Q_UNITS; j++) {
+            const i64 u = unit0 + j * V2_THREADS;
+            quantize_unit<KIND, WIDTH, false>(load8_raw(x, u * 8, n), u, n, absmax, packed, table);
+        }
+    }
+}
+
+// bs <= 256 (a power of two >= 32); grid: ceil(n / (8 * Q_UNITS * 256)) CTAs of 256.
+extern "C" __global__ void __launch_bounds__(V2_THREADS) bnb4_quantize_v2(const u16* x, u8* packed, float* absmax,
+                                                                          i64 n, int bs, int kind,
+                                                                          const u32* cells) {
+    __shared__ Nf4Table table;
+    switch (kind * 1024 + bs) {
+    case 32: quantize_tile<0, 4>(x, packed, absmax, n, cells, table); break;
+    case 64: quantize_tile<0, 8>(x, packed, absmax, n, cells, table); break;
+    case 128: quantize_tile<0, 16>(x, packed, absmax, n, cells, table); break;
+    case 256: quantize_tile<0, 32>(x, packed, absmax, n, cells, table); break;
+    case 1024 + 32: quantize_tile<1, 4>(x, packed, absmax, n, cells, table); break;
+    case 1024 + 64: quantize_tile<1, 8>(x, packed, absmax, n, cells, table); break;
+    case 1024 + 128: quantize_tile<1, 16>(x, packed, absmax, n, cells, table); break;
+    case 1024 + 256: quantize_tile<1, 32>(x, packed, absmax, n, cells, table); break;
+    default: break;  // the launcher sends larger blocks to bnb4_quantize_large
+    }
+}
+
+// 8 elements of a unit, exactly as bnb4_dequantize (any absmax, the last partial unit).
+__device__ __noinline__ void dequantize_unit_exact(const u8* packed, const float* absmax, u16* out, i64 i, i64 n,
+                                                   int bs, const float* table) {
+    for (i64 e = i; e < n && e < i + 8; e++) {
+        u8 byte = packed[e / 2];
+        u8 c = (e & 1) ? (byte & 0xF) : (byte >> 4);
+        out[e] = f32_to_bf16(__fmul_rn(table[c], absmax[e / bs]));
+    }
+}
+
+// out = bf16(table[code] * absmax), 8 elements per unit: 4 bytes of codes in, 16 bytes
+// out. Any power-of-two bs >= 8 (8-aligned units never straddle a block). One cvt per
+// two elements when absmax is finite (then no product is NaN, where the cvt and
+// f32_to_bf16 differ); otherwise the exact path. grid: ceil(n / (8 * DQ_UNITS * 256)).
+extern "C" __global__ void __launch_bounds__(V2_THREADS) bnb4_dequantize_v2(const u8* packed, const float* absmax,
+                                                                            u16* out, i64 n, int bs,
+                                                                            const float* table_in) {
+    __shared__ float table[16];
+    if (threadIdx.x < 16) table[threadIdx.x] = table_in[threadIdx.x];
+    const int shift = __ffs(bs / 8) - 1;
+    const i64 unit0 = (i64)blockIdx.x * (DQ_UNITS * V2_THREADS) + threadIdx.x;
+    if (((i64)blockIdx.x + 1) * (DQ_UNITS * V2_THREADS * 8) > n) {
+        __syncthreads();
+        #pragma unroll 1
+        for (int j = 0; j < DQ_UNITS; j++)
+            dequantize_unit_exact(packed, absmax, out, (unit0 + j * V2_THREADS) * 8, n, bs, table);
+        return;
+    }
+    u32 w[DQ_UNITS];
+    float m[DQ_UNITS];
+    #pragma unroll
+    for (int j = 0; j < DQ_UNITS; j++) {
+        const i64 u = unit0 + j * V2_THREADS;
+        w[j] = __ldcs(reinterpret_cast<const u32*>(packed) + u);
+        m[j] = __ldg(absmax + (u >> shift));
+    }
+    __syncthreads();
+    #pragma unroll
+    for (int j = 0; j < DQ_UNITS; j++) {
+        const i64 i = (unit0 + j * V2_THREADS) * 8;
+        if (!isfinite(m[j])) {
+            dequantize_unit_exact(packed, absmax, out, i, n, bs, table);
+            continue;
+        }
+        u32 r[4];
+        #pragma unroll
+        for (int k = 0; k < 4; k++) {
+            u32 byte = (w[j] >> (8 * k)) & 0xffu;
+            r[k] = bf16x2_rn(__fmul_rn(table[byte >> 4], m[j]), __fmul_rn(table[byte & 0xfu], m[j]));
+        }
+        *reinterpret_cast<uint4*>(out + i) = make_uint4(r[0], r[1], r[2], r[3]);
+    }
+}
