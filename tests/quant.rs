@@ -150,10 +150,9 @@ fn the_dynamic_map_matches_bitsandbytes() {
     assert_eq!(map[0], -map[254]);
 }
 
-/// Double quantization. bitsandbytes' `offset` is a GPU mean whose summation order is the
-/// GPU's; ours is an f64 sum rounded once. They may differ in the last bit, so this test
-/// (1) checks ours is within one ulp of bnb's, and (2) feeds bnb's offset to our nested
-/// quantizer, whose codes, nested absmax and final dequant must then be identical.
+/// Double quantization. bitsandbytes' `offset` is torch's float32 GPU mean; ours replays
+/// its order of additions, so the offset is bit-identical, and so are the nested codes,
+/// the nested absmax and the final dequant.
 #[test]
 fn double_quant_matches_bitsandbytes() {
     let g = Golden::load();
@@ -168,11 +167,12 @@ fn double_quant_matches_bitsandbytes() {
         );
         let bnb_offset = g.f32s(&format!("case{case}.nf4dq.offset"))[0];
         let ours = bnb4::mean_offset(&absmax);
-        assert!(
-            (ours.to_bits() as i64 - bnb_offset.to_bits() as i64).abs() <= 1,
+        assert_eq!(
+            ours.to_bits(),
+            bnb_offset.to_bits(),
             "case{case}: {ours} vs {bnb_offset}"
         );
-        let nested = bnb4::double_quantize(&absmax, bnb_offset);
+        let nested = bnb4::double_quantize(&absmax, ours);
         assert_eq!(
             nested.codes,
             g.get(&format!("case{case}.nf4dq.absmax_q")).0,
