@@ -203,6 +203,64 @@ fn double_quant_matches_bitsandbytes() {
     }
 }
 
+/// Double quantization at a layer's scale (hashed weights, see `common::hashgen`): the
+/// offset is the mean of 262144 or 49152 absmax values, where torch's order of additions
+/// decides the last bit, and the nested absmax follows it.
+#[test]
+fn double_quant_matches_bitsandbytes_at_scale() {
+    let g = Golden::load();
+    let st = safetensors::SafeTensors::deserialize(&g.bytes).unwrap();
+    if st.tensor("dqbig0.shape").is_err() {
+        eprintln!(
+            "skipped: bnb_4bit.safetensors has no dqbig cases; rerun scripts/make_goldens.py \
+             on a GPU to add them"
+        );
+        return;
+    }
+    let ints = |name: &str| -> Vec<u64> {
+        g.get(name)
+            .0
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    for k in (0..).take_while(|k| st.tensor(&format!("dqbig{k}.shape")).is_ok()) {
+        let n: u64 = ints(&format!("dqbig{k}.shape")).iter().product();
+        let seed = ints(&format!("dqbig{k}.seed"))[0] as u32;
+        let absmax: Vec<f32> = (0..n)
+            .step_by(64)
+            .map(|b| {
+                (b..(b + 64).min(n))
+                    .map(|i| {
+                        f32::from_bits(u32::from(common::hashgen::bf16_weight(seed, i)) << 16).abs()
+                    })
+                    .fold(0f32, f32::max)
+            })
+            .collect();
+        let offset = bnb4::mean_offset(&absmax);
+        let want = g.f32s(&format!("dqbig{k}.offset"))[0];
+        assert_eq!(
+            offset.to_bits(),
+            want.to_bits(),
+            "dqbig{k}: offset {offset:e} vs {want:e}"
+        );
+        let nested = bnb4::double_quantize(&absmax, offset);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        same(
+            &bits(&nested.absmax),
+            &bits(&g.f32s(&format!("dqbig{k}.state2_absmax"))),
+            &format!("dqbig{k} state2_absmax"),
+        );
+        if st.tensor(&format!("dqbig{k}.absmax_q")).is_ok() {
+            same(
+                &nested.codes,
+                &g.get(&format!("dqbig{k}.absmax_q")).0,
+                &format!("dqbig{k} absmax_q"),
+            );
+        }
+    }
+}
+
 #[test]
 fn all_zero_block_and_odd_tail() {
     let g = Golden::load();
