@@ -134,16 +134,38 @@ extern "C" __global__ void bnb4_dequantize(const u8* packed, const float* absmax
 // `gridDim.x` CTAs). Thread t of all CTAs keeps four accumulators: from 128 values on it
 // adds the float4 vectors t, t + stride, ... lane-wise and CTA 0 adds the tail that fills
 // no vector; below 128 (one CTA) it adds elements t, t + blockDim.x, ... to the
-// accumulators in turn. Then ((a0 + a1) + a2) + a3, and a halving tree over the CTA
-// (thread x takes thread x + offset, offsets decreasing: torch's shared-memory steps and
-// shfl_down steps in one). `absmax` is 16-byte aligned (a fresh allocation).
-__device__ float dq_mean_block_tree(float v, float* shared) {
-    shared[threadIdx.x] = v;
-    for (unsigned offset = blockDim.x / 2; offset > 0; offset >>= 1) {
+// accumulators in turn. Then ((a0 + a1) + a2) + a3, and torch's block_x_reduce over the
+// CTA: shared-memory halving down to 32 threads (thread x takes thread x + offset), then
+// the warp's shfl_down steps with offsets decreasing (torch 2.10, 2.11) or increasing
+// (`increasing`: other releases), replayed here through shared memory in the same order.
+// `absmax` is 16-byte aligned (a fresh allocation).
+__device__ float dq_mean_block_tree(float v, float* shared, int increasing) {
+    unsigned x = threadIdx.x, width = blockDim.x;
+    shared[x] = v;
+    for (; width > 32; width >>= 1) {
         __syncthreads();
-        if (threadIdx.x < offset) {
-            v = __fadd_rn(v, shared[threadIdx.x + offset]);
-            shared[threadIdx.x] = v;
+        if (x < width / 2) {
+            v = __fadd_rn(v, shared[x + width / 2]);
+            shared[x] = v;
+        }
+    }
+    if (!increasing) {
+        for (unsigned offset = width / 2; offset > 0; offset >>= 1) {
+            __syncthreads();
+            if (x < offset) {
+                v = __fadd_rn(v, shared[x + offset]);
+                shared[x] = v;
+            }
+        }
+        return v;
+    }
+    for (unsigned offset = 1; offset < width; offset <<= 1) {
+        __syncthreads();
+        float other = x + offset < width ? shared[x + offset] : 0.0f;
+        __syncthreads();
+        if (x + offset < width) {
+            v = __fadd_rn(v, other);
+            shared[x] = v;
         }
     }
     return v;
@@ -175,10 +197,10 @@ __device__ float dq_mean_thread(const float* absmax, i64 n, int vectorized) {
 }
 
 // One CTA's sum; with one CTA it is the whole sum and thread 0 writes sum * factor.
-extern "C" __global__ void dq_mean_partials(const float* absmax, i64 n, int vectorized, float factor,
-                                            float* partials, float* offset) {
+extern "C" __global__ void dq_mean_partials(const float* absmax, i64 n, int vectorized, int increasing,
+                                            float factor, float* partials, float* offset) {
     __shared__ float shared[512];
-    float v = dq_mean_block_tree(dq_mean_thread(absmax, n, vectorized), shared);
+    float v = dq_mean_block_tree(dq_mean_thread(absmax, n, vectorized), shared, increasing);
     if (threadIdx.x != 0) return;
     if (gridDim.x == 1) *offset = __fmul_rn(v, factor);
     else partials[blockIdx.x] = v;
@@ -186,11 +208,12 @@ extern "C" __global__ void dq_mean_partials(const float* absmax, i64 n, int vect
 
 // torch's global reduce, in one CTA of the same width: thread x adds partials x,
 // x + blockDim.x, ... to zero, then the same tree; thread 0 writes sum * factor.
-extern "C" __global__ void dq_mean_finish(const float* partials, i64 ctas, float factor, float* offset) {
+extern "C" __global__ void dq_mean_finish(const float* partials, i64 ctas, int increasing, float factor,
+                                          float* offset) {
     __shared__ float shared[512];
     float v = 0.0f;
     for (i64 k = threadIdx.x; k < ctas; k += blockDim.x) v = __fadd_rn(v, partials[k]);
-    v = dq_mean_block_tree(v, shared);
+    v = dq_mean_block_tree(v, shared, increasing);
     if (threadIdx.x == 0) *offset = __fmul_rn(v, factor);
 }
 

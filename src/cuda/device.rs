@@ -547,9 +547,9 @@ impl Gpu {
         Ok(())
     }
 
-    /// bitsandbytes' offset, `absmax.mean()` in torch's order of float32 additions on an
-    /// H200 (`quant::torch_mean` picks the launch and replays it on the CPU; the kernels
-    /// replay it here), so CPU and GPU give the same bits on any device.
+    /// bitsandbytes' offset, `absmax.mean()` in the order of float32 additions of torch
+    /// 2.11 on an H200 (`quant::torch_mean` picks the launch and replays it on the CPU;
+    /// the kernels replay it here), so CPU and GPU give the same bits on any device.
     pub fn mean_offset(&self, absmax: &CudaSlice<f32>) -> GpuResult<CudaSlice<f32>> {
         let s = &self.stream;
         let n = absmax.len();
@@ -558,13 +558,14 @@ impl Gpu {
                 .clone_htod(&[0f32])
                 .map_err(err("cannot upload the offset"));
         }
-        let cfg = torch_mean::MeanConfig::new(n, torch_mean::H200).ok_or_else(|| {
+        let cfg = torch_mean::MeanConfig::new(n, torch_mean::H200_TORCH_2_11).ok_or_else(|| {
             super::Error::Internal(format!(
                 "{n} absmax values: too many for torch's mean order"
             ))
         })?;
         let (nb, ctas, factor) = (n as i64, cfg.ctas as i64, cfg.factor());
         let vectorized = i32::from(cfg.vectorized);
+        let increasing = i32::from(cfg.warp_order == torch_mean::WarpOrder::Increasing);
         // SAFETY: the offset is written by the last kernel below, each partial by
         // `dq_mean_partials` before `dq_mean_finish` reads it.
         let mut offset = unsafe { s.alloc::<f32>(1) }.map_err(err("device allocation"))?;
@@ -578,6 +579,7 @@ impl Gpu {
         b.arg(absmax)
             .arg(&nb)
             .arg(&vectorized)
+            .arg(&increasing)
             .arg(&factor)
             .arg(&mut partials)
             .arg(&mut offset);
@@ -586,7 +588,11 @@ impl Gpu {
         unsafe { b.launch(launch(cfg.ctas)) }.map_err(err("dq_mean_partials"))?;
         if cfg.ctas > 1 {
             let mut b = s.launch_builder(self.f("dq_mean_finish"));
-            b.arg(&partials).arg(&ctas).arg(&factor).arg(&mut offset);
+            b.arg(&partials)
+                .arg(&ctas)
+                .arg(&increasing)
+                .arg(&factor)
+                .arg(&mut offset);
             // SAFETY: as above.
             unsafe { b.launch(launch(1)) }.map_err(err("dq_mean_finish"))?;
         }

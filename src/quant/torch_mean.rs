@@ -11,23 +11,36 @@
 //!
 //! [`MeanConfig`] is that launch; [`cuda_mean`] replays it on the CPU. The CUDA kernels
 //! `dq_mean_partials` / `dq_mean_finish` (kernels/bnb4.cu) replay it on the device with
-//! the same config, so both paths give the same bits on any GPU. The device shape is
-//! fixed to an H200's ([`H200`]): the config depends on the SM count only for lengths
-//! above about 4.3 million, where bitsandbytes on another GPU may differ from ours in the
-//! last bit. Not handled: lengths of 2^31 and more (torch splits those into 32-bit
-//! sub-iterations; [`MeanConfig::new`] returns `None`).
+//! the same config, so both paths give the same bits on any GPU. The target is fixed to
+//! torch 2.11 on an H200 ([`H200_TORCH_2_11`]): the config depends on the SM count only
+//! for lengths above about 4.3 million, where bitsandbytes on another GPU may differ from
+//! ours in the last bit; the warp's order of shuffles is a torch release's (decreasing
+//! offsets from pytorch#164790, October 2025, until its backout in pytorch#181819, April
+//! 2026; increasing before and after). Not handled: lengths of 2^31 and more (torch
+//! splits those into 32-bit sub-iterations; [`MeanConfig::new`] returns `None`).
 
-/// The device properties `setReduceConfig` reads.
+/// The device properties `setReduceConfig` reads, and the torch release's warp order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GpuShape {
+pub struct Target {
     pub sm_count: usize,
     pub max_threads_per_sm: usize,
+    pub warp_order: WarpOrder,
 }
 
-/// An H200 SXM: 132 SMs of 2048 threads.
-pub const H200: GpuShape = GpuShape {
+/// The offsets of `block_x_reduce`'s `shfl_down` steps within a warp.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WarpOrder {
+    /// 16, 8, 4, 2, 1: a halving tree (torch 2.10, 2.11).
+    Decreasing,
+    /// 1, 2, 4, 8, 16 (torch before 2.10, ROCm, and after pytorch#181819).
+    Increasing,
+}
+
+/// torch 2.11 on an H200 SXM: 132 SMs of 2048 threads.
+pub const H200_TORCH_2_11: Target = Target {
     sm_count: 132,
     max_threads_per_sm: 2048,
+    warp_order: WarpOrder::Decreasing,
 };
 
 /// `mnt_wrapper<float>::MAX_NUM_THREADS`.
@@ -49,10 +62,11 @@ pub struct MeanConfig {
     pub ctas: usize,
     /// Four-wide vector loads (`input_vectorized_thread_reduce_impl`).
     pub vectorized: bool,
+    pub warp_order: WarpOrder,
 }
 
 impl MeanConfig {
-    pub fn new(n: usize, gpu: GpuShape) -> Option<MeanConfig> {
+    pub fn new(n: usize, gpu: Target) -> Option<MeanConfig> {
         if n == 0 || n > i32::MAX as usize {
             return None;
         }
@@ -79,6 +93,7 @@ impl MeanConfig {
             block,
             ctas,
             vectorized,
+            warp_order: gpu.warp_order,
         })
     }
 
@@ -97,17 +112,17 @@ fn last_pow2(n: usize) -> usize {
     }
 }
 
-/// `torch.mean` of a freshly allocated (16-byte aligned) f32 tensor on an H200; 0 for an
-/// empty slice (torch gives NaN; bitsandbytes never asks).
+/// `torch.mean` of a freshly allocated (16-byte aligned) f32 tensor with torch 2.11 on an
+/// H200; 0 for an empty slice (torch gives NaN; bitsandbytes never asks).
 pub fn cuda_mean(values: &[f32]) -> f32 {
-    cuda_mean_on(values, H200, 0)
+    cuda_mean_on(values, H200_TORCH_2_11, 0)
 }
 
 /// As [`cuda_mean`] for a tensor whose data starts `shift` elements (0..4) past a
-/// 16-byte boundary, on a device of shape `gpu`; `values.len()` of 2^31 and more falls
-/// back to an f64 sum (torch's own order there is not reproduced).
-pub fn cuda_mean_on(values: &[f32], gpu: GpuShape, shift: usize) -> f32 {
-    let Some(cfg) = MeanConfig::new(values.len(), gpu) else {
+/// 16-byte boundary, for `target`; `values.len()` of 2^31 and more falls back to an f64
+/// sum (torch's own order there is not reproduced).
+pub fn cuda_mean_on(values: &[f32], target: Target, shift: usize) -> f32 {
+    let Some(cfg) = MeanConfig::new(values.len(), target) else {
         if values.is_empty() {
             return 0.0;
         }
@@ -118,7 +133,7 @@ pub fn cuda_mean_on(values: &[f32], gpu: GpuShape, shift: usize) -> f32 {
     let sum = if cfg.ctas == 1 {
         partials[0]
     } else {
-        global_reduce(&partials, cfg.block)
+        global_reduce(&partials, &cfg)
     };
     sum * cfg.factor()
 }
@@ -132,7 +147,7 @@ fn cta_partials(values: &[f32], cfg: &MeanConfig, shift: usize) -> Vec<f32> {
     };
     threads
         .chunks(cfg.block)
-        .map(|cta| block_x_reduce(cta.to_vec()))
+        .map(|cta| block_x_reduce(cta.to_vec(), cfg.warp_order))
         .collect()
 }
 
@@ -195,32 +210,61 @@ fn fold(acc: [f32; VEC]) -> f32 {
     acc[1..].iter().fold(acc[0], |s, &a| s + a)
 }
 
-/// `block_x_reduce`: halving through shared memory down to a warp of 32, then warp
-/// shuffles with decreasing offsets (`shfl_down`; torch's CUDA order, not ROCm's); both
-/// stages are the same halving tree, so one loop replays them. Lane 0 holds the result.
+/// `block_x_reduce`: halving through shared memory down to a warp of 32 (thread `x` takes
+/// thread `x + offset`), then `shfl_down` steps in `order`; lane 0 holds the result.
 /// `v.len()` is a power of two.
-fn block_x_reduce(mut v: Vec<f32>) -> f32 {
-    let mut offset = v.len() / 2;
-    while offset >= 1 {
-        // Lane `x` reads lane `x + offset` before that lane is updated in this step.
-        for x in 0..offset {
-            v[x] += v[x + offset];
+fn block_x_reduce(mut v: Vec<f32>, order: WarpOrder) -> f32 {
+    const WARP: usize = 32;
+    let mut width = v.len();
+    if width > WARP {
+        let mut offset = width / 2;
+        while offset >= WARP {
+            halve(&mut v, offset);
+            offset /= 2;
         }
-        offset /= 2;
+        width = WARP;
+    }
+    match order {
+        WarpOrder::Decreasing => {
+            let mut offset = width / 2;
+            while offset >= 1 {
+                halve(&mut v, offset);
+                offset /= 2;
+            }
+        }
+        WarpOrder::Increasing => {
+            let mut offset = 1;
+            while offset < width {
+                // Every lane takes lane `x + offset` as it was before this step; going up,
+                // that lane is not yet updated. Lanes whose source is past the width do
+                // not reach lane 0, so they are left out.
+                for x in 0..width - offset {
+                    v[x] += v[x + offset];
+                }
+                offset *= 2;
+            }
+        }
     }
     v[0]
 }
 
+/// One halving step: lane `x < offset` takes lane `x + offset`, not yet updated.
+fn halve(v: &mut [f32], offset: usize) {
+    for x in 0..offset {
+        v[x] += v[x + offset];
+    }
+}
+
 /// `global_reduce` in the last CTA: thread `x` adds the CTA partials `x, x + block, …`
 /// to zero, then the block reduces as above.
-fn global_reduce(partials: &[f32], block: usize) -> f32 {
-    let mut v = vec![0f32; block];
-    for row in partials.chunks(block) {
+fn global_reduce(partials: &[f32], cfg: &MeanConfig) -> f32 {
+    let mut v = vec![0f32; cfg.block];
+    for row in partials.chunks(cfg.block) {
         for (a, &p) in v.iter_mut().zip(row) {
             *a += p;
         }
     }
-    block_x_reduce(v)
+    block_x_reduce(v, cfg.warp_order)
 }
 
 #[cfg(test)]
@@ -229,7 +273,7 @@ mod tests {
 
     #[test]
     fn configs_follow_set_reduce_config() {
-        let c = |n| MeanConfig::new(n, H200).map(|c| (c.block, c.ctas, c.vectorized));
+        let c = |n| MeanConfig::new(n, H200_TORCH_2_11).map(|c| (c.block, c.ctas, c.vectorized));
         assert_eq!(c(0), None);
         assert_eq!(c(1), Some((1, 1, false)));
         assert_eq!(c(127), Some((64, 1, false)));
@@ -252,14 +296,25 @@ mod tests {
     }
 
     /// The order is not index order: 1 + 2^-24 + 2^-24 loses both small terms left to
-    /// right but keeps them when they are added together first, as threads 1 and 3 of a
-    /// 4-thread block are (lane 1 takes lane 3 at offset 2, then lane 0 takes lane 1).
+    /// right but keeps them when they are added together first. Decreasing offsets add
+    /// lanes 1 and 3 first (lane 1 takes lane 3 at offset 2, then lane 0 takes lane 1);
+    /// increasing ones add lanes 2 and 3 first (offset 1), then 0 + 1 and the two pairs.
     #[test]
     fn block_tree_order_is_visible() {
         let tiny = f32::EPSILON / 2.0;
         let v = [1.0, tiny, 0.0, tiny];
         let in_order = v.iter().fold(0f32, |s, &x| s + x);
         assert_eq!(in_order, 1.0);
-        assert_eq!(block_x_reduce(v.to_vec()), 1.0 + f32::EPSILON);
+        assert_eq!(
+            block_x_reduce(v.to_vec(), WarpOrder::Decreasing),
+            1.0 + f32::EPSILON
+        );
+        assert_eq!(block_x_reduce(v.to_vec(), WarpOrder::Increasing), 1.0);
+        let w = [1.0, 0.0, tiny, tiny];
+        assert_eq!(block_x_reduce(w.to_vec(), WarpOrder::Decreasing), 1.0);
+        assert_eq!(
+            block_x_reduce(w.to_vec(), WarpOrder::Increasing),
+            1.0 + f32::EPSILON
+        );
     }
 }
