@@ -100,23 +100,93 @@ extern "C" __global__ void bnb4_dequantize(const u8* packed, const float* absmax
     }
 }
 
-// Double quant, step 1: f64 partial sums of 1024 absmax values each, in index order.
-extern "C" __global__ void dq_partial_sums(const float* absmax, double* partials, i64 n) {
-    i64 c = (i64)blockIdx.x * blockDim.x + threadIdx.x;
-    i64 start = c * 1024;
-    if (start >= n) return;
-    i64 end = start + 1024 < n ? start + 1024 : n;
-    double s = 0.0;
-    for (i64 k = start; k < end; k++) s = __dadd_rn(s, (double)absmax[k]);
-    partials[c] = s;
+// Double quant, step 1: the offset, torch's float32 `absmax.mean()` with its order of
+// additions (ATen Reduce.cuh, replayed on the CPU by src/quant/torch_mean.rs, which also
+// picks the launch: `blockDim.x` threads per CTA, a power of two up to 512, and
+// `gridDim.x` CTAs). Thread t of all CTAs keeps four accumulators: from 128 values on it
+// adds the float4 vectors t, t + stride, ... lane-wise and CTA 0 adds the tail that fills
+// no vector; below 128 (one CTA) it adds elements t, t + blockDim.x, ... to the
+// accumulators in turn. Then ((a0 + a1) + a2) + a3, and torch's block_x_reduce over the
+// CTA: shared-memory halving down to 32 threads (thread x takes thread x + offset), then
+// the warp's shfl_down steps with offsets decreasing (torch 2.10, 2.11) or increasing
+// (`increasing`: other releases), replayed here through shared memory in the same order.
+// `absmax` is 16-byte aligned (a fresh allocation).
+__device__ float dq_mean_block_tree(float v, float* shared, int increasing) {
+    unsigned x = threadIdx.x, width = blockDim.x;
+    shared[x] = v;
+    for (; width > 32; width >>= 1) {
+        __syncthreads();
+        if (x < width / 2) {
+            v = __fadd_rn(v, shared[x + width / 2]);
+            shared[x] = v;
+        }
+    }
+    if (!increasing) {
+        for (unsigned offset = width / 2; offset > 0; offset >>= 1) {
+            __syncthreads();
+            if (x < offset) {
+                v = __fadd_rn(v, shared[x + offset]);
+                shared[x] = v;
+            }
+        }
+        return v;
+    }
+    for (unsigned offset = 1; offset < width; offset <<= 1) {
+        __syncthreads();
+        float other = x + offset < width ? shared[x + offset] : 0.0f;
+        __syncthreads();
+        if (x + offset < width) {
+            v = __fadd_rn(v, other);
+            shared[x] = v;
+        }
+    }
+    return v;
 }
 
-// Step 2: the partials in order, divided by n, rounded once.
-extern "C" __global__ void dq_offset(const double* partials, i64 nparts, i64 n, float* offset) {
-    if (blockIdx.x != 0 || threadIdx.x != 0) return;
-    double s = 0.0;
-    for (i64 k = 0; k < nparts; k++) s = __dadd_rn(s, partials[k]);
-    *offset = (float)__ddiv_rn(s, (double)n);
+__device__ float dq_mean_thread(const float* absmax, i64 n, int vectorized) {
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    i64 t = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (vectorized) {
+        i64 stride = (i64)blockDim.x * gridDim.x, nvec = n / 4;
+        const float4* vec = reinterpret_cast<const float4*>(absmax);
+        for (i64 v = t; v < nvec; v += stride) {
+            float4 q = vec[v];
+            acc[0] = __fadd_rn(acc[0], q.x);
+            acc[1] = __fadd_rn(acc[1], q.y);
+            acc[2] = __fadd_rn(acc[2], q.z);
+            acc[3] = __fadd_rn(acc[3], q.w);
+        }
+        i64 k = nvec * 4 + threadIdx.x;
+        if (blockIdx.x == 0 && k < n) acc[0] = __fadd_rn(acc[0], absmax[k]);
+    } else {
+        i64 stride = blockDim.x, idx = t;
+        for (; idx + 3 * stride < n; idx += 4 * stride) {
+            for (int i = 0; i < 4; i++) acc[i] = __fadd_rn(acc[i], absmax[idx + i * stride]);
+        }
+        for (int i = 0; i < 4 && idx < n; i++, idx += stride) acc[i] = __fadd_rn(acc[i], absmax[idx]);
+    }
+    return __fadd_rn(__fadd_rn(__fadd_rn(acc[0], acc[1]), acc[2]), acc[3]);
+}
+
+// One CTA's sum; with one CTA it is the whole sum and thread 0 writes sum * factor.
+extern "C" __global__ void dq_mean_partials(const float* absmax, i64 n, int vectorized, int increasing,
+                                            float factor, float* partials, float* offset) {
+    __shared__ float shared[512];
+    float v = dq_mean_block_tree(dq_mean_thread(absmax, n, vectorized), shared, increasing);
+    if (threadIdx.x != 0) return;
+    if (gridDim.x == 1) *offset = __fmul_rn(v, factor);
+    else partials[blockIdx.x] = v;
+}
+
+// torch's global reduce, in one CTA of the same width: thread x adds partials x,
+// x + blockDim.x, ... to zero, then the same tree; thread 0 writes sum * factor.
+extern "C" __global__ void dq_mean_finish(const float* partials, i64 ctas, int increasing, float factor,
+                                          float* offset) {
+    __shared__ float shared[512];
+    float v = 0.0f;
+    for (i64 k = threadIdx.x; k < ctas; k += blockDim.x) v = __fadd_rn(v, partials[k]);
+    v = dq_mean_block_tree(v, shared, increasing);
+    if (threadIdx.x == 0) *offset = __fmul_rn(v, factor);
 }
 
 // bitsandbytes' dQuantize over the sorted 256-entry dynamic map (no stochastic rounding).
@@ -138,7 +208,7 @@ __device__ u8 dynamic_code(const float* map, float x) {
     return x < mid ? (u8)lower_pivot : (u8)pivot;
 }
 
-// Step 3: (absmax - offset) in blocks of 256, one CUDA block of 256 threads each.
+// Step 2: (absmax - offset) in blocks of 256, one CUDA block of 256 threads each.
 extern "C" __global__ void dq_quantize(const float* absmax, const float* offset, const float* map, u8* codes,
                                        float* nested, i64 n) {
     __shared__ float warp_max[8];

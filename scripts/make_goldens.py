@@ -3,7 +3,9 @@
 themselves, on a CUDA machine (bitsandbytes' 4-bit kernels need one):
 
   bnb_4bit.safetensors  bitsandbytes NF4, FP4 and NF4 double quant (packed codes, absmax,
-                        the nested quant state, dequantized values), and torch's E4M3 cast.
+                        the nested quant state, dequantized values), double quant of two
+                        layer-sized hashed weights (offset, nested state), and torch's
+                        E4M3 cast.
   scales.safetensors    fine-grained FP8 (128x128 blocks) quantized and dequantized by
                         transformers' own `Fp8Quantize` / `Fp8Dequantize` ops, and NVFP4
                         quantized and dequantized by ModelOpt's `NVFP4QTensor` (imported from
@@ -52,6 +54,27 @@ BNB_CASES = [
 ]
 
 
+# Double quant at the scale of real layers, where the offset (torch's float32 GPU mean of
+# 262144 or 49152 absmax values) gets its last bit from torch's order of additions. The
+# weights are hashed (make_mean_goldens.bf16_weights; tests/common/hashgen.rs in Rust),
+# not stored; the nested codes are stored for the first case only (256 KiB).
+DQ_AT_SCALE = [((4096, 4096), 7001), ((2048, 1536), 7002)]
+
+
+def dq_at_scale(F, out):
+    from make_mean_goldens import bf16_weights
+
+    for k, (shape, seed) in enumerate(DQ_AT_SCALE):
+        w = bf16_weights(seed, shape, "cuda")
+        packed, st = F.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=True)
+        out[f"dqbig{k}.shape"] = torch.tensor(shape, dtype=torch.int64)
+        out[f"dqbig{k}.seed"] = torch.tensor([seed], dtype=torch.int64)
+        out[f"dqbig{k}.offset"] = st.offset.float().reshape(1).cpu()
+        out[f"dqbig{k}.state2_absmax"] = st.state2.absmax.float().cpu()
+        if k == 0:
+            out[f"dqbig{k}.absmax_q"] = st.absmax.cpu()
+
+
 def bnb_goldens():
     import bitsandbytes as bnb
     import bitsandbytes.functional as F
@@ -80,6 +103,7 @@ def bnb_goldens():
         out[f"case{i}.nf4dq.state2_absmax"] = st.state2.absmax.float().cpu()
         out[f"case{i}.nf4dq.state2_code"] = st.state2.code.float().cpu()
         out[f"case{i}.nf4dq.dequant"] = F.dequantize_4bit(packed, st).to(torch.bfloat16).cpu()
+    dq_at_scale(F, out)
     x = randn((256, 64), 4.0, 100)
     out["fp8.input"] = x
     # float32 product (no bf16 rounding), clamp, then torch's round-to-nearest-even cast.

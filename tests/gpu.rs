@@ -251,6 +251,55 @@ fn special_values_match_the_cpu_reference() {
     println!("{checks} special-value checks byte-identical");
 }
 
+/// The double-quant offset on the device equals `quant::torch_mean` on the CPU (which
+/// `tests/torch_mean.rs` holds to torch's own GPU mean) through every launch shape: one
+/// strided CTA, vector loads, a split across CTAs, the SM-count cap, a count not exact
+/// in f32.
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu-test.sh runs it with --include-ignored"]
+fn the_offset_kernels_replay_torchs_mean() {
+    need_gpu();
+    let gpu = Gpu::new(0).expect("open the GPU");
+    let lengths = [
+        1,
+        2,
+        3,
+        5,
+        31,
+        64,
+        96,
+        127,
+        128,
+        131,
+        257,
+        2047,
+        2049,
+        7681,
+        130_560,
+        130_561,
+        262_144,
+        1_000_003,
+        4_325_377,
+        8_208_384,
+        (1 << 24) + 3,
+    ];
+    for (i, &n) in lengths.iter().enumerate() {
+        for kind in [0, 1] {
+            let x = common::hashgen::f32_values(kind, 500 + i as u32, n);
+            let dev = gpu.stream.clone_htod(&x).unwrap();
+            let offset = gpu.mean_offset(&dev).unwrap();
+            let got = gpu.stream.clone_dtoh(&offset).unwrap()[0];
+            let want = wmap::quant::torch_mean::cuda_mean(&x);
+            assert_eq!(
+                got.to_bits(),
+                want.to_bits(),
+                "n={n} kind={kind}: device {got:e}, CPU {want:e}"
+            );
+        }
+    }
+    println!("{} lengths × 2 kinds: device offset = CPU", lengths.len());
+}
+
 /// One input over 2^31 bytes, so 32-bit index arithmetic would show.
 #[test]
 #[ignore = "needs a CUDA device: scripts/gpu-test.sh runs it with --include-ignored"]

@@ -11,7 +11,7 @@ use cudarc::driver::{
 };
 
 use super::sources;
-use crate::quant::{bnb4, dynamic, fp4, Format, QuantizedTensor, Scales};
+use crate::quant::{bnb4, dynamic, fp4, torch_mean, Format, QuantizedTensor, Scales};
 
 /// A CUDA failure, coded ([`super::Error`]).
 pub type GpuResult<T> = Result<T, super::Error>;
@@ -198,8 +198,8 @@ pub fn kernel_names(module: &str) -> &'static [&'static str] {
             "bnb4_quantize_small",
             "bnb4_quantize_large",
             "bnb4_dequantize",
-            "dq_partial_sums",
-            "dq_offset",
+            "dq_mean_partials",
+            "dq_mean_finish",
             "dq_quantize",
             "dq_absmax",
         ],
@@ -582,24 +582,12 @@ impl Gpu {
             .ok_or_else(|| super::Error::Internal("no absmax buffer".into()))?;
         let nblocks = absmax.len();
         let nb = nblocks as i64;
-        let nparts = nblocks.div_ceil(bnb4::MEAN_CHUNK);
-        // SAFETY: every element is written by the kernels below before it is read.
-        let mut partials =
-            unsafe { s.alloc::<f64>(nparts.max(1)) }.map_err(err("device allocation"))?;
-        let mut offset = unsafe { s.alloc::<f32>(1) }.map_err(err("device allocation"))?;
+        let offset = self.mean_offset(&absmax)?;
+        // SAFETY: every element is written by the kernel below before it is read.
         let mut codes =
             unsafe { s.alloc::<u8>(nblocks.max(1)) }.map_err(err("device allocation"))?;
         let mut nested = unsafe { s.alloc::<f32>(nblocks.div_ceil(bnb4::NESTED_BLOCKSIZE).max(1)) }
             .map_err(err("device allocation"))?;
-        let mut b = s.launch_builder(self.f("dq_partial_sums"));
-        b.arg(&absmax).arg(&mut partials).arg(&nb);
-        // SAFETY: as above.
-        unsafe { b.launch(grid(nparts as u64, 128)) }.map_err(err("dq_partial_sums"))?;
-        let np = nparts as i64;
-        let mut b = s.launch_builder(self.f("dq_offset"));
-        b.arg(&partials).arg(&np).arg(&nb).arg(&mut offset);
-        // SAFETY: as above.
-        unsafe { b.launch(grid(1, 32)) }.map_err(err("dq_offset"))?;
         let cfg = LaunchConfig {
             grid_dim: (nblocks.div_ceil(bnb4::NESTED_BLOCKSIZE) as u32, 1, 1),
             block_dim: (256, 1, 1),
@@ -618,6 +606,58 @@ impl Gpu {
         q.nested_absmax = Some(nested);
         q.offset = Some(offset);
         Ok(())
+    }
+
+    /// bitsandbytes' offset, `absmax.mean()` in the order of float32 additions of torch
+    /// 2.11 on an H200 (`quant::torch_mean` picks the launch and replays it on the CPU;
+    /// the kernels replay it here), so CPU and GPU give the same bits on any device.
+    pub fn mean_offset(&self, absmax: &CudaSlice<f32>) -> GpuResult<CudaSlice<f32>> {
+        let s = &self.stream;
+        let n = absmax.len();
+        if n == 0 {
+            return s
+                .clone_htod(&[0f32])
+                .map_err(err("cannot upload the offset"));
+        }
+        let cfg = torch_mean::MeanConfig::new(n, torch_mean::H200_TORCH_2_11).ok_or_else(|| {
+            super::Error::Internal(format!(
+                "{n} absmax values: too many for torch's mean order"
+            ))
+        })?;
+        let (nb, ctas, factor) = (n as i64, cfg.ctas as i64, cfg.factor());
+        let vectorized = i32::from(cfg.vectorized);
+        let increasing = i32::from(cfg.warp_order == torch_mean::WarpOrder::Increasing);
+        // SAFETY: the offset is written by the last kernel below, each partial by
+        // `dq_mean_partials` before `dq_mean_finish` reads it.
+        let mut offset = unsafe { s.alloc::<f32>(1) }.map_err(err("device allocation"))?;
+        let mut partials = unsafe { s.alloc::<f32>(cfg.ctas) }.map_err(err("device allocation"))?;
+        let launch = |ctas: usize| LaunchConfig {
+            grid_dim: (ctas as u32, 1, 1),
+            block_dim: (cfg.block as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = s.launch_builder(self.f("dq_mean_partials"));
+        b.arg(absmax)
+            .arg(&nb)
+            .arg(&vectorized)
+            .arg(&increasing)
+            .arg(&factor)
+            .arg(&mut partials)
+            .arg(&mut offset);
+        // SAFETY: `absmax` holds `n` floats from a fresh (aligned) allocation; `partials`
+        // one per CTA; the block width is a power of two up to 512 (the shared array).
+        unsafe { b.launch(launch(cfg.ctas)) }.map_err(err("dq_mean_partials"))?;
+        if cfg.ctas > 1 {
+            let mut b = s.launch_builder(self.f("dq_mean_finish"));
+            b.arg(&partials)
+                .arg(&ctas)
+                .arg(&increasing)
+                .arg(&factor)
+                .arg(&mut offset);
+            // SAFETY: as above.
+            unsafe { b.launch(launch(1)) }.map_err(err("dq_mean_finish"))?;
+        }
+        Ok(offset)
     }
 
     /// The formats with a tensor-wide scale: amax first, then one pass.

@@ -320,23 +320,11 @@ pub struct Nested {
 
 pub const NESTED_BLOCKSIZE: usize = 256;
 
-/// Values summed per partial in [`mean_offset`].
-pub const MEAN_CHUNK: usize = 1024;
-
-/// The mean of the absmax: f64 partial sums over chunks of [`MEAN_CHUNK`] in index order,
-/// then the partials in order, divided by the count and rounded once to f32. The CUDA
-/// kernel sums in the same order, so both give the same bits. bitsandbytes takes a GPU
-/// mean in its own order; the two may differ in the last bit, which the golden tests
-/// account for by checking codes against bnb's own offset.
+/// bitsandbytes' offset: `absmax.mean()` as torch computes it on the GPU, in the same
+/// order of float32 additions (see [`super::torch_mean`]), so the offset and with it the
+/// nested absmax match bitsandbytes' bytes. The CUDA path replays the same order.
 pub fn mean_offset(absmax: &[f32]) -> f32 {
-    if absmax.is_empty() {
-        return 0.0;
-    }
-    let total: f64 = absmax
-        .chunks(MEAN_CHUNK)
-        .map(|c| c.iter().fold(0f64, |s, &a| s + a as f64))
-        .fold(0f64, |s, p| s + p);
-    (total / absmax.len() as f64) as f32
+    super::torch_mean::cuda_mean(absmax)
 }
 
 pub fn double_quantize(absmax: &[f32], offset: f32) -> Nested {

@@ -13,6 +13,7 @@ pub mod dynamic;
 pub mod fp4;
 pub mod fp8;
 mod store;
+pub mod torch_mean;
 
 pub use store::{QuantReport, QuantStore, Stored};
 

@@ -41,6 +41,7 @@ pub fn hf_configs() -> Vec<(String, PathBuf)> {
     out
 }
 
+pub mod hashgen;
 pub mod sparse;
 
 /// A fresh, empty temporary folder for one test.
