@@ -295,6 +295,28 @@ mod tests {
         assert_eq!(cuda_mean(&vec![0.25; 1 << 20]), 0.25);
     }
 
+    /// With small integers every order gives the exact sum, so any element added twice or
+    /// missed (head, vectors, tail, CTA split) shows.
+    #[test]
+    fn every_element_is_added_once() {
+        let lengths = (1..300).chain([2047, 2048, 2049, 130_560, 130_561, 262_147, 1_000_003]);
+        for n in lengths {
+            let x: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+            let sum: usize = (0..n).map(|i| i % 7).sum();
+            let want = sum as f32 * (1.0 / n as f32);
+            for shift in 0..4 {
+                for warp_order in [WarpOrder::Decreasing, WarpOrder::Increasing] {
+                    let target = Target {
+                        warp_order,
+                        ..H200_TORCH_2_11
+                    };
+                    let got = cuda_mean_on(&x, target, shift);
+                    assert_eq!(got, want, "n={n} shift={shift} {warp_order:?}");
+                }
+            }
+        }
+    }
+
     /// The order is not index order: 1 + 2^-24 + 2^-24 loses both small terms left to
     /// right but keeps them when they are added together first. Decreasing offsets add
     /// lanes 1 and 3 first (lane 1 takes lane 3 at offset 2, then lane 0 takes lane 1);
