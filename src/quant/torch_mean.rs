@@ -66,7 +66,8 @@ pub struct MeanConfig {
 }
 
 impl MeanConfig {
-    pub fn new(n: usize, gpu: Target) -> Option<MeanConfig> {
+    /// `setReduceConfig` for `n` values on `target`; `None` for none or 2^31 and more.
+    pub fn new(n: usize, target: Target) -> Option<MeanConfig> {
         if n == 0 || n > i32::MAX as usize {
             return None;
         }
@@ -80,7 +81,9 @@ impl MeanConfig {
         // `values_per_thread` counts elements, not vectors, in torch too.
         let values_per_thread = n.div_ceil(block);
         let split_across_warps = values_per_thread >= MIN_VALUES_PER_THREAD;
-        let target_grid = gpu.sm_count.saturating_mul(gpu.max_threads_per_sm / block);
+        let target_grid = target
+            .sm_count
+            .saturating_mul(target.max_threads_per_sm / block);
         let mut ctas = 1;
         if split_across_warps && values_per_thread >= MAX_VALUES_PER_THREAD && target_grid >= 1 {
             let by_grid = target_grid;
@@ -93,7 +96,7 @@ impl MeanConfig {
             block,
             ctas,
             vectorized,
-            warp_order: gpu.warp_order,
+            warp_order: target.warp_order,
         })
     }
 
