@@ -66,7 +66,8 @@ pub struct MeanConfig {
 }
 
 impl MeanConfig {
-    pub fn new(n: usize, gpu: Target) -> Option<MeanConfig> {
+    /// `setReduceConfig` for `n` values on `target`; `None` for none or 2^31 and more.
+    pub fn new(n: usize, target: Target) -> Option<MeanConfig> {
         if n == 0 || n > i32::MAX as usize {
             return None;
         }
@@ -80,7 +81,9 @@ impl MeanConfig {
         // `values_per_thread` counts elements, not vectors, in torch too.
         let values_per_thread = n.div_ceil(block);
         let split_across_warps = values_per_thread >= MIN_VALUES_PER_THREAD;
-        let target_grid = gpu.sm_count.saturating_mul(gpu.max_threads_per_sm / block);
+        let target_grid = target
+            .sm_count
+            .saturating_mul(target.max_threads_per_sm / block);
         let mut ctas = 1;
         if split_across_warps && values_per_thread >= MAX_VALUES_PER_THREAD && target_grid >= 1 {
             let by_grid = target_grid;
@@ -93,7 +96,7 @@ impl MeanConfig {
             block,
             ctas,
             vectorized,
-            warp_order: gpu.warp_order,
+            warp_order: target.warp_order,
         })
     }
 
@@ -293,6 +296,28 @@ mod tests {
         assert_eq!(cuda_mean(&[3.5]), 3.5);
         assert_eq!(cuda_mean(&[1.0, 2.0, 3.0, 4.0]), 2.5);
         assert_eq!(cuda_mean(&vec![0.25; 1 << 20]), 0.25);
+    }
+
+    /// With small integers every order gives the exact sum, so any element added twice or
+    /// missed (head, vectors, tail, CTA split) shows.
+    #[test]
+    fn every_element_is_added_once() {
+        let lengths = (1..300).chain([2047, 2048, 2049, 130_560, 130_561, 262_147, 1_000_003]);
+        for n in lengths {
+            let x: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+            let sum: usize = (0..n).map(|i| i % 7).sum();
+            let want = sum as f32 * (1.0 / n as f32);
+            for shift in 0..4 {
+                for warp_order in [WarpOrder::Decreasing, WarpOrder::Increasing] {
+                    let target = Target {
+                        warp_order,
+                        ..H200_TORCH_2_11
+                    };
+                    let got = cuda_mean_on(&x, target, shift);
+                    assert_eq!(got, want, "n={n} shift={shift} {warp_order:?}");
+                }
+            }
+        }
     }
 
     /// The order is not index order: 1 + 2^-24 + 2^-24 loses both small terms left to
