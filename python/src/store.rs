@@ -291,6 +291,23 @@ impl Store {
         w.prefetch_group(g).map_err(|e| crate::error(&e.into()))
     }
 
+    /// The offload groups' names, in the manager's order (none without an
+    /// `offload_budget`).
+    fn groups(&self) -> Vec<String> {
+        let w = self.inner.weights.lock().unwrap_or_else(|p| p.into_inner());
+        let o = &w.offload;
+        (0..o.group_count())
+            .map(|g| o.name(g).to_string())
+            .collect()
+    }
+
+    /// The offload group of `name` (a runtime name, or `name[i]` for expert `i` of a
+    /// stacked param offloaded per expert); `None` when it is resident or unknown.
+    fn group_of(&self, name: &str) -> Option<String> {
+        let w = self.inner.weights.lock().unwrap_or_else(|p| p.into_inner());
+        w.group_of(name).map(|g| w.offload.name(g).to_string())
+    }
+
     /// Load and weights-manager statistics as a dict.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         use std::sync::atomic::Ordering::Relaxed;
@@ -316,6 +333,8 @@ impl Store {
         d.set_item("misses", o.stats.misses)?;
         d.set_item("bytes_moved", o.stats.bytes_moved)?;
         d.set_item("evictions", o.stats.evictions)?;
+        d.set_item("prefetches", o.stats.prefetches)?;
+        d.set_item("waited_seconds", o.stats.waited.as_secs_f64())?;
         d.set_item("buffers_reused", w.pool().reused.load(Relaxed))?;
         d.set_item("buffers_allocated", w.pool().allocated.load(Relaxed))?;
         Ok(d)

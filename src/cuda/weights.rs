@@ -198,3 +198,35 @@ fn convert(
     };
     gpu.to_bf16(src, code, out)
 }
+
+/// Read-only accessors for a runtime that drives the manager (the Python store, the CLI's
+/// report): where a name lives, and what the groups are.
+impl DeviceWeights {
+    /// The offload group `name` (a tensor or a slice key) lives in; `None` when it is
+    /// resident or unknown.
+    pub fn group_of(&self, name: &str) -> Option<GroupId> {
+        match self.homes.get(name)? {
+            Home::Offloaded { group, .. } => Some(*group),
+            Home::Resident(_) => None,
+        }
+    }
+
+    /// A resident device tensor as the GPU loader left it (quantized or full precision;
+    /// a tie followed to its target); `None` for an offloaded or unknown name. Homes are
+    /// fixed at construction, so the device memory stays put while the manager lives.
+    pub fn resident(&self, name: &str) -> Option<&DeviceTensor> {
+        match self.homes.get(name)? {
+            Home::Resident(DeviceTensor::Tied(to)) => match self.homes.get(to)? {
+                Home::Resident(DeviceTensor::Tied(_)) | Home::Offloaded { .. } => None,
+                Home::Resident(t) => Some(t),
+            },
+            Home::Resident(t) => Some(t),
+            Home::Offloaded { .. } => None,
+        }
+    }
+
+    /// The device the manager serves.
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+}
