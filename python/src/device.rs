@@ -18,7 +18,7 @@ use pyo3::exceptions::PyKeyError;
 use pyo3::prelude::*;
 
 use crate::dlpack::{Dtype, Owner, Tensor};
-use crate::store::{internal, Quantized};
+use crate::store::{internal, unknown_group, Quantized};
 use wmap::cuda::loader::DeviceTensor;
 use wmap::cuda::weights::DeviceWeights;
 use wmap::cuda::Gpu;
@@ -298,6 +298,24 @@ impl DeviceStore {
         })
     }
 
+    /// Drops the device copy of the offload group `group` if nothing is using it (frozen
+    /// weights: nothing is written back), making room for prefetches; returns whether it
+    /// was dropped. E0703 for an unknown group.
+    fn unload(&self, py: Python<'_>, group: &str) -> PyResult<bool> {
+        py.allow_threads(|| {
+            let mut m = self.inner.managed("unload")?;
+            let g = m
+                .weights
+                .offload
+                .find(group)
+                .ok_or_else(|| unknown_group(group))?;
+            m.weights
+                .offload
+                .unload(g)
+                .map_err(|e| crate::error(&e.into()))
+        })
+    }
+
     /// The offload groups' names, in the manager's order.
     fn groups(&self) -> PyResult<Vec<String>> {
         let m = self.inner.managed("groups")?;
@@ -352,14 +370,6 @@ impl DeviceStore {
             self.inner.names.len()
         )
     }
-}
-
-/// E0703: a group name the manager does not have.
-fn unknown_group(group: &str) -> PyErr {
-    crate::error(&Diagnostic::new(
-        Code::E0703,
-        format!("the store has no offload group `{group}`"),
-    ))
 }
 
 /// Bytes of a bf16 buffer of `shape`.
