@@ -123,3 +123,24 @@ def test_unload_and_prefetch_reach_the_manager(hf):
     with pytest.raises(wmap.WmapError) as err:
         store.unload("layer=9/expert=9")
     assert err.value.code == "E0703"
+
+
+def test_the_demo_runs_without_a_gpu_and_its_curves_agree(hf):
+    """examples/moe_offload_train.py on the CPU path (no peft, no bitsandbytes)."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    # The wmap this test imported (installed, or a development tree), not the sources'.
+    here = os.path.dirname(os.path.dirname(wmap.__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
+    p = subprocess.run(
+        [sys.executable, str(root / "examples" / "moe_offload_train.py"), str(hf / "qwen3_moe"),
+         "--device", "cpu", "--no-lora", "--dense-linears", "--steps", "2"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "loss curves equal step for step: True" in p.stdout
+    assert "offloaded " in p.stdout.splitlines()[-2]

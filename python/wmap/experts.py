@@ -112,10 +112,14 @@ class Refetch:
         self.live[w.untyped_storage().data_ptr()] = w
 
     def pack(self, t: Any) -> Any:
-        if t.numel() == 0 or t.requires_grad:
+        if t.numel() == 0 or t.requires_grad or not self.live:
             return t
-        w = self.live.get(t.untyped_storage().data_ptr())
-        if w is None or w.untyped_storage().data_ptr() != t.untyped_storage().data_ptr():
+        try:
+            ptr = t.untyped_storage().data_ptr()
+        except (RuntimeError, NotImplementedError):  # a tensor without storage (a subclass)
+            return t
+        w = self.live.get(ptr)
+        if w is None or w.untyped_storage().data_ptr() != ptr:
             return t
         experts, e = w._wmap_expert
         return _Saved(experts, e, w.dtype, t)
