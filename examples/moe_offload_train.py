@@ -65,7 +65,7 @@ def build(args, budget):
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(args.path), attn_implementation="eager")
     store = wt.load_into(model, args.path, quant="nf4", device=args.device, offload_budget=budget,
-                         quantize_linears=not args.dense_linears, via=args.via)
+                         offload_policy=args.policy, quantize_linears=not args.dense_linears, via=args.via)
     model._wmap_store = store
     return model, store
 
@@ -175,6 +175,9 @@ def main():
                     help="wmap's GPU store (default on CUDA) or its host store copied per fetch")
     ap.add_argument("--offload-budget", type=int, default=None, help="device budget in bytes for the experts")
     ap.add_argument("--budget-fraction", type=float, default=0.25, help="budget as a fraction of the experts' size")
+    # lru by default: the order-aware policy records the first pass until a group repeats,
+    # and an expert's group is used twice in a row (gate_up, then down).
+    ap.add_argument("--policy", choices=("lru", "order"), default="lru", help="the weights manager's eviction policy")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--lr", type=float, default=5e-3)
     ap.add_argument("--rank", type=int, default=8)
