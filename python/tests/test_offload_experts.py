@@ -113,6 +113,21 @@ def test_backward_fetches_the_experts_again_instead_of_keeping_them(hf):
             assert torch.equal(p.grad, grads[n]), n
 
 
+def test_linear_refetches_in_backward_and_matches_a_kept_weight(hf):
+    model, store = offloaded(hf, 20_000)
+    experts = model.get_submodule("model.layers.0.mlp.experts").down_proj
+    x = torch.randn(5, 64, dtype=torch.bfloat16, requires_grad=True)
+    y = experts.linear(x, 3)
+    gets = store.stats()["buffers_reused"] + store.stats()["buffers_allocated"]
+    y.sum().backward()
+    assert store.stats()["buffers_reused"] + store.stats()["buffers_allocated"] == gets + 1
+    w = experts.fetch(3)
+    x2 = x.detach().clone().requires_grad_(True)
+    y2 = torch.nn.functional.linear(x2, w)
+    y2.sum().backward()
+    assert torch.equal(y, y2) and torch.equal(x.grad, x2.grad)
+
+
 def test_unload_and_prefetch_reach_the_manager(hf):
     _, store = offloaded(hf, 20_000)
     group = "layer=0/expert=1"

@@ -79,6 +79,13 @@ def _offloaded_class() -> Any:
             self.refetch.register(w, self, e)
             return w
 
+        def linear(self, x: Any, e: Any) -> Any:
+            """``x @ experts[e].T`` through an autograd Function that keeps only ``e``
+            and fetches the weight again in backward, for a runtime that writes its own
+            expert loop (the eager forward of transformers indexes ``experts[e]``
+            instead, and the saved-tensor hooks do the same for it)."""
+            return _expert_linear().apply(x, self, int(e))
+
         def dequantize(self) -> Any:
             """All experts, ``[E, R, C]`` (a copy)."""
             return torch.stack([self.fetch(e, self.compute_dtype) for e in range(self.shape[0])])
@@ -87,6 +94,33 @@ def _offloaded_class() -> Any:
             return f"name={self.name}, shape={list(self.shape)}, offloaded per expert"
 
     return _OffloadedExperts
+
+
+_LINEAR: Any = None
+
+
+def _expert_linear() -> Any:
+    """The autograd Function of ``OffloadedExperts.linear``, built on first use."""
+    global _LINEAR
+    if _LINEAR is not None:
+        return _LINEAR
+    import torch
+
+    class ExpertLinear(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, x: Any, experts: Any, e: int) -> Any:
+            ctx.experts, ctx.e = experts, e
+            return torch.nn.functional.linear(x, experts.fetch(e, x.dtype))
+
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> Any:
+            # The experts are frozen: only the input's gradient, with the weight fetched
+            # again rather than kept since the forward.
+            w = ctx.experts.fetch(ctx.e, grad.dtype)
+            return grad @ w, None, None
+
+    _LINEAR = ExpertLinear
+    return _LINEAR
 
 
 class _Saved:
