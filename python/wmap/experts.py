@@ -12,7 +12,9 @@ Backward does not keep the weights: the experts module's forward runs under
 of) a fetched expert weight as ``(module, e, shape, stride, offset)`` and fetch it again
 when backward needs it. The experts are frozen, so activations' gradients flow through
 them and nothing else does; the re-fetched weight equals the first (same bytes, same
-dequantization), so the gradients equal those of a run that kept it.
+dequantization), so the gradients equal those of a run that kept it. A runtime with its
+own expert loop can call ``experts.linear(x, e)`` instead: an autograd Function that
+saves only ``e`` and fetches the weight again in its backward.
 
 A :class:`Schedule` shared by all layers prefetches around each layer: at a layer's
 forward, the groups of the experts the router picked; after it, the next layer's groups
