@@ -140,8 +140,28 @@ def test_unload_and_prefetch_reach_the_manager(hf):
     assert err.value.code == "E0703"
 
 
-def test_the_demo_runs_without_a_gpu_and_its_curves_agree(hf):
-    """examples/moe_offload_train.py on the CPU path (no peft, no bitsandbytes)."""
+def _has(module):
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--no-lora", "--dense-linears"],
+        pytest.param(
+            [],
+            marks=pytest.mark.skipif(
+                not (_has("peft") and _has("bitsandbytes")), reason="QLoRA needs peft and bitsandbytes"
+            ),
+        ),
+    ],
+    ids=["norms-dense", "qlora"],
+)
+def test_the_demo_runs_without_a_gpu_and_its_curves_agree(hf, flags):
+    """examples/moe_offload_train.py on the CPU path: norms over bf16 projections (no peft,
+    no bitsandbytes), and LoRA over Linear4bit where peft and bitsandbytes are present."""
     import os
     import pathlib
     import subprocess
@@ -153,7 +173,7 @@ def test_the_demo_runs_without_a_gpu_and_its_curves_agree(hf):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
     p = subprocess.run(
         [sys.executable, str(root / "examples" / "moe_offload_train.py"), str(hf / "qwen3_moe"),
-         "--device", "cpu", "--no-lora", "--dense-linears", "--steps", "2"],
+         "--device", "cpu", "--steps", "2", *flags],
         capture_output=True, text=True, env=env, timeout=600,
     )
     assert p.returncode == 0, p.stdout + p.stderr
