@@ -18,7 +18,9 @@ bnb_4bit_quant_type="nf4"))`` builds, with the same attributes (``is_loaded_in_4
 one 3-D parameter (transformers 5's ``experts.gate_up_proj`` / ``down_proj``, wmap's own
 ``[E, …]`` layout), the runtime tensor fills it whole: quantized, as an
 :func:`Experts4bit` module that ``experts[e]`` dequantizes (transformers' bnb path leaves
-these bf16; ``quantize_experts=False`` does too).
+these bf16; ``quantize_experts=False`` does too). With ``offload_budget``, the
+experts stay in wmap's weights manager instead and are fetched per routed expert
+(:mod:`wmap.experts`).
 
 Why the cut is exact: bitsandbytes quantizes each Linear weight on its own, in blocks of
 ``blocksize`` consecutive elements. A runtime tensor fused on dim 0 or stacked is the
