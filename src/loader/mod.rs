@@ -11,8 +11,8 @@
 //! Decided here, not by callers: which flags contradict each other, where `auto` loads,
 //! which sink receives the targets (host tensors, quantized tensors, a weights manager
 //! with offloaded groups on the host or on a CUDA device, a runtime-layout or HF-named
-//! export). Every failure is a coded
-//! [`Diagnostic`]; failures inside the inputs come with the source map they point into.
+//! export). Every failure is a coded [`Diagnostic`]; failures inside the inputs come
+//! with the source map they point into.
 //! Printing is the caller's: nothing here writes to stdout or stderr.
 
 mod run;

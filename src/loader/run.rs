@@ -183,7 +183,8 @@ pub(super) fn device(_: Bound, _: usize) -> Result<Loaded, Diagnostic> {
 }
 
 /// Stages through pinned buffers and quantizes on the device when asked; with an offload
-/// budget, hands the offload groups to the weights manager. The staging is set up per load (a caller timing repeated loads drives [`crate::cuda::loader`]).
+/// budget, hands the offload groups to the weights manager. The staging is set up per
+/// load (a caller timing repeated loads drives [`crate::cuda::loader`]).
 #[cfg(feature = "cuda")]
 pub(super) fn device(b: Bound, ordinal: usize) -> Result<Loaded, Diagnostic> {
     use crate::cuda::{loader, Ready};
