@@ -12,6 +12,8 @@ the two loss curves are equal step for step (both runs use deterministic algorit
 Works for MoE checkpoints too (the experts are wmap's `Experts4bit`, dequantized one
 expert at a time in the forward; LoRA goes on the Linear4bit layers only). transformers
 leaves MoE experts bf16, so an MoE's curves can be equal only with `--bf16-experts`.
+Training with the experts offloaded through wmap's weights manager is
+`examples/moe_offload_train.py`.
 """
 
 import argparse

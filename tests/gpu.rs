@@ -445,6 +445,60 @@ fn the_gpu_weight_manager_serves_exact_bf16() {
     println!("GPU weight manager: nf4, nf4-dq, mxfp4, fp8-block, nvfp4 gets match the CPU");
 }
 
+/// A device load with an offload budget goes through the Loader and hands back the
+/// weights manager: experts in their host groups (none resident), the rest on the
+/// device, every `get` within the budget and equal to the manager built by hand from
+/// the same load (the path the CLI's report and the Python store share).
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu-test.sh runs it with --include-ignored"]
+fn a_device_load_with_a_budget_returns_the_weights_manager() {
+    need_gpu();
+    use wmap::loader::{Device, Loader, Tensors};
+    use wmap::offload::Policy;
+    let dir = common::root().join("tests/fixtures/hf/qwen3_moe");
+    let format = Format::Nf4 { blocksize: 64 };
+    let budget = 100 << 10;
+    let load = |offload: bool| {
+        let l = Loader::new(&dir).device(Device::Cuda(0)).quant(format);
+        let l = if offload {
+            l.offload(budget, Policy::OrderAware)
+        } else {
+            l
+        };
+        l.load().unwrap_or_else(|f| panic!("{:?}", f.diags))
+    };
+    let Tensors::DeviceOffloaded(mut got) = load(true).tensors else {
+        panic!("a budget on the device returns the weights manager");
+    };
+    let plain = load(false);
+    let Tensors::Device(d) = plain.tensors else {
+        panic!("no budget: the device store");
+    };
+    let mut want =
+        wmap::loader::offload_device(&d.gpu, &plain.plan, d.store, budget, Policy::OrderAware)
+            .unwrap();
+    let w = &mut got.weights;
+    assert_eq!(w.offload.group_count(), 16);
+    assert!(w.group_of("layers.0.moe.experts.down[3]").is_some());
+    assert!(w.resident("layers.0.moe.experts.down[3]").is_none());
+    assert!(w.resident("final_norm.weight").is_some());
+    assert!(got.loaded_bytes > w.offload.host_bytes());
+    let names: Vec<String> = w.names().map(str::to_string).collect();
+    for name in &names {
+        let a = w.get(name).unwrap();
+        let b = want.get(name).unwrap();
+        assert!(w.offload.device_bytes() <= budget, "over budget at {name}");
+        let gpu = w.gpu().clone();
+        let a = gpu.stream.clone_dtoh(a.data.as_ref().unwrap()).unwrap();
+        let b = gpu.stream.clone_dtoh(b.data.as_ref().unwrap()).unwrap();
+        assert_eq!(a, b, "{name}");
+    }
+    println!(
+        "Loader with a device budget: {} gets equal the hand-built manager's",
+        names.len()
+    );
+}
+
 /// Dropping an offload manager while prefetches are still copying: the backend drains
 /// the copy stream before it unpins the pool, and in-flight tickets keep the pool alive.
 /// A second manager afterwards must pin, copy and return exact bytes (an unpin that never

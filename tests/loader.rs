@@ -134,3 +134,17 @@ fn auto_falls_back_to_the_cpu_with_a_note() {
         ["note: --device auto: no CUDA device is available; loading on the CPU"]
     );
 }
+
+/// Without the `cuda` feature a device load with a budget fails as any device load does
+/// (E0711), after binding: the budget is not mistaken for a host offload.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn a_device_budget_without_the_cuda_build_is_e0711() {
+    let f = Loader::new(hf("qwen3_moe"))
+        .device(Device::Cuda(0))
+        .offload(100_000, wmap::offload::Policy::OrderAware)
+        .load()
+        .err()
+        .unwrap();
+    assert_eq!(f.outside_inputs().unwrap().code, Code::E0711);
+}

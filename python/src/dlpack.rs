@@ -20,6 +20,16 @@ use pyo3::prelude::*;
 /// Keeps a tensor's bytes alive.
 pub type Owner = Arc<dyn Any + Send + Sync>;
 
+/// Orders a consumer's CUDA stream after the work that fills a tensor's bytes, for
+/// device memory a wmap stream may still be writing when it is handed out (a pooled bf16
+/// buffer the weights manager just dequantized into).
+pub trait StreamSync: Send + Sync {
+    /// Makes `stream` (DLPack's number: 1 the legacy default stream, 2 the per-thread
+    /// default stream, else a `cudaStream_t`) wait for the bytes, and remembers it, so
+    /// the bytes are not reused before the work it queues on them has run.
+    fn consumer(&self, stream: usize) -> Result<(), String>;
+}
+
 const DL_CPU: i32 = 1;
 const DL_CUDA: i32 = 2;
 const CAPSULE: &CStr = c"dltensor";
@@ -136,6 +146,8 @@ pub struct Tensor {
     dtype: Dtype,
     shape: Vec<u64>,
     device: (i32, i32),
+    /// For device bytes still being written on a wmap stream; `None`: ready on any stream.
+    sync: Option<Arc<dyn StreamSync>>,
 }
 
 impl Tensor {
@@ -156,6 +168,7 @@ impl Tensor {
             dtype,
             shape,
             device: (DL_CPU, 0),
+            sync: None,
         })
     }
 
@@ -182,7 +195,35 @@ impl Tensor {
             dtype,
             shape,
             device: (DL_CUDA, i32::try_from(ordinal).unwrap_or(i32::MAX)),
+            sync: None,
         }
+    }
+
+    /// The same tensor, whose consumers' streams `sync` orders after the bytes' writer.
+    #[cfg(feature = "cuda")]
+    pub fn with_sync(self, sync: Arc<dyn StreamSync>) -> Tensor {
+        Tensor {
+            sync: Some(sync),
+            ..self
+        }
+    }
+
+    /// Orders the consumer's stream (DLPack's `stream` argument) after the bytes' writer.
+    fn sync_consumer(&self, stream: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let Some(sync) = self.sync.as_ref().filter(|_| self.device.0 == DL_CUDA) else {
+            return Ok(());
+        };
+        // DLPack: no stream means the legacy default stream (1); -1 asks for no ordering.
+        let stream: i64 = match stream {
+            Some(s) if !s.is_none() => s.extract()?,
+            _ => 1,
+        };
+        if stream == -1 {
+            return Ok(());
+        }
+        let stream = usize::try_from(stream)
+            .map_err(|_| PyBufferError::new_err(format!("invalid DLPack stream {stream}")))?;
+        sync.consumer(stream).map_err(PyBufferError::new_err)
     }
 
     fn byte_len(&self) -> u64 {
@@ -219,18 +260,19 @@ unsafe extern "C" fn deleter(managed: *mut DLManagedTensor) {
 #[pymethods]
 impl Tensor {
     /// A DLPack capsule over this tensor's bytes (no copy). `copy=True` is refused:
-    /// copy the consumer's array instead. `stream` is accepted and unused: wmap's
-    /// device memory is ready when a load returns.
+    /// copy the consumer's array instead. `stream`: the consumer's CUDA stream; a load's
+    /// device memory is ready on any stream, and a `get` buffer still being written on
+    /// wmap's stream makes the consumer's stream wait for it.
     #[pyo3(signature = (*, stream=None, max_version=None, dl_device=None, copy=None))]
     fn __dlpack__<'py>(
         &self,
         py: Python<'py>,
-        stream: Option<PyObject>,
+        stream: Option<Bound<'py, PyAny>>,
         max_version: Option<PyObject>,
         dl_device: Option<(i32, i32)>,
         copy: Option<bool>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let _ = (stream, max_version);
+        let _ = max_version;
         if copy == Some(true) {
             return Err(PyBufferError::new_err(
                 "wmap exports tensors without a copy; copy the array you get instead",
@@ -241,6 +283,7 @@ impl Tensor {
                 "wmap exports a tensor only on the device it lives on",
             ));
         }
+        self.sync_consumer(stream.as_ref())?;
         let shape: Vec<i64> = self
             .shape
             .iter()
@@ -299,6 +342,7 @@ impl Tensor {
             dtype: Dtype::U8,
             shape: vec![self.byte_len()],
             device: self.device,
+            sync: self.sync.clone(),
         }
     }
 

@@ -13,6 +13,8 @@
 #[cfg(feature = "cuda")]
 mod device;
 mod dlpack;
+#[cfg(feature = "cuda")]
+mod pooled;
 mod store;
 
 use std::path::PathBuf;
@@ -319,6 +321,14 @@ fn into_store(py: Python<'_>, loaded: wmap::loader::Loaded) -> PyResult<PyObject
                 return Err(store::internal("a device load not on a CUDA device"));
             };
             let s = device::store(loaded.plan.model.clone(), ordinal, names, *load)?;
+            return Ok(Py::new(py, s)?.into_any());
+        }
+        #[cfg(feature = "cuda")]
+        Tensors::DeviceOffloaded(load) => {
+            let Device::Cuda(ordinal) = loaded.device else {
+                return Err(store::internal("a device load not on a CUDA device"));
+            };
+            let s = device::offloaded(loaded.plan.model.clone(), ordinal, names, *load)?;
             return Ok(Py::new(py, s)?.into_any());
         }
     };

@@ -77,6 +77,14 @@ fn tensor(py: Python<'_>, t: Option<Tensor>) -> PyResult<Py<Tensor>> {
     Py::new(py, t)
 }
 
+/// E0703: a group name the manager does not have.
+pub fn unknown_group(group: &str) -> PyErr {
+    crate::error(&wmap::diag::Diagnostic::new(
+        wmap::diag::Code::E0703,
+        format!("the store has no offload group `{group}`"),
+    ))
+}
+
 pub fn internal(what: &str) -> PyErr {
     crate::error(&wmap::diag::Diagnostic::new(
         wmap::diag::Code::E0901,
@@ -282,13 +290,34 @@ impl Store {
     /// whether a copy was started. Unknown groups are E0703.
     fn prefetch(&self, group: &str) -> PyResult<bool> {
         let mut w = self.inner.weights.lock().unwrap_or_else(|p| p.into_inner());
-        let g = w.offload.find(group).ok_or_else(|| {
-            crate::error(&wmap::diag::Diagnostic::new(
-                wmap::diag::Code::E0703,
-                format!("the store has no offload group `{group}`"),
-            ))
-        })?;
+        let g = w.offload.find(group).ok_or_else(|| unknown_group(group))?;
         w.prefetch_group(g).map_err(|e| crate::error(&e.into()))
+    }
+
+    /// Drops the device copy of the offload group `group` if nothing is using it (frozen
+    /// weights: nothing is written back), making room for prefetches; returns whether it
+    /// was dropped. E0703 for an unknown group.
+    fn unload(&self, group: &str) -> PyResult<bool> {
+        let mut w = self.inner.weights.lock().unwrap_or_else(|p| p.into_inner());
+        let g = w.offload.find(group).ok_or_else(|| unknown_group(group))?;
+        w.offload.unload(g).map_err(|e| crate::error(&e.into()))
+    }
+
+    /// The offload groups' names, in the manager's order (none without an
+    /// `offload_budget`).
+    fn groups(&self) -> Vec<String> {
+        let w = self.inner.weights.lock().unwrap_or_else(|p| p.into_inner());
+        let o = &w.offload;
+        (0..o.group_count())
+            .map(|g| o.name(g).to_string())
+            .collect()
+    }
+
+    /// The offload group of `name` (a runtime name, or `name[i]` for expert `i` of a
+    /// stacked param offloaded per expert); `None` when it is resident or unknown.
+    fn group_of(&self, name: &str) -> Option<String> {
+        let w = self.inner.weights.lock().unwrap_or_else(|p| p.into_inner());
+        w.group_of(name).map(|g| w.offload.name(g).to_string())
     }
 
     /// Load and weights-manager statistics as a dict.
@@ -311,11 +340,15 @@ impl Store {
         let w = self.inner.weights.lock().unwrap_or_else(|p| p.into_inner());
         let o = &w.offload;
         d.set_item("offload_groups", o.group_count())?;
+        d.set_item("budget", o.budget())?;
+        d.set_item("host_bytes", o.host_bytes())?;
         d.set_item("resident_bytes", o.device_bytes())?;
         d.set_item("hits", o.stats.hits)?;
         d.set_item("misses", o.stats.misses)?;
         d.set_item("bytes_moved", o.stats.bytes_moved)?;
         d.set_item("evictions", o.stats.evictions)?;
+        d.set_item("prefetches", o.stats.prefetches)?;
+        d.set_item("waited_seconds", o.stats.waited.as_secs_f64())?;
         d.set_item("buffers_reused", w.pool().reused.load(Relaxed))?;
         d.set_item("buffers_allocated", w.pool().allocated.load(Relaxed))?;
         Ok(d)

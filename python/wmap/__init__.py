@@ -161,9 +161,12 @@ def load(
     ``nvfp4`` or ``mxfp4`` (the params the mapping marks quantizable). ``device``: ``cpu``,
     ``cuda``, ``cuda:N`` or ``auto`` (CUDA needs a CUDA build of the package, which returns
     a ``DeviceStore`` of device tensors; a CPU build raises E0711). ``offload_budget``
-    (bytes, with ``quant``): the params with an offload group (MoE experts) stay in the
-    weights manager's host pool and are brought in by ``store.get`` / ``store.prefetch``
-    within the budget. ``progress(done_bytes, total_bytes)`` is called as tensors land,
+    (bytes; on the CPU with ``quant``): the params with an offload group (MoE experts)
+    stay in the weights manager's host pool (page-locked, on a CUDA device) and are
+    brought in by ``store.get`` / ``store.prefetch`` within the budget, per group
+    (``store.groups()``, ``store.group_of(name)``); ``store.stats()`` counts hits,
+    misses, bytes moved and time waited. ``wmap.torch.load_into(...,
+    offload_budget=B)`` puts MoE experts behind such a store. ``progress(done_bytes, total_bytes)`` is called as tensors land,
     in increasing order, the last call with the total. ``keep``: runtime names loaded in
     full precision although the mapping marks them quantizable (a name the plan lacks is
     E0802).

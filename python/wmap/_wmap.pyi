@@ -57,12 +57,24 @@ class Store:
     def __contains__(self, name: object) -> bool: ...
     def __iter__(self) -> Iterator[str]: ...
     def keys(self) -> List[str]: ...
-    def get(self, name: str) -> Tensor: ...
-    def prefetch(self, group: str) -> bool: ...
+    def get(self, name: str) -> Tensor:
+        """``name`` (or ``name[i]``, expert ``i`` of a param offloaded per expert) as
+        bfloat16 in a pooled host buffer, its offload group brought in first."""
+    def prefetch(self, group: str) -> bool:
+        """Starts bringing offload group ``group`` in; False when there is no room."""
+    def unload(self, group: str) -> bool:
+        """Drops group ``group``'s copy if nothing uses it; whether it was dropped."""
+    def groups(self) -> List[str]:
+        """The offload groups' names (``layer=3/expert=5``), in the manager's order."""
+    def group_of(self, name: str) -> Optional[str]:
+        """The offload group of ``name`` / ``name[i]``; None when resident or unknown."""
     def stats(self) -> Dict[str, Union[int, float, str]]: ...
 
 class DeviceStore:
-    """CUDA builds only: runtime names → device :class:`Tensor` / :class:`Quantized`."""
+    """CUDA builds only: runtime names → device :class:`Tensor` / :class:`Quantized`.
+    Loaded with ``offload_budget``, the params with an offload group (MoE experts) live
+    in page-locked host memory behind the GPU weights manager, reached through ``get`` /
+    ``prefetch`` / ``unload`` / ``groups`` / ``group_of``; without one those raise E0803."""
 
     @property
     def model(self) -> str: ...
@@ -71,7 +83,24 @@ class DeviceStore:
     def __contains__(self, name: object) -> bool: ...
     def __iter__(self) -> Iterator[str]: ...
     def keys(self) -> List[str]: ...
-    def stats(self) -> Dict[str, Union[int, float]]: ...
+    def get(self, name: str) -> Tensor:
+        """``name`` (or ``name[i]``, expert ``i``) as a bfloat16 device tensor in a pooled
+        buffer, its group brought to the device within the budget. The consumer's stream
+        (DLPack's ``stream``) waits for the dequantize; the buffer is reused only after
+        the work queued on that stream before the last array made from it was freed."""
+    def prefetch(self, group: str) -> bool:
+        """Starts copying ``group`` to the device; False when there is no room without
+        evicting a group in use."""
+    def unload(self, group: str) -> bool:
+        """Drops ``group``'s device copy if nothing uses it; whether it was dropped."""
+    def groups(self) -> List[str]: ...
+    def group_of(self, name: str) -> Optional[str]: ...
+    def stats(self) -> Dict[str, Union[int, float]]:
+        """The load's figures; with a weights manager also ``hits``, ``misses``,
+        ``bytes_moved``, ``evictions``, ``prefetches``, ``waited_seconds``,
+        ``get_seconds``, ``group_bytes``, ``peak_group_bytes``, ``pool_bytes``,
+        ``resident_bytes``, ``device_bytes``, ``peak_device_bytes``, ``budget``,
+        ``host_bytes``."""
 
 def check(
     config: Optional[str], model: Optional[str], checkpoint: Optional[str], strict: bool

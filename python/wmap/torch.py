@@ -18,7 +18,9 @@ bnb_4bit_quant_type="nf4"))`` builds, with the same attributes (``is_loaded_in_4
 one 3-D parameter (transformers 5's ``experts.gate_up_proj`` / ``down_proj``, wmap's own
 ``[E, …]`` layout), the runtime tensor fills it whole: quantized, as an
 :func:`Experts4bit` module that ``experts[e]`` dequantizes (transformers' bnb path leaves
-these bf16; ``quantize_experts=False`` does too).
+these bf16; ``quantize_experts=False`` does too). With ``offload_budget``, the
+experts stay in wmap's weights manager instead and are fetched per routed expert
+(:mod:`wmap.experts`).
 
 Why the cut is exact: bitsandbytes quantizes each Linear weight on its own, in blocks of
 ``blocksize`` consecutive elements. A runtime tensor fused on dim 0 or stacked is the
@@ -224,6 +226,9 @@ def load_into(
     progress: Any = None,
     quantize_experts: bool = True,
     via: Optional[str] = None,
+    offload_budget: Optional[int] = None,
+    offload_policy: str = "order",
+    quantize_linears: bool = True,
 ) -> Any:
     """Fills ``model`` (a transformers model, typically built on the meta device) from
     the checkpoint folder ``path``, loading and quantizing with wmap. Quantizable Linear
@@ -239,7 +244,16 @@ def load_into(
     package; tensors are then used in place, no copy), ``"host"`` loads in host memory
     and copies; by default ``"device"`` when ``device`` is CUDA and
     :func:`wmap.cuda_available`. Returns the wmap store, which owns the bytes the model's
-    tensors may view. Raises ``ValueError`` if anything is left on the meta device."""
+    tensors may view. Raises ``ValueError`` if anything is left on the meta device.
+
+    ``offload_budget`` (bytes): the stacked experts stay in wmap's weights manager (page-
+    locked host memory on the GPU path) and become :func:`wmap.experts.OffloadedExperts`
+    modules that fetch each routed expert with ``store.get`` within that device budget,
+    re-fetch it in backward instead of keeping it, and prefetch around each layer (see
+    :mod:`wmap.experts`; ``offload_policy``: ``"order"`` or ``"lru"``).
+    ``quantize_linears=False`` loads the other quantizable weights in full precision
+    (plain ``Linear`` layers, no bitsandbytes needed), e.g. to train on the CPU with only
+    the experts quantized and offloaded."""
     if quant not in (None, "nf4", "fp4"):
         raise ValueError("load_into takes quant='nf4', 'fp4' or None (bitsandbytes' per-layer layouts)")
     device = str(device)
@@ -249,13 +263,32 @@ def load_into(
         raise ValueError("via must be 'device' or 'host'")
     plan = wmap.plan(path, model=model_name)
     places = placements(model, plan)
-    keep = [p.target["name"] for p in places if p.stacked and p.target["quantizable"] and not quantize_experts]
+    keep = [
+        p.target["name"]
+        for p in places
+        if p.target["quantizable"] and (not quantize_experts if p.stacked else not quantize_linears)
+    ]
     load_device = device if via == "device" else "cpu"
-    store = wmap.load(path, model=model_name, quant=quant, device=load_device, progress=progress, keep=keep)
+    store = wmap.load(
+        path,
+        model=model_name,
+        quant=quant,
+        device=load_device,
+        progress=progress,
+        keep=keep,
+        offload_budget=offload_budget,
+        offload_policy=offload_policy,
+    )
+    schedule = None
+    if offload_budget is not None:
+        from .experts import Schedule
+
+        stats = store.stats()
+        schedule = Schedule(store, free=stats.get("budget", offload_budget) < stats.get("host_bytes", 0))
     quantized_experts = 0
     for place in places:
-        quantized_experts += _fill(model, place, store, device)
-    if quant is not None:
+        quantized_experts += _fill(model, place, store, device, schedule)
+    if quant is not None and quantize_linears:
         _mark_quantized(model, quant)
     if hasattr(model, "tie_weights"):
         model.tie_weights()
@@ -268,13 +301,21 @@ def load_into(
     return store
 
 
-def _fill(model: Any, place: Placement, store: Any, device: str) -> int:
-    """Puts one target into ``model``; returns 1 when it became an :func:`Experts4bit`."""
+def _fill(model: Any, place: Placement, store: Any, device: str, schedule: Any = None) -> int:
+    """Puts one target into ``model``; returns 1 when it became an :func:`Experts4bit`
+    or, with a ``schedule`` (an offloaded load), an ``OffloadedExperts``."""
     import torch
 
     name = place.target["name"]
-    value = store[name]
     modules = dict(model.named_modules())
+    if place.whole is not None and schedule is not None and store.group_of(f"{name}[0]") is not None:
+        from .experts import offload_experts
+
+        module_name, attr = place.whole
+        offload_experts(modules[module_name], attr, store, name, place.target["shape"], device, schedule)
+        _follow_input_dtype(modules[module_name])
+        return 1
+    value = store[name]
     if place.whole is not None:
         module_name, attr = place.whole
         if isinstance(value, wmap.Quantized):
@@ -315,7 +356,7 @@ def _replace(model: Any, module_name: str, attr: str, new: Any) -> None:
 
 
 def _follow_input_dtype(parent: Any) -> None:
-    """Makes the :func:`Experts4bit` children of ``parent`` dequantize to the dtype of the
+    """Makes the :func:`Experts4bit` (or ``OffloadedExperts``) children of ``parent`` return the dtype of the
     hidden states ``parent`` is called with, as ``Linear4bit`` computes in its input's
     dtype (after peft's ``prepare_model_for_kbit_training`` the activations are fp32)."""
     import torch
@@ -339,7 +380,7 @@ def _dequantized(store: Any, name: str, q: Any, device: str) -> Any:
     bitsandbytes kernel over the device codes for a device store."""
     import torch
 
-    if hasattr(store, "get"):
+    if isinstance(store, wmap.Store):
         return store.get(name)
     import bitsandbytes.functional as F
 

@@ -170,8 +170,7 @@ fn offload_to_host(
 ) -> Result<(), Diagnostic> {
     let total = store.device_bytes();
     let t_new = std::time::Instant::now();
-    let mut w = crate::cuda::weights::DeviceWeights::new(gpu.clone(), plan, store, budget, policy)
-        .map_err(coded)?;
+    let mut w = crate::loader::offload_device(gpu, plan, store, budget, policy)?;
     let moved_out = t_new.elapsed().as_secs_f64();
     let names: Vec<String> = w.names().map(str::to_string).collect();
     let t = std::time::Instant::now();

@@ -140,35 +140,11 @@ impl DeviceWeights {
             } => {
                 let (g, off, packed) = (*group, *offset, packed.clone());
                 let buf = self.offload.acquire(g)?;
-                let bytes = buf.slice(off..off + packed.len());
-                match (packed.format(), packed.layout()) {
-                    (Some(format), Some(l)) => {
-                        let f32_view = |at: usize, len: usize| {
-                            // SAFETY: the layout puts f32 pieces at 4-byte aligned offsets
-                            // of a buffer that starts aligned.
-                            unsafe { bytes.slice(at..at + 4 * len).transmute::<f32>(len) }
-                        };
-                        let parts = Parts {
-                            format,
-                            shape: &shape,
-                            data: bytes.slice(..l.data_len),
-                            scales_f32: (l.scales_f32 > 0)
-                                .then(|| f32_view(l.scales, l.scales_f32))
-                                .flatten(),
-                            scales_u8: (l.scales_u8 > 0)
-                                .then(|| bytes.slice(l.scales..l.scales + l.scales_u8)),
-                            nested: l.nested.and_then(|at| f32_view(at, l.nested_len)),
-                            offset: l.offset.and_then(|at| f32_view(at, 1)),
-                            tensor_scale: l.tensor_scale.and_then(|at| f32_view(at, 1)),
-                        };
-                        gpu.dequantize_parts(&parts, &mut out)?;
-                    }
-                    _ => {
-                        let dtype = packed.full_dtype().unwrap_or(Dtype::Bf16);
-                        convert(&gpu, dtype, &bytes, &mut out)?;
-                    }
-                }
+                // Released whatever the dequantize says: a failed `get` must not leave the
+                // group marked in use (it could never be evicted again).
+                let done = dequantize_packed(&gpu, buf, off, &packed, &shape, &mut out);
                 self.offload.release(g);
+                done?;
             }
         }
         Ok(DeviceView {
@@ -177,6 +153,49 @@ impl DeviceWeights {
             pool: self.pool.clone(),
         })
     }
+}
+
+/// Dequantizes (or converts) one offloaded tensor, packed at `off` in its group's device
+/// buffer, into `out`.
+fn dequantize_packed(
+    gpu: &Gpu,
+    buf: &CudaSlice<u8>,
+    off: usize,
+    packed: &Packed,
+    shape: &[u64],
+    out: &mut CudaSlice<u16>,
+) -> GpuResult<()> {
+    let bytes = off
+        .checked_add(packed.len())
+        .and_then(|end| buf.try_slice(off..end))
+        .ok_or_else(|| super::Error::Internal("a packed tensor overruns its group".into()))?;
+    match (packed.format(), packed.layout()) {
+        (Some(format), Some(l)) => {
+            let f32_view = |at: usize, len: usize| {
+                // SAFETY: the layout puts f32 pieces at 4-byte aligned offsets
+                // of a buffer that starts aligned.
+                unsafe { bytes.slice(at..at + 4 * len).transmute::<f32>(len) }
+            };
+            let parts = Parts {
+                format,
+                shape,
+                data: bytes.slice(..l.data_len),
+                scales_f32: (l.scales_f32 > 0)
+                    .then(|| f32_view(l.scales, l.scales_f32))
+                    .flatten(),
+                scales_u8: (l.scales_u8 > 0).then(|| bytes.slice(l.scales..l.scales + l.scales_u8)),
+                nested: l.nested.and_then(|at| f32_view(at, l.nested_len)),
+                offset: l.offset.and_then(|at| f32_view(at, 1)),
+                tensor_scale: l.tensor_scale.and_then(|at| f32_view(at, 1)),
+            };
+            gpu.dequantize_parts(&parts, out)?;
+        }
+        _ => {
+            let dtype = packed.full_dtype().unwrap_or(Dtype::Bf16);
+            convert(gpu, dtype, &bytes, out)?;
+        }
+    }
+    Ok(())
 }
 
 /// A full-precision tensor to bf16 on the device.
@@ -352,4 +371,36 @@ fn full_slice(shape: &[u64], len: usize, i: usize) -> Option<Range<usize>> {
     let lead = usize::try_from(*shape.first()?).ok()?;
     let per = len / lead.max(1);
     (i < lead).then(|| i * per..(i + 1) * per)
+}
+
+/// Read-only accessors for a runtime that drives the manager (the Python store, the CLI's
+/// report): where a name lives, and what the groups are.
+impl DeviceWeights {
+    /// The offload group `name` (a tensor or a slice key) lives in; `None` when it is
+    /// resident or unknown.
+    pub fn group_of(&self, name: &str) -> Option<GroupId> {
+        match self.homes.get(name)? {
+            Home::Offloaded { group, .. } => Some(*group),
+            Home::Resident(_) => None,
+        }
+    }
+
+    /// A resident device tensor as the GPU loader left it (quantized or full precision;
+    /// a tie followed to its target); `None` for an offloaded or unknown name. Homes are
+    /// fixed at construction, so the device memory stays put while the manager lives.
+    pub fn resident(&self, name: &str) -> Option<&DeviceTensor> {
+        match self.homes.get(name)? {
+            Home::Resident(DeviceTensor::Tied(to)) => match self.homes.get(to)? {
+                Home::Resident(DeviceTensor::Tied(_)) | Home::Offloaded { .. } => None,
+                Home::Resident(t) => Some(t),
+            },
+            Home::Resident(t) => Some(t),
+            Home::Offloaded { .. } => None,
+        }
+    }
+
+    /// The device the manager serves.
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
 }

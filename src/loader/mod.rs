@@ -10,14 +10,15 @@
 //!
 //! Decided here, not by callers: which flags contradict each other, where `auto` loads,
 //! which sink receives the targets (host tensors, quantized tensors, a weights manager
-//! with offloaded groups, a runtime-layout or HF-named export). Every failure is a coded
-//! [`Diagnostic`]; failures inside the inputs come with the source map they point into.
+//! with offloaded groups on the host or on a CUDA device, a runtime-layout or HF-named
+//! export). Every failure is a coded [`Diagnostic`]; failures inside the inputs come
+//! with the source map they point into.
 //! Printing is the caller's: nothing here writes to stdout or stderr.
 
 mod run;
 
 #[cfg(feature = "cuda")]
-pub use run::DeviceLoad;
+pub use run::{offload_device, DeviceLoad, DeviceOffload};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -361,6 +362,10 @@ pub enum Tensors {
     /// On a CUDA device.
     #[cfg(feature = "cuda")]
     Device(Box<DeviceLoad>),
+    /// On a CUDA device, the params with an offload group (MoE experts) in page-locked
+    /// host memory behind a weights manager that brings them in within the budget.
+    #[cfg(feature = "cuda")]
+    DeviceOffloaded(Box<DeviceOffload>),
 }
 
 /// What a load did, and its tensors.

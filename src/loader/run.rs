@@ -150,13 +150,41 @@ pub struct DeviceLoad {
     pub stats: crate::cuda::loader::GpuLoadStats,
 }
 
+/// A load onto a CUDA device with an offload budget: the params with an offload group
+/// in page-locked host memory behind the weights manager, the rest on the device.
+#[cfg(feature = "cuda")]
+pub struct DeviceOffload {
+    pub weights: crate::cuda::weights::DeviceWeights,
+    pub stats: crate::cuda::loader::GpuLoadStats,
+    /// Bytes on the device right after the load, before the groups moved out.
+    pub loaded_bytes: u64,
+    /// Moving the groups out to host memory.
+    pub moved_out: std::time::Duration,
+}
+
+/// Moves the targets of `plan` with an offload group out of `store` into the weights
+/// manager's page-locked host groups, brought back within `budget` by `policy`: the one
+/// construction the Loader, the CLI and the Python store share.
+#[cfg(feature = "cuda")]
+pub fn offload_device(
+    gpu: &std::sync::Arc<crate::cuda::Gpu>,
+    plan: &crate::plan::Plan,
+    store: crate::cuda::loader::DeviceStore,
+    budget: u64,
+    policy: crate::offload::Policy,
+) -> Result<crate::cuda::weights::DeviceWeights, Diagnostic> {
+    crate::cuda::weights::DeviceWeights::new(gpu.clone(), plan, store, budget, policy)
+        .map_err(Diagnostic::from)
+}
+
 #[cfg(not(feature = "cuda"))]
 pub(super) fn device(_: Bound, _: usize) -> Result<Loaded, Diagnostic> {
     Err(crate::cuda::Error::NotBuilt.into())
 }
 
-/// Stages through pinned buffers and quantizes on the device when asked; the staging
-/// is set up per load (a caller timing repeated loads drives [`crate::cuda::loader`]).
+/// Stages through pinned buffers and quantizes on the device when asked; with an offload
+/// budget, hands the offload groups to the weights manager. The staging is set up per
+/// load (a caller timing repeated loads drives [`crate::cuda::loader`]).
 #[cfg(feature = "cuda")]
 pub(super) fn device(b: Bound, ordinal: usize) -> Result<Loaded, Diagnostic> {
     use crate::cuda::{loader, Ready};
@@ -173,16 +201,30 @@ pub(super) fn device(b: Bound, ordinal: usize) -> Result<Loaded, Diagnostic> {
         bytes_out: gstats.device_bytes,
         elapsed: std::time::Duration::from_secs_f64(gstats.seconds.max(0.0)),
     };
+    let tensors = match b.loader.offload {
+        Some((budget, policy)) => {
+            let loaded_bytes = store.device_bytes();
+            let t = std::time::Instant::now();
+            let weights = offload_device(&gpu, &b.plan, store, budget, policy)?;
+            Tensors::DeviceOffloaded(Box::new(DeviceOffload {
+                weights,
+                stats: gstats.clone(),
+                loaded_bytes,
+                moved_out: t.elapsed(),
+            }))
+        }
+        None => Tensors::Device(Box::new(DeviceLoad {
+            gpu,
+            store,
+            stats: gstats.clone(),
+        })),
+    };
     Ok(Loaded {
         plan: b.plan,
         device: b.device,
         bytes_out: gstats.device_bytes,
         stats,
         quant: None,
-        tensors: Tensors::Device(Box::new(DeviceLoad {
-            gpu,
-            store,
-            stats: gstats,
-        })),
+        tensors,
     })
 }
