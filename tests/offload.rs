@@ -70,6 +70,30 @@ fn lru_thrashes_on_a_cyclic_sweep_and_order_aware_does_not() {
     assert!(rates[1] > 0.6, "order-aware hit rate {}", rates[1]);
 }
 
+/// The same sweep with each group read twice back to back (an expert's two tensors): the
+/// first pass records each group once, so order-aware keeps its advantage.
+#[test]
+fn back_to_back_reads_of_a_group_are_one_use_in_the_recorded_order() {
+    let (n, cap) = (8, 6);
+    let mut m = manager(n, 64, cap, Policy::OrderAware);
+    for _pass in 0..10 {
+        for g in 0..n {
+            for _tensor in 0..2 {
+                m.acquire(g).unwrap();
+                m.release(g);
+                check_invariants(&m, 64);
+            }
+        }
+    }
+    let s = &m.stats;
+    let first_reads = (s.hits + s.misses) / 2;
+    assert!(
+        s.misses * 10 < first_reads * 4,
+        "order-aware with paired reads: {} misses in {first_reads} group uses",
+        s.misses
+    );
+}
+
 #[test]
 fn a_group_in_use_is_never_evicted() {
     let mut m = manager(4, 100, 2, Policy::Lru);

@@ -277,6 +277,11 @@ impl<B: Backend> Manager<B> {
             return;
         }
         if !self.order_done {
+            // Several tensors of one group read back to back (an expert's gate_up, then
+            // its down) are one use of the group, not the end of the first pass.
+            if self.order.last() == Some(&g) {
+                return;
+            }
             if self.order.first() == Some(&g) {
                 self.order_done = true;
             } else {
