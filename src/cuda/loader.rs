@@ -106,17 +106,36 @@ pub struct Ready {
 }
 
 impl Ready {
-    /// Three 256 MiB buffers: enough to keep reads, copies and kernels all busy.
+    /// Three 256 MiB buffers by default: enough to keep reads, copies and kernels all
+    /// busy. `WMAP_STAGING=NxM` (N buffers of M MiB) sets the ring for measurements.
     pub fn open(ordinal: usize) -> GpuResult<Ready> {
         let t0 = std::time::Instant::now();
+        let (count, mib) = staging_shape(std::env::var("WMAP_STAGING").ok().as_deref())?;
         let gpu = std::sync::Arc::new(Gpu::new(ordinal)?);
-        let staging = Staging::new(&gpu, 3, 256 << 20)?;
+        let staging = Staging::new(&gpu, count, mib << 20)?;
         Ok(Ready {
             gpu,
             staging,
             seconds: t0.elapsed().as_secs_f64(),
         })
     }
+}
+
+/// The staging ring's shape from `WMAP_STAGING` (`NxM`: N buffers of M MiB; 2–16 buffers
+/// of 16–1024 MiB), or three of 256 MiB when unset.
+fn staging_shape(var: Option<&str>) -> GpuResult<(usize, usize)> {
+    let Some(v) = var else {
+        return Ok((3, 256));
+    };
+    let parsed = v
+        .split_once('x')
+        .and_then(|(n, m)| Some((n.trim().parse().ok()?, m.trim().parse().ok()?)))
+        .filter(|&(n, m): &(usize, usize)| (2..=16).contains(&n) && (16..=1024).contains(&m));
+    parsed.ok_or_else(|| {
+        super::Error::Unsupported(format!(
+            "WMAP_STAGING=`{v}`: expected N buffers x M MiB, e.g. `3x256` (2-16 buffers of 16-1024 MiB)"
+        ))
+    })
 }
 
 /// What a GPU load did.
@@ -132,6 +151,12 @@ pub struct GpuLoadStats {
     pub passed_through: usize,
     /// Targets with a pre-quantized source decoded on the device.
     pub decoded: usize,
+    /// Where the load's thread spent its time: filling the pinned ring from the checkpoint,
+    /// waiting for a ring buffer's last copy to finish, assembling targets on the CPU
+    /// (conversions, slices). The rest is issuing copies and kernels, and the final wait.
+    pub read_seconds: f64,
+    pub ring_wait_seconds: f64,
+    pub assemble_seconds: f64,
 }
 
 /// One piece of source data for a target: a checkpoint byte range, placed at `at` bytes
@@ -189,6 +214,9 @@ struct Stager<'s> {
     /// The buffer being filled and how far; small targets share a buffer.
     ring: usize,
     cursor: usize,
+    /// Time spent filling buffers and waiting for them (see [`GpuLoadStats`]).
+    read: std::time::Duration,
+    wait: std::time::Duration,
 }
 
 /// Where a target's bytes come from.
@@ -219,7 +247,9 @@ impl Stager<'_> {
             if self.cursor == 0 {
                 // Entering a buffer: the copies out of its last use must be complete.
                 if let Some(ev) = self.staging.in_flight[k].take() {
+                    let t = Instant::now();
                     ev.synchronize().map_err(|e| format!("{e:?}"))?;
+                    self.wait += t.elapsed();
                 }
             }
             let len = (to - done).min(self.staging.buffer_bytes - self.cursor);
@@ -228,10 +258,12 @@ impl Stager<'_> {
                 .map_err(|e| format!("{e:?}"))?;
             let chunk = &mut host[self.cursor..self.cursor + len];
             self.cursor += len;
+            let t = Instant::now();
             match src {
                 Source::Assembled(buf) => chunk.copy_from_slice(&buf[done..done + len]),
                 Source::Pieces(list) => fill_chunk(ckpt, list, done as u64, chunk)?,
             }
+            self.read += t.elapsed();
             let mut view = dst.slice_mut(done - from..done - from + len);
             let (ptr, _guard) = view.device_ptr_mut(&gpu.copy_stream);
             // SAFETY: `chunk` is pinned memory left untouched until the event recorded
@@ -311,7 +343,10 @@ pub fn load(
         staging,
         ring: 0,
         cursor: 0,
+        read: Default::default(),
+        wait: Default::default(),
     };
+    let mut assemble = std::time::Duration::ZERO;
     for t in &plan.targets {
         if let Recipe::Tied { target } = &t.recipe {
             store
@@ -330,7 +365,15 @@ pub fn load(
             }
             p.tensor
         } else {
-            plain_target(gpu, &mut stager, ckpt, t, format, &mut scratch)?
+            plain_target(
+                gpu,
+                &mut stager,
+                ckpt,
+                t,
+                format,
+                &mut scratch,
+                &mut assemble,
+            )?
         };
         stats.bytes_read += crate::load::read_bytes(t);
         held += device_size(&tensor);
@@ -344,6 +387,9 @@ pub fn load(
     gpu.sync()?;
     drop(scratch);
     stats.seconds = start.elapsed().as_secs_f64();
+    stats.read_seconds = stager.read.as_secs_f64();
+    stats.ring_wait_seconds = stager.wait.as_secs_f64();
+    stats.assemble_seconds = assemble.as_secs_f64();
     stats.device_bytes = store.device_bytes();
     stats.peak_device_bytes = peak;
     Ok((store, stats))
@@ -367,14 +413,17 @@ fn plain_target(
     t: &Target,
     format: Option<Format>,
     scratch: &mut Scratch,
+    assemble: &mut std::time::Duration,
 ) -> GpuResult<DeviceTensor> {
     let bytes = target_len(t)?;
     let list = pieces(t);
     let assembled = match list {
         Some(_) => None,
         None => {
+            let at = Instant::now();
             let mut buf = vec![0u8; bytes];
             crate::load::fill_target(ckpt, t, &mut buf)?;
+            *assemble += at.elapsed();
             Some(buf)
         }
     };
@@ -490,4 +539,20 @@ fn fill_chunk(
     }
     work.into_par_iter()
         .try_for_each(|(shard, off, buf)| ckpt.read_at(shard, off, buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::staging_shape;
+
+    #[test]
+    fn the_staging_ring_is_three_256_mib_buffers_unless_set_within_bounds() {
+        assert_eq!(staging_shape(None).unwrap(), (3, 256));
+        assert_eq!(staging_shape(Some("4x128")).unwrap(), (4, 128));
+        for bad in [
+            "", "4", "x", "1x256", "17x64", "4x8", "4x2048", "axb", "4x-1",
+        ] {
+            assert!(staging_shape(Some(bad)).is_err(), "{bad}");
+        }
+    }
 }
