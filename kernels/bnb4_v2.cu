@@ -33,14 +33,23 @@ __device__ __forceinline__ void nf4_table_load(Nf4Table& t, const u32* table_in)
     if (threadIdx.x < 64) reinterpret_cast<u32*>(&t)[threadIdx.x] = __ldg(table_in + threadIdx.x);
 }
 
+// All ones when a > b, else 0 (NaN compares false): one instruction, so that
+// (w << 4) + base - mask appends base + (y > thr) without a select.
+__device__ __forceinline__ u32 gt_mask(float a, float b) {
+    u32 r;
+    asm("set.gt.u32.f32 %0, %1, %2;" : "=r"(r) : "f"(a), "f"(b));
+    return r;
+}
+
+// w with the code of y appended as its low nibble.
 template <int KIND>
-__device__ __forceinline__ u32 code4(float y, const Nf4Table& t) {
+__device__ __forceinline__ u32 push_code(u32 w, float y, const Nf4Table& t) {
     if (KIND == 0) {
         u32 c = nf4_cell(y);
-        return t.base[c] + (y > t.thr[c] ? 1u : 0u);
+        return (w << 4) + t.base[c] - gt_mask(y, t.thr[c]);
     }
     const float unused[15] = {};
-    return bnb4_code(1, y, unused);
+    return (w << 4) + bnb4_code(1, y, unused);
 }
 
 // Codes of 8 values, packed as bnb4_encode does: byte k = code[2k] << 4 | code[2k + 1].
@@ -49,8 +58,8 @@ __device__ __forceinline__ u32 pack8(const float (&v)[8], float inv, const Nf4Ta
     u32 w = 0;
     #pragma unroll
     for (int k = 3; k >= 0; k--) {
-        w = (w << 4) + code4<KIND>(__fmul_rn(v[2 * k], inv), t);
-        w = (w << 4) + code4<KIND>(__fmul_rn(v[2 * k + 1], inv), t);
+        w = push_code<KIND>(w, __fmul_rn(v[2 * k], inv), t);
+        w = push_code<KIND>(w, __fmul_rn(v[2 * k + 1], inv), t);
     }
     return w;
 }
@@ -168,22 +177,25 @@ extern "C" __global__ void __launch_bounds__(V2_THREADS) bnb4_dequantize_v2(cons
     for (int j = 0; j < DQ_UNITS; j++) {
         const i64 u = unit0 + j * V2_THREADS;
         w[j] = __ldcs(reinterpret_cast<const u32*>(packed) + u);
-        m[j] = __ldg(absmax + (u >> shift));
+        m[j] = absmax[u >> shift];
     }
     __syncthreads();
+    bool exact = false;  // a non-finite absmax: redo that unit below
     #pragma unroll
     for (int j = 0; j < DQ_UNITS; j++) {
-        const i64 i = (unit0 + j * V2_THREADS) * 8;
-        if (!isfinite(m[j])) {
-            dequantize_unit_exact(packed, absmax, out, i, n, bs, table);
-            continue;
-        }
         u32 r[4];
         #pragma unroll
         for (int k = 0; k < 4; k++) {
             u32 byte = (w[j] >> (8 * k)) & 0xffu;
             r[k] = bf16x2_rn(__fmul_rn(table[byte >> 4], m[j]), __fmul_rn(table[byte & 0xfu], m[j]));
         }
-        *reinterpret_cast<uint4*>(out + i) = make_uint4(r[0], r[1], r[2], r[3]);
+        *reinterpret_cast<uint4*>(out + (unit0 + j * V2_THREADS) * 8) = make_uint4(r[0], r[1], r[2], r[3]);
+        exact |= !isfinite(m[j]);
+    }
+    if (!exact) return;
+    #pragma unroll 1
+    for (int j = 0; j < DQ_UNITS; j++) {
+        const i64 u = unit0 + j * V2_THREADS;
+        if (!isfinite(absmax[u >> shift])) dequantize_unit_exact(packed, absmax, out, u * 8, n, bs, table);
     }
 }
