@@ -95,50 +95,59 @@ __device__ __forceinline__ void quantize_unit(uint4 raw, i64 u, i64 n, float* ab
     }
 }
 
-// WIDTH = bs / 8: the lanes of one quantization block (4, 8, 16 or 32).
+// WIDTH = bs / 8: the lanes of one quantization block (4, 8, 16 or 32). The CTAs stride
+// over the tiles (the grid is what fits on the device at once); each thread loads its
+// part of the next tile before it encodes the current one, so loads stay in flight.
 template <int KIND, int WIDTH>
-__device__ __forceinline__ void quantize_tile(const u16* x, u8* packed, float* absmax, i64 n, const u32* cells,
-                                              Nf4Table& table) {
-    const i64 unit0 = (i64)blockIdx.x * (Q_UNITS * V2_THREADS) + threadIdx.x;
-    if (((i64)blockIdx.x + 1) * (Q_UNITS * V2_THREADS * 8) <= n) {
+__device__ __forceinline__ void quantize_tiles(const u16* x, u8* packed, float* absmax, i64 n, const u32* cells,
+                                               Nf4Table& table) {
+    const i64 tile = Q_UNITS * V2_THREADS * 8, full_tiles = n / tile;
+    i64 t = blockIdx.x;
+    uint4 next[Q_UNITS];
+    #pragma unroll
+    for (int j = 0; j < Q_UNITS; j++)
+        if (t < full_tiles) next[j] = load16_stream(x + t * tile + (j * V2_THREADS + threadIdx.x) * 8);
+    if (KIND == 0) {
+        nf4_table_load(table, cells);  // while the first loads are in flight
+        __syncthreads();
+    }
+    for (; t < full_tiles; t += gridDim.x) {
         uint4 raw[Q_UNITS];
         #pragma unroll
-        for (int j = 0; j < Q_UNITS; j++) raw[j] = load16_stream(x + (unit0 + j * V2_THREADS) * 8);
-        if (KIND == 0) {
-            nf4_table_load(table, cells);  // while the loads are in flight
-            __syncthreads();
-        }
+        for (int j = 0; j < Q_UNITS; j++) raw[j] = next[j];
+        const i64 t2 = t + gridDim.x;
+        #pragma unroll
+        for (int j = 0; j < Q_UNITS; j++)
+            if (t2 < full_tiles) next[j] = load16_stream(x + t2 * tile + (j * V2_THREADS + threadIdx.x) * 8);
+        const i64 unit0 = t * (Q_UNITS * V2_THREADS) + threadIdx.x;
         #pragma unroll
         for (int j = 0; j < Q_UNITS; j++)
             quantize_unit<KIND, WIDTH, true>(raw[j], unit0 + j * V2_THREADS, n, absmax, packed, table);
-    } else {
-        // The last tile: plain per-unit loop.
-        if (KIND == 0) {
-            nf4_table_load(table, cells);
-            __syncthreads();
-        }
-        #pragma unroll 1
-        for (int j = 0; j < Q_UNITS; j++) {
-            const i64 u = unit0 + j * V2_THREADS;
-            quantize_unit<KIND, WIDTH, false>(load8_raw(x, u * 8, n), u, n, absmax, packed, table);
-        }
+    }
+    if (t * tile >= n) return;
+    // The last, partial tile (t == full_tiles here): a plain per-unit loop.
+    #pragma unroll 1
+    for (int j = 0; j < Q_UNITS; j++) {
+        const i64 u = t * (Q_UNITS * V2_THREADS) + j * V2_THREADS + threadIdx.x;
+        quantize_unit<KIND, WIDTH, false>(load8_raw(x, u * 8, n), u, n, absmax, packed, table);
     }
 }
 
-// bs <= 256 (a power of two >= 32); grid: ceil(n / (8 * Q_UNITS * 256)) CTAs of 256.
+// bs <= 256 (a power of two >= 32); any grid of 256-thread CTAs (best: as many as are
+// resident at once, at most one per tile of 8 * Q_UNITS * 256 elements).
 extern "C" __global__ void __launch_bounds__(V2_THREADS) bnb4_quantize_v2(const u16* x, u8* packed, float* absmax,
                                                                           i64 n, int bs, int kind,
                                                                           const u32* cells) {
     __shared__ Nf4Table table;
     switch (kind * 1024 + bs) {
-    case 32: quantize_tile<0, 4>(x, packed, absmax, n, cells, table); break;
-    case 64: quantize_tile<0, 8>(x, packed, absmax, n, cells, table); break;
-    case 128: quantize_tile<0, 16>(x, packed, absmax, n, cells, table); break;
-    case 256: quantize_tile<0, 32>(x, packed, absmax, n, cells, table); break;
-    case 1024 + 32: quantize_tile<1, 4>(x, packed, absmax, n, cells, table); break;
-    case 1024 + 64: quantize_tile<1, 8>(x, packed, absmax, n, cells, table); break;
-    case 1024 + 128: quantize_tile<1, 16>(x, packed, absmax, n, cells, table); break;
-    case 1024 + 256: quantize_tile<1, 32>(x, packed, absmax, n, cells, table); break;
+    case 32: quantize_tiles<0, 4>(x, packed, absmax, n, cells, table); break;
+    case 64: quantize_tiles<0, 8>(x, packed, absmax, n, cells, table); break;
+    case 128: quantize_tiles<0, 16>(x, packed, absmax, n, cells, table); break;
+    case 256: quantize_tiles<0, 32>(x, packed, absmax, n, cells, table); break;
+    case 1024 + 32: quantize_tiles<1, 4>(x, packed, absmax, n, cells, table); break;
+    case 1024 + 64: quantize_tiles<1, 8>(x, packed, absmax, n, cells, table); break;
+    case 1024 + 128: quantize_tiles<1, 16>(x, packed, absmax, n, cells, table); break;
+    case 1024 + 256: quantize_tiles<1, 32>(x, packed, absmax, n, cells, table); break;
     default: break;  // the launcher sends larger blocks to bnb4_quantize_large
     }
 }
@@ -156,46 +165,74 @@ __device__ __noinline__ void dequantize_unit_exact(const u8* packed, const float
 // out = bf16(table[code] * absmax), 8 elements per unit: 4 bytes of codes in, 16 bytes
 // out. Any power-of-two bs >= 8 (8-aligned units never straddle a block). One cvt per
 // two elements when absmax is finite (then no product is NaN, where the cvt and
-// f32_to_bf16 differ); otherwise the exact path. grid: ceil(n / (8 * DQ_UNITS * 256)).
+// f32_to_bf16 differ); otherwise the exact path. Any grid (best: the resident CTAs, at
+// most one per tile of 8 * DQ_UNITS * 256 elements); the CTAs stride over the tiles,
+// each thread loading the next tile's codes and absmax before it writes the current one.
 extern "C" __global__ void __launch_bounds__(V2_THREADS) bnb4_dequantize_v2(const u8* packed, const float* absmax,
                                                                             u16* out, i64 n, int bs,
                                                                             const float* table_in) {
     __shared__ float table[16];
     if (threadIdx.x < 16) table[threadIdx.x] = table_in[threadIdx.x];
     const int shift = __ffs(bs / 8) - 1;
-    const i64 unit0 = (i64)blockIdx.x * (DQ_UNITS * V2_THREADS) + threadIdx.x;
-    if (((i64)blockIdx.x + 1) * (DQ_UNITS * V2_THREADS * 8) > n) {
-        __syncthreads();
-        #pragma unroll 1
-        for (int j = 0; j < DQ_UNITS; j++)
-            dequantize_unit_exact(packed, absmax, out, (unit0 + j * V2_THREADS) * 8, n, bs, table);
-        return;
-    }
+    const i64 tile = DQ_UNITS * V2_THREADS * 8, full_tiles = n / tile;
+    const u32* codes = reinterpret_cast<const u32*>(packed);
+    i64 t = blockIdx.x;
     u32 w[DQ_UNITS];
     float m[DQ_UNITS];
     #pragma unroll
     for (int j = 0; j < DQ_UNITS; j++) {
-        const i64 u = unit0 + j * V2_THREADS;
-        w[j] = __ldcs(reinterpret_cast<const u32*>(packed) + u);
-        m[j] = absmax[u >> shift];
+        const i64 u = t * (DQ_UNITS * V2_THREADS) + j * V2_THREADS + threadIdx.x;
+        if (t < full_tiles) {
+            w[j] = __ldcs(codes + u);
+            m[j] = absmax[u >> shift];
+        }
     }
     __syncthreads();
-    bool exact = false;  // a non-finite absmax: redo that unit below
-    #pragma unroll
-    for (int j = 0; j < DQ_UNITS; j++) {
-        u32 r[4];
+    bool exact = false;  // a non-finite absmax: redo those units at the end
+    for (; t < full_tiles; t += gridDim.x) {
+        u32 wc[DQ_UNITS];
+        float mc[DQ_UNITS];
         #pragma unroll
-        for (int k = 0; k < 4; k++) {
-            u32 byte = (w[j] >> (8 * k)) & 0xffu;
-            r[k] = bf16x2_rn(__fmul_rn(table[byte >> 4], m[j]), __fmul_rn(table[byte & 0xfu], m[j]));
+        for (int j = 0; j < DQ_UNITS; j++) {
+            wc[j] = w[j];
+            mc[j] = m[j];
         }
-        *reinterpret_cast<uint4*>(out + (unit0 + j * V2_THREADS) * 8) = make_uint4(r[0], r[1], r[2], r[3]);
-        exact |= !isfinite(m[j]);
+        const i64 t2 = t + gridDim.x;
+        #pragma unroll
+        for (int j = 0; j < DQ_UNITS; j++) {
+            const i64 u = t2 * (DQ_UNITS * V2_THREADS) + j * V2_THREADS + threadIdx.x;
+            if (t2 < full_tiles) {
+                w[j] = __ldcs(codes + u);
+                m[j] = absmax[u >> shift];
+            }
+        }
+        #pragma unroll
+        for (int j = 0; j < DQ_UNITS; j++) {
+            u32 r[4];
+            #pragma unroll
+            for (int k = 0; k < 4; k++) {
+                u32 byte = (wc[j] >> (8 * k)) & 0xffu;
+                r[k] = bf16x2_rn(__fmul_rn(table[byte >> 4], mc[j]), __fmul_rn(table[byte & 0xfu], mc[j]));
+            }
+            const i64 u = t * (DQ_UNITS * V2_THREADS) + j * V2_THREADS + threadIdx.x;
+            *reinterpret_cast<uint4*>(out + u * 8) = make_uint4(r[0], r[1], r[2], r[3]);
+            exact |= !isfinite(mc[j]);
+        }
     }
-    if (!exact) return;
+    if (exact) {
+        for (i64 t1 = blockIdx.x; t1 < full_tiles; t1 += gridDim.x) {
+            #pragma unroll 1
+            for (int j = 0; j < DQ_UNITS; j++) {
+                const i64 u = t1 * (DQ_UNITS * V2_THREADS) + j * V2_THREADS + threadIdx.x;
+                if (!isfinite(absmax[u >> shift])) dequantize_unit_exact(packed, absmax, out, u * 8, n, bs, table);
+            }
+        }
+    }
+    if (t * tile >= n) return;
+    // The last, partial tile (t == full_tiles here).
     #pragma unroll 1
     for (int j = 0; j < DQ_UNITS; j++) {
-        const i64 u = unit0 + j * V2_THREADS;
-        if (!isfinite(absmax[u >> shift])) dequantize_unit_exact(packed, absmax, out, u * 8, n, bs, table);
+        const i64 u = t * (DQ_UNITS * V2_THREADS) + j * V2_THREADS + threadIdx.x;
+        dequantize_unit_exact(packed, absmax, out, u * 8, n, bs, table);
     }
 }

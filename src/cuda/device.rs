@@ -38,6 +38,9 @@ pub struct Gpu {
     nf4_cells: CudaSlice<u32>,
     /// Which quantize/dequantize kernels run; tests switch it to compare both.
     pub kernels_version: KernelVersion,
+    /// CTAs of 256 threads resident on the whole device at once, per v2 kernel that
+    /// strides over its tiles (the grid it is launched with, at most).
+    resident: BTreeMap<&'static str, u32>,
     pub name: String,
     pub arch: String,
     /// Where the kernels came from (the on-disk cache or NVRTC just now).
@@ -112,6 +115,7 @@ impl Gpu {
         let stream = ctx.new_stream().map_err(err("cannot create a stream"))?;
         let copy_stream = ctx.new_stream().map_err(err("cannot create a stream"))?;
         let (functions, kernels) = load_kernels(&ctx, &arch)?;
+        let resident = resident_ctas(&ctx, &functions);
         let up = |v: &[f32]| stream.clone_htod(v).map_err(err("cannot upload a table"));
         let cells = super::tables::nf4_cell_table()
             .ok_or_else(|| super::Error::Internal("two NF4 midpoints share a cell".into()))?;
@@ -120,6 +124,7 @@ impl Gpu {
                 .clone_htod(&cells)
                 .map_err(err("cannot upload a table"))?,
             kernels_version: KernelVersion::from_env(),
+            resident,
             nf4_mids: up(&bnb4::NF4_MIDS)?,
             nf4_table: up(&bnb4::NF4)?,
             fp4_table: up(&bnb4::fp4_table())?,
@@ -144,6 +149,30 @@ impl Gpu {
 }
 
 type Functions = BTreeMap<&'static str, CudaFunction>;
+
+/// The kernels launched with one CTA per resident slot, which stride over their tiles.
+const STRIDING: [&str; 2] = ["bnb4_quantize_v2", "bnb4_dequantize_v2"];
+
+/// Resident 256-thread CTAs of each [`STRIDING`] kernel: multiprocessors times the
+/// occupancy. A failed query leaves the kernel out; it is then launched one CTA per tile,
+/// which its grid-stride loop runs as well.
+fn resident_ctas(ctx: &Arc<CudaContext>, functions: &Functions) -> BTreeMap<&'static str, u32> {
+    use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT;
+    let Ok(sms) = ctx.attribute(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT) else {
+        return BTreeMap::new();
+    };
+    STRIDING
+        .iter()
+        .filter_map(|&name| {
+            let per_sm = functions
+                .get(name)?
+                .occupancy_max_active_blocks_per_multiprocessor(256, 0, None)
+                .ok()?;
+            let total = u32::try_from(sms).ok()?.checked_mul(per_sm)?;
+            (total > 0).then_some((name, total))
+        })
+        .collect()
+}
 
 /// Every kernel, from cached or fresh CUBINs; when a CUBIN will not load (a driver older
 /// than the NVRTC that made it), the PTX of all files, which the driver compiles itself.
@@ -229,11 +258,15 @@ pub fn kernel_names(module: &str) -> &'static [&'static str] {
 const BNB4_Q_TILE: usize = 4 * 256 * 8;
 const BNB4_DQ_TILE: usize = 8 * 256 * 8;
 
-/// One 256-thread CTA per `tile` elements of `n`.
-fn tiles(n: usize, tile: usize) -> GpuResult<LaunchConfig> {
-    let ctas = u32::try_from(n.div_ceil(tile).max(1)).map_err(|_| {
-        super::Error::Unsupported(format!("{n} elements: more tiles than one launch holds"))
-    })?;
+/// 256-thread CTAs for `n` elements in tiles of `tile`: one per tile, at most `resident`.
+fn tiles(n: usize, tile: usize, resident: Option<&u32>) -> GpuResult<LaunchConfig> {
+    let per_tile = n.div_ceil(tile).max(1);
+    let ctas = match resident {
+        Some(&r) => per_tile.min(r as usize) as u32,
+        None => u32::try_from(per_tile).map_err(|_| {
+            super::Error::Unsupported(format!("{n} elements: more tiles than one launch holds"))
+        })?,
+    };
     Ok(LaunchConfig {
         grid_dim: (ctas, 1, 1),
         block_dim: (256, 1, 1),
@@ -449,8 +482,14 @@ impl Gpu {
                         .arg(&self.nf4_cells);
                     // SAFETY: arguments match the kernel's signature; the views hold the
                     // chunk's outputs (sizes from `alloc_quantized`).
-                    unsafe { b.launch(tiles(x.len(), BNB4_Q_TILE)?) }
-                        .map_err(err("bnb4_quantize_v2"))?;
+                    unsafe {
+                        b.launch(tiles(
+                            x.len(),
+                            BNB4_Q_TILE,
+                            self.resident.get("bnb4_quantize_v2"),
+                        )?)
+                    }
+                    .map_err(err("bnb4_quantize_v2"))?;
                 } else if blocksize <= 256 {
                     let mut b = s.launch_builder(self.f("bnb4_quantize_small"));
                     b.arg(x)
@@ -845,7 +884,14 @@ impl Gpu {
     ) -> GpuResult<()> {
         let bs = blocksize as i32;
         let (name, cfg) = match self.kernels_version {
-            KernelVersion::V2 => ("bnb4_dequantize_v2", tiles(n as usize, BNB4_DQ_TILE)?),
+            KernelVersion::V2 => (
+                "bnb4_dequantize_v2",
+                tiles(
+                    n as usize,
+                    BNB4_DQ_TILE,
+                    self.resident.get("bnb4_dequantize_v2"),
+                )?,
+            ),
             KernelVersion::V1 => ("bnb4_dequantize", grid((n as u64).div_ceil(8), 256)),
         };
         let mut b = self.stream.launch_builder(self.f(name));
