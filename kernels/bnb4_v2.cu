@@ -162,10 +162,18 @@ __device__ __noinline__ void dequantize_unit_exact(const u8* packed, const float
     }
 }
 
+// Whether table[code] * m converts exactly with the cvt: m finite (no product is NaN,
+// where the cvt and f32_to_bf16 differ) and, unless 0, at least 2^-118, so that no
+// product with a table entry (|entry| >= 2^-8 or 0 for NF4 and FP4) is subnormal, where
+// this code does not rely on the cvt.
+__device__ __forceinline__ bool cvt_exact(float m) {
+    float a = fabsf(m);
+    return (a >= 0x1p-118f && a < __int_as_float(0x7f800000)) || a == 0.0f;
+}
+
 // out = bf16(table[code] * absmax), 8 elements per unit: 4 bytes of codes in, 16 bytes
 // out. Any power-of-two bs >= 8 (8-aligned units never straddle a block). One cvt per
-// two elements when absmax is finite (then no product is NaN, where the cvt and
-// f32_to_bf16 differ); otherwise the exact path. Any grid (best: the resident CTAs, at
+// two elements when cvt_exact(absmax); otherwise the exact path. Any grid (best: the resident CTAs, at
 // most one per tile of 8 * DQ_UNITS * 256 elements); the CTAs stride over the tiles,
 // each thread loading the next tile's codes and absmax before it writes the current one.
 extern "C" __global__ void __launch_bounds__(V2_THREADS) bnb4_dequantize_v2(const u8* packed, const float* absmax,
@@ -188,7 +196,7 @@ extern "C" __global__ void __launch_bounds__(V2_THREADS) bnb4_dequantize_v2(cons
         }
     }
     __syncthreads();
-    bool exact = false;  // a non-finite absmax: redo those units at the end
+    bool exact = false;  // an absmax not cvt_exact: redo those units at the end
     for (; t < full_tiles; t += gridDim.x) {
         u32 wc[DQ_UNITS];
         float mc[DQ_UNITS];
@@ -216,7 +224,7 @@ extern "C" __global__ void __launch_bounds__(V2_THREADS) bnb4_dequantize_v2(cons
             }
             const i64 u = t * (DQ_UNITS * V2_THREADS) + j * V2_THREADS + threadIdx.x;
             *reinterpret_cast<uint4*>(out + u * 8) = make_uint4(r[0], r[1], r[2], r[3]);
-            exact |= !isfinite(mc[j]);
+            exact |= !cvt_exact(mc[j]);
         }
     }
     if (exact) {
@@ -224,7 +232,7 @@ extern "C" __global__ void __launch_bounds__(V2_THREADS) bnb4_dequantize_v2(cons
             #pragma unroll 1
             for (int j = 0; j < DQ_UNITS; j++) {
                 const i64 u = t1 * (DQ_UNITS * V2_THREADS) + j * V2_THREADS + threadIdx.x;
-                if (!isfinite(absmax[u >> shift])) dequantize_unit_exact(packed, absmax, out, u * 8, n, bs, table);
+                if (!cvt_exact(absmax[u >> shift])) dequantize_unit_exact(packed, absmax, out, u * 8, n, bs, table);
             }
         }
     }
