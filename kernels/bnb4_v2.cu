@@ -9,26 +9,29 @@
 #define DQ_UNITS 8  // dequantize: 8 x 4 bytes of codes (and absmax) in flight per thread
 
 // ---- NF4 code by table lookup instead of a four-level select tree ----
-// nf4_cell(y) = round(15 * max(y, -1)) + 15, at most 30: 31 monotone cells of width 1/15
-// over [-1, 1]; NaN and y < -1 land in cell 0, y > 1 (reciprocal slop) and inf in cell 30.
-// Neighbouring NF4 midpoints are more than 0.085 apart, so a cell holds at most one, and
-// code = (midpoints in lower cells) + (y > the cell's midpoint): the count of midpoints
-// below y, as the reference defines it. The host builds the table from the midpoints
-// with this same function (quant::bnb4::nf4_cell_table, tested against the reference).
+// nf4_cell(y) = round(-15 y) + 15, clamped to 30: 31 cells of width 1/15, cell 0 at
+// y = 1 and cell 30 at y = -1 (descending, so that NaN, whose pattern is above every
+// finite one, and -inf land at the code-0 end). Valid for every y but y > 1.03 (only
+// +inf occurs: a block whose absmax is subnormal has reciprocal inf, and those units
+// clamp y to [-1, 1] first). Neighbouring NF4 midpoints are over 0.085 apart, so a
+// cell holds at most one: code = (midpoints in cells above, i.e. below y) + (y > the
+// cell's midpoint), the count of midpoints below y as the reference defines it. The
+// host builds the table with this same function (cuda::tables, tested there against
+// the reference for every kind of float).
 __device__ __forceinline__ u32 nf4_cell(float y) {
-    float c = fmaxf(y, -1.0f);
-    // 1.5 * 2^23 + 15 c lies in [2^23, 2^24), where the float's ulp is 1: its low
-    // mantissa bits are round(15 c) (c = inf gives a larger pattern, clamped below).
-    float r = __fmaf_rn(c, 15.0f, 12582912.0f);
+    // 1.5 * 2^23 - 15 y lies in [2^23, 2^24) for |y| < 1.03, where the float's ulp is 1:
+    // its low mantissa bits are round(-15 y). NaN and -inf give larger patterns.
+    float r = __fmaf_rn(y, -15.0f, 12582912.0f);
     return min(__float_as_uint(r) - (0x4B400000u - 15u), 30u);
 }
 
+// Per cell (one 8-byte load): x = the cell's midpoint as float bits, or inf when it
+// holds none; y = the midpoints in higher cells (below the cell's values).
 struct Nf4Table {
-    float thr[32];  // the cell's midpoint, or inf when it holds none
-    u32 base[32];   // midpoints in lower cells
+    uint2 cell[32];
 };
 
-// Threads 0..63 copy the host's table (thr bits, then base); the caller synchronizes.
+// Threads 0..63 copy the host's table; the caller synchronizes.
 __device__ __forceinline__ void nf4_table_load(Nf4Table& t, const u32* table_in) {
     if (threadIdx.x < 64) reinterpret_cast<u32*>(&t)[threadIdx.x] = __ldg(table_in + threadIdx.x);
 }
@@ -41,25 +44,26 @@ __device__ __forceinline__ u32 gt_mask(float a, float b) {
     return r;
 }
 
-// w with the code of y appended as its low nibble.
-template <int KIND>
+// w with the code of y appended as its low nibble. CLAMP: y may be above 1.03 (+inf).
+template <int KIND, bool CLAMP>
 __device__ __forceinline__ u32 push_code(u32 w, float y, const Nf4Table& t) {
     if (KIND == 0) {
-        u32 c = nf4_cell(y);
-        return (w << 4) + t.base[c] - gt_mask(y, t.thr[c]);
+        // fmaxf first: NaN becomes -1 (code 0), as it compares.
+        uint2 e = t.cell[nf4_cell(CLAMP ? fminf(fmaxf(y, -1.0f), 1.0f) : y)];
+        return (w << 4) + e.y - gt_mask(y, __uint_as_float(e.x));
     }
     const float unused[15] = {};
     return (w << 4) + bnb4_code(1, y, unused);
 }
 
 // Codes of 8 values, packed as bnb4_encode does: byte k = code[2k] << 4 | code[2k + 1].
-template <int KIND>
+template <int KIND, bool CLAMP>
 __device__ __forceinline__ u32 pack8(const float (&v)[8], float inv, const Nf4Table& t) {
     u32 w = 0;
     #pragma unroll
     for (int k = 3; k >= 0; k--) {
-        w = push_code<KIND>(w, __fmul_rn(v[2 * k], inv), t);
-        w = push_code<KIND>(w, __fmul_rn(v[2 * k + 1], inv), t);
+        w = push_code<KIND, CLAMP>(w, __fmul_rn(v[2 * k], inv), t);
+        w = push_code<KIND, CLAMP>(w, __fmul_rn(v[2 * k + 1], inv), t);
     }
     return w;
 }
@@ -86,7 +90,10 @@ __device__ __forceinline__ void quantize_unit(uint4 raw, i64 u, i64 n, float* ab
     for (int o = WIDTH / 2; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o, WIDTH));
     if (!FULL && u * 8 >= n) return;
     if ((threadIdx.x & (WIDTH - 1)) == 0) absmax[u / WIDTH] = m;
-    u32 codes = pack8<KIND>(v, rcp_approx(m), t);
+    // A subnormal absmax has reciprocal inf (ftz), so y may be inf: clamp (rare).
+    u32 codes;
+    if (KIND == 0 && m > 0.0f && m < 0x1p-126f) codes = pack8<KIND, true>(v, rcp_approx(m), t);
+    else codes = pack8<KIND, false>(v, rcp_approx(m), t);
     i64 nbytes = (n + 1) / 2;
     if (FULL || u * 4 + 4 <= nbytes) {
         *reinterpret_cast<u32*>(packed + u * 4) = codes;
