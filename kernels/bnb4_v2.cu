@@ -77,19 +77,21 @@ __device__ __forceinline__ uint4 load8_raw(const u16* x, i64 i, i64 n) {
 }
 
 // One unit: its block's absmax (every lane takes part in the group max, in range or
-// not), then the packed codes; FULL when the whole unit is in range.
+// not), then the packed codes; FULL when the whole unit is in range. The block's lanes:
+// WIDTH, or `width` when WIDTH is 0 (one compiled variant for all block sizes).
 template <int KIND, int WIDTH, bool FULL>
-__device__ __forceinline__ void quantize_unit(uint4 raw, i64 u, i64 n, float* absmax, u8* packed,
+__device__ __forceinline__ void quantize_unit(uint4 raw, i64 u, i64 n, int width, float* absmax, u8* packed,
                                               const Nf4Table& t) {
+    const int lanes = WIDTH ? WIDTH : width;
     float v[8];
     unpack8_bf16(raw, v);
     float m = 0.0f;
     #pragma unroll
     for (int k = 0; k < 8; k++) m = fmaxf(m, fabsf(v[k]));
     #pragma unroll
-    for (int o = WIDTH / 2; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o, WIDTH));
+    for (int o = lanes / 2; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o, lanes));
     if (!FULL && u * 8 >= n) return;
-    if ((threadIdx.x & (WIDTH - 1)) == 0) absmax[u / WIDTH] = m;
+    if ((threadIdx.x & (lanes - 1)) == 0) absmax[u >> (__ffs(lanes) - 1)] = m;
     // A subnormal absmax has reciprocal inf (ftz), so y may be inf: clamp (rare).
     u32 codes;
     if (KIND == 0 && m > 0.0f && m < 0x1p-126f) codes = pack8<KIND, true>(v, rcp_approx(m), t);
@@ -102,12 +104,13 @@ __device__ __forceinline__ void quantize_unit(uint4 raw, i64 u, i64 n, float* ab
     }
 }
 
-// WIDTH = bs / 8: the lanes of one quantization block (4, 8, 16 or 32). The CTAs stride
+// width = bs / 8: the lanes of one quantization block (4, 8, 16 or 32), WIDTH the same
+// as a constant or 0. The CTAs stride
 // over the tiles (the grid is what fits on the device at once); each thread loads its
 // part of the next tile before it encodes the current one, so loads stay in flight.
 template <int KIND, int WIDTH>
-__device__ __forceinline__ void quantize_tiles(const u16* x, u8* packed, float* absmax, i64 n, const u32* cells,
-                                               Nf4Table& table) {
+__device__ __forceinline__ void quantize_tiles(const u16* x, u8* packed, float* absmax, i64 n, int width,
+                                               const u32* cells, Nf4Table& table) {
     const i64 tile = Q_UNITS * V2_THREADS * 8, full_tiles = n / tile;
     i64 t = blockIdx.x;
     uint4 next[Q_UNITS];
@@ -129,34 +132,28 @@ __device__ __forceinline__ void quantize_tiles(const u16* x, u8* packed, float* 
         const i64 unit0 = t * (Q_UNITS * V2_THREADS) + threadIdx.x;
         #pragma unroll
         for (int j = 0; j < Q_UNITS; j++)
-            quantize_unit<KIND, WIDTH, true>(raw[j], unit0 + j * V2_THREADS, n, absmax, packed, table);
+            quantize_unit<KIND, WIDTH, true>(raw[j], unit0 + j * V2_THREADS, n, width, absmax, packed, table);
     }
     if (t * tile >= n) return;
     // The last, partial tile (t == full_tiles here): a plain per-unit loop.
     #pragma unroll 1
     for (int j = 0; j < Q_UNITS; j++) {
         const i64 u = t * (Q_UNITS * V2_THREADS) + j * V2_THREADS + threadIdx.x;
-        quantize_unit<KIND, WIDTH, false>(load8_raw(x, u * 8, n), u, n, absmax, packed, table);
+        quantize_unit<KIND, WIDTH, false>(load8_raw(x, u * 8, n), u, n, width, absmax, packed, table);
     }
 }
 
 // bs <= 256 (a power of two >= 32); any grid of 256-thread CTAs (best: as many as are
 // resident at once, at most one per tile of 8 * Q_UNITS * 256 elements).
-extern "C" __global__ void __launch_bounds__(V2_THREADS) bnb4_quantize_v2(const u16* x, u8* packed, float* absmax,
+extern "C" __global__ void __launch_bounds__(V2_THREADS, 4) bnb4_quantize_v2(const u16* x, u8* packed, float* absmax,
                                                                           i64 n, int bs, int kind,
                                                                           const u32* cells) {
     __shared__ Nf4Table table;
-    switch (kind * 1024 + bs) {
-    case 32: quantize_tiles<0, 4>(x, packed, absmax, n, cells, table); break;
-    case 64: quantize_tiles<0, 8>(x, packed, absmax, n, cells, table); break;
-    case 128: quantize_tiles<0, 16>(x, packed, absmax, n, cells, table); break;
-    case 256: quantize_tiles<0, 32>(x, packed, absmax, n, cells, table); break;
-    case 1024 + 32: quantize_tiles<1, 4>(x, packed, absmax, n, cells, table); break;
-    case 1024 + 64: quantize_tiles<1, 8>(x, packed, absmax, n, cells, table); break;
-    case 1024 + 128: quantize_tiles<1, 16>(x, packed, absmax, n, cells, table); break;
-    case 1024 + 256: quantize_tiles<1, 32>(x, packed, absmax, n, cells, table); break;
-    default: break;  // the launcher sends larger blocks to bnb4_quantize_large
-    }
+    // bs 64 (the default) gets its own compiled variant; other sizes and FP4 share
+    // one with the block's lanes as a run-time value (fewer variants: NVRTC time).
+    if (kind == 0 && bs == 64) quantize_tiles<0, 8>(x, packed, absmax, n, 8, cells, table);
+    else if (kind == 0) quantize_tiles<0, 0>(x, packed, absmax, n, bs / 8, cells, table);
+    else quantize_tiles<1, 0>(x, packed, absmax, n, bs / 8, cells, table);
 }
 
 // 8 elements of a unit, exactly as bnb4_dequantize (any absmax, the last partial unit).
