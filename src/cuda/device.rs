@@ -88,6 +88,28 @@ pub unsafe fn fresh<T: cudarc::driver::DeviceRepr>(
     Ok(slice)
 }
 
+/// Sets the device's stream-ordered pool to keep memory freed into it (release threshold
+/// unlimited). By default the pool hands it back to the driver at every synchronize, so
+/// the next allocation maps fresh pages: a quantize that allocates its outputs and waits
+/// for them spent more time there than in its kernel. Best effort: on failure the pool
+/// keeps its default.
+fn keep_freed_memory(ctx: &CudaContext) {
+    use cudarc::driver::sys;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold = u64::MAX;
+    // SAFETY: `pool` receives the device's current pool, a handle the driver owns; the
+    // attribute takes a u64 by pointer, read during the call.
+    unsafe {
+        if sys::cuDeviceGetMemPool(&mut pool, ctx.cu_device()) == sys::CUresult::CUDA_SUCCESS {
+            let _ = sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut threshold as *mut u64).cast(),
+            );
+        }
+    }
+}
+
 /// Whether a CUDA driver and a GPU are there (never panics).
 pub fn available() -> bool {
     // SAFETY: probing for a shared library has no preconditions.
@@ -107,6 +129,7 @@ impl Gpu {
             return Err(super::Error::NoDevice { ordinal, count });
         }
         let ctx = CudaContext::new(ordinal).map_err(err("cannot open the CUDA device"))?;
+        keep_freed_memory(&ctx);
         let (major, minor) = ctx
             .compute_capability()
             .map_err(err("cannot read the compute capability"))?;
