@@ -1,9 +1,11 @@
 // bitsandbytes 4-bit formats (NF4, FP4), version 2: the same bytes as bnb4.cu's
 // bnb4_quantize_small and bnb4_dequantize (and so as the CPU reference), laid out for
-// memory throughput. A 256-thread CTA owns a tile of UNITS * 256 units of 8 elements;
-// unit j * 256 + threadIdx.x of the tile belongs to the thread, so each warp access is
-// contiguous and every thread has UNITS loads in flight before it uses the first.
-// Quantization blocks of bs <= 256 elements are bs / 8 neighbouring lanes of one warp.
+// memory throughput. A tile is Q_UNITS (DQ_UNITS) * 256 units of 8 elements; unit
+// j * 256 + threadIdx.x of a tile belongs to that thread of a 256-thread CTA, so each
+// warp access is contiguous and every thread has several loads in flight before it uses
+// the first. The CTAs (as many as fit on the device) stride over the tiles, loading the
+// next tile before they work on the current one. Quantization blocks of bs <= 256
+// elements are bs / 8 neighbouring lanes of one warp.
 
 #define Q_UNITS 4   // quantize: 4 x 16 bytes of bf16 in flight per thread
 #define DQ_UNITS 8  // dequantize: 8 x 4 bytes of codes (and absmax) in flight per thread
@@ -36,8 +38,8 @@ __device__ __forceinline__ void nf4_table_load(Nf4Table& t, const u32* table_in)
     if (threadIdx.x < 64) reinterpret_cast<u32*>(&t)[threadIdx.x] = __ldg(table_in + threadIdx.x);
 }
 
-// All ones when a > b, else 0 (NaN compares false): one instruction, so that
-// (w << 4) + base - mask appends base + (y > thr) without a select.
+// All ones when a > b, else 0 (NaN compares false), so that (w << 4) + base - mask
+// appends the code base + (y > thr) with integer adds.
 __device__ __forceinline__ u32 gt_mask(float a, float b) {
     u32 r;
     asm("set.gt.u32.f32 %0, %1, %2;" : "=r"(r) : "f"(a), "f"(b));
@@ -105,9 +107,9 @@ __device__ __forceinline__ void quantize_unit(uint4 raw, i64 u, i64 n, int width
 }
 
 // width = bs / 8: the lanes of one quantization block (4, 8, 16 or 32), WIDTH the same
-// as a constant or 0. The CTAs stride
-// over the tiles (the grid is what fits on the device at once); each thread loads its
-// part of the next tile before it encodes the current one, so loads stay in flight.
+// as a constant or 0. The CTAs stride over the tiles (the grid is what fits on the
+// device at once); each thread loads its part of the next tile before it encodes the
+// current one, so loads stay in flight.
 template <int KIND, int WIDTH>
 __device__ __forceinline__ void quantize_tiles(const u16* x, u8* packed, float* absmax, i64 n, int width,
                                                const u32* cells, Nf4Table& table) {
