@@ -475,8 +475,6 @@ impl Gpu {
         q: &mut DeviceQuantized,
         offset: usize,
     ) -> GpuResult<()> {
-        let s = &self.stream;
-        let n = x.len() as i64;
         let cols = q.shape.last().copied().unwrap_or(1).max(1) as usize;
         let (r0, rows) = (offset / cols, x.len() / cols);
         match q.format {
@@ -486,63 +484,13 @@ impl Gpu {
                 } else {
                     0
                 };
-                let bs = blocksize as i32;
                 let mut packed = q.data.slice_mut(offset / 2..);
                 let absmax = q
                     .scales_f32
                     .as_mut()
                     .ok_or_else(|| super::Error::Internal("no absmax buffer".into()))?;
                 let mut absmax = absmax.slice_mut(offset / blocksize..);
-                let mids = &self.nf4_mids;
-                if blocksize <= 256 && self.kernels_version == KernelVersion::V2 {
-                    let mut b = s.launch_builder(self.f("bnb4_quantize_v2"));
-                    b.arg(x)
-                        .arg(&mut packed)
-                        .arg(&mut absmax)
-                        .arg(&n)
-                        .arg(&bs)
-                        .arg(&kind)
-                        .arg(&self.nf4_cells);
-                    // SAFETY: arguments match the kernel's signature; the views hold the
-                    // chunk's outputs (sizes from `alloc_quantized`).
-                    unsafe {
-                        b.launch(tiles(
-                            x.len(),
-                            BNB4_Q_TILE,
-                            self.resident.get("bnb4_quantize_v2"),
-                        )?)
-                    }
-                    .map_err(err("bnb4_quantize_v2"))?;
-                } else if blocksize <= 256 {
-                    let mut b = s.launch_builder(self.f("bnb4_quantize_small"));
-                    b.arg(x)
-                        .arg(&mut packed)
-                        .arg(&mut absmax)
-                        .arg(&n)
-                        .arg(&bs)
-                        .arg(&kind)
-                        .arg(mids);
-                    // SAFETY: arguments match the kernel's signature; the views hold the
-                    // chunk's outputs (sizes from `alloc_quantized`).
-                    unsafe { b.launch(grid((n as u64).div_ceil(8), 256)) }
-                        .map_err(err("bnb4_quantize_small"))?;
-                } else {
-                    let cfg = LaunchConfig {
-                        grid_dim: ((n as usize).div_ceil(blocksize) as u32, 1, 1),
-                        block_dim: ((blocksize / 8) as u32, 1, 1),
-                        shared_mem_bytes: 0,
-                    };
-                    let mut b = s.launch_builder(self.f("bnb4_quantize_large"));
-                    b.arg(x)
-                        .arg(&mut packed)
-                        .arg(&mut absmax)
-                        .arg(&n)
-                        .arg(&bs)
-                        .arg(&kind)
-                        .arg(mids);
-                    // SAFETY: as above.
-                    unsafe { b.launch(cfg) }.map_err(err("bnb4_quantize_large"))?;
-                }
+                self.bnb4_quantize(x, &mut packed, &mut absmax, blocksize, kind)?;
             }
             Format::Fp8PerChannel => {
                 let mut data = q.data.slice_mut(r0 * cols..);
@@ -609,6 +557,45 @@ impl Gpu {
                 )))
             }
         }
+        Ok(())
+    }
+
+    /// The bnb 4-bit quantizer (`kind` 0 NF4, 1 FP4) of `x` into `packed` and `absmax`:
+    /// v2 (which reads the NF4 cell table) or v1's small-block kernel for blocks up to
+    /// 256, v1's one CTA per block above.
+    fn bnb4_quantize(
+        &self,
+        x: &CudaView<'_, u16>,
+        packed: &mut CudaViewMut<'_, u8>,
+        absmax: &mut CudaViewMut<'_, f32>,
+        blocksize: usize,
+        kind: i32,
+    ) -> GpuResult<()> {
+        let (n, bs) = (x.len() as i64, blocksize as i32);
+        let v2 = blocksize <= 256 && self.kernels_version == KernelVersion::V2;
+        let (name, cfg) = if v2 {
+            let resident = self.resident.get("bnb4_quantize_v2");
+            ("bnb4_quantize_v2", tiles(x.len(), BNB4_Q_TILE, resident)?)
+        } else if blocksize <= 256 {
+            ("bnb4_quantize_small", grid((n as u64).div_ceil(8), 256))
+        } else {
+            let cfg = LaunchConfig {
+                grid_dim: (x.len().div_ceil(blocksize) as u32, 1, 1),
+                block_dim: ((blocksize / 8) as u32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            ("bnb4_quantize_large", cfg)
+        };
+        let mut b = self.stream.launch_builder(self.f(name));
+        b.arg(x).arg(packed).arg(absmax).arg(&n).arg(&bs).arg(&kind);
+        if v2 {
+            b.arg(&self.nf4_cells);
+        } else {
+            b.arg(&self.nf4_mids);
+        }
+        // SAFETY: the three kernels take these arguments; the views hold the chunk's
+        // outputs (sizes from `alloc_quantized`).
+        unsafe { b.launch(cfg) }.map_err(err(name))?;
         Ok(())
     }
 
