@@ -59,39 +59,53 @@ fn scales_bytes(q: &QuantizedTensor) -> Vec<u8> {
 
 /// GPU quantize (and dequantize) of `x` equals the CPU reference exactly.
 fn check(gpu: &Gpu, format: Format, x: &[u16], shape: &[u64], what: &str) {
+    let bad = differences(gpu, format, x, shape, false);
+    assert!(bad.is_empty(), "{what} {format:?}: {}", bad.join("; "));
+}
+
+/// The parts of the GPU's quantization of `x` (codes, scales, nested scales, tensor
+/// scale, dequantized bf16) that differ from the CPU reference, each with its first
+/// differing index and both values there. `any_nan`: a dequantized NaN equals any NaN
+/// (the GPU's multiply returns its canonical NaN, the CPU's keeps or makes another).
+fn differences(gpu: &Gpu, format: Format, x: &[u16], shape: &[u64], any_nan: bool) -> Vec<String> {
+    fn first<T: PartialEq + std::fmt::Debug>(part: &str, got: &[T], want: &[T]) -> Option<String> {
+        if got.len() != want.len() {
+            return Some(format!("{part}: {} values, want {}", got.len(), want.len()));
+        }
+        let i = got.iter().zip(want).position(|(a, b)| a != b)?;
+        Some(format!("{part}[{i}] = {:?}, want {:?}", got[i], want[i]))
+    }
     let cpu = quant::quantize(format, &to_f32(x), shape);
     let dev_x = gpu.stream.clone_htod(x).unwrap();
     let q = gpu.quantize(format, &dev_x.as_view(), shape).unwrap();
     let g = q.to_host(gpu).unwrap();
-    assert_eq!(
-        first_difference(&g.data, &cpu.data),
-        None,
-        "{what} {}: codes",
-        format.name()
-    );
-    assert_eq!(
-        first_difference(&scales_bytes(&g), &scales_bytes(&cpu)),
-        None,
-        "{what} {}: scales",
-        format.name()
-    );
-    assert_eq!(g.nested, cpu.nested, "{what} {}: nested", format.name());
-    assert_eq!(
-        g.tensor_scale,
-        cpu.tensor_scale,
-        "{what} {}: tensor scale",
-        format.name()
-    );
-    {
-        let mut out = gpu.stream.alloc_zeros::<u16>(x.len()).unwrap();
-        gpu.dequantize(&q, &mut out).unwrap();
-        let got = gpu.stream.clone_dtoh(&out).unwrap();
-        let mut want = vec![half::bf16::ZERO; x.len()];
-        cpu.dequantize_bf16(&mut want);
-        let want: Vec<u16> = want.iter().map(|b| b.to_bits()).collect();
-        let bad = got.iter().zip(&want).position(|(a, b)| a != b);
-        assert_eq!(bad, None, "{what} {}: dequant", format.name());
+    let mut bad: Vec<String> = [
+        first("codes", &g.data, &cpu.data),
+        first("scales", &scales_bytes(&g), &scales_bytes(&cpu)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if g.nested != cpu.nested {
+        bad.push("nested".into());
     }
+    if g.tensor_scale != cpu.tensor_scale {
+        bad.push(format!(
+            "tensor scale {:?}, want {:?}",
+            g.tensor_scale, cpu.tensor_scale
+        ));
+    }
+    let mut out = gpu.stream.alloc_zeros::<u16>(x.len()).unwrap();
+    gpu.dequantize(&q, &mut out).unwrap();
+    let got = gpu.stream.clone_dtoh(&out).unwrap();
+    let mut want = vec![half::bf16::ZERO; x.len()];
+    cpu.dequantize_bf16(&mut want);
+    let want: Vec<u16> = want.iter().map(|b| b.to_bits()).collect();
+    let nan = |b: u16| any_nan && (b & 0x7fff) > 0x7f80;
+    let canonical =
+        |v: &[u16]| -> Vec<u16> { v.iter().map(|&b| if nan(b) { 0x7fc0 } else { b }).collect() };
+    bad.extend(first("dequant", &canonical(&got), &canonical(&want)));
+    bad
 }
 
 #[test]
@@ -230,24 +244,26 @@ fn special_values_match_the_cpu_reference() {
         formats.push(Format::Fp4 { blocksize: bs });
     }
     let shapes: &[&[u64]] = &[&[256, 512], &[130, 200], &[3, 1001]];
-    let mut checks = 0;
+    let (mut checks, mut failures) = (0, Vec::new());
     for version in [KernelVersion::V1, KernelVersion::V2] {
         gpu.kernels_version = version;
         for (i, shape) in shapes.iter().enumerate() {
             let n = shape.iter().product::<u64>() as usize;
             let x = bf16_special(n, 5 + i as u64);
             for &f in &formats {
-                check(
-                    &gpu,
-                    f,
-                    &x,
-                    shape,
-                    &format!("{version:?} special {shape:?}"),
-                );
+                // Every difference is listed (a v1 one too: then it predates v2).
+                for d in differences(&gpu, f, &x, shape, true) {
+                    failures.push(format!("{version:?} {f:?} {shape:?}: {d}"));
+                }
                 checks += 1;
             }
         }
     }
+    assert!(
+        failures.is_empty(),
+        "special values differ:\n{}",
+        failures.join("\n")
+    );
     println!("{checks} special-value checks byte-identical");
 }
 

@@ -38,6 +38,9 @@ pub struct Gpu {
     nf4_cells: CudaSlice<u32>,
     /// Which quantize/dequantize kernels run; tests switch it to compare both.
     pub kernels_version: KernelVersion,
+    /// CTAs of 256 threads resident on the whole device at once, per v2 kernel that
+    /// strides over its tiles (the grid it is launched with, at most).
+    resident: BTreeMap<&'static str, u32>,
     pub name: String,
     pub arch: String,
     /// Where the kernels came from (the on-disk cache or NVRTC just now).
@@ -85,6 +88,28 @@ pub unsafe fn fresh<T: cudarc::driver::DeviceRepr>(
     Ok(slice)
 }
 
+/// Sets the device's stream-ordered pool to keep memory freed into it (release threshold
+/// unlimited). By default the pool hands it back to the driver at every synchronize, so
+/// the next allocation maps fresh pages: a quantize that allocates its outputs and waits
+/// for them spent more time there than in its kernel. Best effort: on failure the pool
+/// keeps its default.
+fn keep_freed_memory(ctx: &CudaContext) {
+    use cudarc::driver::sys;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold = u64::MAX;
+    // SAFETY: `pool` receives the device's current pool, a handle the driver owns; the
+    // attribute takes a u64 by pointer, read during the call.
+    unsafe {
+        if sys::cuDeviceGetMemPool(&mut pool, ctx.cu_device()) == sys::CUresult::CUDA_SUCCESS {
+            let _ = sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut threshold as *mut u64).cast(),
+            );
+        }
+    }
+}
+
 /// Whether a CUDA driver and a GPU are there (never panics).
 pub fn available() -> bool {
     // SAFETY: probing for a shared library has no preconditions.
@@ -104,6 +129,7 @@ impl Gpu {
             return Err(super::Error::NoDevice { ordinal, count });
         }
         let ctx = CudaContext::new(ordinal).map_err(err("cannot open the CUDA device"))?;
+        keep_freed_memory(&ctx);
         let (major, minor) = ctx
             .compute_capability()
             .map_err(err("cannot read the compute capability"))?;
@@ -112,6 +138,7 @@ impl Gpu {
         let stream = ctx.new_stream().map_err(err("cannot create a stream"))?;
         let copy_stream = ctx.new_stream().map_err(err("cannot create a stream"))?;
         let (functions, kernels) = load_kernels(&ctx, &arch)?;
+        let resident = resident_ctas(&ctx, &functions);
         let up = |v: &[f32]| stream.clone_htod(v).map_err(err("cannot upload a table"));
         let cells = super::tables::nf4_cell_table()
             .ok_or_else(|| super::Error::Internal("two NF4 midpoints share a cell".into()))?;
@@ -120,6 +147,7 @@ impl Gpu {
                 .clone_htod(&cells)
                 .map_err(err("cannot upload a table"))?,
             kernels_version: KernelVersion::from_env(),
+            resident,
             nf4_mids: up(&bnb4::NF4_MIDS)?,
             nf4_table: up(&bnb4::NF4)?,
             fp4_table: up(&bnb4::fp4_table())?,
@@ -144,6 +172,30 @@ impl Gpu {
 }
 
 type Functions = BTreeMap<&'static str, CudaFunction>;
+
+/// The kernels launched with one CTA per resident slot, which stride over their tiles.
+const STRIDING: [&str; 2] = ["bnb4_quantize_v2", "bnb4_dequantize_v2"];
+
+/// Resident 256-thread CTAs of each [`STRIDING`] kernel: multiprocessors times the
+/// occupancy. A failed query leaves the kernel out; it is then launched one CTA per tile,
+/// which its grid-stride loop runs as well.
+fn resident_ctas(ctx: &Arc<CudaContext>, functions: &Functions) -> BTreeMap<&'static str, u32> {
+    use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT;
+    let Ok(sms) = ctx.attribute(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT) else {
+        return BTreeMap::new();
+    };
+    STRIDING
+        .iter()
+        .filter_map(|&name| {
+            let per_sm = functions
+                .get(name)?
+                .occupancy_max_active_blocks_per_multiprocessor(256, 0, None)
+                .ok()?;
+            let total = u32::try_from(sms).ok()?.checked_mul(per_sm)?;
+            (total > 0).then_some((name, total))
+        })
+        .collect()
+}
 
 /// Every kernel, from cached or fresh CUBINs; when a CUBIN will not load (a driver older
 /// than the NVRTC that made it), the PTX of all files, which the driver compiles itself.
@@ -229,11 +281,15 @@ pub fn kernel_names(module: &str) -> &'static [&'static str] {
 const BNB4_Q_TILE: usize = 4 * 256 * 8;
 const BNB4_DQ_TILE: usize = 8 * 256 * 8;
 
-/// One 256-thread CTA per `tile` elements of `n`.
-fn tiles(n: usize, tile: usize) -> GpuResult<LaunchConfig> {
-    let ctas = u32::try_from(n.div_ceil(tile).max(1)).map_err(|_| {
-        super::Error::Unsupported(format!("{n} elements: more tiles than one launch holds"))
-    })?;
+/// 256-thread CTAs for `n` elements in tiles of `tile`: one per tile, at most `resident`.
+fn tiles(n: usize, tile: usize, resident: Option<&u32>) -> GpuResult<LaunchConfig> {
+    let per_tile = n.div_ceil(tile).max(1);
+    let ctas = match resident {
+        Some(&r) => per_tile.min(r as usize) as u32,
+        None => u32::try_from(per_tile).map_err(|_| {
+            super::Error::Unsupported(format!("{n} elements: more tiles than one launch holds"))
+        })?,
+    };
     Ok(LaunchConfig {
         grid_dim: (ctas, 1, 1),
         block_dim: (256, 1, 1),
@@ -419,8 +475,6 @@ impl Gpu {
         q: &mut DeviceQuantized,
         offset: usize,
     ) -> GpuResult<()> {
-        let s = &self.stream;
-        let n = x.len() as i64;
         let cols = q.shape.last().copied().unwrap_or(1).max(1) as usize;
         let (r0, rows) = (offset / cols, x.len() / cols);
         match q.format {
@@ -430,57 +484,13 @@ impl Gpu {
                 } else {
                     0
                 };
-                let bs = blocksize as i32;
                 let mut packed = q.data.slice_mut(offset / 2..);
                 let absmax = q
                     .scales_f32
                     .as_mut()
                     .ok_or_else(|| super::Error::Internal("no absmax buffer".into()))?;
                 let mut absmax = absmax.slice_mut(offset / blocksize..);
-                let mids = &self.nf4_mids;
-                if blocksize <= 256 && self.kernels_version == KernelVersion::V2 {
-                    let mut b = s.launch_builder(self.f("bnb4_quantize_v2"));
-                    b.arg(x)
-                        .arg(&mut packed)
-                        .arg(&mut absmax)
-                        .arg(&n)
-                        .arg(&bs)
-                        .arg(&kind)
-                        .arg(&self.nf4_cells);
-                    // SAFETY: arguments match the kernel's signature; the views hold the
-                    // chunk's outputs (sizes from `alloc_quantized`).
-                    unsafe { b.launch(tiles(x.len(), BNB4_Q_TILE)?) }
-                        .map_err(err("bnb4_quantize_v2"))?;
-                } else if blocksize <= 256 {
-                    let mut b = s.launch_builder(self.f("bnb4_quantize_small"));
-                    b.arg(x)
-                        .arg(&mut packed)
-                        .arg(&mut absmax)
-                        .arg(&n)
-                        .arg(&bs)
-                        .arg(&kind)
-                        .arg(mids);
-                    // SAFETY: arguments match the kernel's signature; the views hold the
-                    // chunk's outputs (sizes from `alloc_quantized`).
-                    unsafe { b.launch(grid((n as u64).div_ceil(8), 256)) }
-                        .map_err(err("bnb4_quantize_small"))?;
-                } else {
-                    let cfg = LaunchConfig {
-                        grid_dim: ((n as usize).div_ceil(blocksize) as u32, 1, 1),
-                        block_dim: ((blocksize / 8) as u32, 1, 1),
-                        shared_mem_bytes: 0,
-                    };
-                    let mut b = s.launch_builder(self.f("bnb4_quantize_large"));
-                    b.arg(x)
-                        .arg(&mut packed)
-                        .arg(&mut absmax)
-                        .arg(&n)
-                        .arg(&bs)
-                        .arg(&kind)
-                        .arg(mids);
-                    // SAFETY: as above.
-                    unsafe { b.launch(cfg) }.map_err(err("bnb4_quantize_large"))?;
-                }
+                self.bnb4_quantize(x, &mut packed, &mut absmax, blocksize, kind)?;
             }
             Format::Fp8PerChannel => {
                 let mut data = q.data.slice_mut(r0 * cols..);
@@ -547,6 +557,45 @@ impl Gpu {
                 )))
             }
         }
+        Ok(())
+    }
+
+    /// The bnb 4-bit quantizer (`kind` 0 NF4, 1 FP4) of `x` into `packed` and `absmax`:
+    /// v2 (which reads the NF4 cell table) or v1's small-block kernel for blocks up to
+    /// 256, v1's one CTA per block above.
+    fn bnb4_quantize(
+        &self,
+        x: &CudaView<'_, u16>,
+        packed: &mut CudaViewMut<'_, u8>,
+        absmax: &mut CudaViewMut<'_, f32>,
+        blocksize: usize,
+        kind: i32,
+    ) -> GpuResult<()> {
+        let (n, bs) = (x.len() as i64, blocksize as i32);
+        let v2 = blocksize <= 256 && self.kernels_version == KernelVersion::V2;
+        let (name, cfg) = if v2 {
+            let resident = self.resident.get("bnb4_quantize_v2");
+            ("bnb4_quantize_v2", tiles(x.len(), BNB4_Q_TILE, resident)?)
+        } else if blocksize <= 256 {
+            ("bnb4_quantize_small", grid((n as u64).div_ceil(8), 256))
+        } else {
+            let cfg = LaunchConfig {
+                grid_dim: (x.len().div_ceil(blocksize) as u32, 1, 1),
+                block_dim: ((blocksize / 8) as u32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            ("bnb4_quantize_large", cfg)
+        };
+        let mut b = self.stream.launch_builder(self.f(name));
+        b.arg(x).arg(packed).arg(absmax).arg(&n).arg(&bs).arg(&kind);
+        if v2 {
+            b.arg(&self.nf4_cells);
+        } else {
+            b.arg(&self.nf4_mids);
+        }
+        // SAFETY: the three kernels take these arguments; the views hold the chunk's
+        // outputs (sizes from `alloc_quantized`).
+        unsafe { b.launch(cfg) }.map_err(err(name))?;
         Ok(())
     }
 
@@ -885,7 +934,14 @@ impl Gpu {
     ) -> GpuResult<()> {
         let bs = blocksize as i32;
         let (name, cfg) = match self.kernels_version {
-            KernelVersion::V2 => ("bnb4_dequantize_v2", tiles(n as usize, BNB4_DQ_TILE)?),
+            KernelVersion::V2 => (
+                "bnb4_dequantize_v2",
+                tiles(
+                    n as usize,
+                    BNB4_DQ_TILE,
+                    self.resident.get("bnb4_dequantize_v2"),
+                )?,
+            ),
             KernelVersion::V1 => ("bnb4_dequantize", grid((n as u64).div_ceil(8), 256)),
         };
         let mut b = self.stream.launch_builder(self.f(name));
