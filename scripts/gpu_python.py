@@ -355,7 +355,9 @@ def offload_get(path, device):
     import wmap
 
     budget = 200 << 10
-    host = wmap.load(path, quant="nf4")
+    # The host store needs a weights manager too (a budget that holds everything): only a
+    # manager names the experts of a stacked tensor one by one (`name[e]`).
+    host = wmap.load(path, quant="nf4", offload_budget=1 << 40)
     dev = wmap.load(path, quant="nf4", device=device, offload_budget=budget)
     keys = [f"{t['name']}[{e}]" for t in wmap.plan(path)["targets"] if t.get("offload") for e in range(t["shape"][0])]
     equal = same_ptr = 0
