@@ -505,6 +505,21 @@ fn quantize_streamed(
     }
 }
 
+/// Bytes per parallel read: small enough that a 64 MiB quantization chunk is several
+/// rounds of jobs for every reader thread (the fill ends when its slowest job does), large
+/// enough that syscalls stay rare. `WMAP_READ_SLICE_KIB` (64–65536) sets it for
+/// measurements; anything else there is ignored.
+fn read_slice() -> usize {
+    static SLICE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *SLICE.get_or_init(|| {
+        std::env::var("WMAP_READ_SLICE_KIB")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|k| (64..=65536).contains(k))
+            .map_or(4 << 20, |k| k << 10)
+    })
+}
+
 /// Fills `chunk` with target bytes `from..from + chunk.len()` from the pieces, reading in
 /// parallel slices so many cores pull from the page cache at once.
 fn fill_chunk(
@@ -513,14 +528,14 @@ fn fill_chunk(
     from: u64,
     chunk: &mut [u8],
 ) -> Result<(), crate::diag::Diagnostic> {
-    const SLICE: usize = 4 << 20;
+    let slice = read_slice() as u64;
     let to = from + chunk.len() as u64;
     let mut jobs: Vec<(usize, u64, u64, usize)> = Vec::new(); // (shard, file offset, len, chunk offset)
     for p in pieces {
         let (a, b) = (p.at.max(from), (p.at + p.len).min(to));
         let mut x = a;
         while x < b {
-            let y = (x + SLICE as u64).min(b);
+            let y = (x + slice).min(b);
             jobs.push((p.shard, p.offset + (x - p.at), y - x, (x - from) as usize));
             x = y;
         }
