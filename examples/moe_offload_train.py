@@ -98,6 +98,20 @@ def h2d_bandwidth(device):
     return 4 * host.numel() / (time.perf_counter() - t)
 
 
+def warm_up(args):
+    """What only the first load of a process pays (transformers' lazy model imports, CUDA
+    initialisation, bitsandbytes' import), paid before either timed load."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(args.path), attn_implementation="eager")
+    if args.device.startswith("cuda"):
+        torch.zeros(1, device=args.device)
+        sync(args.device)
+    if not args.dense_linears:
+        import bitsandbytes  # noqa: F401
+
+
 def run(args, label, budget, warm_all):
     torch.manual_seed(args.seed)
     if args.device.startswith("cuda"):
@@ -195,6 +209,7 @@ def main():
     bw = h2d_bandwidth(args.device)
     if bw:
         print(f"page-locked host-to-device copies: {bw / 1e9:.1f} GB/s")
+    warm_up(args)
     offloaded = run(args, "offloaded", budget, warm_all=False)
     if offloaded["host_bytes"] and budget >= offloaded["host_bytes"]:
         print(f"note: the budget holds all {mb(offloaded['host_bytes'])} MB of experts; nothing had to move")
