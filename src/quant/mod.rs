@@ -16,6 +16,15 @@ mod store;
 
 pub use store::{QuantReport, QuantStore, Stored};
 
+/// Whether the hot loops may run their AVX2 builds (`std` caches the CPUID answer).
+/// `WMAP_NO_AVX2` set in the environment forces the baseline build, to compare the two.
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    static NO_AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    std::arch::is_x86_feature_detected!("avx2")
+        && !*NO_AVX2.get_or_init(|| std::env::var_os("WMAP_NO_AVX2").is_some())
+}
+
 use crate::checkpoint::Dtype;
 
 /// A quantization format and its parameters.
@@ -184,44 +193,36 @@ pub fn to_f32(dtype: Dtype, bytes: &[u8]) -> Vec<f32> {
 }
 
 /// [`quantize`] straight from a tensor's bytes, and its reconstruction error. The bnb
-/// formats widen bf16/f16 a block at a time (no float32 copy of the tensor); the others
-/// widen the whole tensor first.
+/// formats and FP8 blocks widen bf16/f16 a run at a time (no float32 copy of the tensor);
+/// the others widen the whole tensor first.
 pub fn quantize_bytes(
     format: Format,
     dtype: Dtype,
     bytes: &[u8],
     shape: &[u64],
 ) -> (QuantizedTensor, ErrorStats) {
-    let (Some(_), Some((kind, blocksize))) = (widener(dtype), bnb_params(format)) else {
+    let streams = bnb_params(format).is_some() || matches!(format, Format::Fp8Block { .. });
+    if widener(dtype).is_none() || !streams {
         let x = to_f32(dtype, bytes);
         let q = quantize(format, &x, shape);
         let err = q.error_against(&x);
         return (q, err);
-    };
+    }
+    let n = bytes.len() / dtype.size();
     // One monomorphic widening loop per dtype: through a function pointer, the call per
     // element cost more than the quantization itself.
-    let bnb = |fill: &(dyn Fn(usize, &mut [f32]) + Sync)| {
-        quantize_bnb(
-            format,
-            kind,
-            blocksize,
-            bytes.len() / dtype.size(),
-            shape,
-            fill,
-        )
-    };
     match dtype {
-        Dtype::Bf16 => bnb(&|start, out: &mut [f32]| {
+        Dtype::Bf16 => quantize_filled(format, n, shape, &|start, out: &mut [f32]| {
             for (o, c) in out.iter_mut().zip(bytes[2 * start..].chunks_exact(2)) {
                 *o = f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16);
             }
         }),
-        Dtype::F16 => bnb(&|start, out: &mut [f32]| {
+        Dtype::F16 => quantize_filled(format, n, shape, &|start, out: &mut [f32]| {
             for (o, c) in out.iter_mut().zip(bytes[2 * start..].chunks_exact(2)) {
                 *o = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
             }
         }),
-        _ => bnb(&|start, out: &mut [f32]| {
+        _ => quantize_filled(format, n, shape, &|start, out: &mut [f32]| {
             for (o, c) in out.iter_mut().zip(bytes[4 * start..].chunks_exact(4)) {
                 *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
             }
@@ -229,7 +230,41 @@ pub fn quantize_bytes(
     }
 }
 
-/// A bnb 4-bit format over `n` values that `fill` widens a run at a time, and its error.
+/// A bnb 4-bit format or FP8 blocks over `n` values that `fill` widens a run at a time,
+/// and its error.
+fn quantize_filled(
+    format: Format,
+    n: usize,
+    shape: &[u64],
+    fill: &(dyn Fn(usize, &mut [f32]) + Sync),
+) -> (QuantizedTensor, ErrorStats) {
+    let q = match (format, bnb_params(format)) {
+        (_, Some((kind, blocksize))) => quantize_bnb(format, kind, blocksize, n, shape, fill),
+        (Format::Fp8Block { block }, None) => {
+            let cols = shape.last().copied().unwrap_or(1).max(1) as usize;
+            let rows = n / cols;
+            let (data, s) = fp8::quantize_blocks_with(rows, cols, block, fill);
+            QuantizedTensor {
+                format,
+                shape: shape.to_vec(),
+                data,
+                scales: Scales::F32(s),
+                scale_shape: vec![rows.div_ceil(block) as u64, cols.div_ceil(block) as u64],
+                nested: None,
+                tensor_scale: None,
+            }
+        }
+        _ => {
+            let mut x = vec![0f32; n];
+            fill(0, &mut x);
+            quantize(format, &x, shape)
+        }
+    };
+    let err = dequant::Dequantizer::new(&q).error_with(n, fill);
+    (q, err)
+}
+
+/// A bnb 4-bit format over `n` values that `fill` widens a run at a time.
 fn quantize_bnb(
     format: Format,
     kind: bnb4::Kind,
@@ -237,7 +272,7 @@ fn quantize_bnb(
     n: usize,
     shape: &[u64],
     fill: &(dyn Fn(usize, &mut [f32]) + Sync),
-) -> (QuantizedTensor, ErrorStats) {
+) -> QuantizedTensor {
     let (packed, absmax) = bnb4::quantize_with(kind, n, blocksize, fill);
     let mut q = QuantizedTensor {
         format,
@@ -255,8 +290,7 @@ fn quantize_bnb(
     } else {
         q.scales = Scales::F32(absmax);
     }
-    let err = dequant::Dequantizer::new(&q).error_with(n, fill);
-    (q, err)
+    q
 }
 
 /// The bnb 4-bit kind and block size of a format, `None` for the others.
