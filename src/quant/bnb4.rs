@@ -262,7 +262,7 @@ pub fn quantize_with(
 ) -> (Vec<u8>, Vec<f32>) {
     assert!(blocksize % 2 == 0, "blocksize is even");
     let nblocks = n.div_ceil(blocksize);
-    let mut packed = vec![0u8; n.div_ceil(2)];
+    let mut packed = crate::load::zeroed(n.div_ceil(2));
     let mut absmax = vec![0f32; nblocks];
     let chunk_elems = blocksize * BLOCKS_PER_TASK;
     packed

@@ -114,7 +114,7 @@ pub fn quantize_blocks_with(
     let (block, cols) = (block.max(1), cols.max(1));
     let (br, bc) = (rows.div_ceil(block), cols.div_ceil(block));
     let stripe = block * (STRIPE / block).max(1);
-    let mut q = vec![0u8; rows * cols];
+    let mut q = crate::load::zeroed(rows * cols);
     let mut scales = vec![0f32; br * bc];
     q.par_chunks_mut(block * cols)
         .zip(scales.par_chunks_mut(bc))
