@@ -41,15 +41,42 @@ pub fn e4m3(x: f32) -> u8 {
 
 pub use crate::load::e4m3_to_f32;
 
+/// Elements widened at once by the per-tensor and per-channel recipes.
+const RUN: usize = 16 << 10;
+
 /// Per-tensor: one scale; `q = sat(x * s)`, `s = 448 / amax` (1 when amax is 0);
 /// the stored scale is the dequant multiplier `1 / s`.
 pub fn quantize_per_tensor(x: &[f32]) -> (Vec<u8>, f32) {
-    let amax = x
-        .par_iter()
-        .fold(|| 0f32, |m, v| m.max(v.abs()))
+    quantize_per_tensor_with(x.len(), &|start, out: &mut [f32]| {
+        out.copy_from_slice(&x[start..start + out.len()])
+    })
+}
+
+/// [`quantize_per_tensor`] over `n` values that `fill(start, run)` widens a run at a
+/// time: one pass for the tensor's amax (NaN skipped), a second for the codes. Widening
+/// twice costs less than a float32 copy of the tensor.
+pub fn quantize_per_tensor_with(
+    n: usize,
+    fill: &(dyn Fn(usize, &mut [f32]) + Sync),
+) -> (Vec<u8>, f32) {
+    let amax = (0..n.div_ceil(RUN))
+        .into_par_iter()
+        .map_init(Vec::new, |buf, r| {
+            buf.resize(RUN.min(n - r * RUN), 0f32);
+            fill(r * RUN, buf);
+            super::bnb4::absmax_of(buf)
+        })
         .reduce(|| 0f32, f32::max);
     let s = scale_for(amax);
-    (x.par_iter().map(|&v| e4m3(v * s)).collect(), 1.0 / s)
+    let mut q = crate::load::zeroed(n);
+    q.par_chunks_mut(RUN)
+        .enumerate()
+        .for_each_init(Vec::new, |buf, (r, out)| {
+            buf.resize(out.len(), 0f32);
+            fill(r * RUN, buf);
+            encode_scaled(buf, s, out);
+        });
+    (q, 1.0 / s)
 }
 
 fn scale_for(amax: f32) -> f32 {
@@ -62,19 +89,55 @@ fn scale_for(amax: f32) -> f32 {
 
 /// Per-channel: one scale per row of a `[rows, cols]` view.
 pub fn quantize_per_channel(x: &[f32], cols: usize) -> (Vec<u8>, Vec<f32>) {
-    let mut q = vec![0u8; x.len()];
-    let scales: Vec<f32> = q
-        .par_chunks_mut(cols)
-        .zip(x.par_chunks(cols))
-        .map(|(out, row)| {
-            let s = scale_for(row.iter().fold(0f32, |m, v| m.max(v.abs())));
-            for (o, &v) in out.iter_mut().zip(row) {
-                *o = e4m3(v * s);
+    let cols = cols.max(1);
+    quantize_per_channel_with(x.len() / cols, cols, &|start, out: &mut [f32]| {
+        out.copy_from_slice(&x[start..start + out.len()])
+    })
+}
+
+/// [`quantize_per_channel`] over values that `fill(start, run)` widens a band of whole
+/// rows at a time (at least one row, about [`RUN`] elements).
+pub fn quantize_per_channel_with(
+    rows: usize,
+    cols: usize,
+    fill: &(dyn Fn(usize, &mut [f32]) + Sync),
+) -> (Vec<u8>, Vec<f32>) {
+    let cols = cols.max(1);
+    let band = (RUN / cols).max(1);
+    let mut q = crate::load::zeroed(rows * cols);
+    let mut scales = vec![0f32; rows];
+    q.par_chunks_mut(band * cols)
+        .zip(scales.par_chunks_mut(band))
+        .enumerate()
+        .for_each_init(Vec::new, |buf, (b, (out, band_scales))| {
+            buf.resize(out.len(), 0f32);
+            fill(b * band * cols, buf);
+            let rows = buf.chunks(cols).zip(out.chunks_mut(cols));
+            for ((row, o), inv) in rows.zip(band_scales) {
+                let s = scale_for(super::bnb4::absmax_of(row));
+                encode_scaled(row, s, o);
+                *inv = 1.0 / s;
             }
-            1.0 / s
-        })
-        .collect();
+        });
     (q, scales)
+}
+
+/// `e4m3(v * s)` over a run, built for AVX2 where the CPU reports it (as in
+/// `bnb4::encode_task`: exact operations, the same bytes).
+fn encode_scaled(x: &[f32], s: f32, out: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::has_avx2() {
+        // SAFETY: the CPU reports AVX2, the only feature this build of the function adds.
+        unsafe { encode_scaled_avx2(x, s, out) };
+        return;
+    }
+    encode_run(x, s, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn encode_scaled_avx2(x: &[f32], s: f32, out: &mut [u8]) {
+    encode_run(x, s, out);
 }
 
 /// A fine-grained block's scale exactly as transformers' `Fp8Quantize` computes it: torch
@@ -322,6 +385,38 @@ mod tests {
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&s), bits(&s0), "scales");
         assert_eq!(q, q0, "codes");
+    }
+
+    /// The per-tensor and per-channel recipes as they were first written (over a float32
+    /// copy, element by element), against the run-at-a-time ones.
+    #[test]
+    fn streamed_recipes_match_the_first_definitions() {
+        let amax = |x: &[f32]| x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let encode = |x: &[f32], s: f32| x.iter().map(|&v| e4m3(v * s)).collect::<Vec<u8>>();
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        let x = crate::quant::bnb4::tests::awkward_values(3 * RUN + 77);
+        let finite: Vec<f32> = x
+            .iter()
+            .map(|v| if v.is_finite() { *v } else { 1.5 })
+            .collect();
+        for x in [&x[..], &finite[..]] {
+            let (q, inv) = quantize_per_tensor(x);
+            let s = scale_for(amax(x));
+            assert_eq!((q, inv.to_bits()), (encode(x, s), (1.0 / s).to_bits()));
+            for cols in [1, 77, 4096, x.len()] {
+                let (q, inv) = quantize_per_channel(x, cols);
+                let rows: Vec<&[f32]> = x.chunks_exact(cols).collect();
+                let s: Vec<f32> = rows.iter().map(|r| scale_for(amax(r))).collect();
+                let want: Vec<u8> = rows
+                    .iter()
+                    .zip(&s)
+                    .flat_map(|(r, &s)| encode(r, s))
+                    .collect();
+                let want_inv: Vec<f32> = s.iter().map(|s| 1.0 / s).collect();
+                assert_eq!(q, want, "codes, cols {cols}");
+                assert_eq!(bits(&inv), bits(&want_inv), "scales, cols {cols}");
+            }
+        }
     }
 
     #[test]

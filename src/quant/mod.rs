@@ -218,15 +218,19 @@ pub fn to_f32(dtype: Dtype, bytes: &[u8]) -> Vec<f32> {
 }
 
 /// [`quantize`] straight from a tensor's bytes, and its reconstruction error. The bnb
-/// formats and FP8 blocks widen bf16/f16 a run at a time (no float32 copy of the tensor);
-/// the others widen the whole tensor first.
+/// and FP8 formats widen bf16/f16 a run at a time (no float32 copy of the tensor); the
+/// others widen the whole tensor first.
 pub fn quantize_bytes(
     format: Format,
     dtype: Dtype,
     bytes: &[u8],
     shape: &[u64],
 ) -> (QuantizedTensor, ErrorStats) {
-    let streams = bnb_params(format).is_some() || matches!(format, Format::Fp8Block { .. });
+    let streams = bnb_params(format).is_some()
+        || matches!(
+            format,
+            Format::Fp8Block { .. } | Format::Fp8PerChannel | Format::Fp8PerTensor
+        );
     if widener(dtype).is_none() || !streams {
         let x = to_f32(dtype, bytes);
         let q = quantize(format, &x, shape);
@@ -253,8 +257,8 @@ pub fn quantize_bytes(
     }
 }
 
-/// A bnb 4-bit format or FP8 blocks over `n` values that `fill` widens a run at a time,
-/// and its error.
+/// A bnb 4-bit or FP8 format over `n` values that `fill` widens a run at a time, and its
+/// error.
 fn quantize_filled(
     format: Format,
     n: usize,
@@ -273,6 +277,31 @@ fn quantize_filled(
                 data,
                 scales: Scales::F32(s),
                 scale_shape: vec![rows.div_ceil(block) as u64, cols.div_ceil(block) as u64],
+                nested: None,
+                tensor_scale: None,
+            }
+        }
+        (Format::Fp8PerChannel, None) => {
+            let cols = shape.last().copied().unwrap_or(1).max(1) as usize;
+            let (data, s) = fp8::quantize_per_channel_with(n / cols, cols, fill);
+            QuantizedTensor {
+                format,
+                shape: shape.to_vec(),
+                scale_shape: vec![s.len() as u64, 1],
+                data,
+                scales: Scales::F32(s),
+                nested: None,
+                tensor_scale: None,
+            }
+        }
+        (Format::Fp8PerTensor, None) => {
+            let (data, s) = fp8::quantize_per_tensor_with(n, fill);
+            QuantizedTensor {
+                format,
+                shape: shape.to_vec(),
+                scale_shape: Vec::new(),
+                data,
+                scales: Scales::F32(vec![s]),
                 nested: None,
                 tensor_scale: None,
             }
