@@ -4,7 +4,8 @@
 //! Input: a [`Target`] and its recipe. Output: the bytes its output buffer and its
 //! scratch buffers need at peak, or a coded E0515 when that exceeds the budget or 64
 //! bits. Reads and dtype conversions stream (no scratch); fuses along an inner dim,
-//! slices and transposes materialize their source once.
+//! slices and transposes materialize their source once. It also allocates the large
+//! buffers of a load with their pages populated up front ([`reserve_populated`], [`zeroed`]).
 
 use crate::checkpoint::Dtype;
 use crate::diag::{Code, Diagnostic};
