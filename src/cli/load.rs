@@ -248,6 +248,12 @@ pub fn load(args: &LoadArgs) -> Outcome {
         _ => None,
     };
     print_summary(&loaded, offload.as_deref());
+    if matches!(loaded.tensors, Tensors::Host(_)) {
+        // Plain allocations, and the process exits next: the kernel takes their pages
+        // back at once, where freeing each buffer first (unmapping it page by page) was
+        // 6 % of a CPU `load --quant nf4`. Other outcomes drop as usual.
+        std::mem::forget(loaded);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -206,14 +206,13 @@ impl<'c> Exporter<'c> {
         self.file.commit()
     }
 
-    /// Measures one quantized part against its source and adds it to the report.
-    fn record(&self, x: &[f32], q: &quant::QuantizedTensor, source_bytes: u64) {
-        let err = q.error_against(x);
+    /// Adds one quantized part and its reconstruction error to the report.
+    fn record(&self, q: &quant::QuantizedTensor, err: &quant::ErrorStats, source_bytes: u64) {
         let mut r = self.report.lock().unwrap_or_else(|p| p.into_inner());
         r.quantized += 1;
         r.bytes_before += source_bytes;
         r.bytes_after += q.byte_size();
-        r.error.merge(&err);
+        r.error.merge(err);
     }
 
     pub fn abandon(self) {
@@ -252,12 +251,25 @@ impl Sink for Exporter<'_> {
     fn tensor(&self, target: &Target, data: Vec<u8>) -> Result<Option<Vec<u8>>, Diagnostic> {
         match self.what.get(&target.name) {
             Some(Plan1::Quantized(ps)) => {
-                let x = quant::to_f32(target.dtype, &data);
+                // Each part straight from its bytes, widened a run at a time: a float32
+                // copy of the whole target was most of the CPU time of `--quant nf4 --out`.
+                let es = target.dtype.size();
                 for p in ps {
-                    let part = &x[p.offset..p.offset + p.numel];
-                    let q = quant::quantize(self.format, part, &p.shape);
-                    let source_bytes = (p.numel * target.dtype.size()) as u64;
-                    self.record(part, &q, source_bytes);
+                    let part = p
+                        .offset
+                        .checked_add(p.numel)
+                        .and_then(|end| data.get(p.offset.checked_mul(es)?..end.checked_mul(es)?))
+                        .ok_or_else(|| {
+                            Diagnostic::new(
+                                Code::E0901,
+                                format!(
+                                    "`{}` lies outside `{}`; this is a bug in wmapc",
+                                    p.name, target.name
+                                ),
+                            )
+                        })?;
+                    let (q, err) = quant::quantize_bytes(self.format, target.dtype, part, &p.shape);
+                    self.record(&q, &err, part.len() as u64);
                     for (name, bytes) in layouts::tensors(self.layout, &q, p, target.dtype) {
                         self.file.write(&name, &bytes)?;
                     }
@@ -266,7 +278,7 @@ impl Sink for Exporter<'_> {
             Some(Plan1::Raw(names)) => {
                 for n in names {
                     let e = &self.ckpt.tensors[n];
-                    let mut buf = vec![0u8; e.len as usize];
+                    let mut buf = crate::load::zeroed(e.len as usize);
                     self.ckpt.read_into(e, &mut buf)?;
                     self.file.write(n, &buf)?;
                     let mut r = self.report.lock().unwrap_or_else(|p| p.into_inner());

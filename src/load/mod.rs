@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 
 pub use convert::{convert, convertible, e4m3_to_f32, e5m2_to_f32, is_training_float};
-pub use memory::{bytes_of, physical_memory};
+pub use memory::{bytes_of, physical_memory, reserve_populated, zeroed};
 pub use sink::{tie, HostStore, HostTensor, Sink};
 pub use write::{Entry, FileLayout, SafetensorsWriter};
 
@@ -105,7 +105,8 @@ fn take_buffer(
     if b.len() > n {
         b.truncate(n);
     } else {
-        b.try_reserve_exact(n - b.len()).map_err(|e| {
+        let more = n - b.len();
+        reserve_populated(&mut b, more).map_err(|e| {
             memory::too_large(
                 name,
                 format!("a {n}-byte buffer, which cannot be allocated: {e}"),

@@ -155,7 +155,9 @@ impl FileLayout {
         }
         self.files[file]
             .write_all_at(bytes, at)
-            .map_err(io(format!("cannot write `{name}`")))
+            .map_err(io(format!("cannot write `{name}`")))?;
+        start_writeback(&self.files[file], at, len);
+        Ok(())
     }
 
     /// Copies an already written tensor's bytes to another (same length).
@@ -192,6 +194,25 @@ impl FileLayout {
 
 /// The runtime layout of a plan, one tensor per target (tied targets as copies, so the
 /// file stands alone; `__metadata__.wmap_tied` records the ties).
+/// Starts writing `len` bytes at `at` back to disk without waiting for them, so the disk
+/// works while later tensors are read and the `fsync` of [`FileLayout::commit`] has little
+/// left to do; with all of it left to the end, `load --out` plus `sync` took up to twice
+/// as long as `dd` plus `sync` of the same bytes. Only a hint: a failure here (a file
+/// system without it) leaves the data to that `fsync`, which reports real errors.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, at: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(at), Ok(len)) = (i64::try_from(at), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: the descriptor is the open file `file` borrows for this call; the call
+    // only queues writeback of that range and touches no memory of this process.
+    unsafe { libc::sync_file_range(file.as_raw_fd(), at, len, libc::SYNC_FILE_RANGE_WRITE) };
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File, _at: u64, _len: u64) {}
+
 pub struct SafetensorsWriter {
     layout: FileLayout,
 }

@@ -8,44 +8,75 @@ pub const E4M3_MAX: f32 = 448.0;
 /// float32 → E4M3, round to nearest even (subnormals too), ±inf and overflow saturate to
 /// ±448, NaN → 0x7F. Normal results round the float32 mantissa to 3 bits in integer
 /// arithmetic and rebias the exponent (127 → 7); subnormal ones are multiples of 2^-9,
-/// which scaling by 512 makes exact integers.
-#[inline]
+/// which scaling by 512 makes exact integers. Both are computed and one is selected, with
+/// no branch, so a loop over a slice vectorizes.
+#[inline(always)]
 pub fn e4m3(x: f32) -> u8 {
+    // Adding 2^23 to a value in [0, 8] rounds it to the nearest integer, ties to even, in
+    // the FPU's own rounding; the integer is then the low bits of the sum.
+    const SHIFT: f32 = 8_388_608.0;
     let bits = x.to_bits();
     let sign = ((bits >> 24) & 0x80) as u8;
     let abs = bits & 0x7FFF_FFFF;
-    if abs > 0x7F80_0000 {
-        return 0x7F;
-    }
+    // |x| ≥ 2^-6: round to nearest even at bit 20, drop the low 20 bits, rebias. 0x43E is
+    // 448's top 12 bits; anything above (inf included) saturates to 0x7E.
+    let r = (abs + 0x7_FFFF + ((abs >> 20) & 1)) >> 20;
+    let normal = r.min(0x43E).wrapping_sub(120 << 3);
+    // |x| < 2^-6: a multiple of 2^-9 after rounding.
+    let subnormal = (f32::from_bits(abs) * 512.0 + SHIFT)
+        .to_bits()
+        .wrapping_sub(SHIFT.to_bits());
     let code = if abs >= 0x3C80_0000 {
-        // |x| ≥ 2^-6. Round to nearest even at bit 20, then drop the low 20 bits.
-        let r = (abs + 0x7_FFFF + ((abs >> 20) & 1)) >> 20;
-        // 0x43E = 448's top 12 bits; anything above (inf included) saturates.
-        if r > 0x43E {
-            0x7E
-        } else {
-            (r - (120 << 3)) as u8
-        }
+        normal
     } else {
-        // In [0, 8): adding and removing 2^23 rounds to the nearest integer, ties to even,
-        // in the FPU's own rounding (`round_ties_even` is a libm call on baseline x86-64).
-        const SHIFT: f32 = 8_388_608.0;
-        ((f32::from_bits(abs) * 512.0 + SHIFT) - SHIFT) as u8
+        subnormal
     };
-    sign | code
+    // NaN is 0x7F whatever its sign.
+    if abs > 0x7F80_0000 {
+        0x7F
+    } else {
+        sign | code as u8
+    }
 }
 
 pub use crate::load::e4m3_to_f32;
 
+/// Elements widened at once by the per-tensor and per-channel recipes.
+const RUN: usize = 16 << 10;
+
 /// Per-tensor: one scale; `q = sat(x * s)`, `s = 448 / amax` (1 when amax is 0);
 /// the stored scale is the dequant multiplier `1 / s`.
 pub fn quantize_per_tensor(x: &[f32]) -> (Vec<u8>, f32) {
-    let amax = x
-        .par_iter()
-        .fold(|| 0f32, |m, v| m.max(v.abs()))
+    quantize_per_tensor_with(x.len(), &|start, out: &mut [f32]| {
+        out.copy_from_slice(&x[start..start + out.len()])
+    })
+}
+
+/// [`quantize_per_tensor`] over `n` values that `fill(start, run)` widens a run at a
+/// time: one pass for the tensor's amax (NaN skipped), a second for the codes. Widening
+/// twice costs less than a float32 copy of the tensor.
+pub fn quantize_per_tensor_with(
+    n: usize,
+    fill: &(dyn Fn(usize, &mut [f32]) + Sync),
+) -> (Vec<u8>, f32) {
+    let amax = (0..n.div_ceil(RUN))
+        .into_par_iter()
+        .map_init(Vec::new, |buf, r| {
+            buf.resize(RUN.min(n - r * RUN), 0f32);
+            fill(r * RUN, buf);
+            super::bnb4::absmax_of(buf)
+        })
         .reduce(|| 0f32, f32::max);
     let s = scale_for(amax);
-    (x.par_iter().map(|&v| e4m3(v * s)).collect(), 1.0 / s)
+    let mut q = crate::load::zeroed(n);
+    q.par_chunks_mut(RUN)
+        .enumerate()
+        .for_each_init(Vec::new, |buf, (r, out)| {
+            buf.resize(out.len(), 0f32);
+            fill(r * RUN, buf);
+            encode_scaled(buf, s, out);
+        });
+    (q, 1.0 / s)
 }
 
 fn scale_for(amax: f32) -> f32 {
@@ -58,19 +89,55 @@ fn scale_for(amax: f32) -> f32 {
 
 /// Per-channel: one scale per row of a `[rows, cols]` view.
 pub fn quantize_per_channel(x: &[f32], cols: usize) -> (Vec<u8>, Vec<f32>) {
-    let mut q = vec![0u8; x.len()];
-    let scales: Vec<f32> = q
-        .par_chunks_mut(cols)
-        .zip(x.par_chunks(cols))
-        .map(|(out, row)| {
-            let s = scale_for(row.iter().fold(0f32, |m, v| m.max(v.abs())));
-            for (o, &v) in out.iter_mut().zip(row) {
-                *o = e4m3(v * s);
+    let cols = cols.max(1);
+    quantize_per_channel_with(x.len() / cols, cols, &|start, out: &mut [f32]| {
+        out.copy_from_slice(&x[start..start + out.len()])
+    })
+}
+
+/// [`quantize_per_channel`] over values that `fill(start, run)` widens a band of whole
+/// rows at a time (at least one row, about [`RUN`] elements).
+pub fn quantize_per_channel_with(
+    rows: usize,
+    cols: usize,
+    fill: &(dyn Fn(usize, &mut [f32]) + Sync),
+) -> (Vec<u8>, Vec<f32>) {
+    let cols = cols.max(1);
+    let band = (RUN / cols).max(1);
+    let mut q = crate::load::zeroed(rows * cols);
+    let mut scales = vec![0f32; rows];
+    q.par_chunks_mut(band * cols)
+        .zip(scales.par_chunks_mut(band))
+        .enumerate()
+        .for_each_init(Vec::new, |buf, (b, (out, band_scales))| {
+            buf.resize(out.len(), 0f32);
+            fill(b * band * cols, buf);
+            let rows = buf.chunks(cols).zip(out.chunks_mut(cols));
+            for ((row, o), inv) in rows.zip(band_scales) {
+                let s = scale_for(super::bnb4::absmax_of(row));
+                encode_scaled(row, s, o);
+                *inv = 1.0 / s;
             }
-            1.0 / s
-        })
-        .collect();
+        });
     (q, scales)
+}
+
+/// `e4m3(v * s)` over a run, built for AVX2 where the CPU reports it (as in
+/// `bnb4::encode_task`: exact operations, the same bytes).
+fn encode_scaled(x: &[f32], s: f32, out: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::has_avx2() {
+        // SAFETY: the CPU reports AVX2, the only feature this build of the function adds.
+        unsafe { encode_scaled_avx2(x, s, out) };
+        return;
+    }
+    encode_run(x, s, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn encode_scaled_avx2(x: &[f32], s: f32, out: &mut [u8]) {
+    encode_run(x, s, out);
 }
 
 /// A fine-grained block's scale exactly as transformers' `Fp8Quantize` computes it: torch
@@ -88,48 +155,135 @@ fn block_scale_for(amax: f32) -> f32 {
 /// `weight_scale_inv` is `[ceil(rows/128), ceil(cols/128)]`, the dequantization multiplier
 /// `1 / s`, with `s` computed as transformers computes it (`reciprocal(amax) * 448`).
 pub fn quantize_blocks(x: &[f32], rows: usize, cols: usize, block: usize) -> (Vec<u8>, Vec<f32>) {
+    quantize_blocks_with(rows, cols, block, &|start, out: &mut [f32]| {
+        out.copy_from_slice(&x[start..start + out.len()])
+    })
+}
+
+/// Columns widened at once per band: a whole number of blocks, so a band's scratch stays
+/// `block × STRIPE` floats however wide the matrix.
+const STRIPE: usize = 2048;
+
+/// [`quantize_blocks`] over values that `fill(start, run)` widens a run of one row at a
+/// time (from a checkpoint's bf16 bytes, say), so no float32 copy of the tensor is made.
+/// One task per band of `block` rows (it owns those output rows and that row of scales);
+/// within it, stripes of whole blocks are widened into a scratch, measured, then encoded.
+pub fn quantize_blocks_with(
+    rows: usize,
+    cols: usize,
+    block: usize,
+    fill: &(dyn Fn(usize, &mut [f32]) + Sync),
+) -> (Vec<u8>, Vec<f32>) {
+    let (block, cols) = (block.max(1), cols.max(1));
     let (br, bc) = (rows.div_ceil(block), cols.div_ceil(block));
-    let mut q = vec![0u8; x.len()];
-    // One task per band of `block` rows: it owns those output rows.
-    let scales: Vec<Vec<f32>> = q
-        .par_chunks_mut(block * cols)
+    let stripe = block * (STRIPE / block).max(1);
+    let mut q = crate::load::zeroed(rows * cols);
+    let mut scales = vec![0f32; br * bc];
+    q.par_chunks_mut(block * cols)
+        .zip(scales.par_chunks_mut(bc))
         .enumerate()
-        .map(|(r, out)| {
-            let r0 = r * block;
-            let nrows = out.len() / cols.max(1);
-            (0..bc)
-                .map(|c| {
-                    let c0 = c * block;
-                    let c1 = (c0 + block).min(cols);
-                    let rows_of = |i: usize| &x[(r0 + i) * cols + c0..(r0 + i) * cols + c1];
-                    // The largest |v| as the largest magnitude bit pattern: an integer
-                    // max vectorizes where float max (which skips NaN) does not; a NaN
-                    // pattern falls back to the float fold so NaN is skipped as before.
-                    let bits = (0..nrows).fold(0u32, |m, i| {
-                        rows_of(i)
-                            .iter()
-                            .fold(m, |m, v| m.max(v.to_bits() & 0x7FFF_FFFF))
-                    });
-                    let amax = if bits <= 0x7F80_0000 {
-                        f32::from_bits(bits)
-                    } else {
-                        (0..nrows)
-                            .flat_map(|i| rows_of(i).iter())
-                            .fold(0f32, |m, v| m.max(v.abs()))
-                    };
-                    let s = block_scale_for(amax);
-                    for i in 0..nrows {
-                        for j in c0..c1 {
-                            out[i * cols + j] = e4m3(x[(r0 + i) * cols + j] * s);
-                        }
-                    }
-                    1.0 / s
-                })
-                .collect()
-        })
-        .collect();
-    debug_assert_eq!(scales.len(), br);
-    (q, scales.concat())
+        .for_each_init(Vec::new, |scratch, (band, (out, band_scales))| {
+            let nrows = out.len() / cols;
+            for c0 in (0..cols).step_by(stripe) {
+                let width = stripe.min(cols - c0);
+                scratch.resize(nrows * width, 0f32);
+                for (i, run) in scratch.chunks_exact_mut(width).enumerate() {
+                    fill((band * block + i) * cols + c0, run);
+                }
+                let first = c0 / block;
+                let ss = &mut band_scales[first..first + width.div_ceil(block)];
+                encode_stripe(scratch, width, block, ss, out, cols, c0);
+            }
+        });
+    (q, scales)
+}
+
+/// One stripe of a band: `x` is `nrows × width` values, the band's columns `c0..c0+width`.
+/// Writes each block's dequant scale into `scales` and the codes into `out` (the band's
+/// rows, `cols` wide). Built for AVX2 where the CPU reports it, as in
+/// `bnb4::encode_task`: exact integer and float32 operations, so the same bytes.
+fn encode_stripe(
+    x: &[f32],
+    width: usize,
+    block: usize,
+    scales: &mut [f32],
+    out: &mut [u8],
+    cols: usize,
+    c0: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if super::has_avx2() {
+        // SAFETY: the CPU reports AVX2, the only feature this build of the function adds.
+        unsafe { encode_stripe_avx2(x, width, block, scales, out, cols, c0) };
+        return;
+    }
+    encode_stripe_portable(x, width, block, scales, out, cols, c0);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn encode_stripe_avx2(
+    x: &[f32],
+    width: usize,
+    block: usize,
+    scales: &mut [f32],
+    out: &mut [u8],
+    cols: usize,
+    c0: usize,
+) {
+    encode_stripe_portable(x, width, block, scales, out, cols, c0);
+}
+
+#[inline(always)]
+fn encode_stripe_portable(
+    x: &[f32],
+    width: usize,
+    block: usize,
+    scales: &mut [f32],
+    out: &mut [u8],
+    cols: usize,
+    c0: usize,
+) {
+    // The largest |v| of each block as the largest magnitude bit pattern: an integer max
+    // vectorizes where float max (which skips NaN) does not.
+    let mut bits = vec![0u32; scales.len()];
+    for row in x.chunks_exact(width) {
+        for (m, seg) in bits.iter_mut().zip(row.chunks(block)) {
+            *m = seg.iter().fold(*m, |m, v| m.max(v.to_bits() & 0x7FFF_FFFF));
+        }
+    }
+    let mut mult = vec![0f32; scales.len()];
+    for (j, ((m, s), inv)) in bits
+        .iter()
+        .zip(&mut mult)
+        .zip(scales.iter_mut())
+        .enumerate()
+    {
+        // A NaN pattern falls back to the float fold, so NaN is skipped as before.
+        let amax = if *m <= 0x7F80_0000 {
+            f32::from_bits(*m)
+        } else {
+            x.chunks_exact(width)
+                .flat_map(|row| row.chunks(block).nth(j).unwrap_or(&[]))
+                .fold(0f32, |a, v| a.max(v.abs()))
+        };
+        *s = block_scale_for(amax);
+        *inv = 1.0 / *s;
+    }
+    for (row, dst) in x.chunks_exact(width).zip(out.chunks_exact_mut(cols)) {
+        let dst = &mut dst[c0..c0 + width];
+        for ((seg, o), &s) in row.chunks(block).zip(dst.chunks_mut(block)).zip(&mult) {
+            encode_run(seg, s, o);
+        }
+    }
+}
+
+/// `e4m3(v * s)` over a run: a plain loop that vectorizes.
+#[inline(always)]
+fn encode_run(x: &[f32], s: f32, out: &mut [u8]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = e4m3(v * s);
+    }
 }
 
 #[cfg(test)]
@@ -215,6 +369,54 @@ mod tests {
         // 1.0625 is halfway between 1.0 (0x38) and 1.125 (0x39): ties to even.
         assert_eq!(e4m3(1.0625), 0x38);
         assert_eq!(e4m3(1.1875), 0x3A);
+    }
+
+    /// The build [`encode_stripe`] picks on this CPU (AVX2 where it has it) against the
+    /// baseline build, on a stripe with partial blocks, NaN, infinities and subnormals.
+    #[test]
+    fn the_vector_build_is_the_baseline_build() {
+        let (rows, width, block) = (70, 300, 128);
+        let x = crate::quant::bnb4::tests::awkward_values(rows * width);
+        let nb = width.div_ceil(block);
+        let (mut s, mut q) = (vec![0f32; nb], vec![0u8; rows * width]);
+        encode_stripe(&x, width, block, &mut s, &mut q, width, 0);
+        let (mut s0, mut q0) = (vec![0f32; nb], vec![0u8; rows * width]);
+        encode_stripe_portable(&x, width, block, &mut s0, &mut q0, width, 0);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&s), bits(&s0), "scales");
+        assert_eq!(q, q0, "codes");
+    }
+
+    /// The per-tensor and per-channel recipes as they were first written (over a float32
+    /// copy, element by element), against the run-at-a-time ones.
+    #[test]
+    fn streamed_recipes_match_the_first_definitions() {
+        let amax = |x: &[f32]| x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let encode = |x: &[f32], s: f32| x.iter().map(|&v| e4m3(v * s)).collect::<Vec<u8>>();
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        let x = crate::quant::bnb4::tests::awkward_values(3 * RUN + 77);
+        let finite: Vec<f32> = x
+            .iter()
+            .map(|v| if v.is_finite() { *v } else { 1.5 })
+            .collect();
+        for x in [&x[..], &finite[..]] {
+            let (q, inv) = quantize_per_tensor(x);
+            let s = scale_for(amax(x));
+            assert_eq!((q, inv.to_bits()), (encode(x, s), (1.0 / s).to_bits()));
+            for cols in [1, 77, 4096, x.len()] {
+                let (q, inv) = quantize_per_channel(x, cols);
+                let rows: Vec<&[f32]> = x.chunks_exact(cols).collect();
+                let s: Vec<f32> = rows.iter().map(|r| scale_for(amax(r))).collect();
+                let want: Vec<u8> = rows
+                    .iter()
+                    .zip(&s)
+                    .flat_map(|(r, &s)| encode(r, s))
+                    .collect();
+                let want_inv: Vec<f32> = s.iter().map(|s| 1.0 / s).collect();
+                assert_eq!(q, want, "codes, cols {cols}");
+                assert_eq!(bits(&inv), bits(&want_inv), "scales, cols {cols}");
+            }
+        }
     }
 
     #[test]
