@@ -72,16 +72,17 @@ inline unsigned __reduce_max_sync(unsigned, unsigned v) {
     return m;
 }
 inline void atomicMax(unsigned*, unsigned) {}
-// Runs kernel(body) for every CTA of `grid` (x, y) with 256 threads.
-inline void launch(unsigned gx, unsigned gy, std::function<void()> body) {
-    gridDim = {gx, gy, 1}; blockDim = {256, 1, 1};
+// Runs kernel(body) for every CTA of `grid` (x, y) with `threads` (a multiple of 32, at
+// most 256) threads.
+inline void launch(unsigned gx, unsigned gy, std::function<void()> body, unsigned threads = 256) {
+    gridDim = {gx, gy, 1}; blockDim = {threads, 1, 1};
     for (unsigned by = 0; by < gy; by++)
         for (unsigned bx = 0; bx < gx; bx++) {
-            std::barrier<> cb(256);
+            std::barrier<> cb(threads);
             cta_bar = &cb;
             for (int w = 0; w < 8; w++) warp_bar[w] = new std::barrier<>(32);
             std::vector<std::thread> ts;
-            for (unsigned t = 0; t < 256; t++)
+            for (unsigned t = 0; t < threads; t++)
                 ts.emplace_back([=] { threadIdx = {t, 0, 0}; blockIdx = {bx, by, 0}; body(); });
             for (auto& t : ts) t.join();
             for (int w = 0; w < 8; w++) delete warp_bar[w];

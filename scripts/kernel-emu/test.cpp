@@ -69,6 +69,21 @@ void bnb4_case(long n, int bs, int kind, unsigned grid_cap, bool special) {
     snprintf(what, sizeof what, "dequantize n=%ld bs=%d grid=%u special=%d", n, bs, gd, special);
     cmp(what, o1, o2);
 }
+void large_case(long n, int bs, bool special) {
+    auto x = data(n, n + bs, special);
+    long nb = (n + bs - 1) / bs, nbytes = (n + 1) / 2;
+    std::vector<unsigned char> p(nbytes, 0);
+    std::vector<float> a(nb, 0);
+    launch(nb, 1, [&] { bnb4_quantize_large(x.data(), p.data(), a.data(), n, bs, 1, MIDS); }, bs / 8);
+    float table[16];
+    for (int c = 0; c < 16; c++) table[c] = (c & 8 ? -1.0f : 1.0f) * (float)((c * 5) % 8) / 7.0f;
+    std::vector<unsigned short> o1(n, 1), o2(n, 2);
+    launch((n / 8 + 255) / 256 + 1, 1, [&] { bnb4_dequantize(p.data(), a.data(), o1.data(), n, bs, table); });
+    launch(2, 1, [&] { bnb4_dequantize_v2(p.data(), a.data(), o2.data(), n, bs, table); });
+    char what[128];
+    snprintf(what, sizeof what, "dequantize n=%ld bs=%d special=%d", n, bs, special);
+    cmp(what, o1, o2);
+}
 void fp8_case(long rows, long cols, bool special) {
     auto x = data(rows * cols, rows + cols, special);
     long bc = (cols + 127) / 128, br = (rows + 127) / 128;
@@ -89,6 +104,10 @@ int main(int argc, char**) {
             for (int bs : quick ? std::vector<int>{64} : std::vector<int>{32, 64, 128, 256})
                 for (int kind : {0, 1})
                     for (unsigned cap : quick ? std::vector<unsigned>{2u} : std::vector<unsigned>{1u, 2u, 3u, 1000u}) { bnb4_case(n, bs, kind, cap, sp); checks++; }
+        // Blocks over 256 (bs 512, 2048): quantized by v1's CTA-per-block kernel, then
+        // v2's dequantize against v1's.
+        for (long n : {20000L, 5 * 16384L + 8})
+            for (int bs : {512, 2048}) { large_case(n, bs, sp); checks++; }
         fp8_case(256, 384, sp); fp8_case(130, 136, sp); fp8_case(129, 260, sp); fp8_case(384, 128, sp);
         checks += 4;
     }
