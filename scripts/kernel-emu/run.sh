@@ -5,7 +5,7 @@
 # describes the hardware's), shim.h runs each CTA as 256 threads with barriers for
 # __syncthreads and warp shuffles, and test.cpp compares v2 with v1 byte for byte (NF4
 # and FP4 quantize and dequantize, FP8 128x128 blocks; random and special values; odd
-# sizes; grids smaller than the tile count, so CTAs stride). Quick by default; --full
+# sizes; quantize grids smaller than the tile count, so CTAs stride). Quick by default; --full
 # runs every size, block size and grid (minutes: one OS thread per CUDA thread).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)

@@ -63,7 +63,7 @@ void bnb4_case(long n, int bs, int kind, unsigned grid_cap, bool special) {
     for (int c = 0; c < 16; c++) table[c] = NF4[c];
     std::vector<unsigned short> o1(n, 1), o2(n, 2);
     long dtile = (n + 16383) / 16384;
-    unsigned gd = std::min<long>(dtile, grid_cap);
+    unsigned gd = dtile;  // one CTA per tile
     launch((n / 8 + 255) / 256 + 1, 1, [&] { bnb4_dequantize(p1.data(), a1.data(), o1.data(), n, bs, table); });
     launch(gd, 1, [&] { bnb4_dequantize_v2(p1.data(), a1.data(), o2.data(), n, bs, table); });
     snprintf(what, sizeof what, "dequantize n=%ld bs=%d grid=%u special=%d", n, bs, gd, special);
@@ -79,7 +79,7 @@ void large_case(long n, int bs, bool special) {
     for (int c = 0; c < 16; c++) table[c] = (c & 8 ? -1.0f : 1.0f) * (float)((c * 5) % 8) / 7.0f;
     std::vector<unsigned short> o1(n, 1), o2(n, 2);
     launch((n / 8 + 255) / 256 + 1, 1, [&] { bnb4_dequantize(p.data(), a.data(), o1.data(), n, bs, table); });
-    launch(2, 1, [&] { bnb4_dequantize_v2(p.data(), a.data(), o2.data(), n, bs, table); });
+    launch((n + 16383) / 16384, 1, [&] { bnb4_dequantize_v2(p.data(), a.data(), o2.data(), n, bs, table); });
     char what[128];
     snprintf(what, sizeof what, "dequantize n=%ld bs=%d special=%d", n, bs, special);
     cmp(what, o1, o2);

@@ -177,7 +177,7 @@ impl Gpu {
 type Functions = BTreeMap<&'static str, CudaFunction>;
 
 /// The kernels launched with one CTA per resident slot, which stride over their tiles.
-const STRIDING: [&str; 2] = ["bnb4_quantize_v2", "bnb4_dequantize_v2"];
+const STRIDING: [&str; 1] = ["bnb4_quantize_v2"];
 
 /// Resident 256-thread CTAs of each [`STRIDING`] kernel: multiprocessors times the
 /// occupancy. A failed query leaves the kernel out; it is then launched one CTA per tile,
@@ -937,14 +937,7 @@ impl Gpu {
     ) -> GpuResult<()> {
         let bs = blocksize as i32;
         let (name, cfg) = match self.kernels_version {
-            KernelVersion::V2 => (
-                "bnb4_dequantize_v2",
-                tiles(
-                    n as usize,
-                    BNB4_DQ_TILE,
-                    self.resident.get("bnb4_dequantize_v2"),
-                )?,
-            ),
+            KernelVersion::V2 => ("bnb4_dequantize_v2", tiles(n as usize, BNB4_DQ_TILE, None)?),
             KernelVersion::V1 => ("bnb4_dequantize", grid((n as u64).div_ceil(8), 256)),
         };
         let mut b = self.stream.launch_builder(self.f(name));
