@@ -69,7 +69,13 @@ unset WMAP_KERNEL_CACHE
 
 echo "== P6 / P9: MoE experts and offload"
 MOE=${MOE:-/tmp/qwen3moe12}
-[ -f "$MOE/config.json" ] || python3 scripts/bench_peers.py make-moe "$MOE" 2>&1 | grep -v -i warn | tee "$OUT/make-moe.log"
+# Made only where nothing exists yet; MADE_MOE marks that this run made it, so only then may
+# it be removed below (never a folder that was there before, whatever it holds).
+MADE_MOE=
+if [ ! -e "$MOE" ]; then
+  python3 scripts/bench_peers.py make-moe "$MOE" 2>&1 | grep -v -i warn | tee "$OUT/make-moe.log"
+  MADE_MOE=1
+fi
 cat "$MOE"/*.safetensors > /dev/null
 .gpu/bin/wmapc load "$MOE" --device cuda --quant nf4 --repeat 3 --quiet 2>&1 | tee "$OUT/wmap-moe.log"
 python3 -c 'import resource, subprocess, sys, time
@@ -82,13 +88,13 @@ python3 scripts/bench_peers.py load "$MOE" 2>&1 | grep -E "^peer" | tee "$OUT/pe
 echo "== many tensors: Qwen3-30B-A3B shape with 24 of its 48 layers (≈ 31 GB, ≈ 9.4k tensors)"
 MOE24=${MOE24:-/tmp/qwen3moe24}
 # The disk holds the 8B and one MoE checkpoint at a time: the 12-layer one goes if this run made it.
-[ -f "$OUT/make-moe.log" ] && rm -rf -- "$MOE"
-[ -f "$MOE24/config.json" ] || python3 scripts/bench_peers.py make-moe "$MOE24" 24 2>&1 | grep -v -i warn | tee "$OUT/make-moe24.log"
+[ -n "$MADE_MOE" ] && rm -rf -- "$MOE"
+[ -e "$MOE24" ] || python3 scripts/bench_peers.py make-moe "$MOE24" 24 2>&1 | grep -v -i warn | tee "$OUT/make-moe24.log"
 cat "$MOE24"/*.safetensors > /dev/null
 .gpu/bin/wmapc load "$MOE24" --device cuda --quant nf4 --repeat 5 --quiet 2>&1 | tee "$OUT/wmap-moe24.log"
 # The same tensor count with 64-wide tensors: load time over tensors is the fixed per-tensor cost.
 TINY=${TINY:-/tmp/qwen3moe24-tiny}
-[ -f "$TINY/config.json" ] || python3 scripts/bench_peers.py make-moe-tiny "$TINY" 2>&1 | grep -v -i warn | tee "$OUT/make-tiny.log"
+[ -e "$TINY" ] || python3 scripts/bench_peers.py make-moe-tiny "$TINY" 2>&1 | grep -v -i warn | tee "$OUT/make-tiny.log"
 .gpu/bin/wmapc load "$TINY" --device cuda --quant nf4 --repeat 9 --quiet 2>&1 | tee "$OUT/wmap-tiny.log"
 
 echo "== cold reads: the 8B checkpoint out of the page cache, against the disk's O_DIRECT rate"
