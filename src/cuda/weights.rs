@@ -18,7 +18,8 @@ use crate::offload::{GroupId, Manager, Policy};
 use crate::plan::Plan;
 use crate::quant::LeadingSlice;
 use crate::weights::{
-    homes, place, Error as WError, Home, Packed, Placeable, QuantDesc, QuantLayout,
+    full_slice_range, homes, place, Error as WError, Home, Packed, Placeable, Placement, QuantDesc,
+    QuantLayout,
 };
 
 type Pool = Arc<Mutex<BTreeMap<Vec<u64>, Vec<CudaSlice<u16>>>>>;
@@ -65,15 +66,21 @@ impl DeviceWeights {
             .into_iter()
             .map(|(k, t)| (k, OnDevice { gpu: &gpu, t }))
             .collect();
-        let p = place(CudaBackend::new(gpu.clone()), plan, tensors, budget, policy)?;
-        // The copies write the pool; nothing reads it (or frees the device pieces, which
-        // stream order already covers) before they land.
-        gpu.sync()?;
-        let resident = p.resident.into_iter().map(|(k, d)| (k, d.t));
+        let Placement {
+            offload,
+            resident,
+            offloaded,
+        } = place(CudaBackend::new(gpu.clone()), plan, tensors, budget, policy)?;
+        // The copies write the pool; nothing reads it before they land (the device pieces'
+        // frees are ordered after them by their read events).
+        gpu.copy_stream
+            .synchronize()
+            .map_err(|e| format!("device to host: {e:?}"))?;
+        let homes = homes(resident.into_iter().map(|(k, d)| (k, d.t)), offloaded);
         Ok(DeviceWeights {
-            gpu: gpu.clone(),
-            offload: p.offload,
-            homes: homes(resident, p.offloaded),
+            gpu,
+            offload,
+            homes,
             pool: Arc::default(),
             reused: 0,
             allocated: 0,
@@ -262,12 +269,15 @@ impl OnDevice<'_> {
         if out.is_empty() {
             return Ok(());
         }
-        let stream = &self.gpu.stream;
+        // On the copy stream: the backend drains it before it unregisters the pool, so even
+        // a placement that fails halfway never frees pages a copy is still writing.
+        let stream = &self.gpu.copy_stream;
         let (base, _read) = src.device_ptr(stream);
         let at = base + (range.start * size) as u64;
         // SAFETY: `out` lies in the offload pool, page-locked by `prepare_host` before the
-        // fill, owned by the manager and neither read nor freed before `DeviceWeights::new`
-        // synchronizes the stream; `at..at + out.len()` lies within `src`.
+        // fill and owned by the manager, whose backend drains the copy stream before the
+        // pool goes; `DeviceWeights::new` waits for the stream before the pool is read.
+        // `at..at + out.len()` lies within `src`.
         unsafe { cudarc::driver::result::memcpy_dtoh_async(out, at, stream.cu_stream()) }.map_err(
             |e| {
                 WError::Offload(crate::offload::Error::Copy(format!(
@@ -300,17 +310,15 @@ impl OnDevice<'_> {
             let o = out.get_mut(l.scales..l.scales + l.scales_u8);
             self.copy(s, r, o.ok_or(too_small.clone())?)?;
         }
+        // Double quant's nested scales and offset are tensor-wide: a slice carries none.
+        let whole = slice.is_none();
         let tensor_wide = [
             (
-                slice.is_none().then_some(()).and(q.nested_absmax.as_ref()),
+                q.nested_absmax.as_ref().filter(|_| whole),
                 l.nested,
                 l.nested_len,
             ),
-            (
-                slice.is_none().then_some(()).and(q.offset.as_ref()),
-                l.offset,
-                1,
-            ),
+            (q.offset.as_ref().filter(|_| whole), l.offset, 1),
             (q.tensor_scale.as_ref(), l.tensor_scale, 1),
         ];
         for (src, at, n) in tensor_wide {
@@ -337,7 +345,7 @@ impl Placeable for OnDevice<'_> {
                 Some(Packed::full(*dtype, shape.clone(), data.len()))
             }
             (DeviceTensor::Full { dtype, shape, data }, Some(i)) => {
-                let per = full_slice(shape, data.len(), i)?;
+                let per = full_slice_range(shape, data.len(), i)?;
                 Some(Packed::full(*dtype, shape.get(1..)?.to_vec(), per.len()))
             }
             (DeviceTensor::Tied(_), _) => None,
@@ -356,7 +364,7 @@ impl Placeable for OnDevice<'_> {
             }
             (DeviceTensor::Full { shape, data, .. }, None) => {
                 let range = match slice {
-                    Some(i) => full_slice(shape, data.len(), i).ok_or(mismatch)?,
+                    Some(i) => full_slice_range(shape, data.len(), i).ok_or(mismatch)?,
                     None => 0..data.len(),
                 };
                 self.copy(data, range, out)
@@ -364,13 +372,6 @@ impl Placeable for OnDevice<'_> {
             _ => Err(mismatch),
         }
     }
-}
-
-/// The byte range of slice `i` along the leading dim of a full tensor of `len` bytes.
-fn full_slice(shape: &[u64], len: usize, i: usize) -> Option<Range<usize>> {
-    let lead = usize::try_from(*shape.first()?).ok()?;
-    let per = len / lead.max(1);
-    (i < lead).then(|| i * per..(i + 1) * per)
 }
 
 /// Read-only accessors for a runtime that drives the manager (the Python store, the CLI's

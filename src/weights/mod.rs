@@ -21,7 +21,7 @@ use crate::plan::{Offload, Plan};
 use crate::quant::Stored;
 
 pub use error::Error;
-pub use pack::{dequantize_into, Packed, QuantDesc, QuantLayout};
+pub use pack::{dequantize_into, full_slice_range, Packed, QuantDesc, QuantLayout};
 
 /// Reusable bf16 buffers, by shape.
 #[derive(Default)]

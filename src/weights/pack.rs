@@ -329,9 +329,15 @@ pub fn shape_of(s: &Stored) -> Vec<u64> {
 
 /// Bytes of slice `i` of a full-precision tensor along its leading dim.
 fn full_slice(t: &HostTensor, i: usize) -> Option<&[u8]> {
-    let lead = *t.shape.first()? as usize;
-    let per = t.data.len() / lead.max(1);
-    (i < lead).then(|| &t.data[i * per..(i + 1) * per])
+    t.data.get(full_slice_range(&t.shape, t.data.len(), i)?)
+}
+
+/// The byte range of slice `i` along the leading dim of a full-precision tensor of `len`
+/// bytes shaped `shape` (host or device: only the shape and length matter).
+pub fn full_slice_range(shape: &[u64], len: usize, i: usize) -> Option<std::ops::Range<usize>> {
+    let lead = usize::try_from(*shape.first()?).ok()?;
+    let per = len / lead.max(1);
+    (i < lead).then(|| i * per..(i + 1) * per)
 }
 
 /// The pieces of `q` (or of its slice) at their layout offsets in `out`.
