@@ -177,7 +177,7 @@ pub fn place<B: Backend, S: Placeable>(
     budget: u64,
     policy: Policy,
 ) -> Result<Placement<B, S>, Error> {
-    let (placed, group_sizes, resident) = layouts(plan, &mut tensors);
+    let (placed, group_sizes) = layouts(plan, &tensors);
     // Pass 2: straight into the host pool, each tensor freed once its bytes are there,
     // so host memory peaks near the pool's size, not twice it.
     let names: Vec<(String, usize)> = group_sizes.iter().map(|(k, v)| (k.clone(), *v)).collect();
@@ -216,27 +216,28 @@ pub fn place<B: Backend, S: Placeable>(
             }
         }
     }
-    // Whatever no target names (nothing today) stays resident rather than vanishing.
-    let mut resident = resident;
-    resident.extend(tensors);
+    // Every tensor placed is gone from `tensors`; what is left stays resident.
     Ok(Placement {
         offload,
-        resident,
+        resident: tensors,
         offloaded,
     })
 }
 
 /// Pass 1 of [`place`], layouts only: each offloaded tensor (or expert slice) and its group,
-/// each group's size, and the resident tensors (taken out of `tensors`).
+/// and each group's size. Targets without an offload group, and tensors that cannot be
+/// packed (a tie), are not placed: they stay resident.
 fn layouts<S: Placeable>(
     plan: &Plan,
-    tensors: &mut BTreeMap<String, S>,
-) -> (Vec<Place>, BTreeMap<String, usize>, BTreeMap<String, S>) {
+    tensors: &BTreeMap<String, S>,
+) -> (Vec<Place>, BTreeMap<String, usize>) {
     let mut group_sizes: BTreeMap<String, usize> = BTreeMap::new();
     let mut placed: Vec<Place> = Vec::new();
-    let mut resident: BTreeMap<String, S> = BTreeMap::new();
     for t in &plan.targets {
-        let Some(stored) = tensors.get(&t.name) else {
+        let (Some(offload), Some(stored)) = (&t.offload, tensors.get(&t.name)) else {
+            continue;
+        };
+        let Some(whole) = stored.packed(None) else {
             continue;
         };
         let mut put = |key: String, group: &String, slice: Option<usize>, packed: Packed| {
@@ -249,35 +250,24 @@ fn layouts<S: Placeable>(
                 packed,
             });
         };
-        let whole = stored.packed(None);
-        let no_slices = matches!(&t.offload, Some(Offload::PerSlice(g)) if g.is_empty());
-        match (&t.offload, whole) {
-            (None, _) | (_, None) => {
-                if let Some(s) = tensors.remove(&t.name) {
-                    resident.insert(t.name.clone(), s);
-                }
-            }
-            _ if no_slices => {
-                if let Some(s) = tensors.remove(&t.name) {
-                    resident.insert(t.name.clone(), s);
-                }
-            }
-            (Some(Offload::Group(g)), Some(whole)) => put(t.name.clone(), g, None, whole),
-            (Some(Offload::PerSlice(groups)), Some(whole)) => {
+        match offload {
+            Offload::Group(g) => put(t.name.clone(), g, None, whole),
+            Offload::PerSlice(groups) => {
                 let slices: Option<Vec<Packed>> =
                     (0..groups.len()).map(|i| stored.packed(Some(i))).collect();
-                match slices {
-                    Some(slices) => {
+                match (slices, groups.first()) {
+                    (Some(slices), _) => {
                         for (i, (p, g)) in slices.into_iter().zip(groups).enumerate() {
                             put(slice_key(&t.name, i), g, Some(i), p);
                         }
                     }
-                    None => put(t.name.clone(), &groups[0], None, whole), // not empty: above
+                    (None, Some(first)) => put(t.name.clone(), first, None, whole),
+                    (None, None) => {}
                 }
             }
         }
     }
-    (placed, group_sizes, resident)
+    (placed, group_sizes)
 }
 
 /// The key of slice `i` of a stacked tensor stored per slice.
