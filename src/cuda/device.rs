@@ -57,12 +57,19 @@ pub enum KernelVersion {
 }
 
 impl KernelVersion {
-    /// From `WMAP_KERNELS` (`v1` or `v2`); unset or anything else gives the default.
-    pub fn from_env() -> KernelVersion {
+    /// From `WMAP_KERNELS` (`v1` or `v2`); unset gives the default, anything else is
+    /// refused rather than silently running the default.
+    pub fn from_env() -> GpuResult<KernelVersion> {
         match std::env::var("WMAP_KERNELS").as_deref() {
-            Ok("v1") => KernelVersion::V1,
-            Ok("v2") => KernelVersion::V2,
-            _ => KernelVersion::DEFAULT,
+            Err(std::env::VarError::NotPresent) => Ok(KernelVersion::DEFAULT),
+            Ok("v1") => Ok(KernelVersion::V1),
+            Ok("v2") => Ok(KernelVersion::V2),
+            Ok(other) => Err(super::Error::Unsupported(format!(
+                "WMAP_KERNELS=`{other}`: expected v1 or v2"
+            ))),
+            Err(_) => Err(super::Error::Unsupported(
+                "WMAP_KERNELS is not valid UTF-8: expected v1 or v2".into(),
+            )),
         }
     }
 
@@ -131,6 +138,8 @@ impl Gpu {
         if ordinal as i32 >= count {
             return Err(super::Error::NoDevice { ordinal, count });
         }
+        // Before the context: a bad WMAP_KERNELS is refused without opening the device.
+        let kernels_version = KernelVersion::from_env()?;
         let ctx = CudaContext::new(ordinal).map_err(err("cannot open the CUDA device"))?;
         keep_freed_memory(&ctx);
         let (major, minor) = ctx
@@ -149,7 +158,7 @@ impl Gpu {
             nf4_cells: stream
                 .clone_htod(&cells)
                 .map_err(err("cannot upload a table"))?,
-            kernels_version: KernelVersion::from_env(),
+            kernels_version,
             resident,
             nf4_mids: up(&bnb4::NF4_MIDS)?,
             nf4_table: up(&bnb4::NF4)?,

@@ -76,6 +76,8 @@ pub struct Staging {
     pub buffer_bytes: usize,
     /// Elements per quantization chunk (default [`CHUNK_ELEMS`]).
     pub chunk_elems: usize,
+    /// Bytes per parallel read from the checkpoint (default [`READ_SLICE`]).
+    pub read_slice: usize,
 }
 
 impl Staging {
@@ -93,6 +95,7 @@ impl Staging {
             buffers: out,
             buffer_bytes,
             chunk_elems: CHUNK_ELEMS,
+            read_slice: READ_SLICE,
         })
     }
 }
@@ -107,12 +110,15 @@ pub struct Ready {
 
 impl Ready {
     /// Three 256 MiB buffers by default: enough to keep reads, copies and kernels all
-    /// busy. `WMAP_STAGING=NxM` (N buffers of M MiB) sets the ring for measurements.
+    /// busy. For measurements, `WMAP_STAGING=NxM` (N buffers of M MiB) sets the ring and
+    /// `WMAP_READ_SLICE_KIB` the parallel read size; a value out of range is refused.
     pub fn open(ordinal: usize) -> GpuResult<Ready> {
         let t0 = std::time::Instant::now();
         let (count, mib) = staging_shape(std::env::var("WMAP_STAGING").ok().as_deref())?;
+        let read_slice = read_slice(std::env::var("WMAP_READ_SLICE_KIB").ok().as_deref())?;
         let gpu = std::sync::Arc::new(Gpu::new(ordinal)?);
-        let staging = Staging::new(&gpu, count, mib << 20)?;
+        let mut staging = Staging::new(&gpu, count, mib << 20)?;
+        staging.read_slice = read_slice;
         Ok(Ready {
             gpu,
             staging,
@@ -136,6 +142,30 @@ fn staging_shape(var: Option<&str>) -> GpuResult<(usize, usize)> {
             "WMAP_STAGING=`{v}`: expected N buffers x M MiB, e.g. `3x256` (2-16 buffers of 16-1024 MiB)"
         ))
     })
+}
+
+/// Bytes per parallel read: small enough that a 64 MiB quantization chunk is many rounds
+/// of jobs for every reader thread (a fill ends when its slowest job does), large enough
+/// that syscalls stay rare. On H200 machines (16 threads, 2026-12-02) 512 KiB loaded the
+/// 8B shape in 0.448 and 0.501 s where 4 MiB took 0.532 and 0.669 s; 256 KiB and 1 MiB
+/// were within 5 % of 512 KiB.
+pub const READ_SLICE: usize = 512 << 10;
+
+/// The read size from `WMAP_READ_SLICE_KIB` (64–65536 KiB), or [`READ_SLICE`] when unset.
+fn read_slice(var: Option<&str>) -> GpuResult<usize> {
+    let Some(v) = var else {
+        return Ok(READ_SLICE);
+    };
+    v.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|k| (64..=65536).contains(k))
+        .map(|k| k << 10)
+        .ok_or_else(|| {
+            super::Error::Unsupported(format!(
+                "WMAP_READ_SLICE_KIB=`{v}`: expected a size in KiB from 64 to 65536"
+            ))
+        })
 }
 
 /// What a GPU load did.
@@ -261,7 +291,9 @@ impl Stager<'_> {
             let t = Instant::now();
             match src {
                 Source::Assembled(buf) => chunk.copy_from_slice(&buf[done..done + len]),
-                Source::Pieces(list) => fill_chunk(ckpt, list, done as u64, chunk)?,
+                Source::Pieces(list) => {
+                    fill_chunk(ckpt, list, done as u64, chunk, self.staging.read_slice)?
+                }
             }
             self.read += t.elapsed();
             let mut view = dst.slice_mut(done - from..done - from + len);
@@ -505,22 +537,6 @@ fn quantize_streamed(
     }
 }
 
-/// Bytes per parallel read: small enough that a 64 MiB quantization chunk is many rounds
-/// of jobs for every reader thread (a fill ends when its slowest job does), large enough
-/// that syscalls stay rare. On an H200 machine (16 threads, 2026-12-02) 512 KiB filled the
-/// ring at 35–42 GB/s where 4 MiB managed 31; 256 KiB and 1 MiB were within 2 % of 512.
-/// `WMAP_READ_SLICE_KIB` (64–65536) sets it for measurements; anything else there is ignored.
-fn read_slice() -> usize {
-    static SLICE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *SLICE.get_or_init(|| {
-        std::env::var("WMAP_READ_SLICE_KIB")
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .filter(|k| (64..=65536).contains(k))
-            .map_or(512 << 10, |k| k << 10)
-    })
-}
-
 /// Fills `chunk` with target bytes `from..from + chunk.len()` from the pieces, reading in
 /// parallel slices so many cores pull from the page cache at once.
 fn fill_chunk(
@@ -528,8 +544,9 @@ fn fill_chunk(
     pieces: &[Piece],
     from: u64,
     chunk: &mut [u8],
+    slice: usize,
 ) -> Result<(), crate::diag::Diagnostic> {
-    let slice = read_slice() as u64;
+    let slice = slice.max(1) as u64;
     let to = from + chunk.len() as u64;
     let mut jobs: Vec<(usize, u64, u64, usize)> = Vec::new(); // (shard, file offset, len, chunk offset)
     for p in pieces {
@@ -559,7 +576,7 @@ fn fill_chunk(
 
 #[cfg(test)]
 mod tests {
-    use super::staging_shape;
+    use super::{read_slice, staging_shape, READ_SLICE};
 
     #[test]
     fn the_staging_ring_is_three_256_mib_buffers_unless_set_within_bounds() {
@@ -569,6 +586,15 @@ mod tests {
             "", "4", "x", "1x256", "17x64", "4x8", "4x2048", "axb", "4x-1",
         ] {
             assert!(staging_shape(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_read_size_is_512_kib_unless_set_within_bounds() {
+        assert_eq!(read_slice(None).unwrap(), READ_SLICE);
+        assert_eq!(read_slice(Some("1024")).unwrap(), 1 << 20);
+        for bad in ["", "32", "65537", "4M", "-1", "x"] {
+            assert!(read_slice(Some(bad)).is_err(), "{bad}");
         }
     }
 }
