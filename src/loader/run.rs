@@ -194,6 +194,9 @@ pub(super) fn device(b: Bound, ordinal: usize) -> Result<Loaded, Diagnostic> {
     let format = b.loader.quant;
     let (store, gstats) = loader::load(&gpu, &mut staging, &b.plan, &b.checkpoint, format)
         .map_err(Diagnostic::from)?;
+    // The staging ring's page-locked buffers are done with: give them back before an
+    // offload pool is page-locked, so host memory peaks at one of the two, not both.
+    drop(staging);
     let stats = load::Stats {
         tensors: gstats.tensors,
         tied: 0,
