@@ -38,7 +38,7 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from qlora_train import batch, with_lora  # noqa: E402
+from qlora_train import batch, steps, with_lora  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -129,18 +129,7 @@ def run(args, label, budget, warm_all):
     opt = torch.optim.AdamW(params, lr=args.lr)
     ids = batch(model.config.vocab_size, args.device, args.batch, args.length)
     before = store.stats()
-    losses = []
-    sync(args.device)
-    t = time.perf_counter()
-    for step in range(args.steps):
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        print(f"{label} step {step:3d}  loss {losses[-1]:.6f}", flush=True)
-    sync(args.device)
-    seconds = time.perf_counter() - t
+    losses, seconds = steps(model, opt, ids, args.steps, args.device, label=f"{label} ")
     s = store.stats()
     moved = s["bytes_moved"] - before["bytes_moved"]
     waited = s["waited_seconds"] - before["waited_seconds"]

@@ -71,25 +71,30 @@ def batch(vocab, device, size, length):
     return (torch.arange(length, device=device).reshape(1, length) * step + 5) % vocab
 
 
-def train(model, args, device):
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=args.lr)
-    ids = batch(model.config.vocab_size, device, args.batch, args.length)
+def steps(model, opt, ids, count, device, label=""):
+    """`count` AdamW steps on one batch, each loss printed; the losses and the seconds."""
     losses = []
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     t = time.perf_counter()
-    for step in range(args.steps):
+    for step in range(count):
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
-        print(f"step {step:3d}  loss {losses[-1]:.6f}", flush=True)
+        print(f"{label}step {step:3d}  loss {losses[-1]:.6f}", flush=True)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - t
+    return losses, time.perf_counter() - t
+
+
+def train(model, args, device):
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr)
+    ids = batch(model.config.vocab_size, device, args.batch, args.length)
+    losses, seconds = steps(model, opt, ids, args.steps, device)
     trainable = sum(p.numel() for p in params)
     print(f"{args.steps} steps in {seconds:.2f} s: {args.steps / seconds:.2f} steps/s, "
           f"{trainable} trainable params, loss {losses[0]:.4f} -> {losses[-1]:.4f}")
