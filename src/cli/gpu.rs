@@ -129,14 +129,23 @@ pub fn load(
         stats.device_bytes as f64 / 1e9,
         peak_rss_bytes() as f64 / 1e9,
     );
-    outln!(
-        "load thread: {:.3} s filling pinned staging from the checkpoint ({:.1} GB/s while filling), \
-         {:.3} s waiting for a staging buffer, {:.3} s assembling targets on the CPU (last load)",
-        stats.read_seconds,
-        stats.bytes_read as f64 / stats.read_seconds.max(1e-9) / 1e9,
-        stats.ring_wait_seconds,
-        stats.assemble_seconds,
-    );
+    if stats.reads_on_pool {
+        outln!(
+            "load thread: {:.3} s waiting for a staging buffer (the reads run on the pool meanwhile), \
+             {:.3} s assembling targets on the CPU (last load)",
+            stats.ring_wait_seconds,
+            stats.assemble_seconds,
+        );
+    } else {
+        outln!(
+            "load thread: {:.3} s filling pinned staging from the checkpoint ({:.1} GB/s while filling), \
+             {:.3} s waiting for a staging buffer, {:.3} s assembling targets on the CPU (last load)",
+            stats.read_seconds,
+            stats.bytes_read as f64 / stats.read_seconds.max(1e-9) / 1e9,
+            stats.ring_wait_seconds,
+            stats.assemble_seconds,
+        );
+    }
     if let Some(f) = format {
         outln!("quantized to {} on the device", f.name());
     }

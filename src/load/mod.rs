@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 
 pub use convert::{convert, convertible, e4m3_to_f32, e5m2_to_f32, is_training_float};
-pub use memory::{bytes_of, physical_memory, reserve_populated, zeroed};
+pub use memory::{bytes_of, physical_memory, reserve_populated, touch_pages, zeroed};
 pub use sink::{tie, HostStore, HostTensor, Sink};
 pub use write::{Entry, FileLayout, SafetensorsWriter};
 

@@ -134,7 +134,7 @@ impl<B: Backend> Manager<B> {
     /// thread does that at a few GB/s, so a multi-GB pool is faulted in parallel.
     pub fn prepare_host(&mut self) -> Result<(), Error> {
         if let Some(host) = Arc::get_mut(&mut self.host) {
-            touch_pages(host);
+            crate::load::touch_pages(host);
         }
         self.backend.prepare(&self.host)
     }
@@ -403,26 +403,4 @@ impl<B: Backend> Manager<B> {
     pub fn backend(&self) -> &B {
         &self.backend
     }
-}
-
-/// Writes one byte per page of `host` (zero, which it already holds), on up to 16 threads.
-fn touch_pages(host: &mut [u8]) {
-    const PAGE: usize = 4096;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(16));
-    if host.len() < (64 << 20) || threads < 2 {
-        return;
-    }
-    let chunk = host.len().div_ceil(threads).div_ceil(PAGE) * PAGE;
-    std::thread::scope(|s| {
-        for part in host.chunks_mut(chunk) {
-            s.spawn(move || {
-                for b in part.iter_mut().step_by(PAGE) {
-                    // A volatile write: the compiler may not drop a store of the value the
-                    // memory already holds, and faulting the page in is the point.
-                    // SAFETY: `b` is a valid, exclusive reference into `part`.
-                    unsafe { std::ptr::write_volatile(b, 0) };
-                }
-            });
-        }
-    });
 }
