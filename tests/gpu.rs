@@ -370,24 +370,14 @@ fn the_gpu_loader_matches_the_cpu_loader() {
         )
         .unwrap();
         let cpu_full = cpu_full.into_tensors();
-        // Both ways of filling the ring: reads on the pool while the load thread goes on
-        // (the default), and on the load thread before each copy.
-        for (staging_bytes, chunk, async_fill) in [
-            (4096usize, 4096usize, true),
-            (4096, 4096, false),
-            (1 << 20, 1 << 25, true),
-        ] {
+        for (staging_bytes, chunk) in [(4096usize, 4096usize), (1 << 20, 1 << 25)] {
             let mut staging = Staging::new(&gpu, 3, staging_bytes).unwrap();
             // Small chunks: stacked experts quantize in many pieces into one tensor.
             staging.chunk_elems = chunk;
-            staging.async_fill = async_fill;
             let (store, _) =
                 loader::load(&gpu, &mut staging, &b.plan, &b.checkpoint, format).unwrap();
             for t in &b.plan.targets {
-                let what = format!(
-                    "{fixture} staging {staging_bytes} async {async_fill}: {}",
-                    t.name
-                );
+                let what = format!("{fixture} staging {staging_bytes}: {}", t.name);
                 match store.get(&t.name).unwrap() {
                     DeviceTensor::Quantized(q) => {
                         let x: Vec<f32> = quant::to_f32(t.dtype, &cpu_full[&t.name].data);
@@ -410,9 +400,8 @@ fn the_gpu_loader_matches_the_cpu_loader() {
     println!("GPU loads (nf4, nf4-dq, mxfp4, fp8-block, nvfp4, full; small and large chunks) match the CPU");
 }
 
-/// A shard that shrinks after its header was checked fails the device load with E0511,
-/// whichever way the ring is filled, instead of hanging on reads that never finish or
-/// returning tensors of stale bytes; the device stays usable.
+/// A shard that shrinks after its header was checked fails the device load with E0511
+/// instead of returning tensors of stale bytes; the device and the ring stay usable.
 #[test]
 #[ignore = "needs a CUDA device: scripts/gpu-test.sh runs it with --include-ignored"]
 fn a_shard_truncated_during_a_device_load_fails_cleanly() {
@@ -420,36 +409,32 @@ fn a_shard_truncated_during_a_device_load_fails_cleanly() {
     use wmap::cuda::loader::{self, Staging};
     use wmap::driver::{self, ModelSource};
     let gpu = Gpu::new(0).expect("open the GPU");
-    for async_fill in [true, false] {
-        let dir = common::tempdir(&format!("gpu-shrinks-{async_fill}"));
-        let src = common::root().join("tests/fixtures/hf/llama");
-        for f in ["config.json", "model.safetensors"] {
-            std::fs::copy(src.join(f), dir.join(f)).unwrap();
-        }
-        let mut c = driver::compile(&ModelSource::Detect, Some(&dir.join("config.json"))).unwrap();
-        let b = driver::bind(&mut c, &dir, true).unwrap();
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(dir.join("model.safetensors"))
-            .unwrap();
-        f.set_len(8192).unwrap();
-        let mut staging = Staging::new(&gpu, 3, 4096).unwrap();
-        staging.async_fill = async_fill;
-        let fmt = Some(Format::Nf4 { blocksize: 64 });
-        let err = match loader::load(&gpu, &mut staging, &b.plan, &b.checkpoint, fmt) {
-            Ok(_) => panic!("a truncated shard loaded (async {async_fill})"),
-            Err(e) => wmap::diag::Diagnostic::from(e),
-        };
-        assert_eq!(err.code.as_str(), "E0511", "{}", err.message);
-        let _ = std::fs::remove_dir_all(&dir);
+    let mut staging = Staging::new(&gpu, 3, 4096).unwrap();
+    let dir = common::tempdir("gpu-shrinks");
+    let src = common::root().join("tests/fixtures/hf/llama");
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
     }
+    let mut c = driver::compile(&ModelSource::Detect, Some(&dir.join("config.json"))).unwrap();
+    let b = driver::bind(&mut c, &dir, true).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("model.safetensors"))
+        .unwrap();
+    f.set_len(8192).unwrap();
+    let fmt = Some(Format::Nf4 { blocksize: 64 });
+    let err = match loader::load(&gpu, &mut staging, &b.plan, &b.checkpoint, fmt) {
+        Ok(_) => panic!("a truncated shard loaded"),
+        Err(e) => wmap::diag::Diagnostic::from(e),
+    };
+    assert_eq!(err.code.as_str(), "E0511", "{}", err.message);
+    let _ = std::fs::remove_dir_all(&dir);
     // The same ring and device load a whole checkpoint afterwards.
     let dir = common::root().join("tests/fixtures/hf/llama");
     let mut c = driver::compile(&ModelSource::Detect, Some(&dir.join("config.json"))).unwrap();
     let b = driver::bind(&mut c, &dir, true).unwrap();
-    let mut staging = Staging::new(&gpu, 3, 4096).unwrap();
     loader::load(&gpu, &mut staging, &b.plan, &b.checkpoint, None).unwrap();
-    println!("a truncated shard fails a device load with E0511 (async and sync fills)");
+    println!("a truncated shard fails a device load with E0511");
 }
 
 /// The GPU weight manager: experts offloaded to page-locked host groups under a small

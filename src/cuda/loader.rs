@@ -1,9 +1,8 @@
 //! The streaming GPU loader: checkpoint bytes → pinned staging → device, quantized there.
 //!
 //! Reader threads fill a ring of pinned staging buffers (allocated once, see [`Staging`])
-//! with positioned reads on the rayon pool, without the load thread waiting for them
-//! ([`fill`]: the copy stream itself waits); a copy stream moves each filled region to the
-//! device while the readers fill the next; targets marked `quantizable` land in a device scratch buffer
+//! with positioned reads; a copy stream moves each filled buffer to the device while the
+//! readers fill the next; targets marked `quantizable` land in a device scratch buffer
 //! and are quantized on the compute stream while the next target is copied. Assembly
 //! (fuse on dim 0, stack) happens on the way: each checkpoint tensor is copied to its
 //! offset inside the target, so every byte crosses PCIe once. Targets that slice,
@@ -12,7 +11,6 @@
 //! quantizable target. Pre-quantized sources travel as stored and are decoded (or passed
 //! through) on the device ([`prequant`]).
 
-mod fill;
 mod prequant;
 mod ring;
 
@@ -83,9 +81,6 @@ pub struct Staging {
     pub chunk_elems: usize,
     /// Bytes per parallel read from the checkpoint (default [`READ_SLICE`]).
     pub read_slice: usize,
-    /// Fill buffers on the rayon pool while the load thread goes on ([`fill`]); `false`
-    /// fills each on the load thread before its copy (`WMAP_FILL=sync`, to compare).
-    pub async_fill: bool,
 }
 
 impl Staging {
@@ -102,7 +97,6 @@ impl Staging {
             buffer_bytes,
             chunk_elems: CHUNK_ELEMS,
             read_slice: READ_SLICE,
-            async_fill: true,
         }
     }
 
@@ -142,15 +136,13 @@ pub struct Ready {
 
 impl Ready {
     /// Three 256 MiB buffers by default: enough to keep reads, copies and kernels all
-    /// busy. For measurements, `WMAP_STAGING=NxM` (N buffers of M MiB) sets the ring,
-    /// `WMAP_READ_SLICE_KIB` the parallel read size and `WMAP_FILL=sync` fills on the
-    /// load thread; a value out of range is refused. The ring's pages are faulted in on
-    /// other threads while the context is created.
+    /// busy. For measurements, `WMAP_STAGING=NxM` (N buffers of M MiB) sets the ring and
+    /// `WMAP_READ_SLICE_KIB` the parallel read size; a value out of range is refused. The
+    /// ring's pages are faulted in on other threads while the context is created.
     pub fn open(ordinal: usize) -> GpuResult<Ready> {
         let t0 = std::time::Instant::now();
         let (count, mib) = staging_shape(std::env::var("WMAP_STAGING").ok().as_deref())?;
         let read_slice = read_slice(std::env::var("WMAP_READ_SLICE_KIB").ok().as_deref())?;
-        let async_fill = fill_mode(std::env::var("WMAP_FILL").ok().as_deref())?;
         let bytes = ring_bytes(count, mib << 20)?;
         let host = std::thread::Builder::new()
             .name("wmap-staging".into())
@@ -165,23 +157,11 @@ impl Ready {
         ring.register(&gpu.ctx)?;
         let mut staging = Staging::from_ring(ring, count, mib << 20);
         staging.read_slice = read_slice;
-        staging.async_fill = async_fill;
         Ok(Ready {
             gpu,
             staging,
             seconds: t0.elapsed().as_secs_f64(),
         })
-    }
-}
-
-/// `WMAP_FILL`: `async` (the default) or `sync`.
-fn fill_mode(var: Option<&str>) -> GpuResult<bool> {
-    match var.map(str::trim) {
-        None | Some("async") => Ok(true),
-        Some("sync") => Ok(false),
-        Some(v) => Err(super::Error::Unsupported(format!(
-            "WMAP_FILL=`{v}`: expected `async` or `sync`"
-        ))),
     }
 }
 
@@ -244,9 +224,6 @@ pub struct GpuLoadStats {
     /// (conversions, slices). The rest is issuing copies and kernels, and the final wait.
     pub read_seconds: f64,
     pub ring_wait_seconds: f64,
-    /// The reads ran on the pool ([`fill`]): `read_seconds` is then only the load thread
-    /// handing them out, and the waits for ring buffers include waiting for reads.
-    pub reads_on_pool: bool,
     pub assemble_seconds: f64,
 }
 
@@ -300,18 +277,16 @@ fn pieces(t: &Target) -> Option<Vec<Piece>> {
 pub const CHUNK_ELEMS: usize = 32 << 20;
 
 /// Moves target bytes from the checkpoint through the pinned ring to the device.
-struct Stager<'s, 'a, 'scope> {
+struct Stager<'s> {
     staging: &'s mut Staging,
     /// The buffer being filled and how far; small targets share a buffer.
     ring: usize,
     cursor: usize,
-    /// Time the load thread spent filling buffers itself and waiting for them (see
-    /// [`GpuLoadStats`]).
+    /// Time spent filling buffers, waiting for them, and assembling targets on the CPU
+    /// (see [`GpuLoadStats`]).
     read: std::time::Duration,
     wait: std::time::Duration,
-    /// Where checkpoint pieces are read on the pool ([`fill`]); `None` reads them on the
-    /// load thread.
-    reads: Option<fill::Reads<'a, 'scope>>,
+    assemble: std::time::Duration,
 }
 
 /// Where a target's bytes come from.
@@ -320,7 +295,7 @@ enum Source<'a> {
     Assembled(&'a [u8]),
 }
 
-impl Stager<'_, '_, '_> {
+impl Stager<'_> {
     /// Copies target bytes `from..to` to `dst[0..to - from]` on the copy stream.
     fn stage(
         &mut self,
@@ -353,19 +328,9 @@ impl Stager<'_, '_, '_> {
             let chunk = &mut self.staging.ring.as_mut_slice()[at..at + len];
             self.cursor += len;
             let t = Instant::now();
-            match (src, &self.reads) {
-                (Source::Assembled(buf), _) => chunk.copy_from_slice(&buf[done..done + len]),
-                (Source::Pieces(list), Some(reads)) => {
-                    reads.check()?;
-                    let slice = self.staging.read_slice;
-                    let jobs = read_jobs(list, done as u64, chunk, slice);
-                    // SAFETY: `chunk` is page-locked ring memory that the staging borrow
-                    // keeps alive past the load's scope; its bytes are this call's alone
-                    // until the copy queued below has run (the buffer is refilled only
-                    // after its `in_flight` event).
-                    unsafe { reads.fill(jobs, &gpu.copy_stream) }?;
-                }
-                (Source::Pieces(list), None) => {
+            match src {
+                Source::Assembled(buf) => chunk.copy_from_slice(&buf[done..done + len]),
+                Source::Pieces(list) => {
                     fill_chunk(ckpt, list, done as u64, chunk, self.staging.read_slice)?
                 }
             }
@@ -440,44 +405,28 @@ pub fn load(
         free: [None, None],
         which: 0,
     };
-    let failed = std::sync::Mutex::new(None);
-    let async_fill = staging.async_fill;
-    let mut stats = GpuLoadStats {
-        reads_on_pool: async_fill,
-        ..Default::default()
+    let mut stats = GpuLoadStats::default();
+    let mut stager = Stager {
+        staging,
+        ring: 0,
+        cursor: 0,
+        read: Default::default(),
+        wait: Default::default(),
+        assemble: Default::default(),
     };
-    let mut assemble = std::time::Duration::ZERO;
-    let loaded = rayon::in_place_scope(|scope| {
-        let mut stager = Stager {
-            staging,
-            ring: 0,
-            cursor: 0,
-            read: Default::default(),
-            wait: Default::default(),
-            reads: async_fill.then_some(fill::Reads {
-                scope,
-                ckpt,
-                failed: &failed,
-            }),
-        };
-        let held = 2 * scratch_bytes as u64;
-        let r = load_targets(
-            gpu,
-            &mut stager,
-            plan,
-            ckpt,
-            format,
-            &mut scratch,
-            held,
-            &mut stats,
-            &mut assemble,
-        );
-        stats.read_seconds = stager.read.as_secs_f64();
-        stats.ring_wait_seconds = stager.wait.as_secs_f64();
-        r
-    });
-    // The scope has ended, so every read is done and every queued wait returns: the
-    // streams drain even when the load failed, before its buffers are freed.
+    let loaded = load_targets(
+        gpu,
+        &mut stager,
+        plan,
+        ckpt,
+        format,
+        &mut scratch,
+        &mut stats,
+    );
+    stats.read_seconds = stager.read.as_secs_f64();
+    stats.ring_wait_seconds = stager.wait.as_secs_f64();
+    stats.assemble_seconds = stager.assemble.as_secs_f64();
+    // The streams drain even when the load failed, before its buffers are freed.
     let drained = gpu
         .copy_stream
         .synchronize()
@@ -485,31 +434,25 @@ pub fn load(
         .and_then(|()| gpu.sync());
     let (store, peak) = loaded?;
     drained?;
-    if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        return Err(e.into());
-    }
     drop(scratch);
     stats.seconds = start.elapsed().as_secs_f64();
-    stats.assemble_seconds = assemble.as_secs_f64();
     stats.device_bytes = store.device_bytes();
     stats.peak_device_bytes = peak;
     Ok((store, stats))
 }
 
-/// Every target of `plan` in order; returns the store and the peak of device bytes held
-/// (starting from `held`, the scratch).
-#[allow(clippy::too_many_arguments)]
+/// Every target of `plan` in order; returns the store and the peak of device bytes held,
+/// the scratch included.
 fn load_targets(
     gpu: &Gpu,
-    stager: &mut Stager<'_, '_, '_>,
+    stager: &mut Stager<'_>,
     plan: &Plan,
     ckpt: &Checkpoint,
     format: Option<Format>,
     scratch: &mut Scratch,
-    mut held: u64,
     stats: &mut GpuLoadStats,
-    assemble: &mut std::time::Duration,
 ) -> GpuResult<(DeviceStore, u64)> {
+    let mut held: u64 = scratch.bufs.iter().map(|b| b.len() as u64).sum();
     let mut peak = held;
     let mut store = DeviceStore {
         tensors: BTreeMap::new(),
@@ -532,7 +475,7 @@ fn load_targets(
             }
             p.tensor
         } else {
-            plain_target(gpu, stager, ckpt, t, format, scratch, assemble)?
+            plain_target(gpu, stager, ckpt, t, format, scratch)?
         };
         stats.bytes_read += crate::load::read_bytes(t);
         held += device_size(&tensor);
@@ -556,12 +499,11 @@ struct Scratch {
 /// pieces, or assembled by the CPU path; staged, and quantized on the way if `format`.
 fn plain_target(
     gpu: &Gpu,
-    stager: &mut Stager<'_, '_, '_>,
+    stager: &mut Stager<'_>,
     ckpt: &Checkpoint,
     t: &Target,
     format: Option<Format>,
     scratch: &mut Scratch,
-    assemble: &mut std::time::Duration,
 ) -> GpuResult<DeviceTensor> {
     let bytes = target_len(t)?;
     let list = pieces(t);
@@ -571,7 +513,7 @@ fn plain_target(
             let at = Instant::now();
             let mut buf = vec![0u8; bytes];
             crate::load::fill_target(ckpt, t, &mut buf)?;
-            *assemble += at.elapsed();
+            stager.assemble += at.elapsed();
             Some(buf)
         }
     };
@@ -597,7 +539,7 @@ fn plain_target(
 /// where the format allows, each chunk copied while the one before is quantized.
 fn quantize_streamed(
     gpu: &Gpu,
-    stager: &mut Stager<'_, '_, '_>,
+    stager: &mut Stager<'_>,
     ckpt: &Checkpoint,
     src: &Source,
     t: &Target,
@@ -653,33 +595,8 @@ fn quantize_streamed(
     }
 }
 
-/// The reads that fill `chunk` with target bytes `from..from + chunk.len()` from the
-/// pieces, in slices of at most `slice` bytes so many cores pull from the page cache at
-/// once. They cover `chunk` without overlapping.
-fn read_jobs(pieces: &[Piece], from: u64, chunk: &mut [u8], slice: usize) -> Vec<fill::Read> {
-    let slice = slice.max(1) as u64;
-    let to = from + chunk.len() as u64;
-    let base = chunk.as_mut_ptr() as usize;
-    let mut jobs = Vec::new();
-    for p in pieces {
-        let (a, b) = (p.at.max(from), (p.at + p.len).min(to));
-        let mut x = a;
-        while x < b {
-            let y = (x + slice).min(b);
-            jobs.push(fill::Read {
-                shard: p.shard,
-                offset: p.offset + (x - p.at),
-                len: (y - x) as usize,
-                dst: base + (x - from) as usize,
-            });
-            x = y;
-        }
-    }
-    jobs
-}
-
 /// Fills `chunk` with target bytes `from..from + chunk.len()` from the pieces, reading in
-/// parallel slices, before returning.
+/// parallel slices so many cores pull from the page cache at once.
 fn fill_chunk(
     ckpt: &Checkpoint,
     pieces: &[Piece],
@@ -687,18 +604,37 @@ fn fill_chunk(
     chunk: &mut [u8],
     slice: usize,
 ) -> Result<(), crate::diag::Diagnostic> {
-    let jobs = read_jobs(pieces, from, chunk, slice);
-    jobs.into_par_iter().try_for_each(|r| {
-        // SAFETY: the jobs are disjoint ranges of `chunk`, which this call borrows
-        // mutably until they are all done.
-        let buf = unsafe { std::slice::from_raw_parts_mut(r.dst as *mut u8, r.len) };
-        ckpt.read_at(r.shard, r.offset, buf)
-    })
+    let slice = slice.max(1) as u64;
+    let to = from + chunk.len() as u64;
+    let mut jobs: Vec<(usize, u64, u64, usize)> = Vec::new(); // (shard, file offset, len, chunk offset)
+    for p in pieces {
+        let (a, b) = (p.at.max(from), (p.at + p.len).min(to));
+        let mut x = a;
+        while x < b {
+            let y = (x + slice).min(b);
+            jobs.push((p.shard, p.offset + (x - p.at), y - x, (x - from) as usize));
+            x = y;
+        }
+    }
+    // Hand each job its own disjoint piece of the chunk.
+    jobs.sort_by_key(|j| j.3);
+    let mut rest: &mut [u8] = chunk;
+    let mut cursor = 0usize;
+    let mut work: Vec<(usize, u64, &mut [u8])> = Vec::with_capacity(jobs.len());
+    for (shard, off, len, at) in jobs {
+        let (_, tail) = rest.split_at_mut(at - cursor);
+        let (mine, tail) = tail.split_at_mut(len as usize);
+        work.push((shard, off, mine));
+        rest = tail;
+        cursor = at + len as usize;
+    }
+    work.into_par_iter()
+        .try_for_each(|(shard, off, buf)| ckpt.read_at(shard, off, buf))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{fill_mode, read_slice, staging_shape, READ_SLICE};
+    use super::{read_slice, staging_shape, READ_SLICE};
 
     #[test]
     fn the_staging_ring_is_three_256_mib_buffers_unless_set_within_bounds() {
@@ -708,16 +644,6 @@ mod tests {
             "", "4", "x", "1x256", "17x64", "4x8", "4x2048", "axb", "4x-1",
         ] {
             assert!(staging_shape(Some(bad)).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn the_ring_fills_on_the_pool_unless_set_to_sync() {
-        assert!(fill_mode(None).unwrap());
-        assert!(fill_mode(Some("async")).unwrap());
-        assert!(!fill_mode(Some("sync")).unwrap());
-        for bad in ["", "Sync", "1", "pool"] {
-            assert!(fill_mode(Some(bad)).is_err(), "{bad}");
         }
     }
 

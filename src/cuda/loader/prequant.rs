@@ -40,7 +40,7 @@ pub(super) struct Prequant {
 /// `None`: the target is not one (the caller loads it as any other).
 pub(super) fn target(
     gpu: &Gpu,
-    stager: &mut Stager<'_, '_, '_>,
+    stager: &mut Stager<'_>,
     ckpt: &Checkpoint,
     t: &Target,
     format: Option<Format>,
@@ -137,7 +137,7 @@ fn bf16_bytes(r: &Recipe) -> GpuResult<usize> {
 /// Writes `r`'s bf16 elements into `dst` (exactly their size); `r` is [`decodable`].
 fn decode(
     gpu: &Gpu,
-    stager: &mut Stager<'_, '_, '_>,
+    stager: &mut Stager<'_>,
     ckpt: &Checkpoint,
     r: &Recipe,
     dst: &mut CudaViewMut<'_, u8>,
@@ -177,7 +177,7 @@ fn decode(
 /// kernel into `dst`.
 fn decode_stored(
     gpu: &Gpu,
-    stager: &mut Stager<'_, '_, '_>,
+    stager: &mut Stager<'_>,
     ckpt: &Checkpoint,
     r: &Recipe,
     dst: &mut CudaViewMut<'_, u8>,
@@ -222,7 +222,7 @@ fn wait_for_copies(gpu: &Gpu) -> GpuResult<()> {
 /// A whole checkpoint tensor, as stored, into `dst` (its size) through the pinned ring.
 fn stage_read_into(
     gpu: &Gpu,
-    stager: &mut Stager<'_, '_, '_>,
+    stager: &mut Stager<'_>,
     ckpt: &Checkpoint,
     r: &Recipe,
     dst: &mut CudaViewMut<'_, u8>,
@@ -255,7 +255,7 @@ fn stage_read_into(
 /// checks need the quant state), so they travel from there through the pinned ring.
 fn upload(
     gpu: &Gpu,
-    stager: &mut Stager<'_, '_, '_>,
+    stager: &mut Stager<'_>,
     ckpt: &Checkpoint,
     q: &QuantizedTensor,
 ) -> GpuResult<DeviceQuantized> {
@@ -299,7 +299,7 @@ struct Upload<'a> {
 }
 
 impl Upload<'_> {
-    fn bytes(&self, stager: &mut Stager<'_, '_, '_>, bytes: &[u8]) -> GpuResult<CudaSlice<u8>> {
+    fn bytes(&self, stager: &mut Stager<'_>, bytes: &[u8]) -> GpuResult<CudaSlice<u8>> {
         let mut buf = alloc_bytes(self.gpu, bytes.len())?;
         let mut view = buf.slice_mut(..bytes.len());
         let src = Source::Assembled(bytes);
@@ -307,7 +307,7 @@ impl Upload<'_> {
         Ok(buf)
     }
 
-    fn f32s(&self, stager: &mut Stager<'_, '_, '_>, values: &[f32]) -> GpuResult<CudaSlice<f32>> {
+    fn f32s(&self, stager: &mut Stager<'_>, values: &[f32]) -> GpuResult<CudaSlice<f32>> {
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         // SAFETY: every element is written by the copy below before it is read.
         let mut buf = unsafe { super::super::fresh::<f32>(&self.gpu.stream, values.len().max(1)) }

@@ -5,9 +5,10 @@
 //! `cuMemHostAlloc` did both steps after the context was up, on one thread: 768 MiB took
 //! 0.25–0.4 s of every process's setup on an H200 host (2026-12-02, a 2×16 MiB ring gave
 //! 0.24 s of setup where 3×256 MiB gave 0.46–0.64 s). Registering pages already present
-//! is the cheap part (about 50 GB/s there).
+//! is the cheap part (about 50 GB/s there). The memory is mapped anonymously rather than
+//! taken from the allocator, whose page-aligned zeroed allocations are zeroed with one
+//! `memset` on one thread.
 
-use std::alloc::Layout;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
@@ -20,7 +21,8 @@ const PAGE: usize = 4096;
 /// Page-aligned host memory, page-locked once [`RingMemory::register`] succeeds.
 pub struct RingMemory {
     ptr: NonNull<u8>,
-    layout: Layout,
+    /// Mapped bytes: a whole number of pages.
+    size: usize,
     /// The context the pages are registered with (unregistered on drop).
     registered: Option<Arc<CudaContext>>,
 }
@@ -35,14 +37,24 @@ impl RingMemory {
             .max(1)
             .checked_next_multiple_of(PAGE)
             .ok_or_else(|| Error::Unsupported(format!("a staging ring of {len} bytes")))?;
-        let layout = Layout::from_size_align(size, PAGE)
-            .map_err(|_| Error::Unsupported(format!("a staging ring of {len} bytes")))?;
-        // SAFETY: `layout` has a non-zero size.
-        let ptr = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })
-            .ok_or_else(|| Error::Call(format!("cannot allocate {size} bytes of staging")))?;
+        // SAFETY: a fresh private anonymous mapping; the kernel hands it out zeroed.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        let ptr = (p != libc::MAP_FAILED)
+            .then(|| NonNull::new(p.cast::<u8>()))
+            .flatten()
+            .ok_or_else(|| Error::Call(format!("cannot map {size} bytes of staging")))?;
         let mut ring = RingMemory {
             ptr,
-            layout,
+            size,
             registered: None,
         };
         crate::load::touch_pages(ring.as_mut_slice());
@@ -58,12 +70,11 @@ impl RingMemory {
             .map_err(|e| format!("cannot bind the context: {e:?}"))?;
         // SAFETY: registers memory this value owns for its whole life; it is unregistered
         // in `drop` before it is freed.
-        let res =
-            unsafe { sys::cuMemHostRegister_v2(self.ptr.as_ptr().cast(), self.layout.size(), 0) };
+        let res = unsafe { sys::cuMemHostRegister_v2(self.ptr.as_ptr().cast(), self.size, 0) };
         if res != sys::CUresult::CUDA_SUCCESS {
             return Err(Error::Call(format!(
                 "cannot page-lock {} bytes of staging: {res:?}",
-                self.layout.size()
+                self.size
             )));
         }
         self.registered = Some(ctx.clone());
@@ -71,8 +82,8 @@ impl RingMemory {
     }
 
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: `ptr` owns `layout.size()` initialized (zeroed) bytes, borrowed mutably.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.layout.size()) }
+        // SAFETY: `ptr` owns `size` initialized (zeroed) bytes, borrowed mutably.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.size) }
     }
 }
 
@@ -87,7 +98,7 @@ impl Drop for RingMemory {
                 }
             }
         }
-        // SAFETY: allocated in `new` with this layout.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
+        // SAFETY: mapped in `new` with this size; nothing borrows it any more.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.size) };
     }
 }
