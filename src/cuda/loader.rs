@@ -634,7 +634,7 @@ fn fill_chunk(
 
 #[cfg(test)]
 mod tests {
-    use super::{read_slice, staging_shape, READ_SLICE};
+    use super::{read_slice, ring_bytes, staging_shape, READ_SLICE};
 
     #[test]
     fn the_staging_ring_is_three_256_mib_buffers_unless_set_within_bounds() {
@@ -644,6 +644,14 @@ mod tests {
             "", "4", "x", "1x256", "17x64", "4x8", "4x2048", "axb", "4x-1",
         ] {
             assert!(staging_shape(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_ring_size_that_overflows_or_is_empty_is_refused() {
+        assert_eq!(ring_bytes(3, 256 << 20).unwrap(), 3 * (256 << 20));
+        for (n, b) in [(0, 1 << 20), (3, 0), (usize::MAX, 2), (2, usize::MAX)] {
+            assert!(ring_bytes(n, b).is_err(), "{n} x {b}");
         }
     }
 
