@@ -16,6 +16,7 @@ mod fp8_rows;
 mod memory;
 pub mod output;
 pub mod prequant;
+mod runs;
 mod sink;
 mod write;
 
@@ -25,6 +26,7 @@ use rayon::prelude::*;
 
 pub use convert::{convert, convertible, e4m3_to_f32, e5m2_to_f32, is_training_float};
 pub use memory::{bytes_of, physical_memory, reserve_populated, touch_pages, zeroed};
+pub use runs::Runs;
 pub use sink::{tie, HostStore, HostTensor, Sink};
 pub use write::{Entry, FileLayout, SafetensorsWriter};
 
@@ -148,6 +150,14 @@ pub fn execute(
                     sink.stored_quantized(t, q)?;
                     progress(read_bytes(t));
                     return Ok(());
+                }
+                if sink.takes_runs(t) {
+                    let runs = Runs::of(ckpt, &t.recipe, t.dtype);
+                    if let Some(runs) = runs.filter(|r| r.len() == n as u64) {
+                        sink.tensor_runs(t, &runs)?;
+                        progress(read_bytes(t));
+                        return Ok(());
+                    }
                 }
                 let mut data = take_buffer(&pool, n, &t.name)?;
                 assemble::fill(ckpt, &t.recipe, t.dtype, &mut data)?;

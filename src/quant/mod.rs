@@ -218,6 +218,36 @@ pub fn to_f32(dtype: Dtype, bytes: &[u8]) -> Vec<f32> {
     }
 }
 
+/// Whether `format` quantizes `dtype` a run at a time ([`quantize_runs`]): the bnb and
+/// FP8 formats, from bf16, f16 or f32.
+pub fn streams(format: Format, dtype: Dtype) -> bool {
+    let runs = bnb_params(format).is_some()
+        || matches!(
+            format,
+            Format::Fp8Block { .. } | Format::Fp8PerChannel | Format::Fp8PerTensor
+        );
+    runs && widener(dtype).is_some()
+}
+
+/// Widens bf16/f16/f32 little-endian bytes into `out` (as many as it holds): one
+/// monomorphic loop per dtype, since through a function pointer the call per element
+/// cost more than the quantization itself. Other dtypes never reach here ([`streams`]).
+fn widen(dtype: Dtype, src: &[u8], out: &mut [f32]) {
+    match dtype {
+        Dtype::Bf16 => widen_bf16(src, out),
+        Dtype::F16 => {
+            for (o, c) in out.iter_mut().zip(src.chunks_exact(2)) {
+                *o = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
+            }
+        }
+        _ => {
+            for (o, c) in out.iter_mut().zip(src.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+    }
+}
+
 /// [`quantize`] straight from a tensor's bytes, and its reconstruction error. The bnb
 /// and FP8 formats widen bf16/f16 a run at a time (no float32 copy of the tensor); the
 /// others widen the whole tensor first.
@@ -227,34 +257,69 @@ pub fn quantize_bytes(
     bytes: &[u8],
     shape: &[u64],
 ) -> (QuantizedTensor, ErrorStats) {
-    let streams = bnb_params(format).is_some()
-        || matches!(
-            format,
-            Format::Fp8Block { .. } | Format::Fp8PerChannel | Format::Fp8PerTensor
-        );
-    if widener(dtype).is_none() || !streams {
+    if !streams(format, dtype) {
         let x = to_f32(dtype, bytes);
         let q = quantize(format, &x, shape);
         let err = q.error_against(&x);
         return (q, err);
     }
-    let n = bytes.len() / dtype.size();
-    // One monomorphic widening loop per dtype: through a function pointer, the call per
-    // element cost more than the quantization itself.
-    match dtype {
-        Dtype::Bf16 => quantize_filled(format, n, shape, &|start, out: &mut [f32]| {
-            widen_bf16(&bytes[2 * start..], out)
-        }),
-        Dtype::F16 => quantize_filled(format, n, shape, &|start, out: &mut [f32]| {
-            for (o, c) in out.iter_mut().zip(bytes[2 * start..].chunks_exact(2)) {
-                *o = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
+    let es = dtype.size();
+    quantize_filled(
+        format,
+        bytes.len() / es,
+        shape,
+        &|start, out: &mut [f32]| widen(dtype, &bytes[es * start..], out),
+    )
+}
+
+thread_local! {
+    /// The checkpoint bytes of the run a thread is widening ([`quantize_runs`]): a few
+    /// hundred KiB, reused for every run, so they stay in cache and need no fresh pages.
+    static PIECE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// [`quantize_bytes`] over a target read from the checkpoint a run at a time, each run
+/// into a small per-thread buffer and widened from there: the tensor's full-precision
+/// bytes never land in memory of their own (fresh pages cost more than quantizing).
+/// Gives the same bytes as [`quantize_bytes`] over the assembled tensor. A format or
+/// dtype that does not stream ([`streams`]) is an internal error: the caller asks first.
+pub fn quantize_runs(
+    format: Format,
+    runs: &crate::load::Runs,
+    shape: &[u64],
+) -> Result<(QuantizedTensor, ErrorStats), crate::diag::Diagnostic> {
+    let dtype = runs.dtype;
+    if !streams(format, dtype) {
+        return Err(crate::diag::Diagnostic::new(
+            crate::diag::Code::E0901,
+            format!(
+                "{} does not quantize {dtype:?} run by run; this is a bug in wmapc",
+                format.name()
+            ),
+        ));
+    }
+    let es = dtype.size();
+    let failed = std::sync::Mutex::new(None);
+    let fill = |start: usize, out: &mut [f32]| {
+        PIECE.with_borrow_mut(|piece| {
+            piece.resize(out.len() * es, 0);
+            match runs.read((start * es) as u64, piece) {
+                Ok(()) => widen(dtype, piece, out),
+                Err(d) => {
+                    // The first failure is reported; the run's values are moot.
+                    failed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert(d);
+                    out.fill(0.0);
+                }
             }
-        }),
-        _ => quantize_filled(format, n, shape, &|start, out: &mut [f32]| {
-            for (o, c) in out.iter_mut().zip(bytes[4 * start..].chunks_exact(4)) {
-                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-            }
-        }),
+        })
+    };
+    let done = quantize_filled(format, runs.len() as usize / es, shape, &fill);
+    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(d) => Err(d),
+        None => Ok(done),
     }
 }
 
