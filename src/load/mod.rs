@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 
 pub use convert::{convert, convertible, e4m3_to_f32, e5m2_to_f32, is_training_float};
-pub use memory::{bytes_of, physical_memory, reserve_populated, touch_pages, zeroed};
+pub use memory::{bytes_of, physical_memory, reserve_populated, touch_pages, try_zeroed, zeroed};
 pub use runs::Runs;
 pub use sink::{tie, HostStore, HostTensor, Sink};
 pub use write::{Entry, FileLayout, SafetensorsWriter};
@@ -99,11 +99,17 @@ fn take_buffer(
             .max_by_key(|(_, b)| b.capacity())
             .map(|(i, _)| i)
     });
-    let mut b = match pick {
-        Some(i) => pool.swap_remove(i),
-        None => Vec::new(),
-    };
+    let taken = pick.map(|i| pool.swap_remove(i));
     drop(pool);
+    let Some(mut b) = taken else {
+        // Nothing pooled: fresh zeroed pages, populated, with no second write of zeros.
+        return try_zeroed(n).ok_or_else(|| {
+            memory::too_large(
+                name,
+                format!("a {n}-byte buffer, which cannot be allocated"),
+            )
+        });
+    };
     if b.len() > n {
         b.truncate(n);
     } else {
