@@ -12,6 +12,7 @@ pub mod dequant;
 pub mod dynamic;
 pub mod fp4;
 pub mod fp8;
+mod nf4_avx512;
 mod store;
 pub mod torch_mean;
 
