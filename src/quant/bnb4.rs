@@ -283,7 +283,7 @@ pub fn quantize_with(
 /// baseline build otherwise. Both are exact float32 compares and multiplies (no fused
 /// operations), so they give the same bytes; a test holds them to that.
 fn encode_task(kind: Kind, x: &[f32], blocksize: usize, absmax: &mut [f32], out: &mut [u8]) {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", wmap_avx512))]
     if kind == Kind::Nf4 && blocksize % 16 == 0 && super::nf4_avx512::available() {
         let tail = |block: &[f32], inv: f32, dst: &mut [u8]| encode_block(kind, block, inv, dst);
         // SAFETY: the CPU reports AVX-512F, the feature this encoder needs.

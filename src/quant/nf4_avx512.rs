@@ -14,7 +14,6 @@
 //! MID[b])`. NaN goes to bucket 0, whose base is 0 and which no midpoint is in: code 0,
 //! as the search gives.
 
-#[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
 use super::bnb4::NF4_MIDS;
@@ -71,7 +70,6 @@ const BASE: [i32; 32] = {
 };
 
 /// Whether this CPU runs [`encode_task`] (and the baseline is not forced).
-#[cfg(target_arch = "x86_64")]
 pub fn available() -> bool {
     super::has_avx2() && std::arch::is_x86_feature_detected!("avx512f")
 }
@@ -82,7 +80,6 @@ pub fn available() -> bool {
 ///
 /// # Safety
 /// The CPU must have AVX-512F ([`available`]).
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 pub unsafe fn encode_task(
     x: &[f32],
@@ -107,7 +104,6 @@ pub unsafe fn encode_task(
 }
 
 /// The packed codes of 16 values scaled by `inv`: 8 bytes, as a little-endian u64.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
 fn codes16(v: &[f32], inv: f32) -> u64 {
