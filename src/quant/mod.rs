@@ -31,6 +31,17 @@ fn has_avx2() -> bool {
         && !*NO_AVX2.get_or_init(|| std::env::var_os("WMAP_NO_AVX2").is_some())
 }
 
+/// Whether the hot loops may run their AVX-512 (F and BW) builds: where the CPU has
+/// them, the compiler can build them (`wmap_avx512`, see build.rs), and `WMAP_NO_AVX2`
+/// does not force the baseline.
+#[cfg(all(target_arch = "x86_64", wmap_avx512))]
+#[allow(clippy::incompatible_msrv)]
+fn has_avx512() -> bool {
+    has_avx2()
+        && std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+}
+
 use crate::checkpoint::Dtype;
 
 /// A quantization format and its parameters.
@@ -184,12 +195,25 @@ fn widener(dtype: Dtype) -> Option<fn(&[u8]) -> f32> {
 /// bf16 little-endian bytes to f32 (exact: the bits shifted up), as many as `out` holds.
 /// Built for AVX2 where the CPU has it, like the quantizers' loops it feeds.
 fn widen_bf16(src: &[u8], out: &mut [f32]) {
+    #[cfg(all(target_arch = "x86_64", wmap_avx512))]
+    if has_avx512() {
+        // SAFETY: the CPU reports AVX-512F and BW, the only features this build adds.
+        unsafe { widen_bf16_avx512(src, out) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU reports AVX2, the only feature this build of the function adds.
         unsafe { widen_bf16_avx2(src, out) };
         return;
     }
+    widen_bf16_portable(src, out);
+}
+
+#[cfg(all(target_arch = "x86_64", wmap_avx512))]
+#[allow(clippy::incompatible_msrv)]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn widen_bf16_avx512(src: &[u8], out: &mut [f32]) {
     widen_bf16_portable(src, out);
 }
 
@@ -511,6 +535,12 @@ impl ErrorStats {
     /// add at every element, which made the sampled error report cost almost half as
     /// much as quantizing. The order of the adds is fixed, so the result is too.
     pub fn measure(reference: &[f32], approx: &[f32]) -> ErrorStats {
+        #[cfg(all(target_arch = "x86_64", wmap_avx512))]
+        if has_avx512() {
+            // SAFETY: the CPU reports AVX-512F and BW, the only features this build adds;
+            // the same operations in the same order, eight f64 lanes per instruction.
+            return unsafe { Self::measure_avx512(reference, approx) };
+        }
         #[cfg(target_arch = "x86_64")]
         if has_avx2() {
             // SAFETY: the CPU reports AVX2, the only feature this build adds. The same
@@ -518,6 +548,13 @@ impl ErrorStats {
             // sums: four lanes per instruction where the baseline build has two.
             return unsafe { Self::measure_avx2(reference, approx) };
         }
+        Self::measure_portable(reference, approx)
+    }
+
+    #[cfg(all(target_arch = "x86_64", wmap_avx512))]
+    #[allow(clippy::incompatible_msrv)]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn measure_avx512(reference: &[f32], approx: &[f32]) -> ErrorStats {
         Self::measure_portable(reference, approx)
     }
 
