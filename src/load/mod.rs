@@ -5,9 +5,12 @@
 //! no second copy). Streaming: targets are assembled on all cores, each into a buffer
 //! taken from a pool that sinks hand buffers back to, so memory in flight is bounded by
 //! threads × the largest target, whatever the checkpoint's size (a sink that keeps the
-//! tensors, like [`HostStore`], holds what it keeps). Before a byte is read, every
-//! target's peak (its buffer plus the scratch its recipe needs) is checked against the
-//! memory budget, so a 1 TiB tensor is a coded E0515, never an aborted allocation.
+//! tensors, like [`HostStore`], holds what it keeps). A sink that quantizes takes a
+//! quantizable target whose recipe only reads ([`Runs`]) straight from the checkpoint, a
+//! cache-sized piece at a time, so its full-precision bytes need no buffer of their own
+//! ([`Sink::takes_runs`]). Before a byte is read, every target's peak (its buffer plus
+//! the scratch its recipe needs) is checked against the memory budget, so a 1 TiB tensor
+//! is a coded E0515, never an aborted allocation.
 //! Knows nothing of architectures.
 
 mod assemble;
