@@ -236,6 +236,11 @@ mod tests {
             let fast = ErrorStats::measure(&x[..n], &y[..n]);
             let base = ErrorStats::measure_portable(&x[..n], &y[..n]);
             assert_eq!(bits(fast), bits(base), "{n} elements");
+            // The largest error as first defined: `f64::max` over every |x − y|.
+            let max = x[..n].iter().zip(&y[..n]).fold(0f64, |m, (&a, &b)| {
+                m.max((f64::from(a) - f64::from(b)).abs())
+            });
+            assert_eq!(fast.max_abs.to_bits(), max.to_bits(), "{n} elements: max");
         }
     }
 

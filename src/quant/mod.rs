@@ -578,7 +578,9 @@ impl ErrorStats {
                 let (x, y) = (f64::from(rs[k]), f64::from(xs[k]));
                 let e = (x - y).abs();
                 abs[k] += e;
-                max[k] = max[k].max(e);
+                // `max` that skips NaN, as a select that vectorizes (`f64::max` did not):
+                // `e` is never negative, and `max[k]`, from +0, never NaN.
+                max[k] = if e > max[k] { e } else { max[k] };
                 sq_ref[k] += x * x;
                 sq_err[k] += e * e;
             }
@@ -587,7 +589,7 @@ impl ErrorStats {
             let (x, y) = (f64::from(x), f64::from(y));
             let e = (x - y).abs();
             abs[k] += e;
-            max[k] = max[k].max(e);
+            max[k] = if e > max[k] { e } else { max[k] };
             sq_ref[k] += x * x;
             sq_err[k] += e * e;
         }
