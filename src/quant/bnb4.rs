@@ -458,7 +458,7 @@ pub(crate) mod tests {
             }
         }
         for kind in [Kind::Nf4, Kind::Fp4] {
-            for blocksize in [32, 64, 128, 4096] {
+            for blocksize in [16, 32, 48, 64, 128, 4096] {
                 let nb = x.len().div_ceil(blocksize);
                 let (mut am, mut out) = (vec![0f32; nb], vec![0u8; x.len().div_ceil(2)]);
                 encode_task(kind, &x, blocksize, &mut am, &mut out);
