@@ -438,6 +438,67 @@ fn family_fixtures_quantize_matrices_and_offload_experts() {
     }
 }
 
+/// A quantizing load reads a quantizable target that is plain reads (fused, stacked or
+/// not) a piece at a time straight from the file: the codes, scales and double-quant
+/// state are exactly those of quantizing the assembled tensor, for every format that
+/// streams, across the family fixtures and a sharded checkpoint.
+#[test]
+fn quantizing_from_the_file_gives_the_bytes_of_the_assembled_tensor() {
+    use wmap::quant::{self, Format, QuantStore, Stored};
+    let mut streamed = 0;
+    for name in FAMILIES.into_iter().chain(["llama", "llama_sharded"]) {
+        let dir = fixture(name);
+        let (_, full) = load_dir(&dir, &ModelSource::Detect);
+        let mut c = driver::compile(&ModelSource::Detect, Some(&dir.join("config.json"))).unwrap();
+        let b = driver::bind(&mut c, &dir, false).unwrap();
+        for f in ["nf4", "nf4-dq", "fp4", "fp8", "fp8-channel", "fp8-block"] {
+            let format = Format::parse(f).unwrap();
+            let store = QuantStore::new(format);
+            load::execute(&b.plan, &b.checkpoint, &store, Default::default(), &|_| {}).unwrap();
+            let got = store.into_tensors();
+            for t in b.plan.targets.iter().filter(|t| t.quantizable) {
+                let Stored::Quantized(q) = &got[&t.name] else {
+                    panic!("{name} {f}: {} not quantized", t.name)
+                };
+                let host = &full[&t.name];
+                let (want, _) = quant::quantize_bytes(format, host.dtype, &host.data, &host.shape);
+                assert!(*q == want, "{name} {f}: {}", t.name);
+                if load::Runs::of(&b.checkpoint, &t.recipe, t.dtype).is_some() {
+                    streamed += 1;
+                }
+            }
+        }
+    }
+    // Fused, stacked and plain reads all stream; the count guards against none doing so.
+    assert!(streamed > 1000, "{streamed} targets streamed");
+}
+
+/// A checkpoint cut short after its header was checked: the quantizing load that reads
+/// it a piece at a time reports E0511, as an assembled read would.
+#[test]
+fn a_file_cut_short_during_a_streamed_quantization_is_e0511() {
+    let src = fixture("llama");
+    let dir = common::tempdir(&format!("load-cut-{}", std::process::id()));
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let mut c = driver::compile(&ModelSource::Detect, Some(&dir.join("config.json"))).unwrap();
+    let b = driver::bind(&mut c, &dir, false).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("model.safetensors"))
+        .unwrap();
+    file.set_len(file.metadata().unwrap().len() / 2).unwrap();
+    let only_quantizable = b.plan.targets.iter().filter(|t| t.quantizable).cloned();
+    let plan = Plan {
+        targets: only_quantizable.collect(),
+        ..b.plan.clone()
+    };
+    let store = wmap::quant::QuantStore::new(wmap::quant::Format::Nf4 { blocksize: 64 });
+    let err = load::execute(&plan, &b.checkpoint, &store, Default::default(), &|_| {}).unwrap_err();
+    assert_eq!(err.code.as_str(), "E0511", "{}", err.message);
+}
+
 /// DeepSeek-V3 stores `kv_b` per head, rows [heads, nope + v]; the loaded `k_b` gathers
 /// each head's first `qk_nope_head_dim` rows, `v_b` the remaining `v_head_dim`.
 #[test]

@@ -5,9 +5,12 @@
 //! no second copy). Streaming: targets are assembled on all cores, each into a buffer
 //! taken from a pool that sinks hand buffers back to, so memory in flight is bounded by
 //! threads × the largest target, whatever the checkpoint's size (a sink that keeps the
-//! tensors, like [`HostStore`], holds what it keeps). Before a byte is read, every
-//! target's peak (its buffer plus the scratch its recipe needs) is checked against the
-//! memory budget, so a 1 TiB tensor is a coded E0515, never an aborted allocation.
+//! tensors, like [`HostStore`], holds what it keeps). A sink that quantizes takes a
+//! quantizable target whose recipe only reads ([`Runs`]) straight from the checkpoint, a
+//! cache-sized piece at a time, so its full-precision bytes need no buffer of their own
+//! ([`Sink::takes_runs`]). Before a byte is read, every target's peak (its buffer plus
+//! the scratch its recipe needs) is checked against the memory budget, so a 1 TiB tensor
+//! is a coded E0515, never an aborted allocation.
 //! Knows nothing of architectures.
 
 mod assemble;
@@ -16,6 +19,7 @@ mod fp8_rows;
 mod memory;
 pub mod output;
 pub mod prequant;
+mod runs;
 mod sink;
 mod write;
 
@@ -24,7 +28,8 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 
 pub use convert::{convert, convertible, e4m3_to_f32, e5m2_to_f32, is_training_float};
-pub use memory::{bytes_of, physical_memory, reserve_populated, touch_pages, zeroed};
+pub use memory::{bytes_of, physical_memory, reserve_populated, touch_pages, try_zeroed, zeroed};
+pub use runs::Runs;
 pub use sink::{tie, HostStore, HostTensor, Sink};
 pub use write::{Entry, FileLayout, SafetensorsWriter};
 
@@ -97,11 +102,17 @@ fn take_buffer(
             .max_by_key(|(_, b)| b.capacity())
             .map(|(i, _)| i)
     });
-    let mut b = match pick {
-        Some(i) => pool.swap_remove(i),
-        None => Vec::new(),
-    };
+    let taken = pick.map(|i| pool.swap_remove(i));
     drop(pool);
+    let Some(mut b) = taken else {
+        // Nothing pooled: fresh zeroed pages, populated, with no second write of zeros.
+        return try_zeroed(n).ok_or_else(|| {
+            memory::too_large(
+                name,
+                format!("a {n}-byte buffer, which cannot be allocated"),
+            )
+        });
+    };
     if b.len() > n {
         b.truncate(n);
     } else {
@@ -148,6 +159,14 @@ pub fn execute(
                     sink.stored_quantized(t, q)?;
                     progress(read_bytes(t));
                     return Ok(());
+                }
+                if sink.takes_runs(t) {
+                    let runs = Runs::of(ckpt, &t.recipe, t.dtype);
+                    if let Some(runs) = runs.filter(|r| r.len() == n as u64) {
+                        sink.tensor_runs(t, &runs)?;
+                        progress(read_bytes(t));
+                        return Ok(());
+                    }
                 }
                 let mut data = take_buffer(&pool, n, &t.name)?;
                 assemble::fill(ckpt, &t.recipe, t.dtype, &mut data)?;

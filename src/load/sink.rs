@@ -34,6 +34,23 @@ pub trait Sink: Sync {
             ),
         ))
     }
+    /// Whether this sink takes `target` straight from the checkpoint's bytes
+    /// ([`Sink::tensor_runs`]) when its recipe only reads them, instead of as an
+    /// assembled buffer.
+    fn takes_runs(&self, _target: &Target) -> bool {
+        false
+    }
+    /// A target whose bytes are the checkpoint's own, read a piece at a time by the
+    /// sink. Only a sink whose [`Sink::takes_runs`] said so receives this.
+    fn tensor_runs(&self, target: &Target, _runs: &super::Runs) -> Result<(), Diagnostic> {
+        Err(Diagnostic::new(
+            Code::E0901,
+            format!(
+                "`{}` arrived as runs at a sink that takes buffers",
+                target.name
+            ),
+        ))
+    }
     /// `target` is the same tensor as the already delivered `to`.
     fn tied(&self, target: &Target, to: &str) -> Result<(), Diagnostic>;
     /// Called once after the last target.

@@ -283,6 +283,13 @@ pub fn quantize_with(
 /// baseline build otherwise. Both are exact float32 compares and multiplies (no fused
 /// operations), so they give the same bytes; a test holds them to that.
 fn encode_task(kind: Kind, x: &[f32], blocksize: usize, absmax: &mut [f32], out: &mut [u8]) {
+    #[cfg(all(target_arch = "x86_64", wmap_avx512))]
+    if kind == Kind::Nf4 && blocksize % 16 == 0 && super::nf4_avx512::available() {
+        let tail = |block: &[f32], inv: f32, dst: &mut [u8]| encode_block(kind, block, inv, dst);
+        // SAFETY: the CPU reports AVX-512F, the feature this encoder needs.
+        unsafe { super::nf4_avx512::encode_task(x, blocksize, absmax, out, tail) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if super::has_avx2() {
         // SAFETY: the CPU reports AVX2, the only feature this build of the function adds.
@@ -436,9 +443,22 @@ pub(crate) mod tests {
     /// baseline build: the same absmax and bytes, for both kinds and several block sizes.
     #[test]
     fn the_vector_build_is_the_baseline_build() {
-        let x = awkward_values(64 * 300 + 33);
+        let mut x = awkward_values(64 * 300 + 33);
+        // Blocks whose absmax is 1 (reciprocal exactly 1): every midpoint and its
+        // neighbours reach the encoder unscaled, in every position of a block.
+        let mut at = 64 * 100;
+        for (i, mid) in NF4_MIDS.iter().enumerate() {
+            for v in [mid.next_down(), *mid, mid.next_up(), -mid] {
+                if at % 64 == 0 {
+                    x[at] = 1.0;
+                    at += 1;
+                }
+                x[at] = v;
+                at += 1 + i % 3;
+            }
+        }
         for kind in [Kind::Nf4, Kind::Fp4] {
-            for blocksize in [32, 64, 128, 4096] {
+            for blocksize in [16, 32, 48, 64, 128, 4096] {
                 let nb = x.len().div_ceil(blocksize);
                 let (mut am, mut out) = (vec![0f32; nb], vec![0u8; x.len().div_ceil(2)]);
                 encode_task(kind, &x, blocksize, &mut am, &mut out);

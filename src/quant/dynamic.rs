@@ -48,7 +48,8 @@ pub fn signed_map() -> [f32; 256] {
 }
 
 /// bitsandbytes' `dQuantize` (no stochastic rounding): a binary search over the sorted
-/// map, then a midpoint test between the final neighbours.
+/// map, then a midpoint test between the final neighbours. One value, as bitsandbytes
+/// writes it; blocks go eight values at a time through [`quantize_lanes`].
 pub fn quantize_value(map: &[f32; 256], x: f32) -> u8 {
     let mut pivot = 127usize;
     let mut upper_pivot = 255usize;
@@ -94,19 +95,126 @@ pub fn quantize_value(map: &[f32; 256], x: f32) -> u8 {
 }
 
 /// Blockwise 8-bit quantization: per block of `blocksize`, absmax and codes of
-/// `x * (1 / absmax)`.
+/// `x * (1 / absmax)`, the blocks spread over all cores.
 pub fn quantize_blockwise(
     map: &[f32; 256],
     values: &[f32],
     blocksize: usize,
 ) -> (Vec<u8>, Vec<f32>) {
-    let mut codes = Vec::with_capacity(values.len());
-    let mut absmax = Vec::with_capacity(values.len().div_ceil(blocksize));
-    for block in values.chunks(blocksize) {
-        let m = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let inv = 1.0f32 / m;
-        absmax.push(m);
-        codes.extend(block.iter().map(|&v| quantize_value(map, v * inv)));
-    }
+    use rayon::prelude::*;
+    let blocksize = blocksize.max(1);
+    let mut codes = vec![0u8; values.len()];
+    let mut absmax = vec![0f32; values.len().div_ceil(blocksize)];
+    values
+        .par_chunks(blocksize)
+        .zip(codes.par_chunks_mut(blocksize))
+        .zip(absmax.par_iter_mut())
+        .for_each(|((block, out), am)| {
+            let m = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let inv = 1.0f32 / m;
+            *am = m;
+            // Eight searches in step: each one's loads wait on its own compares, so their
+            // latencies overlap.
+            let mut outs = out.chunks_exact_mut(LANES);
+            let mut vals = block.chunks_exact(LANES);
+            for (o, v) in (&mut outs).zip(&mut vals) {
+                let x: [f32; LANES] = std::array::from_fn(|l| v[l] * inv);
+                o.copy_from_slice(&quantize_lanes(map, &x));
+            }
+            for (o, &v) in outs.into_remainder().iter_mut().zip(vals.remainder()) {
+                *o = quantize_value(map, v * inv);
+            }
+        });
     (codes, absmax)
+}
+
+const LANES: usize = 8;
+
+/// [`quantize_value`] of eight values, one step of all eight searches at a time, every
+/// turn a mask instead of a branch. One search at a time, with branches, its turns (which
+/// depend on the data) were mispredicted and each load waited on the last compare: double
+/// quantization cost 0.2 s of CPU for a 252 M-element load, now 0.09 s.
+#[inline]
+fn quantize_lanes(map: &[f32; 256], x: &[f32; LANES]) -> [u8; LANES] {
+    let mut pivot = [127usize; LANES];
+    let mut upper_pivot = [255usize; LANES];
+    let mut lower_pivot = [0usize; LANES];
+    let mut lower = [-1.0f32; LANES];
+    let mut upper = [1.0f32; LANES];
+    let mut val = [map[127]; LANES];
+    let mut i = 64usize;
+    while i > 0 {
+        for l in 0..LANES {
+            // Selects written as masks: as `if`s the compiler made them branches.
+            let m = 0usize.wrapping_sub(usize::from(x[l] > val[l]));
+            let mf = m as u32;
+            let pick = |a: f32, b: f32| f32::from_bits((a.to_bits() & !mf) | (b.to_bits() & mf));
+            lower_pivot[l] = (lower_pivot[l] & !m) | (pivot[l] & m);
+            lower[l] = pick(lower[l], val[l]);
+            upper_pivot[l] = (pivot[l] & !m) | (upper_pivot[l] & m);
+            upper[l] = pick(val[l], upper[l]);
+            pivot[l] = pivot[l] - i + ((2 * i) & m);
+            val[l] = map[pivot[l] & 255];
+        }
+        i >>= 1;
+    }
+    std::array::from_fn(|l| {
+        let upper = if upper_pivot[l] == 255 {
+            map[255]
+        } else {
+            upper[l]
+        };
+        let lower = if lower_pivot[l] == 0 {
+            map[0]
+        } else {
+            lower[l]
+        };
+        let above = x[l] > val[l];
+        let code = if above && x[l] > (upper + val[l]) * 0.5 {
+            upper_pivot[l]
+        } else if !above && x[l] < (lower + val[l]) * 0.5 {
+            lower_pivot[l]
+        } else {
+            pivot[l]
+        };
+        code as u8
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Eight searches in step against one at a time (bitsandbytes' form): every map value,
+    /// its neighbours and the midpoints between map values, ±1 and beyond, NaN, and
+    /// ordinary values, in every lane.
+    #[test]
+    fn eight_searches_in_step_are_the_one_at_a_time_search() {
+        let map = signed_map();
+        let mut xs = vec![
+            f32::NAN,
+            -2.0,
+            -1.0,
+            1.0,
+            2.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ];
+        for (k, &m) in map.iter().enumerate() {
+            xs.extend([m.next_down(), m, m.next_up()]);
+            if let Some(&n) = map.get(k + 1) {
+                let mid = (m + n) * 0.5;
+                xs.extend([mid.next_down(), mid, mid.next_up()]);
+            }
+        }
+        xs.extend(crate::quant::bnb4::tests::awkward_values(4096));
+        for shift in 0..LANES {
+            for chunk in xs[shift..].chunks_exact(LANES) {
+                let lanes = quantize_lanes(&map, chunk.try_into().unwrap());
+                for (&x, &c) in chunk.iter().zip(&lanes) {
+                    assert_eq!(c, quantize_value(&map, x), "{x:e}");
+                }
+            }
+        }
+    }
 }

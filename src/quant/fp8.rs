@@ -125,12 +125,25 @@ pub fn quantize_per_channel_with(
 /// `e4m3(v * s)` over a run, built for AVX2 where the CPU reports it (as in
 /// `bnb4::encode_task`: exact operations, the same bytes).
 fn encode_scaled(x: &[f32], s: f32, out: &mut [u8]) {
+    #[cfg(all(target_arch = "x86_64", wmap_avx512))]
+    if super::has_avx512() {
+        // SAFETY: the CPU reports AVX-512F and BW, the only features this build adds.
+        unsafe { encode_scaled_avx512(x, s, out) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if super::has_avx2() {
         // SAFETY: the CPU reports AVX2, the only feature this build of the function adds.
         unsafe { encode_scaled_avx2(x, s, out) };
         return;
     }
+    encode_run(x, s, out);
+}
+
+#[cfg(all(target_arch = "x86_64", wmap_avx512))]
+#[allow(clippy::incompatible_msrv)]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn encode_scaled_avx512(x: &[f32], s: f32, out: &mut [u8]) {
     encode_run(x, s, out);
 }
 
@@ -160,9 +173,15 @@ pub fn quantize_blocks(x: &[f32], rows: usize, cols: usize, block: usize) -> (Ve
     })
 }
 
-/// Columns widened at once per band: a whole number of blocks, so a band's scratch stays
-/// `block × STRIPE` floats however wide the matrix.
+/// Columns widened at once per band of a matrix too wide for [`BAND`]: a whole number of
+/// blocks, so a band's scratch stays `block × STRIPE` floats however wide the matrix.
 const STRIPE: usize = 2048;
+
+/// A band of `block` whole rows up to this many elements (4 MiB of f32, in L3) is widened
+/// in one run: read from a checkpoint, that is one contiguous read per band where stripes
+/// made one short read per row, each from a different place (4 KiB pieces of a 128-row
+/// band were half of an FP8-block load's CPU).
+const BAND: usize = 1 << 20;
 
 /// [`quantize_blocks`] over values that `fill(start, run)` widens a run of one row at a
 /// time (from a checkpoint's bf16 bytes, say), so no float32 copy of the tensor is made.
@@ -176,7 +195,10 @@ pub fn quantize_blocks_with(
 ) -> (Vec<u8>, Vec<f32>) {
     let (block, cols) = (block.max(1), cols.max(1));
     let (br, bc) = (rows.div_ceil(block), cols.div_ceil(block));
-    let stripe = block * (STRIPE / block).max(1);
+    let stripe = match block.checked_mul(cols) {
+        Some(n) if n <= BAND => cols,
+        _ => block * (STRIPE / block).max(1),
+    };
     let mut q = crate::load::zeroed(rows * cols);
     let mut scales = vec![0f32; br * bc];
     q.par_chunks_mut(block * cols)
@@ -187,8 +209,12 @@ pub fn quantize_blocks_with(
             for c0 in (0..cols).step_by(stripe) {
                 let width = stripe.min(cols - c0);
                 scratch.resize(nrows * width, 0f32);
-                for (i, run) in scratch.chunks_exact_mut(width).enumerate() {
-                    fill((band * block + i) * cols + c0, run);
+                if width == cols {
+                    fill(band * block * cols, scratch);
+                } else {
+                    for (i, run) in scratch.chunks_exact_mut(width).enumerate() {
+                        fill((band * block + i) * cols + c0, run);
+                    }
                 }
                 let first = c0 / block;
                 let ss = &mut band_scales[first..first + width.div_ceil(block)];
@@ -211,12 +237,35 @@ fn encode_stripe(
     cols: usize,
     c0: usize,
 ) {
+    #[cfg(all(target_arch = "x86_64", wmap_avx512))]
+    if super::has_avx512() {
+        // SAFETY: the CPU reports AVX-512F and BW, the only features this build adds.
+        unsafe { encode_stripe_avx512(x, width, block, scales, out, cols, c0) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if super::has_avx2() {
         // SAFETY: the CPU reports AVX2, the only feature this build of the function adds.
         unsafe { encode_stripe_avx2(x, width, block, scales, out, cols, c0) };
         return;
     }
+    encode_stripe_portable(x, width, block, scales, out, cols, c0);
+}
+
+/// The AVX-512 build: 16 lanes, masks for the selects, one instruction to narrow codes
+/// to bytes (the AVX2 build spends several shuffles on that).
+#[cfg(all(target_arch = "x86_64", wmap_avx512))]
+#[allow(clippy::incompatible_msrv)]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn encode_stripe_avx512(
+    x: &[f32],
+    width: usize,
+    block: usize,
+    scales: &mut [f32],
+    out: &mut [u8],
+    cols: usize,
+    c0: usize,
+) {
     encode_stripe_portable(x, width, block, scales, out, cols, c0);
 }
 
@@ -415,6 +464,38 @@ mod tests {
                 let want_inv: Vec<f32> = s.iter().map(|s| 1.0 / s).collect();
                 assert_eq!(q, want, "codes, cols {cols}");
                 assert_eq!(bits(&inv), bits(&want_inv), "scales, cols {cols}");
+            }
+        }
+    }
+
+    /// 128×128 blocks, whether a band is widened whole (narrow matrices) or in stripes
+    /// (wider than [`BAND`] allows), against the blocks as first defined: each block's
+    /// amax (NaN skipped), its scale, and `e4m3(v × s)` element by element.
+    #[test]
+    fn blocks_match_their_definition_whole_bands_and_stripes() {
+        let block = 128;
+        for (rows, cols) in [(300, 333), (130, BAND / block + 3 * STRIPE + 5)] {
+            let x = crate::quant::bnb4::tests::awkward_values(rows * cols);
+            let (q, inv) = quantize_blocks(&x, rows, cols, block);
+            let bc = cols.div_ceil(block);
+            for (b, &got) in inv.iter().enumerate() {
+                let (r0, c0) = (b / bc * block, b % bc * block);
+                let (r1, c1) = ((r0 + block).min(rows), (c0 + block).min(cols));
+                let at = |r: usize, c: usize| r * cols + c;
+                let amax = (r0..r1)
+                    .flat_map(|r| (c0..c1).map(move |c| (r, c)))
+                    .fold(0f32, |m, (r, c)| m.max(x[at(r, c)].abs()));
+                let s = block_scale_for(amax);
+                assert_eq!(got.to_bits(), (1.0 / s).to_bits(), "{cols} cols: scale {b}");
+                for r in r0..r1 {
+                    for c in c0..c1 {
+                        assert_eq!(
+                            q[at(r, c)],
+                            e4m3(x[at(r, c)] * s),
+                            "{cols} cols: ({r}, {c})"
+                        );
+                    }
+                }
             }
         }
     }

@@ -12,6 +12,11 @@ pub mod dequant;
 pub mod dynamic;
 pub mod fp4;
 pub mod fp8;
+// Only with a rustc that has the AVX-512 intrinsics (build.rs), which is newer than the
+// crate's rust-version: the lint about that is answered by the cfg.
+#[cfg(all(target_arch = "x86_64", wmap_avx512))]
+#[allow(clippy::incompatible_msrv)]
+mod nf4_avx512;
 mod store;
 pub mod torch_mean;
 
@@ -24,6 +29,17 @@ fn has_avx2() -> bool {
     static NO_AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     std::arch::is_x86_feature_detected!("avx2")
         && !*NO_AVX2.get_or_init(|| std::env::var_os("WMAP_NO_AVX2").is_some())
+}
+
+/// Whether the hot loops may run their AVX-512 (F and BW) builds: where the CPU has
+/// them, the compiler can build them (`wmap_avx512`, see build.rs), and `WMAP_NO_AVX2`
+/// does not force the baseline.
+#[cfg(all(target_arch = "x86_64", wmap_avx512))]
+#[allow(clippy::incompatible_msrv)]
+fn has_avx512() -> bool {
+    has_avx2()
+        && std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
 }
 
 use crate::checkpoint::Dtype;
@@ -179,12 +195,25 @@ fn widener(dtype: Dtype) -> Option<fn(&[u8]) -> f32> {
 /// bf16 little-endian bytes to f32 (exact: the bits shifted up), as many as `out` holds.
 /// Built for AVX2 where the CPU has it, like the quantizers' loops it feeds.
 fn widen_bf16(src: &[u8], out: &mut [f32]) {
+    #[cfg(all(target_arch = "x86_64", wmap_avx512))]
+    if has_avx512() {
+        // SAFETY: the CPU reports AVX-512F and BW, the only features this build adds.
+        unsafe { widen_bf16_avx512(src, out) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU reports AVX2, the only feature this build of the function adds.
         unsafe { widen_bf16_avx2(src, out) };
         return;
     }
+    widen_bf16_portable(src, out);
+}
+
+#[cfg(all(target_arch = "x86_64", wmap_avx512))]
+#[allow(clippy::incompatible_msrv)]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn widen_bf16_avx512(src: &[u8], out: &mut [f32]) {
     widen_bf16_portable(src, out);
 }
 
@@ -218,6 +247,36 @@ pub fn to_f32(dtype: Dtype, bytes: &[u8]) -> Vec<f32> {
     }
 }
 
+/// Whether `format` quantizes `dtype` a run at a time ([`quantize_runs`]): the bnb and
+/// FP8 formats, from bf16, f16 or f32.
+pub fn streams(format: Format, dtype: Dtype) -> bool {
+    let runs = bnb_params(format).is_some()
+        || matches!(
+            format,
+            Format::Fp8Block { .. } | Format::Fp8PerChannel | Format::Fp8PerTensor
+        );
+    runs && widener(dtype).is_some()
+}
+
+/// Widens bf16/f16/f32 little-endian bytes into `out` (as many as it holds): one
+/// monomorphic loop per dtype, since through a function pointer the call per element
+/// cost more than the quantization itself. Other dtypes never reach here ([`streams`]).
+fn widen(dtype: Dtype, src: &[u8], out: &mut [f32]) {
+    match dtype {
+        Dtype::Bf16 => widen_bf16(src, out),
+        Dtype::F16 => {
+            for (o, c) in out.iter_mut().zip(src.chunks_exact(2)) {
+                *o = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
+            }
+        }
+        _ => {
+            for (o, c) in out.iter_mut().zip(src.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+    }
+}
+
 /// [`quantize`] straight from a tensor's bytes, and its reconstruction error. The bnb
 /// and FP8 formats widen bf16/f16 a run at a time (no float32 copy of the tensor); the
 /// others widen the whole tensor first.
@@ -227,34 +286,69 @@ pub fn quantize_bytes(
     bytes: &[u8],
     shape: &[u64],
 ) -> (QuantizedTensor, ErrorStats) {
-    let streams = bnb_params(format).is_some()
-        || matches!(
-            format,
-            Format::Fp8Block { .. } | Format::Fp8PerChannel | Format::Fp8PerTensor
-        );
-    if widener(dtype).is_none() || !streams {
+    if !streams(format, dtype) {
         let x = to_f32(dtype, bytes);
         let q = quantize(format, &x, shape);
         let err = q.error_against(&x);
         return (q, err);
     }
-    let n = bytes.len() / dtype.size();
-    // One monomorphic widening loop per dtype: through a function pointer, the call per
-    // element cost more than the quantization itself.
-    match dtype {
-        Dtype::Bf16 => quantize_filled(format, n, shape, &|start, out: &mut [f32]| {
-            widen_bf16(&bytes[2 * start..], out)
-        }),
-        Dtype::F16 => quantize_filled(format, n, shape, &|start, out: &mut [f32]| {
-            for (o, c) in out.iter_mut().zip(bytes[2 * start..].chunks_exact(2)) {
-                *o = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
+    let es = dtype.size();
+    quantize_filled(
+        format,
+        bytes.len() / es,
+        shape,
+        &|start, out: &mut [f32]| widen(dtype, &bytes[es * start..], out),
+    )
+}
+
+thread_local! {
+    /// The checkpoint bytes of the run a thread is widening ([`quantize_runs`]): a few
+    /// hundred KiB, reused for every run, so they stay in cache and need no fresh pages.
+    static PIECE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// [`quantize_bytes`] over a target read from the checkpoint a run at a time, each run
+/// into a small per-thread buffer and widened from there: the tensor's full-precision
+/// bytes never land in memory of their own (fresh pages cost more than quantizing).
+/// Gives the same bytes as [`quantize_bytes`] over the assembled tensor. A format or
+/// dtype that does not stream ([`streams`]) is an internal error: the caller asks first.
+pub fn quantize_runs(
+    format: Format,
+    runs: &crate::load::Runs,
+    shape: &[u64],
+) -> Result<(QuantizedTensor, ErrorStats), crate::diag::Diagnostic> {
+    let dtype = runs.dtype;
+    if !streams(format, dtype) {
+        return Err(crate::diag::Diagnostic::new(
+            crate::diag::Code::E0901,
+            format!(
+                "{} does not quantize {dtype:?} run by run; this is a bug in wmapc",
+                format.name()
+            ),
+        ));
+    }
+    let es = dtype.size();
+    let failed = std::sync::Mutex::new(None);
+    let fill = |start: usize, out: &mut [f32]| {
+        PIECE.with_borrow_mut(|piece| {
+            piece.resize(out.len() * es, 0);
+            match runs.read((start * es) as u64, piece) {
+                Ok(()) => widen(dtype, piece, out),
+                Err(d) => {
+                    // The first failure is reported; the run's values are moot.
+                    failed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert(d);
+                    out.fill(0.0);
+                }
             }
-        }),
-        _ => quantize_filled(format, n, shape, &|start, out: &mut [f32]| {
-            for (o, c) in out.iter_mut().zip(bytes[4 * start..].chunks_exact(4)) {
-                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-            }
-        }),
+        })
+    };
+    let done = quantize_filled(format, runs.len() as usize / es, shape, &fill);
+    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(d) => Err(d),
+        None => Ok(done),
     }
 }
 
@@ -441,6 +535,37 @@ impl ErrorStats {
     /// add at every element, which made the sampled error report cost almost half as
     /// much as quantizing. The order of the adds is fixed, so the result is too.
     pub fn measure(reference: &[f32], approx: &[f32]) -> ErrorStats {
+        #[cfg(all(target_arch = "x86_64", wmap_avx512))]
+        if has_avx512() {
+            // SAFETY: the CPU reports AVX-512F and BW, the only features this build adds;
+            // the same operations in the same order, eight f64 lanes per instruction.
+            return unsafe { Self::measure_avx512(reference, approx) };
+        }
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            // SAFETY: the CPU reports AVX2, the only feature this build adds. The same
+            // f64 operations in the same order (Rust fuses no multiply-add), so the same
+            // sums: four lanes per instruction where the baseline build has two.
+            return unsafe { Self::measure_avx2(reference, approx) };
+        }
+        Self::measure_portable(reference, approx)
+    }
+
+    #[cfg(all(target_arch = "x86_64", wmap_avx512))]
+    #[allow(clippy::incompatible_msrv)]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn measure_avx512(reference: &[f32], approx: &[f32]) -> ErrorStats {
+        Self::measure_portable(reference, approx)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn measure_avx2(reference: &[f32], approx: &[f32]) -> ErrorStats {
+        Self::measure_portable(reference, approx)
+    }
+
+    #[inline(always)]
+    fn measure_portable(reference: &[f32], approx: &[f32]) -> ErrorStats {
         const LANES: usize = 8;
         let n = reference.len().min(approx.len());
         let (r, a) = (&reference[..n], &approx[..n]);
@@ -453,7 +578,9 @@ impl ErrorStats {
                 let (x, y) = (f64::from(rs[k]), f64::from(xs[k]));
                 let e = (x - y).abs();
                 abs[k] += e;
-                max[k] = max[k].max(e);
+                // `max` that skips NaN, as a select that vectorizes (`f64::max` did not):
+                // `e` is never negative, and `max[k]`, from +0, never NaN.
+                max[k] = if e > max[k] { e } else { max[k] };
                 sq_ref[k] += x * x;
                 sq_err[k] += e * e;
             }
@@ -462,7 +589,7 @@ impl ErrorStats {
             let (x, y) = (f64::from(x), f64::from(y));
             let e = (x - y).abs();
             abs[k] += e;
-            max[k] = max[k].max(e);
+            max[k] = if e > max[k] { e } else { max[k] };
             sq_ref[k] += x * x;
             sq_err[k] += e * e;
         }

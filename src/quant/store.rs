@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use super::{quantize_bytes, ErrorStats, Format, QuantizedTensor};
 use crate::diag::Diagnostic;
-use crate::load::{HostTensor, Sink};
+use crate::load::{HostTensor, Runs, Sink};
 use crate::plan::Target;
 
 /// A loaded tensor: quantized, or full precision.
@@ -59,6 +59,23 @@ impl QuantStore {
     }
 }
 
+impl QuantStore {
+    /// Keeps a quantized target, `before` bytes in full precision, and counts it.
+    fn keep(&self, target: &Target, before: u64, q: QuantizedTensor, err: &ErrorStats) {
+        {
+            let mut r = self.report.lock().unwrap_or_else(|p| p.into_inner());
+            r.quantized += 1;
+            r.bytes_before += before;
+            r.bytes_after += q.byte_size();
+            r.error.merge(err);
+        }
+        self.tensors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(target.name.clone(), Stored::Quantized(q));
+    }
+}
+
 impl Sink for QuantStore {
     fn tensor(&self, target: &Target, data: Vec<u8>) -> Result<Option<Vec<u8>>, Diagnostic> {
         if !target.quantizable {
@@ -78,18 +95,18 @@ impl Sink for QuantStore {
             return Ok(None);
         }
         let (q, err) = quantize_bytes(self.format, target.dtype, &data, &target.shape);
-        {
-            let mut r = self.report.lock().unwrap_or_else(|p| p.into_inner());
-            r.quantized += 1;
-            r.bytes_before += data.len() as u64;
-            r.bytes_after += q.byte_size();
-            r.error.merge(&err);
-        }
-        self.tensors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(target.name.clone(), Stored::Quantized(q));
+        self.keep(target, data.len() as u64, q, &err);
         Ok(Some(data))
+    }
+
+    fn takes_runs(&self, target: &Target) -> bool {
+        target.quantizable && super::streams(self.format, target.dtype)
+    }
+
+    fn tensor_runs(&self, target: &Target, runs: &Runs) -> Result<(), Diagnostic> {
+        let (q, err) = super::quantize_runs(self.format, runs, &target.shape)?;
+        self.keep(target, runs.len(), q, &err);
+        Ok(())
     }
 
     fn quantizes_to(&self) -> Option<Format> {
