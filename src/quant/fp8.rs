@@ -125,32 +125,7 @@ pub fn quantize_per_channel_with(
 /// `e4m3(v * s)` over a run, built for AVX2 where the CPU reports it (as in
 /// `bnb4::encode_task`: exact operations, the same bytes).
 fn encode_scaled(x: &[f32], s: f32, out: &mut [u8]) {
-    #[cfg(all(target_arch = "x86_64", wmap_avx512))]
-    if super::has_avx512() {
-        // SAFETY: the CPU reports AVX-512F and BW, the only features this build adds.
-        unsafe { encode_scaled_avx512(x, s, out) };
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if super::has_avx2() {
-        // SAFETY: the CPU reports AVX2, the only feature this build of the function adds.
-        unsafe { encode_scaled_avx2(x, s, out) };
-        return;
-    }
-    encode_run(x, s, out);
-}
-
-#[cfg(all(target_arch = "x86_64", wmap_avx512))]
-#[allow(clippy::incompatible_msrv)]
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn encode_scaled_avx512(x: &[f32], s: f32, out: &mut [u8]) {
-    encode_run(x, s, out);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn encode_scaled_avx2(x: &[f32], s: f32, out: &mut [u8]) {
-    encode_run(x, s, out);
+    widest_build!(encode_run => (x: &[f32], s: f32, out: &mut [u8]))
 }
 
 /// A fine-grained block's scale exactly as transformers' `Fp8Quantize` computes it: torch
@@ -237,50 +212,15 @@ fn encode_stripe(
     cols: usize,
     c0: usize,
 ) {
-    #[cfg(all(target_arch = "x86_64", wmap_avx512))]
-    if super::has_avx512() {
-        // SAFETY: the CPU reports AVX-512F and BW, the only features this build adds.
-        unsafe { encode_stripe_avx512(x, width, block, scales, out, cols, c0) };
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if super::has_avx2() {
-        // SAFETY: the CPU reports AVX2, the only feature this build of the function adds.
-        unsafe { encode_stripe_avx2(x, width, block, scales, out, cols, c0) };
-        return;
-    }
-    encode_stripe_portable(x, width, block, scales, out, cols, c0);
-}
-
-/// The AVX-512 build: 16 lanes, masks for the selects, one instruction to narrow codes
-/// to bytes (the AVX2 build spends several shuffles on that).
-#[cfg(all(target_arch = "x86_64", wmap_avx512))]
-#[allow(clippy::incompatible_msrv)]
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn encode_stripe_avx512(
-    x: &[f32],
-    width: usize,
-    block: usize,
-    scales: &mut [f32],
-    out: &mut [u8],
-    cols: usize,
-    c0: usize,
-) {
-    encode_stripe_portable(x, width, block, scales, out, cols, c0);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn encode_stripe_avx2(
-    x: &[f32],
-    width: usize,
-    block: usize,
-    scales: &mut [f32],
-    out: &mut [u8],
-    cols: usize,
-    c0: usize,
-) {
-    encode_stripe_portable(x, width, block, scales, out, cols, c0);
+    widest_build!(encode_stripe_portable => (
+        x: &[f32],
+        width: usize,
+        block: usize,
+        scales: &mut [f32],
+        out: &mut [u8],
+        cols: usize,
+        c0: usize,
+    ))
 }
 
 #[inline(always)]

@@ -7,6 +7,39 @@
 //! (bitsandbytes NF4/FP4 and double quant, FP8 E4M3, NVFP4, MXFP4); the golden tests hold
 //! this code to bitsandbytes' and torch's own bytes. Work is spread over all cores.
 
+/// The body of a hot loop's entry point: calls `$portable` (an `#[inline(always)]`
+/// function) in the widest build the CPU runs — the same code compiled again with AVX-512
+/// (F and BW) where the compiler can build it (`wmap_avx512`, see build.rs), with AVX2, or
+/// as it is. The builds add only vector width: exact operations in the same order (Rust
+/// fuses no multiply-add), so the same results; tests hold each entry point to its
+/// portable function. `WMAP_NO_AVX2` forces the portable build.
+macro_rules! widest_build {
+    ($portable:path => ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?) => {{
+        #[cfg(all(target_arch = "x86_64", wmap_avx512))]
+        #[allow(clippy::incompatible_msrv)]
+        #[target_feature(enable = "avx512f,avx512bw")]
+        unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+            $portable($($arg),*)
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+            $portable($($arg),*)
+        }
+        #[cfg(all(target_arch = "x86_64", wmap_avx512))]
+        if $crate::quant::has_avx512() {
+            // SAFETY: the CPU reports AVX-512F and BW, the only features this build adds.
+            return unsafe { avx512($($arg),*) };
+        }
+        #[cfg(target_arch = "x86_64")]
+        if $crate::quant::has_avx2() {
+            // SAFETY: the CPU reports AVX2, the only feature this build adds.
+            return unsafe { avx2($($arg),*) };
+        }
+        $portable($($arg),*)
+    }};
+}
+
 pub mod bnb4;
 pub mod dequant;
 pub mod dynamic;
@@ -195,32 +228,7 @@ fn widener(dtype: Dtype) -> Option<fn(&[u8]) -> f32> {
 /// bf16 little-endian bytes to f32 (exact: the bits shifted up), as many as `out` holds.
 /// Built for AVX2 where the CPU has it, like the quantizers' loops it feeds.
 fn widen_bf16(src: &[u8], out: &mut [f32]) {
-    #[cfg(all(target_arch = "x86_64", wmap_avx512))]
-    if has_avx512() {
-        // SAFETY: the CPU reports AVX-512F and BW, the only features this build adds.
-        unsafe { widen_bf16_avx512(src, out) };
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: the CPU reports AVX2, the only feature this build of the function adds.
-        unsafe { widen_bf16_avx2(src, out) };
-        return;
-    }
-    widen_bf16_portable(src, out);
-}
-
-#[cfg(all(target_arch = "x86_64", wmap_avx512))]
-#[allow(clippy::incompatible_msrv)]
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn widen_bf16_avx512(src: &[u8], out: &mut [f32]) {
-    widen_bf16_portable(src, out);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn widen_bf16_avx2(src: &[u8], out: &mut [f32]) {
-    widen_bf16_portable(src, out);
+    widest_build!(widen_bf16_portable => (src: &[u8], out: &mut [f32]))
 }
 
 #[inline(always)]
@@ -535,33 +543,7 @@ impl ErrorStats {
     /// add at every element, which made the sampled error report cost almost half as
     /// much as quantizing. The order of the adds is fixed, so the result is too.
     pub fn measure(reference: &[f32], approx: &[f32]) -> ErrorStats {
-        #[cfg(all(target_arch = "x86_64", wmap_avx512))]
-        if has_avx512() {
-            // SAFETY: the CPU reports AVX-512F and BW, the only features this build adds;
-            // the same operations in the same order, eight f64 lanes per instruction.
-            return unsafe { Self::measure_avx512(reference, approx) };
-        }
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            // SAFETY: the CPU reports AVX2, the only feature this build adds. The same
-            // f64 operations in the same order (Rust fuses no multiply-add), so the same
-            // sums: four lanes per instruction where the baseline build has two.
-            return unsafe { Self::measure_avx2(reference, approx) };
-        }
-        Self::measure_portable(reference, approx)
-    }
-
-    #[cfg(all(target_arch = "x86_64", wmap_avx512))]
-    #[allow(clippy::incompatible_msrv)]
-    #[target_feature(enable = "avx512f,avx512bw")]
-    unsafe fn measure_avx512(reference: &[f32], approx: &[f32]) -> ErrorStats {
-        Self::measure_portable(reference, approx)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn measure_avx2(reference: &[f32], approx: &[f32]) -> ErrorStats {
-        Self::measure_portable(reference, approx)
+        widest_build!(ErrorStats::measure_portable => (reference: &[f32], approx: &[f32]) -> ErrorStats)
     }
 
     #[inline(always)]
