@@ -56,33 +56,26 @@ def reg(p, l, flags=8):
     if r != 0:
         raise RuntimeError(f"cudaHostRegister {r}")
 
-def register_all(w, k, flags=8):
-    ws = windows(w)
-    it = iter(ws); lock = threading.Lock()
+def on_threads(items, k, fn):
+    """Runs fn(item) for every item on k threads; returns the wall seconds."""
+    it = iter(items); lock = threading.Lock()
     def work():
         while True:
             with lock:
                 x = next(it, None)
             if x is None: return
-            reg(*x, flags=flags)
-    t = time.perf_counter()
-    th = [threading.Thread(target=work) for _ in range(k)]
-    [x.start() for x in th]; [x.join() for x in th]
-    tr = time.perf_counter() - t
-    return ws, tr
-
-def unregister_all(ws, k):
-    it = iter(ws); lock = threading.Lock()
-    def work():
-        while True:
-            with lock:
-                x = next(it, None)
-            if x is None: return
-            rt.cudaHostUnregister(x[0])
+            fn(x)
     t = time.perf_counter()
     th = [threading.Thread(target=work) for _ in range(k)]
     [x.start() for x in th]; [x.join() for x in th]
     return time.perf_counter() - t
+
+def register_all(w, k):
+    ws = windows(w)
+    return ws, on_threads(ws, k, lambda x: reg(*x))
+
+def unregister_all(ws, k):
+    return on_threads(ws, k, lambda x: rt.cudaHostUnregister(x[0]))
 
 dev = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
 stream = torch.cuda.Stream()
