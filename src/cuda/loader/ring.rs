@@ -5,9 +5,9 @@
 //! `cuMemHostAlloc` did both steps after the context was up, on one thread: 768 MiB took
 //! 0.25–0.4 s of every process's setup on an H200 host (2026-12-02, a 2×16 MiB ring gave
 //! 0.24 s of setup where 3×256 MiB gave 0.46–0.64 s). Registering pages already present
-//! is the cheap part (present page-cache pages registered at 34–53 GB/s there). The memory is mapped anonymously rather than
-//! taken from the allocator, whose page-aligned zeroed allocations are zeroed with one
-//! `memset` on one thread.
+//! is the cheap part (present page-cache pages registered at 34–53 GB/s there). The
+//! memory is mapped anonymously rather than taken from the allocator, whose page-aligned
+//! zeroed allocations are zeroed with one `memset` on one thread.
 
 use std::ptr::NonNull;
 use std::sync::Arc;
