@@ -98,9 +98,19 @@ pub fn load(
     let (gpu, mut staging, setup) = (ready.gpu, ready.staging, ready.seconds);
     let mut times = Vec::with_capacity(repeat);
     let mut last = None;
-    for _ in 0..repeat {
+    for run in 1..=repeat {
         drop(last.take());
         let (store, stats) = loader::load(&gpu, &mut staging, plan, ckpt, format).map_err(coded)?;
+        if repeat > 1 {
+            // In order, so a first load that differs from the rest shows, with where it went.
+            outln!(
+                "run {run} of {repeat}: load {:.3} s ({:.3} filling, {:.3} waiting, {:.3} assembling)",
+                stats.seconds,
+                stats.read_seconds,
+                stats.ring_wait_seconds,
+                stats.assemble_seconds,
+            );
+        }
         times.push(stats.seconds);
         last = Some((store, stats));
     }
