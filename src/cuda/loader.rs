@@ -667,7 +667,7 @@ fn fill_chunk(
     }
     let next = AtomicUsize::new(0);
     let failed: Mutex<Option<crate::diag::Diagnostic>> = Mutex::new(None);
-    rayon::broadcast(|_| loop {
+    let work = || loop {
         let i = next.fetch_add(1, Ordering::Relaxed);
         let Some(job) = jobs.get(i) else { break };
         let Some((shard, off, buf)) = job.lock().ok().and_then(|mut j| j.take()) else {
@@ -681,7 +681,16 @@ fn fill_chunk(
             }
             break;
         }
-    });
+    };
+    // A small tensor's single read is not worth waking the pool for.
+    match jobs.len().min(threads as usize) {
+        0 | 1 => work(),
+        workers => rayon::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|_| work());
+            }
+        }),
+    }
     match failed.into_inner() {
         Ok(None) => Ok(()),
         Ok(Some(d)) => Err(d),
