@@ -96,6 +96,7 @@ pub fn load(
     .map_err(coded)?;
     let waited = t0.elapsed().as_secs_f64();
     let (gpu, mut staging, setup) = (ready.gpu, ready.staging, ready.seconds);
+    let staging_seconds = ready.staging_seconds;
     let mut times = Vec::with_capacity(repeat);
     let mut last = None;
     for run in 1..=repeat {
@@ -130,11 +131,14 @@ pub fn load(
         bf16_bytes as f64 / 1e9,
     );
     outln!(
-        "load {:.3} s (median of {repeat}; {:.1} GB/s), setup {setup:.3} s (context, kernels {}, pinned staging; \
+        "load {:.3} s (median of {repeat}; {:.1} GB/s), setup {setup:.3} s (context {:.3}, kernels {} {:.3}, pinned staging {:.3}; \
          beside planning, {waited:.3} s waited); device peak {:.3} GB over the final {:.2} GB; host peak RSS {:.2} GB",
         median,
         stats.bytes_read as f64 / median / 1e9,
+        gpu.opened.0,
         kernel_origin(gpu.kernels),
+        gpu.opened.1,
+        staging_seconds,
         stats.peak_device_bytes.saturating_sub(stats.device_bytes) as f64 / 1e9,
         stats.device_bytes as f64 / 1e9,
         peak_rss_bytes() as f64 / 1e9,

@@ -45,6 +45,9 @@ pub struct Gpu {
     pub arch: String,
     /// Where the kernels came from (the on-disk cache or NVRTC just now).
     pub kernels: sources::KernelOrigins,
+    /// Seconds [`Gpu::new`] spent creating the context, then waiting for and loading the
+    /// kernels after it.
+    pub opened: (f64, f64),
 }
 
 /// The generation of the NF4/FP4 and FP8-block kernels: v2 (`kernels/bnb4_v2.cu`,
@@ -98,6 +101,36 @@ pub unsafe fn fresh<T: cudarc::driver::DeviceRepr>(
     Ok(slice)
 }
 
+/// Device `ordinal`'s architecture (`sm_90`), read without a context.
+fn arch_of(ordinal: usize) -> GpuResult<String> {
+    use cudarc::driver::sys::{self, CUdevice_attribute as A};
+    let ordinal = i32::try_from(ordinal)
+        .map_err(|_| super::Error::Call(format!("device {ordinal} does not exist")))?;
+    let mut dev: sys::CUdevice = 0;
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: the driver is initialized (devices were counted); each call writes one
+    // integer through a valid pointer.
+    let ok = unsafe {
+        sys::cuDeviceGet(&mut dev, ordinal) == sys::CUresult::CUDA_SUCCESS
+            && sys::cuDeviceGetAttribute(
+                &mut major,
+                A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
+                dev,
+            ) == sys::CUresult::CUDA_SUCCESS
+            && sys::cuDeviceGetAttribute(
+                &mut minor,
+                A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
+                dev,
+            ) == sys::CUresult::CUDA_SUCCESS
+    };
+    if !ok {
+        return Err(super::Error::Call(
+            "cannot read the compute capability".into(),
+        ));
+    }
+    Ok(format!("sm_{major}{minor}"))
+}
+
 /// Sets the device's stream-ordered pool to keep memory freed into it (release threshold
 /// unlimited). By default the pool hands it back to the driver at every synchronize, so
 /// the next allocation maps fresh pages: a quantize that allocates its outputs and waits
@@ -140,16 +173,32 @@ impl Gpu {
         }
         // Before the context: a bad WMAP_KERNELS is refused without opening the device.
         let kernels_version = KernelVersion::from_env()?;
-        let ctx = CudaContext::new(ordinal).map_err(err("cannot open the CUDA device"))?;
+        // The kernel images (loading libnvrtc for its version, reading the cache) need
+        // only the architecture, so they are fetched while the context is created.
+        let arch = arch_of(ordinal)?;
+        let images = {
+            let arch = arch.clone();
+            std::thread::Builder::new()
+                .name("wmap-kernels".into())
+                .spawn(move || sources::device_code(&arch))
+                .map_err(|e| super::Error::Call(format!("cannot start a thread: {e}")))?
+        };
+        let t0 = std::time::Instant::now();
+        let ctx = CudaContext::new(ordinal).map_err(err("cannot open the CUDA device"));
+        let context_seconds = t0.elapsed().as_secs_f64();
+        let images = images
+            .join()
+            .unwrap_or_else(|_| Err(super::Error::Internal("kernel lookup panicked".into())));
+        let ctx = ctx?;
         keep_freed_memory(&ctx);
-        let (major, minor) = ctx
-            .compute_capability()
-            .map_err(err("cannot read the compute capability"))?;
-        let arch = format!("sm_{major}{minor}");
         let name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
         let stream = ctx.new_stream().map_err(err("cannot create a stream"))?;
         let copy_stream = ctx.new_stream().map_err(err("cannot create a stream"))?;
-        let (functions, kernels) = load_kernels(&ctx, &arch)?;
+        let (functions, kernels) = load_kernels(&ctx, &arch, images?)?;
+        let opened = (
+            context_seconds,
+            t0.elapsed().as_secs_f64() - context_seconds,
+        );
         let resident = resident_ctas(&ctx, &functions);
         let up = |v: &[f32]| stream.clone_htod(v).map_err(err("cannot upload a table"));
         let cells = super::tables::nf4_cell_table()
@@ -169,6 +218,7 @@ impl Gpu {
             copy_stream,
             functions,
             kernels,
+            opened,
             name,
             arch,
         })
@@ -214,8 +264,8 @@ fn resident_ctas(ctx: &Arc<CudaContext>, functions: &Functions) -> BTreeMap<&'st
 fn load_kernels(
     ctx: &Arc<CudaContext>,
     arch: &str,
+    (images, origins): (Vec<sources::DeviceCode>, sources::KernelOrigins),
 ) -> GpuResult<(Functions, sources::KernelOrigins)> {
-    let (images, origins) = sources::device_code(arch)?;
     let images = images
         .into_iter()
         .map(|(name, image)| (name, cudarc::nvrtc::Ptx::from_binary(image)))

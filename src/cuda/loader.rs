@@ -133,6 +133,9 @@ pub struct Ready {
     pub staging: Staging,
     /// Wall time of opening the device, loading the kernels and pinning the ring.
     pub seconds: f64,
+    /// Of that, after the context and kernels: waiting for the ring's pages and
+    /// page-locking them.
+    pub staging_seconds: f64,
 }
 
 impl Ready {
@@ -150,10 +153,11 @@ impl Ready {
             .spawn(move || RingMemory::new(bytes))
             .map_err(|e| format!("cannot start a thread: {e}"))?;
         let gpu = Gpu::new(ordinal);
+        let gpu = std::sync::Arc::new(gpu?);
+        let t1 = std::time::Instant::now();
         let ring = host
             .join()
             .unwrap_or_else(|_| Err(super::Error::Internal("staging allocation panicked".into())));
-        let gpu = std::sync::Arc::new(gpu?);
         let mut ring = ring?;
         ring.register(&gpu.ctx)?;
         let mut staging = Staging::from_ring(ring, count, mib << 20);
@@ -162,6 +166,7 @@ impl Ready {
             gpu,
             staging,
             seconds: t0.elapsed().as_secs_f64(),
+            staging_seconds: t1.elapsed().as_secs_f64(),
         })
     }
 }
