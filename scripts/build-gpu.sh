@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds, on this (GPU-less) machine, everything scripts/gpu-test.sh runs on the GPU machine,
-# into the git-ignored .gpu/ folder: wmapc, the GPU test binaries, the GPU benchmark, a
-# stripped bitsandbytes for the peer figures, and our exports of the llama fixture.
+# into the git-ignored .gpu/ folder: wmapc, the GPU test binaries, the GPU benchmark, the
+# page-cache fill benchmark, a stripped bitsandbytes for the peer figures, and our exports
+# of the llama fixture.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .gpu/bin
@@ -22,6 +23,8 @@ for line in sys.stdin:
         shutil.copy(m["executable"], ".gpu/bin/bench-" + m["target"]["name"])'
 cargo build --release --features cuda --example gpu_load
 cp target/release/examples/gpu_load .gpu/bin/example-gpu_load
+# The page-cache fill benchmark (scripts/gpu-fill-bench.sh); libcuda is loaded at run time.
+cc -O2 -pthread -o .gpu/bin/fill-bench scripts/fill_bench.c -ldl
 if [ -d ../shared/tools/py-bitsandbytes-0.50.2-cu130 ]; then
   rm -rf .gpu/bnb && cp -r ../shared/tools/py-bitsandbytes-0.50.2-cu130 .gpu/bnb
 fi
