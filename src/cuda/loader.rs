@@ -654,8 +654,12 @@ fn fill_chunk(
     let mut jobs: Vec<Mutex<Option<Read<'_>>>> = Vec::new();
     let mut pending = 0u64; // bytes of the current size still to hand out
     for &(shard, off, at, end) in &ranges {
-        // Bytes before this range (a gap in the pieces) stay as they are.
-        let (_, tail) = rest.split_at_mut((at - cursor) as usize);
+        // Bytes before this range (a gap in the pieces) stay as they are. Pieces never
+        // overlap (`pieces` lays them end to end); if they did, refuse rather than panic.
+        let gap = at.checked_sub(cursor).ok_or_else(|| {
+            crate::diag::Diagnostic::new(crate::diag::Code::E0901, "staging pieces overlap")
+        })?;
+        let (_, tail) = rest.split_at_mut(gap as usize);
         rest = tail;
         cursor = at;
         while cursor < end {
