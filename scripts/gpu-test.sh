@@ -58,6 +58,8 @@ cat "$CKPT"/*.safetensors > /dev/null  # warm page cache
 .gpu/bin/wmapc load "$CKPT" --device cuda --quant fp8-block --repeat 3 --quiet 2>&1 | tee "$OUT/wmap-load-fp8.log"
 .gpu/bin/wmapc load "$CKPT" --device cuda --repeat 3 --quiet 2>&1 | tee "$OUT/wmap-load-bf16.log"
 python3 scripts/bench_peers.py load "$CKPT" 2>&1 | grep -E "^peer" | tee "$OUT/peer-load.log"
+# What bounds P1: the page-cache fill rate, alone and beside device copies.
+CKPT="$CKPT" bash scripts/gpu-fill-bench.sh 2>&1 | tee "$OUT/fill-bench.log"
 # The whole process as a user runs it: the kernel cache cold once, then warm.
 wall() { python3 -c 'import resource, subprocess, sys, time
 t = time.monotonic(); r = subprocess.run(sys.argv[1:], capture_output=True, text=True)
@@ -130,6 +132,7 @@ grep -h -E "peer|pinned" "$OUT/peer-kernels.log"
 runs() { echo "  each run in order: $(sed -n -E 's/^run [0-9]+ of [0-9]+: load ([0-9.]+) s.*/\1/p' "$1" | tr '\n' ' ')"; }
 grep -h -E "^load|loaded" "$OUT/wmap-load.log"; runs "$OUT/wmap-load.log"
 cat "$OUT/peer-load.log"; cat "$OUT/whole.log"
+sed -n '/== summary/,$p' "$OUT/fill-bench.log"
 grep -h -E "^load|loaded" "$OUT/wmap-moe.log"; cat "$OUT/peer-moe.log"; tail -2 "$OUT/wmap-moe-offload.log"
 tail -3 "$OUT/offload-cyclic.log"; tail -2 "$OUT/offload-routed.log"
 grep -h -E "^load|loaded" "$OUT/wmap-moe24.log"; runs "$OUT/wmap-moe24.log"
