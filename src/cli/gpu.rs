@@ -85,7 +85,7 @@ pub fn load(
     repeat: usize,
     offload: OffloadArgs,
 ) -> Outcome {
-    use crate::cuda::{loader, Ready};
+    use crate::cuda::Ready;
     let t0 = std::time::Instant::now();
     let ready = match pending {
         Some(Pending(h)) => h
@@ -95,62 +95,14 @@ pub fn load(
     }
     .map_err(coded)?;
     let waited = t0.elapsed().as_secs_f64();
-    let (gpu, mut staging, setup) = (ready.gpu, ready.staging, ready.seconds);
-    let staging_seconds = ready.staging_seconds;
-    let mut times = Vec::with_capacity(repeat);
-    let mut last = None;
-    for run in 1..=repeat {
-        drop(last.take());
-        let (store, stats) = loader::load(&gpu, &mut staging, plan, ckpt, format).map_err(coded)?;
-        if repeat > 1 {
-            // In order, so a first load that differs from the rest shows, with where it went.
-            outln!(
-                "run {run} of {repeat}: load {:.3} s ({:.3} filling, {:.3} waiting, {:.3} assembling)",
-                stats.seconds,
-                stats.read_seconds,
-                stats.ring_wait_seconds,
-                stats.assemble_seconds,
-            );
-        }
-        times.push(stats.seconds);
-        last = Some((store, stats));
-    }
-    let (store, stats) = last.ok_or_else(|| Diagnostic::new(Code::E0901, "no load ran"))?;
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
-    let bf16_bytes = plan.target_bytes();
-    outln!(
-        "loaded model `{}` on {} ({}): {} tensors, {:.2} GB read, {:.2} GB on device ({:.1} % of the full-precision {:.2} GB)",
-        plan.model,
-        gpu.name,
-        gpu.arch,
-        stats.tensors,
-        stats.bytes_read as f64 / 1e9,
-        stats.device_bytes as f64 / 1e9,
-        100.0 * stats.device_bytes as f64 / bf16_bytes.max(1) as f64,
-        bf16_bytes as f64 / 1e9,
-    );
-    outln!(
-        "load {:.3} s (median of {repeat}; {:.1} GB/s), setup {setup:.3} s (context {:.3}, kernels {} {:.3}, pinned staging {:.3}; \
-         beside planning, {waited:.3} s waited); device peak {:.3} GB over the final {:.2} GB; host peak RSS {:.2} GB",
-        median,
-        stats.bytes_read as f64 / median / 1e9,
-        gpu.opened.0,
-        kernel_origin(gpu.kernels),
-        gpu.opened.1,
-        staging_seconds,
-        stats.peak_device_bytes.saturating_sub(stats.device_bytes) as f64 / 1e9,
-        stats.device_bytes as f64 / 1e9,
-        peak_rss_bytes() as f64 / 1e9,
-    );
-    outln!(
-        "load thread: {:.3} s filling pinned staging from the checkpoint ({:.1} GB/s while filling), \
-         {:.3} s waiting for a staging buffer, {:.3} s assembling targets on the CPU (last load)",
-        stats.read_seconds,
-        stats.bytes_read as f64 / stats.read_seconds.max(1e-9) / 1e9,
-        stats.ring_wait_seconds,
-        stats.assemble_seconds,
-    );
+    let setup = SetupReport {
+        seconds: ready.seconds,
+        staging_seconds: ready.staging_seconds,
+        waited,
+    };
+    let (gpu, mut staging) = (ready.gpu, ready.staging);
+    let (store, stats, median) = repeated_loads(&gpu, &mut staging, plan, ckpt, format, repeat)?;
+    print_summary(plan, &gpu, &stats, median, repeat, &setup);
     if let Some(f) = format {
         outln!("quantized to {} on the device", f.name());
     }
@@ -179,6 +131,106 @@ pub fn load(
         t.elapsed().as_secs_f64()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long the device took to be ready, for the summary.
+#[cfg(feature = "cuda")]
+struct SetupReport {
+    seconds: f64,
+    staging_seconds: f64,
+    /// Of `seconds`, what the load waited for after planning.
+    waited: f64,
+}
+
+/// `repeat` loads, each freeing the one before; the last one's tensors and statistics, and
+/// the median load time.
+#[cfg(feature = "cuda")]
+fn repeated_loads(
+    gpu: &crate::cuda::Gpu,
+    staging: &mut crate::cuda::loader::Staging,
+    plan: &Plan,
+    ckpt: &Checkpoint,
+    format: Option<Format>,
+    repeat: usize,
+) -> Result<
+    (
+        crate::cuda::loader::DeviceStore,
+        crate::cuda::loader::GpuLoadStats,
+        f64,
+    ),
+    Diagnostic,
+> {
+    let mut times = Vec::with_capacity(repeat);
+    let mut last = None;
+    for run in 1..=repeat {
+        drop(last.take());
+        let (store, stats) =
+            crate::cuda::loader::load(gpu, staging, plan, ckpt, format).map_err(coded)?;
+        if repeat > 1 {
+            // In order, so a first load that differs from the rest shows, with where it went.
+            outln!(
+                "run {run} of {repeat}: load {:.3} s ({:.3} filling, {:.3} waiting, {:.3} assembling)",
+                stats.seconds,
+                stats.read_seconds,
+                stats.ring_wait_seconds,
+                stats.assemble_seconds,
+            );
+        }
+        times.push(stats.seconds);
+        last = Some((store, stats));
+    }
+    let (store, stats) = last.ok_or_else(|| Diagnostic::new(Code::E0901, "no load ran"))?;
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    Ok((store, stats, median))
+}
+
+/// The three summary lines: what was loaded, how fast with the setup's split, and where
+/// the load thread's time went.
+#[cfg(feature = "cuda")]
+fn print_summary(
+    plan: &Plan,
+    gpu: &crate::cuda::Gpu,
+    stats: &crate::cuda::loader::GpuLoadStats,
+    median: f64,
+    repeat: usize,
+    setup: &SetupReport,
+) {
+    let bf16_bytes = plan.target_bytes();
+    outln!(
+        "loaded model `{}` on {} ({}): {} tensors, {:.2} GB read, {:.2} GB on device ({:.1} % of the full-precision {:.2} GB)",
+        plan.model,
+        gpu.name,
+        gpu.arch,
+        stats.tensors,
+        stats.bytes_read as f64 / 1e9,
+        stats.device_bytes as f64 / 1e9,
+        100.0 * stats.device_bytes as f64 / bf16_bytes.max(1) as f64,
+        bf16_bytes as f64 / 1e9,
+    );
+    outln!(
+        "load {:.3} s (median of {repeat}; {:.1} GB/s), setup {:.3} s (context {:.3}, kernels {} {:.3}, pinned staging {:.3}; \
+         beside planning, {:.3} s waited); device peak {:.3} GB over the final {:.2} GB; host peak RSS {:.2} GB",
+        median,
+        stats.bytes_read as f64 / median / 1e9,
+        setup.seconds,
+        gpu.opened.0,
+        kernel_origin(gpu.kernels),
+        gpu.opened.1,
+        setup.staging_seconds,
+        setup.waited,
+        stats.peak_device_bytes.saturating_sub(stats.device_bytes) as f64 / 1e9,
+        stats.device_bytes as f64 / 1e9,
+        peak_rss_bytes() as f64 / 1e9,
+    );
+    outln!(
+        "load thread: {:.3} s filling pinned staging from the checkpoint ({:.1} GB/s while filling), \
+         {:.3} s waiting for a staging buffer, {:.3} s assembling targets on the CPU (last load)",
+        stats.read_seconds,
+        stats.bytes_read as f64 / stats.read_seconds.max(1e-9) / 1e9,
+        stats.ring_wait_seconds,
+        stats.assemble_seconds,
+    );
 }
 
 #[cfg(feature = "cuda")]
