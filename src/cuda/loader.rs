@@ -1,15 +1,17 @@
 //! The streaming GPU loader: checkpoint bytes → pinned staging → device, quantized there.
 //!
 //! Reader threads fill a ring of pinned staging buffers (allocated once, see [`Staging`])
-//! with positioned reads; a copy stream moves each filled buffer to the device while the
-//! readers fill the next; targets marked `quantizable` land in a device scratch buffer
-//! and are quantized on the compute stream while the next target is copied. Assembly
-//! (fuse on dim 0, stack) happens on the way: each checkpoint tensor is copied to its
-//! offset inside the target, so every byte crosses PCIe once. Targets that slice,
-//! transpose or convert are assembled by the CPU path into staging first.
-//! Device memory in use: the final tensors plus two scratch buffers of the largest
-//! quantizable target. Pre-quantized sources travel as stored and are decoded (or passed
-//! through) on the device ([`prequant`]).
+//! with positioned reads, handed out in order and shrinking toward the end of each fill
+//! ([`read_sizes`]) because the load thread waits for the whole fill; a copy stream moves
+//! each filled buffer to the device while the readers fill the next; targets marked
+//! `quantizable` land in a device scratch buffer and are quantized on the compute stream
+//! while the next chunk is copied. Assembly (fuse on dim 0, stack) happens on the way:
+//! each checkpoint tensor is copied to its offset inside the target, so every byte
+//! crosses PCIe once. Targets that slice, transpose or convert are assembled by the CPU
+//! path into staging first. Device memory in use: the final tensors plus two scratch
+//! buffers of one quantize chunk (or of the largest target whose format needs the whole
+//! tensor for its scale). Pre-quantized sources travel as stored and are decoded (or
+//! passed through) on the device ([`prequant`]).
 
 mod prequant;
 mod ring;
