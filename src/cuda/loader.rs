@@ -2,7 +2,7 @@
 //!
 //! Reader threads fill a ring of pinned staging buffers (allocated once, see [`Staging`])
 //! with positioned reads, handed out in order and shrinking toward the end of each fill
-//! ([`read_sizes`]) because the load thread waits for the whole fill; a copy stream moves
+//! (`read_sizes`) because the load thread waits for the whole fill; a copy stream moves
 //! each filled buffer to the device while the readers fill the next; targets marked
 //! `quantizable` land in a device scratch buffer and are quantized on the compute stream
 //! while the next chunk is copied. Assembly (fuse on dim 0, stack) happens on the way:
