@@ -8,7 +8,8 @@ CKPT=${CKPT:-/tmp/llama8b}
 [ -f "$CKPT/config.json" ] || python3 scripts/bench_peers.py make "$CKPT" > /dev/null 2>&1
 FILES=$(ls "$CKPT"/*.safetensors)
 cat $FILES > /dev/null
-LOG=$(mktemp)
+LOG=$(mktemp) || exit 1
+trap 'rm -f -- "$LOG"' EXIT  # only the temporary file this script made
 for round in 1 2 3; do
   for chunk in all 64 8; do
     for dma in 0 1; do
@@ -21,4 +22,3 @@ done | tee "$LOG"
 echo "== summary: GB/s over three rounds"
 grep -E "^dma [01]: (pread|mmap)" "$LOG" | sed -E 's/^dma ([01]): (\w+) .*fills of ([^:]*):.* ([0-9.]+) GB\/s$/\2, fills of \3, device copies \1: \4/' \
   | sort -s -t: -k1,1 | awk -F': ' '{a[$1] = a[$1] " " $2} END {for (k in a) print k ":" a[k]}' | sort
-rm -f "$LOG"

@@ -653,6 +653,8 @@ fn fill_chunk(
     let mut sizes = read_sizes(chunk.len() as u64, slice as u64, threads);
     let mut rest: &mut [u8] = chunk;
     let mut cursor = 0u64;
+    // Each index is claimed once from the counter below; the lock only hands that read's
+    // buffer to the thread that claimed it, so it is never contended.
     let mut jobs: Vec<Mutex<Option<Read<'_>>>> = Vec::new();
     let mut pending = 0u64; // bytes of the current size still to hand out
     for &(shard, off, at, end) in &ranges {
