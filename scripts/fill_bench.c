@@ -2,17 +2,20 @@
 // part of a GPU load the load thread waits for. Built by scripts/build-gpu.sh into
 // .gpu/bin/fill-bench; run on the GPU machine by scripts/gpu-fill-bench.sh.
 //
-//   fill-bench pread|mmap THREADS FILES...
+//   fill-bench pread|mmap|mmapnt THREADS FILES...
 //
 // pread: 512 KiB (SLICE_KIB) `pread`s, as the loader reads. mmap: `memcpy` out of a
 // mapping of each file (faster, but a file truncated under a mapping raises SIGBUS, which
-// is why the loader does not read this way). Reads go out in file order from one counter.
+// is why the loader does not read this way). mmapnt: the same with non-temporal (AVX2
+// streaming) stores into the ring. RING_MIB sets the ring's size (768); POPULATE=1 maps
+// each mmap read's pages with one MADV_POPULATE_READ before copying. Reads go out in file order from one counter.
 // CHUNK_MIB=N: all threads meet at a barrier after every N MiB, as the load thread waits
 // for each fill before it copies it. DMA=1: a thread copies a 256 MiB page-locked buffer
 // to the device over and over meanwhile (libcuda loaded at run time), as the copies out
 // of the ring do during a load.
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <immintrin.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -25,9 +28,12 @@
 #include <unistd.h>
 
 #define MAX_FILES 64
-#define RING (768ul << 20)
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
 
-static int nfiles, use_mmap;
+static int nfiles, use_mmap, use_nt, populate;
+static size_t RING = 768ul << 20;
 static int fds[MAX_FILES];
 static size_t sizes[MAX_FILES], first_slice[MAX_FILES + 1];
 static char *maps[MAX_FILES], *ring;
@@ -42,6 +48,25 @@ static double now(void) {
   return t.tv_sec + t.tv_nsec * 1e-9;
 }
 
+// Non-temporal stores: the ring's lines go to memory without being read first.
+__attribute__((target("avx2"))) static void copy_nt(char *dst, const char *src, size_t len) {
+  size_t head = (32 - ((size_t)dst & 31)) & 31, i;
+  if (head > len) head = len;
+  memcpy(dst, src, head);
+  for (i = head; i + 128 <= len; i += 128) {
+    __m256i a = _mm256_loadu_si256((const __m256i *)(src + i));
+    __m256i b = _mm256_loadu_si256((const __m256i *)(src + i + 32));
+    __m256i c = _mm256_loadu_si256((const __m256i *)(src + i + 64));
+    __m256i d = _mm256_loadu_si256((const __m256i *)(src + i + 96));
+    _mm256_stream_si256((__m256i *)(dst + i), a);
+    _mm256_stream_si256((__m256i *)(dst + i + 32), b);
+    _mm256_stream_si256((__m256i *)(dst + i + 64), c);
+    _mm256_stream_si256((__m256i *)(dst + i + 96), d);
+  }
+  _mm_sfence();
+  memcpy(dst + i, src + i, len - i);
+}
+
 static void copy_slice(size_t s) {
   int f = 0;
   while (first_slice[f + 1] <= s) f++;
@@ -50,7 +75,9 @@ static void copy_slice(size_t s) {
   size_t at = (s * slice) % RING;
   if (at + len > RING) at = 0;
   if (use_mmap) {
-    memcpy(ring + at, maps[f] + off, len);
+    if (populate) madvise(maps[f] + off - off % 4096, len + off % 4096, MADV_POPULATE_READ);
+    if (use_nt) copy_nt(ring + at, maps[f] + off, len);
+    else memcpy(ring + at, maps[f] + off, len);
     return;
   }
   for (size_t done = 0; done < len;) {
@@ -116,11 +143,15 @@ static void *dma(void *cuda) {
 }
 
 int main(int argc, char **argv) {
-  if (argc < 4 || (strcmp(argv[1], "pread") && strcmp(argv[1], "mmap"))) {
-    fprintf(stderr, "usage: fill-bench pread|mmap THREADS FILES...\n");
+  if (argc < 4 || (strcmp(argv[1], "pread") && strcmp(argv[1], "mmap") && strcmp(argv[1], "mmapnt"))) {
+    fprintf(stderr, "usage: fill-bench pread|mmap|mmapnt THREADS FILES...\n");
     return 2;
   }
-  use_mmap = !strcmp(argv[1], "mmap");
+  use_nt = !strcmp(argv[1], "mmapnt");
+  use_mmap = use_nt || !strcmp(argv[1], "mmap");
+  populate = getenv("POPULATE") != NULL;
+  if (getenv("RING_MIB")) RING = (size_t)atoi(getenv("RING_MIB")) << 20;
+  if (RING == 0) return 2;
   int threads = atoi(argv[2]);
   if (threads < 1 || threads > 256 || argc - 3 > MAX_FILES) { fprintf(stderr, "1-256 threads, at most 64 files\n"); return 2; }
   if (getenv("SLICE_KIB")) slice = (size_t)atoi(getenv("SLICE_KIB")) << 10;
@@ -156,8 +187,8 @@ int main(int argc, char **argv) {
   for (int i = 0; i < threads; i++) pthread_join(th[i], NULL);
   double s = now() - t0;
   if (with_dma) { atomic_store(&dma_state, 2); pthread_join(dma_thread, NULL); }
-  printf("%-5s %2d threads, %4zu KiB reads, fills of %s%s: %.2f GB in %.3f s, %.1f GB/s\n", argv[1], threads,
-         slice >> 10, chunk_slices ? getenv("CHUNK_MIB") : "all", chunk_slices ? " MiB" : "",
+  printf("%-6s%s %2d threads, %4zu KiB reads, ring %zu MiB, fills of %s%s: %.2f GB in %.3f s, %.1f GB/s\n", argv[1],
+         populate ? "+pop" : "", threads, slice >> 10, RING >> 20, chunk_slices ? getenv("CHUNK_MIB") : "all", chunk_slices ? " MiB" : "",
          total / 1e9, s, total / s / 1e9);
   return 0;
 }

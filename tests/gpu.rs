@@ -370,14 +370,21 @@ fn the_gpu_loader_matches_the_cpu_loader() {
         )
         .unwrap();
         let cpu_full = cpu_full.into_tensors();
-        for (staging_bytes, chunk) in [(4096usize, 4096usize), (1 << 20, 1 << 25)] {
+        // Small copy blocks: each fill goes to the device in many copies, queued by the
+        // reader threads as their blocks complete.
+        for (staging_bytes, chunk, copy_block) in [
+            (4096usize, 4096usize, loader::COPY_BLOCK),
+            (1 << 20, 1 << 25, loader::COPY_BLOCK),
+            (1 << 20, 1 << 25, 8192),
+        ] {
             let mut staging = Staging::new(&gpu, 3, staging_bytes).unwrap();
             // Small chunks: stacked experts quantize in many pieces into one tensor.
             staging.chunk_elems = chunk;
+            staging.copy_block = copy_block;
             let (store, _) =
                 loader::load(&gpu, &mut staging, &b.plan, &b.checkpoint, format).unwrap();
             for t in &b.plan.targets {
-                let what = format!("{fixture} staging {staging_bytes}: {}", t.name);
+                let what = format!("{fixture} staging {staging_bytes}/{copy_block}: {}", t.name);
                 match store.get(&t.name).unwrap() {
                     DeviceTensor::Quantized(q) => {
                         let x: Vec<f32> = quant::to_f32(t.dtype, &cpu_full[&t.name].data);
