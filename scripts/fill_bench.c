@@ -1,5 +1,5 @@
-// How fast threads copy page-cached checkpoint files into a 768 MiB staging ring, the
-// part of a GPU load the load thread waits for. Built by scripts/build-gpu.sh into
+// How fast threads copy page-cached checkpoint files into a staging ring, the part of a
+// GPU load the load thread waits for. Built by scripts/build-gpu.sh into
 // .gpu/bin/fill-bench; run on the GPU machine by scripts/gpu-fill-bench.sh.
 //
 //   fill-bench pread|mmap|mmapnt THREADS FILES...
@@ -7,12 +7,14 @@
 // pread: 512 KiB (SLICE_KIB) `pread`s, as the loader reads. mmap: `memcpy` out of a
 // mapping of each file (faster, but a file truncated under a mapping raises SIGBUS, which
 // is why the loader does not read this way). mmapnt: the same with non-temporal (AVX2
-// streaming) stores into the ring. RING_MIB sets the ring's size (768); POPULATE=1 maps
-// each mmap read's pages with one MADV_POPULATE_READ before copying. Reads go out in file order from one counter.
-// CHUNK_MIB=N: all threads meet at a barrier after every N MiB, as the load thread waits
-// for each fill before it copies it. DMA=1: a thread copies a 256 MiB page-locked buffer
-// to the device over and over meanwhile (libcuda loaded at run time), as the copies out
-// of the ring do during a load.
+// streaming) stores into the ring. Reads go out in file order from one counter.
+// RING_MIB: the ring's size (768, the loader's until 2026-12-02; it uses 128 now, which
+// stays in the host's last-level cache). POPULATE=1: each mmap read's pages are mapped
+// with one MADV_POPULATE_READ before copying. CHUNK_MIB=N: all threads meet at a barrier
+// after every N MiB, as the load thread waits for each fill. DMA=1: a thread copies a
+// 256 MiB page-locked buffer to the device over and over meanwhile (libcuda loaded at
+// run time), as the copies out of the ring do during a load (the loader's copies read
+// the ring itself).
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <immintrin.h>

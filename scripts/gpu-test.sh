@@ -53,7 +53,10 @@ python3 scripts/bench_peers.py kernels 2>&1 | grep -v -i warn | tee "$OUT/peer-k
 
 echo "== P1: Llama-3.1-8B-shaped load + NF4"
 [ -f "$CKPT/config.json" ] || python3 scripts/bench_peers.py make "$CKPT" 2>&1 | grep -v -i warn | tee "$OUT/make.log"
-cat "$CKPT"/*.safetensors > /dev/null  # warm page cache
+# Wait for a just-written checkpoint's writeback (loads measured in the minute after making
+# it ran up to a third slower on a 2026-12-02 machine), then warm the page cache.
+sync
+cat "$CKPT"/*.safetensors > /dev/null
 .gpu/bin/wmapc load "$CKPT" --device cuda --quant nf4 --repeat 9 --quiet 2>&1 | tee "$OUT/wmap-load.log"
 .gpu/bin/wmapc load "$CKPT" --device cuda --quant fp8-block --repeat 3 --quiet 2>&1 | tee "$OUT/wmap-load-fp8.log"
 .gpu/bin/wmapc load "$CKPT" --device cuda --repeat 3 --quiet 2>&1 | tee "$OUT/wmap-load-bf16.log"
@@ -78,7 +81,7 @@ if [ ! -e "$MOE" ]; then
   python3 scripts/bench_peers.py make-moe "$MOE" 2>&1 | grep -v -i warn | tee "$OUT/make-moe.log"
   MADE_MOE=1
 fi
-cat "$MOE"/*.safetensors > /dev/null
+sync; cat "$MOE"/*.safetensors > /dev/null
 .gpu/bin/wmapc load "$MOE" --device cuda --quant nf4 --repeat 3 --quiet 2>&1 | tee "$OUT/wmap-moe.log"
 python3 -c 'import resource, subprocess, sys, time
 t = time.monotonic(); r = subprocess.run(sys.argv[1:])
@@ -92,7 +95,7 @@ MOE24=${MOE24:-/tmp/qwen3moe24}
 # The disk holds the 8B and one MoE checkpoint at a time: the 12-layer one goes if this run made it.
 [ -n "$MADE_MOE" ] && rm -rf -- "$MOE"
 [ -e "$MOE24" ] || python3 scripts/bench_peers.py make-moe "$MOE24" 24 2>&1 | grep -v -i warn | tee "$OUT/make-moe24.log"
-cat "$MOE24"/*.safetensors > /dev/null
+sync; cat "$MOE24"/*.safetensors > /dev/null
 .gpu/bin/wmapc load "$MOE24" --device cuda --quant nf4 --repeat 5 --quiet 2>&1 | tee "$OUT/wmap-moe24.log"
 # The same tensor count with 64-wide tensors: load time over tensors is the fixed per-tensor cost.
 TINY=${TINY:-/tmp/qwen3moe24-tiny}

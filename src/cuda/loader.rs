@@ -168,14 +168,6 @@ impl Ready {
             .unwrap_or_else(|_| Err(super::Error::Internal("staging allocation panicked".into())));
         let mut ring = ring?;
         ring.register(&gpu.ctx)?;
-        if let Some(mib) = std::env::var("WMAP_RESERVE_MIB")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-        {
-            let b = unsafe { gpu.stream.alloc::<u8>(mib << 20) }.map_err(|e| format!("{e:?}"))?;
-            drop(b);
-            gpu.stream.synchronize().map_err(|e| format!("{e:?}"))?;
-        }
         let mut staging = Staging::from_ring(ring, count, mib << 20);
         staging.read_slice = read_slice;
         staging.copy_block = copy_block;
