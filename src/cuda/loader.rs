@@ -214,17 +214,30 @@ pub const READ_SLICE: usize = 512 << 10;
 
 /// The read size from `WMAP_READ_SLICE_KIB` (64–65536 KiB), or [`READ_SLICE`] when unset.
 fn read_slice(var: Option<&str>) -> GpuResult<usize> {
+    kib_knob("WMAP_READ_SLICE_KIB", var, 64..=65536, READ_SLICE)
+}
+
+/// A size knob given in KiB: `var`, the value of `name`, within `kib` (refused otherwise),
+/// in bytes; `default` when unset.
+fn kib_knob(
+    name: &str,
+    var: Option<&str>,
+    kib: std::ops::RangeInclusive<usize>,
+    default: usize,
+) -> GpuResult<usize> {
     let Some(v) = var else {
-        return Ok(READ_SLICE);
+        return Ok(default);
     };
     v.trim()
         .parse::<usize>()
         .ok()
-        .filter(|k| (64..=65536).contains(k))
+        .filter(|k| kib.contains(k))
         .map(|k| k << 10)
         .ok_or_else(|| {
             super::Error::Unsupported(format!(
-                "WMAP_READ_SLICE_KIB=`{v}`: expected a size in KiB from 64 to 65536"
+                "{name}=`{v}`: expected a size in KiB from {} to {}",
+                kib.start(),
+                kib.end()
             ))
         })
 }
@@ -235,19 +248,7 @@ pub const COPY_BLOCK: usize = 4 << 20;
 
 /// The copy block from `WMAP_COPY_BLOCK_KIB` (64–1048576 KiB), or [`COPY_BLOCK`] when unset.
 fn copy_block(var: Option<&str>) -> GpuResult<usize> {
-    let Some(v) = var else {
-        return Ok(COPY_BLOCK);
-    };
-    v.trim()
-        .parse::<usize>()
-        .ok()
-        .filter(|k| (64..=1 << 20).contains(k))
-        .map(|k| k << 10)
-        .ok_or_else(|| {
-            super::Error::Unsupported(format!(
-                "WMAP_COPY_BLOCK_KIB=`{v}`: expected a size in KiB from 64 to 1048576"
-            ))
-        })
+    kib_knob("WMAP_COPY_BLOCK_KIB", var, 64..=1 << 20, COPY_BLOCK)
 }
 
 /// Queues a copy of `n` host bytes at address `host` to device address `dev` on the copy
