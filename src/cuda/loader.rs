@@ -147,9 +147,11 @@ pub struct Ready {
 }
 
 impl Ready {
-    /// Two 64 MiB buffers by default (see [`staging_shape`]). For measurements, `WMAP_STAGING=NxM` (N buffers of M MiB) sets the ring and
-    /// `WMAP_READ_SLICE_KIB` the parallel read size; a value out of range is refused. The
-    /// ring's pages are faulted in on other threads while the context is created.
+    /// Two 64 MiB buffers by default (see [`staging_shape`]). For measurements,
+    /// `WMAP_STAGING=NxM` (N buffers of M MiB) sets the ring, `WMAP_READ_SLICE_KIB` the
+    /// parallel read size and `WMAP_COPY_BLOCK_KIB` the copy block; a value out of range
+    /// is refused. The ring's pages are faulted in on other threads while the context is
+    /// created.
     pub fn open(ordinal: usize) -> GpuResult<Ready> {
         let t0 = std::time::Instant::now();
         let (count, mib) = staging_shape(std::env::var("WMAP_STAGING").ok().as_deref())?;
@@ -200,7 +202,7 @@ fn staging_shape(var: Option<&str>) -> GpuResult<(usize, usize)> {
         .filter(|&(n, m): &(usize, usize)| (2..=16).contains(&n) && (16..=1024).contains(&m));
     parsed.ok_or_else(|| {
         super::Error::Unsupported(format!(
-            "WMAP_STAGING=`{v}`: expected N buffers x M MiB, e.g. `3x256` (2-16 buffers of 16-1024 MiB)"
+            "WMAP_STAGING=`{v}`: expected N buffers x M MiB, e.g. `2x64` (2-16 buffers of 16-1024 MiB)"
         ))
     })
 }
@@ -700,29 +702,13 @@ fn fill_chunk(
     copy: &(dyn Fn(usize, usize) -> GpuResult<()> + Sync),
 ) -> GpuResult<()> {
     let len = chunk.len();
-    let block = block.max(1);
-    let reads = split_reads(pieces, from, chunk, slice as u64, block as u64)?;
-    // Bytes still to read per block; a block no read touches (a gap) is copied at the end.
-    let blocks = len.div_ceil(block);
-    let mut unread = vec![0u64; blocks];
-    for (_, _, b, buf) in &reads {
-        unread[*b] += buf.len() as u64;
-    }
+    let reads = split_reads(pieces, from, chunk, slice as u64, block.max(1) as u64)?;
+    let blocks = Blocks::new(&reads, len, block);
     // Each index is claimed once from the counter below; the lock only hands that read's
     // buffer to the thread that claimed it, so it is never contended.
     let jobs: Vec<Mutex<Option<Read>>> = reads.into_iter().map(|r| Mutex::new(Some(r))).collect();
-    let untouched: Vec<usize> = (0..blocks).filter(|&b| unread[b] == 0).collect();
-    let unread: Vec<AtomicU64> = unread.into_iter().map(AtomicU64::new).collect();
-    let block_range = |b: usize| (b * block, block.min(len - b * block));
     let next = AtomicUsize::new(0);
     let failed: Mutex<Option<super::Error>> = Mutex::new(None);
-    let fail = |e: super::Error| {
-        // Stop handing out reads; the first error is the one reported.
-        next.store(jobs.len(), Ordering::Relaxed);
-        if let Ok(mut f) = failed.lock() {
-            f.get_or_insert(e);
-        }
-    };
     let work = || loop {
         let i = next.fetch_add(1, Ordering::Relaxed);
         let Some(job) = jobs.get(i) else { break };
@@ -733,19 +719,21 @@ fn fill_chunk(
         let done = ckpt
             .read_at(shard, off, buf)
             .map_err(super::Error::from)
-            // The last reader of a block sees every other read of it (AcqRel) and copies it.
-            .and_then(|()| match unread[b].fetch_sub(n, Ordering::AcqRel) == n {
-                true => copy(block_range(b).0, block_range(b).1),
-                false => Ok(()),
+            .and_then(|()| match blocks.read(b, n) {
+                Some((at, n)) => copy(at, n),
+                None => Ok(()),
             });
         if let Err(e) = done {
-            fail(e);
+            // Stop handing out reads; the first error is the one reported.
+            next.store(jobs.len(), Ordering::Relaxed);
+            if let Ok(mut f) = failed.lock() {
+                f.get_or_insert(e);
+            }
             break;
         }
     };
     // A small tensor's single read is not worth waking the pool for.
-    let threads = rayon::current_num_threads();
-    match jobs.len().min(threads) {
+    match jobs.len().min(rayon::current_num_threads()) {
         0 | 1 => work(),
         workers => rayon::scope(|s| {
             for _ in 0..workers {
@@ -754,8 +742,8 @@ fn fill_chunk(
         }),
     }
     match failed.into_inner() {
-        Ok(None) => untouched.into_iter().try_for_each(|b| {
-            let (at, n) = block_range(b);
+        Ok(None) => blocks.untouched.iter().try_for_each(|&b| {
+            let (at, n) = blocks.range(b);
             copy(at, n)
         }),
         Ok(Some(e)) => Err(e),
@@ -764,6 +752,44 @@ fn fill_chunk(
             "a staging read panicked",
         )
         .into()),
+    }
+}
+
+/// A fill's copy blocks: how many bytes of each are still to be read.
+struct Blocks {
+    size: usize,
+    len: usize,
+    unread: Vec<AtomicU64>,
+    /// Blocks no read touches (gaps between pieces): copied once the fill is done.
+    untouched: Vec<usize>,
+}
+
+impl Blocks {
+    /// Blocks of `size` bytes over a fill of `len` bytes made of `reads`.
+    fn new(reads: &[Read], len: usize, size: usize) -> Blocks {
+        let size = size.max(1);
+        let mut unread = vec![0u64; len.div_ceil(size)];
+        for (_, _, b, buf) in reads {
+            unread[*b] += buf.len() as u64;
+        }
+        Blocks {
+            size,
+            len,
+            untouched: (0..unread.len()).filter(|&b| unread[b] == 0).collect(),
+            unread: unread.into_iter().map(AtomicU64::new).collect(),
+        }
+    }
+
+    /// Block `b`'s offset and length in the fill.
+    fn range(&self, b: usize) -> (usize, usize) {
+        (b * self.size, self.size.min(self.len - b * self.size))
+    }
+
+    /// Records a finished read of `n` bytes in block `b`; the block's range if that was
+    /// its last. The last reader sees every other read of the block (acquire-release on
+    /// its counter), so the bytes it hands on are all written.
+    fn read(&self, b: usize, n: u64) -> Option<(usize, usize)> {
+        (self.unread[b].fetch_sub(n, Ordering::AcqRel) == n).then(|| self.range(b))
     }
 }
 
