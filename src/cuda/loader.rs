@@ -901,11 +901,30 @@ mod tests {
             f.read_exact_at(&mut want[p.at as usize..(p.at + p.len) as usize], p.offset)
                 .unwrap();
         }
-        for (from, len, slice, block) in [
+        let mut cases = vec![
             (0, at, 64 << 10, 1 << 20),
             (5, at - 9, 4096, 10_000),
             (at / 3, at / 2, 1 << 20, 1 << 30),
-        ] {
+        ];
+        // And windows, read sizes and blocks of odd sizes from a fixed xorshift sequence.
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        };
+        for _ in 0..24 {
+            let from = next(at);
+            let len = 1 + next(at - from);
+            cases.push((
+                from,
+                len,
+                1 + next(300_000) as usize,
+                1 + next(200_000) as usize,
+            ));
+        }
+        for (from, len, slice, block) in cases {
             let want = &want[from as usize..(from + len) as usize];
             let mut got = vec![0xAAu8; len as usize];
             let base = got.as_ptr() as usize;
