@@ -701,8 +701,8 @@ fn fill_chunk(
     block: usize,
     copy: &(dyn Fn(usize, usize) -> GpuResult<()> + Sync),
 ) -> GpuResult<()> {
-    let len = chunk.len();
-    let reads = split_reads(pieces, from, chunk, slice as u64, block.max(1) as u64)?;
+    let (len, block) = (chunk.len(), block.max(1));
+    let reads = split_reads(pieces, from, chunk, slice as u64, block as u64)?;
     let blocks = Blocks::new(&reads, len, block);
     // Each index is claimed once from the counter below; the lock only hands that read's
     // buffer to the thread that claimed it, so it is never contended.
@@ -765,9 +765,8 @@ struct Blocks {
 }
 
 impl Blocks {
-    /// Blocks of `size` bytes over a fill of `len` bytes made of `reads`.
+    /// Blocks of `size` (at least 1) bytes over a fill of `len` bytes made of `reads`.
     fn new(reads: &[Read], len: usize, size: usize) -> Blocks {
-        let size = size.max(1);
         let mut unread = vec![0u64; len.div_ceil(size)];
         for (_, _, b, buf) in reads {
             unread[*b] += buf.len() as u64;
