@@ -1,4 +1,17 @@
 //! The device: context, streams, compiled kernels, and quantization on the GPU.
+//!
+//! Stream ordering is explicit. cudarc's per-buffer event tracking is turned off (it cost
+//! some thirty driver calls per quantize: two events made and destroyed per buffer, and a
+//! wait and a record per kernel argument), so these rules keep two streams apart:
+//! - every device buffer is allocated, and so freed, on the compute stream
+//!   ([`Gpu::stream`]); the pool reuses memory in that stream's order;
+//! - a buffer the copy stream writes is allocated with [`Gpu::alloc_for_copies`], which
+//!   makes the copy stream wait for the compute stream's work so far (the memory may have
+//!   been freed there by work still queued);
+//! - the compute stream reads what the copy stream wrote only after waiting for an event
+//!   recorded after the copy, and a buffer the copy stream reads or writes is freed only
+//!   after the compute stream has waited for that copy ([`Gpu::compute_after_copies`]) or
+//!   the copy stream has been synchronized.
 
 mod prequant;
 
@@ -6,8 +19,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, LaunchConfig,
-    PushKernelArg,
+    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut,
+    LaunchConfig, PushKernelArg,
 };
 
 use super::sources;
@@ -28,6 +41,9 @@ pub struct Gpu {
     pub stream: Arc<CudaStream>,
     /// Where host-to-device copies run, so they overlap the kernels.
     pub copy_stream: Arc<CudaStream>,
+    /// Events re-recorded for each ordering between the two streams ([`Gpu::order`]):
+    /// a wait takes the event's state when it is queued, so one event serves every edge.
+    edges: std::sync::Mutex<(CudaEvent, CudaEvent)>,
     functions: BTreeMap<&'static str, CudaFunction>,
     /// Tables the kernels read: NF4 midpoints and codebook, FP4 values, the dynamic map.
     nf4_mids: CudaSlice<f32>,
@@ -81,24 +97,6 @@ impl KernelVersion {
     /// tests); under Nsight Compute NF4 quantize 2.9x, dequantize 1.4x and FP8 blocks 3.2x
     /// faster than v1 (BENCHMARKS.md).
     pub const DEFAULT: KernelVersion = KernelVersion::V2;
-}
-
-/// `n` uninitialized elements from `stream`'s memory pool, marked as written at this
-/// point of `stream`. The pool may hand back memory that work still queued on `stream`
-/// uses (freed there, reused in stream order); cudarc records no event on allocation, so
-/// without the mark a copy on another stream could land before that work is done.
-///
-/// # Safety
-/// As [`CudaStream::alloc`]: the elements are uninitialized until written.
-pub unsafe fn fresh<T: cudarc::driver::DeviceRepr>(
-    stream: &Arc<CudaStream>,
-    n: usize,
-) -> Result<CudaSlice<T>, cudarc::driver::DriverError> {
-    let mut slice = stream.alloc::<T>(n)?;
-    drop(cudarc::driver::DevicePtrMut::device_ptr_mut(
-        &mut slice, stream,
-    ));
-    Ok(slice)
 }
 
 /// Device `ordinal`'s architecture (`sm_90`), read without a context.
@@ -190,6 +188,10 @@ impl Gpu {
             .join()
             .unwrap_or_else(|_| Err(super::Error::Internal("kernel lookup panicked".into())));
         let ctx = ctx?;
+        // SAFETY: before any buffer or stream exists; the module's rules (explicit events
+        // between the two streams, every buffer freed on the compute stream) replace
+        // cudarc's tracking.
+        unsafe { ctx.disable_event_tracking() };
         keep_freed_memory(&ctx);
         let name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
         let stream = ctx.new_stream().map_err(err("cannot create a stream"))?;
@@ -200,6 +202,8 @@ impl Gpu {
             t0.elapsed().as_secs_f64() - context_seconds,
         );
         let resident = resident_ctas(&ctx, &functions);
+        let event = || ctx.new_event(None).map_err(err("cannot create an event"));
+        let edges = std::sync::Mutex::new((event()?, event()?));
         let up = |v: &[f32]| stream.clone_htod(v).map_err(err("cannot upload a table"));
         let cells = super::tables::nf4_cell_table()
             .ok_or_else(|| super::Error::Internal("two NF4 midpoints share a cell".into()))?;
@@ -216,6 +220,7 @@ impl Gpu {
             ctx,
             stream,
             copy_stream,
+            edges,
             functions,
             kernels,
             opened,
@@ -230,6 +235,51 @@ impl Gpu {
 
     pub fn sync(&self) -> GpuResult<()> {
         self.stream.synchronize().map_err(err("stream synchronize"))
+    }
+
+    /// The copy stream's later work waits for the compute stream's work queued so far.
+    pub fn copies_after_compute(&self) -> GpuResult<()> {
+        self.order(&self.stream, &self.copy_stream, |e| &e.0)
+    }
+
+    /// The compute stream's later work waits for the copy stream's work queued so far.
+    pub fn compute_after_copies(&self) -> GpuResult<()> {
+        self.order(&self.copy_stream, &self.stream, |e| &e.1)
+    }
+
+    /// `after` waits for what `first` has queued: an event recorded on `first` (no host
+    /// wait). The lock keeps a record and its wait together across threads.
+    fn order(
+        &self,
+        first: &CudaStream,
+        after: &CudaStream,
+        pick: impl Fn(&(CudaEvent, CudaEvent)) -> &CudaEvent,
+    ) -> GpuResult<()> {
+        let edges = self
+            .edges
+            .lock()
+            .map_err(|_| super::Error::Internal("the stream-order lock is poisoned".into()))?;
+        let event = pick(&edges);
+        event.record(first).map_err(err("event record"))?;
+        after.wait(event).map_err(err("stream wait"))
+    }
+
+    /// `n` uninitialized elements on the compute stream, for the copy stream to write:
+    /// the copy stream first waits for the compute stream's work so far, since the pool
+    /// may hand back memory that work still uses (freed there, reused in its order).
+    ///
+    /// # Safety
+    /// As [`CudaStream::alloc`]: the elements are uninitialized until written.
+    pub unsafe fn alloc_for_copies<T: cudarc::driver::DeviceRepr>(
+        &self,
+        n: usize,
+    ) -> GpuResult<CudaSlice<T>> {
+        let slice = self
+            .stream
+            .alloc::<T>(n)
+            .map_err(err("device allocation"))?;
+        self.copies_after_compute()?;
+        Ok(slice)
     }
 }
 
@@ -478,10 +528,10 @@ impl Gpu {
         let cols = shape.last().copied().unwrap_or(1).max(1) as usize;
         let rows = n / cols;
         // SAFETY: u8/f32 have no invalid bit patterns, and every byte is written by the
-        // chunk kernels (the tests compare every byte with the CPU) before it is read.
-        let u8s = |k: usize| unsafe { fresh::<u8>(s, k.max(1)) }.map_err(err("device allocation"));
-        let f32s =
-            |k: usize| unsafe { fresh::<f32>(s, k.max(1)) }.map_err(err("device allocation"));
+        // chunk kernels (the tests compare every byte with the CPU) before it is read. Only
+        // the compute stream touches them: no ordering with the copy stream is needed.
+        let u8s = |k: usize| unsafe { s.alloc::<u8>(k.max(1)) }.map_err(err("device allocation"));
+        let f32s = |k: usize| unsafe { s.alloc::<f32>(k.max(1)) }.map_err(err("device allocation"));
         let (data, scales_f32, scales_u8, scale_shape) = match format {
             Format::Nf4 { blocksize } | Format::Nf4Dq { blocksize } | Format::Fp4 { blocksize } => {
                 if !blocksize.is_power_of_two() || !(32..=4096).contains(&blocksize) {

@@ -429,12 +429,11 @@ fn target_len(t: &Target) -> GpuResult<usize> {
 }
 
 /// `n` device bytes (at least one), on the compute stream, ordered for the copy stream
-/// ([`super::fresh`]).
+/// ([`Gpu::alloc_for_copies`]).
 fn alloc_bytes(gpu: &Gpu, n: usize) -> GpuResult<CudaSlice<u8>> {
     // SAFETY: every caller overwrites the bytes it reads (host-to-device copies, or the
     // kernels that write each element) before they are read; u8 has no invalid values.
-    unsafe { super::fresh::<u8>(&gpu.stream, n.max(1)) }
-        .map_err(|e| format!("device allocation of {n} bytes: {e:?}").into())
+    unsafe { gpu.alloc_for_copies::<u8>(n.max(1)) }
 }
 
 /// Loads `plan` onto the GPU, quantizing `quantizable` targets into `format` (or keeping
@@ -492,7 +491,10 @@ pub fn load(
     stats.read_seconds = stager.read.as_secs_f64();
     stats.ring_wait_seconds = stager.wait.as_secs_f64();
     stats.assemble_seconds = stager.assemble.as_secs_f64();
-    // The streams drain even when the load failed, before its buffers are freed.
+    // The streams drain even when the load failed, before the scratch is freed. A failed
+    // load has already freed (on the compute stream) targets the copy stream may still be
+    // writing; nothing is allocated between there and this drain, so no one gets that
+    // memory before the copies land.
     let drained = gpu
         .copy_stream
         .synchronize()

@@ -55,9 +55,24 @@ impl CudaBackend {
 /// A copy in flight. It holds the host pool, so the pages it reads outlive the copy even
 /// when the manager that owns the pool is dropped first.
 pub struct CudaTicket {
-    buffer: CudaSlice<u8>,
+    /// Taken by [`Backend::wait`]; a ticket dropped with it unwaited orders the buffer's
+    /// free after the copy.
+    buffer: Option<CudaSlice<u8>>,
     done: CudaEvent,
+    gpu: Arc<Gpu>,
     _pool: Arc<Vec<u8>>,
+}
+
+impl Drop for CudaTicket {
+    fn drop(&mut self) {
+        if self.buffer.is_some() {
+            // The buffer is freed on the compute stream, which must not hand its memory
+            // on before the copy into it has landed. On failure the stream is drained.
+            if self.gpu.stream.wait(&self.done).is_err() {
+                let _ = self.gpu.copy_stream.synchronize();
+            }
+        }
+    }
 }
 
 impl Backend for CudaBackend {
@@ -75,9 +90,11 @@ impl Backend for CudaBackend {
     ) -> Result<CudaTicket, Error> {
         self.register(host)?;
         let s = &self.gpu.copy_stream;
-        // SAFETY: the copy below writes every byte before anything reads the buffer.
-        let mut buffer = unsafe { s.alloc::<u8>(range.len().max(1)) }
-            .map_err(|e| Error::Copy(format!("{e:?}")))?;
+        // SAFETY: the copy below writes every byte before anything reads the buffer. It is
+        // allocated (and will be freed) on the compute stream, after the kernels that read
+        // the group's last buffer, and the copy stream waits for them first.
+        let mut buffer = unsafe { self.gpu.alloc_for_copies::<u8>(range.len().max(1)) }
+            .map_err(|e| Error::Copy(e.to_string()))?;
         {
             let (ptr, _guard) = buffer.device_ptr_mut(s);
             // SAFETY: `host[range]` is registered, page-locked memory that outlives the copy.
@@ -88,8 +105,9 @@ impl Backend for CudaBackend {
             .record_event(None)
             .map_err(|e| Error::Copy(format!("{e:?}")))?;
         Ok(CudaTicket {
-            buffer,
+            buffer: Some(buffer),
             done,
+            gpu: self.gpu.clone(),
             _pool: host.clone(),
         })
     }
@@ -98,11 +116,13 @@ impl Backend for CudaBackend {
         t.done.is_complete()
     }
 
-    fn wait(&self, t: CudaTicket) -> Result<CudaSlice<u8>, Error> {
+    fn wait(&self, mut t: CudaTicket) -> Result<CudaSlice<u8>, Error> {
         t.done
             .synchronize()
             .map_err(|e| Error::Copy(format!("{e:?}")))?;
-        Ok(t.buffer)
+        t.buffer
+            .take()
+            .ok_or(Error::Internal("a copy's buffer was taken twice"))
     }
 
     fn len(&self, b: &CudaSlice<u8>) -> usize {

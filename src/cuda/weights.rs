@@ -70,9 +70,13 @@ impl DeviceWeights {
             offload,
             resident,
             offloaded,
-        } = place(CudaBackend::new(gpu.clone()), plan, tensors, budget, policy)?;
+        } = {
+            // The copies out read what the compute stream wrote.
+            gpu.copies_after_compute()?;
+            place(CudaBackend::new(gpu.clone()), plan, tensors, budget, policy)?
+        };
         // The copies write the pool; nothing reads it before they land (the device pieces'
-        // frees are ordered after them by their read events).
+        // frees are ordered after them: see `OnDevice::write`).
         gpu.copy_stream
             .synchronize()
             .map_err(|e| format!("device to host: {e:?}"))?;
@@ -353,6 +357,22 @@ impl Placeable for OnDevice<'_> {
     }
 
     fn write(&self, packed: &Packed, slice: Option<usize>, out: &mut [u8]) -> Result<(), WError> {
+        self.write_pieces(packed, slice, out)?;
+        // `place` frees a tensor once its last piece is written; the free is on the compute
+        // stream, which must not hand the memory on before these copies have read it.
+        self.gpu.compute_after_copies().map_err(|e| {
+            WError::Offload(crate::offload::Error::Copy(format!("device to host: {e}")))
+        })
+    }
+}
+
+impl OnDevice<'_> {
+    fn write_pieces(
+        &self,
+        packed: &Packed,
+        slice: Option<usize>,
+        out: &mut [u8],
+    ) -> Result<(), WError> {
         let mismatch = WError::Internal("a device tensor does not match its packed layout");
         match (&self.t, packed.layout()) {
             (DeviceTensor::Quantized(q), Some(l)) => {

@@ -310,8 +310,7 @@ impl Upload<'_> {
     fn f32s(&self, stager: &mut Stager<'_>, values: &[f32]) -> GpuResult<CudaSlice<f32>> {
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         // SAFETY: every element is written by the copy below before it is read.
-        let mut buf = unsafe { super::super::fresh::<f32>(&self.gpu.stream, values.len().max(1)) }
-            .map_err(|e| format!("device allocation of {} floats: {e:?}", values.len()))?;
+        let mut buf = unsafe { self.gpu.alloc_for_copies::<f32>(values.len().max(1)) }?;
         // SAFETY: f32 elements written as their little-endian bytes.
         let mut view = unsafe { buf.transmute_mut::<u8>(bytes.len()) }
             .ok_or_else(|| Error::Internal("an f32 view".into()))?;
