@@ -8,6 +8,8 @@
 //! synchronize per call, as a caller that waits for each tensor sees it), "queued" (the
 //! same calls ten at a time between one pair of events: what a pipelined loader, whose
 //! host runs ahead of the device, sees), and "kernel only" (outputs allocated once).
+//! For NF4 and FP8 blocks it also prints the host's time to issue one call (allocating,
+//! launching, freeing), which bounds the per-call figure on a host with slow driver calls.
 //! `WMAP_BENCH_REPS` (default 20) sets the timed repetitions, e.g. 2 under Nsight Compute.
 
 use cudarc::driver::sys::CUevent_flags;
@@ -44,6 +46,23 @@ fn time(gpu: &Gpu, warm: usize, (reps, batch): (usize, usize), mut f: impl FnMut
         })
         .collect();
     median(ms)
+}
+
+/// Median host microseconds to issue one call of `f` (allocate, launch, free: no wait),
+/// over `reps` batches of ten, the device drained between batches so it never throttles
+/// the host.
+fn host_us(gpu: &Gpu, reps: usize, mut f: impl FnMut()) -> f64 {
+    let us: Vec<f64> = (0..reps)
+        .map(|_| {
+            gpu.sync().unwrap();
+            let t = std::time::Instant::now();
+            for _ in 0..10 {
+                f();
+            }
+            t.elapsed().as_secs_f64() * 1e6 / 10.0
+        })
+        .collect();
+    median(us)
 }
 
 fn main() {
@@ -101,6 +120,13 @@ fn main() {
                 &format!("{name} queued [{v}]"),
                 time(&gpu, 3, (reps, 10), call),
             );
+            if name.starts_with("nf4") || name.starts_with("fp8 128") {
+                println!(
+                    "{:<44} {:>10.1} µs",
+                    format!("{name} host time per call [{v}]"),
+                    host_us(&gpu, reps, call)
+                );
+            }
         }
         // Kernels alone: outputs allocated once, each run overwrites them.
         for (name, f) in [
