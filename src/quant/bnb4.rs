@@ -291,12 +291,52 @@ fn encode_task(kind: Kind, x: &[f32], blocksize: usize, absmax: &mut [f32], out:
         return;
     }
     #[cfg(target_arch = "x86_64")]
+    if kind == Kind::Nf4 && blocksize % 32 == 0 && super::nf4_avx2::available() {
+        let tail = |block: &[f32], inv: f32, dst: &mut [u8]| encode_block(kind, block, inv, dst);
+        // SAFETY: the CPU reports AVX2, the feature this encoder needs.
+        unsafe { super::nf4_avx2::encode_task(x, blocksize, absmax, out, tail) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
     if super::has_avx2() {
         // SAFETY: the CPU reports AVX2, the only feature this build of the function adds.
         unsafe { encode_task_avx2(kind, x, blocksize, absmax, out) };
         return;
     }
     encode_task_portable(kind, x, blocksize, absmax, out);
+}
+
+/// Calls `encode(block, reciprocal, codes)` for each block of `x` in turn, with its absmax
+/// stored in `absmax` and `codes` the block's bytes of `out`; for the vector encoders. In
+/// groups of blocks: first every block's absmax and reciprocal, then every block's codes.
+/// Block by block, each block's codes waited for its absmax's reduction and the reciprocal
+/// (a scalar chain of dozens of cycles); computed for a group first, those chains overlap
+/// one another, and the codes never wait. Inlined, so a vector build's caller gets a
+/// vector build of it.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) fn for_each_block(
+    x: &[f32],
+    blocksize: usize,
+    absmax: &mut [f32],
+    out: &mut [u8],
+    mut encode: impl FnMut(&[f32], f32, &mut [u8]),
+) {
+    const GROUP: usize = 64;
+    let mut inv = [0f32; GROUP];
+    let groups = x
+        .chunks(blocksize * GROUP)
+        .zip(out.chunks_mut(blocksize / 2 * GROUP));
+    for ((xs, outs), ms) in groups.zip(absmax.chunks_mut(GROUP)) {
+        for ((block, m), i) in xs.chunks(blocksize).zip(ms.iter_mut()).zip(&mut inv) {
+            *m = absmax_of(block);
+            *i = gpu_reciprocal(*m);
+        }
+        let blocks = xs.chunks(blocksize).zip(outs.chunks_mut(blocksize / 2));
+        for ((block, dst), &inv) in blocks.zip(&inv) {
+            encode(block, inv, dst);
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -467,6 +507,17 @@ pub(crate) mod tests {
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&am), bits(&am0), "{kind:?} {blocksize}: absmax");
                 assert_eq!(out, out0, "{kind:?} {blocksize}: codes");
+                // The AVX2 encoder also where the CPU would pick AVX-512 instead.
+                #[cfg(target_arch = "x86_64")]
+                if kind == Kind::Nf4 && blocksize % 32 == 0 && super::super::nf4_avx2::available() {
+                    let tail = |b: &[f32], inv: f32, d: &mut [u8]| encode_block(kind, b, inv, d);
+                    // SAFETY: the CPU reports AVX2.
+                    unsafe {
+                        super::super::nf4_avx2::encode_task(&x, blocksize, &mut am, &mut out, tail)
+                    };
+                    assert_eq!(bits(&am), bits(&am0), "AVX2 {blocksize}: absmax");
+                    assert_eq!(out, out0, "AVX2 {blocksize}: codes");
+                }
             }
         }
     }

@@ -47,6 +47,8 @@ pub mod fp4;
 pub mod fp8;
 // Only with a rustc that has the AVX-512 intrinsics (build.rs), which is newer than the
 // crate's rust-version: the lint about that is answered by the cfg.
+#[cfg(target_arch = "x86_64")]
+mod nf4_avx2;
 #[cfg(all(target_arch = "x86_64", wmap_avx512))]
 #[allow(clippy::incompatible_msrv)]
 mod nf4_avx512;

@@ -88,44 +88,28 @@ pub unsafe fn encode_task(
     out: &mut [u8],
     tail: impl Fn(&[f32], f32, &mut [u8]),
 ) {
-    // Groups of blocks: first every block's absmax and reciprocal, then every block's
-    // codes. Block by block, each block's codes waited for its absmax's reduction and the
-    // reciprocal (a scalar chain of dozens of cycles); computed for a group first, those
-    // chains overlap one another, and the codes never wait.
-    const GROUP: usize = 64;
-    let mut inv = [0f32; GROUP];
-    let groups = x
-        .chunks(blocksize * GROUP)
-        .zip(out.chunks_mut(blocksize / 2 * GROUP));
-    for ((xs, outs), ms) in groups.zip(absmax.chunks_mut(GROUP)) {
-        for ((block, m), i) in xs.chunks(blocksize).zip(ms.iter_mut()).zip(&mut inv) {
-            *m = super::bnb4::absmax_of(block);
-            *i = super::bnb4::gpu_reciprocal(*m);
+    super::bnb4::for_each_block(x, blocksize, absmax, out, |block, inv, dst| {
+        if block.len() < blocksize {
+            tail(block, inv, dst);
+            return;
         }
-        let blocks = xs.chunks(blocksize).zip(outs.chunks_mut(blocksize / 2));
-        for ((block, dst), &inv) in blocks.zip(&inv) {
-            if block.len() < blocksize {
-                tail(block, inv, dst);
-                continue;
-            }
-            // Two runs of 16 per store: their 8 bytes each joined in a register, then 16
-            // bytes written at once (a narrowing store per 16 values was slower).
-            let mut pairs = block.chunks_exact(32).zip(dst.chunks_exact_mut(16));
-            for (v, d) in &mut pairs {
-                let both = _mm_unpacklo_epi64(codes16(&v[..16], inv), codes16(&v[16..], inv));
-                // SAFETY: `d` is 16 writable bytes (a `chunks_exact_mut(16)` chunk).
-                unsafe { _mm_storeu_si128(d.as_mut_ptr().cast(), both) };
-            }
-            let done = block.len() / 32 * 32;
-            let rest = block[done..]
-                .chunks_exact(16)
-                .zip(dst[done / 2..].chunks_exact_mut(8));
-            for (v, d) in rest {
-                let one = _mm_cvtsi128_si64(codes16(v, inv)) as u64;
-                d.copy_from_slice(&one.to_le_bytes());
-            }
+        // Two runs of 16 per store: their 8 bytes each joined in a register, then 16
+        // bytes written at once (a narrowing store per 16 values was slower).
+        let mut pairs = block.chunks_exact(32).zip(dst.chunks_exact_mut(16));
+        for (v, d) in &mut pairs {
+            let both = _mm_unpacklo_epi64(codes16(&v[..16], inv), codes16(&v[16..], inv));
+            // SAFETY: `d` is 16 writable bytes (a `chunks_exact_mut(16)` chunk).
+            unsafe { _mm_storeu_si128(d.as_mut_ptr().cast(), both) };
         }
-    }
+        let done = block.len() / 32 * 32;
+        let rest = block[done..]
+            .chunks_exact(16)
+            .zip(dst[done / 2..].chunks_exact_mut(8));
+        for (v, d) in rest {
+            let one = _mm_cvtsi128_si64(codes16(v, inv)) as u64;
+            d.copy_from_slice(&one.to_le_bytes());
+        }
+    });
 }
 
 /// The packed codes of 16 values scaled by `inv`: 8 bytes, in the low half of a register.
