@@ -4,7 +4,10 @@
 //! some thirty driver calls per quantize: two events made and destroyed per buffer, and a
 //! wait and a record per kernel argument), so these rules keep two streams apart:
 //! - every device buffer is allocated, and so freed, on the compute stream
-//!   ([`Gpu::stream`]); the pool reuses memory in that stream's order;
+//!   ([`Gpu::stream`]); the pool reuses memory in that stream's order. The exception is
+//!   the offload manager's group buffers: allocated and freed on the copy stream, which
+//!   writes them, each free after an event marking its last readers
+//!   (`offload::GroupBuffer`), so a prefetch never waits for unrelated compute;
 //! - a buffer the copy stream writes is allocated with [`Gpu::alloc_for_copies`], which
 //!   makes the copy stream wait for the compute stream's work so far (the memory may have
 //!   been freed there by work still queued);

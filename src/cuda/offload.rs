@@ -52,31 +52,52 @@ impl CudaBackend {
     }
 }
 
-/// A copy in flight. It holds the host pool, so the pages it reads outlive the copy even
-/// when the manager that owns the pool is dropped first.
-pub struct CudaTicket {
-    /// Taken by [`Backend::wait`]; a ticket dropped with it unwaited orders the buffer's
-    /// free after the copy.
-    buffer: Option<CudaSlice<u8>>,
-    done: CudaEvent,
+/// A group's device buffer. Allocated, and so freed, on the copy stream, which writes it;
+/// kernels on the compute stream read it, each reader marks that
+/// ([`GroupBuffer::read_on_compute`]), and the free waits for the last of them, so a later
+/// copy never gets the memory under a kernel still reading it. The wait is for those kernels
+/// only: a prefetch still overlaps whatever else the compute stream runs.
+pub struct GroupBuffer {
+    slice: CudaSlice<u8>,
+    last_read: CudaEvent,
     gpu: Arc<Gpu>,
-    _pool: Arc<Vec<u8>>,
 }
 
-impl Drop for CudaTicket {
+impl GroupBuffer {
+    pub fn slice(&self) -> &CudaSlice<u8> {
+        &self.slice
+    }
+
+    /// Marks the kernels queued on the compute stream so far as readers of this buffer.
+    pub fn read_on_compute(&self) -> Result<(), Error> {
+        self.last_read
+            .record(&self.gpu.stream)
+            .map_err(|e| Error::Copy(format!("marking a group's readers: {e:?}")))
+    }
+}
+
+impl Drop for GroupBuffer {
     fn drop(&mut self) {
-        if self.buffer.is_some() {
-            // The buffer is freed on the compute stream, which must not hand its memory
-            // on before the copy into it has landed. On failure the stream is drained.
-            if self.gpu.stream.wait(&self.done).is_err() {
-                let _ = self.gpu.copy_stream.synchronize();
-            }
+        // Before the free (on the copy stream, after this): wait for the readers. A wait
+        // on an event never recorded waits for nothing. If the wait cannot be queued, the
+        // compute stream is drained instead.
+        if self.gpu.copy_stream.wait(&self.last_read).is_err() {
+            let _ = self.gpu.stream.synchronize();
         }
     }
 }
 
+/// A copy in flight. It holds the host pool, so the pages it reads outlive the copy even
+/// when the manager that owns the pool is dropped first. Dropped unwaited, its buffer is
+/// freed on the copy stream, after the copy.
+pub struct CudaTicket {
+    buffer: GroupBuffer,
+    done: CudaEvent,
+    _pool: Arc<Vec<u8>>,
+}
+
 impl Backend for CudaBackend {
-    type Buffer = CudaSlice<u8>;
+    type Buffer = GroupBuffer;
     type Ticket = CudaTicket;
 
     fn prepare(&self, host: &Arc<Vec<u8>>) -> Result<(), Error> {
@@ -90,24 +111,28 @@ impl Backend for CudaBackend {
     ) -> Result<CudaTicket, Error> {
         self.register(host)?;
         let s = &self.gpu.copy_stream;
-        // SAFETY: the copy below writes every byte before anything reads the buffer. It is
-        // allocated (and will be freed) on the compute stream, after the kernels that read
-        // the group's last buffer, and the copy stream waits for them first.
-        let mut buffer = unsafe { self.gpu.alloc_for_copies::<u8>(range.len().max(1)) }
-            .map_err(|e| Error::Copy(e.to_string()))?;
+        let cuda = |what: &'static str| move |e| Error::Copy(format!("{what}: {e:?}"));
+        // SAFETY: the copy below writes every byte before anything reads the buffer. The
+        // pool gives the copy stream memory only once the work that freed it is done (a
+        // group buffer's free waits for its readers; every other buffer is used and freed
+        // on the compute stream).
+        let mut slice =
+            unsafe { s.alloc::<u8>(range.len().max(1)) }.map_err(cuda("device allocation"))?;
         {
-            let (ptr, _guard) = buffer.device_ptr_mut(s);
+            let (ptr, _guard) = slice.device_ptr_mut(s);
             // SAFETY: `host[range]` is registered, page-locked memory that outlives the copy.
             unsafe { cudarc::driver::result::memcpy_htod_async(ptr, &host[range], s.cu_stream()) }
-                .map_err(|e| Error::Copy(format!("host-to-device copy: {e:?}")))?;
+                .map_err(cuda("host-to-device copy"))?;
         }
-        let done = s
-            .record_event(None)
-            .map_err(|e| Error::Copy(format!("{e:?}")))?;
+        let done = s.record_event(None).map_err(cuda("event"))?;
+        let last_read = self.gpu.ctx.new_event(None).map_err(cuda("event"))?;
         Ok(CudaTicket {
-            buffer: Some(buffer),
+            buffer: GroupBuffer {
+                slice,
+                last_read,
+                gpu: self.gpu.clone(),
+            },
             done,
-            gpu: self.gpu.clone(),
             _pool: host.clone(),
         })
     }
@@ -116,17 +141,15 @@ impl Backend for CudaBackend {
         t.done.is_complete()
     }
 
-    fn wait(&self, mut t: CudaTicket) -> Result<CudaSlice<u8>, Error> {
+    fn wait(&self, t: CudaTicket) -> Result<GroupBuffer, Error> {
         t.done
             .synchronize()
             .map_err(|e| Error::Copy(format!("{e:?}")))?;
-        t.buffer
-            .take()
-            .ok_or(Error::Internal("a copy's buffer was taken twice"))
+        Ok(t.buffer)
     }
 
-    fn len(&self, b: &CudaSlice<u8>) -> usize {
-        b.len()
+    fn len(&self, b: &GroupBuffer) -> usize {
+        b.slice.len()
     }
 }
 

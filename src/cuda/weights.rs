@@ -153,7 +153,8 @@ impl DeviceWeights {
                 let buf = self.offload.acquire(g)?;
                 // Released whatever the dequantize says: a failed `get` must not leave the
                 // group marked in use (it could never be evicted again).
-                let done = dequantize_packed(&gpu, buf, off, &packed, &shape, &mut out);
+                let done = dequantize_packed(&gpu, buf.slice(), off, &packed, &shape, &mut out)
+                    .and_then(|()| buf.read_on_compute().map_err(Into::into));
                 self.offload.release(g);
                 done?;
             }
