@@ -192,7 +192,7 @@ impl Gpu {
             .unwrap_or_else(|_| Err(super::Error::Internal("kernel lookup panicked".into())));
         let ctx = ctx?;
         // SAFETY: before any buffer or stream exists; the module's rules (explicit events
-        // between the two streams, every buffer freed on the compute stream) replace
+        // between the two streams, and where each kind of buffer is freed) replace
         // cudarc's tracking.
         unsafe { ctx.disable_event_tracking() };
         keep_freed_memory(&ctx);
