@@ -17,7 +17,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 
 echo "== tests"
 .gpu/bin/test-kernels --nocapture 2>&1 | tee "$OUT/test-kernels.log" | grep -E "compiled|test result"
-.gpu/bin/test-gpu --include-ignored --nocapture --test-threads 1 2>&1 | tee "$OUT/test-gpu.log" | grep -E "device|checks|bytes|match|panicked|test result"
+.gpu/bin/test-gpu --include-ignored --nocapture --test-threads 1 2>&1 | tee "$OUT/test-gpu.log" | grep -E "device|checks|bytes|match|ordering|panicked|test result"
 
 echo "== goldens: regenerated with bitsandbytes, transformers and ModelOpt, compared to the committed ones"
 mkdir -p "$OUT/goldens"
@@ -129,6 +129,7 @@ python3 scripts/verify_export.py tests/fixtures/hf/llama .gpu/exports/nf4:nf4 .g
 
 echo "== summary ($(head -1 "$OUT/device.txt"))"
 grep -h -E "test result" "$OUT"/test-*.log
+grep -h "ordering:" "$OUT/test-gpu.log" | sed 's/^test .* \.\.\. //'
 grep -h "^golden" "$OUT/goldens.log"
 grep -h -E "nf4 quantize|nf4 dequantize|fp8 128|copy" "$OUT/bench-gpu.log"
 grep -h -E "peer|pinned" "$OUT/peer-kernels.log"
