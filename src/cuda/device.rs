@@ -44,9 +44,9 @@ pub struct Gpu {
     pub stream: Arc<CudaStream>,
     /// Where host-to-device copies run, so they overlap the kernels.
     pub copy_stream: Arc<CudaStream>,
-    /// Events re-recorded for each ordering between the two streams ([`Gpu::order`]):
-    /// a wait takes the event's state when it is queued, so one event serves every edge.
-    edges: std::sync::Mutex<(CudaEvent, CudaEvent)>,
+    /// One event per direction between the two streams, re-recorded for each ordering
+    /// ([`Gpu::order`]): a wait takes the event's state when it is queued.
+    edges: std::sync::Mutex<[CudaEvent; 2]>,
     functions: BTreeMap<&'static str, CudaFunction>,
     /// Tables the kernels read: NF4 midpoints and codebook, FP4 values, the dynamic map.
     nf4_mids: CudaSlice<f32>,
@@ -206,7 +206,7 @@ impl Gpu {
         );
         let resident = resident_ctas(&ctx, &functions);
         let event = || ctx.new_event(None).map_err(err("cannot create an event"));
-        let edges = std::sync::Mutex::new((event()?, event()?));
+        let edges = std::sync::Mutex::new([event()?, event()?]);
         let up = |v: &[f32]| stream.clone_htod(v).map_err(err("cannot upload a table"));
         let cells = super::tables::nf4_cell_table()
             .ok_or_else(|| super::Error::Internal("two NF4 midpoints share a cell".into()))?;
@@ -242,29 +242,23 @@ impl Gpu {
 
     /// The copy stream's later work waits for the compute stream's work queued so far.
     pub fn copies_after_compute(&self) -> GpuResult<()> {
-        self.order(&self.stream, &self.copy_stream, |e| &e.0)
+        self.order(&self.stream, &self.copy_stream, 0)
     }
 
     /// The compute stream's later work waits for the copy stream's work queued so far.
     pub fn compute_after_copies(&self) -> GpuResult<()> {
-        self.order(&self.copy_stream, &self.stream, |e| &e.1)
+        self.order(&self.copy_stream, &self.stream, 1)
     }
 
-    /// `after` waits for what `first` has queued: an event recorded on `first` (no host
-    /// wait). The lock keeps a record and its wait together across threads.
-    fn order(
-        &self,
-        first: &CudaStream,
-        after: &CudaStream,
-        pick: impl Fn(&(CudaEvent, CudaEvent)) -> &CudaEvent,
-    ) -> GpuResult<()> {
+    /// `after` waits for what `first` has queued: edge event `which` recorded on `first`
+    /// (no host wait). The lock keeps a record and its wait together across threads.
+    fn order(&self, first: &CudaStream, after: &CudaStream, which: usize) -> GpuResult<()> {
         let edges = self
             .edges
             .lock()
             .map_err(|_| super::Error::Internal("the stream-order lock is poisoned".into()))?;
-        let event = pick(&edges);
-        event.record(first).map_err(err("event record"))?;
-        after.wait(event).map_err(err("stream wait"))
+        edges[which].record(first).map_err(err("event record"))?;
+        after.wait(&edges[which]).map_err(err("stream wait"))
     }
 
     /// `n` uninitialized elements on the compute stream, for the copy stream to write:

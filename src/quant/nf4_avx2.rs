@@ -67,8 +67,7 @@ unsafe fn packed32(v: &[f32], inv: f32) -> __m128i {
     );
     // Each 16-bit word holds two codes, the first in its low byte: first << 4 | second
     // in the low byte, then the words narrowed to bytes (within lanes: qwords 0 and 2).
-    let w = bytes;
-    let pair = _mm256_or_si256(_mm256_slli_epi16::<4>(w), _mm256_srli_epi16::<8>(w));
+    let pair = _mm256_or_si256(_mm256_slli_epi16::<4>(bytes), _mm256_srli_epi16::<8>(bytes));
     let pair = _mm256_and_si256(pair, _mm256_set1_epi16(0xFF));
     let narrowed = _mm256_packus_epi16(pair, pair);
     _mm256_castsi256_si128(_mm256_permute4x64_epi64::<0b1000>(narrowed))
